@@ -1,0 +1,159 @@
+"""The detector contract and the one registry of detectors.
+
+Every detector returns an *unfamiliarity score*: higher = more OOD / unknown / novel / anomalous.
+scikit-learn manners: `__init__` only stores parameters, `fit` returns self, learned state ends in `_`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+
+from ..inference import ModelAdapter, Outputs
+
+# The survey's taxonomy (Salehi et al. 2022), as the registry groups detectors.
+FAMILIES: dict[str, str] = {
+    "output": "Classification-based, output scores: post-hoc functions of the logits or softmax.",
+    "gradient": "Classification-based, input perturbation / gradients: need the network again for a backward pass.",
+    "activation": "Classification-based, activation shaping: rectify or prune penultimate activations, then score.",
+    "distance": "Distance-based: distance of the sample's features to the ID training features or class statistics.",
+    "density": "Density-based: likelihood of the features under a model of the ID feature distribution.",
+    "open_set": "Open-set recognition: recalibrate the classifier with an explicit unknown class.",
+    "uncertainty": "Uncertainty: disagreement between stochastic passes or between models.",
+    "classic": "Classic outlier detectors (scikit-learn) on the network's features.",
+}
+
+NEEDS = ("logits", "features", "model", "feature_maps")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A detector parameter: default, slider range and scale, and the sweep list for sensitivity plots."""
+
+    default: Any
+    low: Optional[float] = None
+    high: Optional[float] = None
+    scale: str = "linear"  # "linear" or "log"
+    kind: str = "float"  # "float", "int" or "choice"
+    sweep: tuple = ()
+    choices: tuple = ()
+    help: str = ""
+
+    def validate(self, name: str, value: Any) -> Any:
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"{name} must be one of {self.choices}, got {value!r}")
+            return value
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if self.kind == "int":
+            if v != int(v):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            v = int(v)
+        if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
+            raise ValueError(f"{name} must be in [{self.low}, {self.high}], got {value!r}")
+        return v
+
+
+@dataclass
+class FitContext:
+    """What a detector may fit on: ID data only (train and validation Outputs), and the model adapter."""
+
+    train: Outputs
+    val: Optional[Outputs] = None
+    model: Optional[ModelAdapter] = None
+    num_classes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class Detector:
+    """Base class. Subclasses set the class attributes and implement `_fit` (optional) and `_score`."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    formula: ClassVar[str] = ""  # the decision score in one line, plain text
+    latex: ClassVar[str] = ""  # the same, as LaTeX for st.latex
+    intuition: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ("logits",)
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = set(params) - set(self.params)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(self.params) or 'none'}")
+        for pname, spec in self.params.items():
+            setattr(self, pname, spec.validate(pname, params.get(pname, spec.default)))
+
+    def get_params(self) -> dict[str, Any]:
+        return {p: getattr(self, p) for p in self.params}
+
+    def fit(self, ctx: FitContext) -> "Detector":
+        if "model" in self.needs and ctx.model is None:
+            raise ValueError(f"{self.name} needs the model, but none was given")
+        self._fit(ctx)
+        self.fitted_ = True
+        return self
+
+    def _fit(self, ctx: FitContext) -> None:
+        pass
+
+    def score(self, out: Outputs) -> np.ndarray:
+        """Unfamiliarity scores, shape (n,), higher = more unfamiliar."""
+        if not getattr(self, "fitted_", False):
+            raise NotFittedError(f"{self.name} is not fitted: call fit(ctx) before score()")
+        if len(out) == 0:
+            return np.zeros(0)
+        return np.asarray(self._score(out), dtype=np.float64).reshape(-1)
+
+    def _score(self, out: Outputs) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: add a detector to the registry under its `name`."""
+    if not cls.name or cls.family not in FAMILIES:
+        raise ValueError(f"{cls.__name__}: a detector needs a name and a family in {list(FAMILIES)}")
+    if cls.name in REGISTRY:
+        raise ValueError(f"detector name {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def create(name: str, **params: Any) -> Detector:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown detector {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name](**params)
+
+
+# --- small numeric helpers shared by the families -------------------------------------------------
+
+def logsumexp(z: np.ndarray, axis: int = 1) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    m = z.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def softmax(z: np.ndarray, axis: int = 1) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)

@@ -1,0 +1,105 @@
+"""Plotly figure builders: data in, go.Figure out. Pure, testable without a browser."""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import numpy as np
+import plotly.graph_objects as go
+
+from . import metrics
+
+ID_COLOUR = "#1f77b4"
+OOD_COLOURS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def shared_bins(arrays, bins: int = 50) -> np.ndarray:
+    """Common bin edges over all arrays, so overlaid histograms are comparable."""
+    allv = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays if len(a)])
+    lo, hi = float(allv.min()), float(allv.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.linspace(lo, hi, bins + 1)
+
+
+def score_histogram(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray], bins: int = 50,
+                    threshold: Optional[float] = None, title: str = "", x_label: str = "unfamiliarity score") -> go.Figure:
+    """Overlaid density histograms of ID and each OOD set's scores on shared bin edges."""
+    edges = shared_bins([id_scores, *ood_scores.values()], bins)
+    centres, width = 0.5 * (edges[:-1] + edges[1:]), float(edges[1] - edges[0])
+    fig = go.Figure()
+    sets = [("ID (test)", id_scores, ID_COLOUR)] + [
+        (name, s, OOD_COLOURS[i % len(OOD_COLOURS)]) for i, (name, s) in enumerate(ood_scores.items())]
+    for name, s, colour in sets:
+        counts, _ = np.histogram(np.asarray(s, dtype=np.float64), bins=edges)
+        density = counts / max(1, counts.sum()) / width
+        fig.add_trace(go.Bar(x=centres, y=density, width=width, name=f"{name} (n={len(s)})", marker_color=colour,
+                             opacity=0.55, customdata=counts,
+                             hovertemplate="score %{x:.4g}<br>density %{y:.3g}<br>count %{customdata}<extra>" + name + "</extra>"))
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_dash="dash", line_color="black",
+                      annotation_text=f"threshold {threshold:.4g}", annotation_position="top")
+    fig.update_layout(barmode="overlay", title=title, xaxis_title=x_label + " (higher = more unfamiliar)",
+                      yaxis_title="density", legend=dict(orientation="h", y=-0.2), margin=dict(t=50, b=10))
+    return fig
+
+
+def roc_figure(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray], title: str = "ROC (OOD positive)") -> go.Figure:
+    fig = go.Figure()
+    for i, (name, s) in enumerate(ood_scores.items()):
+        fpr, tpr, _ = metrics.roc_points(id_scores, s)
+        auc = metrics.auroc(id_scores, s)
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {100 * auc:.1f}%)",
+                                 line=dict(color=OOD_COLOURS[i % len(OOD_COLOURS)])))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="grey")))
+    fig.update_layout(title=title, xaxis_title="false positive rate (ID flagged as OOD)",
+                      yaxis_title="true positive rate (OOD caught)", xaxis=dict(range=[0, 1]),
+                      yaxis=dict(range=[0, 1.02]), legend=dict(orientation="h", y=-0.25), margin=dict(t=50, b=10))
+    return fig
+
+
+def pr_figure(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray], title: str = "Precision-recall") -> go.Figure:
+    """PR curves with OOD positive (solid, AUPR-Out) and ID positive (dashed, AUPR-In) per OOD set."""
+    fig = go.Figure()
+    for i, (name, s) in enumerate(ood_scores.items()):
+        colour = OOD_COLOURS[i % len(OOD_COLOURS)]
+        r, p = metrics.pr_points(id_scores, s, "ood")
+        fig.add_trace(go.Scatter(x=r, y=p, mode="lines", line=dict(color=colour),
+                                 name=f"{name}, OOD positive (AUPR-Out {100 * metrics.aupr_out(id_scores, s):.1f}%)"))
+        r, p = metrics.pr_points(id_scores, s, "id")
+        fig.add_trace(go.Scatter(x=r, y=p, mode="lines", line=dict(color=colour, dash="dash"),
+                                 name=f"{name}, ID positive (AUPR-In {100 * metrics.aupr_in(id_scores, s):.1f}%)"))
+    fig.update_layout(title=title, xaxis_title="recall", yaxis_title="precision", xaxis=dict(range=[0, 1]),
+                      yaxis=dict(range=[0, 1.02]), legend=dict(orientation="h", y=-0.25), margin=dict(t=50, b=10))
+    return fig
+
+
+def training_curve(history: list[dict]) -> go.Figure:
+    """Loss (left axis) and train / validation accuracy (right axis) per epoch."""
+    ep = [h["epoch"] for h in history]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=ep, y=[h["loss"] for h in history], name="train loss", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=ep, y=[100 * h["train_accuracy"] for h in history], name="train accuracy (%)",
+                             mode="lines+markers", yaxis="y2"))
+    fig.add_trace(go.Scatter(x=ep, y=[100 * h["val_accuracy"] for h in history], name="validation accuracy (%)",
+                             mode="lines+markers", yaxis="y2"))
+    fig.update_layout(xaxis_title="epoch", yaxis=dict(title="cross-entropy loss"),
+                      yaxis2=dict(title="accuracy (%)", overlaying="y", side="right", range=[0, 101]),
+                      legend=dict(orientation="h", y=-0.3), margin=dict(t=30, b=10), height=320)
+    return fig
+
+
+def image_grid(pixels: np.ndarray, labels: Optional[list[str]] = None, cols: int = 8, title: str = "") -> go.Figure:
+    """A grid of grey-scale (or RGB) images in [0, 1] as one heatmap-free image figure."""
+    n = len(pixels)
+    rows = int(np.ceil(n / cols)) if n else 1
+    c, h, w = pixels.shape[1:] if n else (1, 8, 8)
+    pad = 1
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), dtype=np.float64)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        img = pixels[i]
+        img = np.repeat(img, 3, axis=0) if c == 1 else img[:3]
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img.transpose(1, 2, 0)
+    fig = go.Figure(go.Image(z=(canvas * 255).astype(np.uint8), hoverinfo="skip"))
+    fig.update_layout(title=title, xaxis=dict(visible=False), yaxis=dict(visible=False), margin=dict(l=0, r=0, t=30, b=0))
+    return fig

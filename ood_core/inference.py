@@ -1,0 +1,86 @@
+"""One forward pass per split into an Outputs bundle, and the model adapter detectors use."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Outputs:
+    """What one forward pass gives for a split: logits (n, K), penultimate features (n, D), labels (n,).
+
+    `inputs` keeps the normalised images for the few detectors that must run the network again.
+    """
+
+    logits: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    inputs: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> "Outputs":
+        return Outputs(self.logits[idx], self.features[idx], self.labels[idx],
+                       None if self.inputs is None else self.inputs[idx])
+
+
+class ModelAdapter:
+    """The one way detectors reach the network: features, head weights, logits and input gradients.
+
+    Wraps a model with `features(x)`, `head` (a Linear layer) and optionally `feature_maps(x)`.
+    """
+
+    def __init__(self, model: nn.Module, device: str = "cpu", batch_size: int = 256, input_std: float = 1.0):
+        self.model = model.eval().to(device)
+        self.device = device
+        self.batch_size = batch_size
+        self.input_std = float(input_std)  # one pixel unit in normalised input units is 1 / input_std
+
+    @property
+    def head_weight(self) -> np.ndarray:
+        """W of logits = W h + b, shape (K, D)."""
+        return self.model.head.weight.detach().cpu().numpy().astype(np.float64)
+
+    @property
+    def head_bias(self) -> np.ndarray:
+        return self.model.head.bias.detach().cpu().numpy().astype(np.float64)
+
+    def batches(self, x: np.ndarray):
+        for i in range(0, len(x), self.batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(x[i:i + self.batch_size])).to(self.device)
+
+    @torch.no_grad()
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, features) in eval mode, batched."""
+        self.model.eval()
+        logits, feats = [], []
+        for xb in self.batches(x):
+            h = self.model.features(xb)
+            logits.append(self.model.head(h).cpu().numpy())
+            feats.append(h.cpu().numpy())
+        if not logits:
+            k, d = self.model.head.weight.shape
+            return np.zeros((0, k), np.float32), np.zeros((0, d), np.float32)
+        return np.concatenate(logits), np.concatenate(feats)
+
+    @torch.no_grad()
+    def feature_maps(self, x: np.ndarray) -> np.ndarray:
+        """Output of the last convolutional block, (n, C, h, w), batched, eval mode."""
+        self.model.eval()
+        maps = [self.model.feature_maps(xb).cpu().numpy() for xb in self.batches(x)]
+        return np.concatenate(maps) if maps else np.zeros((0,))
+
+    def logits_tensor(self, xb: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.features(xb))
+
+
+def run_inference(model: nn.Module, x: np.ndarray, labels: np.ndarray, device: str = "cpu",
+                  batch_size: int = 256, keep_inputs: bool = True) -> Outputs:
+    """The single forward pass of a split."""
+    logits, feats = ModelAdapter(model, device, batch_size).forward(x)
+    return Outputs(logits.astype(np.float32), feats.astype(np.float32), labels.copy(), x if keep_inputs else None)

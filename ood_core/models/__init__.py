@@ -1,0 +1,7 @@
+"""Models and their training / checkpoint cache."""
+from .cnn import MODELS, SmallCNN, build_model
+from .train import (DEFAULT_CACHE_DIR, Progress, TrainResult, checkpoint_path, get_model, load_checkpoint,
+                    load_user_model, save_checkpoint, train_model)
+
+__all__ = ["MODELS", "SmallCNN", "build_model", "DEFAULT_CACHE_DIR", "Progress", "TrainResult", "checkpoint_path",
+           "get_model", "load_checkpoint", "load_user_model", "save_checkpoint", "train_model"]

@@ -1,0 +1,59 @@
+"""A small CNN whose penultimate features and last convolutional layer are exposed."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """conv(32)-conv(32)-pool-conv(64)-conv(64)-GAP-fc(128, ReLU)-dropout-fc(K).
+
+    `features(x)` returns the non-negative penultimate activations h (what ReAct, KNN,
+    Mahalanobis use); `head` maps them to logits: logits = W h + b.
+    `last_conv` is the layer Grad-CAM explains.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
+                 feature_dim: int = 128, dropout: float = 0.3):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.body = nn.Sequential(
+            *block(in_channels, width), *block(width, width), nn.MaxPool2d(2),
+            *block(width, 2 * width), *block(2 * width, 2 * width),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(2 * width, feature_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+
+    @property
+    def last_conv(self) -> nn.Module:
+        """The last convolution block's output activation (ReLU), the Grad-CAM target layer."""
+        return self.body[-1]
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def features_from_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc1(self.pool(maps).flatten(1)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_from_maps(self.feature_maps(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+MODELS = {"small_cnn": SmallCNN}
+
+
+def build_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    return MODELS[name](in_channels=in_channels, num_classes=num_classes)

@@ -1,0 +1,172 @@
+"""Seeded training with a progress callback, and an on-disk checkpoint cache keyed by the Spec."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Benchmark
+from ..spec import Spec
+from .cnn import build_model
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("OOD_EXPLORER_CACHE", Path(__file__).resolve().parents[2] / "data" / "cache"))
+
+
+@dataclass
+class Progress:
+    """What the progress callback receives after each epoch."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)  # one dict per epoch, as Progress fields
+    seconds: float = 0.0
+    from_cache: bool = False
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str = "cpu", batch_size: int = 512) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[i:i + batch_size]).to(device)
+        correct += int((model(xb).argmax(1).cpu().numpy() == y[i:i + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
+                device: str = "cpu") -> TrainResult:
+    """Train spec.model on bench.train with Adam + cosine schedule and light shift augmentation."""
+    cfg = spec.training
+    gen = seed_everything(spec.seed)
+    model = build_model(spec.model, bench.input_shape[0], bench.num_classes).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = int(np.ceil(len(bench.train) / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    x_all = torch.from_numpy(bench.train.x)
+    y_all = torch.from_numpy(bench.train.y)
+    lossf = nn.CrossEntropyLoss()
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        perm = torch.randperm(len(x_all), generator=gen)
+        total, correct, loss_sum = 0, 0, 0.0
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            xb, yb = _augment(x_all[idx], gen).to(device), y_all[idx].to(device)
+            opt.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = lossf(out, yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+            total += len(idx)
+        p = Progress(epoch, cfg.epochs, loss_sum / total, correct / total,
+                     accuracy(model, bench.val.x, bench.val.y, device), time.perf_counter() - t0)
+        history.append(p.__dict__.copy())
+        if progress is not None:
+            progress(p)
+    model.eval()
+    return TrainResult(model, history, time.perf_counter() - t0, False)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts of up to 1 pixel (padding with the background value), seeded."""
+    pad = 1
+    bg = float(x.amin())
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=bg)
+    n, _, h, w = x.shape
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+    return xp[:, :, dy:dy + h, dx:dx + w].contiguous()
+
+
+def checkpoint_path(spec: Spec, cache_dir: Path | str | None = None) -> Path:
+    return Path(cache_dir or DEFAULT_CACHE_DIR) / "models" / f"{spec.model}-{spec.key()}.pt"
+
+
+def save_checkpoint(path: Path, model: nn.Module, spec: Spec, history: list[dict], seconds: float) -> None:
+    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"state_dict": model.state_dict(), "spec_key": spec.key(), "history": history, "seconds": float(seconds)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, spec: Spec, bench: Benchmark) -> Optional[TrainResult]:
+    """Load a cached model, or None if the file is missing, corrupt or for another spec."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("spec_key") != spec.key():
+            return None
+        model = build_model(spec.model, bench.input_shape[0], bench.num_classes)
+        model.load_state_dict(payload["state_dict"])
+    except Exception:
+        return None
+    model.eval()
+    return TrainResult(model, list(payload.get("history", [])), float(payload.get("seconds", 0.0)), True)
+
+
+def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
+              cache_dir: Path | str | None = None, device: str = "cpu", retrain: bool = False) -> TrainResult:
+    """The trained model for `spec`: from the checkpoint cache when valid, else trained and cached."""
+    path = checkpoint_path(spec, cache_dir)
+    if not retrain:
+        cached = load_checkpoint(path, spec, bench)
+        if cached is not None:
+            return cached
+    result = train_model(spec, bench, progress, device)
+    save_checkpoint(path, result.model, spec, result.history, result.seconds)
+    return result
+
+
+def load_user_model(path_or_file, spec: Spec, bench: Benchmark) -> nn.Module:
+    """Load a user's state_dict (weights only) into spec.model; clear ValueError on any mismatch."""
+    try:
+        payload = torch.load(path_or_file, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, non-checkpoints
+        raise ValueError(f"this file is not a loadable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("the checkpoint holds no state_dict of tensors")
+    model = build_model(spec.model, bench.input_shape[0], bench.num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0]
+        raise ValueError(f"the checkpoint does not match model {spec.model!r} with {bench.input_shape[0]} input "
+                         f"channel(s) and {bench.num_classes} classes: {msg}") from None
+    return model.eval()

@@ -1,0 +1,136 @@
+"""The one-way flow: Spec -> Benchmark -> model -> Outputs (one forward pass per split) -> scores -> metrics."""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional
+
+import numpy as np
+import torch
+
+from . import metrics
+from .data import Benchmark, build_benchmark
+from .detectors import REGISTRY, Detector, FitContext, create
+from .inference import ModelAdapter, Outputs, run_inference
+from .models import Progress, TrainResult, get_model
+from .spec import Spec
+
+ID_SPLITS = ("train", "val", "test")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Experiment:
+    """A prepared experiment: its data, trained model and cached Outputs of every split."""
+
+    spec: Spec
+    bench: Benchmark
+    training: TrainResult
+    outputs: dict[str, Outputs]
+    device: str = "cpu"
+    _adapter: Optional[ModelAdapter] = field(default=None, repr=False)
+
+    @property
+    def model(self):
+        return self.training.model
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        if self._adapter is None:
+            self._adapter = ModelAdapter(self.model, self.device, input_std=self.bench.std)
+        return self._adapter
+
+    @property
+    def ood_names(self) -> list[str]:
+        return list(self.bench.ood)
+
+    @property
+    def id_accuracy(self) -> float:
+        return metrics.accuracy(self.outputs["test"].logits, self.outputs["test"].labels)
+
+    def fit_context(self) -> FitContext:
+        return FitContext(train=self.outputs["train"], val=self.outputs["val"], model=self.adapter,
+                          num_classes=self.bench.num_classes)
+
+    def fit_detector(self, name: str, params: Optional[Mapping] = None) -> Detector:
+        return create(name, **dict(params or {})).fit(self.fit_context())
+
+    def score(self, detector: Detector, splits: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
+        names = list(splits) if splits is not None else ["test", *self.ood_names]
+        return {s: detector.score(self.outputs[s]) for s in names}
+
+
+def compute_outputs(model, bench: Benchmark, device: str = "cpu") -> dict[str, Outputs]:
+    """The single forward pass of every split (ID train/val/test and each OOD set)."""
+    return {name: run_inference(model, split.x, split.y, device) for name, split in bench.splits().items()}
+
+
+def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, cache_dir: Path | str | None = None,
+            device: Optional[str] = None, retrain: bool = False, model=None) -> Experiment:
+    """Build the benchmark, get the model (cache, training, or the user's `model`) and run inference once."""
+    device = device or default_device()
+    bench = build_benchmark(spec)
+    if model is not None:
+        training = TrainResult(model.eval(), [], 0.0, True)
+    else:
+        training = get_model(spec, bench, progress, cache_dir, device=device, retrain=retrain)
+    training.model.to(device).eval()
+    return Experiment(spec, bench, training, compute_outputs(training.model, bench, device), device)
+
+
+def resolve_detectors(names: str | Iterable[str]) -> list[str]:
+    """'all', a comma-separated string or a list of names -> validated list of registry names."""
+    if isinstance(names, str):
+        names = list(REGISTRY) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown detector(s): {', '.join(unknown)}; run `python -m ood_core list-detectors`")
+    if not names:
+        raise ValueError("no detector chosen")
+    return names
+
+
+def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
+             params: Optional[Mapping[str, Mapping]] = None,
+             on_progress: Optional[Callable[[int, int, str], None]] = None) -> tuple[list[dict], dict[str, dict]]:
+    """Score every detector on ID test and every OOD set; one detector failing never stops the others.
+
+    Returns (rows, scores): rows are dicts with detector, ood_set, the metrics (fractions) and `error`
+    (None or a message); scores[detector][split] are the score arrays (train, val, test, OOD sets).
+    """
+    names = resolve_detectors(detector_names)
+    params = params or {}
+    rows: list[dict] = []
+    all_scores: dict[str, dict] = {}
+    for i, name in enumerate(names):
+        if on_progress:
+            on_progress(i, len(names), name)
+        t0 = time.perf_counter()
+        try:
+            det = exp.fit_detector(name, params.get(name))
+            sc = exp.score(det, ["train", "val", "test", *exp.ood_names])
+            bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))]
+            if bad:
+                raise FloatingPointError(f"non-finite scores on {', '.join(bad)}")
+            err = None
+        except Exception as e:  # isolate: record the message, keep going
+            sc, err = None, f"{type(e).__name__}: {e}"
+            traceback.clear_frames(e.__traceback__)
+        seconds = time.perf_counter() - t0
+        if sc is not None:
+            all_scores[name] = sc
+        for ood in exp.ood_names:
+            row = {"detector": name, "ood_set": ood, "auroc": None, "aupr_in": None, "aupr_out": None,
+                   "fpr95": None, "detection_error": None, "error": err, "seconds": seconds}
+            if sc is not None:
+                row.update(metrics.all_metrics(sc["test"], sc[ood]).as_dict())
+            rows.append(row)
+    if on_progress:
+        on_progress(len(names), len(names), "")
+    return rows, all_scores
