@@ -1,6 +1,7 @@
 """The one-way flow: Spec -> Benchmark -> model -> Outputs (one forward pass per split) -> scores -> metrics."""
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -33,7 +34,9 @@ class Experiment:
     training: TrainResult
     outputs: dict[str, Outputs]
     device: str = "cpu"
+    cache_dir: Optional[Path | str] = None
     _adapter: Optional[ModelAdapter] = field(default=None, repr=False)
+    _members: dict = field(default_factory=dict, repr=False)
 
     @property
     def model(self):
@@ -53,9 +56,19 @@ class Experiment:
     def id_accuracy(self) -> float:
         return metrics.accuracy(self.outputs["test"].logits, self.outputs["test"].labels)
 
+    def member_adapter(self, i: int) -> ModelAdapter:
+        """Ensemble member i: member 0 is this model; others are trained (or loaded) with another initialisation."""
+        if i == 0:
+            return self.adapter
+        if i not in self._members:
+            spec = dataclasses.replace(self.spec, training=dataclasses.replace(self.spec.training, member=i))
+            res = get_model(spec, self.bench, cache_dir=self.cache_dir, device=self.device)
+            self._members[i] = ModelAdapter(res.model.to(self.device).eval(), self.device, input_std=self.bench.std)
+        return self._members[i]
+
     def fit_context(self) -> FitContext:
         return FitContext(train=self.outputs["train"], val=self.outputs["val"], model=self.adapter,
-                          num_classes=self.bench.num_classes)
+                          num_classes=self.bench.num_classes, member_models=self.member_adapter, seed=self.spec.seed)
 
     def fit_detector(self, name: str, params: Optional[Mapping] = None) -> Detector:
         return create(name, **dict(params or {})).fit(self.fit_context())
@@ -80,7 +93,7 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
     else:
         training = get_model(spec, bench, progress, cache_dir, device=device, retrain=retrain)
     training.model.to(device).eval()
-    return Experiment(spec, bench, training, compute_outputs(training.model, bench, device), device)
+    return Experiment(spec, bench, training, compute_outputs(training.model, bench, device), device, cache_dir)
 
 
 def resolve_detectors(names: str | Iterable[str]) -> list[str]:

@@ -17,6 +17,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
+    member: int = 0  # ensemble member index: changes only the initialisation and batch order, not the data split
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.epochs) <= 500:
@@ -25,6 +26,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be in 1..4096, got {self.batch_size}")
         if not 0 < float(self.lr) < 10:
             raise ValueError(f"lr must be in (0, 10), got {self.lr}")
+        if not 0 <= int(self.member) < 1000:
+            raise ValueError(f"member must be in 0..999, got {self.member}")
         if not 0 <= float(self.weight_decay) < 1:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
 

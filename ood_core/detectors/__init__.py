@@ -1,5 +1,5 @@
 """The detector registry: importing this package registers every family."""
-from . import activations, features, gradients, logits  # noqa: F401  (registration side effects)
+from . import activations, classic, density, features, gradients, logits, openset, uncertainty  # noqa: F401  (registration)
 from .base import FAMILIES, REGISTRY, Detector, FitContext, NotFittedError, Param, create, register
 
 __all__ = ["FAMILIES", "REGISTRY", "Detector", "FitContext", "NotFittedError", "Param", "create", "register"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
@@ -69,6 +69,9 @@ class FitContext:
     val: Optional[Outputs] = None
     model: Optional[ModelAdapter] = None
     num_classes: int = 0
+    # member_models(i) -> ModelAdapter of ensemble member i (same data, other initialisation), trained or cached
+    member_models: Optional[Callable[[int], ModelAdapter]] = None
+    seed: int = 0
     extra: dict = field(default_factory=dict)
 
 

@@ -59,7 +59,7 @@ def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progr
                 device: str = "cpu") -> TrainResult:
     """Train spec.model on bench.train with Adam + cosine schedule and light shift augmentation."""
     cfg = spec.training
-    gen = seed_everything(spec.seed)
+    gen = seed_everything(spec.seed + 10007 * cfg.member)
     model = build_model(spec.model, bench.input_shape[0], bench.num_classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = int(np.ceil(len(bench.train) / cfg.batch_size))

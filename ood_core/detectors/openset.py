@@ -1,0 +1,2 @@
+"""Open-set recognition detectors: recalibrate the classifier with an explicit unknown class."""
+from __future__ import annotations
