@@ -1,0 +1,28 @@
+"""Shared fixtures. The model cache goes to a per-session temporary folder, never to data/cache."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# must be set before ood_core.models is imported anywhere (its default cache dir is read at import)
+_CACHE = Path(tempfile.mkdtemp(prefix="ood-explorer-test-cache-"))
+os.environ["OOD_EXPLORER_CACHE"] = str(_CACHE)
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return _CACHE
+
+
+@pytest.fixture(scope="session")
+def default_experiment(cache_dir):
+    """The default experiment (digits, small CNN, seed 0), trained once per test session on the CPU."""
+    from ood_core import Spec, pipeline
+
+    return pipeline.prepare(Spec(), cache_dir=cache_dir, device="cpu")
