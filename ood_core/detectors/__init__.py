@@ -1,5 +1,6 @@
 """The detector registry: importing this package registers every family."""
-from . import activations, classic, density, features, gradients, logits, openset, uncertainty  # noqa: F401  (registration)
+# registration order = listing order: the survey's taxonomy, output scores first
+from . import logits, gradients, activations, features, density, openset, uncertainty, classic  # noqa: F401,I001
 from .base import FAMILIES, REGISTRY, Detector, FitContext, NotFittedError, Param, create, register
 
 __all__ = ["FAMILIES", "REGISTRY", "Detector", "FitContext", "NotFittedError", "Param", "create", "register"]

@@ -1,0 +1,173 @@
+"""Command line: the same numbers as the dashboard, for scripts and for checking.
+
+    python -m ood_core list-detectors
+    python -m ood_core run --dataset digits --setting ood --detectors all --seed 0 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import DATASETS
+from .spec import SETTINGS, Spec, TrainConfig
+
+METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
+
+
+def _fmt_param(name, p) -> str:
+    rng = "" if p.kind == "choice" else f" [{p.low:g}..{p.high:g}{', log' if p.scale == 'log' else ''}]"
+    if p.kind == "choice":
+        rng = f" {{{'|'.join(map(str, p.choices))}}}"
+    return f"{name}={p.default}{rng}"
+
+
+def list_detectors(out=sys.stdout) -> None:
+    from .detectors import REGISTRY
+
+    width = max(len(n) for n in REGISTRY)
+    for name, cls in REGISTRY.items():
+        params = ", ".join(_fmt_param(k, p) for k, p in cls.params.items()) or "-"
+        out.write(f"{name:<{width}}  {cls.family:<10}  {params}\n")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and (population) std over seeds per (detector, OOD set); errors kept."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["detector"], r["ood_set"]), []).append(r)
+    out = []
+    for (det, ood), rs in groups.items():
+        ok = [r for r in rs if r["error"] is None]
+        s = {"detector": det, "ood_set": ood, "n_seeds": len(ok),
+             "errors": sorted({r["error"] for r in rs if r["error"]})}
+        for k in METRIC_KEYS:
+            vals = np.array([r[k] for r in ok], dtype=float)
+            s[f"{k}_mean"] = float(vals.mean()) if len(vals) else None
+            s[f"{k}_std"] = float(vals.std()) if len(vals) else None
+        out.append(s)
+    return out
+
+
+def markdown_table(summary: list[dict], detectors: list[str], ood_sets: list[str]) -> str:
+    """Detectors x OOD sets; each cell 'AUROC / FPR@95' in percent (mean ± std when several seeds)."""
+    by = {(s["detector"], s["ood_set"]): s for s in summary}
+    header = "| detector | " + " | ".join(ood_sets) + " | mean |"
+    lines = [header, "|" + "---|" * (len(ood_sets) + 2)]
+
+    def cell(m_a, s_a, m_f, s_f, n) -> str:
+        if n > 1:
+            return f"{100 * m_a:.1f}±{100 * s_a:.1f} / {100 * m_f:.1f}±{100 * s_f:.1f}"
+        return f"{100 * m_a:.1f} / {100 * m_f:.1f}"
+
+    for det in detectors:
+        cells, aus, fps = [], [], []
+        for ood in ood_sets:
+            s = by[(det, ood)]
+            if s["auroc_mean"] is None:
+                cells.append("error")
+                continue
+            cells.append(cell(s["auroc_mean"], s["auroc_std"], s["fpr95_mean"], s["fpr95_std"], s["n_seeds"]))
+            aus.append(s["auroc_mean"])
+            fps.append(s["fpr95_mean"])
+        mean = f"{100 * np.mean(aus):.1f} / {100 * np.mean(fps):.1f}" if aus else "error"
+        lines.append(f"| {det} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
+def _save_outputs(exp, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, o in exp.outputs.items():
+        np.savez(folder / f"{split}.npz", logits=o.logits, features=o.features, labels=o.labels)
+
+
+def _save_scores(scores: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for det, per_split in scores.items():
+        np.savez(folder / f"{det}.npz", **{k: np.asarray(v) for k, v in per_split.items()})
+
+
+def run(args) -> int:
+    from . import pipeline
+
+    detectors = pipeline.resolve_detectors(args.detectors)
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    training = TrainConfig(epochs=args.epochs) if args.epochs else TrainConfig()
+    base = Spec(setting=args.setting, dataset=args.dataset, training=training, seed=args.seed)
+    all_rows, accs = [], []
+    for seed in seeds:
+        spec = base.with_seed(seed)
+        t0 = time.perf_counter()
+
+        def progress(p, seed=seed):
+            if not args.quiet:
+                print(f"[seed {seed}] epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} val acc {100 * p.val_accuracy:.1f}%",
+                      file=sys.stderr)
+
+        exp = pipeline.prepare(spec, progress=progress, cache_dir=args.cache_dir, device=args.device)
+        rows, scores = pipeline.evaluate(exp, detectors)
+        accs.append(exp.id_accuracy)
+        if not args.quiet:
+            print(f"[seed {seed}] model {'from cache' if exp.training.from_cache else 'trained'}, "
+                  f"ID accuracy {100 * exp.id_accuracy:.2f}%, {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        for r in rows:
+            r["seed"] = seed
+            r.pop("seconds", None)
+        all_rows += rows
+        suffix = f"seed{seed}" if len(seeds) > 1 else ""
+        if args.save_outputs:
+            _save_outputs(exp, Path(args.save_outputs) / suffix)
+        if args.save_scores:
+            _save_scores(scores, Path(args.save_scores) / suffix)
+    ood_sets = list(dict.fromkeys(r["ood_set"] for r in all_rows))
+    summary = summarise(all_rows)
+    acc_txt = f"{100 * np.mean(accs):.2f}%" + (f" ± {100 * np.std(accs):.2f}" if len(accs) > 1 else "")
+    print(f"ID test accuracy: {acc_txt}   (cells: AUROC / FPR@95TPR, in %)\n")
+    print(markdown_table(summary, detectors, ood_sets))
+    errors = [(s["detector"], e) for s in summary for e in s["errors"]]
+    for det, e in dict.fromkeys(errors):
+        print(f"\n{det} failed: {e}")
+    if args.json:
+        doc = {"spec": base.to_dict(), "seeds": seeds, "id_accuracy": float(np.mean(accs)),
+               "id_accuracy_per_seed": [float(a) for a in accs], "results": all_rows, "summary": summary}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ood_core", description="OOD Explorer from the command line")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list-detectors", help="one detector per line: name, family, parameters")
+    r = sub.add_parser("run", help="train (or load) the model, score detectors on every OOD set")
+    r.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
+    r.add_argument("--setting", default="ood", choices=SETTINGS)
+    r.add_argument("--detectors", default="all", help="'all' or a comma-separated list of names")
+    r.add_argument("--seed", type=int, default=0, help="first seed")
+    r.add_argument("--seeds", type=int, default=1, help="number of seeds (each a freshly trained model)")
+    r.add_argument("--epochs", type=int, default=None, help="training epochs (default: the Spec's)")
+    r.add_argument("--json", help="write the results as JSON here")
+    r.add_argument("--save-outputs", help="folder for one .npz per split (logits, features, labels)")
+    r.add_argument("--save-scores", help="folder for one .npz per detector (one array per split)")
+    r.add_argument("--cache-dir", default=None, help="model checkpoint cache (default data/cache)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    r.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list-detectors":
+            list_detectors()
+            return 0
+        return run(args)
+    except (ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
