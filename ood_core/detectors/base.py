@@ -91,6 +91,9 @@ class Detector:
     reference: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ("logits",)
     params: ClassVar[dict[str, Param]] = {}
+    # True only for methods that must run the network again (input gradients, stochastic passes, other
+    # models, feature maps); all others score from the cached Outputs of the one forward pass
+    runs_network: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(self.params)

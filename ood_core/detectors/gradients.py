@@ -20,6 +20,7 @@ class ODIN(Detector):
                  "confidence helps ID inputs more than OOD ones.")
     reference = "Liang et al., Enhancing the Reliability of OOD Image Detection in Neural Networks, ICLR 2018"
     needs = ("logits", "model")
+    runs_network = True
     params = {
         "temperature": Param(1000.0, 1.0, 10000.0, "log", sweep=(1.0, 10.0, 100.0, 1000.0, 5000.0),
                              help="softmax temperature T (paper: 1000)"),
