@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .compare import METRIC_KEYS, summarise  # noqa: F401  (re-exported)
 from .data import DATASETS
 from .spec import SETTINGS, Spec, TrainConfig
-
-METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
-
 
 def _fmt_param(name, p) -> str:
     rng = "" if p.kind == "choice" else f" [{p.low:g}..{p.high:g}{', log' if p.scale == 'log' else ''}]"
@@ -33,24 +31,6 @@ def list_detectors(out=sys.stdout) -> None:
     for name, cls in REGISTRY.items():
         params = ", ".join(_fmt_param(k, p) for k, p in cls.params.items()) or "-"
         out.write(f"{name:<{width}}  {cls.family:<10}  {params}\n")
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and (population) std over seeds per (detector, OOD set); errors kept."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["detector"], r["ood_set"]), []).append(r)
-    out = []
-    for (det, ood), rs in groups.items():
-        ok = [r for r in rs if r["error"] is None]
-        s = {"detector": det, "ood_set": ood, "n_seeds": len(ok),
-             "errors": sorted({r["error"] for r in rs if r["error"]})}
-        for k in METRIC_KEYS:
-            vals = np.array([r[k] for r in ok], dtype=float)
-            s[f"{k}_mean"] = float(vals.mean()) if len(vals) else None
-            s[f"{k}_std"] = float(vals.std()) if len(vals) else None
-        out.append(s)
-    return out
 
 
 def markdown_table(summary: list[dict], detectors: list[str], ood_sets: list[str]) -> str:
@@ -101,7 +81,7 @@ def run(args) -> int:
     training = TrainConfig(epochs=args.epochs) if args.epochs else TrainConfig()
     base = Spec(setting=args.setting, dataset=args.dataset, training=training, seed=args.seed)
     all_rows, accs = [], []
-    for seed in seeds:
+    for seed in seeds:  # not compare.run_seeds: the CLI also saves outputs and scores per seed
         spec = base.with_seed(seed)
         t0 = time.perf_counter()
 

@@ -103,3 +103,49 @@ def image_grid(pixels: np.ndarray, labels: Optional[list[str]] = None, cols: int
     fig = go.Figure(go.Image(z=(canvas * 255).astype(np.uint8), hoverinfo="skip"))
     fig.update_layout(title=title, xaxis=dict(visible=False), yaxis=dict(visible=False), margin=dict(l=0, r=0, t=30, b=0))
     return fig
+
+
+def metric_heatmap(detectors: list[str], ood_sets: list[str], mean: np.ndarray, std: Optional[np.ndarray] = None,
+                   best: Optional[np.ndarray] = None, metric_label: str = "AUROC",
+                   higher_is_better: bool = True) -> go.Figure:
+    """Detectors x OOD sets heatmap of a metric in percent; cells show mean (± std), best per column starred."""
+    z = 100 * np.asarray(mean, dtype=float)
+    text = []
+    for i in range(len(detectors)):
+        row = []
+        for j in range(len(ood_sets)):
+            if np.isnan(z[i, j]):
+                row.append("error")
+                continue
+            t = f"{z[i, j]:.1f}"
+            if std is not None and not np.isnan(std[i, j]) and std[i, j] > 0:
+                t += f"±{100 * std[i, j]:.1f}"
+            if best is not None and best[i, j]:
+                t = "★" + t
+            row.append(t)
+        text.append(row)
+    scale = "RdYlGn" if higher_is_better else "RdYlGn_r"
+    fig = go.Figure(go.Heatmap(z=z, x=ood_sets, y=detectors, text=text, texttemplate="%{text}", colorscale=scale,
+                               zmin=0, zmax=100, colorbar=dict(title=f"{metric_label} (%)"),
+                               hovertemplate="%{y} on %{x}: %{text}%<extra></extra>"))
+    fig.update_layout(xaxis_title="OOD set", yaxis=dict(autorange="reversed", title="detector"),
+                      height=max(300, 28 * len(detectors) + 120), margin=dict(t=30, b=10))
+    return fig
+
+
+def sensitivity_figure(rows: list[dict], param: str, log_x: bool = False, metric: str = "auroc",
+                       default=None) -> go.Figure:
+    """A metric against one parameter's values, one line per OOD set (rows from compare.sweep)."""
+    fig = go.Figure()
+    oods = list(dict.fromkeys(r["ood_set"] for r in rows))
+    for i, o in enumerate(oods):
+        rs = [r for r in rows if r["ood_set"] == o]
+        fig.add_trace(go.Scatter(x=[r["value"] for r in rs],
+                                 y=[None if r[metric] is None else 100 * r[metric] for r in rs],
+                                 mode="lines+markers", name=o, line=dict(color=OOD_COLOURS[i % len(OOD_COLOURS)])))
+    if default is not None:
+        fig.add_vline(x=default, line_dash="dot", line_color="grey", annotation_text="default")
+    label = {"auroc": "AUROC (%)", "fpr95": "FPR@95TPR (%)"}.get(metric, metric)
+    fig.update_layout(xaxis_title=param, yaxis_title=label, xaxis_type="log" if log_x else "linear",
+                      legend=dict(orientation="h", y=-0.25), margin=dict(t=30, b=10))
+    return fig

@@ -1,0 +1,108 @@
+"""Comparing detectors: over seeds (mean ± std), as tables, and over a parameter's sweep list."""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Optional
+
+import numpy as np
+
+from . import metrics
+from .detectors import REGISTRY
+from .pipeline import Experiment, evaluate, resolve_detectors
+
+METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
+METRIC_LABELS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR@95TPR",
+                 "detection_error": "Detection error"}
+HIGHER_IS_BETTER = {"auroc": True, "aupr_in": True, "aupr_out": True, "fpr95": False, "detection_error": False}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and population std over seeds per (detector, OOD set); errors are collected, never averaged."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["detector"], r["ood_set"]), []).append(r)
+    out = []
+    for (det, ood), rs in groups.items():
+        ok = [r for r in rs if r.get("error") is None]
+        s = {"detector": det, "ood_set": ood, "n_seeds": len(ok),
+             "errors": sorted({r["error"] for r in rs if r.get("error")})}
+        for k in METRIC_KEYS:
+            vals = np.array([r[k] for r in ok], dtype=float)
+            s[f"{k}_mean"] = float(vals.mean()) if len(vals) else None
+            s[f"{k}_std"] = float(vals.std()) if len(vals) else None
+        out.append(s)
+    return out
+
+
+def run_seeds(get_experiment: Callable[[int], Experiment], seeds: Iterable[int],
+              detectors: str | Iterable[str] = "all", params: Optional[Mapping[str, Mapping]] = None,
+              on_progress: Optional[Callable[[float, str], None]] = None) -> tuple[list[dict], list[float]]:
+    """Evaluate the detectors on each seed's experiment; rows gain a `seed` field. Returns (rows, ID accuracies)."""
+    seeds = list(seeds)
+    names = resolve_detectors(detectors)
+    rows, accs = [], []
+    for i, seed in enumerate(seeds):
+        if on_progress:
+            on_progress(i / len(seeds), f"seed {seed}: preparing the model")
+        exp = get_experiment(seed)
+
+        def inner(j, n, name, i=i, seed=seed):
+            if on_progress and name:
+                on_progress((i + j / max(n, 1)) / len(seeds), f"seed {seed}: {name}")
+
+        r, _ = evaluate(exp, names, params, on_progress=inner)
+        for row in r:
+            row["seed"] = seed
+        rows += r
+        accs.append(exp.id_accuracy)
+    if on_progress:
+        on_progress(1.0, "done")
+    return rows, accs
+
+
+def pivot(summary: list[dict], metric: str, stat: str = "mean") -> tuple[list[str], list[str], np.ndarray]:
+    """(detectors, OOD sets, matrix) of `metric`'s mean or std; NaN where a detector failed."""
+    dets = list(dict.fromkeys(s["detector"] for s in summary))
+    oods = list(dict.fromkeys(s["ood_set"] for s in summary))
+    m = np.full((len(dets), len(oods)), np.nan)
+    for s in summary:
+        v = s[f"{metric}_{stat}"]
+        if v is not None:
+            m[dets.index(s["detector"]), oods.index(s["ood_set"])] = v
+    return dets, oods, m
+
+
+def best_per_column(matrix: np.ndarray, metric: str) -> np.ndarray:
+    """Boolean mask of the best value(s) in each column (ties all marked); NaN never best."""
+    m = matrix if HIGHER_IS_BETTER[metric] else -matrix
+    with np.errstate(invalid="ignore"):
+        best = np.nanmax(np.where(np.isnan(m), -np.inf, m), axis=0)
+        return np.isclose(m, best[None, :], rtol=0, atol=1e-12) & ~np.isnan(m)
+
+
+def sweep(exp: Experiment, detector: str, param: str, values: Optional[Iterable] = None,
+          ood_sets: Optional[Iterable[str]] = None, fixed: Optional[Mapping] = None) -> list[dict]:
+    """AUROC (and FPR@95) of `detector` on each OOD set for each value of one parameter, others fixed.
+
+    Rows: {"value", "ood_set", "auroc", "fpr95", "error"}; scored from the experiment's cached outputs.
+    """
+    cls = REGISTRY[detector]
+    if param not in cls.params:
+        raise ValueError(f"{detector} has no parameter {param!r}; it has: {', '.join(cls.params) or 'none'}")
+    values = list(values if values is not None else cls.params[param].sweep)
+    if not values:
+        raise ValueError(f"{detector}.{param} has no sweep list")
+    oods = list(ood_sets or exp.ood_names)
+    rows = []
+    for v in values:
+        p = dict(fixed or {})
+        p[param] = v
+        try:
+            det = exp.fit_detector(detector, p)
+            sc = exp.score(det, ["test", *oods])
+            for o in oods:
+                rows.append({"value": v, "ood_set": o, "auroc": metrics.auroc(sc["test"], sc[o]),
+                             "fpr95": metrics.fpr95(sc["test"], sc[o]), "error": None})
+        except Exception as e:  # one bad value shows as an error point; the sweep goes on
+            rows += [{"value": v, "ood_set": o, "auroc": None, "fpr95": None, "error": f"{type(e).__name__}: {e}"}
+                     for o in oods]
+    return rows
