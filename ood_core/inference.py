@@ -1,7 +1,7 @@
 """One forward pass per split into an Outputs bundle, and the model adapter detectors use."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -20,13 +20,16 @@ class Outputs:
     features: np.ndarray
     labels: np.ndarray
     inputs: Optional[np.ndarray] = None
+    # per-sample arrays a model gives besides logits and features, e.g. "model_score" of a one-class model
+    extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx) -> "Outputs":
         return Outputs(self.logits[idx], self.features[idx], self.labels[idx],
-                       None if self.inputs is None else self.inputs[idx])
+                       None if self.inputs is None else self.inputs[idx],
+                       {k: v[idx] for k, v in self.extras.items()})
 
 
 class ModelAdapter:
@@ -116,8 +119,32 @@ class ModelAdapter:
         return self.model.head(self.model.features(xb))
 
 
+def is_one_class(model: nn.Module) -> bool:
+    """One-class models (Deep SVDD, autoencoder, ...) have no classifier head; they give features and a score."""
+    return getattr(model, "kind", "classifier") == "one_class"
+
+
+@torch.no_grad()
+def _one_class_forward(model: nn.Module, x: np.ndarray, device: str, batch_size: int):
+    model.eval()
+    feats, scores = [], []
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
+        feats.append(model.features(xb).flatten(1).cpu().numpy())
+        s = model.anomaly_score(xb)
+        if s is not None:
+            scores.append(s.cpu().numpy())
+    f = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
+    extras = {"model_score": np.concatenate(scores).astype(np.float64)} if scores else {}
+    return f, extras
+
+
 def run_inference(model: nn.Module, x: np.ndarray, labels: np.ndarray, device: str = "cpu",
                   batch_size: int = 256, keep_inputs: bool = True) -> Outputs:
-    """The single forward pass of a split."""
+    """The single forward pass of a split (classifiers: logits and features; one-class models: features and score)."""
+    if is_one_class(model):
+        feats, extras = _one_class_forward(model, x, device, batch_size)
+        return Outputs(np.zeros((len(x), 0), np.float32), feats.astype(np.float32), labels.copy(),
+                       x if keep_inputs else None, extras)
     logits, feats = ModelAdapter(model, device, batch_size).forward(x)
     return Outputs(logits.astype(np.float32), feats.astype(np.float32), labels.copy(), x if keep_inputs else None)

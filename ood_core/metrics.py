@@ -146,3 +146,31 @@ def threshold_at_tpr(id_scores, tpr: float = 0.95) -> float:
     if len(a) == 0:
         raise ValueError("need ID scores")
     return float(a[min(len(a) - 1, int(np.ceil(tpr * len(a))) - 1)])
+
+
+def oscr_curve(id_scores, id_correct, ood_scores) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, CCR) of Dhamija et al. 2018 as the threshold sweeps up: accept as known when score <= t.
+
+    CCR(t) = fraction of known test samples accepted AND correctly classified; FPR(t) = fraction of unknowns accepted.
+    """
+    a, b = _check(id_scores, ood_scores)
+    correct = np.asarray(id_correct, dtype=bool).reshape(-1)
+    if len(correct) != len(a):
+        raise ValueError("id_correct must have one entry per ID score")
+    thresholds = np.unique(np.concatenate([a, b]))
+    b_sorted = np.sort(b)
+    a_correct_sorted = np.sort(a[correct])
+    ccr = np.searchsorted(a_correct_sorted, thresholds, side="right") / len(a)
+    fpr = np.searchsorted(b_sorted, thresholds, side="right") / len(b)
+    return np.r_[0.0, fpr], np.r_[0.0, ccr]
+
+
+def oscr(id_scores, id_correct, ood_scores) -> float:
+    """Area under the CCR-vs-FPR curve (Dhamija et al. 2018); its maximum equals closed-set accuracy."""
+    fpr, ccr = oscr_curve(id_scores, id_correct, ood_scores)
+    return float(np.trapezoid(ccr, fpr))
+
+
+DEFINITIONS["oscr"] = ("Open-set classification rate (Dhamija et al. 2018): area under the curve of the correct "
+                       "classification rate of known samples (accepted and correctly classified) against the "
+                       "fraction of unknowns accepted; its maximum is the closed-set accuracy.")

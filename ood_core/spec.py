@@ -4,39 +4,57 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
-SETTINGS = ("ood",)  # osr, nd, ad join as their protocols land
+# The survey's four settings (Salehi et al. 2022, section 2, Fig. 1)
+SETTINGS = ("ood", "osr", "nd", "ad")
+SETTING_TITLES = {
+    "ood": "Out-of-distribution detection",
+    "osr": "Open-set recognition",
+    "nd": "Novelty detection (one-class)",
+    "ad": "Anomaly detection (contaminated one-class)",
+}
+CLASSIFIER_SETTINGS = ("ood", "osr")
+ONE_CLASS_SETTINGS = ("nd", "ad")
+REGIMES = ("ce", "oe", "logitnorm")
+REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al. 2019)",
+                 "logitnorm": "LogitNorm (Wei et al. 2022)"}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the model is trained: optimiser settings and number of epochs."""
+    """How the model is trained: optimiser settings, number of epochs and the training regime."""
 
     epochs: int = 15
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
     member: int = 0  # ensemble member index: changes only the initialisation and batch order, not the data split
+    regime: str = "ce"  # classifiers only: "ce", "oe" (outlier exposure) or "logitnorm"
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.epochs) <= 500:
             raise ValueError(f"epochs must be in 1..500, got {self.epochs}")
         if not 1 <= int(self.batch_size) <= 4096:
             raise ValueError(f"batch_size must be in 1..4096, got {self.batch_size}")
-        if not 0 < float(self.lr) < 10:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < float(self.lr) < 10):
             raise ValueError(f"lr must be in (0, 10), got {self.lr}")
         if not 0 <= int(self.member) < 1000:
             raise ValueError(f"member must be in 0..999, got {self.member}")
         if not 0 <= float(self.weight_decay) < 1:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        if self.regime not in REGIMES:
+            raise ValueError(f"unknown training regime {self.regime!r}; choose one of {', '.join(REGIMES)}")
 
 
 @dataclass(frozen=True)
 class Spec:
     """What an experiment is: setting, dataset, model, training and seed.
 
-    The same Spec gives the same numbers; `key()` names its cached artefacts.
+    The same Spec gives the same numbers; `key()` names its cached artefacts. Setting-specific fields:
+    `known_classes` (OSR: K known of N, drawn by `seed`), `normal_class` (ND and AD), `contamination`
+    (AD: fraction of the training set drawn from the other classes, unlabelled).
     """
 
     setting: str = "ood"
@@ -45,6 +63,9 @@ class Spec:
     training: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     image_size: int = 16
+    known_classes: int = 6
+    normal_class: int = 0
+    contamination: float = 0.05
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -53,6 +74,13 @@ class Spec:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.image_size not in (8, 16, 24, 32):
             raise ValueError(f"image_size must be one of 8, 16, 24, 32, got {self.image_size}")
+        if not isinstance(self.known_classes, int) or self.known_classes < 2:
+            raise ValueError(f"known classes K must be an integer >= 2, got {self.known_classes!r}")
+        if not isinstance(self.normal_class, int) or self.normal_class < 0:
+            raise ValueError(f"normal class must be a non-negative integer, got {self.normal_class!r}")
+        c = self.contamination
+        if not (isinstance(c, (int, float)) and math.isfinite(c) and 0 <= c < 0.5):
+            raise ValueError(f"contamination ratio must be in [0, 0.5), got {c!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,10 +91,24 @@ class Spec:
         d["training"] = TrainConfig(**d.get("training", {}))
         return cls(**d)
 
+    def relevant_dict(self) -> dict:
+        """The fields that affect results in this setting (others are dropped, so they never split caches)."""
+        d = self.to_dict()
+        if self.setting != "osr":
+            d.pop("known_classes")
+        if self.setting not in ONE_CLASS_SETTINGS:
+            d.pop("normal_class")
+        if self.setting != "ad":
+            d.pop("contamination")
+        return d
+
     def key(self) -> str:
-        """A short stable hash of the whole spec (sorted JSON, SHA-256)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """A short stable hash of the relevant fields (sorted JSON, SHA-256)."""
+        blob = json.dumps(self.relevant_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def with_seed(self, seed: int) -> "Spec":
         return dataclasses.replace(self, seed=seed)
+
+    def replace(self, **changes) -> "Spec":
+        return dataclasses.replace(self, **changes)

@@ -36,6 +36,8 @@ class Benchmark:
     val: Split
     test: Split
     ood: dict[str, Split] = field(default_factory=dict)
+    # setting details: known/unknown classes (OSR), normal class and contamination (ND, AD), ...
+    meta: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -66,34 +68,100 @@ def split_indices(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
     return np.sort(train), np.sort(val), np.sort(test)
 
 
+def known_classes_for(seed: int, n_classes: int, k: int) -> list[int]:
+    """The K known classes of an OSR split, drawn by `seed` (sorted)."""
+    if not 2 <= k <= n_classes - 1:
+        raise ValueError(f"known classes K must be in 2..{n_classes - 1} for a dataset with {n_classes} classes, got {k}")
+    rng = np.random.default_rng([seed, 104729])
+    return sorted(int(c) for c in rng.choice(n_classes, size=k, replace=False))
+
+
 def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, ood_fraction: float = 0.2) -> Benchmark:
-    """ID splits of `spec.dataset` and each OOD set (a fifth of the ID test size by default)."""
+    """ID splits of `spec.dataset` for the spec's setting, plus the OOD sets (a fifth of the ID test size each).
+
+    - ood: ID = all classes; OOD = the synthetic and transformed sets.
+    - osr: ID = K known classes (labels remapped to 0..K-1); OOD set "unknown" = test samples of the other classes.
+    - nd: ID = the normal class alone (label 0); OOD set "novel" = test samples of every other class.
+    - ad: as nd, but the training split is contaminated with unlabelled samples of the other classes.
+    The synthetic and transformed sets are built from the ID test images and join every setting.
+    """
     if spec.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {spec.dataset!r}; available: {', '.join(DATASETS)}")
     unknown = [s for s in ood_sets if s not in OOD_SETS]
     if unknown:
         raise ValueError(f"unknown OOD set(s) {', '.join(unknown)}; available: {', '.join(OOD_SETS)}")
     pixels, labels, names = DATASETS[spec.dataset].load(spec.image_size)
+    n_classes = len(names)
     tr, va, te = split_indices(labels, spec.seed)
-    # normalisation statistics from ID train pixels only
+    meta: dict = {"setting": spec.setting, "n_dataset_classes": n_classes}
+    extra_ood: dict[str, np.ndarray] = {}  # name -> dataset indices of a natural OOD set
+    class_names = names
+    remap = np.arange(n_classes)
+    if spec.setting == "osr":
+        known = known_classes_for(spec.seed, n_classes, spec.known_classes)
+        unknown_cls = [c for c in range(n_classes) if c not in known]
+        meta.update(known_classes=known, unknown_classes=unknown_cls,
+                    known_names=[names[c] for c in known], unknown_names=[names[c] for c in unknown_cls])
+        is_known = np.isin(labels, known)
+        remap = np.full(n_classes, -1)
+        remap[known] = np.arange(len(known))
+        class_names = [names[c] for c in known]
+        extra_ood["unknown"] = te[~is_known[te]]
+        tr, va, te = tr[is_known[tr]], va[is_known[va]], te[is_known[te]]
+    elif spec.setting in ("nd", "ad"):
+        c = spec.normal_class
+        if not 0 <= c < n_classes:
+            raise ValueError(f"normal class {c} does not exist: {spec.dataset} has classes 0..{n_classes - 1}")
+        normal = labels == c
+        remap = np.full(n_classes, -1)
+        remap[c] = 0
+        class_names = [names[c]]
+        name = "novel" if spec.setting == "nd" else "anomalous"
+        extra_ood[name] = te[~normal[te]]
+        tr_normal = tr[normal[tr]]
+        contaminants = np.zeros(0, dtype=int)
+        if spec.setting == "ad" and spec.contamination > 0:
+            others = tr[~normal[tr]]
+            # ratio of contaminants in the final training set: m / (n + m) = contamination
+            m = int(round(spec.contamination / (1 - spec.contamination) * len(tr_normal)))
+            rng = np.random.default_rng([spec.seed, c, 7331])
+            contaminants = np.sort(rng.choice(others, size=min(m, len(others)), replace=False))
+        meta.update(normal_class=c, normal_name=names[c], contamination=float(spec.contamination) if spec.setting == "ad" else 0.0,
+                    n_contaminants=int(len(contaminants)), contaminant_labels=labels[contaminants].tolist())
+        meta["train_is_contaminant"] = np.r_[np.zeros(len(tr_normal), bool), np.ones(len(contaminants), bool)]
+        # contaminants are unlabelled: they carry the normal label 0, like every training sample
+        tr = np.r_[tr_normal, contaminants]
+        va, te = va[normal[va]], te[normal[te]]
+    # normalisation statistics from the (ID) training pixels only
     mean = float(pixels[tr].mean())
     std = float(pixels[tr].std()) or 1.0
 
     def norm(p: np.ndarray) -> np.ndarray:
         return ((p - mean) / std).astype(np.float32)
 
-    n_ood = max(1, int(round(ood_fraction * len(te))))
+    def id_labels(idx: np.ndarray) -> np.ndarray:
+        y = remap[labels[idx]].astype(np.int64)
+        if spec.setting in ("nd", "ad"):
+            y[:] = 0
+        return y
+
     ood = {}
+    for name, idx in extra_ood.items():
+        # natural OOD sets keep their original class in meta, label -1 like every OOD sample
+        ood[name] = Split(norm(pixels[idx]), np.full(len(idx), -1, dtype=np.int64))
+        meta[f"{name}_original_labels"] = labels[idx].tolist()
+    n_ood = max(1, int(round(ood_fraction * len(te))))
     for name in ood_sets:
         p = make_ood_set(name, pixels[te], n_ood, spec.seed)
         ood[name] = Split(norm(p), np.full(len(p), -1, dtype=np.int64))
     return Benchmark(
         spec=spec,
-        class_names=names,
+        class_names=class_names,
         mean=mean,
         std=std,
-        train=Split(norm(pixels[tr]), labels[tr]),
-        val=Split(norm(pixels[va]), labels[va]),
-        test=Split(norm(pixels[te]), labels[te]),
+        train=Split(norm(pixels[tr]), id_labels(tr)),
+        val=Split(norm(pixels[va]), id_labels(va)),
+        test=Split(norm(pixels[te]), id_labels(te)),
         ood=ood,
+        meta=meta,
     )

@@ -23,9 +23,11 @@ FAMILIES: dict[str, str] = {
     "open_set": "Open-set recognition: recalibrate the classifier with an explicit unknown class.",
     "uncertainty": "Uncertainty: disagreement between stochastic passes or between models.",
     "classic": "Classic outlier detectors (scikit-learn) on the network's features.",
+    "one_class": "One-class models: the score a model trained on normal data alone gives (hypersphere distance, "
+                 "reconstruction error, self-supervised transformation prediction).",
 }
 
-NEEDS = ("logits", "features", "model", "feature_maps")
+NEEDS = ("logits", "features", "model", "feature_maps", "model_score")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class Detector:
     # True only for methods that must run the network again (input gradients, stochastic passes, other
     # models, feature maps); all others score from the cached Outputs of the one forward pass
     runs_network: ClassVar[bool] = False
+    # the fewest ID classes the method is meaningful for (e.g. 2 for class-relative scores)
+    min_classes: ClassVar[int] = 1
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(self.params)

@@ -1,0 +1,27 @@
+"""The score of a one-class model itself (Deep SVDD, autoencoder, geometric transformations)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Detector, register
+
+
+@register
+class ModelScore(Detector):
+    name = "model_score"
+    title = "The one-class model's own score"
+    family = "one_class"
+    formula = "S(x) = the model's anomaly score: ||phi(x) - c||^2 (Deep SVDD), ||x - D(E(x))||^2 (autoencoder), -sum_t log p(t | T_t(x)) (GeoTrans)"
+    latex = (r"S(x) = \lVert \phi(x) - c\rVert^2 \ \text{(Deep SVDD)},\quad \lVert x - D(E(x))\rVert^2 "
+             r"\ \text{(AE)},\quad -\textstyle\sum_t \log p(t \mid T_t(x)) \ \text{(GeoTrans)}")
+    intuition = ("A one-class model is trained on normal data alone and defines its own notion of unusual: "
+                 "far from the learnt centre, badly reconstructed, or hard to recognise transformations of.")
+    reference = ("Ruff et al., Deep One-Class Classification, ICML 2018; Golan & El-Yaniv, Deep Anomaly Detection "
+                 "Using Geometric Transformations, NeurIPS 2018")
+    needs = ("model_score",)
+
+    def _score(self, out):
+        if "model_score" not in out.extras:
+            raise ValueError("this model gives no score of its own (a classifier, or the raw-pixel identity); "
+                             "pick a feature-based detector instead")
+        return np.asarray(out.extras["model_score"], dtype=np.float64)

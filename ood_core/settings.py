@@ -1,0 +1,59 @@
+"""What each of the survey's four settings offers: its models, its detectors, its metrics, in words."""
+from __future__ import annotations
+
+from .detectors import REGISTRY
+from .spec import ONE_CLASS_SETTINGS, SETTINGS
+
+EXPLANATIONS = {
+    "ood": ("The model is trained on every class of the dataset; at test time it meets inputs from other "
+            "distributions (noise, transformed images) and must flag them, while still classifying ID inputs."),
+    "osr": ("Only K of the N classes are known at training; the other classes appear at test time as unknowns. "
+            "The model must classify the known classes and reject the unknown ones (closed-set accuracy, AUROC, OSCR)."),
+    "nd": ("One class is normal and the model is trained on it alone; every other class is novel at test time. "
+           "The one-vs-all protocol makes each class the normal one in turn and averages the AUROC."),
+    "ad": ("As novelty detection, but the training set is contaminated with a small, unlabelled fraction of "
+           "anomalies from the other classes; robust methods degrade gracefully as that fraction grows."),
+}
+
+# which classes are seen at training and at test (the survey's Fig. 1), for the small diagram
+SEEN = {
+    "ood": ("all N classes", "all N classes + other distributions"),
+    "osr": ("K known classes", "K known + N−K unknown classes"),
+    "nd": ("one normal class", "normal + all other classes"),
+    "ad": ("one normal class + unlabelled anomalies", "normal + all other classes"),
+}
+
+CLASSIFIER_MODELS = ("small_cnn",)
+ONE_CLASS_MODELS = ("deep_svdd", "autoencoder", "geotrans", "pixels")
+
+METRICS = {
+    "ood": ("id_accuracy", "auroc", "aupr_in", "aupr_out", "fpr95", "detection_error"),
+    "osr": ("id_accuracy", "auroc", "fpr95", "oscr", "aupr_in", "aupr_out", "detection_error"),
+    "nd": ("auroc", "aupr_in", "aupr_out", "fpr95"),
+    "ad": ("auroc", "aupr_in", "aupr_out", "fpr95"),
+}
+
+
+def models_for(setting: str) -> tuple[str, ...]:
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}")
+    return ONE_CLASS_MODELS if setting in ONE_CLASS_SETTINGS else CLASSIFIER_MODELS
+
+
+def is_applicable(name: str, setting: str, model: str, num_classes: int) -> bool:
+    """Whether detector `name` can score a `model` in `setting` with `num_classes` ID classes."""
+    cls = REGISTRY[name]
+    needs = set(cls.needs)
+    if model in ONE_CLASS_MODELS:
+        # one-class models give features (and maybe their own score): no logits, no classifier head
+        if needs - {"features", "model_score"}:
+            return False
+        if "model_score" in needs and model == "pixels":
+            return False
+    elif "model_score" in needs:
+        return False
+    return num_classes >= cls.min_classes
+
+
+def detectors_for(setting: str, model: str, num_classes: int) -> list[str]:
+    return [n for n in REGISTRY if is_applicable(n, setting, model, num_classes)]
