@@ -71,15 +71,89 @@ def _save_scores(scores: dict, folder: Path) -> None:
         np.savez(folder / f"{det}.npz", **{k: np.asarray(v) for k, v in per_split.items()})
 
 
+def _pct(m, sd, n) -> str:
+    if m is None:
+        return "error"
+    return f"{100 * m:.1f}±{100 * sd:.1f}" if n > 1 else f"{100 * m:.1f}"
+
+
+def run_osr(args, base: Spec) -> int:
+    from . import protocols
+
+    base = base.replace(setting="osr", known_classes=args.known)
+    res = protocols.run_osr(base, args.splits, args.detectors, cache_dir=args.cache_dir, device=args.device,
+                            on_progress=None if args.quiet else _stderr_progress)
+    summ = protocols.summarise_by(res.rows, ("detector", "ood_set"), ("auroc", "fpr95", "oscr", "aupr_in", "aupr_out"))
+    accs = np.array(res.accuracies, dtype=float)
+    print(f"OSR on {base.dataset}: {base.known_classes} known classes, {args.splits} split(s); closed-set accuracy "
+          f"{_pct(accs.mean(), accs.std(), len(accs))}%  (mean±std over splits, in %)\n")
+    print("| detector | AUROC | FPR@95TPR | OSCR |\n|---|---|---|---|")
+    for s in summ:
+        if s["ood_set"] == "unknown":
+            print(f"| {s['detector']} | {_pct(s['auroc_mean'], s['auroc_std'], s['n'])} | "
+                  f"{_pct(s['fpr95_mean'], s['fpr95_std'], s['n'])} | {_pct(s['oscr_mean'], s['oscr_std'], s['n'])} |")
+    if args.json:
+        _write_json(args.json, res.as_json(base, {"splits": args.splits, "summary": summ}))
+    return 0
+
+
+def run_one_class(args, base: Spec) -> int:
+    from . import protocols
+
+    classes = None if args.normal_class is None else [args.normal_class]
+    cb = None if args.quiet else _stderr_progress
+    if args.setting == "ad" and args.curve:
+        res = protocols.contamination_curve(base, classes=classes, cache_dir=args.cache_dir, device=args.device,
+                                            on_progress=cb)
+        summ = protocols.summarise_by(res.rows, ("method", "contamination"))
+        ratios = sorted({r["contamination"] for r in res.rows})
+        print("Mean AUROC (%) over normal classes, by contamination ratio\n")
+        print("| method | " + " | ".join(f"{100 * r:.0f}%" for r in ratios) + " |\n|---|" + "---|" * len(ratios))
+        by = {(s["method"], s["contamination"]): s for s in summ}
+        for m in dict.fromkeys(r["method"] for r in res.rows):
+            print(f"| {m} | " + " | ".join(_pct(by[(m, r)]["auroc_mean"], 0, 1) for r in ratios) + " |")
+    else:
+        res = protocols.run_one_class(base, args.setting, base.contamination, classes, cache_dir=args.cache_dir,
+                                      device=args.device, on_progress=cb)
+        summ = protocols.summarise_by(res.rows, ("method",))
+        per = {(r["method"], r["normal_class"]): r for r in res.rows}
+        cls = sorted({r["normal_class"] for r in res.rows})
+        what = "novelty detection" if args.setting == "nd" else f"anomaly detection, {100 * base.contamination:.0f}% contamination"
+        print(f"One-vs-all {what} on {base.dataset}: AUROC (%) per normal class\n")
+        print("| method | " + " | ".join(map(str, cls)) + " | mean ± std |\n|---|" + "---|" * (len(cls) + 1))
+        for s in summ:
+            cells = [("error" if per[(s["method"], c)]["auroc"] is None else f"{100 * per[(s['method'], c)]['auroc']:.1f}")
+                     for c in cls]
+            print(f"| {s['method']} | " + " | ".join(cells) + f" | {_pct(s['auroc_mean'], s['auroc_std'], 2)} |")
+    print(f"\n({res.seconds:.1f} s)")
+    if args.json:
+        _write_json(args.json, res.as_json(base, {"summary": summ}))
+    return 0
+
+
+def _stderr_progress(frac: float, msg: str) -> None:
+    print(f"[{100 * frac:5.1f}%] {msg}", file=sys.stderr)
+
+
+def _write_json(path: str, doc: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1, default=float))
+
+
 def run(args) -> int:
     from . import pipeline
 
+    training = TrainConfig(epochs=args.epochs, regime=args.regime) if args.epochs else TrainConfig(regime=args.regime)
+    base = Spec(setting=args.setting, dataset=args.dataset, training=training, seed=args.seed,
+                contamination=args.contamination if args.setting == "ad" else Spec.contamination)
+    if args.setting == "osr":
+        return run_osr(args, base)
+    if args.setting in ("nd", "ad"):
+        return run_one_class(args, base)
     detectors = pipeline.resolve_detectors(args.detectors)
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     seeds = list(range(args.seed, args.seed + args.seeds))
-    training = TrainConfig(epochs=args.epochs) if args.epochs else TrainConfig()
-    base = Spec(setting=args.setting, dataset=args.dataset, training=training, seed=args.seed)
     all_rows, accs = [], []
     for seed in seeds:  # not compare.run_seeds: the CLI also saves outputs and scores per seed
         spec = base.with_seed(seed)
@@ -116,8 +190,7 @@ def run(args) -> int:
     if args.json:
         doc = {"spec": base.to_dict(), "seeds": seeds, "id_accuracy": float(np.mean(accs)),
                "id_accuracy_per_seed": [float(a) for a in accs], "results": all_rows, "summary": summary}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=1))
+        _write_json(args.json, doc)
     return 0
 
 
@@ -132,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="first seed")
     r.add_argument("--seeds", type=int, default=1, help="number of seeds (each a freshly trained model)")
     r.add_argument("--epochs", type=int, default=None, help="training epochs (default: the Spec's)")
+    r.add_argument("--regime", default="ce", choices=["ce", "oe", "logitnorm"],
+                   help="classifier training: cross-entropy, outlier exposure, LogitNorm")
+    r.add_argument("--known", type=int, default=6, help="OSR: number of known classes K (2..N-1)")
+    r.add_argument("--splits", type=int, default=5, help="OSR: number of random known/unknown splits")
+    r.add_argument("--contamination", type=float, default=0.05, help="AD: contamination ratio in [0, 0.5)")
+    r.add_argument("--normal-class", type=int, default=None, help="ND/AD: only this normal class (default: all)")
+    r.add_argument("--curve", action="store_true", help="AD: the whole contamination curve 0-20%%")
     r.add_argument("--json", help="write the results as JSON here")
     r.add_argument("--save-outputs", help="folder for one .npz per split (logits, features, labels)")
     r.add_argument("--save-scores", help="folder for one .npz per detector (one array per split)")

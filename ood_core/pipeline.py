@@ -43,7 +43,10 @@ class Experiment:
         return self.training.model
 
     @property
-    def adapter(self) -> ModelAdapter:
+    def adapter(self) -> Optional[ModelAdapter]:
+        """The model adapter detectors use; None for one-class models (no classifier head)."""
+        if not self.is_classifier:
+            return None
         if self._adapter is None:
             self._adapter = ModelAdapter(self.model, self.device, input_std=self.bench.std)
         return self._adapter
@@ -53,7 +56,14 @@ class Experiment:
         return list(self.bench.ood)
 
     @property
-    def id_accuracy(self) -> float:
+    def is_classifier(self) -> bool:
+        return self.outputs["test"].logits.shape[1] > 0
+
+    @property
+    def id_accuracy(self) -> Optional[float]:
+        """Closed-set accuracy on the ID test split; None for one-class models (nothing to classify)."""
+        if not self.is_classifier:
+            return None
         return metrics.accuracy(self.outputs["test"].logits, self.outputs["test"].labels)
 
     def member_adapter(self, i: int) -> ModelAdapter:
@@ -68,7 +78,8 @@ class Experiment:
 
     def fit_context(self) -> FitContext:
         return FitContext(train=self.outputs["train"], val=self.outputs["val"], model=self.adapter,
-                          num_classes=self.bench.num_classes, member_models=self.member_adapter, seed=self.spec.seed)
+                          num_classes=self.bench.num_classes,
+                          member_models=self.member_adapter if self.is_classifier else None, seed=self.spec.seed)
 
     def fit_detector(self, name: str, params: Optional[Mapping] = None) -> Detector:
         return create(name, **dict(params or {})).fit(self.fit_context())
@@ -96,14 +107,28 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
     return Experiment(spec, bench, training, compute_outputs(training.model, bench, device), device, cache_dir)
 
 
-def resolve_detectors(names: str | Iterable[str]) -> list[str]:
-    """'all', a comma-separated string or a list of names -> validated list of registry names."""
+def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = None) -> list[str]:
+    """'all', a comma-separated string or a list of names -> validated list of registry names.
+
+    With an experiment, 'all' means every detector that applies to its setting and model, and naming one
+    that does not apply is an error.
+    """
+    from .settings import detectors_for, is_applicable
+
     if isinstance(names, str):
-        names = list(REGISTRY) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+        if names.strip() == "all":
+            names = detectors_for(exp.spec.setting, exp.spec.model, exp.bench.num_classes) if exp else list(REGISTRY)
+        else:
+            names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(names)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown detector(s): {', '.join(unknown)}; run `python -m ood_core list-detectors`")
+    if exp is not None:
+        bad = [n for n in names if not is_applicable(n, exp.spec.setting, exp.spec.model, exp.bench.num_classes)]
+        if bad:
+            raise ValueError(f"detector(s) {', '.join(bad)} do not apply to setting {exp.spec.setting!r} "
+                             f"with model {exp.spec.model!r}")
     if not names:
         raise ValueError("no detector chosen")
     return names
@@ -117,8 +142,12 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
     Returns (rows, scores): rows are dicts with detector, ood_set, the metrics (fractions) and `error`
     (None or a message); scores[detector][split] are the score arrays (train, val, test, OOD sets).
     """
-    names = resolve_detectors(detector_names)
+    names = resolve_detectors(detector_names, exp)
     params = params or {}
+    osr = exp.spec.setting == "osr"
+    if osr:
+        test = exp.outputs["test"]
+        id_correct = test.logits.argmax(axis=1) == test.labels
     rows: list[dict] = []
     all_scores: dict[str, dict] = {}
     for i, name in enumerate(names):
@@ -141,8 +170,12 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
         for ood in exp.ood_names:
             row = {"detector": name, "ood_set": ood, "auroc": None, "aupr_in": None, "aupr_out": None,
                    "fpr95": None, "detection_error": None, "error": err, "seconds": seconds}
+            if osr:
+                row["oscr"] = None
             if sc is not None:
                 row.update(metrics.all_metrics(sc["test"], sc[ood]).as_dict())
+                if osr:
+                    row["oscr"] = metrics.oscr(sc["test"], id_correct, sc[ood])
             rows.append(row)
     if on_progress:
         on_progress(len(names), len(names), "")

@@ -53,7 +53,12 @@ class SmallCNN(nn.Module):
 MODELS = {"small_cnn": SmallCNN}
 
 
-def build_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes)
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int = 16) -> nn.Module:
+    """A fresh model by name: a classifier (MODELS) or a one-class model (models.registry)."""
+    from .registry import ONE_CLASS_BUILDERS
+
+    if name in MODELS:
+        return MODELS[name](in_channels=in_channels, num_classes=num_classes)
+    if name in ONE_CLASS_BUILDERS:
+        return ONE_CLASS_BUILDERS[name](in_channels, image_size)
+    raise ValueError(f"unknown model {name!r}; available: {', '.join([*MODELS, *ONE_CLASS_BUILDERS])}")

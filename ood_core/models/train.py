@@ -55,18 +55,55 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str = "cpu"
     return correct / max(1, len(x))
 
 
+OE_WEIGHT = 0.5  # lambda of Hendrycks et al. 2019
+LOGITNORM_TAU = 0.04  # tau of Wei et al. 2022 (their CIFAR-10 value)
+
+
+def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
+                aux_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The training loss of a classifier regime.
+
+    ce: cross-entropy. logitnorm: cross-entropy of f / (tau ||f||). oe: cross-entropy on ID plus
+    OE_WEIGHT times the cross-entropy from the auxiliary outliers' softmax to the uniform distribution.
+    """
+    if regime == "logitnorm":
+        norms = logits.norm(p=2, dim=1, keepdim=True) + 1e-7
+        return nn.functional.cross_entropy(logits / (norms * LOGITNORM_TAU), targets)
+    loss = nn.functional.cross_entropy(logits, targets)
+    if regime == "oe":
+        if aux_logits is None:
+            raise ValueError("outlier exposure needs auxiliary outliers")
+        loss = loss + OE_WEIGHT * -(aux_logits.log_softmax(dim=1).mean(dim=1)).mean()
+    return loss
+
+
 def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
                 device: str = "cpu") -> TrainResult:
-    """Train spec.model on bench.train with Adam + cosine schedule and light shift augmentation."""
+    """Train spec.model on bench.train: classifiers here, one-class models by their own trainer."""
+    from .registry import ONE_CLASS_TRAINERS
+
+    if spec.model in ONE_CLASS_TRAINERS:
+        return ONE_CLASS_TRAINERS[spec.model](spec, bench, progress, device)
+    return train_classifier(spec, bench, progress, device)
+
+
+def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
+                     device: str = "cpu") -> TrainResult:
+    """AdamW with a one-cycle schedule and 1-pixel shift augmentation, in the regime of spec.training."""
     cfg = spec.training
     gen = seed_everything(spec.seed + 10007 * cfg.member)
-    model = build_model(spec.model, bench.input_shape[0], bench.num_classes).to(device)
+    model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1]).to(device)
+    aux = None
+    if cfg.regime == "oe":
+        from ..data.auxiliary import make_auxiliary
+
+        aux_pixels = make_auxiliary(bench.to_pixels(bench.train.x), bench.train.y, len(bench.train), spec.seed)
+        aux = torch.from_numpy(bench.normalise(aux_pixels))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = int(np.ceil(len(bench.train) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     x_all = torch.from_numpy(bench.train.x)
     y_all = torch.from_numpy(bench.train.y)
-    lossf = nn.CrossEntropyLoss()
     history: list[dict] = []
     t0 = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -77,8 +114,13 @@ def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progr
             idx = perm[i:i + cfg.batch_size]
             xb, yb = _augment(x_all[idx], gen).to(device), y_all[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = lossf(out, yb)
+            if aux is not None:
+                aux_idx = torch.randint(0, len(aux), (len(idx),), generator=gen)
+                both = model(torch.cat([xb, aux[aux_idx].to(device)]))
+                out, aux_out = both[:len(idx)], both[len(idx):]
+            else:
+                out, aux_out = model(xb), None
+            loss = regime_loss(cfg.regime, out, yb, aux_out)
             loss.backward()
             opt.step()
             sched.step()
@@ -132,7 +174,7 @@ def load_checkpoint(path: Path, spec: Spec, bench: Benchmark) -> Optional[TrainR
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("spec_key") != spec.key():
             return None
-        model = build_model(spec.model, bench.input_shape[0], bench.num_classes)
+        model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
         model.load_state_dict(payload["state_dict"])
     except Exception:
         return None
@@ -162,7 +204,7 @@ def load_user_model(path_or_file, spec: Spec, bench: Benchmark) -> nn.Module:
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("the checkpoint holds no state_dict of tensors")
-    model = build_model(spec.model, bench.input_shape[0], bench.num_classes)
+    model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

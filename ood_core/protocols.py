@@ -1,0 +1,182 @@
+"""The test protocols of the four settings (survey, section 2): OSR splits, ND one-vs-all, AD contamination.
+
+Every protocol returns result rows in the CLI's JSON layout: one dict per (method, OOD set, split or normal
+class) with the metrics as fractions, `error` None or a message, and the protocol's own keys (`split`,
+`normal_class`, `contamination`, `model`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from .pipeline import Experiment, evaluate, prepare
+from .settings import detectors_for
+from .spec import Spec
+
+ProgressFn = Callable[[float, str], None]
+
+# ND / AD: the methods a one-class protocol compares, as (model, detector, params).
+# Raw-pixel baselines are feature detectors on the "pixels" identity model; k follows the issue's reference points.
+ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
+    ("deep_svdd", "model_score", {}),
+    ("autoencoder", "model_score", {}),
+    ("geotrans", "model_score", {}),
+    ("pixels", "knn", {"k": 1}),
+    ("pixels", "knn", {"k": 10}),
+    ("pixels", "ocsvm", {}),
+    ("pixels", "iforest", {}),
+    ("pixels", "lof", {}),
+    ("deep_svdd", "knn", {"k": 1}),
+    ("autoencoder", "knn", {"k": 1}),
+    ("geotrans", "knn", {"k": 1}),
+    ("geotrans", "ocsvm", {}),
+)
+MODEL_TITLES = {"deep_svdd": "Deep SVDD", "autoencoder": "Autoencoder", "geotrans": "GeoTrans", "pixels": "raw pixels",
+                "small_cnn": "small CNN"}
+
+
+def method_label(model: str, detector: str, params: dict) -> str:
+    """A readable name for a (model, detector, params) method, e.g. 'raw pixels · knn (k=1)'."""
+    if detector == "model_score":
+        return MODEL_TITLES.get(model, model)
+    p = ", ".join(f"{k}={v}" for k, v in params.items())
+    return f"{MODEL_TITLES.get(model, model)} · {detector}" + (f" ({p})" if p else "")
+
+
+@dataclass
+class ProtocolResult:
+    setting: str
+    rows: list[dict]
+    accuracies: list[Optional[float]]  # closed-set accuracy per split (OSR); empty for one-class settings
+    seconds: float
+
+    def as_json(self, spec: Spec, extra: Optional[dict] = None) -> dict:
+        doc = {"spec": spec.to_dict(), "setting": self.setting, "results": self.rows, "seconds": self.seconds}
+        if self.accuracies:
+            doc["id_accuracy"] = float(np.mean(self.accuracies))
+            doc["id_accuracy_std"] = float(np.std(self.accuracies))
+            doc["id_accuracy_per_split"] = [float(a) for a in self.accuracies]
+        doc.update(extra or {})
+        return doc
+
+
+def _progress(cb: Optional[ProgressFn], frac: float, msg: str) -> None:
+    if cb:
+        cb(min(max(frac, 0.0), 1.0), msg)
+
+
+def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
+            ood_sets: Optional[Iterable[str]] = None, cache_dir=None, device: Optional[str] = None,
+            on_progress: Optional[ProgressFn] = None) -> ProtocolResult:
+    """K known of N classes, `splits` random splits (split i uses seed base.seed + i). Rows gain `split`."""
+    if splits < 1:
+        raise ValueError("the number of OSR splits must be at least 1")
+    t0 = time.perf_counter()
+    rows, accs = [], []
+    for i in range(splits):
+        spec = base.replace(setting="osr", seed=base.seed + i)
+        _progress(on_progress, i / splits, f"split {i + 1}/{splits}: model")
+        exp = prepare(spec, cache_dir=cache_dir, device=device)
+        r, _ = evaluate(exp, detectors)
+        known = exp.bench.meta["known_classes"]
+        for row in r:
+            if ood_sets is None or row["ood_set"] in ood_sets:
+                row.update(split=i, seed=spec.seed, known_classes=known)
+                rows.append(row)
+        accs.append(exp.id_accuracy)
+    _progress(on_progress, 1.0, "done")
+    return ProtocolResult("osr", rows, accs, time.perf_counter() - t0)
+
+
+def _one_class_experiment(base: Spec, setting: str, model: str, normal_class: int, contamination: float,
+                          cache: dict, cache_dir, device) -> Experiment:
+    key = (model, normal_class, contamination)
+    if key not in cache:
+        spec = base.replace(setting=setting, model=model, normal_class=normal_class,
+                            contamination=contamination if setting == "ad" else base.contamination)
+        cache[key] = prepare(spec, cache_dir=cache_dir, device=device)
+    return cache[key]
+
+
+def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
+                  classes: Optional[Iterable[int]] = None,
+                  methods: Iterable[tuple[str, str, dict]] = ONE_CLASS_METHODS, include_synthetic: bool = False,
+                  cache_dir=None, device: Optional[str] = None,
+                  on_progress: Optional[ProgressFn] = None) -> ProtocolResult:
+    """One-vs-all: each class in turn is normal; every method is scored on the novel/anomalous test set.
+
+    Rows gain `normal_class`, `model`, `method` (readable label) and, in AD, `contamination`.
+    """
+    if setting not in ("nd", "ad"):
+        raise ValueError(f"one-class protocols are 'nd' and 'ad', not {setting!r}")
+    from .data import DATASETS
+
+    n_classes = len(DATASETS[base.dataset].load(base.image_size)[2])
+    classes = list(range(n_classes) if classes is None else classes)
+    bad = [c for c in classes if not 0 <= c < n_classes]
+    if bad:
+        raise ValueError(f"normal class(es) {bad} do not exist: {base.dataset} has classes 0..{n_classes - 1}")
+    methods = list(methods)
+    target = "novel" if setting == "nd" else "anomalous"
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    for ci, c in enumerate(classes):
+        cache: dict = {}
+        for mi, (model, det, params) in enumerate(methods):
+            _progress(on_progress, (ci + mi / len(methods)) / len(classes),
+                      f"normal class {c}: {method_label(model, det, params)}")
+            exp = _one_class_experiment(base, setting, model, c, contamination, cache, cache_dir, device)
+            if det not in detectors_for(setting, model, exp.bench.num_classes):
+                raise ValueError(f"{det} does not apply to model {model} in setting {setting}")
+            r, _ = evaluate(exp, [det], {det: params})
+            for row in r:
+                if row["ood_set"] == target or include_synthetic:
+                    row.update(normal_class=c, model=model, method=method_label(model, det, params),
+                               params=dict(params))
+                    if setting == "ad":
+                        row["contamination"] = float(contamination)
+                    rows.append(row)
+    _progress(on_progress, 1.0, "done")
+    return ProtocolResult(setting, rows, [], time.perf_counter() - t0)
+
+
+def contamination_curve(base: Spec, ratios: Iterable[float] = (0.0, 0.05, 0.1, 0.15, 0.2),
+                        classes: Optional[Iterable[int]] = None,
+                        methods: Iterable[tuple[str, str, dict]] = ONE_CLASS_METHODS, cache_dir=None,
+                        device: Optional[str] = None, on_progress: Optional[ProgressFn] = None) -> ProtocolResult:
+    """The AD protocol at each contamination ratio; rows of every ratio together (field `contamination`)."""
+    ratios = list(ratios)
+    for r in ratios:
+        if not 0 <= r < 0.5:
+            raise ValueError(f"contamination ratio must be in [0, 0.5), got {r}")
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    for i, r in enumerate(ratios):
+        sub = None if on_progress is None else (
+            lambda f, m, i=i, r=r: on_progress((i + f) / len(ratios), f"contamination {100 * r:.0f}%: {m}"))
+        rows += run_one_class(base, "ad", r, classes, methods, cache_dir=cache_dir, device=device,
+                              on_progress=sub).rows
+    _progress(on_progress, 1.0, "done")
+    return ProtocolResult("ad", rows, [], time.perf_counter() - t0)
+
+
+def summarise_by(rows: list[dict], keys: tuple[str, ...], metrics: tuple[str, ...] = ("auroc",)) -> list[dict]:
+    """Mean and population std of each metric over the rows sharing `keys` (errors skipped and counted)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for g, rs in groups.items():
+        ok = [r for r in rs if r.get("error") is None]
+        s = dict(zip(keys, g))
+        s["n"] = len(ok)
+        s["n_errors"] = len(rs) - len(ok)
+        for m in metrics:
+            v = np.array([r[m] for r in ok if r.get(m) is not None], dtype=float)
+            s[f"{m}_mean"] = float(v.mean()) if len(v) else None
+            s[f"{m}_std"] = float(v.std()) if len(v) else None
+        out.append(s)
+    return out
