@@ -142,9 +142,13 @@ def confusion_at(id_scores, ood_scores, threshold: float) -> Confusion:
 
 def threshold_at_tpr(id_scores, tpr: float = 0.95) -> float:
     """The threshold that keeps (at least) a fraction `tpr` of ID scores at or below it."""
-    a = np.sort(np.asarray(id_scores, dtype=np.float64))
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    a = np.sort(np.asarray(id_scores, dtype=np.float64).reshape(-1))
     if len(a) == 0:
         raise ValueError("need ID scores")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("scores contain NaN or infinite values")
     return float(a[min(len(a) - 1, int(np.ceil(tpr * len(a))) - 1)])
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 
 # The survey's four settings (Salehi et al. 2022, section 2, Fig. 1)
@@ -70,8 +71,9 @@ class Spec:
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
             raise ValueError(f"unknown setting {self.setting!r}; choose one of {', '.join(SETTINGS)}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))  # numpy integers hash and serialise like ints
         if self.image_size not in (8, 16, 24, 32):
             raise ValueError(f"image_size must be one of 8, 16, 24, 32, got {self.image_size}")
         if not isinstance(self.known_classes, int) or self.known_classes < 2:
