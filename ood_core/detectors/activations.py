@@ -30,3 +30,218 @@ class ReAct(Detector):
     def _score(self, out):
         h = np.minimum(np.asarray(out.features, dtype=np.float64), self.threshold_)
         return -logsumexp(h @ self.weight_.T + self.bias_)
+
+
+def energy_of(h: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The energy score -log sum_k exp(W h + b)_k of (shaped) features h."""
+    return -logsumexp(np.asarray(h, dtype=np.float64) @ weight.T + bias)
+
+
+def top_k_mask(h: np.ndarray, percentile: float) -> np.ndarray:
+    """Per sample, True on the k = D - round(D p / 100) largest activations (at least one), as ASH's code counts k.
+
+    Ties are broken by unit index (stable sort), so the mask depends on the sample alone.
+    """
+    d = h.shape[1]
+    k = max(1, d - int(np.round(d * percentile / 100.0)))
+    keep = np.argsort(-h, axis=1, kind="stable")[:, :k]
+    mask = np.zeros(h.shape, dtype=bool)
+    np.put_along_axis(mask, keep, True, axis=1)
+    return mask
+
+
+def _sum_ratio(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    # s2 = 0 only when every kept activation is 0 (h = 0 for ReLU features); the ratio then multiplies zeros
+    return np.divide(s1, s2, out=np.ones_like(s1), where=s2 != 0)
+
+
+class _ASH(Detector):
+    """Activation shaping (ASH): prune all but the top activations of each sample, then score with the energy.
+
+    Here ASH shapes the 128-d penultimate vector h (the input of the head; h = ReLU(fc1(GAP(maps))) in the small
+    CNN), the place the authors' README example puts it (after the average pooling, right before the classifier),
+    not a convolutional feature map. k = D - round(D p / 100) activations are kept (ASH's code), ties broken by
+    unit index so the result depends on the sample alone.
+    """
+
+    family = "activation"
+    reference = "Djurisic et al., Extremely Simple Activation Shaping for Out-of-Distribution Detection, ICLR 2023"
+    needs = ("features", "model")
+    params = {"percentile": Param(90.0, 10.0, 99.0, "linear", sweep=(50.0, 60.0, 65.0, 70.0, 80.0, 85.0, 90.0, 95.0),
+                                  help="p: prune the activations below the per-sample p-th percentile "
+                                       "(paper: 65 / 90; OpenOOD: 90)")}
+
+    def _fit(self, ctx):
+        self.weight_ = ctx.model.head_weight
+        self.bias_ = ctx.model.head_bias
+
+    def shape(self, h: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _score(self, out):
+        return energy_of(self.shape(np.asarray(out.features, dtype=np.float64)), self.weight_, self.bias_)
+
+
+@register
+class ASHP(_ASH):
+    """ASH-P: keep the top (100 - p)% activations of h unchanged, set the rest to 0, then the energy (see _ASH)."""
+
+    name = "ash_p"
+    title = "ASH-P (activation shaping: prune)"
+    formula = "S(x) = -log sum_k exp(W h' + b)_k,  h' = h on the top (100 - p)% units of h(x), 0 elsewhere"
+    latex = (r"S(x) = -\log\sum_k \exp\big(W h' + b\big)_k,\quad h'_j = h_j\,[h_j \in \mathrm{top}_{(100-p)\%}(h)]")
+    intuition = ("Most of what identifies the class of a familiar input sits in its few strongest activations. "
+                 "Zeroing the weak rest removes noise that makes unfamiliar inputs look confident.")
+
+    def shape(self, h):
+        return np.where(top_k_mask(h, self.percentile), h, 0.0)
+
+
+@register
+class ASHB(_ASH):
+    """ASH-B: the top k activations become s1 / k (s1 = the sum of all of h), the rest 0, then the energy (see _ASH)."""
+
+    name = "ash_b"
+    title = "ASH-B (activation shaping: binarise)"
+    formula = "S(x) = -log sum_k exp(W h' + b)_k,  h' = (s1 / k) on the top-k units, 0 elsewhere,  s1 = sum_j h_j"
+    latex = (r"S(x) = -\log\sum_k \exp\big(W h' + b\big)_k,\quad h'_j = \frac{s_1}{k}\,"
+             r"[h_j \in \mathrm{top}_k(h)],\ s_1 = \textstyle\sum_j h_j")
+    intuition = ("Keep only which units are among the strongest, and spread the total activation evenly over them. "
+                 "The total activation is larger for familiar inputs, and the binarised pattern keeps the class.")
+
+    def shape(self, h):
+        mask = top_k_mask(h, self.percentile)
+        k = mask.sum(axis=1, keepdims=True)
+        return np.where(mask, h.sum(axis=1, keepdims=True) / k, 0.0)
+
+
+@register
+class ASHS(_ASH):
+    """ASH-S: prune as ASH-P, then scale by exp(s1 / s2), s1 / s2 the sums of h before / after pruning (see _ASH)."""
+
+    name = "ash_s"
+    title = "ASH-S (activation shaping: scale)"
+    formula = "S(x) = -log sum_k exp(W h' + b)_k,  h' = exp(s1/s2) * (h on the top (100 - p)% units, 0 elsewhere)"
+    latex = (r"S(x) = -\log\sum_k \exp\big(W h' + b\big)_k,\quad h' = e^{s_1/s_2}\, h \odot m,\ "
+             r"s_1 = \textstyle\sum_j h_j,\ s_2 = \sum_j m_j h_j")
+    intuition = ("After pruning, scaling up by how much activation was removed sharpens the energy gap: familiar "
+                 "inputs keep most of their activation in the top units, unfamiliar ones spread it out.")
+
+    def shape(self, h):
+        pruned = np.where(top_k_mask(h, self.percentile), h, 0.0)
+        ratio = _sum_ratio(h.sum(axis=1), pruned.sum(axis=1))
+        return pruned * np.exp(ratio)[:, None]
+
+
+@register
+class SCALE(Detector):
+    """SCALE: multiply the whole, unpruned feature by ASH-S's factor exp(s1 / s2), then score with the energy.
+
+    s1 = sum of h, s2 = sum of its top (100 - p)% activations (pruning only measures the ratio). Only the feature
+    is scaled, not the bias: logits = W (r h) + b, as in the paper's and OpenOOD's code (scale on the pooled feature,
+    then the fc layer). Applied to the 128-d penultimate vector h, like ASH here.
+    """
+
+    name = "scale"
+    title = "SCALE (activation scaling)"
+    family = "activation"
+    formula = ("S(x) = -log sum_k exp(W (r h) + b)_k,  r = exp(s1 / s2),  s1 = sum_j h_j,  "
+               "s2 = sum of the top (100 - p)% h_j")
+    latex = (r"S(x) = -\log\sum_k \exp\big(r\,W h + b\big)_k,\quad r = \exp\!\Big(\frac{\sum_j h_j}"
+             r"{\sum_{j \in \mathrm{top}} h_j}\Big)")
+    intuition = ("ASH's pruning changes which class the network predicts; SCALE keeps every activation and only "
+                 "uses the pruning to measure how concentrated the activations are, scaling the logits by it.")
+    reference = ("Xu et al., Scaling for Training Time and Post-hoc Out-of-distribution Detection Enhancement, "
+                 "ICLR 2024")
+    needs = ("features", "model")
+    params = {"percentile": Param(85.0, 10.0, 99.0, "linear", sweep=(65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0),
+                                  help="p: s2 sums the activations above the per-sample p-th percentile (OpenOOD: 85)")}
+
+    def _fit(self, ctx):
+        self.weight_ = ctx.model.head_weight
+        self.bias_ = ctx.model.head_bias
+
+    def _score(self, out):
+        h = np.asarray(out.features, dtype=np.float64)
+        s2 = np.where(top_k_mask(h, self.percentile), h, 0.0).sum(axis=1)
+        r = np.exp(_sum_ratio(h.sum(axis=1), s2))
+        return energy_of(h * r[:, None], self.weight_, self.bias_)
+
+
+@register
+class DICE(Detector):
+    """DICE: keep only the head weights with the largest contributions to ID train logits, then the energy.
+
+    Contribution V = mean ID train h (D,) times W (K, D), entrywise; the mask keeps the entries above the p-th
+    percentile of all K x D contributions (strictly greater, as the paper's and OpenOOD's code).
+    """
+
+    name = "dice"
+    title = "DICE (directed sparsification)"
+    family = "activation"
+    formula = ("S(x) = -log sum_k exp((M . W) h + b)_k,  M = [hbar_j W_kj > p-th percentile of hbar * W],  "
+               "hbar = mean ID h")
+    latex = (r"S(x) = -\log\sum_k \exp\big((M \odot W)\,h + b\big)_k,\quad "
+             r"M_{kj} = \big[\bar h_j W_{kj} > \mathrm{perc}_p(\bar h \odot W)\big]")
+    intuition = ("On ID data only a few weights carry most of each logit; the rest add noise that can make "
+                 "unfamiliar inputs look confident. Dropping the weak weights sharpens the energy gap.")
+    reference = "Sun & Li, DICE: Leveraging Sparsification for Out-of-Distribution Detection, ECCV 2022"
+    needs = ("features", "model")
+    params = {"sparsity": Param(90.0, 0.0, 99.0, "linear", sweep=(0.0, 10.0, 30.0, 50.0, 70.0, 90.0, 95.0),
+                                help="p: percent of the weights removed (paper and OpenOOD on CIFAR: 90)")}
+
+    def _fit(self, ctx):
+        w = ctx.model.head_weight
+        contrib = np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0)[None, :] * w
+        self.mask_ = contrib > np.percentile(contrib, self.sparsity)
+        self.weight_ = w * self.mask_
+        self.bias_ = ctx.model.head_bias
+
+    def _score(self, out):
+        return energy_of(out.features, self.weight_, self.bias_)
+
+
+@register
+class VRA(Detector):
+    """VRA (variational rectified activation), the piecewise function of the authors' code (`clip2`).
+
+    Per unit j, with alpha_j and beta_j the q_low-th and q_high-th percentiles of unit j on ID train features (the
+    authors' CIFAR setting, torch.quantile over samples per unit): h'_j = 0 if h_j < alpha_j, h_j + gamma if
+    alpha_j <= h_j <= beta_j, beta_j if h_j > beta_j; then the energy. gamma = 0 is VRA, gamma > 0 is VRA+
+    (the paper's simplified form). The authors' CIFAR-10 settings: VRA q = (60, 90); VRA+ q = (60, 95), gamma = 0.6.
+    """
+
+    name = "vra"
+    title = "VRA (variational rectified activation)"
+    family = "activation"
+    formula = ("S(x) = -log sum_k exp(W h' + b)_k,  h'_j = 0 if h_j < alpha_j,  "
+               "h_j + gamma if alpha_j <= h_j <= beta_j,  beta_j if h_j > beta_j")
+    latex = (r"S(x) = -\log\sum_k \exp\big(W h' + b\big)_k,\quad h'_j = \begin{cases} 0 & h_j < \alpha_j \\ "
+             r"h_j + \gamma & \alpha_j \le h_j \le \beta_j \\ \beta_j & h_j > \beta_j \end{cases}")
+    intuition = ("ReAct only clips abnormally large activations; VRA also silences the small ones, which are "
+                 "mostly noise for OOD inputs, and can lift the middle range that carries ID evidence.")
+    reference = ("Xu, Lian, Liu & Tao, VRA: Variational Rectified Activation for Out-of-distribution Detection, "
+                 "NeurIPS 2023")
+    needs = ("features", "model")
+    params = {
+        "q_low": Param(60.0, 0.0, 99.0, "linear", sweep=(0.0, 30.0, 50.0, 60.0, 70.0, 80.0),
+                       help="alpha = per-unit q_low-th percentile of ID train activations (authors, CIFAR-10: 60)"),
+        "q_high": Param(90.0, 1.0, 100.0, "linear", sweep=(80.0, 85.0, 90.0, 95.0, 99.0, 100.0),
+                        help="beta = per-unit q_high-th percentile of ID train activations (authors, CIFAR-10: 90)"),
+        "gamma": Param(0.0, 0.0, 10.0, "linear", sweep=(0.0, 0.1, 0.3, 0.6, 1.0),
+                       help="added to the kept middle range; 0 = VRA, > 0 = VRA+ (authors, CIFAR-10: 0.6)"),
+    }
+
+    def _fit(self, ctx):
+        if self.q_low > self.q_high:
+            raise ValueError(f"q_low ({self.q_low}) must not exceed q_high ({self.q_high})")
+        h = np.asarray(ctx.train.features, dtype=np.float64)
+        self.alpha_ = np.percentile(h, self.q_low, axis=0)
+        self.beta_ = np.percentile(h, self.q_high, axis=0)
+        self.weight_ = ctx.model.head_weight
+        self.bias_ = ctx.model.head_bias
+
+    def _score(self, out):
+        h = np.asarray(out.features, dtype=np.float64)
+        shaped = np.where(h < self.alpha_, 0.0, np.where(h > self.beta_, self.beta_, h + self.gamma))
+        return energy_of(shaped, self.weight_, self.bias_)

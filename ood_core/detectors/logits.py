@@ -112,3 +112,116 @@ class TemperatureScaledMSP(Detector):
         gaps = np.exp(z - z.max(axis=1, keepdims=True))
         gaps[np.arange(len(z)), z.argmax(axis=1)] = 0.0
         return np.log1p(gaps.sum(axis=1))
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    return z - logsumexp(z)[:, None]
+
+
+@register
+class KLMatching(Detector):
+    """KL matching: the softmax of x against each class's mean softmax on ID validation data (Hendrycks et al. 2022).
+
+    Template d_k = mean softmax over the ID validation samples (train if there is no validation split) that the
+    model *predicts* as k, as in the paper and OpenOOD's klm postprocessor; a class that no sample is predicted as
+    has no template (OpenOOD's one-hot fallback gives it an infinite KL, so it never wins the minimum either).
+    KL(p || d_k) = sum_j p_j (log p_j - log d_kj), with log d_k computed in log space so it never underflows.
+    """
+
+    name = "klm"
+    title = "KL matching (KLM)"
+    family = "output"
+    formula = "S(x) = min_k KL(p(x) || d_k),  d_k = mean softmax of the ID validation samples predicted as k"
+    latex = (r"S(x) = \min_k D_{\mathrm{KL}}\big(p(x)\,\Vert\,d_k\big),\quad "
+             r"d_k = \frac{1}{|V_k|}\sum_{x' \in V_k} p(x'),\ V_k = \{x' : \hat y(x') = k\}")
+    intuition = ("Each class has a typical shape of its whole softmax, including how the leftover probability "
+                 "spreads over the other classes. An input whose softmax matches none of these templates is "
+                 "unfamiliar.")
+    reference = "Hendrycks et al., Scaling Out-of-Distribution Detection for Real-World Settings, ICML 2022"
+    needs = ("logits",)
+    min_classes = 2
+
+    def _fit(self, ctx: FitContext) -> None:
+        data = ctx.val if ctx.val is not None and len(ctx.val) else ctx.train
+        logp = log_softmax(data.logits)
+        pred = logp.argmax(axis=1)
+        classes = np.unique(pred)
+        # log of a mean of probabilities: logsumexp over the samples minus log n_k
+        self.log_templates_ = np.stack([logsumexp(logp[pred == k], axis=0) - np.log((pred == k).sum())
+                                        for k in classes])
+        self.template_classes_ = classes
+
+    def _score(self, out):
+        logp = log_softmax(out.logits)
+        p = np.exp(logp)
+        kl = (p * logp).sum(axis=1)[:, None] - p @ self.log_templates_.T  # (n, templates)
+        return kl.min(axis=1)
+
+
+@register
+class GeneralizedEntropy(Detector):
+    """GEN: the generalized entropy of the top-M softmax probabilities (Liu, Lochman & Zach 2023).
+
+    G_gamma(p) = sum_{j in top M} p_j^gamma (1 - p_j)^gamma; OpenOOD's gen postprocessor returns -G as its ID
+    confidence, so the unfamiliarity score is +G. M is clipped to the number of classes K (M = 100 uses all 10
+    digit classes). 1 - p_max is computed as the sum of the other probabilities, so it does not round to 0.
+    """
+
+    name = "gen"
+    title = "Generalized entropy (GEN)"
+    family = "output"
+    formula = "S(x) = sum_{j in top-M} p_j^gamma (1 - p_j)^gamma,  p = softmax(f(x))"
+    latex = r"S(x) = G_\gamma(p) = \sum_{j=1}^{M} p_{(j)}^{\gamma}\,\big(1 - p_{(j)}\big)^{\gamma}"
+    intuition = ("Like the entropy, it is large when the probability is spread out, but a small exponent gamma "
+                 "makes it far more sensitive to small probabilities on the runner-up classes.")
+    reference = "Liu, Lochman & Zach, GEN: Pushing the Limits of Softmax-Based Out-of-Distribution Detection, CVPR 2023"
+    needs = ("logits",)
+    min_classes = 2
+    params = {
+        "gamma": Param(0.1, 0.001, 1.0, "log", sweep=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0),
+                       help="exponent gamma (paper: 0.1)"),
+        "M": Param(100, 1, 1000, "log", kind="int", sweep=(1, 2, 3, 5, 10, 100),
+                   help="number of largest probabilities summed, clipped to K (paper: 100 on ImageNet, K on CIFAR)"),
+    }
+
+    def _score(self, out):
+        p = softmax(out.logits)
+        rows = np.arange(len(p))
+        top = p.argmax(axis=1)
+        q = 1.0 - p
+        others = p.copy()
+        others[rows, top] = 0.0
+        q[rows, top] = others.sum(axis=1)  # 1 - p_max without cancellation
+        order = np.argsort(-p, axis=1, kind="stable")[:, :min(int(self.M), p.shape[1])]
+        ps, qs = np.take_along_axis(p, order, 1), np.take_along_axis(q, order, 1)
+        return (ps ** self.gamma * qs ** self.gamma).sum(axis=1)
+
+
+@register
+class CosineSimilarity(Detector):
+    """Maximum cosine similarity between the penultimate feature h and the class weight vectors W_k of the head.
+
+    Techapanurak et al. train with a cosine head; here it is used post hoc on the trained linear head's W.
+    A zero feature vector has similarity 0 with every class.
+    """
+
+    name = "cosine"
+    title = "Maximum cosine similarity"
+    family = "output"
+    formula = "S(x) = -max_k cos(h(x), w_k) = -max_k w_k.h / (||w_k|| ||h||)"
+    latex = r"S(x) = -\max_k \frac{w_k^\top h(x)}{\lVert w_k\rVert\,\lVert h(x)\rVert}"
+    intuition = ("The direction of the feature vector says which class it resembles, its length mostly says how "
+                 "strongly the network responds. An input pointing away from every class direction is unfamiliar.")
+    reference = ("Techapanurak, Suganuma & Okatani, Hyperparameter-Free Out-of-Distribution Detection Using "
+                 "Cosine Similarity, ACCV 2020")
+    needs = ("features", "model")
+
+    def _fit(self, ctx):
+        w = ctx.model.head_weight
+        self.directions_ = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+
+    def _score(self, out):
+        h = np.asarray(out.features, dtype=np.float64)
+        h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+        return -(h @ self.directions_.T).max(axis=1)
