@@ -1,0 +1,481 @@
+"""Why activation shaping works: per-unit statistics of the penultimate activations, ReAct's clipping,
+DICE's weight sparsification and ASH's pruning, as pure functions and plotly figure builders.
+
+(Named activation_stats to keep it apart from detectors/activations.py, the detectors themselves.)
+Energy score everywhere: E(h) = -logsumexp(W h + b), higher = more OOD.
+
+For a page that redraws on a slider move, `activation_view` precomputes once what does not depend on
+the percentile (unit profile, energies without shaping and their AUROCs, histogram counts, DICE's
+contribution matrix); `react_at`, `dice_at` and `ash_at` then cost a few milliseconds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from . import metrics
+from .detectors.activations import ReAct
+from .detectors.base import FitContext, logsumexp
+from .figures import ID_COLOUR, OOD_COLOURS
+from .inference import Outputs
+
+ID_NAME = "ID"
+REACT_PERCENTILE = ReAct.params["percentile"]  # default, slider range: the detector's own
+DICE_DEFAULT_SPARSITY = 90.0  # DICE paper: p = 90 for CIFAR
+ASH_DEFAULT_PERCENTILE = 65.0  # ASH paper's code default
+ASH_MODES = ("p", "b", "s")
+
+
+def _feats(x) -> np.ndarray:
+    """Features from an Outputs or an array, as float64 (n, D)."""
+    f = x.features if hasattr(x, "features") else x
+    f = np.asarray(f, dtype=np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"activations must be a 2-D array (samples x units), got shape {f.shape}")
+    return f
+
+
+def _feats_by_set(ood) -> dict[str, np.ndarray]:
+    if isinstance(ood, Mapping):
+        return {str(k): _feats(v) for k, v in ood.items()}
+    return {"OOD": _feats(ood)}
+
+
+# --- per-unit statistics ---------------------------------------------------------------------------
+
+def unit_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit mean and standard deviation (population, ddof=0) over samples: two arrays of shape (D,)."""
+    f = _feats(features)
+    if len(f) == 0:
+        raise ValueError("unit statistics need at least one sample")
+    return f.mean(axis=0), f.std(axis=0)
+
+
+@dataclass
+class UnitProfile:
+    """Units sorted by their mean ID activation (descending), with each set's mean and std in that order.
+
+    The view of ReAct's Fig. 1: OOD inputs push some units far above their ID level.
+    """
+
+    units: np.ndarray  # unit ids in plotting order
+    mean: dict[str, np.ndarray]  # set -> (D,) in `units` order; ID first
+    std: dict[str, np.ndarray]
+
+    def to_frame(self):
+        import pandas as pd
+
+        rows = []
+        for s in self.mean:
+            rows.append(pd.DataFrame({"set": s, "rank": np.arange(len(self.units)), "unit": self.units,
+                                      "mean": self.mean[s], "std": self.std[s]}))
+        return pd.concat(rows, ignore_index=True)
+
+
+def sorted_unit_profile(id_feats, ood_feats_by_set, id_name: str = ID_NAME) -> UnitProfile:
+    """Sort units by ID mean activation (descending, ties by unit id) and give every set's per-unit mean ± std."""
+    m_id, s_id = unit_stats(id_feats)
+    order = np.lexsort((np.arange(len(m_id)), -m_id))
+    mean, std = {id_name: m_id[order]}, {id_name: s_id[order]}
+    for name, f in _feats_by_set(ood_feats_by_set).items():
+        if f.shape[1] != len(m_id):
+            raise ValueError(f"set {name!r} has {f.shape[1]} units, ID has {len(m_id)}")
+        m, s = unit_stats(f)
+        mean[name], std[name] = m[order], s[order]
+    return UnitProfile(order, mean, std)
+
+
+# --- ReAct -----------------------------------------------------------------------------------------
+
+class _HeadOnly:
+    """The two attributes ReAct reads from a ModelAdapter, so the detector's own fit computes the threshold."""
+
+    def __init__(self, d: int):
+        self.head_weight = np.zeros((1, d))
+        self.head_bias = np.zeros(1)
+
+
+def clip_threshold(id_train_features, percentile: float = REACT_PERCENTILE.default) -> float:
+    """ReAct's clip c: the p-th percentile of all ID train activations (global over units and samples).
+
+    Computed by the ReAct detector itself, so the two always agree; p must lie in the detector's range.
+    """
+    f = _feats(id_train_features)
+    if f.size == 0:
+        raise ValueError("the clip threshold needs ID train activations")
+    ctx = FitContext(train=Outputs(np.zeros((len(f), 1)), f, np.zeros(len(f), np.int64)), model=_HeadOnly(f.shape[1]))
+    return float(ReAct(percentile=percentile).fit(ctx).threshold_)
+
+
+def energy(features, W, b, threshold: Optional[float] = None) -> np.ndarray:
+    """E = -logsumexp(W min(h, c) + b) per sample (no clipping when threshold is None); higher = more OOD."""
+    h = _feats(features)
+    if threshold is not None:
+        h = np.minimum(h, float(threshold))
+    return -logsumexp(h @ np.asarray(W, dtype=np.float64).T + np.asarray(b, dtype=np.float64))
+
+
+@dataclass
+class EnergyShift:
+    """Energy scores without ("before") and with ("after") a shaping step, for ID and each OOD set."""
+
+    id_before: np.ndarray
+    id_after: np.ndarray
+    ood_before: dict[str, np.ndarray]
+    ood_after: dict[str, np.ndarray]
+    auroc_before: dict[str, float]
+    auroc_after: dict[str, float]
+    threshold: Optional[float] = None
+    label: str = "ReAct clipping"
+
+    @property
+    def mean_auroc_before(self) -> float:
+        return float(np.mean(list(self.auroc_before.values())))
+
+    @property
+    def mean_auroc_after(self) -> float:
+        return float(np.mean(list(self.auroc_after.values())))
+
+
+def _aurocs(id_scores: np.ndarray, ood: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return {k: metrics.auroc(id_scores, v) for k, v in ood.items()}
+
+
+def energy_before_after(outputs_id, outputs_ood, W, b, threshold: float) -> EnergyShift:
+    """Energy with and without ReAct clipping at `threshold`, ID vs OOD, and the AUROC of each (OOD positive).
+
+    outputs_id: Outputs or features (n, D); outputs_ood: one of those or {set: one of those}.
+    """
+    h_id = _feats(outputs_id)
+    ood = _feats_by_set(outputs_ood)
+    id_b, id_a = energy(h_id, W, b), energy(h_id, W, b, threshold)
+    ob = {k: energy(v, W, b) for k, v in ood.items()}
+    oa = {k: energy(v, W, b, threshold) for k, v in ood.items()}
+    return EnergyShift(id_b, id_a, ob, oa, _aurocs(id_b, ob), _aurocs(id_a, oa), float(threshold))
+
+
+# --- DICE ------------------------------------------------------------------------------------------
+
+def dice_contribution(id_train_features, W) -> np.ndarray:
+    """DICE's contribution matrix V = W ⊙ mean ID train h (broadcast over classes): shape (K, D)."""
+    mean_h = _feats(id_train_features).mean(axis=0)
+    W = np.asarray(W, dtype=np.float64)
+    if W.shape[1] != len(mean_h):
+        raise ValueError(f"W has {W.shape[1]} inputs, the activations have {len(mean_h)} units")
+    return W * mean_h[None, :]
+
+
+def dice_mask(V, sparsity: float = DICE_DEFAULT_SPARSITY) -> np.ndarray:
+    """The weights DICE keeps: V > the `sparsity`-th percentile of V (about (100 - p)% of entries)."""
+    if not 0.0 <= float(sparsity) < 100.0:
+        raise ValueError(f"sparsity must be in [0, 100), got {sparsity}")
+    V = np.asarray(V, dtype=np.float64)
+    return V > np.percentile(V, float(sparsity))
+
+
+def dice_energy(features, W, b, mask) -> np.ndarray:
+    """E = -logsumexp((M ⊙ W) h + b): the energy with DICE's sparsified head."""
+    Wm = np.asarray(W, dtype=np.float64) * np.asarray(mask, dtype=bool)
+    return energy(features, Wm, b)
+
+
+# --- ASH -------------------------------------------------------------------------------------------
+
+def _ash_keep(h: np.ndarray, percentile: float) -> np.ndarray:
+    """Boolean mask of the top-k activations per sample, k = D - round(D p / 100) (ASH's code)."""
+    if not 0.0 <= float(percentile) <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    n, d = h.shape
+    k = d - int(np.round(d * float(percentile) / 100.0))
+    keep = np.zeros((n, d), dtype=bool)
+    if k <= 0 or n == 0:
+        return keep
+    if k >= d:
+        keep[:] = True
+        return keep
+    idx = np.argpartition(-h, k - 1, axis=1)[:, :k]
+    np.put_along_axis(keep, idx, True, axis=1)
+    return keep
+
+
+def ash_shape(features, percentile: float = ASH_DEFAULT_PERCENTILE, mode: str = "s") -> np.ndarray:
+    """ASH on penultimate activations: keep each sample's top (100-p)% units, zero the rest, then
+    "p": leave as is; "b": set kept units to s1/k (binarise, keeping the sum); "s": scale by exp(s1/s2)
+    (s1, s2 = sum before and after pruning)."""
+    if mode not in ASH_MODES:
+        raise ValueError(f"ASH mode must be one of {ASH_MODES}, got {mode!r}")
+    h = _feats(features)
+    keep = _ash_keep(h, percentile)
+    pruned = np.where(keep, h, 0.0)
+    if mode == "p":
+        return pruned
+    s1 = h.sum(axis=1, keepdims=True)
+    if mode == "b":
+        k = np.maximum(keep.sum(axis=1, keepdims=True), 1)
+        return keep * (s1 / k)
+    s2 = pruned.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(s2 > 0, s1 / np.where(s2 > 0, s2, 1.0), 1.0)
+    return pruned * np.exp(scale)
+
+
+@dataclass
+class AshPruning:
+    """Per sample at one percentile: the share of units zeroed that were active, the share already zero
+    before pruning, the share of the activation mass removed, and ASH-S's scale exp(s1/s2)."""
+
+    active_pruned: np.ndarray
+    already_zero: np.ndarray
+    mass_removed: np.ndarray
+    scale: np.ndarray
+
+
+def ash_pruned_fraction(features, percentile: float = ASH_DEFAULT_PERCENTILE) -> AshPruning:
+    """How much ASH removes per sample at `percentile` (fractions of the D units / of the sum)."""
+    h = _feats(features)
+    keep = _ash_keep(h, percentile)
+    d = max(1, h.shape[1])
+    active = h > 0
+    s1 = h.sum(axis=1)
+    s2 = np.where(keep, h, 0.0).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mass = np.where(s1 > 0, 1.0 - s2 / np.where(s1 > 0, s1, 1.0), 0.0)
+        scale = np.where(s2 > 0, np.exp(s1 / np.where(s2 > 0, s2, 1.0)), 1.0)
+    return AshPruning((active & ~keep).sum(axis=1) / d, (~active).sum(axis=1) / d, mass, scale)
+
+
+# --- the precomputed view for a page ---------------------------------------------------------------
+
+@dataclass
+class HistogramData:
+    """Counts of activation values on shared edges, per set (ID first); zeros counted apart."""
+
+    edges: np.ndarray
+    counts: dict[str, np.ndarray]
+    zero_fraction: dict[str, float]
+    n_values: dict[str, int]
+
+
+def activation_histograms(id_feats, ood_feats_by_set, bins: int = 60, max_values: int = 200_000,
+                          seed: int = 0, id_name: str = ID_NAME, skip_zeros: bool = True) -> HistogramData:
+    """Histogram counts of all activation values of each set on common edges (ID first).
+
+    Exact zeros (the ReLU floor) are left out of the bars when `skip_zeros` and reported as a fraction;
+    sets with more than `max_values` values are subsampled (seeded).
+    """
+    rng = np.random.default_rng(seed)
+    vals = {id_name: _feats(id_feats).ravel(), **{k: v.ravel() for k, v in _feats_by_set(ood_feats_by_set).items()}}
+    for k, v in vals.items():
+        if len(v) > max_values:
+            vals[k] = v[rng.choice(len(v), max_values, replace=False)]
+    zero = {k: float(np.mean(v == 0)) if len(v) else 0.0 for k, v in vals.items()}
+    shown = {k: v[v != 0] if skip_zeros else v for k, v in vals.items()}
+    allv = np.concatenate([v for v in shown.values() if len(v)] or [np.zeros(1)])
+    lo, hi = float(allv.min()), float(allv.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, int(bins) + 1)
+    counts = {k: np.histogram(v, bins=edges)[0] for k, v in shown.items()}
+    return HistogramData(edges, counts, zero, {k: len(v) for k, v in vals.items()})
+
+
+@dataclass
+class ActivationView:
+    """What the Activations page needs that does not depend on the percentile; see `activation_view`."""
+
+    train_flat: np.ndarray  # all ID train activations, flattened (for the threshold)
+    id_feats: np.ndarray
+    ood_feats: dict[str, np.ndarray]
+    W: np.ndarray
+    b: np.ndarray
+    profile: UnitProfile
+    hist: HistogramData
+    id_energy: np.ndarray
+    ood_energy: dict[str, np.ndarray]
+    auroc_energy: dict[str, float]
+    V: np.ndarray  # DICE contribution matrix
+    mean_train: np.ndarray = field(repr=False, default=None)
+
+
+def activation_view(train_feats, id_feats, ood_feats_by_set, W, b, bins: int = 60,
+                    max_hist_values: int = 200_000, seed: int = 0) -> ActivationView:
+    """Precompute the percentile-independent parts (ID = ID test features, train = ID train features)."""
+    tr = _feats(train_feats)
+    h_id = _feats(id_feats)
+    ood = _feats_by_set(ood_feats_by_set)
+    W = np.asarray(W, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    e_id = energy(h_id, W, b)
+    e_ood = {k: energy(v, W, b) for k, v in ood.items()}
+    return ActivationView(
+        train_flat=tr.ravel(), id_feats=h_id, ood_feats=ood, W=W, b=b,
+        profile=sorted_unit_profile(h_id, ood), hist=activation_histograms(h_id, ood, bins, max_hist_values, seed),
+        id_energy=e_id, ood_energy=e_ood, auroc_energy=_aurocs(e_id, e_ood),
+        V=dice_contribution(tr, W), mean_train=tr.mean(axis=0))
+
+
+def activation_view_from_experiment(exp, sets=None, **kw) -> ActivationView:
+    """`activation_view` on an Experiment's cached Outputs: ID train, ID test and the chosen OOD sets."""
+    names = list(exp.ood_names if sets is None else sets)
+    return activation_view(exp.outputs["train"].features, exp.outputs["test"].features,
+                           {s: exp.outputs[s].features for s in names}, exp.adapter.head_weight,
+                           exp.adapter.head_bias, **kw)
+
+
+def react_at(view: ActivationView, percentile: float) -> EnergyShift:
+    """ReAct at percentile p on a precomputed view: threshold, clipped energies and AUROCs."""
+    c = clip_threshold(view.train_flat[:, None], percentile)
+    id_a = energy(view.id_feats, view.W, view.b, c)
+    oa = {k: energy(v, view.W, view.b, c) for k, v in view.ood_feats.items()}
+    return EnergyShift(view.id_energy, id_a, view.ood_energy, oa, view.auroc_energy, _aurocs(id_a, oa), c,
+                       f"ReAct clipping at p={percentile:g}")
+
+
+def dice_at(view: ActivationView, sparsity: float) -> tuple[np.ndarray, EnergyShift]:
+    """DICE at sparsity p on a precomputed view: (kept-weight mask (K, D), energies before/after)."""
+    mask = dice_mask(view.V, sparsity)
+    id_a = dice_energy(view.id_feats, view.W, view.b, mask)
+    oa = {k: dice_energy(v, view.W, view.b, mask) for k, v in view.ood_feats.items()}
+    return mask, EnergyShift(view.id_energy, id_a, view.ood_energy, oa, view.auroc_energy, _aurocs(id_a, oa), None,
+                             f"DICE sparsity p={sparsity:g}")
+
+
+def ash_at(view: ActivationView, percentile: float, mode: str = "s") -> tuple[dict[str, AshPruning], EnergyShift]:
+    """ASH at percentile p on a precomputed view: ({set: pruning fractions}, energies before/after)."""
+    sets = {ID_NAME: view.id_feats, **view.ood_feats}
+    pruning = {k: ash_pruned_fraction(v, percentile) for k, v in sets.items()}
+    id_a = energy(ash_shape(view.id_feats, percentile, mode), view.W, view.b)
+    oa = {k: energy(ash_shape(v, percentile, mode), view.W, view.b) for k, v in view.ood_feats.items()}
+    return pruning, EnergyShift(view.id_energy, id_a, view.ood_energy, oa, view.auroc_energy, _aurocs(id_a, oa),
+                                None, f"ASH-{mode.upper()} at p={percentile:g}")
+
+
+# --- figures ---------------------------------------------------------------------------------------
+
+def _colour(i: int, name: str) -> str:
+    return ID_COLOUR if name == ID_NAME else OOD_COLOURS[(i - 1) % len(OOD_COLOURS)]
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def unit_profile_figure(profile: UnitProfile, sets=None, threshold: Optional[float] = None,
+                        title: str = "") -> go.Figure:
+    """Per-unit mean activation ± one std (bands), units sorted by ID mean; ID vs each chosen set."""
+    names = [s for s in profile.mean if sets is None or s in sets or s == ID_NAME]
+    x = np.arange(len(profile.units))
+    fig = go.Figure()
+    for i, s in enumerate(names):
+        col = _colour(i, s)
+        m, sd = profile.mean[s], profile.std[s]
+        fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([m + sd, (m - sd)[::-1]]),
+                                 fill="toself", fillcolor=_rgba(col, 0.15), line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False, legendgroup=s))
+        fig.add_trace(go.Scatter(x=x, y=m, mode="lines", name=s, line=dict(color=col, width=2 if s == ID_NAME else 1.5),
+                                 legendgroup=s, customdata=np.stack([profile.units, sd], axis=1),
+                                 hovertemplate="rank %{x}, unit %{customdata[0]}<br>mean %{y:.3g} ± %{customdata[1]:.3g}"
+                                               f"<extra>{s}</extra>"))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="black", annotation_text=f"clip c = {threshold:.3g}",
+                      annotation_position="top right")
+    fig.update_layout(title=title, xaxis_title="unit (sorted by mean ID activation)",
+                      yaxis_title="activation (mean ± std)", legend=dict(orientation="h", y=-0.2),
+                      margin=dict(t=40 if title else 10, b=10), hovermode="closest")
+    return fig
+
+
+def activation_histogram_figure(hist: HistogramData, threshold: Optional[float] = None,
+                                percentile: Optional[float] = None, sets=None, log_y: bool = False,
+                                title: str = "") -> go.Figure:
+    """Density histograms of all activation values (ID and the chosen OOD sets), with the clip line c.
+
+    Bars are precomputed counts (`activation_histograms`), so only the line moves with the percentile.
+    """
+    edges = hist.edges
+    centres, width = 0.5 * (edges[:-1] + edges[1:]), float(edges[1] - edges[0])
+    names = [s for s in hist.counts if sets is None or s in sets or s == ID_NAME]
+    fig = go.Figure()
+    for i, s in enumerate(names):
+        cnt = hist.counts[s]
+        dens = cnt / max(1, hist.n_values[s]) / width  # density over all values, zeros included in the total
+        fig.add_trace(go.Bar(x=centres, y=dens, width=width, marker_color=_colour(i, s), opacity=0.5,
+                             name=f"{s} ({100 * hist.zero_fraction[s]:.0f}% exactly 0, not shown)", customdata=cnt,
+                             hovertemplate="activation %{x:.3g}<br>density %{y:.3g}<br>count %{customdata}"
+                                           f"<extra>{s}</extra>"))
+    if threshold is not None:
+        label = f"clip c = {threshold:.3g}" + (f" (p = {percentile:g}th percentile of ID train)" if percentile is not None else "")
+        fig.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text=label,
+                      annotation_position="top right")
+        if threshold > edges[-1]:
+            fig.update_xaxes(range=[edges[0], threshold * 1.05])
+    fig.update_layout(barmode="overlay", title=title, xaxis_title="penultimate activation value",
+                      yaxis_title="density", yaxis_type="log" if log_y else "linear",
+                      legend=dict(orientation="h", y=-0.2), margin=dict(t=40 if title else 10, b=10))
+    return fig
+
+
+def energy_shift_figure(shift: EnergyShift, sets=None, bins: int = 50, title: str = "") -> go.Figure:
+    """Energy histograms before (left) and after (right) shaping, ID vs OOD sets, AUROC in the legend."""
+    names = [s for s in shift.ood_before if sets is None or s in sets]
+    arrays = [shift.id_before, shift.id_after] + [shift.ood_before[s] for s in names] + [shift.ood_after[s] for s in names]
+    allv = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays if len(a)])
+    lo, hi = float(allv.min()), float(allv.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    centres, width = 0.5 * (edges[:-1] + edges[1:]), float(edges[1] - edges[0])
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=("before: energy of h",
+                                        f"after: {shift.label}" + (f" (c = {shift.threshold:.3g})"
+                                                                   if shift.threshold is not None else "")))
+
+    def bar(v, name, colour, col, group, show):
+        cnt, _ = np.histogram(np.asarray(v, dtype=np.float64), bins=edges)
+        fig.add_trace(go.Bar(x=centres, y=cnt / max(1, cnt.sum()) / width, width=width, name=name,
+                             marker_color=colour, opacity=0.5, legendgroup=group, showlegend=show,
+                             hovertemplate="energy %{x:.3g}<br>density %{y:.3g}" + f"<extra>{group}</extra>"),
+                      row=1, col=col)
+
+    bar(shift.id_before, f"{ID_NAME} (n={len(shift.id_before)})", ID_COLOUR, 1, ID_NAME, True)
+    bar(shift.id_after, ID_NAME, ID_COLOUR, 2, ID_NAME, False)
+    for i, s in enumerate(names):
+        colour = OOD_COLOURS[i % len(OOD_COLOURS)]
+        name = f"{s}: AUROC {100 * shift.auroc_before[s]:.1f}% → {100 * shift.auroc_after[s]:.1f}%"
+        bar(shift.ood_before[s], name, colour, 1, s, True)
+        bar(shift.ood_after[s], s, colour, 2, s, False)
+    fig.update_layout(barmode="overlay", title=title, legend=dict(orientation="h", y=-0.25),
+                      margin=dict(t=50, b=10))
+    fig.update_xaxes(title_text="energy score −logΣexp (higher = more OOD)")
+    fig.update_yaxes(title_text="density", row=1, col=1)
+    return fig
+
+
+def dice_contribution_figure(V, mask, class_names=None, unit_order=None, title: str = "") -> go.Figure:
+    """DICE's contribution matrix V = W ⊙ mean h (top) and the entries a sparsity percentile keeps (bottom)."""
+    V = np.asarray(V, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    order = np.argsort(-V.sum(axis=0), kind="stable") if unit_order is None else np.asarray(unit_order)
+    Vs, Ms = V[:, order], mask[:, order]
+    rows = [str(c) for c in (class_names if class_names is not None else range(V.shape[0]))]
+    lim = float(np.abs(V).max()) or 1.0
+    kept = 100.0 * Ms.mean()
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("all contributions V = W ⊙ mean ID activation",
+                                        f"kept by DICE: {kept:.1f}% of weights"))
+    common = dict(x=np.arange(V.shape[1]), y=rows, colorscale="RdBu_r", zmin=-lim, zmax=lim, customdata=np.tile(order, (V.shape[0], 1)))
+    fig.add_trace(go.Heatmap(z=Vs, colorbar=dict(title="V"), hovertemplate="class %{y}, unit %{customdata}<br>V %{z:.3g}<extra></extra>",
+                             **common), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=np.where(Ms, Vs, np.nan), showscale=False,
+                             hovertemplate="class %{y}, unit %{customdata}<br>V %{z:.3g} (kept)<extra></extra>", **common),
+                  row=2, col=1)
+    fig.update_xaxes(title_text="unit (sorted by total contribution)", row=2, col=1)
+    fig.update_yaxes(title_text="class")
+    fig.update_layout(title=title, margin=dict(t=50, b=10), height=420, plot_bgcolor="#eeeeee")
+    return fig
