@@ -83,13 +83,14 @@ def training_curve(history: list[dict]) -> go.Figure:
     fig.add_trace(go.Scatter(x=ep, y=[100 * h["val_accuracy"] for h in history], name="validation accuracy (%)",
                              mode="lines+markers", yaxis="y2"))
     fig.update_layout(xaxis_title="epoch", yaxis=dict(title="cross-entropy loss"),
-                      yaxis2=dict(title="accuracy (%)", overlaying="y", side="right", range=[0, 101]),
+                      yaxis2=dict(title="accuracy (%)", overlaying="y", side="right", range=[0, 101],
+                                  tickmode="linear", tick0=0, dtick=20, showgrid=False),
                       legend=dict(orientation="h", y=-0.3), margin=dict(t=30, b=10), height=320)
     return fig
 
 
-def image_grid(pixels: np.ndarray, labels: Optional[list[str]] = None, cols: int = 8, title: str = "") -> go.Figure:
-    """A grid of grey-scale (or RGB) images in [0, 1] as one heatmap-free image figure."""
+def image_grid(pixels: np.ndarray, cols: int = 8, title: str = "") -> go.Figure:
+    """A grid of grey-scale (or RGB) images in [0, 1] as one image figure (captions belong to the page)."""
     n = len(pixels)
     rows = int(np.ceil(n / cols)) if n else 1
     c, h, w = pixels.shape[1:] if n else (1, 8, 8)

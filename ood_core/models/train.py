@@ -199,8 +199,9 @@ def load_user_model(path_or_file, spec: Spec, bench: Benchmark) -> nn.Module:
     """Load a user's state_dict (weights only) into spec.model; clear ValueError on any mismatch."""
     try:
         payload = torch.load(path_or_file, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, non-checkpoints
-        raise ValueError(f"this file is not a loadable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # pickle errors, truncated files, non-checkpoints; torch's own text runs to paragraphs
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"this file is not a loadable PyTorch checkpoint ({type(e).__name__}: {first})") from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("the checkpoint holds no state_dict of tensors")

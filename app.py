@@ -1,0 +1,24 @@
+"""OOD Explorer: the Streamlit entry point. Run with `streamlit run app.py`.
+
+Sets up the page, the navigation over the pages (each later page joins PAGES with one line) and the
+shared sidebar that shows the current experiment.
+"""
+import streamlit as st
+
+from pages import _support as ui
+
+# an emoji favicon is drawn locally; a ":material/...:" favicon would be fetched from the internet
+st.set_page_config(page_title="OOD Explorer", page_icon="🔎", layout="wide")
+
+PAGES = [
+    st.Page("pages/experiment.py", title="Experiment", icon=":material/model_training:", default=True),
+    st.Page("pages/scores.py", title="Scores", icon=":material/bar_chart:"),
+]
+
+page = st.navigation(PAGES)
+st.sidebar.caption("**OOD Explorer** — is this sample unlike the training data?")
+sidebar_slot = st.sidebar.container()  # filled after the page ran, so it shows what the page just prepared
+try:
+    page.run()
+finally:
+    ui.render_sidebar(sidebar_slot)

@@ -1,0 +1,424 @@
+"""UI support for the OOD Explorer pages: the one module that holds Streamlit caching glue.
+
+It owns "the current experiment" (a Spec in st.session_state whose model is trained with a visible
+progress bar when no checkpoint is on disk), the cached detector scores, an uploaded user model,
+the shared sidebar, and widgets built from detector `Param`s. Numbers come from ood_core; nothing
+here computes a metric or a score itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ood_core import Spec, figures, metrics, pipeline, settings
+from ood_core.data import DATASETS, Benchmark, build_benchmark
+from ood_core.detectors import FAMILIES, REGISTRY, Param
+from ood_core.models import checkpoint_path, load_user_model
+from ood_core.pipeline import Experiment
+from ood_core.spec import SETTING_TITLES
+
+SPEC_KEY = "spec"  # session_state: the current Spec
+USER_MODEL_KEY = "user_model"  # session_state: {"name", "digest", "data", "spec_key"} of an uploaded model
+INFO_KEY = "experiment_info"  # session_state: what the sidebar shows about the prepared experiment
+
+METRIC_COLUMNS = {  # metric key -> column label; arrows say which direction is better
+    "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑", "aupr_out": "AUPR-Out ↑", "fpr95": "FPR@95TPR ↓",
+    "detection_error": "Detection error ↓",
+}
+
+# one lock per spec key, so two sessions never train the same model at the same time
+_TRAIN_LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+def _leave_pages_directory_mode() -> None:
+    """Make app.py's st.navigation route every URL, even on a fresh server's first visit.
+
+    Streamlit treats a `pages/` folder beside the main script as the old (v1) multipage layout until
+    some session has called st.navigation; until then a first visit straight to /scores runs that page
+    without app.py (no wide layout, no shared sidebar, the folder's files listed as pages). The first
+    import of this module happens inside that run: switch v1 off and rerun, so app.py takes over.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # a Streamlit without the v1 fallback: nothing to do
+        return
+    if getattr(PagesManager, "uses_pages_directory", False) and get_script_run_ctx() is not None:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_pages_directory_mode()
+
+
+# --- the current spec ---------------------------------------------------------------------------
+
+def current_spec() -> Spec:
+    """The Spec this session works on (the default experiment until the user picks another)."""
+    if SPEC_KEY not in st.session_state:
+        st.session_state[SPEC_KEY] = Spec()
+    return st.session_state[SPEC_KEY]
+
+
+def set_spec(spec: Spec) -> None:
+    """Make `spec` current; an uploaded model made for another spec stops being used."""
+    st.session_state[SPEC_KEY] = spec
+    user = st.session_state.get(USER_MODEL_KEY)
+    if user and user["spec_key"] != spec.key():
+        del st.session_state[USER_MODEL_KEY]
+
+
+def make_spec(base: Spec, dataset: str, seed: int, epochs: int, lr: float, batch_size: int) -> Spec:
+    """A new Spec from form values; raises ValueError with the library's message on a bad value."""
+    training = dataclasses.replace(base.training, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size))
+    return dataclasses.replace(base, dataset=dataset, seed=int(seed), training=training)
+
+
+def spec_json(spec: Spec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)
+
+
+def _spec_from_json(blob: str) -> Spec:
+    return Spec.from_dict(json.loads(blob))
+
+
+# --- cached resources (keyed by strings, never by a model or a tensor) ---------------------------
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _experiment_store(spec_key: str, spec_blob: str, _exp: Optional[Experiment] = None) -> Experiment:
+    """The prepared Experiment of one spec, shared by all sessions: `_exp` when just trained, else loaded.
+
+    Training never runs in here: elements drawn from inside a cached function cannot target
+    containers made outside it, so the progress bar lives in `_train_with_progress`.
+    """
+    return _exp if _exp is not None else pipeline.prepare(_spec_from_json(spec_blob))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _user_experiment(spec_key: str, spec_blob: str, digest: str, _data: bytes) -> Experiment:
+    """The Experiment of an uploaded state_dict (keyed by the file's SHA-256)."""
+    spec = _spec_from_json(spec_blob)
+    model = load_user_model(io.BytesIO(_data), spec, _benchmark(spec_key, spec_blob))
+    return pipeline.prepare(spec, model=model)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _benchmark(spec_key: str, spec_blob: str) -> Benchmark:
+    return build_benchmark(_spec_from_json(spec_blob))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _scores(exp_id: str, name: str, params_blob: str, _exp: Experiment) -> dict[str, np.ndarray]:
+    """Scores of ID test and every OOD set for one (experiment, detector, params); fitted on ID data only."""
+    det = _exp.fit_detector(name, json.loads(params_blob))
+    return _exp.score(det)
+
+
+def experiment_id(exp: Experiment) -> str:
+    """Spec key plus a fingerprint of the model's test outputs: tells a retrained or uploaded model apart."""
+    test = exp.outputs["test"]
+    h = hashlib.sha1(np.ascontiguousarray(test.logits).tobytes())
+    h.update(np.ascontiguousarray(test.features).tobytes())
+    fp = h.hexdigest()[:12]
+    return f"{exp.spec.key()}-{fp}"
+
+
+# --- getting the current experiment ---------------------------------------------------------------
+
+def get_experiment(retrain: bool = False) -> Optional[Experiment]:
+    """The current experiment, trained with a progress bar and live curve if its model is not on disk.
+
+    Returns None (after showing an st.error) when the library refuses the spec or the model.
+    """
+    spec = current_spec()
+    key, blob = spec.key(), spec_json(spec)
+    user = active_user_model(spec)
+    t0 = time.perf_counter()
+    try:
+        if user is not None:
+            with st.spinner("Running your model on every split…"):
+                exp = _user_experiment(key, blob, user["digest"], user["data"])
+            source = f"your upload {user['name']}"
+        elif retrain or not checkpoint_path(spec).exists():
+            exp, source = _train_with_progress(spec, retrain)
+        else:
+            with st.spinner("Loading the cached model and running it on every split…"):
+                exp = _experiment_store(key, blob)
+            source = "on-disk cache" if exp.training.from_cache else "trained earlier on this server"
+    except Exception as e:  # the library's messages are written for users; show them, not a traceback
+        st.error(f"Could not prepare the experiment: {brief(str(e))}")
+        st.session_state.pop(INFO_KEY, None)
+        return None
+    from_cache = source in ("on-disk cache", "trained earlier on this server")
+    st.session_state[INFO_KEY] = {"spec_key": key, "accuracy": id_accuracy(exp), "source": source,
+                                  "from_cache": from_cache, "seconds": time.perf_counter() - t0}
+    return exp
+
+
+def id_accuracy(exp: Experiment) -> Optional[float]:
+    """Closed-set accuracy on ID test, or None for models without a classifier head (one-class settings)."""
+    try:
+        return exp.id_accuracy
+    except Exception:
+        return None
+
+
+def last_preparation() -> dict:
+    """What the last get_experiment() did: source ("trained just now", "on-disk cache", ...) and seconds."""
+    return dict(st.session_state.get(INFO_KEY) or {})
+
+
+def _train_with_progress(spec: Spec, retrain: bool) -> tuple[Experiment, str]:
+    """Train (or, if another session just did, load) the spec's model while drawing a progress bar."""
+    key, blob = spec.key(), spec_json(spec)
+    box = st.empty()
+    with box.container(border=True):
+        st.markdown(f"**Training the model for this experiment** — {spec.dataset}, {spec.training.epochs} epochs, "
+                    f"seed {spec.seed}. This happens once; the model is then cached on disk.")
+        bar = st.progress(0.0, text="preparing the data…")
+        chart = st.empty()
+    history: list[dict] = []
+
+    def on_epoch(p) -> None:
+        history.append(dict(p.__dict__))
+        done = p.epoch == p.epochs
+        bar.progress(p.epoch / p.epochs,
+                     text=f"epoch {p.epoch}/{p.epochs} · loss {p.loss:.3f} · validation accuracy "
+                          f"{p.val_accuracy:.1%} · {p.seconds:.0f} s" + (" · running the model on every split…" if done else ""))
+        chart.plotly_chart(figures.training_curve(history), key=f"training-curve-live-{p.epoch}")
+
+    lock = _TRAIN_LOCKS[key]
+    if lock.locked():
+        bar.progress(0.0, text="another session is training this model right now; waiting for it…")
+    with lock:
+        if not retrain and checkpoint_path(spec).exists():  # another session trained it while we waited
+            exp, source = _experiment_store(key, blob), "on-disk cache"
+        else:
+            exp = pipeline.prepare(spec, progress=on_epoch, retrain=retrain)
+            _experiment_store.clear(key, blob)
+            _experiment_store(key, blob, _exp=exp)
+            source = "trained just now"
+    box.empty()
+    return exp, source
+
+
+# --- an uploaded model ------------------------------------------------------------------------------
+
+def load_uploaded_model(data: bytes, spec: Spec):
+    """Check an uploaded state_dict against the spec's model and data; ValueError with a clear message if bad."""
+    if not data:
+        raise ValueError("the uploaded file is empty")
+    return load_user_model(io.BytesIO(data), spec, _benchmark(spec.key(), spec_json(spec)))
+
+
+def use_uploaded_model(name: str, data: bytes) -> Optional[str]:
+    """Use an uploaded state_dict for the current spec; returns an error message, or None on success."""
+    spec = current_spec()
+    digest = hashlib.sha256(data).hexdigest()
+    current = st.session_state.get(USER_MODEL_KEY)
+    if current and current["digest"] == digest and current["spec_key"] == spec.key():
+        return None
+    try:
+        load_uploaded_model(data, spec)
+    except ValueError as e:
+        return f"Could not use {name}: {brief(str(e))}"
+    st.session_state[USER_MODEL_KEY] = {"name": name, "digest": digest, "data": data, "spec_key": spec.key()}
+    return None
+
+
+def active_user_model(spec: Optional[Spec] = None) -> Optional[dict]:
+    """The uploaded model in use for `spec` (default: the current one), or None."""
+    spec = spec or current_spec()
+    user = st.session_state.get(USER_MODEL_KEY)
+    return user if user and user["spec_key"] == spec.key() else None
+
+
+def upload_widget_key() -> str:
+    """The file_uploader's key; reset_upload() changes it, which empties the widget."""
+    return f"upload-model-{st.session_state.get('upload_generation', 0)}"
+
+
+def reset_upload() -> None:
+    """Back to the trained model: forget the uploaded model and empty the upload widget."""
+    st.session_state.pop(USER_MODEL_KEY, None)
+    st.session_state["upload_generation"] = st.session_state.get("upload_generation", 0) + 1
+
+
+def state_dict_bytes(exp: Experiment) -> bytes:
+    """The experiment's model weights as a .pt state_dict (what the upload box accepts)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in exp.model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def brief(message: str, limit: int = 240) -> str:
+    """The first line of an error message, short (PyTorch's load errors run to pages of advice).
+
+    "text (SomeError: long details...)" becomes "text (SomeError)"; other long lines are cut at a word.
+    """
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    if len(first) <= limit:
+        return first
+    m = re.match(r"(.+?) \((\w+(?:Error|Exception|Warning)):", first)
+    if m and len(m.group(1)) <= limit:
+        return f"{m.group(1)} ({m.group(2)})"
+    return first[:limit].rsplit(" ", 1)[0] + " …"
+
+
+# --- scores ------------------------------------------------------------------------------------------
+
+def detector_scores(exp: Experiment, name: str, params: Mapping[str, Any]) -> tuple[Optional[dict], Optional[str]]:
+    """(scores per split, None) or (None, error message): a failing detector never breaks the page."""
+    try:
+        scores = _scores(experiment_id(exp), name, json.dumps(dict(params), sort_keys=True), exp)
+    except Exception as e:
+        return None, brief(f"{type(e).__name__}: {e}")
+    bad = [s for s, v in scores.items() if not np.all(np.isfinite(v))]
+    if bad:
+        return None, f"the detector gave NaN or infinite scores on {', '.join(bad)}"
+    return scores, None
+
+
+def metrics_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One row per OOD set, the five detection metrics in percent (from ood_core.metrics)."""
+    rows = {name: {METRIC_COLUMNS[k]: 100 * v for k, v in metrics.all_metrics(id_scores, s).as_dict().items()}
+            for name, s in ood_scores.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def metric_column_config() -> dict:
+    """Column formats with the metric definitions as header tooltips."""
+    cfg = {label: st.column_config.NumberColumn(label, help=metrics.DEFINITIONS[k], format="%.1f %%")
+           for k, label in METRIC_COLUMNS.items()}
+    cfg["_index"] = st.column_config.TextColumn("OOD set")
+    return cfg
+
+
+def confusion_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray], threshold: float) -> pd.DataFrame:
+    """Counts at a threshold per OOD set (flagged as OOD when score > threshold)."""
+    rows = {}
+    for name, s in ood_scores.items():
+        c = metrics.confusion_at(id_scores, s, threshold)
+        rows[name] = {"ID kept": c.id_accepted, "ID flagged": c.id_rejected,
+                      "OOD missed": c.ood_accepted, "OOD caught": c.ood_rejected}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# --- detectors and their parameters -----------------------------------------------------------------
+
+def family_label(family: str) -> str:
+    return family.replace("_", " ").capitalize()
+
+
+def detector_options(exp: Experiment) -> list[str]:
+    """The detectors that apply to the experiment's setting and model, in the survey's family order."""
+    spec = exp.spec
+    names = settings.detectors_for(spec.setting, spec.model, exp.bench.num_classes) or list(REGISTRY)
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    return sorted(names, key=lambda n: order.get(REGISTRY[n].family, len(order)))
+
+
+def detector_label(name: str) -> str:
+    cls = REGISTRY[name]
+    return f"{family_label(cls.family)} · {cls.title or name}"
+
+
+def _round_sig(x: float, digits: int = 2) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def log_options(p: Param, n: int = 25) -> list:
+    """Log-spaced values over [low, high] (2 significant digits), always including the default and the sweep."""
+    values = [_round_sig(v) for v in np.geomspace(p.low, p.high, n)] + [p.default, *p.sweep, p.low, p.high]
+    if p.kind == "int":
+        values = [int(round(v)) for v in values]
+    else:
+        values = [float(v) for v in values]
+    return sorted({v for v in values if p.low <= v <= p.high})
+
+
+def _decimals(x: float) -> int:
+    """How many decimals a value needs (0.0014 -> 4, 90.0 -> 0)."""
+    text = np.format_float_positional(float(x), trim="-")
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def linear_step(p: Param) -> tuple[float, int]:
+    """A slider step of about a hundredth of the range, fine enough to hit the default and the sweep values."""
+    coarse = 10 ** np.floor(np.log10((p.high - p.low) / 100))
+    decimals = max([_decimals(coarse), *(_decimals(v) for v in (p.default, *p.sweep))])
+    return 10.0 ** -decimals, decimals
+
+
+def param_widget(pname: str, p: Param, key: str) -> Any:
+    """A widget for one detector parameter, built from its Param; returns the chosen value."""
+    label, help_ = pname, p.help or None
+    if p.kind == "choice":
+        return st.selectbox(label, list(p.choices), index=list(p.choices).index(p.default), help=help_, key=key)
+    if p.low is None or p.high is None:  # unbounded: a plain number box
+        return st.number_input(label, value=p.default, help=help_, key=key)
+    if p.scale == "log" and p.low > 0:
+        fmt = (lambda v: f"{v:d}") if p.kind == "int" else (lambda v: f"{v:g}")
+        return st.select_slider(label, options=log_options(p), value=p.default, format_func=fmt, help=help_, key=key)
+    if p.kind == "int":
+        return st.slider(label, int(p.low), int(p.high), int(p.default), step=1, help=help_, key=key)
+    step, decimals = linear_step(p)
+    return st.slider(label, float(p.low), float(p.high), float(p.default), step=step, format=f"%.{decimals}f",
+                     help=help_, key=key)
+
+
+# --- images and the sidebar -------------------------------------------------------------------------
+
+def upscale(pixels: np.ndarray, factor: int = 4) -> list[np.ndarray]:
+    """(n, c, h, w) pixels in [0, 1] -> list of uint8 images, enlarged without blur (nearest neighbour)."""
+    out = []
+    for img in np.asarray(pixels):
+        img = np.repeat(np.repeat(img, factor, axis=1), factor, axis=2)
+        img = img[0] if img.shape[0] == 1 else img[:3].transpose(1, 2, 0)
+        out.append((np.clip(img, 0, 1) * 255).astype(np.uint8))
+    return out
+
+
+def predicted_names(exp: Experiment, split: str, n: int) -> Optional[list[str]]:
+    """Class names the classifier predicts for the first n samples of a split; None without a classifier head."""
+    logits = exp.outputs[split].logits[:n]
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        return None
+    return [exp.bench.class_names[int(c)] for c in logits.argmax(1)]
+
+
+def render_sidebar(slot) -> None:
+    """The shared sidebar: the current experiment, read from session_state."""
+    spec = current_spec()
+    info = st.session_state.get(INFO_KEY) or {}
+    if info.get("spec_key") != spec.key():
+        info = {}
+    user = active_user_model(spec)
+    with slot:
+        st.markdown("#### Current experiment")
+        ds = DATASETS.get(spec.dataset)
+        acc = f"{info['accuracy']:.1%}" if info.get("accuracy") is not None else "—"
+        lines = [
+            f"**Setting:** {SETTING_TITLES.get(spec.setting, spec.setting)}",
+            f"**Dataset:** {spec.dataset}",
+            f"**Model:** {spec.model}" + (f" — uploaded `{user['name']}`" if user else ""),
+            f"**Seed:** {spec.seed} · **Epochs:** {spec.training.epochs}",
+            f"**ID test accuracy:** {acc}",
+            f"**Model from cache:** {'yes' if info.get('from_cache') else 'no'}"
+            + (f" ({info['source']})" if info.get("source") else ""),
+        ]
+        st.markdown("  \n".join(lines))
+        st.caption((ds.description + " · " if ds else "") + f"spec key `{spec.key()}`")

@@ -1,0 +1,130 @@
+"""Experiment page: what the data and model are, a form to train / load another, examples of ID and OOD images."""
+import time
+
+import streamlit as st
+
+from ood_core import figures, metrics
+from ood_core.data import DATASETS, OOD_SETS
+from pages import _support as ui
+
+N_ID_EXAMPLES = 16
+N_OOD_EXAMPLES = 5
+
+INTRO = """
+**What am I looking at?** A small convolutional network is trained to classify the images of an
+*in-distribution* (ID) dataset. Out-of-distribution (OOD) detection asks: *is a new image unlike the
+training data?* The OOD sets below are made from noise or by transforming ID test images (rotating,
+mirroring, inverting, shuffling pixels). The network still predicts a class for them — often confidently —
+which is why we need a detector. Train or load a model here, then open **Scores** to see how well each
+detector tells ID from OOD.
+"""
+
+
+def experiment_form():
+    """The spec form; returns (the new Spec or None when not submitted or invalid, retrain flag)."""
+    spec = ui.current_spec()
+    names = list(DATASETS)
+    with st.form("experiment-form"):
+        st.markdown("**Choose the experiment**")
+        dataset = st.selectbox("ID dataset", names, index=names.index(spec.dataset) if spec.dataset in names else 0,
+                               help="\n".join(f"- **{n}**: {DATASETS[n].description}" for n in names))
+        c1, c2 = st.columns(2)
+        seed = c1.number_input("Seed", min_value=0, value=spec.seed, step=1,
+                               help="Fixes the data split, the initialisation and the batch order.")
+        epochs = c2.number_input("Epochs", min_value=1, max_value=500, value=spec.training.epochs, step=1)
+        lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(spec.training.lr),
+                             step=0.0005, format="%.4f", help="Peak learning rate of AdamW with a one-cycle schedule.")
+        batch = c2.number_input("Batch size", min_value=1, max_value=4096, value=spec.training.batch_size, step=16)
+        retrain = st.checkbox("Retrain even if a cached model exists", key="retrain-anyway")
+        submitted = st.form_submit_button("Train / load model", type="primary")
+    if not submitted:
+        return None, False
+    try:
+        return ui.make_spec(spec, dataset, seed, epochs, lr, batch), retrain
+    except ValueError as e:
+        st.error(f"Invalid setting: {e}")
+        return None, False
+
+
+def upload_box() -> None:
+    """'Use your own model': upload a state_dict for the current spec's model and data."""
+    with st.expander("Use your own model"):
+        spec = ui.current_spec()
+        st.markdown(f"Upload a PyTorch **state_dict** (`.pt`, saved with `torch.save(model.state_dict(), path)`) "
+                    f"for model `{spec.model}` on `{spec.dataset}`. It is loaded with `weights_only=True` and "
+                    "replaces the trained model on every page.")
+        up = st.file_uploader("Model weights (.pt / .pth)", type=["pt", "pth"], key=ui.upload_widget_key())
+        if up is not None:
+            error = ui.use_uploaded_model(up.name, up.getvalue())
+            if error:
+                st.error(error)
+        user = ui.active_user_model(spec)
+        if user:
+            st.success(f"Using your model `{user['name']}` on every page.")
+            st.button("Use the trained model again", on_click=ui.reset_upload)
+
+
+def show_examples(exp) -> None:
+    """A row of ID test images with label and prediction, then a few examples of each OOD set."""
+    bench = exp.bench
+    st.subheader("Example images")
+    n = min(N_ID_EXAMPLES, len(bench.test))
+    preds = ui.predicted_names(exp, "test", n)
+    truth = [bench.class_names[int(y)] for y in bench.test.y[:n]]
+    st.markdown(f"**ID test images** ({exp.spec.dataset})" + (" — caption: true label → predicted class" if preds else ""))
+    st.image(ui.upscale(bench.to_pixels(bench.test.x[:n])), width=64,
+             caption=[f"{t} → {p}" for t, p in zip(truth, preds)] if preds else truth)
+    st.markdown("**OOD sets**" + (" — caption: the class the network predicts anyway" if preds else ""))
+    names = exp.ood_names
+    for row in range(0, len(names), 4):
+        for col, name in zip(st.columns(4), names[row:row + 4]):
+            with col:
+                info = OOD_SETS.get(name)
+                st.markdown(f"**{name}**" + (f" · {info.kind}" if info else ""))
+                st.caption(info.description if info else "samples of classes never seen in training")
+                k = min(N_OOD_EXAMPLES, len(bench.ood[name]))
+                st.image(ui.upscale(bench.to_pixels(bench.ood[name].x[:k]), 3), width=44,
+                         caption=ui.predicted_names(exp, name, k))
+
+
+def main() -> None:
+    st.title("Experiment: the data and the model")
+    st.markdown(INTRO)
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        new_spec, retrain = experiment_form()
+        if new_spec is not None:  # the form trains or loads the spec's own model, not an upload
+            ui.reset_upload()
+        upload_box()
+    with right:
+        t0 = time.perf_counter()
+        if new_spec is not None:
+            ui.set_spec(new_spec)
+        exp = ui.get_experiment(retrain=retrain)
+        if exp is None:
+            return
+        if new_spec is not None:
+            source, seconds = ui.last_preparation().get("source", ""), time.perf_counter() - t0
+            if source == "trained just now":
+                epochs = exp.spec.training.epochs
+                st.success(f"Trained a new model: {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s. "
+                           "It is cached on disk for next time.")
+            else:
+                st.info(f"Reused the cached model for this setting ({source}) — ready in {seconds:.1f} s, no training needed.")
+        a1, a2 = st.columns(2)
+        acc = ui.id_accuracy(exp)
+        a1.metric("ID test accuracy", "—" if acc is None else f"{acc:.1%}", help=metrics.DEFINITIONS["id_accuracy"])
+        a2.metric("Images", f"{len(exp.bench.train)} / {len(exp.bench.val)} / {len(exp.bench.test)}",
+                  help="ID train / validation / test split sizes; each OOD set has a fifth of the test size.")
+        if exp.training.history:
+            st.markdown("**Training curve**")
+            st.plotly_chart(figures.training_curve(exp.training.history), width="stretch", key="training-curve")
+        else:
+            st.info("No training curve: this model was uploaded, not trained here.")
+        st.download_button("Download these model weights (.pt state_dict)", ui.state_dict_bytes(exp),
+                           file_name=f"{exp.spec.model}-{exp.spec.key()}.pt", mime="application/octet-stream")
+    show_examples(exp)
+    st.page_link("pages/scores.py", label="Next: compare ID and OOD scores", icon=":material/arrow_forward:")
+
+
+main()

@@ -1,0 +1,135 @@
+"""Scores page: one detector's unfamiliarity scores on ID test vs OOD sets, its curves, metrics and a threshold."""
+import json
+
+import streamlit as st
+
+from ood_core import figures, metrics
+from ood_core.data import OOD_SETS
+from ood_core.detectors import FAMILIES, REGISTRY
+from pages import _support as ui
+
+DEFAULT_DETECTOR = "msp"
+DEFAULT_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) set
+
+
+def choose_detector(exp) -> str:
+    """Detector selectbox, each labelled with its family; returns the registry name."""
+    options = ui.detector_options(exp)
+    index = options.index(DEFAULT_DETECTOR) if DEFAULT_DETECTOR in options else 0
+    return st.selectbox("Detector", options, index=index, format_func=ui.detector_label, key="scores-detector",
+                        help="Grouped by the survey's taxonomy (Salehi et al. 2022): family · method.")
+
+
+def choose_sets(available: list[str]) -> list[str]:
+    """OOD set multiselect; the default is a natural set (unknown classes) if any, else one near and one far set."""
+    natural = [s for s in available if s not in OOD_SETS]  # e.g. OSR's unknown classes
+    default = (natural[:1] + ["rotated"]) if natural else [s for s in DEFAULT_OOD if s in available]
+    default = [s for s in default if s in available] or available[:1]
+    described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
+    return st.multiselect("OOD sets", available, default=default, key="scores-sets",
+                          help="Which unfamiliar samples to compare with the ID test images:\n" + described)
+
+
+def detector_card(name: str) -> dict:
+    """The formula, intuition and reference of a detector, and its parameter widgets; returns the params."""
+    cls = REGISTRY[name]
+    with st.container(border=True):
+        st.markdown(f"**{cls.title}** — {FAMILIES.get(cls.family, '')}")
+        if cls.latex:
+            st.latex(cls.latex)
+        if cls.intuition:
+            st.markdown(cls.intuition)
+        st.caption(f"Reference: {cls.reference}" if cls.reference else "")
+        if not cls.params:
+            st.caption("This detector has no parameters to tune.")
+            return {}
+        cols = st.columns(min(3, len(cls.params)))
+        params = {}
+        for i, (pname, p) in enumerate(cls.params.items()):
+            with cols[i % len(cols)]:
+                params[pname] = ui.param_widget(pname, p, key=f"param-{name}-{pname}")
+        st.caption(f"Defaults: {', '.join(f'{k} = {p.default}' for k, p in cls.params.items())}. "
+                   "Moving a slider re-scores from the cached network outputs.")
+        return params
+
+
+def threshold_section(name: str, params: dict, scores: dict, id_scores, ood: dict) -> float:
+    """Threshold slider (default keeps 95% of ID) and the confusion counts at it; returns the threshold."""
+    every = [v for k, v in scores.items()]  # range over all scored splits, so it doesn't jump when sets change
+    lo, hi = min(float(v.min()) for v in every), max(float(v.max()) for v in every)
+    t95 = metrics.threshold_at_tpr(id_scores, 0.95)
+    if hi <= lo:
+        st.info("All scores are equal, so no threshold separates anything.")
+        return t95
+    key = f"threshold-{name}-{json.dumps(params, sort_keys=True)}"
+    t = st.slider("Threshold t (flag as OOD when score > t)", lo, hi, min(max(t95, lo), hi), step=(hi - lo) / 500,
+                  format="%.4g", key=key,
+                  help=f"Starts at {t95:.4g}, the threshold that keeps 95% of ID test images (the FPR@95TPR operating point).")
+    table = ui.confusion_frame(id_scores, ood, t)
+    kept = table["ID kept"].iloc[0] / len(id_scores)
+    st.markdown(f"At t = {t:.4g}: **{kept:.1%}** of ID test images are kept.")
+    st.dataframe(table, column_config={
+        "_index": st.column_config.TextColumn("OOD set"),
+        "ID kept": st.column_config.NumberColumn("ID kept", help="ID test images with score ≤ t (true negatives)"),
+        "ID flagged": st.column_config.NumberColumn("ID flagged", help="ID test images with score > t (false alarms)"),
+        "OOD missed": st.column_config.NumberColumn("OOD missed", help="OOD images with score ≤ t, accepted as ID"),
+        "OOD caught": st.column_config.NumberColumn("OOD caught", help="OOD images with score > t, flagged"),
+    })
+    return t
+
+
+def main() -> None:
+    st.title("Scores: how unfamiliar does each image look?")
+    st.markdown("A detector gives every image an **unfamiliarity score** (higher = more likely out-of-distribution). "
+                "A good detector puts the ID test images (blue) to the left and the OOD images to the right, so one "
+                "threshold separates them. Pick a detector and OOD sets; the curves and metrics update at once.")
+    exp = ui.get_experiment()
+    if exp is None:
+        return
+    c1, c2 = st.columns([1, 1])
+    with c1:
+        name = choose_detector(exp)
+    with c2:
+        sets = choose_sets(exp.ood_names)
+    params = detector_card(name)
+    if not sets:
+        st.info("Pick at least one OOD set above to see the scores.")
+        return
+    with st.spinner(f"Scoring with {REGISTRY[name].title}…"):
+        scores, error = ui.detector_scores(exp, name, params)
+    if error:
+        st.error(f"{REGISTRY[name].title} failed with these settings: {error}. "
+                 "Try other parameter values or another detector.")
+        return
+    id_scores, ood = scores["test"], {s: scores[s] for s in sets}
+
+    m1, m2 = st.columns([1.4, 5])
+    acc = ui.id_accuracy(exp)
+    m1.metric("ID test accuracy", "—" if acc is None else f"{acc:.1%}", help=metrics.DEFINITIONS["id_accuracy"])
+    table = ui.metrics_frame(id_scores, ood)
+    m2.dataframe(table, column_config=ui.metric_column_config())
+    st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
+    below_chance = table.index[table[ui.METRIC_COLUMNS["auroc"]] < 50].tolist()
+    if below_chance:
+        st.info(f"AUROC below 50% on {', '.join(below_chance)}: this detector finds those images *more* familiar "
+                "than the ID test images — the network is over-confident far from its training data (Hein et al., "
+                "CVPR 2019). Feature-based detectors (Distance family, e.g. Mahalanobis or KNN) often do better there.")
+
+    h1, h2 = st.columns([3, 2])
+    with h2:
+        t = threshold_section(name, params, scores, id_scores, ood)
+    with h1:
+        fig = figures.score_histogram(id_scores, ood, threshold=t, x_label=f"{REGISTRY[name].title} score",
+                                      title="Score distributions (ID test vs OOD)")
+        if st.toggle("Logarithmic density axis", key="scores-log-y",
+                     help="Shows small bars next to tall ones, e.g. when most scores pile up in one bin."):
+            fig.update_yaxes(type="log", dtick="D2", title="density (log scale)")
+        st.plotly_chart(fig, width="stretch")
+    r1, r2 = st.columns(2)
+    with r1:
+        st.plotly_chart(figures.roc_figure(id_scores, ood), width="stretch")
+    with r2:
+        st.plotly_chart(figures.pr_figure(id_scores, ood), width="stretch")
+
+
+main()

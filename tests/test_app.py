@@ -1,0 +1,269 @@
+"""AppTest tests of the Experiment and Scores pages, and of the pure helpers in pages/_support.py.
+
+The `default_experiment` fixture trains the default model into the per-session temporary cache
+(conftest sets OOD_EXPLORER_CACHE), so the app loads it from disk instead of training again.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from ood_core import Spec, metrics
+from ood_core.detectors import REGISTRY, Detector, Param
+from ood_core.models import checkpoint_path
+from pages import _support as ui
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+
+
+@pytest.fixture
+def app(default_experiment) -> AppTest:
+    """The app on its default page (Experiment), after one run."""
+    return AppTest.from_file(APP, default_timeout=120).run()
+
+
+@pytest.fixture
+def scores(app) -> AppTest:
+    return app.switch_page("pages/scores.py").run()
+
+
+def figures_of(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def traces(fig: dict) -> list[tuple[str, str]]:
+    return [(t["type"], t.get("name", "")) for t in fig["data"]]
+
+
+def percent(text: str) -> float:
+    return float(text.strip().rstrip("%"))
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+# --- Experiment page -------------------------------------------------------------------------------
+
+def test_experiment_page_shows_accuracy_form_examples_and_sidebar(app, default_experiment):
+    no_exception(app)
+    acc = next(m for m in app.metric if m.label == "ID test accuracy")
+    assert percent(acc.value) >= 97.0
+    assert app.get("form"), "the experiment form is missing"
+    assert "Train / load model" in [b.label for b in app.button]
+    # 1 row of ID images + one image list per OOD set, captions "true → predicted" on the ID row
+    assert len(app.image) == 1 + len(default_experiment.ood_names)
+    assert "→" in app.image[0].captions[0] and len(app.image[0].value) == 16
+    side = " ".join(m.value for m in app.sidebar.markdown)
+    assert "**Dataset:** digits" in side and "**Seed:** 0" in side and "**Epochs:** 15" in side
+    assert "**Model from cache:** yes" in side  # the fixture put the checkpoint on disk
+    assert f"**ID test accuracy:** {acc.value}" in side
+
+
+def test_submitting_the_default_form_reuses_the_cached_model(app):
+    submit = next(b for b in app.button if b.label == "Train / load model")
+    submit.click().run()
+    no_exception(app)
+    assert any("Reused the cached model" in i.value for i in app.info), [i.value for i in app.info]
+    assert not app.success  # nothing was trained
+
+
+def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
+    base = Spec()
+    one_epoch = ui.make_spec(base, base.dataset, base.seed, 1, base.training.lr, base.training.batch_size)
+    checkpoint_path(one_epoch).unlink(missing_ok=True)  # cold, whatever ran before
+    form_button = next(b for b in app.button if b.label == "Train / load model")
+    next(n for n in app.number_input if n.label == "Epochs").set_value(1)
+    form_button.click().run()
+    no_exception(app)
+    assert any("Trained a new model: 1 epoch in" in s.value for s in app.success), [i.value for i in app.info]
+    assert app.session_state[ui.SPEC_KEY].training.epochs == 1
+    assert len(figures_of(app)) == 1  # the training curve of the new model
+    form_button = next(b for b in app.button if b.label == "Train / load model")
+    app.checkbox(key="retrain-anyway").check()
+    form_button.click().run()
+    no_exception(app)
+    assert any("Trained a new model" in s.value for s in app.success)
+
+
+def test_invalid_learning_rate_gives_a_message_not_a_traceback(app):
+    lr = next(n for n in app.number_input if n.label == "Learning rate")
+    lr.set_value(0.0)
+    next(b for b in app.button if b.label == "Train / load model").click().run()
+    no_exception(app)
+    assert any("lr must be in (0, 10)" in e.value for e in app.error)
+    assert ui.Spec().key() == app.session_state[ui.SPEC_KEY].key()  # the spec did not change
+
+
+def test_corrupt_upload_gives_an_error_and_keeps_the_trained_model(app):
+    app.file_uploader[0].upload("broken.pt", b"this is not a checkpoint").run()
+    no_exception(app)
+    assert any("Could not use broken.pt" in e.value and "not a loadable PyTorch checkpoint" in e.value
+               for e in app.error)
+    assert all(len(e.value) < 200 for e in app.error)  # a message, not PyTorch's page of advice
+    assert ui.USER_MODEL_KEY not in app.session_state
+
+
+def test_wrong_shape_upload_says_it_does_not_match(app):
+    buf = io.BytesIO()
+    torch.save({"head.weight": torch.zeros(3, 7), "head.bias": torch.zeros(3)}, buf)
+    app.file_uploader[0].upload("other.pt", buf.getvalue()).run()
+    no_exception(app)
+    assert any("does not match" in e.value for e in app.error)
+
+
+def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experiment):
+    app.file_uploader[0].upload("mine.pt", ui.state_dict_bytes(default_experiment)).run()
+    no_exception(app)
+    assert any("Using your model `mine.pt`" in s.value for s in app.success)
+    # (AppTest drops app.py's sidebar after the first run, so check the state the sidebar reads)
+    assert app.session_state[ui.USER_MODEL_KEY]["name"] == "mine.pt"
+    acc = next(m for m in app.metric if m.label == "ID test accuracy")
+    assert acc.value == f"{default_experiment.id_accuracy:.1%}"  # same weights, same accuracy
+    next(b for b in app.button if b.label == "Use the trained model again").click().run()
+    no_exception(app)
+    assert ui.USER_MODEL_KEY not in app.session_state
+
+
+def test_upload_handler_directly():
+    with pytest.raises(ValueError, match="empty"):
+        ui.load_uploaded_model(b"", Spec())
+    with pytest.raises(ValueError, match="not a loadable PyTorch checkpoint"):
+        ui.load_uploaded_model(b"\x00garbage", Spec())
+
+
+# --- Scores page -----------------------------------------------------------------------------------
+
+def test_scores_page_draws_histogram_roc_pr_with_expected_traces(scores, default_experiment):
+    no_exception(scores)
+    sets = scores.multiselect(key="scores-sets").value
+    assert sets == ["rotated", "gaussian"]
+    hist, roc, pr = figures_of(scores)
+    assert [t for t, _ in traces(hist)] == ["bar"] * 3
+    assert traces(hist)[0][1].startswith("ID (test)")
+    assert [n.split(" (")[0] for _, n in traces(hist)[1:]] == sets
+    assert [n.split(" (")[0] for _, n in traces(roc)] == [*sets, "chance"]
+    assert len(traces(pr)) == 2 * len(sets)
+    # the threshold line starts where 95% of ID test scores are kept
+    id_msp = default_experiment.score(default_experiment.fit_detector("msp"), ["test"])["test"]
+    t95 = metrics.threshold_at_tpr(id_msp, 0.95)
+    assert any(math.isclose(s["x0"], t95, rel_tol=1e-6) for s in hist["layout"]["shapes"])
+
+
+def test_scores_page_metrics_match_the_library_and_have_tooltips(scores, default_experiment):
+    table = scores.dataframe[0].value
+    exp = default_experiment
+    sc = exp.score(exp.fit_detector("msp"))
+    for ood in ("rotated", "gaussian"):
+        expected = metrics.all_metrics(sc["test"], sc[ood])
+        assert table.loc[ood, "AUROC ↑"] == pytest.approx(100 * expected.auroc)
+        assert table.loc[ood, "FPR@95TPR ↓"] == pytest.approx(100 * expected.fpr95)
+    acc = next(m for m in scores.metric if m.label == "ID test accuracy")
+    assert acc.help == metrics.DEFINITIONS["id_accuracy"]
+    assert percent(acc.value) >= 97.0
+    cfg = ui.metric_column_config()
+    assert cfg["FPR@95TPR ↓"]["help"] == metrics.DEFINITIONS["fpr95"]
+    # confusion counts at the default threshold keep at least 95% of ID
+    counts = scores.dataframe[1].value
+    assert list(counts.columns) == ["ID kept", "ID flagged", "OOD missed", "OOD caught"]
+    kept, flagged = counts.loc["rotated", "ID kept"], counts.loc["rotated", "ID flagged"]
+    assert kept + flagged == len(sc["test"]) and kept / (kept + flagged) >= 0.95
+
+
+def test_changing_a_parameter_rescores(scores, default_experiment):
+    scores.selectbox(key="scores-detector").set_value("energy").run()
+    no_exception(scores)
+    before = scores.dataframe[0].value.copy()
+    slider = scores.select_slider(key="param-energy-temperature")
+    assert slider.value == 1.0 and "10" in slider.options  # options are shown formatted
+    slider.set_value(10.0).run()
+    no_exception(scores)
+    after = scores.dataframe[0].value
+    assert not np.allclose(before.values, after.values)
+    exp = default_experiment
+    sc = exp.score(exp.fit_detector("energy", {"temperature": 10.0}))
+    assert after.loc["rotated", "AUROC ↑"] == pytest.approx(100 * metrics.auroc(sc["test"], sc["rotated"]))
+
+
+def test_threshold_slider_updates_the_counts(scores):
+    slider = scores.slider(key=next(s.key for s in scores.slider if s.key.startswith("threshold-")))
+    slider.set_value(slider.max).run()
+    no_exception(scores)
+    counts = scores.dataframe[1].value
+    assert (counts["ID flagged"] == 0).all() and (counts["OOD caught"] == 0).all()
+
+
+def test_no_ood_set_chosen_shows_a_hint(scores):
+    scores.multiselect(key="scores-sets").set_value([]).run()
+    no_exception(scores)
+    assert any("Pick at least one OOD set" in i.value for i in scores.info)
+    assert not scores.get("plotly_chart")
+
+
+class _Broken(Detector):
+    """A detector that fails on purpose: NaN scores or an exception while fitting."""
+
+    name, title, family = "broken_for_test", "Broken (test only)", "output"
+    latex = r"S(x) = \mathrm{NaN}"
+    params = {"mode": Param("nan", kind="choice", choices=("nan", "raise"), help="how to fail")}
+
+    def _fit(self, ctx):
+        if self.mode == "raise":
+            raise np.linalg.LinAlgError("singular covariance (on purpose)")
+
+    def _score(self, out):
+        return np.full(len(out), np.nan)
+
+
+@pytest.fixture
+def broken_detector():
+    REGISTRY[_Broken.name] = _Broken
+    yield _Broken.name
+    del REGISTRY[_Broken.name]
+
+
+def test_a_failing_detector_shows_an_error_and_the_page_stays_usable(broken_detector, scores):
+    scores.selectbox(key="scores-detector").set_value(broken_detector).run()
+    no_exception(scores)
+    assert any("NaN or infinite" in e.value for e in scores.error)
+    scores.selectbox(key=f"param-{broken_detector}-mode").set_value("raise").run()  # a choice param widget
+    no_exception(scores)
+    assert any("singular covariance" in e.value for e in scores.error)
+    scores.selectbox(key="scores-detector").set_value("msp").run()  # back to a working one
+    no_exception(scores)
+    assert not scores.error and len(figures_of(scores)) == 3
+
+
+# --- pure helpers ----------------------------------------------------------------------------------
+
+def test_brief_keeps_the_message_and_drops_the_details():
+    long = "this file is not a loadable PyTorch checkpoint (UnpicklingError: Weights only load failed. " + "x " * 200
+    assert ui.brief(long) == "this file is not a loadable PyTorch checkpoint (UnpicklingError)"
+    assert ui.brief("short message\nsecond line") == "short message"
+    assert ui.brief("word " * 100).endswith(" …") and len(ui.brief("word " * 100)) <= 242
+
+
+def test_log_options_include_default_sweep_and_bounds():
+    p = Param(1000.0, 1.0, 10000.0, scale="log", sweep=(1.0, 10.0, 100.0, 1000.0, 5000.0))
+    opts = ui.log_options(p)
+    assert opts == sorted(opts) and len(set(opts)) == len(opts)
+    assert {1.0, 10.0, 100.0, 1000.0, 5000.0, 10000.0} <= set(opts)
+    k = Param(50, 1, 500, scale="log", kind="int", sweep=(1, 5, 10, 20, 50, 100, 200))
+    kopts = ui.log_options(k)
+    assert all(isinstance(v, int) for v in kopts) and {1, 5, 50, 200, 500} <= set(kopts)
+
+
+def test_linear_step_hits_the_default_and_the_sweep():
+    eps = Param(0.0014, 0.0, 0.1, sweep=(0.0, 0.0005, 0.001, 0.0014, 0.002))
+    step, decimals = ui.linear_step(eps)
+    assert decimals == 4 and step == pytest.approx(1e-4)
+    pct = Param(90.0, 50.0, 99.9, sweep=(70.0, 99.0))
+    assert ui.linear_step(pct) == (pytest.approx(0.1), 1)
