@@ -78,11 +78,12 @@ def training_curve(history: list[dict]) -> go.Figure:
     ep = [h["epoch"] for h in history]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=ep, y=[h["loss"] for h in history], name="train loss", mode="lines+markers"))
-    fig.add_trace(go.Scatter(x=ep, y=[100 * h["train_accuracy"] for h in history], name="train accuracy (%)",
-                             mode="lines+markers", yaxis="y2"))
-    fig.add_trace(go.Scatter(x=ep, y=[100 * h["val_accuracy"] for h in history], name="validation accuracy (%)",
-                             mode="lines+markers", yaxis="y2"))
-    fig.update_layout(xaxis_title="epoch", yaxis=dict(title="cross-entropy loss"),
+    for key, name in (("train_accuracy", "train accuracy (%)"), ("val_accuracy", "validation accuracy (%)")):
+        vals = [h.get(key) for h in history]
+        if any(v is not None and np.isfinite(v) for v in vals):  # one-class models have no accuracy
+            fig.add_trace(go.Scatter(x=ep, y=[None if v is None or not np.isfinite(v) else 100 * v for v in vals],
+                                     name=name, mode="lines+markers", yaxis="y2"))
+    fig.update_layout(xaxis_title="epoch", yaxis=dict(title="training loss"),
                       yaxis2=dict(title="accuracy (%)", overlaying="y", side="right", range=[0, 101],
                                   tickmode="linear", tick0=0, dtick=20, showgrid=False),
                       legend=dict(orientation="h", y=-0.3), margin=dict(t=30, b=10), height=320)
@@ -149,4 +150,48 @@ def sensitivity_figure(rows: list[dict], param: str, log_x: bool = False, metric
     label = {"auroc": "AUROC (%)", "fpr95": "FPR@95TPR (%)"}.get(metric, metric)
     fig.update_layout(xaxis_title=param, yaxis_title=label, xaxis_type="log" if log_x else "linear",
                       legend=dict(orientation="h", y=-0.25), margin=dict(t=30, b=10))
+    return fig
+
+
+def setting_diagram(setting: str, n_classes: int = 10, known: Optional[list[int]] = None,
+                    normal: int = 0, contamination: float = 0.0, class_names: Optional[list[str]] = None) -> go.Figure:
+    """Which classes are seen at training and at test in a setting (after the survey's Fig. 1).
+
+    Two rows of class tiles (training, test); colours say known / normal (ID), unknown / novel (at test only),
+    contaminant (AD training); an extra tile stands for other distributions (synthetic / transformed sets).
+    """
+    names = class_names or [str(c) for c in range(n_classes)]
+    known = list(range(n_classes)) if setting == "ood" else (known or [])
+    colours = {"id": "#1f77b4", "unseen": "#d62728", "contam": "#ff7f0e", "other": "#7f7f7f", "absent": "#eeeeee"}
+    fig = go.Figure()
+    rows = {"training": 1, "test": 0}
+    for row, y in rows.items():
+        for c in range(n_classes):
+            if setting in ("ood", "osr"):
+                kind = "id" if c in known else ("unseen" if row == "test" else "absent")
+            else:
+                kind = "id" if c == normal else ("unseen" if row == "test" else
+                                                 ("contam" if setting == "ad" and contamination > 0 else "absent"))
+            fig.add_shape(type="rect", x0=c, x1=c + 0.9, y0=y, y1=y + 0.8, line=dict(width=0),
+                          fillcolor=colours[kind], opacity=0.6 if kind == "contam" else 1.0)
+            fig.add_annotation(x=c + 0.45, y=y + 0.4, text=names[c], showarrow=False,
+                               font=dict(color="white" if kind != "absent" else "#999", size=13))
+        other = row == "test"
+        fig.add_shape(type="rect", x0=n_classes + 0.3, x1=n_classes + 2.3, y0=y, y1=y + 0.8, line=dict(width=0),
+                      fillcolor=colours["other"] if other else colours["absent"])
+        fig.add_annotation(x=n_classes + 1.3, y=y + 0.4, text="other data" if other else "—", showarrow=False,
+                           font=dict(color="white" if other else "#999", size=11))
+    legend = {"ood": [("id", "ID classes"), ("other", "OOD: other distributions")],
+              "osr": [("id", "known classes"), ("unseen", "unknown classes (test only)")],
+              "nd": [("id", "normal class"), ("unseen", "novel classes (test only)")],
+              "ad": [("id", "normal class"), ("contam", "unlabelled anomalies in training"),
+                     ("unseen", "anomalous classes")]}[setting]
+    for kind, label in legend:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label,
+                                 marker=dict(size=12, symbol="square", color=colours[kind])))
+    fig.update_layout(xaxis=dict(visible=False, range=[-0.1, n_classes + 2.4]),
+                      yaxis=dict(tickvals=[0.4, 1.4], ticktext=["test", "training"], range=[-0.1, 1.9],
+                                 showgrid=False, zeroline=False),
+                      height=170, margin=dict(l=60, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.1),
+                      plot_bgcolor="white")
     return fig

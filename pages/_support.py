@@ -79,10 +79,15 @@ def set_spec(spec: Spec) -> None:
         del st.session_state[USER_MODEL_KEY]
 
 
-def make_spec(base: Spec, dataset: str, seed: int, epochs: int, lr: float, batch_size: int) -> Spec:
-    """A new Spec from form values; raises ValueError with the library's message on a bad value."""
-    training = dataclasses.replace(base.training, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size))
-    return dataclasses.replace(base, dataset=dataset, seed=int(seed), training=training)
+def make_spec(base: Spec, dataset: str, seed: int, epochs: int, lr: float, batch_size: int, **setting: Any) -> Spec:
+    """A new Spec from form values; raises ValueError with the library's message on a bad value.
+
+    `setting` may carry setting, model, regime, known_classes, normal_class, contamination.
+    """
+    regime = setting.pop("regime", base.training.regime)
+    training = dataclasses.replace(base.training, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
+                                   regime=regime)
+    return dataclasses.replace(base, dataset=dataset, seed=int(seed), training=training, **setting)
 
 
 def spec_json(spec: Spec) -> str:
@@ -193,9 +198,10 @@ def _train_with_progress(spec: Spec, retrain: bool) -> tuple[Experiment, str]:
     def on_epoch(p) -> None:
         history.append(dict(p.__dict__))
         done = p.epoch == p.epochs
+        acc = f" · validation accuracy {p.val_accuracy:.1%}" if np.isfinite(p.val_accuracy) else ""
         bar.progress(p.epoch / p.epochs,
-                     text=f"epoch {p.epoch}/{p.epochs} · loss {p.loss:.3f} · validation accuracy "
-                          f"{p.val_accuracy:.1%} · {p.seconds:.0f} s" + (" · running the model on every split…" if done else ""))
+                     text=f"epoch {p.epoch}/{p.epochs} · loss {p.loss:.3f}{acc} · {p.seconds:.0f} s"
+                          + (" · running the model on every split…" if done else ""))
         chart.plotly_chart(figures.training_curve(history), key=f"training-curve-live-{p.epoch}")
 
     lock = _TRAIN_LOCKS[key]
@@ -400,6 +406,27 @@ def predicted_names(exp: Experiment, split: str, n: int) -> Optional[list[str]]:
     return [exp.bench.class_names[int(c)] for c in logits.argmax(1)]
 
 
+def setting_lines(spec: Spec) -> list[str]:
+    """The setting-specific part of the sidebar: regime, known classes, normal class, contamination."""
+    from ood_core.data.benchmark import known_classes_for
+    from ood_core.spec import REGIME_TITLES
+
+    lines = []
+    if spec.setting in ("ood", "osr") and spec.training.regime != "ce":
+        lines.append(f"**Training:** {REGIME_TITLES[spec.training.regime]}")
+    if spec.setting == "osr":
+        try:
+            known = ", ".join(map(str, known_classes_for(spec.seed, 10, spec.known_classes)))
+        except ValueError:
+            known = "?"
+        lines.append(f"**Known classes (K={spec.known_classes}):** {known}")
+    if spec.setting in ("nd", "ad"):
+        lines.append(f"**Normal class:** {spec.normal_class}")
+    if spec.setting == "ad":
+        lines.append(f"**Contamination:** {spec.contamination:.0%}")
+    return lines
+
+
 def render_sidebar(slot) -> None:
     """The shared sidebar: the current experiment, read from session_state."""
     spec = current_spec()
@@ -416,6 +443,7 @@ def render_sidebar(slot) -> None:
             f"**Dataset:** {spec.dataset}",
             f"**Model:** {spec.model}" + (f" — uploaded `{user['name']}`" if user else ""),
             f"**Seed:** {spec.seed} · **Epochs:** {spec.training.epochs}",
+            *setting_lines(spec),
             f"**ID test accuracy:** {acc}",
             f"**Model from cache:** {'yes' if info.get('from_cache') else 'no'}"
             + (f" ({info['source']})" if info.get("source") else ""),

@@ -3,8 +3,12 @@ import time
 
 import streamlit as st
 
-from ood_core import figures, metrics
+from ood_core import figures, metrics, settings
 from ood_core.data import DATASETS, OOD_SETS
+from ood_core.data.auxiliary import AUX_RECIPES
+from ood_core.data.benchmark import known_classes_for
+from ood_core.models.registry import ONE_CLASS_TITLES
+from ood_core.spec import REGIME_TITLES, SETTING_TITLES, SETTINGS
 from pages import _support as ui
 
 N_ID_EXAMPLES = 16
@@ -20,12 +24,29 @@ detector tells ID from OOD.
 """
 
 
-def experiment_form():
+def setting_picker() -> str:
+    """The setting first (outside the form, so the form offers only what fits it), explained with a diagram."""
+    spec = ui.current_spec()
+    setting = st.radio("Setting", SETTINGS, index=SETTINGS.index(spec.setting), horizontal=True,
+                       format_func=lambda s: SETTING_TITLES[s], key="setting-picker",
+                       help="The survey's four settings share one question — is this sample unlike the "
+                            "training data? — and differ in what the model sees at training and at test.")
+    st.markdown(settings.EXPLANATIONS[setting])
+    n = 10
+    known = known_classes_for(spec.seed, n, spec.known_classes) if setting == "osr" else None
+    st.plotly_chart(figures.setting_diagram(setting, n, known=known, normal=spec.normal_class,
+                                            contamination=spec.contamination if setting == "ad" else 0.0),
+                    width="stretch", key=f"setting-diagram-{setting}", config={"displayModeBar": False})
+    return setting
+
+
+def experiment_form(setting: str):
     """The spec form; returns (the new Spec or None when not submitted or invalid, retrain flag)."""
     spec = ui.current_spec()
     names = list(DATASETS)
+    extra: dict = {"setting": setting}
     with st.form("experiment-form"):
-        st.markdown("**Choose the experiment**")
+        st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]}")
         dataset = st.selectbox("ID dataset", names, index=names.index(spec.dataset) if spec.dataset in names else 0,
                                help="\n".join(f"- **{n}**: {DATASETS[n].description}" for n in names))
         c1, c2 = st.columns(2)
@@ -35,12 +56,37 @@ def experiment_form():
         lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(spec.training.lr),
                              step=0.0005, format="%.4f", help="Peak learning rate of AdamW with a one-cycle schedule.")
         batch = c2.number_input("Batch size", min_value=1, max_value=4096, value=spec.training.batch_size, step=16)
+        models = settings.models_for(setting)
+        if setting in ("ood", "osr"):
+            extra["model"] = models[0]
+            regimes = list(REGIME_TITLES)
+            extra["regime"] = st.selectbox("Training regime", regimes, index=regimes.index(spec.training.regime),
+                                           format_func=lambda r: REGIME_TITLES[r],
+                                           help="Outlier exposure trains with auxiliary outliers made from ID "
+                                                "training images only — " + "; ".join(AUX_RECIPES.values()) +
+                                                " — disjoint from every test OOD set.")
+        else:
+            model = spec.model if spec.model in models else models[0]
+            extra["model"] = st.selectbox("One-class model", models, index=models.index(model),
+                                          format_func=lambda m: ONE_CLASS_TITLES.get(m, m))
+        if setting == "osr":
+            extra["known_classes"] = int(st.number_input("Known classes K", min_value=2, max_value=9,
+                                                         value=spec.known_classes, step=1,
+                                                         help="K of the 10 classes are known; the seed draws which."))
+        if setting in ("nd", "ad"):
+            extra["normal_class"] = int(st.number_input("Normal class", min_value=0, max_value=9,
+                                                        value=spec.normal_class, step=1))
+        if setting == "ad":
+            extra["contamination"] = float(st.slider("Contamination ratio", 0.0, 0.45, float(spec.contamination),
+                                                     step=0.01, format="%.2f",
+                                                     help="Fraction of the training set drawn, unlabelled, from "
+                                                          "the other classes."))
         retrain = st.checkbox("Retrain even if a cached model exists", key="retrain-anyway")
         submitted = st.form_submit_button("Train / load model", type="primary")
     if not submitted:
         return None, False
     try:
-        return ui.make_spec(spec, dataset, seed, epochs, lr, batch), retrain
+        return ui.make_spec(spec, dataset, seed, epochs, lr, batch, **extra), retrain
     except ValueError as e:
         st.error(f"Invalid setting: {e}")
         return None, False
@@ -90,9 +136,10 @@ def show_examples(exp) -> None:
 def main() -> None:
     st.title("Experiment: the data and the model")
     st.markdown(INTRO)
+    setting = setting_picker()
     left, right = st.columns([2, 3], gap="large")
     with left:
-        new_spec, retrain = experiment_form()
+        new_spec, retrain = experiment_form(setting)
         if new_spec is not None:  # the form trains or loads the spec's own model, not an upload
             ui.reset_upload()
         upload_box()
