@@ -161,8 +161,8 @@ def run(args) -> int:
 
         def progress(p, seed=seed):
             if not args.quiet:
-                print(f"[seed {seed}] epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} val acc {100 * p.val_accuracy:.1f}%",
-                      file=sys.stderr)
+                acc = f" val acc {100 * p.val_accuracy:.1f}%" if np.isfinite(p.val_accuracy) else ""
+                print(f"[seed {seed}] epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}{acc}", file=sys.stderr)
 
         exp = pipeline.prepare(spec, progress=progress, cache_dir=args.cache_dir, device=args.device)
         rows, scores = pipeline.evaluate(exp, detectors)

@@ -52,10 +52,15 @@ def experiment_form(setting: str):
         c1, c2 = st.columns(2)
         seed = c1.number_input("Seed", min_value=0, value=spec.seed, step=1,
                                help="Fixes the data split, the initialisation and the batch order.")
-        epochs = c2.number_input("Epochs", min_value=1, max_value=500, value=spec.training.epochs, step=1)
-        lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(spec.training.lr),
-                             step=0.0005, format="%.4f", help="Peak learning rate of AdamW with a one-cycle schedule.")
-        batch = c2.number_input("Batch size", min_value=1, max_value=4096, value=spec.training.batch_size, step=16)
+        epochs, lr, batch = spec.training.epochs, float(spec.training.lr), spec.training.batch_size
+        if setting in ("ood", "osr"):
+            epochs = c2.number_input("Epochs", min_value=1, max_value=500, value=spec.training.epochs, step=1)
+            lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(spec.training.lr),
+                                 step=0.0005, format="%.4f", help="Peak learning rate of AdamW with a one-cycle schedule.")
+            batch = c2.number_input("Batch size", min_value=1, max_value=4096, value=spec.training.batch_size, step=16)
+        else:
+            c2.caption("Each one-class model trains with its own fixed, documented hyper-parameters "
+                       "(see ood_core/models/oneclass.py).")
         models = settings.models_for(setting)
         if setting in ("ood", "osr"):
             extra["model"] = models[0]

@@ -11,9 +11,10 @@ class ModelScore(Detector):
     name = "model_score"
     title = "The one-class model's own score"
     family = "one_class"
-    formula = "S(x) = the model's anomaly score: ||phi(x) - c||^2 (Deep SVDD), ||x - D(E(x))||^2 (autoencoder), -sum_t log p(t | T_t(x)) (GeoTrans)"
-    latex = (r"S(x) = \lVert \phi(x) - c\rVert^2 \ \text{(Deep SVDD)},\quad \lVert x - D(E(x))\rVert^2 "
-             r"\ \text{(AE)},\quad -\textstyle\sum_t \log p(t \mid T_t(x)) \ \text{(GeoTrans)}")
+    formula = ("S(x) = the model's anomaly score: ||phi(x) - c||^2 (Deep SVDD), (1/d) ||x - D(E(x))||^2 "
+               "(autoencoder), -(1/T) sum_t log p(t | T_t(x)) (GeoTrans)")
+    latex = (r"S(x) = \lVert \phi(x) - c\rVert^2 \ \text{(Deep SVDD)},\quad \tfrac{1}{d}\lVert x - D(E(x))\rVert^2 "
+             r"\ \text{(AE)},\quad -\tfrac{1}{T}\textstyle\sum_t \log p(t \mid T_t(x)) \ \text{(GeoTrans)}")
     intuition = ("A one-class model is trained on normal data alone and defines its own notion of unusual: "
                  "far from the learnt centre, badly reconstructed, or hard to recognise transformations of.")
     reference = ("Ruff et al., Deep One-Class Classification, ICML 2018; Golan & El-Yaniv, Deep Anomaly Detection "
