@@ -13,6 +13,9 @@ st.set_page_config(page_title="OOD Explorer", page_icon="🔎", layout="wide")
 PAGES = [
     st.Page("pages/experiment.py", title="Experiment", icon=":material/model_training:", default=True),
     st.Page("pages/scores.py", title="Scores", icon=":material/bar_chart:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:"),
+    st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
+    st.Page("pages/methods.py", title="Methods", icon=":material/menu_book:"),
 ]
 
 page = st.navigation(PAGES)

@@ -10,9 +10,11 @@ from .detectors import REGISTRY
 from .pipeline import Experiment, evaluate, resolve_detectors
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
+OPTIONAL_KEYS = ("oscr",)  # present in open-set recognition rows only
 METRIC_LABELS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR@95TPR",
-                 "detection_error": "Detection error"}
-HIGHER_IS_BETTER = {"auroc": True, "aupr_in": True, "aupr_out": True, "fpr95": False, "detection_error": False}
+                 "detection_error": "Detection error", "oscr": "OSCR"}
+HIGHER_IS_BETTER = {"auroc": True, "aupr_in": True, "aupr_out": True, "fpr95": False, "detection_error": False,
+                    "oscr": True}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -25,8 +27,9 @@ def summarise(rows: list[dict]) -> list[dict]:
         ok = [r for r in rs if r.get("error") is None]
         s = {"detector": det, "ood_set": ood, "n_seeds": len(ok),
              "errors": sorted({r["error"] for r in rs if r.get("error")})}
-        for k in METRIC_KEYS:
-            vals = np.array([r[k] for r in ok], dtype=float)
+        keys = METRIC_KEYS + tuple(k for k in OPTIONAL_KEYS if any(k in r for r in rs))
+        for k in keys:
+            vals = np.array([r[k] for r in ok if r.get(k) is not None], dtype=float)
             s[f"{k}_mean"] = float(vals.mean()) if len(vals) else None
             s[f"{k}_std"] = float(vals.std()) if len(vals) else None
         out.append(s)

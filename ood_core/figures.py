@@ -137,19 +137,51 @@ def metric_heatmap(detectors: list[str], ood_sets: list[str], mean: np.ndarray, 
 
 def sensitivity_figure(rows: list[dict], param: str, log_x: bool = False, metric: str = "auroc",
                        default=None) -> go.Figure:
-    """A metric against one parameter's values, one line per OOD set (rows from compare.sweep)."""
+    """A metric against one parameter's values, one line per OOD set (rows from compare.sweep).
+
+    Numeric values go on a linear or log axis; strings and booleans become categories. The default value
+    is marked by a dotted trace (a trace, not a shape: shapes and annotations disagree on log axes).
+    """
+    categorical = any(isinstance(r["value"], (str, bool, np.bool_)) for r in rows)
+    xval = (lambda v: str(v)) if categorical else (lambda v: v)
     fig = go.Figure()
     oods = list(dict.fromkeys(r["ood_set"] for r in rows))
+    ys = []
     for i, o in enumerate(oods):
         rs = [r for r in rows if r["ood_set"] == o]
-        fig.add_trace(go.Scatter(x=[r["value"] for r in rs],
-                                 y=[None if r[metric] is None else 100 * r[metric] for r in rs],
-                                 mode="lines+markers", name=o, line=dict(color=OOD_COLOURS[i % len(OOD_COLOURS)])))
-    if default is not None:
-        fig.add_vline(x=default, line_dash="dot", line_color="grey", annotation_text="default")
+        y = [None if r[metric] is None else 100 * r[metric] for r in rs]
+        ys += [v for v in y if v is not None]
+        fig.add_trace(go.Scatter(x=[xval(r["value"]) for r in rs], y=y, mode="lines+markers", name=o,
+                                 line=dict(color=OOD_COLOURS[i % len(OOD_COLOURS)])))
+    if default is not None and ys:
+        lo, hi = min(ys), max(ys)
+        fig.add_trace(go.Scatter(x=[xval(default)] * 2, y=[lo, hi], mode="lines", name=f"default ({default})",
+                                 line=dict(dash="dot", color="grey"), hoverinfo="skip"))
     label = {"auroc": "AUROC (%)", "fpr95": "FPR@95TPR (%)"}.get(metric, metric)
-    fig.update_layout(xaxis_title=param, yaxis_title=label, xaxis_type="log" if log_x else "linear",
+    fig.update_layout(xaxis_title=param, yaxis_title=label,
+                      xaxis_type="category" if categorical else ("log" if log_x else "linear"),
                       legend=dict(orientation="h", y=-0.25), margin=dict(t=30, b=10))
+    return fig
+
+
+def contamination_figure(summary: list[dict]) -> go.Figure:
+    """Mean AUROC (%) over normal classes against the contamination ratio (± std), one line per method.
+
+    `summary` rows: {"method", "contamination", "auroc_mean", "auroc_std"} (protocols.summarise_by).
+    """
+    fig = go.Figure()
+    for i, m in enumerate(dict.fromkeys(s["method"] for s in summary)):
+        ss = sorted((s for s in summary if s["method"] == m), key=lambda s: s["contamination"])
+        fig.add_trace(go.Scatter(
+            x=[100 * s["contamination"] for s in ss],
+            y=[None if s["auroc_mean"] is None else 100 * s["auroc_mean"] for s in ss],
+            error_y=dict(type="data", array=[0 if s["auroc_std"] is None else 100 * s["auroc_std"] for s in ss],
+                         thickness=1, width=3),
+            mode="lines+markers", name=m, line=dict(color=OOD_COLOURS[i % len(OOD_COLOURS)],
+                                                    dash="solid" if i < len(OOD_COLOURS) else "dash")))
+    fig.update_layout(title="Robustness to contamination: mean AUROC over normal classes (± std)",
+                      xaxis_title="contamination of the training set (%)", yaxis_title="AUROC (%)",
+                      legend=dict(orientation="h", y=-0.25), margin=dict(t=50, b=10))
     return fig
 
 

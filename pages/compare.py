@@ -1,0 +1,413 @@
+"""Compare page: every detector on every OOD set, as the survey's Table 6 — a sortable table and a heatmap.
+
+The view of the current model (one seed) shows at once from cached scores; "start comparison" trains the
+spec with the next seeds (each a fresh model, cached on disk) and shows mean ± std over them. In ND/AD the
+one-vs-all protocol (and in AD the contamination curve) run on request below the table.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ood_core import compare, figures, metrics, pipeline, protocols
+from ood_core.data import OOD_SETS
+from ood_core.detectors import FAMILIES, REGISTRY
+from ood_core.spec import ONE_CLASS_SETTINGS
+from pages import _support as ui
+
+TABLE_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")  # the survey's Table 6 columns
+METRIC_LABELS = compare.METRIC_LABELS
+HIGHER_IS_BETTER = compare.HIGHER_IS_BETTER
+DEFAULT_SEEDS = 3
+RATIOS = (0.0, 0.05, 0.1, 0.15, 0.2)  # AD contamination curve, as protocols.contamination_curve's default
+BEST_STYLE = "background-color: #d7f0d2; font-weight: bold"
+ERROR_STYLE = "color: #b00020; font-style: italic"
+
+# measured on the default experiment (digits, 2 CPU cores shared with other jobs): the 30 post-hoc detectors
+# together take about 3 s the first time (11 s on a heavily loaded machine), then come from the cache; the five
+# that run the network again add about 14 s (each 8-16 s under load), and the deep ensemble first trains 4
+# more models when they are not on disk (minutes) — so they are opt-in, off by default.
+NETWORK_HELP = ("These methods run the network again instead of scoring the cached outputs of the one forward "
+                "pass: ODIN and Mahalanobis with input pre-processing (a backward pass per image), Gram matrices "
+                "(feature maps), MC dropout (many stochastic passes) and the deep ensemble (which trains 4 extra "
+                "models the first time). Together they add about 15 s on a CPU, more on a busy machine, the "
+                "ensemble's first training minutes; all other detectors together take about 3 s, once.")
+
+
+# --- caching glue (candidates for pages/_support.py) ---------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _detector_rows(exp_id: str, name: str, params_blob: str, _exp) -> list[dict]:
+    """Result rows (CLI layout) of one detector on every OOD set of one experiment; errors become rows."""
+    params = json.loads(params_blob)
+    rows, _ = pipeline.evaluate(_exp, [name], {name: params} if params else None)
+    return rows
+
+
+@st.cache_resource(show_spinner=False)
+def _results_store() -> dict:
+    """Finished multi-seed and protocol runs, keyed by strings and shared by all sessions."""
+    return {}
+
+
+def _remember(key: str, value: dict, limit: int = 32) -> None:
+    store = _results_store()
+    store[key] = value
+    while len(store) > limit:  # forget the oldest
+        store.pop(next(iter(store)))
+
+
+# --- computing --------------------------------------------------------------------------------------
+
+def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
+    """Rows of the current model for `names`; a progress bar shows while detectors not yet cached run.
+
+    Returns (rows, seconds, how many detectors were computed now rather than read from the cache).
+    """
+    exp_id = ui.experiment_id(exp)
+    seen = st.session_state.setdefault("compare-computed", set())
+    todo = [n for n in names if (exp_id, n) not in seen]
+    slot = st.empty()
+    bar = slot.progress(0.0, text="scoring the detectors…") if todo else None
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for i, name in enumerate(names):
+        if bar is not None and name in todo:
+            bar.progress(i / len(names), text=f"scoring with {REGISTRY[name].title} ({i + 1}/{len(names)})…")
+        rows += _detector_rows(exp_id, name, "{}", exp)
+        seen.add((exp_id, name))
+    slot.empty()
+    return rows, time.perf_counter() - t0, len(todo)
+
+
+class _Bar:
+    """A progress bar that never moves back (training and scoring report on different scales)."""
+
+    def __init__(self, text: str):
+        self.bar, self.done = st.progress(0.0, text=text), 0.0
+
+    def __call__(self, frac: float, text: str) -> None:
+        self.done = min(1.0, max(self.done, float(frac)))
+        self.bar.progress(self.done, text=text)
+
+
+def run_multi_seed(exp, names: list[str], seeds: list[int]) -> dict:
+    """compare.run_seeds over `seeds`: the current seed is `exp`, the others are prepared (trained or loaded)."""
+    spec = exp.spec
+    bar = _Bar(f"preparing seed {seeds[0]}…")
+
+    def get_experiment(seed: int):
+        if seed == spec.seed:
+            return exp
+        i = seeds.index(seed)
+
+        def on_epoch(p) -> None:
+            bar((i + 0.6 * p.epoch / p.epochs) / len(seeds),
+                f"seed {seed}: training epoch {p.epoch}/{p.epochs} · validation accuracy {p.val_accuracy:.1%}")
+
+        return pipeline.prepare(spec.with_seed(seed), progress=on_epoch)
+
+    t0 = time.perf_counter()
+    rows, accs = compare.run_seeds(get_experiment, seeds, names, on_progress=bar)
+    bar.bar.empty()
+    return {"rows": rows, "seeds": seeds, "accuracies": accs, "seconds": time.perf_counter() - t0}
+
+
+def summarise(rows: list[dict], osr: bool) -> list[dict]:
+    """compare.summarise (it carries OSCR's mean and std when the rows have it)."""
+    return compare.summarise(rows)
+
+
+def best_mask(matrix: np.ndarray, metric: str) -> np.ndarray:
+    return compare.best_per_column(matrix, metric)
+
+
+# --- showing ----------------------------------------------------------------------------------------
+
+def metric_help(metric: str) -> str:
+    return metrics.DEFINITIONS.get(metric, "")
+
+
+def results_table(labels: list[str], families: list[str], oods: list[str], values: np.ndarray, best: np.ndarray,
+                  errors: dict[str, str], metric: str, stat: str) -> None:
+    """The sortable detectors x OOD sets table: percent, best per column highlighted, 'error' in failed cells."""
+    df = pd.DataFrame(100 * values, index=pd.Index(labels, name="Detector"), columns=oods)
+    df.insert(0, "Family", families)
+    if errors:
+        df["Error"] = [errors.get(lab, "") for lab in labels]
+    fmt = "± {:.1f} %" if stat == "std" else "{:.1f} %"
+
+    def styles(_):
+        css = np.where(best, BEST_STYLE, "") if stat == "mean" else np.full(best.shape, "", dtype=object)
+        css = np.where(np.isnan(values), ERROR_STYLE, css)
+        return pd.DataFrame(css, index=df.index, columns=oods)
+
+    styled = df.style.format(fmt, subset=oods, na_rep="error").apply(styles, axis=None, subset=oods)
+    what = "standard deviation over seeds of " if stat == "std" else ""
+    config = {o: st.column_config.NumberColumn(
+        o, help=f"{what}{METRIC_LABELS[metric]} on {o} (%): {metric_help(metric)}"
+                + (f" — {OOD_SETS[o].description}" if o in OOD_SETS else "")) for o in oods}
+    config["Family"] = st.column_config.TextColumn("Family", help="The method's family in the survey's taxonomy")
+    if errors:
+        config["Error"] = st.column_config.TextColumn("Error", help="Why this detector gave no result", width="large")
+    st.dataframe(styled, column_config=config, height=min(35 * len(df) + 42, 1400), key="compare-table")
+
+
+def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, families: list[str],
+                    sets: list[str]) -> None:
+    """Metric line, table, heatmap, errors and downloads of one set of result rows."""
+    spec = exp.spec
+    osr = spec.setting == "osr"
+    keep = [r for r in rows if r["detector"] in REGISTRY and REGISTRY[r["detector"]].family in families
+            and r["ood_set"] in sets]
+    if not keep:
+        st.info("No detector of the chosen families applies here, or no OOD set is chosen.")
+        return
+    summary = summarise(keep, osr)
+    n_seeds = len(seeds)
+    accs = [a for a in accs if a is not None]
+    if accs:
+        label = "Closed-set accuracy" if osr else "ID test accuracy"
+        value = f"{100 * np.mean(accs):.1f} %" + (f" ± {100 * np.std(accs):.1f}" if n_seeds > 1 else "")
+        st.metric(label, value, help=metrics.DEFINITIONS["id_accuracy"]
+                  + (" In OSR: on the known classes only (the maximum of OSCR)." if osr else ""))
+
+    c1, c2 = st.columns([2, 1])
+    metric = metric_picker(spec, c1)
+    stat = "mean"
+    if n_seeds > 1:
+        stat = c2.radio("Table shows", ("mean", "std"), horizontal=True, key="compare-stat",
+                        format_func=lambda s: {"mean": "mean over seeds", "std": "± standard deviation"}[s])
+    dets, oods, mean = compare.pivot(summary, metric, "mean")
+    _, _, std = compare.pivot(summary, metric, "std")
+    best = best_mask(mean, metric)
+    labels = [REGISTRY[d].title or d for d in dets]
+    fams = [ui.family_label(REGISTRY[d].family) for d in dets]
+    errors = {REGISTRY[s["detector"]].title or s["detector"]: "; ".join(s["errors"]) for s in summary if s["errors"]}
+
+    arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
+    st.markdown(f"**{METRIC_LABELS[metric]}** ({arrow}) in percent"
+                + (f", mean over seeds {', '.join(map(str, seeds))}" if n_seeds > 1 else f", seed {seeds[0]}")
+                + ". The best detector per OOD set is highlighted; click a column header to sort.")
+    results_table(labels, fams, oods, std if stat == "std" else mean, best, errors, metric, stat)
+
+    fig = figures.metric_heatmap(labels, oods, mean, std if n_seeds > 1 else None, best, METRIC_LABELS[metric],
+                                 HIGHER_IS_BETTER[metric])
+    fig.update_layout(title=f"{METRIC_LABELS[metric]} (%) — ★ best per OOD set"
+                            + (" · mean ± std over seeds" if n_seeds > 1 else ""))
+    st.plotly_chart(fig, width="stretch", key="compare-heatmap")
+
+    if errors:
+        st.warning(f"{len(errors)} detector(s) failed; their cells say *error*. The others are unaffected.")
+        with st.expander(f"Errors ({len(errors)})"):
+            for lab, msg in errors.items():
+                st.markdown(f"- **{lab}**: {msg}")
+    downloads(spec, keep, summary, seeds, accs)
+
+
+def downloads(spec, rows: list[dict], summary: list[dict], seeds: list[int], accs: list) -> None:
+    """CSV (one line per detector and OOD set, every metric, fractions) and JSON in the CLI's layout."""
+    # the CLI's rows: one per seed, detector and OOD set, without the timing
+    results = [{**{k: v for k, v in r.items() if k != "seconds"}, "seed": r.get("seed", seeds[0])} for r in rows]
+    doc = {"spec": spec.to_dict(), "seeds": seeds}
+    if accs:
+        doc["id_accuracy"] = float(np.mean(accs))
+        doc["id_accuracy_per_seed"] = [float(a) for a in accs]
+    doc.update(results=results, summary=summary)
+    table = pd.DataFrame([{**s, "title": REGISTRY[s["detector"]].title if s["detector"] in REGISTRY else "",
+                           "family": REGISTRY[s["detector"]].family if s["detector"] in REGISTRY else "",
+                           "errors": "; ".join(s["errors"])} for s in summary])
+    front = ["detector", "title", "family", "ood_set", "n_seeds"]
+    table = table[front + [c for c in table.columns if c not in front]]
+    stem = f"ood-compare-{spec.dataset}-{spec.setting}-seeds{seeds[0]}-{seeds[-1]}"
+    c1, c2, _ = st.columns([1, 1, 3])
+    c1.download_button("Download CSV", table.to_csv(index=False), f"{stem}.csv", "text/csv", key="compare-csv",
+                       help="One line per detector and OOD set: mean and std of every metric (fractions, not %).")
+    c2.download_button("Download JSON", json.dumps(doc, indent=1, default=float), f"{stem}.json", "application/json",
+                       key="compare-json", help="The layout of `python -m ood_core run --json`: spec, seeds, "
+                                                "results (one row per seed, detector and OOD set) and summary.")
+
+
+# --- ND / AD protocols --------------------------------------------------------------------------------
+
+def protocol_run(key: str, label: str, fn: Callable) -> Optional[dict]:
+    """Run `fn(on_progress)` with a progress bar and keep its ProtocolResult under `key`; None on error."""
+    bar = _Bar(f"{label}: starting…")
+    try:
+        res = fn(bar)
+    except Exception as e:
+        bar.bar.empty()
+        st.error(f"{label} failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+        return None
+    bar.bar.empty()
+    out = {"rows": res.rows, "seconds": res.seconds}
+    _remember(key, out)
+    return out
+
+
+def one_class_section(exp) -> None:
+    """ND/AD: the one-vs-all table (methods x normal classes) and, in AD, the contamination curve."""
+    spec = exp.spec
+    n_classes = int(exp.bench.meta.get("n_dataset_classes", 10))
+    st.divider()
+    st.subheader("One-vs-all protocol: each class in turn is the normal one")
+    st.markdown("The table above scores one normal class. The survey's protocol trains a one-class model per "
+                "class and per method, scores the other classes as novel"
+                + (" (with the training set contaminated)" if spec.setting == "ad" else "")
+                + ", and averages the AUROC over classes. Models are trained once and cached on disk; the first run "
+                  "trains three models per class, so it takes a while.")
+    labels = [protocols.method_label(*m) for m in protocols.ONE_CLASS_METHODS]
+    c1, c2 = st.columns([1, 2])
+    classes = c1.multiselect("Normal classes", list(range(n_classes)), default=list(range(n_classes)),
+                             key="compare-oc-classes")
+    chosen = c2.multiselect("Methods", labels, default=labels, key="compare-oc-methods",
+                            help="(model, detector) pairs: the one-class models' own scores and classic detectors "
+                                 "on raw pixels or on the models' features.")
+    methods = [m for m, lab in zip(protocols.ONE_CLASS_METHODS, labels) if lab in chosen]
+    if not classes or not methods:
+        st.info("Choose at least one normal class and one method.")
+        return
+    key = json.dumps(["one-vs-all", ui.spec_json(spec), classes, chosen])
+    if st.button("Run the one-vs-all protocol", key="compare-oc-run", type="primary"):
+        protocol_run(key, "One-vs-all", lambda cb: protocols.run_one_class(
+            spec, spec.setting, spec.contamination, classes, methods, on_progress=cb))
+    res = _results_store().get(key)
+    if res:
+        one_vs_all_table(res["rows"])
+        st.caption(f"Ran in {res['seconds']:.0f} s.")
+    if spec.setting == "ad":
+        contamination_section(spec, classes, methods, chosen)
+
+
+def one_vs_all_table(rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows)
+    table = 100 * frame.pivot(index="method", columns="normal_class", values="auroc").astype(float)
+    summ = {s["method"]: s for s in protocols.summarise_by(rows, ("method",))}
+    table = table.loc[list(summ)]
+    table.columns = [f"class {c}" for c in table.columns]
+    table["mean"] = [100 * s["auroc_mean"] if s["auroc_mean"] is not None else np.nan for s in summ.values()]
+    table["± std"] = [100 * s["auroc_std"] if s["auroc_std"] is not None else np.nan for s in summ.values()]
+    table.index.name = "Method"
+    cfg = {c: st.column_config.NumberColumn(c, format="%.1f %%", help=metric_help("auroc")) for c in table.columns}
+    cfg["± std"] = st.column_config.NumberColumn("± std", format="%.1f %%", help="standard deviation over classes")
+    st.markdown("**AUROC (%) per normal class**, mean ± std over classes")
+    st.dataframe(table, column_config=cfg, key="compare-oc-table")
+    failed = sorted({f"{r['method']} (class {r['normal_class']}): {r['error']}" for r in rows if r.get("error")})
+    if failed:
+        with st.expander(f"Errors ({len(failed)})"):
+            st.markdown("\n".join(f"- {f}" for f in failed))
+
+
+def contamination_section(spec, classes: list[int], methods: list, chosen: list[str]) -> None:
+    st.subheader("Contamination curve")
+    st.markdown("Anomaly detection trains on data that is secretly contaminated. How fast does each method "
+                "degrade as the share of anomalies in the training set grows?")
+    ratios = st.multiselect("Contamination ratios", list(RATIOS), default=list(RATIOS), key="compare-ad-ratios",
+                            format_func=lambda r: f"{100 * r:.0f}%")
+    if not ratios:
+        st.info("Choose at least one ratio.")
+        return
+    ratios = sorted(ratios)
+    key = json.dumps(["contamination", ui.spec_json(spec), classes, chosen, ratios])
+    if st.button("Run the contamination curve", key="compare-ad-run"):
+        protocol_run(key, "Contamination curve", lambda cb: protocols.contamination_curve(
+            spec, ratios, classes, methods, on_progress=cb))
+    res = _results_store().get(key)
+    if res:
+        summary = protocols.summarise_by(res["rows"], ("method", "contamination"))
+        st.plotly_chart(figures.contamination_figure(summary), width="stretch", key="compare-ad-curve")
+        st.caption(f"Ran in {res['seconds']:.0f} s.")
+
+
+# --- the page -----------------------------------------------------------------------------------------
+
+def metric_picker(spec, where=st) -> str:
+    """The metric of the table and heatmap: Table 6's four, plus OSCR in open-set recognition."""
+    options = TABLE_METRICS + (("oscr",) if spec.setting == "osr" else ())
+    return where.radio("Metric", options, format_func=lambda m: METRIC_LABELS[m], key="compare-metric",
+                       horizontal=True, help="\n".join(f"- **{METRIC_LABELS[m]}**: {metric_help(m)}" for m in options))
+
+
+def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool]:
+    """Families, OOD sets and the network opt-in; returns them."""
+    present = [f for f in FAMILIES if any(REGISTRY[n].family == f for n in options)]
+    c2, c3 = st.columns(2)
+    families = c2.multiselect("Families", present, default=present, format_func=ui.family_label,
+                              key="compare-families",
+                              help="The survey's taxonomy:\n" + "\n".join(f"- **{ui.family_label(f)}**: {FAMILIES[f]}"
+                                                                          for f in present))
+    sets = c3.multiselect("OOD sets", exp.ood_names, default=exp.ood_names, key="compare-sets",
+                          help="\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in exp.ood_names
+                                         if s in OOD_SETS) or None)
+    slow = [n for n in options if REGISTRY[n].runs_network]
+    network = False
+    if slow:
+        network = st.checkbox(f"Include methods that run the network again (slower: "
+                              f"{', '.join(REGISTRY[n].title for n in slow)})", value=False,
+                              key="compare-network", help=NETWORK_HELP)
+    return families, sets, network
+
+
+def main() -> None:
+    st.title("Compare: every detector on every OOD set")
+    st.markdown("One row per detector, one column per OOD set — the layout of the survey's Table 6. The table "
+                "below comes from the current model at once; **start comparison** trains the same experiment with "
+                "more seeds (each a freshly trained model, cached on disk) and reports mean ± std, as papers do.")
+    exp = ui.get_experiment()
+    if exp is None:
+        return
+    spec = exp.spec
+    options = ui.detector_options(exp)
+    families, sets, network = controls(exp, options)
+    if not network and any(REGISTRY[n].runs_network for n in options):
+        st.caption("Methods that run the network again are left out (tick the box to include them); all others "
+                   "score the cached outputs of one forward pass.")
+    names = [n for n in options if network or not REGISTRY[n].runs_network]
+
+    uploaded = ui.active_user_model(spec) is not None
+    s1, s2, s3 = st.columns([1, 1.3, 3], vertical_alignment="bottom")
+    n_seeds = s1.number_input("Seeds", min_value=2, max_value=10, value=DEFAULT_SEEDS, step=1, key="compare-seeds",
+                              disabled=uploaded,
+                              help=f"Seeds {spec.seed}, {spec.seed + 1}, …: each trains a fresh model of this "
+                                   "experiment (new data split, initialisation and batch order).")
+    seeds = list(range(spec.seed, spec.seed + int(n_seeds)))
+    key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names])
+    start = s2.button(f"Start comparison over {len(seeds)} seeds", key="compare-start", type="primary",
+                      disabled=uploaded)
+    if uploaded:
+        s3.caption("Multi-seed comparison trains fresh models of the spec, so it is off while your uploaded model "
+                   "is in use.")
+    else:
+        s3.caption(f"Seeds {seeds[0]}–{seeds[-1]}: models not yet on disk are trained first "
+                   f"({spec.training.epochs} epochs each), then every detector is scored on each.")
+
+    multi = None if uploaded else _results_store().get(key)
+    if start and not uploaded:
+        try:
+            multi = run_multi_seed(exp, names, seeds)
+            _remember(key, multi)
+        except Exception as e:
+            st.error(f"The multi-seed comparison failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+
+    chosen = [n for n in names if REGISTRY[n].family in families]
+    if multi is not None:
+        st.success(f"Mean ± std over seeds {seeds[0]}–{seeds[-1]} ({len(names)} detectors, "
+                   f"{multi['seconds']:.0f} s).")
+        show_comparison(exp, multi["rows"], seeds, multi["accuracies"], families, sets)
+    elif not chosen or not sets:
+        st.info("Choose at least one family and one OOD set.")
+    else:
+        rows, seconds, computed = single_seed(exp, chosen)
+        if computed:
+            st.caption(f"Scored {computed} detector(s) in {seconds:.1f} s; they now come from the cache.")
+        show_comparison(exp, rows, [spec.seed], [ui.id_accuracy(exp)], families, sets)
+    if spec.setting in ONE_CLASS_SETTINGS:
+        one_class_section(exp)
+
+
+main()

@@ -1,0 +1,111 @@
+"""Methods page: a card per detector, organised by the survey's taxonomy, with a jump to its scores."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ood_core import settings
+from ood_core.detectors import FAMILIES, REGISTRY, Param
+from ood_core.spec import ONE_CLASS_SETTINGS, SETTING_TITLES
+from pages import _support as ui
+
+SCORES_PAGE = "pages/scores.py"
+SCORES_DETECTOR_KEY = "scores-detector"  # the Scores page's detector selectbox
+
+NEEDS_WORDS = {
+    "logits": "logits",
+    "features": "penultimate features",
+    "model": "the model (weights)",
+    "feature_maps": "intermediate feature maps",
+    "model_score": "the one-class model's own score",
+}
+
+
+def matches(name: str, query: str) -> bool:
+    """Whether a detector's name, title or family contains every word of the query (case-insensitive)."""
+    cls = REGISTRY[name]
+    text = f"{name} {cls.title} {ui.family_label(cls.family)}".lower()
+    return all(w in text for w in query.lower().split())
+
+
+def applies_now(name: str) -> bool:
+    """Whether the detector can score the current experiment (its setting and model)."""
+    spec = ui.current_spec()
+    # class-relative methods need at least two ID classes: OSR has K known, ND/AD one normal class, and a
+    # classifier in the OOD setting has at least two by definition
+    n = spec.known_classes if spec.setting == "osr" else 1 if spec.setting in ONE_CLASS_SETTINGS else 2
+    return settings.is_applicable(name, spec.setting, spec.model, n)
+
+
+def param_line(pname: str, p: Param) -> str:
+    if p.kind == "choice":
+        rng = "one of " + ", ".join(f"`{c}`" for c in p.choices)
+    elif p.low is None or p.high is None:
+        rng = "unbounded"
+    else:
+        rng = f"{p.low:g} – {p.high:g}" + (", log scale" if p.scale == "log" else "")
+    sweep = f" · sweep {', '.join(map(str, p.sweep))}" if p.sweep else ""
+    helptext = f" — {p.help}" if p.help else ""
+    return f"- `{pname}` = **{p.default}** · {rng}{sweep}{helptext}"
+
+
+def card(name: str) -> None:
+    """One detector: the formula and the idea on the left, parameters, needs, cost and the jump on the right."""
+    cls = REGISTRY[name]
+    with st.container(border=True):
+        left, right = st.columns([2, 1], gap="medium")
+        with left:
+            st.markdown(f"#### {cls.title or name}  \n`{name}` · {ui.family_label(cls.family)}")
+            if cls.latex:
+                st.latex(cls.latex)
+            elif cls.formula:
+                st.code(cls.formula, language=None)
+            if cls.intuition:
+                st.markdown(cls.intuition)
+            if cls.reference:
+                st.caption(f"Reference: {cls.reference}")
+        with right:
+            if cls.params:
+                st.markdown("**Parameters** (default · range · sweep)\n" + "\n".join(param_line(k, p)
+                                                                                   for k, p in cls.params.items()))
+            else:
+                st.markdown("**Parameters:** none.")
+            needs = ", ".join(NEEDS_WORDS.get(n, n) for n in cls.needs)
+            again = ("**runs the network again** (slower)" if cls.runs_network
+                     else "scores the cached outputs of one forward pass (fast)")
+            st.markdown(f"**Needs:** {needs}  \n**Cost:** {again}")
+            ok = applies_now(name)
+            spec = ui.current_spec()
+            why = None if ok else (f"{cls.title} does not apply to the current experiment "
+                                   f"({SETTING_TITLES.get(spec.setting, spec.setting)}, model {spec.model}).")
+            if st.button("See its scores →", key=f"methods-jump-{name}", disabled=not ok, help=why):
+                st.session_state[SCORES_DETECTOR_KEY] = name
+                st.switch_page(SCORES_PAGE)
+
+
+def main() -> None:
+    st.title("Methods: the detectors, by the survey's taxonomy")
+    st.markdown("Every detector turns a sample into one **unfamiliarity score** — higher means more likely "
+                "out-of-distribution, unknown, novel or anomalous. They are grouped as in Salehi et al. (2022): "
+                "post-hoc functions of the classifier's outputs, input perturbations, activation shaping, "
+                "distances and densities in feature space, open-set recalibration, uncertainty and one-class "
+                "models. Each card gives the decision score, the idea, the parameters and a button to its scores.")
+    query = st.text_input("Search", key="methods-search", placeholder="name or title, e.g. energy, knn, ReAct",
+                          help="Filters the cards by detector name, title or family.")
+    names = [n for n in REGISTRY if matches(n, query)]
+    if not names:
+        st.info(f"No detector matches “{query}”.")
+        return
+    present = [f for f in FAMILIES if any(REGISTRY[n].family == f for n in names)]
+    st.markdown(f"{len(names)} of {len(REGISTRY)} detectors · jump to: " + " · ".join(
+        f"[{ui.family_label(f)}](#family-{f.replace('_', '-')})" for f in present))
+    for family, description in FAMILIES.items():
+        members = [n for n in names if REGISTRY[n].family == family]
+        if not members:
+            continue
+        st.subheader(f"{ui.family_label(family)} ({len(members)})", anchor=f"family-{family.replace('_', '-')}")
+        st.caption(description)
+        for name in members:
+            card(name)
+
+
+main()

@@ -1,0 +1,141 @@
+"""Sensitivity page: how a detector's AUROC (and FPR@95) moves with each of its parameters.
+
+One chart per parameter over its sweep list (OpenOOD's declarative sweeps), the other parameters held at
+values the user sets (the defaults to start with); scored from the cached outputs of the one forward pass.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from ood_core import compare, figures, metrics
+from ood_core.data import OOD_SETS
+from ood_core.detectors import FAMILIES, REGISTRY, Param
+from pages import _support as ui
+
+DEFAULT_DETECTORS = ("knn", "react", "energy")  # the first that applies is preselected
+DEFAULT_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) set
+
+
+# --- caching glue (a candidate for pages/_support.py) ---------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _sweep(exp_id: str, detector: str, param: str, values_blob: str, sets_blob: str, fixed_blob: str,
+           _exp) -> list[dict]:
+    """compare.sweep of one parameter, keyed by strings (the experiment's id, the values, sets and the rest)."""
+    return compare.sweep(_exp, detector, param, json.loads(values_blob), json.loads(sets_blob), json.loads(fixed_blob))
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def sweep_values(p: Param) -> list:
+    """The values a parameter is swept over: its sweep list, or every choice when it has none."""
+    return list(p.sweep) if p.sweep else list(p.choices)
+
+
+def choose_detector(exp) -> Optional[str]:
+    options = [n for n in ui.detector_options(exp) if REGISTRY[n].params]
+    if not options:
+        st.info("No detector with parameters applies to this experiment.")
+        return None
+    default = next((d for d in DEFAULT_DETECTORS if d in options), options[0])
+    return st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
+                        key="sens-detector", help="Only detectors with parameters are listed.")
+
+
+def choose_sets(available: list[str]) -> list[str]:
+    natural = [s for s in available if s not in OOD_SETS]  # e.g. OSR's unknown classes, ND's novel class
+    default = natural[:1] + [s for s in DEFAULT_OOD if s in available]
+    described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
+    return st.multiselect("OOD sets", available, default=default or available[:1], key="sens-sets",
+                          help="One line per set in every chart.\n" + described)
+
+
+def held_values(name: str) -> dict:
+    """Widgets for every parameter (from its Param); the others are held at these values while one is swept."""
+    cls = REGISTRY[name]
+    with st.expander("Values the other parameters are held at (the defaults to start with)",
+                     expanded=False):
+        cols = st.columns(min(3, len(cls.params)))
+        held = {}
+        for i, (pname, p) in enumerate(cls.params.items()):
+            with cols[i % len(cols)]:
+                held[pname] = ui.param_widget(pname, p, key=f"sens-param-{name}-{pname}")
+    return held
+
+
+def sweep_figure(rows: list[dict], pname: str, p: Param, metric: str) -> go.Figure:
+    log_x = p.kind != "choice" and p.scale == "log" and p.low is not None and p.low > 0
+    return figures.sensitivity_figure(rows, pname, log_x=log_x, metric=metric, default=p.default)
+
+
+def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held: dict, with_fpr: bool) -> None:
+    values = sweep_values(p)
+    st.markdown(f"**{pname}** — {p.help or 'no description'}  \n"
+                f"default {p.default} · swept over {', '.join(map(str, values))}"
+                + (" (log axis)" if p.scale == "log" and p.kind != "choice" else ""))
+    fixed = {k: v for k, v in held.items() if k != pname}
+    moved = {k: v for k, v in fixed.items() if v != REGISTRY[name].params[k].default}
+    with st.spinner(f"Sweeping {pname} over {len(values)} values…"):
+        try:
+            rows = _sweep(ui.experiment_id(exp), name, pname, json.dumps(values), json.dumps(sets),
+                          json.dumps(fixed, sort_keys=True), exp)
+        except Exception as e:  # e.g. a held value the other parameter's range rejects
+            st.error(f"The sweep of {pname} failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+            return
+    cols = st.columns(2 if with_fpr else 1)
+    for col, metric in zip(cols, ("auroc", "fpr95")):
+        fig = sweep_figure(rows, pname, p, metric)
+        fig.update_layout(height=340, title=f"{'AUROC ↑' if metric == 'auroc' else 'FPR@95TPR ↓'} vs {pname}")
+        col.plotly_chart(fig, width="stretch", key=f"sens-chart-{name}-{pname}-{metric}")
+    failed = {}
+    for r in rows:
+        if r["error"]:
+            failed.setdefault(str(r["value"]), ui.brief(r["error"]))
+    if failed:
+        st.warning("No result (a gap in the line) at " + "; ".join(f"{pname} = {v}: {e}" for v, e in failed.items()))
+    if moved:
+        st.caption("Other parameters held at " + ", ".join(f"{k} = {v}" for k, v in moved.items()) + ".")
+
+
+def main() -> None:
+    st.title("Sensitivity: how much does each parameter matter?")
+    st.markdown("A detector's parameters are often tuned on the test OOD set in papers; here you see how much "
+                "they matter. Each chart moves one parameter over its sweep list while the others stay put, "
+                "re-scoring from the cached network outputs. A flat line means the method is robust to that choice.")
+    exp = ui.get_experiment()
+    if exp is None:
+        return
+    c1, c2 = st.columns(2)
+    with c1:
+        name = choose_detector(exp)
+    if name is None:
+        return
+    with c2:
+        sets = choose_sets(exp.ood_names)
+    cls = REGISTRY[name]
+    st.caption(f"{ui.family_label(cls.family)} — {FAMILIES.get(cls.family, '')}")
+    if cls.latex:
+        st.latex(cls.latex)
+    held = held_values(name)
+    with_fpr = st.checkbox("Also show FPR@95TPR", value=False, key="sens-fpr", help=metrics.DEFINITIONS["fpr95"])
+    if not sets:
+        st.info("Pick at least one OOD set above to see the sweeps.")
+        return
+    if cls.runs_network:
+        st.info(f"{cls.title} runs the network again for every value (several seconds each), so its sweeps "
+                "start on request.")
+        if not st.toggle("Run the sweeps", key=f"sens-run-{name}"):
+            return
+    for pname, p in cls.params.items():
+        with st.container(border=True):
+            if not sweep_values(p):
+                st.markdown(f"**{pname}** has no sweep list.")
+                continue
+            parameter_chart(exp, name, pname, p, sets, held, with_fpr)
+
+
+main()

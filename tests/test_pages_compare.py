@@ -1,0 +1,302 @@
+"""AppTest tests of the Compare, Sensitivity and Methods pages.
+
+The `default_experiment` fixture trains the default model into the per-session temporary cache, so the
+pages load it from disk; numbers on the pages are checked against ood_core computed here directly.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.delta_generator import DeltaGenerator
+from streamlit.testing.v1 import AppTest
+
+from ood_core import Spec, compare, pipeline
+from ood_core.detectors import REGISTRY, Detector
+from ood_core.spec import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+BEST_COLOUR = "#d7f0d2"  # pages/compare.py's highlight of the best cell per column
+
+
+@pytest.fixture
+def app(default_experiment) -> AppTest:
+    return AppTest.from_file(APP, default_timeout=180).run()
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> dict:
+    """Label -> data of every st.download_button drawn (AppTest keeps only a media URL)."""
+    seen: dict = {}
+    original = DeltaGenerator.download_button
+
+    def recording(self, label, data, *args, **kwargs):
+        seen[label] = data
+        return original(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", recording)
+    return seen
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def figure(at: AppTest, key_part: str) -> dict:
+    charts = [c for c in at.get("plotly_chart") if key_part in c.proto.id]
+    assert charts, f"no chart with {key_part!r} in its key"
+    return json.loads(charts[0].proto.spec)
+
+
+def values(v) -> np.ndarray:
+    """A plotly JSON array as numpy: plain lists, or the {"dtype", "bdata", "shape"} form numpy arrays take."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = [int(n) for n in str(v.get("shape", len(a))).split(",")]
+        return a.reshape(shape).astype(float)
+    return np.array([np.nan if x is None else x for x in np.ravel(v)], dtype=float).reshape(np.shape(v))
+
+
+def figures_with(at: AppTest, key_part: str) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart") if key_part in c.proto.id]
+
+
+def styled_cells(df_element, colour: str) -> set[tuple[int, int]]:
+    """(row, column) of the cells whose Styler CSS contains `colour` (columns counted in the data, index excluded)."""
+    css = df_element.proto.arrow_data.styler.styles
+    cells = set()
+    for block in re.finditer(r"((?:#T_\w+_row\d+_col\d+,?\s*)+)\{([^}]*)\}", css):
+        if colour in block.group(2):
+            cells |= {(int(r), int(c)) for r, c in re.findall(r"_row(\d+)_col(\d+)", block.group(1))}
+    return cells
+
+
+# --- Compare ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def compare_page(app) -> AppTest:
+    return app.switch_page("pages/compare.py").run()
+
+
+def test_compare_heatmap_has_a_cell_per_detector_and_set_and_stars_the_best(compare_page, default_experiment):
+    at, exp = compare_page, default_experiment
+    no_exception(at)
+    fast = [n for n in pipeline.resolve_detectors("all", exp) if not REGISTRY[n].runs_network]
+    heat = figure(at, "compare-heatmap")["data"][0]
+    z = values(heat["z"])
+    assert z.shape == (len(fast), len(exp.ood_names)) and heat["x"] == exp.ood_names
+    assert heat["y"] == [REGISTRY[n].title for n in fast]
+    # the numbers are the library's: MSP's AUROC per OOD set, computed here directly
+    rows, _ = pipeline.evaluate(exp, ["msp"])
+    np.testing.assert_allclose(z[0], [100 * r["auroc"] for r in rows], atol=1e-9)
+    stars = np.array([[t.startswith("★") for t in row] for row in heat["text"]])
+    np.testing.assert_array_equal(stars, compare.best_per_column(z / 100, "auroc"))
+    assert stars.any(axis=0).all()  # every column has a best
+    # the table holds the same numbers, best cells highlighted (columns: Family, then the OOD sets)
+    table = at.dataframe[0]
+    np.testing.assert_allclose(table.value[exp.ood_names].to_numpy(dtype=float), z, atol=1e-9)
+    assert styled_cells(table, BEST_COLOUR) == {(i, j + 1) for i, j in zip(*np.nonzero(stars))}
+    # FPR@95: lower is better, so the stars move to the column minima
+    at.radio(key="compare-metric").set_value("fpr95").run()
+    no_exception(at)
+    heat = figure(at, "compare-heatmap")["data"][0]
+    z = values(heat["z"])
+    stars = np.array([[t.startswith("★") for t in row] for row in heat["text"]])
+    np.testing.assert_array_equal(stars, z == np.nanmin(z, axis=0))
+    assert "OSCR" not in at.radio(key="compare-metric").options
+
+
+def test_family_filter_reduces_the_rows(compare_page, default_experiment):
+    at = compare_page
+    before = len(at.dataframe[0].value)
+    at.multiselect(key="compare-families").set_value(["distance"]).run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    distance = [n for n in pipeline.resolve_detectors("all", default_experiment)
+                if REGISTRY[n].family == "distance" and not REGISTRY[n].runs_network]
+    assert len(table) == len(distance) < before
+    assert set(table["Family"]) == {"Distance"}
+    assert len(figure(at, "compare-heatmap")["data"][0]["y"]) == len(distance)
+
+
+def test_csv_and_json_downloads(default_experiment, downloads):
+    at = AppTest.from_file(APP, default_timeout=180).run().switch_page("pages/compare.py").run()
+    no_exception(at)
+    assert {"Download CSV", "Download JSON"} <= {b.label for b in at.get("download_button")}
+    doc = json.loads(downloads["Download JSON"])
+    assert set(doc) >= {"spec", "seeds", "results", "summary"}
+    assert doc["seeds"] == [0] and Spec.from_dict(doc["spec"]) == Spec()
+    n_fast = len(at.dataframe[0].value)
+    assert len(doc["results"]) == n_fast * len(default_experiment.ood_names)
+    assert {"detector", "ood_set", "auroc", "fpr95", "error", "seed"} <= set(doc["results"][0])
+    assert {"auroc_mean", "auroc_std", "n_seeds", "errors"} <= set(doc["summary"][0])
+    csv = downloads["Download CSV"].splitlines()
+    assert csv[0].startswith("detector,title,family,ood_set,n_seeds") and len(csv) == 1 + len(doc["summary"])
+
+
+class _Raising(Detector):
+    name, title, family = "raising_for_test", "Raising (test only)", "output"
+    latex = r"S(x) = \bot"
+
+    def _fit(self, ctx):
+        raise np.linalg.LinAlgError("singular covariance (on purpose)")
+
+
+@pytest.fixture
+def raising_detector(monkeypatch):
+    monkeypatch.setitem(REGISTRY, _Raising.name, _Raising)
+    return _Raising
+
+
+def test_a_failing_detector_shows_an_error_cell_and_the_others_still_show(raising_detector, compare_page,
+                                                                          default_experiment):
+    at = compare_page
+    no_exception(at)
+    heat = figure(at, "compare-heatmap")["data"][0]
+    row = heat["y"].index(raising_detector.title)
+    assert heat["text"][row] == ["error"] * len(default_experiment.ood_names)
+    others = np.delete(values(heat["z"]), row, axis=0)
+    assert np.isfinite(others).all() and len(others) >= 25
+    table = at.dataframe[0].value
+    assert "singular covariance" in table.loc[raising_detector.title, "Error"]
+    assert table.drop(index=raising_detector.title)[default_experiment.ood_names].notna().all().all()
+    assert any("failed" in w.value for w in at.warning)
+    assert any("Errors" in e.label for e in at.expander)
+
+
+def test_open_set_recognition_offers_oscr_and_closed_set_accuracy(default_experiment):
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = Spec(setting="osr", training=TrainConfig(epochs=1))
+    at.run().switch_page("pages/compare.py").run()
+    no_exception(at)
+    metric = at.radio(key="compare-metric")
+    assert "OSCR" in metric.options  # the radio lists labels
+    assert any(m.label == "Closed-set accuracy" for m in at.metric)
+    metric.set_value("oscr").run()
+    no_exception(at)
+    heat = figure(at, "compare-heatmap")["data"][0]
+    z = values(heat["z"])
+    assert "unknown" in heat["x"] and z.shape[0] == len(at.dataframe[0].value)
+    # after one epoch a method may have too little to fit on (OpenMax: no correct sample of some class);
+    # such rows say why, every other row has OSCR values, at most the closed-set accuracy
+    failed = at.dataframe[0].value.get("Error", {})
+    ok = [i for i, t in enumerate(heat["y"]) if not (len(failed) and failed.get(t))]
+    assert len(ok) >= 25 and np.isfinite(z[ok]).all()
+    acc = float(next(m for m in at.metric if m.label == "Closed-set accuracy").value.rstrip(" %"))
+    assert (z[ok] <= acc + 0.05).all()
+
+
+# --- Sensitivity --------------------------------------------------------------------------------------
+
+def test_sensitivity_has_a_trace_per_set_and_a_point_per_sweep_value(app, default_experiment):
+    at = app.switch_page("pages/sensitivity.py").run()
+    no_exception(at)
+    assert at.selectbox(key="sens-detector").value == "knn"
+    sets = ["rotated", "gaussian", "permuted"]
+    at.multiselect(key="sens-sets").set_value(sets).run()
+    no_exception(at)
+    sweep = list(REGISTRY["knn"].params["k"].sweep)
+    fig = figure(at, "sens-chart-knn-k-auroc")
+    data = [t for t in fig["data"] if not t["name"].startswith("default")]
+    assert [t["name"] for t in data] == sets
+    assert all(list(t["x"]) == sweep for t in data)
+    assert fig["layout"]["xaxis"]["type"] == "log"  # k is a log-scale parameter
+    marker = [t for t in fig["data"] if t["name"].startswith("default")]
+    assert len(marker) == 1 and set(marker[0]["x"]) == {REGISTRY["knn"].params["k"].default}
+    rows = compare.sweep(default_experiment, "knn", "k", ood_sets=sets)
+    expected = [100 * r["auroc"] for r in rows if r["ood_set"] == "gaussian"]
+    np.testing.assert_allclose(values(fig["data"][1]["y"]), expected, atol=1e-9)
+    # FPR@95 on request: a second chart per parameter
+    at.checkbox(key="sens-fpr").check().run()
+    no_exception(at)
+    assert len(figures_with(at, "sens-chart-knn-k-fpr95")[0]["data"]) == len(sets) + 1  # + the default marker
+
+
+def test_sensitivity_draws_one_chart_per_parameter(app):
+    at = app.switch_page("pages/sensitivity.py").run()
+    at.selectbox(key="sens-detector").set_value("vra").run()
+    no_exception(at)
+    for pname, p in REGISTRY["vra"].params.items():
+        fig = figure(at, f"sens-chart-vra-{pname}-auroc")
+        data = [t for t in fig["data"] if not t["name"].startswith("default")]
+        assert len(data) == len(at.multiselect(key="sens-sets").value)
+        assert all(len(t["x"]) == len(p.sweep) for t in data)
+
+
+# --- Methods ------------------------------------------------------------------------------------------
+
+def test_methods_has_a_card_with_a_formula_per_detector_and_a_search(app):
+    at = app.switch_page("pages/methods.py").run()
+    no_exception(at)
+    jumps = [b for b in at.button if b.key and b.key.startswith("methods-jump-")]
+    assert sorted(b.key.removeprefix("methods-jump-") for b in jumps) == sorted(REGISTRY)
+    assert len(at.latex) == len(REGISTRY)
+    assert {REGISTRY[n].latex.strip() for n in REGISTRY} == {el.value.strip().strip("$").strip() for el in at.latex}
+    at.text_input(key="methods-search").input("energy").run()
+    no_exception(at)
+    shown = [b.key.removeprefix("methods-jump-") for b in at.button if b.key and b.key.startswith("methods-jump-")]
+    assert "energy" in shown and len(shown) < len(REGISTRY)
+
+
+def test_methods_jump_button_selects_the_detector_on_the_scores_page(app):
+    at = app.switch_page("pages/methods.py").run()
+    at.button(key="methods-jump-energy").click().run()
+    no_exception(at)
+    assert at.session_state["scores-detector"] == "energy"
+    assert at.selectbox(key="scores-detector").value == "energy"  # we are on the Scores page now
+
+
+def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment):
+    from ood_core import protocols
+
+    spec = Spec(setting="ad", model="deep_svdd", training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/compare.py").run()
+    no_exception(at)
+    assert "anomalous" in figure(at, "compare-heatmap")["data"][0]["x"]
+    pixels_knn = protocols.method_label("pixels", "knn", {"k": 1})
+    at.multiselect(key="compare-oc-classes").set_value([0, 1])
+    at.multiselect(key="compare-oc-methods").set_value([pixels_knn]).run()
+    at.button(key="compare-oc-run").click().run()
+    no_exception(at)
+    table = at.dataframe[1].value  # below the detectors x OOD sets table of this normal class
+    assert list(table.index) == [pixels_knn] and list(table.columns) == ["class 0", "class 1", "mean", "± std"]
+    rows = protocols.run_one_class(spec, "ad", spec.contamination, [0, 1], [("pixels", "knn", {"k": 1})]).rows
+    np.testing.assert_allclose(table.loc[pixels_knn, ["class 0", "class 1"]].to_numpy(dtype=float),
+                               [100 * r["auroc"] for r in rows], atol=1e-9)
+    assert table.loc[pixels_knn, "mean"] == pytest.approx(100 * np.mean([r["auroc"] for r in rows]))
+    at.multiselect(key="compare-ad-ratios").set_value([0.0, 0.1]).run()
+    at.button(key="compare-ad-run").click().run()
+    no_exception(at)
+    curve = figure(at, "compare-ad-curve")["data"]
+    assert [t["name"] for t in curve] == [pixels_knn] and list(curve[0]["x"]) == [0.0, 10.0]
+
+
+def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, downloads):
+    spec = Spec(training=TrainConfig(epochs=1))  # two quick models: seeds 0 and 1
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/compare.py").run()
+    at.number_input(key="compare-seeds").set_value(2).run()
+    at.button(key="compare-start").click().run()
+    no_exception(at)
+    assert any("over seeds 0–1" in s.value for s in at.success)
+    heat = figure(at, "compare-heatmap")["data"][0]
+    assert "±" in " ".join(t for row in heat["text"] for t in row)
+    per_seed = [pipeline.evaluate(pipeline.prepare(spec.with_seed(s), device="cpu"), ["energy"])[0] for s in (0, 1)]
+    row = heat["y"].index(REGISTRY["energy"].title)
+    expected = [100 * np.mean([rows[j]["auroc"] for rows in per_seed]) for j in range(len(heat["x"]))]
+    np.testing.assert_allclose(values(heat["z"])[row], expected, atol=1e-9)
+    doc = json.loads(downloads["Download JSON"])
+    assert doc["seeds"] == [0, 1] and {r["seed"] for r in doc["results"]} == {0, 1}
+    at.radio(key="compare-stat").set_value("std").run()  # the table can show the spread instead
+    no_exception(at)
+    std = at.dataframe[0].value.loc[REGISTRY["energy"].title, heat["x"]].to_numpy(dtype=float)
+    np.testing.assert_allclose(std, [100 * np.std([rows[j]["auroc"] for rows in per_seed])
+                                     for j in range(len(heat["x"]))], atol=1e-9)
