@@ -16,6 +16,9 @@ PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:"),
     st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
     st.Page("pages/methods.py", title="Methods", icon=":material/menu_book:"),
+    st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings"),
+    st.Page("pages/activations.py", title="Activations", icon=":material/equalizer:", url_path="activations"),
+    st.Page("pages/explanations.py", title="Explanations", icon=":material/visibility:", url_path="explanations"),
 ]
 
 page = st.navigation(PAGES)

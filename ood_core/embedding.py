@@ -271,7 +271,8 @@ def frame_from_outputs(outputs: Mapping[str, Any], sets: Sequence[str], class_na
             M = (to_pixels(x) if to_pixels is not None else x).reshape(len(idx), -1)
         labels = np.asarray(out.labels)[idx].astype(np.int64)
         logits = np.asarray(out.logits)[idx]
-        pred = logits.argmax(axis=1).astype(np.int64) if len(idx) else np.zeros(0, np.int64)
+        has_head = logits.ndim == 2 and logits.shape[1] > 0  # one-class models give no logits
+        pred = logits.argmax(axis=1).astype(np.int64) if len(idx) and has_head else np.full(len(idx), -1, np.int64)
         is_id = s in ID_SPLITS and bool(np.all(labels >= 0))
         parts.append(pd.DataFrame({
             "set": s,
@@ -281,8 +282,8 @@ def frame_from_outputs(outputs: Mapping[str, Any], sets: Sequence[str], class_na
             "label_name": [names[i] if 0 <= i < len(names) else str(i) for i in labels] if is_id
             else [OOD_LABEL] * len(idx),
             "pred": pred,
-            "pred_name": [names[i] if 0 <= i < len(names) else str(i) for i in pred],
-            "confidence": _softmax_conf(logits),
+            "pred_name": [names[i] if 0 <= i < len(names) else ("—" if i < 0 else str(i)) for i in pred],
+            "confidence": _softmax_conf(logits) if has_head else np.full(len(idx), np.nan),
         }))
         mats.append(np.asarray(M, dtype=np.float64))
     frame = pd.concat(parts, ignore_index=True)
