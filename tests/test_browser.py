@@ -49,9 +49,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
     raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
 
 
-@pytest.fixture
-def server(tmp_path):
-    """A streamlit server on a free port with an empty model cache; always stopped afterwards."""
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A streamlit server on a free port with an empty model cache (shared by this module's tests)."""
+    tmp_path = tmp_path_factory.mktemp("browser")
     port = _free_port()
     env = dict(os.environ, OOD_EXPLORER_CACHE=str(tmp_path / "cache"))
     log = open(tmp_path / "streamlit.log", "w")
@@ -105,3 +106,39 @@ def test_scores_then_experiment_in_chromium(server):
         finally:
             browser.close()
     assert (SHOTS / "scores.png").stat().st_size > 10_000
+
+
+# url path -> what must be on the page once it is drawn (a chart, or for Methods a formula)
+OTHER_PAGES = {
+    "compare": CHART,
+    "sensitivity": CHART,
+    "methods": ".katex",
+    "embeddings": CHART,
+    "activations": CHART,
+    "explanations": '[data-testid="stImage"] img',
+}
+
+
+def test_every_page_draws_in_chromium(server):
+    """Visit each remaining page in turn (warm caches after the first), check it draws, screenshot it."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 2000})
+            page.goto(f"{server}/scores")  # trains the default model on this fresh cache
+            page.wait_for_selector(CHART, timeout=COLD_START_S * 1000)
+            for path, selector in OTHER_PAGES.items():
+                t0 = time.perf_counter()
+                page.goto(f"{server}/{path}")
+                page.wait_for_selector(selector, timeout=120_000)
+                # the shared sidebar is drawn once the page's script has finished
+                page.get_by_text("Current experiment").wait_for(timeout=120_000)
+                page.wait_for_timeout(1000)
+                _assert_no_exception(page)
+                page.screenshot(path=str(SHOTS / f"{path}.png"), full_page=True)
+                print(f"{path}: drawn in {time.perf_counter() - t0:.1f} s")
+        finally:
+            browser.close()
+    for path in OTHER_PAGES:
+        assert (SHOTS / f"{path}.png").stat().st_size > 10_000, path
