@@ -27,7 +27,7 @@ REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al
 class TrainConfig:
     """How the model is trained: optimiser settings, number of epochs and the training regime."""
 
-    epochs: int = 15
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
