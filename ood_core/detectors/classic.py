@@ -1,2 +1,110 @@
 """Classic outlier detectors (scikit-learn) fitted on the network's ID train features."""
 from __future__ import annotations
+
+import numpy as np
+
+from .base import Detector, Param, register
+
+_L2 = Param(False, kind="choice", choices=(False, True), sweep=(False, True),
+            help="L2-normalise the features before standardising them")
+
+
+class _SklearnOnFeatures(Detector):
+    """Shared plumbing: optionally L2-normalise, standardise with ID train statistics, fit an estimator."""
+
+    family = "classic"
+    needs = ("features",)
+
+    def _prepare(self, features: np.ndarray) -> np.ndarray:
+        h = np.asarray(features, dtype=np.float64)
+        if self.l2_normalise:
+            h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+        return h
+
+    def _fit(self, ctx):
+        from sklearn.preprocessing import StandardScaler
+
+        h = self._prepare(ctx.train.features)
+        self.scaler_ = StandardScaler().fit(h)
+        self.estimator_ = self._estimator(ctx, len(h)).fit(self.scaler_.transform(h))
+
+    def _estimator(self, ctx, n_train: int):
+        raise NotImplementedError
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """The features as the estimator sees them (normalised, standardised)."""
+        return self.scaler_.transform(self._prepare(features))
+
+
+@register
+class OneClassSVMDetector(_SklearnOnFeatures):
+    name = "ocsvm"
+    title = "One-class SVM"
+    formula = "S(x) = -(sum_i alpha_i k(z_i, z) - rho),  RBF kernel on standardised features z"
+    latex = r"S(x) = -\Big(\sum_i \alpha_i\, k(z_i, z(x)) - \rho\Big),\quad k(a,b) = e^{-\gamma\lVert a-b\rVert^2}"
+    intuition = ("Find the smallest smooth region of feature space that holds all but a fraction nu of the ID "
+                 "training features. The further outside it a feature lies, the more unfamiliar the input.")
+    reference = "Schölkopf et al., Estimating the Support of a High-Dimensional Distribution, Neural Computation 2001"
+    params = {
+        "nu": Param(0.1, 0.001, 1.0, "log", sweep=(0.01, 0.05, 0.1, 0.2, 0.5),
+                    help="upper bound on the fraction of ID train features left outside the region"),
+        "gamma": Param("scale", kind="choice", choices=("scale", "auto"), sweep=("scale", "auto"),
+                       help="RBF width: 'scale' = 1 / (D var(z)), 'auto' = 1 / D (scikit-learn)"),
+        "l2_normalise": _L2,
+    }
+
+    def _estimator(self, ctx, n_train):
+        from sklearn.svm import OneClassSVM
+
+        return OneClassSVM(kernel="rbf", nu=self.nu, gamma=self.gamma)
+
+    def _score(self, out):
+        return -self.estimator_.decision_function(self.transform(out.features))
+
+
+@register
+class IsolationForestDetector(_SklearnOnFeatures):
+    name = "iforest"
+    title = "Isolation forest"
+    formula = "S(x) = 2^(-E[path length of z] / c(n)),  averaged over random isolation trees"
+    latex = r"S(x) = 2^{-\mathbb E_t[\ell_t(z(x))]/c(n)}"
+    intuition = ("Random axis-aligned splits isolate an unusual point in few steps; points deep inside the "
+                 "ID cloud need many. A short average path means unfamiliar.")
+    reference = "Liu, Ting & Zhou, Isolation Forest, ICDM 2008"
+    params = {
+        "n_estimators": Param(200, 10, 2000, "log", kind="int", sweep=(50, 100, 200, 500),
+                              help="number of trees (seeded by the experiment seed)"),
+        "l2_normalise": _L2,
+    }
+
+    def _estimator(self, ctx, n_train):
+        from sklearn.ensemble import IsolationForest
+
+        return IsolationForest(n_estimators=int(self.n_estimators), random_state=ctx.seed)
+
+    def _score(self, out):
+        return -self.estimator_.score_samples(self.transform(out.features))
+
+
+@register
+class LOFDetector(_SklearnOnFeatures):
+    name = "lof"
+    title = "Local outlier factor (LOF)"
+    formula = "S(x) = mean_{o in N_k(z)} lrd(o) / lrd(z),  lrd = inverse mean reachability distance to the k neighbours"
+    latex = r"S(x) = \frac{1}{k}\sum_{o\in N_k(z)} \frac{\mathrm{lrd}_k(o)}{\mathrm{lrd}_k(z(x))}"
+    intuition = ("Compare how crowded a point's neighbourhood is with how crowded its neighbours' own "
+                 "neighbourhoods are. A point in a much sparser spot than its neighbours is an outlier.")
+    reference = "Breunig et al., LOF: Identifying Density-Based Local Outliers, SIGMOD 2000"
+    params = {
+        "n_neighbors": Param(20, 1, 500, "log", kind="int", sweep=(5, 10, 20, 50, 100),
+                             help="k, the neighbourhood size (scikit-learn default 20)"),
+        "l2_normalise": _L2,
+    }
+
+    def _estimator(self, ctx, n_train):
+        from sklearn.neighbors import LocalOutlierFactor
+
+        return LocalOutlierFactor(n_neighbors=int(min(self.n_neighbors, max(n_train - 1, 1))), novelty=True)
+
+    def _score(self, out):
+        return -self.estimator_.score_samples(self.transform(out.features))

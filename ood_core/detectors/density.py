@@ -1,2 +1,178 @@
 """Density-based detectors: likelihood of features (or feature-map statistics) under a model of the ID data."""
 from __future__ import annotations
+
+import numpy as np
+
+from .base import Detector, Param, logsumexp, register, softmax
+
+
+@register
+class ClassGMM(Detector):
+    name = "gmm"
+    title = "Class-conditional Gaussian mixture"
+    family = "density"
+    formula = ("S(x) = -log sum_c pi_c p(h | c),  p(h | c) a Gaussian mixture fitted to class c's ID train "
+               "features (after PCA to `dim`)")
+    latex = (r"S(x) = -\log \sum_c \pi_c\, p(h(x)\mid c),\quad "
+             r"p(h\mid c) = \sum_m \omega_{cm}\,\mathcal N(h;\mu_{cm},\Sigma_{cm})")
+    intuition = ("Fit a small mixture of Gaussians to each class's training features. A feature with a low "
+                 "density under all classes together is unlike the training data.")
+    reference = ("Class-conditional Gaussian (mixture) density of deep features, e.g. Lee et al., NeurIPS 2018; "
+                 "OpenOOD's GMM baseline")
+    needs = ("features",)
+    params = {
+        "n_components": Param(1, 1, 5, "linear", kind="int", sweep=(1, 2, 3, 4, 5),
+                              help="Gaussians per class"),
+        "covariance": Param("full", kind="choice", choices=("full", "diag", "tied"), sweep=("full", "diag", "tied"),
+                            help="covariance type of each class's mixture (scikit-learn GaussianMixture)"),
+        "reg_covar": Param(1e-3, 1e-8, 10.0, "log", sweep=(1e-6, 1e-4, 1e-3, 1e-2, 1e-1),
+                           help="added to the covariance diagonal, in units of the mean feature variance"),
+        "dim": Param(32, 1, 4096, "log", kind="int", sweep=(8, 16, 32, 64, 128),
+                     help="PCA dimension fitted on all ID train features (capped at the feature size): a full "
+                          "covariance in 128-d is singular with ~100 samples per class"),
+        "combine": Param("mixture", kind="choice", choices=("mixture", "max"), sweep=("mixture", "max"),
+                         help="mixture: -log sum_c pi_c p(h|c), the ID density; max: -max_c log p(h|c)"),
+    }
+
+    def _fit(self, ctx):
+        from sklearn.decomposition import PCA
+        from sklearn.mixture import GaussianMixture
+
+        h = np.asarray(ctx.train.features, dtype=np.float64)
+        y = np.asarray(ctx.train.labels)
+        dim = int(min(self.dim, h.shape[1], len(h) - 1))
+        self.pca_ = PCA(n_components=dim, random_state=ctx.seed).fit(h) if dim < h.shape[1] else None
+        z = self._reduce(h)
+        # reg_covar is relative so that one value works whatever the scale of the features
+        scale = float(max(z.var(axis=0).mean(), 1e-12))
+        self.classes_ = np.unique(y)
+        self.log_prior_ = np.log(np.array([(y == c).mean() for c in self.classes_]))
+        self.gmms_ = []
+        for c in self.classes_:
+            zc = z[y == c]
+            m = int(min(self.n_components, len(zc)))
+            gmm = GaussianMixture(n_components=m, covariance_type=self.covariance, reg_covar=self.reg_covar * scale,
+                                  random_state=ctx.seed, max_iter=200)
+            self.gmms_.append(gmm.fit(zc))
+
+    def _reduce(self, h: np.ndarray) -> np.ndarray:
+        h = np.asarray(h, dtype=np.float64)
+        return self.pca_.transform(h) if self.pca_ is not None else h
+
+    def class_log_likelihoods(self, features: np.ndarray) -> np.ndarray:
+        """log p(h | c) for every class, shape (n, K)."""
+        z = self._reduce(features)
+        return np.stack([g.score_samples(z) for g in self.gmms_], axis=1)
+
+    def _score(self, out):
+        ll = self.class_log_likelihoods(out.features)
+        if self.combine == "max":
+            return -ll.max(axis=1)
+        return -logsumexp(ll + self.log_prior_[None, :])
+
+
+def gram_row_sums(fmap: np.ndarray, powers) -> np.ndarray:
+    """Per channel, the row sums of the p-th order Gram matrix: (sum_j [F^p F^pT]_ij)^(1/p), shape (n, P, C).
+
+    F is a sample's (C, h*w) feature map and F^p its element-wise power. The row sum equals F^p (F^p^T 1),
+    so no C x C matrix is built. The root is taken after the sum, as in Sastry & Oore's code.
+    """
+    a = np.asarray(fmap, dtype=np.float64).reshape(len(fmap), fmap.shape[1], -1)
+    powers = [int(p) for p in powers]
+    if any(p < 1 for p in powers) or powers != sorted(powers):
+        raise ValueError(f"powers must be ascending positive integers, got {powers}")
+    out = np.empty((len(a), len(powers), a.shape[1]))
+    ap, cur = a.copy(), 1
+    for j, p in enumerate(powers):
+        while cur < p:  # F^p by repeated in-place products: far cheaper than pow
+            ap *= a
+            cur += 1
+        g = np.matmul(ap, ap.sum(axis=1)[:, :, None])[:, :, 0]
+        out[:, j] = np.sign(g) * np.abs(g) ** (1.0 / p)
+    return out
+
+
+@register
+class GramMatrices(Detector):
+    name = "gram"
+    title = "Gram matrices"
+    family = "density"
+    formula = ("S(x) = sum_l delta_l(x) / E_val[delta_l],  delta_l = sum_{p,j} how far G^p_l(x)_j lies outside "
+               "[min, max] of the predicted class's ID train values, relative to |min| or |max|")
+    latex = (r"S(x) = \sum_l \frac{\delta_l(x)}{\mathbb E_{\mathrm{val}}[\delta_l]},\quad "
+             r"\delta_l = \sum_{p,j} \frac{[\mathrm{mn}_j - G^p_{l,j}]_+}{|\mathrm{mn}_j|} + "
+             r"\frac{[G^p_{l,j} - \mathrm{mx}_j]_+}{|\mathrm{mx}_j|},\quad G^p_l = (F_l^p F_l^{p\top})^{1/p}\mathbf 1")
+    intuition = ("Gram matrices of feature maps describe an image's texture and style at every layer. For each "
+                 "predicted class we record the range of their values on training images; an input outside "
+                 "these ranges at many layers is unfamiliar.")
+    reference = ("Sastry & Oore, Detecting Out-of-Distribution Examples with Gram Matrices, ICML 2020 "
+                 "(authors' code: row sums of the Gram matrices, deviations divided by the softmax confidence)")
+    needs = ("logits", "model", "feature_maps")
+    runs_network = True
+    params = {
+        "max_power": Param(10, 1, 10, "linear", kind="int", sweep=(1, 2, 3, 5, 10),
+                           help="orders p = 1..P of the Gram matrices (paper: 1..10)"),
+        "divide_by_msp": Param(True, kind="choice", choices=(True, False), sweep=(True, False),
+                               help="divide each deviation by the maximum softmax probability (authors' code)"),
+    }
+
+    def _powers(self):
+        return tuple(range(1, int(self.max_power) + 1))
+
+    def _layer_stats(self, inputs: np.ndarray):
+        """Yield (batch slice, per-layer Gram row sums (b, P, C_l)) over batches of the inputs."""
+        step = max(1, int(getattr(self.model_, "batch_size", 256)))
+        for i in range(0, len(inputs), step):
+            maps = self.model_.layer_feature_maps(inputs[i:i + step])
+            yield slice(i, i + step), [gram_row_sums(m, self._powers()) for m in maps]
+
+    def _deviations(self, out) -> np.ndarray:
+        """Per-layer total deviations (n, L) of a split from its predicted class's [min, max]."""
+        if out.inputs is None:
+            raise ValueError("Gram needs the input images of this split; they were not kept")
+        pred = np.asarray(out.logits).argmax(axis=1)
+        dev = np.zeros((len(out), len(self.mins_)))
+        for sl, stats in self._layer_stats(out.inputs):
+            p = pred[sl]
+            for l, g in enumerate(stats):
+                lo, hi = self.mins_[l][p], self.maxs_[l][p]
+                below = np.maximum(lo - g, 0.0) / np.abs(lo + 1e-6)
+                above = np.maximum(g - hi, 0.0) / np.abs(hi + 1e-6)
+                dev[sl, l] = (below + above).sum(axis=(1, 2))
+        if self.divide_by_msp:
+            dev /= softmax(out.logits).max(axis=1)[:, None]
+        return dev
+
+    def _fit(self, ctx):
+        self.model_ = ctx.model
+        train = ctx.train
+        if train.inputs is None:
+            raise ValueError("Gram needs the ID train images to fit; they were not kept")
+        k = np.asarray(train.logits).shape[1]
+        pred = np.asarray(train.logits).argmax(axis=1)
+        mins, maxs, all_min, all_max = None, None, None, None
+        for sl, stats in self._layer_stats(train.inputs):
+            if mins is None:
+                mins = [np.full((k,) + g.shape[1:], np.inf) for g in stats]
+                maxs = [np.full((k,) + g.shape[1:], -np.inf) for g in stats]
+                all_min = [np.full(g.shape[1:], np.inf) for g in stats]
+                all_max = [np.full(g.shape[1:], -np.inf) for g in stats]
+            p = pred[sl]
+            for l, g in enumerate(stats):
+                all_min[l] = np.minimum(all_min[l], g.min(axis=0))
+                all_max[l] = np.maximum(all_max[l], g.max(axis=0))
+                for c in np.unique(p):
+                    mins[l][c] = np.minimum(mins[l][c], g[p == c].min(axis=0))
+                    maxs[l][c] = np.maximum(maxs[l][c], g[p == c].max(axis=0))
+        if mins is None:
+            raise ValueError("Gram needs at least one ID train image")
+        for l in range(len(mins)):
+            missing = ~np.isfinite(mins[l][:, 0, 0])  # classes never predicted on ID train: use all of ID train
+            mins[l][missing], maxs[l][missing] = all_min[l], all_max[l]
+        self.mins_, self.maxs_ = mins, maxs
+        # each layer's deviation is normalised by its mean on held-out ID data (the paper's validation split)
+        held_out = ctx.val if ctx.val is not None and len(ctx.val) and ctx.val.inputs is not None else train
+        self.layer_norm_ = self._deviations(held_out).mean(axis=0) + 1e-7
+
+    def _score(self, out):
+        return (self._deviations(out) / self.layer_norm_[None, :]).sum(axis=1)

@@ -1,6 +1,11 @@
 """Distance- and density-based detectors on penultimate features."""
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .base import Detector, Param, logsumexp, register
@@ -57,20 +62,208 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Euclidean distance from each query to its k-th nearest row of `bank`, streamed in query chunks.
+def faiss_available() -> bool:
+    """Whether faiss (optional, backend="faiss") can be imported; numpy is the default and the fallback."""
+    try:
+        import faiss  # noqa: F401
+    except Exception:
+        return False
+    return True
 
-    Uses |q|^2 + |b|^2 - 2 q.b with one (chunk x bank) block in memory at a time.
+
+# bytes of the (query chunk x bank) float32 blocks the numpy path holds at once (one per worker thread)
+BLOCK_BYTES = 256 * 2**20
+
+
+def _query_chunk(n_bank: int, chunk: int, budget: int = BLOCK_BYTES) -> int:
+    """Rows per query chunk: at most `chunk`, and small enough that chunk x n_bank floats fit `budget` bytes."""
+    return int(max(1, min(chunk, budget // max(1, 4 * n_bank))))
+
+
+def _faiss_or_none(backend: str):
+    """The faiss module for backend="faiss" (imported lazily: measured slower than numpy here), None for "numpy"."""
+    if backend not in ("numpy", "faiss"):
+        raise ValueError(f"backend must be 'numpy' or 'faiss', got {backend!r}")
+    if backend == "numpy":
+        return None
+    try:
+        import faiss
+    except Exception as e:
+        raise ImportError(f"backend='faiss' needs faiss ({e}); use backend='numpy'") from None
+    return faiss
+
+
+# the m largest entries of a score row are found through strided tiles of TILE columns (see _top_columns)
+TILE = 16
+# float32 scores only pick candidates; the final values are recomputed in float64 for the candidates ranked
+# within EXTRA_CANDIDATES of the k-th, so float32 rounding (|q|^2 + |b|^2 - 2 q.b cancels for near neighbours)
+# changes the result only if it moved a neighbour by more than EXTRA_CANDIDATES ranks
+EXTRA_CANDIDATES = 8
+
+
+def _top_columns(block: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of the m largest entries of each row of `block`, unsorted, (b, m) each; exact.
+
+    Tile j holds the columns j, j + n_tiles, j + 2 n_tiles, ...: a column-wise maximum over the TILE strided
+    slices (one fast pass) gives every tile's maximum, and the m tiles with the largest maxima hold the m
+    largest entries. Only those m * TILE entries are then searched: far cheaper than argpartition of the row.
     """
+    b, n = block.shape
+    n_tiles = n // TILE
+    if n_tiles < 4 * m:
+        cols = np.argpartition(block, n - m, axis=1)[:, n - m:]
+        return cols, np.take_along_axis(block, cols, axis=1)
+    tile_max = block[:, :TILE * n_tiles].reshape(b, TILE, n_tiles).max(axis=1)
+    tiles = np.argpartition(tile_max, n_tiles - m, axis=1)[:, n_tiles - m:]
+    cols = (tiles[:, :, None] + n_tiles * np.arange(TILE)).reshape(b, m * TILE)
+    if n > TILE * n_tiles:  # the few columns past the last whole tile are always candidates
+        rest = np.broadcast_to(np.arange(TILE * n_tiles, n), (b, n - TILE * n_tiles))
+        cols = np.concatenate([cols, rest], axis=1)
+    vals = np.take_along_axis(block, cols, axis=1)
+    best = np.argpartition(vals, vals.shape[1] - m, axis=1)[:, vals.shape[1] - m:]
+    return np.take_along_axis(cols, best, axis=1), np.take_along_axis(vals, best, axis=1)
+
+
+def _exact_sq_distances(queries: np.ndarray, bank: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """|q_i - b_idx[i, j]|^2 in float64, (n, j), gathered in pieces of at most 16 MiB."""
+    out = np.empty(idx.shape)
+    step = max(1, (16 * 2**20) // (8 * max(1, idx.shape[1]) * bank.shape[1]))
+    for i in range(0, len(queries), step):
+        diff = bank[idx[i:i + step]].astype(np.float64) - queries[i:i + step, None, :].astype(np.float64)
+        out[i:i + step] = np.einsum("nmd,nmd->nm", diff, diff)
+    return out
+
+
+def _exact_inner_products(queries: np.ndarray, bank: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """q_i . b_idx[i, j] in float64, (n, j), gathered in pieces of at most 16 MiB."""
+    out = np.empty(idx.shape)
+    step = max(1, (16 * 2**20) // (8 * max(1, idx.shape[1]) * bank.shape[1]))
+    for i in range(0, len(queries), step):
+        out[i:i + step] = np.einsum("nmd,nd->nm", bank[idx[i:i + step]].astype(np.float64),
+                                    queries[i:i + step].astype(np.float64))
+    return out
+
+
+def _check_search(queries, bank, k):
     bank = np.ascontiguousarray(bank, dtype=np.float32)
-    k = int(min(k, len(bank)))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if bank.ndim != 2 or len(bank) == 0:
+        raise ValueError("the neighbour bank is empty")
+    if queries.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"queries of shape {queries.shape} do not match a bank of dimension {bank.shape[1]}")
+    return queries, bank, int(max(1, min(k, len(bank))))
+
+
+def _blas_one_thread():
+    """A context in which BLAS runs single-threaded (threadpoolctl, a scikit-learn dependency), or a no-op."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except Exception:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _for_each_block(lhs: np.ndarray, rhs: np.ndarray, chunk: int, finish) -> None:
+    """finish(block, i) for every block = lhs[i:i+rows] @ rhs.T, computed without a full n x bank matrix.
+
+    One worker thread per core takes whole query chunks: a single-threaded GEMM into its own reused buffer,
+    then the selection (numpy releases the GIL in both). No BLAS barrier or spinning BLAS threads compete
+    with the selection; the blocks alive at once total at most BLOCK_BYTES.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(cores, 8))
+    step = _query_chunk(len(rhs), chunk, BLOCK_BYTES // workers)
+    starts = list(range(0, len(lhs), step))
+    workers = min(workers, len(starts))
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(workers):
+        free.put(np.empty((min(step, len(lhs)), len(rhs)), dtype=np.float32))
+
+    def run(i: int) -> None:
+        buffer = free.get()
+        try:
+            rows = min(step, len(lhs) - i)
+            finish(np.matmul(lhs[i:i + rows], rhs.T, out=buffer[:rows]), i)
+        finally:
+            free.put(buffer)
+
+    if workers == 1:
+        for i in starts:
+            run(i)
+        return
+    with _blas_one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(run, starts))
+
+
+def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 2048,
+                           backend: str = "numpy") -> np.ndarray:
+    """Euclidean distance from each query to its k-th nearest row of `bank`: exact (float64 at the k-th rank).
+
+    Candidates come from float32 scores, by numpy (default): one GEMM per query chunk on augmented rows,
+    [q, -1/2].[b, |b|^2] = q.b - |b|^2/2 (larger = nearer, no element-wise pass over the block; plain q.b
+    when every bank row has the same norm), or by backend="faiss": an exact IndexFlatL2 (about three times
+    numpy's CPU time with the faiss-cpu wheel here). The candidates ranked within EXTRA_CANDIDATES of the
+    k-th get their distances recomputed in float64.
+    """
+    queries, bank, k = _check_search(queries, bank, k)
+    if len(queries) == 0:
+        return np.zeros(0)
+    m = min(k + EXTRA_CANDIDATES, len(bank))
+    lo = max(0, k - 1 - EXTRA_CANDIDATES)  # the float64 window: float32 ranks lo .. m-1
+    out = np.empty(len(queries))
+
+    def finish_ranked(order_idx: np.ndarray, i: int) -> None:  # order_idx: candidates, nearest first
+        d2 = _exact_sq_distances(queries[i:i + len(order_idx)], bank, order_idx[:, lo:m])
+        out[i:i + len(order_idx)] = np.sqrt(np.partition(d2, k - 1 - lo, axis=1)[:, k - 1 - lo])
+
+    faiss = _faiss_or_none(backend)
+    if faiss is not None:
+        index = faiss.IndexFlatL2(bank.shape[1])
+        index.add(bank)
+        finish_ranked(index.search(queries, m)[1], 0)
+        return out
     bank_sq = (bank * bank).sum(axis=1)
-    out = np.empty(len(queries), dtype=np.float64)
-    for i in range(0, len(queries), chunk):
-        q = np.ascontiguousarray(queries[i:i + chunk], dtype=np.float32)
-        d2 = (q * q).sum(axis=1)[:, None] + bank_sq[None, :] - 2.0 * (q @ bank.T)
-        kth = np.partition(d2, k - 1, axis=1)[:, k - 1]
-        out[i:i + chunk] = np.sqrt(np.maximum(kth, 0.0))
+    if np.ptp(bank_sq) <= 1e-6 * bank_sq.max():
+        lhs, rhs = queries, bank  # rows of (near) equal norm, e.g. L2-normalised: q.b alone ranks them
+    else:
+        d = bank.shape[1]
+        lhs = np.empty((len(queries), d + 1), dtype=np.float32)
+        lhs[:, :d], lhs[:, d] = queries, -0.5
+        rhs = np.empty((len(bank), d + 1), dtype=np.float32)
+        rhs[:, :d], rhs[:, d] = bank, bank_sq
+
+    def finish(block: np.ndarray, i: int) -> None:
+        cols, vals = _top_columns(block, m)
+        finish_ranked(np.take_along_axis(cols, np.argsort(-vals, axis=1), axis=1), i)
+
+    _for_each_block(lhs, rhs, chunk, finish)
+    return out
+
+
+def top_k_inner_products(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 2048,
+                         backend: str = "numpy") -> np.ndarray:
+    """The k largest inner products <q, b_i> of each query with the rows of `bank`, (n, k) unsorted; exact.
+
+    The k + EXTRA_CANDIDATES largest by float32 (numpy blocks as in kth_neighbour_distance, or a faiss
+    IndexFlatIP) are recomputed in float64 and the k largest kept.
+    """
+    queries, bank, k = _check_search(queries, bank, k)
+    if len(queries) == 0:
+        return np.zeros((0, k))
+    m = min(k + EXTRA_CANDIDATES, len(bank))
+    out = np.empty((len(queries), k))
+
+    def finish_idx(idx: np.ndarray, i: int) -> None:
+        ip = _exact_inner_products(queries[i:i + len(idx)], bank, idx)
+        out[i:i + len(idx)] = np.partition(ip, m - k, axis=1)[:, m - k:]
+
+    faiss = _faiss_or_none(backend)
+    if faiss is not None:
+        index = faiss.IndexFlatIP(bank.shape[1])
+        index.add(bank)
+        finish_idx(index.search(queries, m)[1], 0)
+        return out
+    _for_each_block(queries, bank, chunk, lambda block, i: finish_idx(_top_columns(block, m)[0], i))
     return out
 
 
@@ -95,6 +288,21 @@ class KNN(Detector):
         return kth_neighbour_distance(l2_normalise(out.features), self.bank_, self.k)
 
 
+def _residual_subspace(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """ViM's origin u = -W^+ b and an orthonormal basis (D, D - dim) of the residual subspace of h - u.
+
+    The residual subspace is spanned by the eigenvectors of the (uncentred) covariance of h - u beyond the
+    `dim` largest; shared by ViM and Residual so that both use the same principal subspace.
+    """
+    dim = int(min(dim, h.shape[1] - 1))
+    u = -np.linalg.pinv(w) @ b
+    c = h - u
+    cov = c.T @ c / len(c)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    return u, np.ascontiguousarray(eigvec[:, order[dim:]])  # residual directions
+
+
 @register
 class ViM(Detector):
     name = "vim"
@@ -111,18 +319,199 @@ class ViM(Detector):
                            help="dimension of the principal subspace (paper: D/2 for small feature spaces)")}
 
     def _fit(self, ctx):
-        w, b = ctx.model.head_weight, ctx.model.head_bias
         h = np.asarray(ctx.train.features, dtype=np.float64)
-        dim = int(min(self.dim, h.shape[1] - 1))
-        self.u_ = -np.linalg.pinv(w) @ b
-        c = h - self.u_
-        cov = c.T @ c / len(c)
-        eigval, eigvec = np.linalg.eigh(cov)
-        order = np.argsort(eigval)[::-1]
-        self.ns_ = np.ascontiguousarray(eigvec[:, order[dim:]])  # residual directions
-        vlogit = np.linalg.norm(c @ self.ns_, axis=1)
+        self.u_, self.ns_ = _residual_subspace(h, ctx.model.head_weight, ctx.model.head_bias, self.dim)
+        vlogit = np.linalg.norm((h - self.u_) @ self.ns_, axis=1)
         self.alpha_ = float(np.asarray(ctx.train.logits, dtype=np.float64).max(axis=1).mean() / max(vlogit.mean(), 1e-12))
 
     def _score(self, out):
         vlogit = self.alpha_ * np.linalg.norm((np.asarray(out.features, dtype=np.float64) - self.u_) @ self.ns_, axis=1)
         return vlogit - logsumexp(out.logits)
+
+
+@register
+class RelativeMahalanobis(Detector):
+    name = "rmd"
+    title = "Relative Mahalanobis distance (RMD)"
+    family = "distance"
+    formula = ("S(x) = min_c MD_c(h) - MD_0(h),  MD_c: class means, shared covariance; "
+               "MD_0: one Gaussian on all ID train features")
+    latex = (r"S(x) = \min_c\, (h-\mu_c)^\top \Sigma^{-1} (h-\mu_c) \;-\; (h-\mu_0)^\top \Sigma_0^{-1} (h-\mu_0)")
+    intuition = ("Plain Mahalanobis is fooled by feature directions that vary for every image, ID or not. "
+                 "Subtracting the distance under one background Gaussian fitted to all ID features cancels them.")
+    reference = ("Ren et al., A Simple Fix to Mahalanobis Distance for Improving Near-OOD Detection, "
+                 "ICML 2021 UDL workshop")
+    needs = ("features",)
+
+    def _fit(self, ctx):
+        h, y = ctx.train.features, ctx.train.labels
+        self.means_, self.precision_ = class_means_and_precision(h, y, ctx.num_classes)
+        # the background Gaussian: one "class" holding every ID train feature (mean and covariance of all)
+        self.mean0_, self.precision0_ = class_means_and_precision(h, np.zeros(len(h), dtype=np.int64), 1)
+
+    def _score(self, out):
+        md = mahalanobis_sq(out.features, self.means_, self.precision_).min(axis=1)
+        return md - mahalanobis_sq(out.features, self.mean0_, self.precision0_)[:, 0]
+
+
+@register
+class Residual(Detector):
+    name = "residual"
+    title = "Residual (principal-subspace residual norm)"
+    family = "distance"
+    formula = "S(x) = || P_perp (h - u) ||,  u = -W^+ b, P_perp onto the residual subspace of the ID features (as ViM)"
+    latex = r"S(x) = \lVert (h(x)-u)^{P^\perp}\rVert,\quad u = -W^{+}b"
+    intuition = ("ID features live mostly in a low-dimensional principal subspace. The length of the part of a "
+                 "feature outside it is large for inputs unlike the training data.")
+    reference = "Wang et al., ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022 (the Residual baseline)"
+    needs = ("features", "model")
+    params = {"dim": Param(64, 1, 2048, "log", kind="int", sweep=(8, 16, 32, 64, 96),
+                           help="dimension of the principal subspace, as ViM's (paper: D/2 for small feature spaces)")}
+
+    def _fit(self, ctx):
+        h = np.asarray(ctx.train.features, dtype=np.float64)
+        self.u_, self.ns_ = _residual_subspace(h, ctx.model.head_weight, ctx.model.head_bias, self.dim)
+
+    def _score(self, out):
+        return np.linalg.norm((np.asarray(out.features, dtype=np.float64) - self.u_) @ self.ns_, axis=1)
+
+
+def _predictions(out) -> np.ndarray:
+    return np.asarray(out.logits).argmax(axis=1)
+
+
+@register
+class SHE(Detector):
+    name = "she"
+    title = "SHE (simplified Hopfield energy)"
+    family = "distance"
+    formula = "S(x) = -<h, m_pred(x)>,  m_c = mean feature of the correctly classified ID train samples of class c"
+    latex = r"S(x) = -\,h(x)^\top m_{\hat y(x)},\quad m_c = \frac{1}{|\{i: y_i=\hat y_i=c\}|}\sum_{y_i=\hat y_i=c} h_i"
+    intuition = ("Each class stores one pattern, the average feature of its correctly classified training images. "
+                 "An input whose feature barely matches the pattern of the class it is given is unfamiliar.")
+    reference = ("Zhang et al., Out-of-Distribution Detection based on In-Distribution Data Patterns Memorization "
+                 "with Modern Hopfield Energy, ICLR 2023")
+    needs = ("features", "logits")
+    params = {"metric": Param("inner_product", kind="choice", choices=("inner_product", "cosine", "euclidean"),
+                              sweep=("inner_product", "cosine", "euclidean"),
+                              help="similarity to the stored pattern (paper and OpenOOD: inner product)")}
+
+    def _fit(self, ctx):
+        h = np.asarray(ctx.train.features, dtype=np.float64)
+        y, pred = np.asarray(ctx.train.labels), _predictions(ctx.train)
+        patterns = []
+        for c in range(np.asarray(ctx.train.logits).shape[1]):
+            mask = (y == c) & (pred == c)
+            if not mask.any():  # no correct prediction of c: fall back to all its samples
+                mask = y == c
+            if not mask.any():
+                raise ValueError(f"SHE needs ID train samples of every class; class {c} has none")
+            patterns.append(h[mask].mean(axis=0))
+        self.patterns_ = np.stack(patterns)
+
+    def _score(self, out):
+        h = np.asarray(out.features, dtype=np.float64)
+        m = self.patterns_[_predictions(out)]
+        if self.metric == "euclidean":
+            return np.linalg.norm(h - m, axis=1)
+        sim = np.einsum("nd,nd->n", h, m)
+        if self.metric == "cosine":
+            sim = sim / np.maximum(np.linalg.norm(h, axis=1) * np.linalg.norm(m, axis=1), 1e-12)
+        return -sim
+
+
+@register
+class NNGuide(Detector):
+    name = "nnguide"
+    title = "NNGuide (nearest-neighbour guidance)"
+    family = "distance"
+    formula = ("S(x) = -E(x) * mean_top-k_i <z(x), E_i z_i>,  z = h/||h||, E = log sum_c exp f_c "
+               "(confidence), over the ID train bank")
+    latex = (r"S(x) = -\,E(x)\cdot\frac1k \sum_{i\in\mathrm{top}\text{-}k} \langle z(x),\, E_i z_i\rangle,\quad "
+             r"z=\frac{h}{\lVert h\rVert},\; E=\log\sum_c e^{f_c}")
+    intuition = ("The classifier's confidence alone is also high far from the data. NNGuide multiplies it by how "
+                 "similar the input is to its nearest training features, each weighted by its own confidence.")
+    reference = "Park et al., Nearest Neighbor Guidance for Out-of-Distribution Detection, ICCV 2023"
+    needs = ("features", "logits")
+    params = {
+        "k": Param(10, 1, 1000, "log", kind="int", sweep=(1, 5, 10, 20, 50, 100),
+                   help="neighbours averaged in the guidance (official code: 10; OpenOOD: 100 on ImageNet)"),
+        "bank_fraction": Param(1.0, 0.001, 1.0, "log", sweep=(0.01, 0.1, 0.5, 1.0),
+                               help="share of the ID train set kept in the bank, a seeded random subset "
+                                    "(paper: 1% of ImageNet; all of a small training set here)"),
+    }
+
+    def _fit(self, ctx):
+        h, z = ctx.train.features, ctx.train.logits
+        n_bank = max(1, int(round(self.bank_fraction * len(h))))
+        if n_bank < len(h):
+            idx = np.sort(np.random.default_rng(ctx.seed).choice(len(h), size=n_bank, replace=False))
+            h, z = h[idx], z[idx]
+        self.bank_ = (l2_normalise(h) * logsumexp(z)[:, None]).astype(np.float32)
+
+    def _score(self, out):
+        guidance = top_k_inner_products(l2_normalise(out.features), self.bank_, self.k).mean(axis=1)
+        return -guidance * logsumexp(out.logits)
+
+
+@register
+class FDBD(Detector):
+    name = "fdbd"
+    title = "fDBD (feature distance to decision boundaries)"
+    family = "distance"
+    formula = ("S(x) = -mean_{c != pred} [ |(w_pred - w_c).h + b_pred - b_c| / ||w_pred - w_c|| ] / ||h - mu||,  "
+               "mu = mean ID train feature")
+    latex = (r"S(x) = -\frac{1}{K-1}\sum_{c\ne \hat y} \frac{|(w_{\hat y}-w_c)^\top h + b_{\hat y}-b_c|}"
+             r"{\lVert w_{\hat y}-w_c\rVert}\Big/ \lVert h-\mu\rVert")
+    intuition = ("ID features lie far from the decision boundaries of the classifier, measured in feature space. "
+                 "Dividing by the distance to the mean ID feature compares inputs of different feature size fairly.")
+    reference = "Liu & Qin, Fast Decision Boundary based Out-of-Distribution Detector, ICML 2024"
+    needs = ("features", "logits", "model")
+    params = {"normaliser": Param("distance_to_mean", kind="choice", choices=("distance_to_mean", "norm"),
+                                  sweep=("distance_to_mean", "norm"),
+                                  help="divide by ||h - mean ID feature|| (paper) or by ||h|| (OpenOOD's variant)")}
+
+    def _fit(self, ctx):
+        self.weight_, self.bias_ = ctx.model.head_weight, ctx.model.head_bias
+        self.mean_ = np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0)
+        diff = self.weight_[:, None, :] - self.weight_[None, :, :]
+        self.wdist_ = np.linalg.norm(diff, axis=2)  # (K, K): ||w_p - w_c||, zero on the diagonal
+
+    def _score(self, out):
+        h = np.asarray(out.features, dtype=np.float64)
+        f = h @ self.weight_.T + self.bias_
+        pred = _predictions(out)
+        rows = np.arange(len(h))
+        gap = np.abs(f[rows, pred][:, None] - f)  # |(w_pred - w_c).h + b_pred - b_c|
+        dist = gap / np.maximum(self.wdist_[pred], 1e-12)
+        dist[rows, pred] = 0.0
+        mean_dist = dist.sum(axis=1) / max(f.shape[1] - 1, 1)
+        ref = h - self.mean_ if self.normaliser == "distance_to_mean" else h
+        return -mean_dist / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+
+
+@register
+class NCI(Detector):
+    name = "nci"
+    title = "NCI (neural-collapse inspired)"
+    family = "distance"
+    formula = "S(x) = -( w_pred.(h - mu_G) / ||h - mu_G|| + alpha ||h||_1 ),  mu_G = mean ID train feature"
+    latex = (r"S(x) = -\Big(\frac{w_{\hat y}^\top (h-\mu_G)}{\lVert h-\mu_G\rVert} + \alpha\,\lVert h\rVert_1\Big)")
+    intuition = ("After training, centred ID features point along the weight vector of their class (neural collapse). "
+                 "An input poorly aligned with its predicted class's weights, or with small features, is unfamiliar.")
+    reference = "Liu & Qin, Detecting Out-of-distribution through the Lens of Neural Collapse, CVPR 2025"
+    needs = ("features", "logits", "model")
+    params = {"alpha": Param(1e-4, 0.0, 10.0, "linear", sweep=(0.0, 1e-4, 1e-3, 1e-2, 1e-1),
+                             help="weight of the L1 feature norm (authors' OpenOOD config: 1e-4, swept to 0.1)")}
+
+    def _fit(self, ctx):
+        self.weight_ = ctx.model.head_weight
+        self.mean_ = np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0)
+
+    def _score(self, out):
+        h = np.asarray(out.features, dtype=np.float64)
+        c = h - self.mean_
+        # the authors' code divides by ||h - mu_G|| only: a cosine up to ||w_pred||, near-equal across classes
+        p_score = np.einsum("nd,nd->n", c, self.weight_[_predictions(out)])
+        p_score /= np.maximum(np.linalg.norm(c, axis=1), 1e-12)
+        return -(p_score + self.alpha * np.abs(h).sum(axis=1))
