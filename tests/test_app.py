@@ -63,7 +63,7 @@ def test_experiment_page_shows_accuracy_form_examples_and_sidebar(app, default_e
     assert len(app.image) == 1 + len(default_experiment.ood_names)
     assert "→" in app.image[0].captions[0] and len(app.image[0].value) == 16
     side = " ".join(m.value for m in app.sidebar.markdown)
-    assert "**Dataset:** digits" in side and "**Seed:** 0" in side and "**Epochs:** 15" in side
+    assert "**Dataset:** digits" in side and "**Seed:** 0" in side and f"**Epochs:** {Spec().training.epochs}" in side
     assert "**Model from cache:** yes" in side  # the fixture put the checkpoint on disk
     assert f"**ID test accuracy:** {acc.value}" in side
 
@@ -86,7 +86,9 @@ def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
     no_exception(app)
     assert any("Trained a new model: 1 epoch in" in s.value for s in app.success), [i.value for i in app.info]
     assert app.session_state[ui.SPEC_KEY].training.epochs == 1
-    assert len(figures_of(app)) == 1  # the training curve of the new model
+    # the setting diagram, then the training curve of the new model
+    figs = figures_of(app)
+    assert len(figs) == 2 and figs[1]["layout"]["xaxis"]["title"]["text"] == "epoch"
     form_button = next(b for b in app.button if b.label == "Train / load model")
     app.checkbox(key="retrain-anyway").check()
     form_button.click().run()
