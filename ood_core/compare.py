@@ -17,22 +17,31 @@ HIGHER_IS_BETTER = {"auroc": True, "aupr_in": True, "aupr_out": True, "fpr95": F
                     "oscr": True}
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and population std over seeds per (detector, OOD set); errors are collected, never averaged."""
+def summarise_by(rows: list[dict], keys: tuple[str, ...], metrics: tuple[str, ...] = ("auroc",)) -> list[dict]:
+    """Mean and population std of each metric over the rows sharing `keys`; errors are counted and listed,
+    never averaged. Each summary row: the key fields, n (rows without error), n_errors, errors, <m>_mean, <m>_std."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["detector"], r["ood_set"]), []).append(r)
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
     out = []
-    for (det, ood), rs in groups.items():
+    for g, rs in groups.items():
         ok = [r for r in rs if r.get("error") is None]
-        s = {"detector": det, "ood_set": ood, "n_seeds": len(ok),
-             "errors": sorted({r["error"] for r in rs if r.get("error")})}
-        keys = METRIC_KEYS + tuple(k for k in OPTIONAL_KEYS if any(k in r for r in rs))
-        for k in keys:
-            vals = np.array([r[k] for r in ok if r.get(k) is not None], dtype=float)
-            s[f"{k}_mean"] = float(vals.mean()) if len(vals) else None
-            s[f"{k}_std"] = float(vals.std()) if len(vals) else None
+        s = dict(zip(keys, g))
+        s.update(n=len(ok), n_errors=len(rs) - len(ok), errors=sorted({r["error"] for r in rs if r.get("error")}))
+        for m in metrics:
+            v = np.array([r[m] for r in ok if r.get(m) is not None], dtype=float)
+            s[f"{m}_mean"] = float(v.mean()) if len(v) else None
+            s[f"{m}_std"] = float(v.std()) if len(v) else None
         out.append(s)
+    return out
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and population std over seeds per (detector, OOD set), every metric (OSCR when the rows have it)."""
+    keys = METRIC_KEYS + tuple(k for k in OPTIONAL_KEYS if any(k in r for r in rows))
+    out = summarise_by(rows, ("detector", "ood_set"), keys)
+    for s in out:
+        s["n_seeds"] = s["n"]
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from .compare import summarise_by  # noqa: F401  (re-exported: the protocols' tables)
 from .pipeline import Experiment, evaluate, prepare
 from .settings import detectors_for
 from .spec import Spec
@@ -161,22 +162,3 @@ def contamination_curve(base: Spec, ratios: Iterable[float] = (0.0, 0.05, 0.1, 0
                               on_progress=sub).rows
     _progress(on_progress, 1.0, "done")
     return ProtocolResult("ad", rows, [], time.perf_counter() - t0)
-
-
-def summarise_by(rows: list[dict], keys: tuple[str, ...], metrics: tuple[str, ...] = ("auroc",)) -> list[dict]:
-    """Mean and population std of each metric over the rows sharing `keys` (errors skipped and counted)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
-    out = []
-    for g, rs in groups.items():
-        ok = [r for r in rs if r.get("error") is None]
-        s = dict(zip(keys, g))
-        s["n"] = len(ok)
-        s["n_errors"] = len(rs) - len(ok)
-        for m in metrics:
-            v = np.array([r[m] for r in ok if r.get(m) is not None], dtype=float)
-            s[f"{m}_mean"] = float(v.mean()) if len(v) else None
-            s[f"{m}_std"] = float(v.std()) if len(v) else None
-        out.append(s)
-    return out
