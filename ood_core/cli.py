@@ -24,9 +24,10 @@ def _fmt_param(name, p) -> str:
     return f"{name}={p.default}{rng}"
 
 
-def list_detectors(out=sys.stdout) -> None:
+def list_detectors(out=None) -> None:
     from .detectors import REGISTRY
 
+    out = out or sys.stdout  # looked up at call time, so redirections and capture work
     width = max(len(n) for n in REGISTRY)
     for name, cls in REGISTRY.items():
         params = ", ".join(_fmt_param(k, p) for k, p in cls.params.items()) or "-"
@@ -150,7 +151,9 @@ def run(args) -> int:
         return run_osr(args, base)
     if args.setting in ("nd", "ad"):
         return run_one_class(args, base)
-    detectors = pipeline.resolve_detectors(args.detectors)
+    if args.detectors.strip() != "all":
+        pipeline.resolve_detectors(args.detectors)  # unknown names fail before any training
+    detectors = args.detectors  # resolved per experiment: "all" = every detector that applies to it
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -183,7 +186,7 @@ def run(args) -> int:
     summary = summarise(all_rows)
     acc_txt = f"{100 * np.mean(accs):.2f}%" + (f" ± {100 * np.std(accs):.2f}" if len(accs) > 1 else "")
     print(f"ID test accuracy: {acc_txt}   (cells: AUROC / FPR@95TPR, in %)\n")
-    print(markdown_table(summary, detectors, ood_sets))
+    print(markdown_table(summary, list(dict.fromkeys(r["detector"] for r in all_rows)), ood_sets))
     errors = [(s["detector"], e) for s in summary for e in s["errors"]]
     for det, e in dict.fromkeys(errors):
         print(f"\n{det} failed: {e}")

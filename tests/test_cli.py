@@ -1,0 +1,65 @@
+"""The command line gives the dashboard's numbers: list-detectors, run --json / --save-outputs / --save-scores."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ood_core import Spec, cli, metrics, pipeline
+from ood_core.detectors import REGISTRY
+from ood_core.settings import detectors_for
+
+
+def test_list_detectors_prints_one_line_per_detector(capsys):
+    assert cli.main(["list-detectors"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == list(REGISTRY)
+    assert len(lines) >= 35
+    knn = next(ln for ln in lines if ln.startswith("knn "))
+    assert knn.split()[1] == "distance" and "k=50" in knn
+
+
+def test_run_writes_json_outputs_and_scores_that_match_the_library(tmp_path, capsys, cache_dir, default_experiment):
+    out = tmp_path / "out.json"
+    argv = ["run", "--dataset", "digits", "--setting", "ood", "--detectors", "msp,energy,knn", "--seed", "0",
+            "--json", str(out), "--save-outputs", str(tmp_path / "outputs"), "--save-scores", str(tmp_path / "scores"),
+            "--cache-dir", str(cache_dir), "--device", "cpu", "--quiet"]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| detector | gaussian |" in table and "| msp |" in table
+    doc = json.loads(out.read_text())
+    assert doc["spec"] == Spec().to_dict()
+    assert doc["id_accuracy"] == pytest.approx(default_experiment.id_accuracy)
+    rows = doc["results"]
+    assert {(r["detector"], r["ood_set"]) for r in rows} == {
+        (d, o) for d in ("msp", "energy", "knn") for o in default_experiment.ood_names}
+    expected, _ = pipeline.evaluate(default_experiment, ["msp", "energy", "knn"])
+    by = {(r["detector"], r["ood_set"]): r for r in expected}
+    for r in rows:
+        assert r["error"] is None and 0 <= r["auroc"] <= 1 and 0 <= r["fpr95"] <= 1
+        assert r["auroc"] == pytest.approx(by[(r["detector"], r["ood_set"])]["auroc"], abs=1e-12)
+    # the saved arrays reproduce the numbers outside the app
+    test = np.load(tmp_path / "outputs" / "test.npz")
+    assert test["logits"].shape == (len(default_experiment.bench.test), 10) and test["features"].shape[1] == 128
+    scores = np.load(tmp_path / "scores" / "energy.npz")
+    assert set(scores.files) == {"train", "val", "test", *default_experiment.ood_names}
+    rot = next(r for r in rows if r["detector"] == "energy" and r["ood_set"] == "rotated")
+    assert metrics.auroc(scores["test"], scores["rotated"]) == pytest.approx(rot["auroc"], abs=1e-12)
+
+
+def test_all_means_every_detector_that_applies(default_experiment):
+    names = pipeline.resolve_detectors("all", default_experiment)
+    assert names == detectors_for("ood", "small_cnn", 10) and "model_score" not in names and len(names) >= 35
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--detectors", "nope"], "unknown detector"),
+    (["run", "--setting", "osr", "--known", "11", "--splits", "1"], "known classes K must be in 2..9"),
+    (["run", "--setting", "ad", "--contamination", "0.7"], "contamination ratio must be in [0, 0.5)"),
+    (["run", "--setting", "nd", "--normal-class", "12"], "do not exist"),
+    (["run", "--seeds", "0"], "--seeds must be at least 1"),
+])
+def test_bad_input_is_a_clear_error_and_exit_code_2(argv, message, capsys):
+    assert cli.main(argv + ["--quiet"]) == 2
+    assert message in capsys.readouterr().err
