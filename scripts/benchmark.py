@@ -145,6 +145,57 @@ def time_make_run_to_scores(cache: str, visit_all: bool = False) -> tuple[float,
     return elapsed, rss
 
 
+SWITCH_TARGETS = {  # sidebar link text -> what is on that page once drawn
+    "Compare": ".js-plotly-plot", "Sensitivity": ".js-plotly-plot", "Methods": ".katex",
+    "Embeddings": ".js-plotly-plot", "Activations": ".js-plotly-plot", "Explanations": '[data-testid="stImage"] img',
+    "Scores": ".js-plotly-plot", "Experiment": ".js-plotly-plot",
+}
+
+
+def bench_page_switch(rounds: int = 2) -> dict:
+    """Seconds from clicking a page in the sidebar to its content drawn, warm caches (second round onwards)."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    cache = tempfile.mkdtemp(prefix="ood-bench-switch-")
+    env = dict(os.environ, OOD_EXPLORER_CACHE=cache)
+    proc = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    times: dict[str, list[float]] = {k: [] for k in SWITCH_TARGETS}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            deadline = time.time() + 120
+            while True:
+                try:
+                    page.goto(f"http://localhost:{port}/scores", timeout=5000)
+                    break
+                except Exception:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.2)
+            page.locator(".js-plotly-plot .legendtext", has_text="ID (test)").first.wait_for(timeout=180_000)
+            for r in range(rounds + 1):  # round 0 warms every page's caches
+                for link, selector in SWITCH_TARGETS.items():
+                    t0 = time.perf_counter()
+                    page.locator('[data-testid="stSidebarNav"] a', has_text=link).first.click()
+                    page.wait_for_url(f"**/{'' if link == 'Experiment' else link.lower()}", timeout=60_000)
+                    # every page's title starts with its name: the new page's script is running or done
+                    page.locator("h1", has_text=f"{link}:").first.wait_for(timeout=120_000)
+                    page.locator(selector).first.wait_for(timeout=120_000)
+                    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                                           timeout=120_000)
+                    if r:
+                        times[link].append(time.perf_counter() - t0)
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        shutil.rmtree(cache, ignore_errors=True)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_app(repeats: int) -> dict:
     if not Path(CHROMIUM).exists():
         return {"skipped": f"{CHROMIUM} not found"}
@@ -172,6 +223,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-browser", action="store_true")
     ap.add_argument("--skip-library", action="store_true", help="only the browser timings")
+    ap.add_argument("--page-switch", action="store_true", help="also time page switches in the browser (warm)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     import torch
@@ -190,6 +242,10 @@ def main() -> int:
             print(f"`make run` -> Scores page drawn: cold cache median {app['make_run_to_scores_cold_median']:.1f} s, "
                   f"warm cache median {app['make_run_to_scores_warm_median']:.1f} s")
             print(f"peak resident memory of the app: {app['app_peak_rss_mib_max']:.0f} MiB")
+    if args.page_switch and Path(CHROMIUM).exists():
+        res["page_switch"] = sw = bench_page_switch()
+        print("page switch in the browser, warm caches (median of 2 rounds): "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in sw.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
