@@ -15,5 +15,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "==> installing requirements.txt into $VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+  # compile UMAP's numba kernels once into their on-disk cache, so the first map a user asks for
+  # takes seconds, not the ~30 s of CPU a cold compilation costs
+  "$VENV/bin/python" -c "import sys; sys.path.insert(0, '.'); from ood_core.embedding import warm_umap; \
+print(f'==> UMAP kernels compiled and cached ({warm_umap():.0f} s)')"
   echo "$want" > "$STAMP"
 fi
