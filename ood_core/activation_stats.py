@@ -18,8 +18,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import metrics
-from .detectors.activations import ReAct
-from .detectors.base import FitContext, logsumexp
+from .detectors.activations import (ReAct, ash_binarise, ash_prune, ash_scale, energy_of, top_k_mask)
+from .detectors.activations import dice_contribution as _dice_contribution
+from .detectors.activations import dice_mask as _dice_mask
+from .detectors.base import FitContext
 from .figures import ID_COLOUR, OOD_COLOURS
 from .inference import Outputs
 
@@ -116,7 +118,7 @@ def energy(features, W, b, threshold: Optional[float] = None) -> np.ndarray:
     h = _feats(features)
     if threshold is not None:
         h = np.minimum(h, float(threshold))
-    return -logsumexp(h @ np.asarray(W, dtype=np.float64).T + np.asarray(b, dtype=np.float64))
+    return energy_of(h, np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64))
 
 
 @dataclass
@@ -166,15 +168,14 @@ def dice_contribution(id_train_features, W) -> np.ndarray:
     W = np.asarray(W, dtype=np.float64)
     if W.shape[1] != len(mean_h):
         raise ValueError(f"W has {W.shape[1]} inputs, the activations have {len(mean_h)} units")
-    return W * mean_h[None, :]
+    return _dice_contribution(mean_h, W)
 
 
 def dice_mask(V, sparsity: float = DICE_DEFAULT_SPARSITY) -> np.ndarray:
     """The weights DICE keeps: V > the `sparsity`-th percentile of V (about (100 - p)% of entries)."""
     if not 0.0 <= float(sparsity) < 100.0:
         raise ValueError(f"sparsity must be in [0, 100), got {sparsity}")
-    V = np.asarray(V, dtype=np.float64)
-    return V > np.percentile(V, float(sparsity))
+    return _dice_mask(np.asarray(V, dtype=np.float64), float(sparsity))
 
 
 def dice_energy(features, W, b, mask) -> np.ndarray:
@@ -186,20 +187,12 @@ def dice_energy(features, W, b, mask) -> np.ndarray:
 # --- ASH -------------------------------------------------------------------------------------------
 
 def _ash_keep(h: np.ndarray, percentile: float) -> np.ndarray:
-    """Boolean mask of the top-k activations per sample, k = D - round(D p / 100) (ASH's code)."""
+    """Boolean mask of the top-k activations per sample, k = D - round(D p / 100): the ASH detectors' own mask."""
     if not 0.0 <= float(percentile) <= 100.0:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    n, d = h.shape
-    k = d - int(np.round(d * float(percentile) / 100.0))
-    keep = np.zeros((n, d), dtype=bool)
-    if k <= 0 or n == 0:
-        return keep
-    if k >= d:
-        keep[:] = True
-        return keep
-    idx = np.argpartition(-h, k - 1, axis=1)[:, :k]
-    np.put_along_axis(keep, idx, True, axis=1)
-    return keep
+    if h.shape[0] == 0:
+        return np.zeros(h.shape, dtype=bool)
+    return top_k_mask(h, float(percentile))
 
 
 def ash_shape(features, percentile: float = ASH_DEFAULT_PERCENTILE, mode: str = "s") -> np.ndarray:
@@ -208,19 +201,10 @@ def ash_shape(features, percentile: float = ASH_DEFAULT_PERCENTILE, mode: str = 
     (s1, s2 = sum before and after pruning)."""
     if mode not in ASH_MODES:
         raise ValueError(f"ASH mode must be one of {ASH_MODES}, got {mode!r}")
-    h = _feats(features)
-    keep = _ash_keep(h, percentile)
-    pruned = np.where(keep, h, 0.0)
-    if mode == "p":
-        return pruned
-    s1 = h.sum(axis=1, keepdims=True)
-    if mode == "b":
-        k = np.maximum(keep.sum(axis=1, keepdims=True), 1)
-        return keep * (s1 / k)
-    s2 = pruned.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(s2 > 0, s1 / np.where(s2 > 0, s2, 1.0), 1.0)
-    return pruned * np.exp(scale)
+    if not 0.0 <= float(percentile) <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    shape = {"p": ash_prune, "b": ash_binarise, "s": ash_scale}[mode]  # the ASH detectors' own shaping
+    return shape(_feats(features), float(percentile))
 
 
 @dataclass

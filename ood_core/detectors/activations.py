@@ -55,6 +55,33 @@ def _sum_ratio(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     return np.divide(s1, s2, out=np.ones_like(s1), where=s2 != 0)
 
 
+def ash_prune(h: np.ndarray, percentile: float) -> np.ndarray:
+    """ASH-P's shaping: h on each sample's top (100 - p)% units, 0 elsewhere."""
+    return np.where(top_k_mask(h, percentile), h, 0.0)
+
+
+def ash_binarise(h: np.ndarray, percentile: float) -> np.ndarray:
+    """ASH-B's shaping: s1 / k on the top-k units (s1 = the sum of h), 0 elsewhere."""
+    mask = top_k_mask(h, percentile)
+    return np.where(mask, h.sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True), 0.0)
+
+
+def ash_scale(h: np.ndarray, percentile: float) -> np.ndarray:
+    """ASH-S's shaping: ASH-P's pruned h times exp(s1 / s2), the sums of h before / after pruning."""
+    pruned = ash_prune(h, percentile)
+    return pruned * np.exp(_sum_ratio(h.sum(axis=1), pruned.sum(axis=1)))[:, None]
+
+
+def dice_contribution(mean_h: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """DICE's contribution matrix V = W ⊙ mean ID train h (broadcast over classes), shape (K, D)."""
+    return np.asarray(mean_h, dtype=np.float64)[None, :] * np.asarray(weight, dtype=np.float64)
+
+
+def dice_mask(contribution: np.ndarray, sparsity: float) -> np.ndarray:
+    """The weights DICE keeps: contributions strictly above the `sparsity`-th percentile of all of them."""
+    return contribution > np.percentile(contribution, sparsity)
+
+
 class _ASH(Detector):
     """Activation shaping (ASH): prune all but the top activations of each sample, then score with the energy.
 
@@ -94,7 +121,7 @@ class ASHP(_ASH):
                  "Zeroing the weak rest removes noise that makes unfamiliar inputs look confident.")
 
     def shape(self, h):
-        return np.where(top_k_mask(h, self.percentile), h, 0.0)
+        return ash_prune(h, self.percentile)
 
 
 @register
@@ -110,9 +137,7 @@ class ASHB(_ASH):
                  "The total activation is larger for familiar inputs, and the binarised pattern keeps the class.")
 
     def shape(self, h):
-        mask = top_k_mask(h, self.percentile)
-        k = mask.sum(axis=1, keepdims=True)
-        return np.where(mask, h.sum(axis=1, keepdims=True) / k, 0.0)
+        return ash_binarise(h, self.percentile)
 
 
 @register
@@ -128,9 +153,7 @@ class ASHS(_ASH):
                  "inputs keep most of their activation in the top units, unfamiliar ones spread it out.")
 
     def shape(self, h):
-        pruned = np.where(top_k_mask(h, self.percentile), h, 0.0)
-        ratio = _sum_ratio(h.sum(axis=1), pruned.sum(axis=1))
-        return pruned * np.exp(ratio)[:, None]
+        return ash_scale(h, self.percentile)
 
 
 @register
@@ -192,8 +215,8 @@ class DICE(Detector):
 
     def _fit(self, ctx):
         w = ctx.model.head_weight
-        contrib = np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0)[None, :] * w
-        self.mask_ = contrib > np.percentile(contrib, self.sparsity)
+        contrib = dice_contribution(np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0), w)
+        self.mask_ = dice_mask(contrib, self.sparsity)
         self.weight_ = w * self.mask_
         self.bias_ = ctx.model.head_bias
 
