@@ -168,7 +168,7 @@ def run(args) -> int:
                 print(f"[seed {seed}] epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}{acc}", file=sys.stderr)
 
         exp = pipeline.prepare(spec, progress=progress, cache_dir=args.cache_dir, device=args.device)
-        rows, scores = pipeline.evaluate(exp, detectors)
+        rows, scores = pipeline.evaluate(exp, detectors, all_splits=bool(args.save_scores))
         accs.append(exp.id_accuracy)
         if not args.quiet:
             print(f"[seed {seed}] model {'from cache' if exp.training.from_cache else 'trained'}, "

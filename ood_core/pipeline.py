@@ -136,11 +136,13 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
 
 def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
              params: Optional[Mapping[str, Mapping]] = None,
-             on_progress: Optional[Callable[[int, int, str], None]] = None) -> tuple[list[dict], dict[str, dict]]:
+             on_progress: Optional[Callable[[int, int, str], None]] = None,
+             all_splits: bool = False) -> tuple[list[dict], dict[str, dict]]:
     """Score every detector on ID test and every OOD set; one detector failing never stops the others.
 
     Returns (rows, scores): rows are dicts with detector, ood_set, the metrics (fractions) and `error`
-    (None or a message); scores[detector][split] are the score arrays (train, val, test, OOD sets).
+    (None or a message); scores[detector][split] are the score arrays of ID test and the OOD sets, plus
+    train and val when `all_splits` (for exporting them; the metrics never need them).
     """
     names = resolve_detectors(detector_names, exp)
     params = params or {}
@@ -156,7 +158,7 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
         t0 = time.perf_counter()
         try:
             det = exp.fit_detector(name, params.get(name))
-            sc = exp.score(det, ["train", "val", "test", *exp.ood_names])
+            sc = exp.score(det, [*(("train", "val") if all_splits else ()), "test", *exp.ood_names])
             bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))]
             if bad:
                 raise FloatingPointError(f"non-finite scores on {', '.join(bad)}")

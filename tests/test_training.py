@@ -260,7 +260,8 @@ def test_evaluate_all_detectors(fast_experiment):
     # only methods that need a one-class model's own score do not apply to a classifier
     assert set(not_applicable) <= {n for n, c in REGISTRY.items() if "model_score" in c.needs}
     params = {n: p for n, p in CHEAP.items() if n in REGISTRY}
-    rows, scores = pipeline.evaluate(exp, "all", params)  # "all" = every detector that applies
+    # "all" = every detector that applies; all_splits: also the train and val scores (what --save-scores writes)
+    rows, scores = pipeline.evaluate(exp, "all", params, all_splits=True)
     assert len(rows) == len(names) * len(exp.ood_names)
     assert {(r["detector"], r["ood_set"]) for r in rows} == {(n, o) for n in names for o in exp.ood_names}
     for r in rows:
