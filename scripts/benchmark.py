@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +110,12 @@ def vm_hwm_mib(pid: int) -> float:
     return float("nan")
 
 
-def time_make_run_to_scores(cache: str, visit_all: bool = False) -> tuple[float, float]:
-    """Seconds from launching `make run` to a plotly chart drawn on the Scores page; and the app's peak RSS (MiB)."""
+@contextmanager
+def app_on_scores(cache: str):
+    """`make run` on a free port with `cache` as model cache, a Chromium page on /scores with its histogram drawn.
+
+    Yields (page, port, seconds from launching `make run` to the histogram); stops the server afterwards.
+    """
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -132,16 +137,21 @@ def time_make_run_to_scores(cache: str, visit_all: bool = False) -> tuple[float,
                         raise
                     time.sleep(0.2)
             # the histogram's legend names the ID set (the live training curve is a plotly chart too)
-            page.locator(".js-plotly-plot .legendtext", has_text="ID (test)").first.wait_for(timeout=120_000)
-            elapsed = time.perf_counter() - t0
-            if visit_all:
-                page.goto(f"http://localhost:{port}/", timeout=30_000)
-                page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+            page.locator(".js-plotly-plot .legendtext", has_text="ID (test)").first.wait_for(timeout=180_000)
+            yield page, port, time.perf_counter() - t0
             browser.close()
-        rss = max((vm_hwm_mib(pid) for pid in app_pids(port)), default=float("nan"))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def time_make_run_to_scores(cache: str, visit_all: bool = False) -> tuple[float, float]:
+    """Seconds from launching `make run` to the Scores histogram drawn; and the app's peak RSS (MiB)."""
+    with app_on_scores(cache) as (page, port, elapsed):
+        if visit_all:
+            page.goto(f"http://localhost:{port}/", timeout=30_000)
+            page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+        rss = max((vm_hwm_mib(pid) for pid in app_pids(port)), default=float("nan"))
     return elapsed, rss
 
 
@@ -154,28 +164,10 @@ SWITCH_TARGETS = {  # sidebar link text -> what is on that page once drawn
 
 def bench_page_switch(rounds: int = 2) -> dict:
     """Seconds from clicking a page in the sidebar to its content drawn, warm caches (second round onwards)."""
-    from playwright.sync_api import sync_playwright
-
-    port = free_port()
     cache = tempfile.mkdtemp(prefix="ood-bench-switch-")
-    env = dict(os.environ, OOD_EXPLORER_CACHE=cache)
-    proc = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     times: dict[str, list[float]] = {k: [] for k in SWITCH_TARGETS}
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            deadline = time.time() + 120
-            while True:
-                try:
-                    page.goto(f"http://localhost:{port}/scores", timeout=5000)
-                    break
-                except Exception:
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(0.2)
-            page.locator(".js-plotly-plot .legendtext", has_text="ID (test)").first.wait_for(timeout=180_000)
+        with app_on_scores(cache) as (page, _, _):
             for r in range(rounds + 1):  # round 0 warms every page's caches
                 for link, selector in SWITCH_TARGETS.items():
                     t0 = time.perf_counter()
@@ -188,10 +180,7 @@ def bench_page_switch(rounds: int = 2) -> dict:
                                            timeout=120_000)
                     if r:
                         times[link].append(time.perf_counter() - t0)
-            browser.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
         shutil.rmtree(cache, ignore_errors=True)
     return {k: statistics.median(v) for k, v in times.items()}
 
