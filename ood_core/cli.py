@@ -82,7 +82,8 @@ def run_osr(args, base: Spec) -> int:
     from . import protocols
 
     base = base.replace(setting="osr", known_classes=args.known)
-    res = protocols.run_osr(base, args.splits, args.detectors, cache_dir=args.cache_dir, device=args.device,
+    synthetic = parse_synthetic(args.synthetic)
+    res = protocols.run_osr(base, args.splits, args.detectors, synthetic, cache_dir=args.cache_dir, device=args.device,
                             on_progress=None if args.quiet else _stderr_progress)
     summ = protocols.summarise_by(res.rows, ("detector", "ood_set"), ("auroc", "fpr95", "oscr", "aupr_in", "aupr_out"))
     accs = np.array(res.accuracies, dtype=float)
@@ -93,6 +94,9 @@ def run_osr(args, base: Spec) -> int:
         if s["ood_set"] == "unknown":
             print(f"| {s['detector']} | {_pct(s['auroc_mean'], s['auroc_std'], s['n'])} | "
                   f"{_pct(s['fpr95_mean'], s['fpr95_std'], s['n'])} | {_pct(s['oscr_mean'], s['oscr_std'], s['n'])} |")
+    if synthetic:
+        print(synthetic_table(summ, "detector", synthetic))
+    print(f"\n({res.seconds:.1f} s)")
     if args.json:
         _write_json(args.json, res.as_json(base, {"splits": args.splits, "summary": summ}))
     return 0
@@ -103,9 +107,10 @@ def run_one_class(args, base: Spec) -> int:
 
     classes = None if args.normal_class is None else [args.normal_class]
     cb = None if args.quiet else _stderr_progress
+    synthetic = parse_synthetic(args.synthetic)
     if args.setting == "ad" and args.curve:
-        res = protocols.contamination_curve(base, classes=classes, cache_dir=args.cache_dir, device=args.device,
-                                            on_progress=cb)
+        res = protocols.contamination_curve(base, classes=classes, methods=protocols.ONE_CLASS_METHODS,
+                                            cache_dir=args.cache_dir, device=args.device, on_progress=cb)
         summ = protocols.summarise_by(res.rows, ("method", "contamination"))
         ratios = sorted({r["contamination"] for r in res.rows})
         print("Mean AUROC (%) over normal classes, by contamination ratio\n")
@@ -114,11 +119,14 @@ def run_one_class(args, base: Spec) -> int:
         for m in dict.fromkeys(r["method"] for r in res.rows):
             print(f"| {m} | " + " | ".join(_pct(by[(m, r)]["auroc_mean"], 0, 1) for r in ratios) + " |")
     else:
-        res = protocols.run_one_class(base, args.setting, base.contamination, classes, cache_dir=args.cache_dir,
-                                      device=args.device, on_progress=cb)
-        summ = protocols.summarise_by(res.rows, ("method",))
-        per = {(r["method"], r["normal_class"]): r for r in res.rows}
-        cls = sorted({r["normal_class"] for r in res.rows})
+        res = protocols.run_one_class(base, args.setting, base.contamination, classes, protocols.ONE_CLASS_METHODS,
+                                      synthetic=synthetic,
+                                      cache_dir=args.cache_dir, device=args.device, on_progress=cb)
+        target = "novel" if args.setting == "nd" else "anomalous"
+        own = [r for r in res.rows if r["ood_set"] == target]
+        summ = protocols.summarise_by(own, ("method",))
+        per = {(r["method"], r["normal_class"]): r for r in own}
+        cls = sorted({r["normal_class"] for r in own})
         what = "novelty detection" if args.setting == "nd" else f"anomaly detection, {100 * base.contamination:.0f}% contamination"
         print(f"One-vs-all {what} on {base.dataset}: AUROC (%) per normal class\n")
         print("| method | " + " | ".join(map(str, cls)) + " | mean ± std |\n|---|" + "---|" * (len(cls) + 1))
@@ -126,10 +134,40 @@ def run_one_class(args, base: Spec) -> int:
             cells = [("error" if per[(s["method"], c)]["auroc"] is None else f"{100 * per[(s['method'], c)]['auroc']:.1f}")
                      for c in cls]
             print(f"| {s['method']} | " + " | ".join(cells) + f" | {_pct(s['auroc_mean'], s['auroc_std'], 2)} |")
+        if synthetic:
+            summ = protocols.summarise_by(res.rows, ("method", "ood_set"))
+            print(synthetic_table(summ, "method", synthetic))
     print(f"\n({res.seconds:.1f} s)")
     if args.json:
         _write_json(args.json, res.as_json(base, {"summary": summ}))
     return 0
+
+
+def parse_synthetic(text: str) -> tuple[str, ...]:
+    """--synthetic: '' (none), 'all', or a comma-separated list of synthetic / transformed OOD set names."""
+    from .data import DEFAULT_OOD_SETS, OOD_SETS
+
+    text = (text or "").strip()
+    if text == "all":
+        return tuple(DEFAULT_OOD_SETS)
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in OOD_SETS]
+    if unknown:
+        raise ValueError(f"unknown OOD set(s) {', '.join(unknown)} for --synthetic; available: {', '.join(OOD_SETS)}")
+    return names
+
+
+def synthetic_table(summary: list[dict], by: str, sets: tuple[str, ...]) -> str:
+    """Mean AUROC (%) of each method on each synthetic / transformed set, from a summary by (by, ood_set)."""
+    cell = {(s[by], s["ood_set"]): s for s in summary}
+    lines = ["\nAUROC (%) on the synthetic and transformed OOD sets (mean over "
+             + ("splits" if by == "detector" else "normal classes") + ")\n",
+             f"| {by} | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for name in dict.fromkeys(s[by] for s in summary):
+        cells = [cell.get((name, o)) for o in sets]
+        lines.append(f"| {name} | " + " | ".join(
+            "–" if c is None or c["auroc_mean"] is None else f"{100 * c['auroc_mean']:.1f}" for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def _stderr_progress(frac: float, msg: str) -> None:
@@ -215,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--contamination", type=float, default=0.05, help="AD: contamination ratio in [0, 0.5)")
     r.add_argument("--normal-class", type=int, default=None, help="ND/AD: only this normal class (default: all)")
     r.add_argument("--curve", action="store_true", help="AD: the whole contamination curve 0-20%%")
+    r.add_argument("--synthetic", default="",
+                   help="OSR/ND/AD: also score these synthetic or transformed OOD sets ('all' or a comma-separated "
+                        "list; default none: the protocols' own unknowns only)")
     r.add_argument("--json", help="write the results as JSON here")
     r.add_argument("--save-outputs", help="folder for one .npz per split (logits, features, labels)")
     r.add_argument("--save-scores", help="folder for one .npz per detector (one array per split)")

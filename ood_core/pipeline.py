@@ -95,10 +95,15 @@ def compute_outputs(model, bench: Benchmark, device: str = "cpu") -> dict[str, O
 
 
 def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, cache_dir: Path | str | None = None,
-            device: Optional[str] = None, retrain: bool = False, model=None) -> Experiment:
-    """Build the benchmark, get the model (cache, training, or the user's `model`) and run inference once."""
+            device: Optional[str] = None, retrain: bool = False, model=None,
+            ood_sets: Optional[Iterable[str]] = None) -> Experiment:
+    """Build the benchmark, get the model (cache, training, or the user's `model`) and run inference once.
+
+    `ood_sets`: the synthetic and transformed OOD sets to build (default: all of them). The setting's own
+    test set ("unknown" in OSR, "novel"/"anomalous" in ND/AD) is always there; `ood_sets=()` keeps it alone.
+    """
     device = device or default_device()
-    bench = build_benchmark(spec)
+    bench = build_benchmark(spec) if ood_sets is None else build_benchmark(spec, tuple(ood_sets))
     if model is not None:
         training = TrainResult(model.eval(), [], 0.0, True)
     else:

@@ -70,46 +70,53 @@ def _progress(cb: Optional[ProgressFn], frac: float, msg: str) -> None:
 
 
 def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
-            ood_sets: Optional[Iterable[str]] = None, cache_dir=None, device: Optional[str] = None,
+            synthetic: Iterable[str] = (), cache_dir=None, device: Optional[str] = None,
             on_progress: Optional[ProgressFn] = None) -> ProtocolResult:
-    """K known of N classes, `splits` random splits (split i uses seed base.seed + i). Rows gain `split`."""
+    """K known of N classes, `splits` random splits (split i uses seed base.seed + i). Rows gain `split`.
+
+    The test unknowns are the other classes of the dataset (OOD set "unknown"); `synthetic` names the
+    synthetic and transformed OOD sets to score as well (none by default: the protocol does not need them,
+    and every set adds a forward pass per split and per network-running detector).
+    """
     if splits < 1:
         raise ValueError("the number of OSR splits must be at least 1")
+    synthetic = tuple(synthetic)
     t0 = time.perf_counter()
     rows, accs = [], []
     for i in range(splits):
         spec = base.replace(setting="osr", seed=base.seed + i)
         _progress(on_progress, i / splits, f"split {i + 1}/{splits}: model")
-        exp = prepare(spec, cache_dir=cache_dir, device=device)
+        exp = prepare(spec, cache_dir=cache_dir, device=device, ood_sets=synthetic)
+        _progress(on_progress, (i + 0.5) / splits, f"split {i + 1}/{splits}: detectors")
         r, _ = evaluate(exp, detectors)
         known = exp.bench.meta["known_classes"]
         for row in r:
-            if ood_sets is None or row["ood_set"] in ood_sets:
-                row.update(split=i, seed=spec.seed, known_classes=known)
-                rows.append(row)
+            row.update(split=i, seed=spec.seed, known_classes=known)
+            rows.append(row)
         accs.append(exp.id_accuracy)
     _progress(on_progress, 1.0, "done")
     return ProtocolResult("osr", rows, accs, time.perf_counter() - t0)
 
 
 def _one_class_experiment(base: Spec, setting: str, model: str, normal_class: int, contamination: float,
-                          cache: dict, cache_dir, device) -> Experiment:
+                          cache: dict, cache_dir, device, synthetic: tuple[str, ...] = ()) -> Experiment:
     key = (model, normal_class, contamination)
     if key not in cache:
         spec = base.replace(setting=setting, model=model, normal_class=normal_class,
                             contamination=contamination if setting == "ad" else base.contamination)
-        cache[key] = prepare(spec, cache_dir=cache_dir, device=device)
+        cache[key] = prepare(spec, cache_dir=cache_dir, device=device, ood_sets=synthetic)
     return cache[key]
 
 
 def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
                   classes: Optional[Iterable[int]] = None,
-                  methods: Iterable[tuple[str, str, dict]] = ONE_CLASS_METHODS, include_synthetic: bool = False,
+                  methods: Iterable[tuple[str, str, dict]] = ONE_CLASS_METHODS, synthetic: Iterable[str] = (),
                   cache_dir=None, device: Optional[str] = None,
                   on_progress: Optional[ProgressFn] = None) -> ProtocolResult:
     """One-vs-all: each class in turn is normal; every method is scored on the novel/anomalous test set.
 
     Rows gain `normal_class`, `model`, `method` (readable label) and, in AD, `contamination`.
+    `synthetic` names synthetic and transformed OOD sets to score as well (none by default).
     """
     if setting not in ("nd", "ad"):
         raise ValueError(f"one-class protocols are 'nd' and 'ad', not {setting!r}")
@@ -121,7 +128,7 @@ def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
     if bad:
         raise ValueError(f"normal class(es) {bad} do not exist: {base.dataset} has classes 0..{n_classes - 1}")
     methods = list(methods)
-    target = "novel" if setting == "nd" else "anomalous"
+    synthetic = tuple(synthetic)
     t0 = time.perf_counter()
     rows: list[dict] = []
     for ci, c in enumerate(classes):
@@ -129,17 +136,15 @@ def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
         for mi, (model, det, params) in enumerate(methods):
             _progress(on_progress, (ci + mi / len(methods)) / len(classes),
                       f"normal class {c}: {method_label(model, det, params)}")
-            exp = _one_class_experiment(base, setting, model, c, contamination, cache, cache_dir, device)
+            exp = _one_class_experiment(base, setting, model, c, contamination, cache, cache_dir, device, synthetic)
             if det not in detectors_for(setting, model, exp.bench.num_classes):
                 raise ValueError(f"{det} does not apply to model {model} in setting {setting}")
             r, _ = evaluate(exp, [det], {det: params})
             for row in r:
-                if row["ood_set"] == target or include_synthetic:
-                    row.update(normal_class=c, model=model, method=method_label(model, det, params),
-                               params=dict(params))
-                    if setting == "ad":
-                        row["contamination"] = float(contamination)
-                    rows.append(row)
+                row.update(normal_class=c, model=model, method=method_label(model, det, params), params=dict(params))
+                if setting == "ad":
+                    row["contamination"] = float(contamination)
+                rows.append(row)
     _progress(on_progress, 1.0, "done")
     return ProtocolResult(setting, rows, [], time.perf_counter() - t0)
 
