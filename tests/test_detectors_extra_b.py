@@ -406,7 +406,7 @@ def test_classic_detectors_equal_negated_sklearn(toy, l2):
     x_tr, x_q = sc.transform(prep(ctx.train.features)), sc.transform(prep(q.features))
     ref = {
         "ocsvm": -OneClassSVM(nu=0.1, gamma="scale").fit(x_tr).decision_function(x_q),
-        "iforest": -IsolationForest(n_estimators=200, random_state=0).fit(x_tr).score_samples(x_q),
+        "iforest": -IsolationForest(n_estimators=100, random_state=0).fit(x_tr).score_samples(x_q),
         "lof": -LocalOutlierFactor(n_neighbors=20, novelty=True).fit(x_tr).score_samples(x_q),
     }
     for name, r in ref.items():

@@ -72,8 +72,8 @@ class IsolationForestDetector(_SklearnOnFeatures):
                  "ID cloud need many. A short average path means unfamiliar.")
     reference = "Liu, Ting & Zhou, Isolation Forest, ICDM 2008"
     params = {
-        "n_estimators": Param(200, 10, 2000, "log", kind="int", sweep=(50, 100, 200, 500),
-                              help="number of trees (seeded by the experiment seed)"),
+        "n_estimators": Param(100, 10, 2000, "log", kind="int", sweep=(50, 100, 200, 500),
+                              help="number of trees, seeded by the experiment seed (paper and scikit-learn: 100)"),
         "l2_normalise": _L2,
     }
 
