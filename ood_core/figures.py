@@ -73,6 +73,30 @@ def pr_figure(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray], title
     return fig
 
 
+def oscr_figure(id_scores: np.ndarray, id_correct: np.ndarray, ood_scores: Mapping[str, np.ndarray],
+                title: str = "Open-set classification rate (OSCR)") -> go.Figure:
+    """CCR against FPR (Dhamija et al. 2018) per unknown set, with the closed-set accuracy as the ceiling.
+
+    A known test image counts towards CCR when it is accepted (score <= threshold) and correctly classified.
+    """
+    correct = np.asarray(id_correct, dtype=bool)
+    acc = float(correct.mean()) if len(correct) else 0.0
+    fig = go.Figure()
+    for i, (name, s) in enumerate(ood_scores.items()):
+        fpr, ccr = metrics.oscr_curve(id_scores, correct, s)
+        area = metrics.oscr(id_scores, correct, s)
+        fig.add_trace(go.Scatter(x=fpr, y=ccr, mode="lines", line=dict(color=OOD_COLOURS[i % len(OOD_COLOURS)]),
+                                 name=f"{name} (OSCR {100 * area:.1f}%)", line_shape="hv",
+                                 hovertemplate="unknowns accepted %{x:.1%}<br>known correct and accepted %{y:.1%}"))
+    fig.add_hline(y=acc, line_dash="dot", line_color="grey",
+                  annotation_text=f"closed-set accuracy {100 * acc:.1f}% (the ceiling)", annotation_position="top left")
+    fig.update_layout(title=title, xaxis_title="false positive rate (unknowns accepted as known)",
+                      yaxis_title="correct classification rate (known: accepted and right)",
+                      xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.1]), legend=dict(orientation="h", y=-0.25),
+                      margin=dict(t=50, b=10))
+    return fig
+
+
 def training_curve(history: list[dict]) -> go.Figure:
     """Loss (left axis) and train / validation accuracy (right axis) per epoch."""
     ep = [h["epoch"] for h in history]

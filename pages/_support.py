@@ -36,6 +36,7 @@ METRIC_COLUMNS = {  # metric key -> column label; arrows say which direction is 
     "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑", "aupr_out": "AUPR-Out ↑", "fpr95": "FPR@95TPR ↓",
     "detection_error": "Detection error ↓",
 }
+OSCR_COLUMN = "OSCR ↑"  # open-set recognition only
 
 # one lock per spec key, so two sessions never train the same model at the same time
 _TRAIN_LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -204,7 +205,7 @@ def _train_with_progress(spec: Spec, retrain: bool) -> tuple[Experiment, str]:
                           + (" · running the model on every split…" if done else ""))
         chart.plotly_chart(figures.training_curve(history), key=f"training-curve-live-{p.epoch}")
 
-    lock = _TRAIN_LOCKS[key]
+    lock = training_lock(spec)
     if lock.locked():
         bar.progress(0.0, text="another session is training this model right now; waiting for it…")
     with lock:
@@ -217,6 +218,11 @@ def _train_with_progress(spec: Spec, retrain: bool) -> tuple[Experiment, str]:
             source = "trained just now"
     box.empty()
     return exp, source
+
+
+def training_lock(spec: Spec) -> threading.Lock:
+    """The lock every page holds while it trains (or waits for) the model of `spec`: one training per model."""
+    return _TRAIN_LOCKS[spec.key()]
 
 
 # --- an uploaded model ------------------------------------------------------------------------------
@@ -298,17 +304,22 @@ def detector_scores(exp: Experiment, name: str, params: Mapping[str, Any]) -> tu
     return scores, None
 
 
-def metrics_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """One row per OOD set, the five detection metrics in percent (from ood_core.metrics)."""
-    rows = {name: {METRIC_COLUMNS[k]: 100 * v for k, v in metrics.all_metrics(id_scores, s).as_dict().items()}
-            for name, s in ood_scores.items()}
+def metrics_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
+                  id_correct: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """One row per OOD set, the five detection metrics in percent (from ood_core.metrics); with `id_correct`
+    (open-set recognition: which known test images the classifier gets right) an OSCR column too."""
+    rows = {}
+    for name, s in ood_scores.items():
+        rows[name] = {METRIC_COLUMNS[k]: 100 * v for k, v in metrics.all_metrics(id_scores, s).as_dict().items()}
+        if id_correct is not None:
+            rows[name][OSCR_COLUMN] = 100 * metrics.oscr(id_scores, id_correct, s)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def metric_column_config() -> dict:
     """Column formats with the metric definitions as header tooltips."""
     cfg = {label: st.column_config.NumberColumn(label, help=metrics.DEFINITIONS[k], format="%.1f %%")
-           for k, label in METRIC_COLUMNS.items()}
+           for k, label in {**METRIC_COLUMNS, "oscr": OSCR_COLUMN}.items()}
     cfg["_index"] = st.column_config.TextColumn("OOD set")
     return cfg
 

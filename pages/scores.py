@@ -103,10 +103,14 @@ def main() -> None:
         return
     id_scores, ood = scores["test"], {s: scores[s] for s in sets}
 
+    osr = exp.spec.setting == "osr"
+    id_correct = exp.outputs["test"].logits.argmax(axis=1) == exp.outputs["test"].labels if osr else None
     m1, m2 = st.columns([1.4, 5])
     acc = ui.id_accuracy(exp)
-    m1.metric("ID test accuracy", "—" if acc is None else f"{acc:.1%}", help=metrics.DEFINITIONS["id_accuracy"])
-    table = ui.metrics_frame(id_scores, ood)
+    m1.metric("Closed-set accuracy" if osr else "ID test accuracy", "—" if acc is None else f"{acc:.1%}",
+              help=metrics.DEFINITIONS["id_accuracy"] + (" In open-set recognition: on the known classes only, "
+                                                          "the ceiling of OSCR." if osr else ""))
+    table = ui.metrics_frame(id_scores, ood, id_correct)
     m2.dataframe(table, column_config=ui.metric_column_config())
     st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
     below_chance = table.index[table[ui.METRIC_COLUMNS["auroc"]] < 50].tolist()
@@ -130,6 +134,16 @@ def main() -> None:
         st.plotly_chart(figures.roc_figure(id_scores, ood), width="stretch")
     with r2:
         st.plotly_chart(figures.pr_figure(id_scores, ood), width="stretch")
+    if osr:
+        o1, o2 = st.columns([3, 2])
+        with o1:
+            st.plotly_chart(figures.oscr_figure(id_scores, id_correct, ood), width="stretch", key="scores-oscr")
+        with o2:
+            st.markdown("**Open-set classification rate.** An open-set recogniser must both reject the unknown "
+                        "classes and classify the known ones. As the threshold rises, the curve counts the known "
+                        "test images that are accepted *and* correctly classified (CCR) against the unknowns "
+                        "accepted (FPR). Its area is OSCR (Dhamija et al., NeurIPS 2018); it can never exceed the "
+                        "closed-set accuracy, so a better classifier raises it even with the same detector.")
 
 
 main()

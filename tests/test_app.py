@@ -180,6 +180,35 @@ def test_scores_page_metrics_match_the_library_and_have_tooltips(scores, default
     assert kept + flagged == len(sc["test"]) and kept / (kept + flagged) >= 0.95
 
 
+def test_open_set_recognition_adds_oscr_to_the_table_and_draws_its_curve(default_experiment):
+    from ood_core import pipeline
+    from ood_core.spec import TrainConfig
+
+    spec = Spec(setting="osr", training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/scores.py").run()
+    no_exception(at)
+    assert at.multiselect(key="scores-sets").value == ["unknown", "rotated"]
+    exp = pipeline.prepare(spec, device="cpu")  # cached by the app's run
+    sc = exp.score(exp.fit_detector("msp"))
+    correct = exp.outputs["test"].logits.argmax(1) == exp.outputs["test"].labels
+    table = at.dataframe[0].value
+    for ood in ("unknown", "rotated"):
+        assert table.loc[ood, "OSCR ↑"] == pytest.approx(100 * metrics.oscr(sc["test"], correct, sc[ood]))
+        assert table.loc[ood, "OSCR ↑"] <= 100 * correct.mean() + 1e-9
+    oscr_fig = next(f for f in figures_of(at) if f["layout"]["title"]["text"].startswith("Open-set classification"))
+    assert [n.split(" (")[0] for _, n in traces(oscr_fig)] == ["unknown", "rotated"]
+    ceiling = [s for s in oscr_fig["layout"]["shapes"] if s["y0"] == s["y1"]]
+    assert ceiling and ceiling[0]["y0"] == pytest.approx(correct.mean())  # the closed-set accuracy line
+    assert ui.OSCR_COLUMN in ui.metric_column_config()
+
+
+def test_outside_open_set_recognition_there_is_no_oscr(scores):
+    assert "OSCR ↑" not in scores.dataframe[0].value.columns
+    assert not any(f["layout"]["title"]["text"].startswith("Open-set") for f in figures_of(scores))
+
+
 def test_changing_a_parameter_rescores(scores, default_experiment):
     scores.selectbox(key="scores-detector").set_value("energy").run()
     no_exception(scores)

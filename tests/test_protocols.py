@@ -45,6 +45,18 @@ def test_oscr_rejects_a_mismatched_correct_vector():
         metrics.oscr([0.1, 0.2], [True], [0.3])
 
 
+def test_oscr_figure_ends_at_the_closed_set_accuracy_and_draws_it_as_the_ceiling():
+    from ood_core import figures
+
+    correct = np.array([True, False, True, True])
+    fig = figures.oscr_figure([0.1, 0.2, 0.3, 0.4], correct, {"unknown": np.array([0.25, 0.5])})
+    (trace,) = fig.data
+    assert trace.name == "unknown (OSCR 50.0%)"
+    assert list(trace.x) == [0, 0, 0, 0.5, 0.5, 0.5, 1] and trace.y[-1] == 0.75  # every known accepted: the accuracy
+    (line,) = fig.layout.shapes
+    assert line.y0 == line.y1 == 0.75
+
+
 # --- OSR ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
