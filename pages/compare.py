@@ -110,7 +110,8 @@ def run_multi_seed(exp, names: list[str], seeds: list[int]) -> dict:
             bar((i + 0.6 * p.epoch / p.epochs) / len(seeds),
                 f"seed {seed}: training epoch {p.epoch}/{p.epochs} · validation accuracy {p.val_accuracy:.1%}")
 
-        return pipeline.prepare(spec.with_seed(seed), progress=on_epoch)
+        with ui.training_lock(spec.with_seed(seed)):  # never train a model another session is training
+            return pipeline.prepare(spec.with_seed(seed), progress=on_epoch)
 
     t0 = time.perf_counter()
     rows, accs = compare.run_seeds(get_experiment, seeds, names, on_progress=bar)
