@@ -6,6 +6,8 @@ Each protocol runs once "cold" (a fresh, empty model cache: every model is train
 `--warm-repeats` times with the models cached (median reported). Every run is a fresh
 `python -m ood_core run ...` process, so import time counts, as it does for a user.
 Targets (issue 4, 2 CPU cores): each full protocol <= 180 s cold and <= 20 s with the models cached.
+"curve" is the AD protocol at each of the 5 contamination ratios 0-20% in one command, so its time is
+also given per ratio and the targets are checked per ratio (5 protocols, 5 x the target in all).
 The headline numbers come from the cold run's JSON (mean ± std over splits or normal classes, in %).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ PROTOCOLS = {
     "curve": ["--setting", "ad", "--curve"],
 }
 TARGET_COLD, TARGET_WARM = 180.0, 20.0
+PROTOCOLS_PER_RUN = {"curve": 5}  # the curve runs the AD protocol once per ratio (protocols.contamination_curve)
 
 
 def run_cli(args: list[str], cache: str, out: str) -> float:
@@ -86,11 +89,16 @@ def main() -> int:
                         "cold_s": round(cold, 1), "warm_median_s": round(statistics.median(warm), 1) if warm else None,
                         "warm_s": [round(w, 1) for w in warm], **headline(name, doc)}
         r = report[name]
-        ok = r["cold_s"] <= TARGET_COLD and (r["warm_median_s"] is None or r["warm_median_s"] <= TARGET_WARM)
-        print(f"{name}: cold {r['cold_s']} s, warm median {r['warm_median_s']} s {r['warm_s']} "
-              f"(targets {TARGET_COLD:.0f} / {TARGET_WARM:.0f} s: {'met' if ok else 'NOT met'})", flush=True)
+        k = PROTOCOLS_PER_RUN.get(name, 1)
+        r["protocols"] = k
+        ok = r["cold_s"] <= k * TARGET_COLD and (r["warm_median_s"] is None or r["warm_median_s"] <= k * TARGET_WARM)
+        per = (f"; per protocol {r['cold_s'] / k:.1f} s cold, {(r['warm_median_s'] or 0) / k:.1f} s warm" if k > 1
+               else "")
+        print(f"{name}: cold {r['cold_s']} s, warm median {r['warm_median_s']} s {r['warm_s']}{per} "
+              f"(targets per protocol {TARGET_COLD:.0f} / {TARGET_WARM:.0f} s: {'met' if ok else 'NOT met'})",
+              flush=True)
         print("   " + json.dumps({k: v for k, v in r.items() if k not in ("command", "cold_s", "warm_s",
-                                                                           "warm_median_s")}), flush=True)
+                                                                           "warm_median_s", "protocols")}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
