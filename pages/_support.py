@@ -438,6 +438,11 @@ def setting_lines(spec: Spec) -> list[str]:
     return lines
 
 
+def accuracy_label(spec: Spec) -> str:
+    """What the classifier's test accuracy is called in this setting (OSR: on the known classes only)."""
+    return "Closed-set accuracy" if spec.setting == "osr" else "ID test accuracy"
+
+
 def render_sidebar(slot) -> None:
     """The shared sidebar: the current experiment, read from session_state."""
     spec = current_spec()
@@ -455,7 +460,7 @@ def render_sidebar(slot) -> None:
             f"**Model:** {spec.model}" + (f" — uploaded `{user['name']}`" if user else ""),
             f"**Seed:** {spec.seed} · **Epochs:** {spec.training.epochs}",
             *setting_lines(spec),
-            f"**ID test accuracy:** {acc}",
+            f"**{accuracy_label(spec)}:** {acc}",
             f"**Model from cache:** {'yes' if info.get('from_cache') else 'no'}"
             + (f" ({info['source']})" if info.get("source") else ""),
         ]

@@ -173,7 +173,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     n_seeds = len(seeds)
     accs = [a for a in accs if a is not None]
     if accs:
-        label = "Closed-set accuracy" if osr else "ID test accuracy"
+        label = ui.accuracy_label(spec)
         value = f"{100 * np.mean(accs):.1f} %" + (f" ± {100 * np.std(accs):.1f}" if n_seeds > 1 else "")
         st.metric(label, value, help=metrics.DEFINITIONS["id_accuracy"]
                   + (" In OSR: on the known classes only (the maximum of OSCR)." if osr else ""))

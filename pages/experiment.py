@@ -165,7 +165,8 @@ def main() -> None:
                 st.info(f"Reused the cached model for this setting ({source}) — ready in {seconds:.1f} s, no training needed.")
         a1, a2 = st.columns(2)
         acc = ui.id_accuracy(exp)
-        a1.metric("ID test accuracy", "—" if acc is None else f"{acc:.1%}", help=metrics.DEFINITIONS["id_accuracy"])
+        a1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}",
+                  help=metrics.DEFINITIONS["id_accuracy"])
         a2.metric("Images", f"{len(exp.bench.train)} / {len(exp.bench.val)} / {len(exp.bench.test)}",
                   help="ID train / validation / test split sizes; each OOD set has a fifth of the test size.")
         if exp.training.history:

@@ -107,7 +107,7 @@ def main() -> None:
     id_correct = exp.outputs["test"].logits.argmax(axis=1) == exp.outputs["test"].labels if osr else None
     m1, m2 = st.columns([1.4, 5])
     acc = ui.id_accuracy(exp)
-    m1.metric("Closed-set accuracy" if osr else "ID test accuracy", "—" if acc is None else f"{acc:.1%}",
+    m1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}",
               help=metrics.DEFINITIONS["id_accuracy"] + (" In open-set recognition: on the known classes only, "
                                                           "the ceiling of OSCR." if osr else ""))
     table = ui.metrics_frame(id_scores, ood, id_correct)

@@ -187,7 +187,11 @@ def test_open_set_recognition_adds_oscr_to_the_table_and_draws_its_curve(default
     spec = Spec(setting="osr", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/scores.py").run()
+    at.run()
+    no_exception(at)
+    experiment_acc = next(m for m in at.metric if m.label == "Closed-set accuracy").value  # known classes only
+    assert f"**Closed-set accuracy:** {experiment_acc}" in " ".join(m.value for m in at.sidebar.markdown)
+    at.switch_page("pages/scores.py").run()
     no_exception(at)
     assert at.multiselect(key="scores-sets").value == ["unknown", "rotated"]
     exp = pipeline.prepare(spec, device="cpu")  # cached by the app's run
@@ -202,6 +206,8 @@ def test_open_set_recognition_adds_oscr_to_the_table_and_draws_its_curve(default
     ceiling = [s for s in oscr_fig["layout"]["shapes"] if s["y0"] == s["y1"]]
     assert ceiling and ceiling[0]["y0"] == pytest.approx(correct.mean())  # the closed-set accuracy line
     assert ui.OSCR_COLUMN in ui.metric_column_config()
+    acc = next(m for m in at.metric if m.label == "Closed-set accuracy")
+    assert acc.value == experiment_acc and percent(acc.value) == pytest.approx(100 * correct.mean(), abs=0.05)
 
 
 def test_outside_open_set_recognition_there_is_no_oscr(scores):
