@@ -108,6 +108,8 @@ def run_one_class(args, base: Spec) -> int:
     classes = None if args.normal_class is None else [args.normal_class]
     cb = None if args.quiet else _stderr_progress
     synthetic = parse_synthetic(args.synthetic)
+    if args.curve and synthetic:
+        raise ValueError("--synthetic does not apply to --curve (the curve scores the anomalous test set only)")
     if args.setting == "ad" and args.curve:
         res = protocols.contamination_curve(base, classes=classes, methods=protocols.ONE_CLASS_METHODS,
                                             cache_dir=args.cache_dir, device=args.device, on_progress=cb)
@@ -185,6 +187,8 @@ def run(args) -> int:
     training = TrainConfig(epochs=args.epochs, regime=args.regime) if args.epochs else TrainConfig(regime=args.regime)
     base = Spec(setting=args.setting, dataset=args.dataset, training=training, seed=args.seed,
                 contamination=args.contamination if args.setting == "ad" else Spec.contamination)
+    if args.curve and args.setting != "ad":
+        raise ValueError("--curve is the anomaly-detection contamination curve: use it with --setting ad")
     if args.setting == "osr":
         return run_osr(args, base)
     if args.setting in ("nd", "ad"):

@@ -227,3 +227,13 @@ def test_synthetic_option_parses(text, expected):
 def test_synthetic_option_rejects_an_unknown_set(capsys):
     assert cli.main(["run", "--setting", "osr", "--synthetic", "gaussian,nope", "--quiet"]) == 2
     assert "unknown OOD set(s) nope for --synthetic" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--setting", "ad", "--curve", "--synthetic", "gaussian"], "--synthetic does not apply to --curve"),
+    (["run", "--setting", "nd", "--curve"], "use it with --setting ad"),
+    (["run", "--setting", "osr", "--curve"], "use it with --setting ad"),
+])
+def test_curve_options_that_do_not_fit_are_refused(argv, message, capsys):
+    assert cli.main(argv + ["--quiet"]) == 2
+    assert message in capsys.readouterr().err
