@@ -104,6 +104,18 @@ class Spec:
             d.pop("contamination")
         return d
 
+    def model_key(self) -> str:
+        """The key of the trained model: like key(), but specs that train on identical data share it.
+
+        Anomaly detection at 0% contamination trains on exactly the novelty-detection data (the normal class
+        alone), so its model is the ND one.
+        """
+        d = self.relevant_dict()
+        if self.setting == "ad" and self.contamination == 0:
+            d["setting"] = "nd"
+            d.pop("contamination")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
     def key(self) -> str:
         """A short stable hash of the relevant fields (sorted JSON, SHA-256)."""
         blob = json.dumps(self.relevant_dict(), sort_keys=True).encode()

@@ -255,3 +255,16 @@ def test_model_score_detector_through_the_pipeline(cache_dir):
     again = pipeline.prepare(spec, cache_dir=cache_dir, device="cpu")
     assert again.training.from_cache and torch.equal(again.model.c, exp.model.c)
     np.testing.assert_allclose(again.outputs["test"].extras["model_score"], exp.outputs["test"].extras["model_score"])
+
+
+def test_anomaly_detection_without_contamination_reuses_the_novelty_model(tmp_path):
+    nd = Spec(setting="nd", model="deep_svdd", normal_class=2)
+    ad0 = nd.replace(setting="ad", contamination=0.0)
+    ad5 = nd.replace(setting="ad", contamination=0.05)
+    # the same training data (the normal class alone) -> the same checkpoint; the experiments stay distinct
+    np.testing.assert_array_equal(build_benchmark(nd, ()).train.x, build_benchmark(ad0, ()).train.x)
+    assert ad0.model_key() == nd.model_key() and ad0.key() != nd.key()
+    assert checkpoint_path(ad0, tmp_path) == checkpoint_path(nd, tmp_path) != checkpoint_path(ad5, tmp_path)
+    trained = get_model(nd, build_benchmark(nd, ()), cache_dir=tmp_path)
+    again = get_model(ad0, build_benchmark(ad0, ()), cache_dir=tmp_path)
+    assert not trained.from_cache and again.from_cache and _same_weights(again.model, trained.model)

@@ -147,13 +147,13 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def checkpoint_path(spec: Spec, cache_dir: Path | str | None = None) -> Path:
-    return Path(cache_dir or DEFAULT_CACHE_DIR) / "models" / f"{spec.model}-{spec.key()}.pt"
+    return Path(cache_dir or DEFAULT_CACHE_DIR) / "models" / f"{spec.model}-{spec.model_key()}.pt"
 
 
 def save_checkpoint(path: Path, model: nn.Module, spec: Spec, history: list[dict], seconds: float) -> None:
     """Write atomically: a temp file in the same folder, fsync, then os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": model.state_dict(), "spec_key": spec.key(), "history": history, "seconds": float(seconds)}
+    payload = {"state_dict": model.state_dict(), "spec_key": spec.model_key(), "history": history, "seconds": float(seconds)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -172,7 +172,7 @@ def load_checkpoint(path: Path, spec: Spec, bench: Benchmark) -> Optional[TrainR
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("spec_key") != spec.key():
+        if payload.get("spec_key") != spec.model_key():
             return None
         model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
         model.load_state_dict(payload["state_dict"])
