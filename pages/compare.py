@@ -15,7 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from ood_core import compare, figures, metrics, pipeline, protocols
-from ood_core.data import OOD_SETS
+from ood_core.data import DATASETS, OOD_SETS
+from ood_core.data.benchmark import known_classes_for
 from ood_core.detectors import FAMILIES, REGISTRY
 from ood_core.spec import ONE_CLASS_SETTINGS
 from pages import _support as ui
@@ -24,6 +25,7 @@ TABLE_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")  # the survey's Table 
 METRIC_LABELS = compare.METRIC_LABELS
 HIGHER_IS_BETTER = compare.HIGHER_IS_BETTER
 DEFAULT_SEEDS = 3
+DEFAULT_SPLITS = 5  # OSR: the protocol's default number of random known/unknown splits (protocols.run_osr)
 RATIOS = (0.0, 0.05, 0.1, 0.15, 0.2)  # AD contamination curve, as protocols.contamination_curve's default
 BEST_STYLE = "background-color: #d7f0d2; font-weight: bold"
 ERROR_STYLE = "color: #b00020; font-style: italic"
@@ -99,7 +101,12 @@ class _Bar:
 def run_multi_seed(exp, names: list[str], seeds: list[int]) -> dict:
     """compare.run_seeds over `seeds`: the current seed is `exp`, the others are prepared (trained or loaded)."""
     spec = exp.spec
-    bar = _Bar(f"preparing seed {seeds[0]}…")
+    osr = spec.setting == "osr"
+
+    def name(seed: int) -> str:
+        return f"split {seeds.index(seed) + 1}/{len(seeds)} (seed {seed})" if osr else f"seed {seed}"
+
+    bar = _Bar(f"preparing {name(seeds[0])}…")
 
     def get_experiment(seed: int):
         if seed == spec.seed:
@@ -108,7 +115,7 @@ def run_multi_seed(exp, names: list[str], seeds: list[int]) -> dict:
 
         def on_epoch(p) -> None:
             bar((i + 0.6 * p.epoch / p.epochs) / len(seeds),
-                f"seed {seed}: training epoch {p.epoch}/{p.epochs} · validation accuracy {p.val_accuracy:.1%}")
+                f"{name(seed)}: training epoch {p.epoch}/{p.epochs} · validation accuracy {p.val_accuracy:.1%}")
 
         with ui.training_lock(spec.with_seed(seed)):  # never train a model another session is training
             return pipeline.prepare(spec.with_seed(seed), progress=on_epoch)
@@ -149,7 +156,7 @@ def results_table(labels: list[str], families: list[str], oods: list[str], value
         return pd.DataFrame(css, index=df.index, columns=oods)
 
     styled = df.style.format(fmt, subset=oods, na_rep="error").apply(styles, axis=None, subset=oods)
-    what = "standard deviation over seeds of " if stat == "std" else ""
+    what = "standard deviation over seeds (OSR: splits) of " if stat == "std" else ""
     config = {o: st.column_config.NumberColumn(
         o, help=f"{what}{METRIC_LABELS[metric]} on {o} (%): {metric_help(metric)}"
                 + (f" — {OOD_SETS[o].description}" if o in OOD_SETS else "")) for o in oods}
@@ -159,11 +166,17 @@ def results_table(labels: list[str], families: list[str], oods: list[str], value
     st.dataframe(styled, column_config=config, height=min(35 * len(df) + 42, 1400), key="compare-table")
 
 
+def unit(spec) -> str:
+    """What one more trained model is called: in OSR each seed draws its own known classes, a split."""
+    return "split" if spec.setting == "osr" else "seed"
+
+
 def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, families: list[str],
                     sets: list[str]) -> None:
     """Metric line, table, heatmap, errors and downloads of one set of result rows."""
     spec = exp.spec
     osr = spec.setting == "osr"
+    u = unit(spec)
     keep = [r for r in rows if r["detector"] in REGISTRY and REGISTRY[r["detector"]].family in families
             and r["ood_set"] in sets]
     if not keep:
@@ -183,7 +196,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     stat = "mean"
     if n_seeds > 1:
         stat = c2.radio("Table shows", ("mean", "std"), horizontal=True, key="compare-stat",
-                        format_func=lambda s: {"mean": "mean over seeds", "std": "± standard deviation"}[s])
+                        format_func=lambda s: {"mean": f"mean over {u}s", "std": "± standard deviation"}[s])
     dets, oods, mean = compare.pivot(summary, metric, "mean")
     _, _, std = compare.pivot(summary, metric, "std")
     best = best_mask(mean, metric)
@@ -193,14 +206,15 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
 
     arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
     st.markdown(f"**{METRIC_LABELS[metric]}** ({arrow}) in percent"
-                + (f", mean over seeds {', '.join(map(str, seeds))}" if n_seeds > 1 else f", seed {seeds[0]}")
+                + (f", mean over {u}s ({'seeds ' if osr else ''}{', '.join(map(str, seeds))})" if n_seeds > 1
+                   else f", seed {seeds[0]}")
                 + ". The best detector per OOD set is highlighted; click a column header to sort.")
     results_table(labels, fams, oods, std if stat == "std" else mean, best, errors, metric, stat)
 
     fig = figures.metric_heatmap(labels, oods, mean, std if n_seeds > 1 else None, best, METRIC_LABELS[metric],
                                  HIGHER_IS_BETTER[metric])
     fig.update_layout(title=f"{METRIC_LABELS[metric]} (%) — ★ best per OOD set"
-                            + (" · mean ± std over seeds" if n_seeds > 1 else ""))
+                            + (f" · mean ± std over {u}s" if n_seeds > 1 else ""))
     st.plotly_chart(fig, width="stretch", key="compare-heatmap")
 
     if errors:
@@ -216,9 +230,17 @@ def downloads(spec, rows: list[dict], summary: list[dict], seeds: list[int], acc
     # the CLI's rows: one per seed, detector and OOD set, without the timing
     results = [{**{k: v for k, v in r.items() if k != "seconds"}, "seed": r.get("seed", seeds[0])} for r in rows]
     doc = {"spec": spec.to_dict(), "seeds": seeds}
+    if spec.setting == "osr":  # as `run --setting osr --json`: rows gain the split and its known classes
+        n = len(DATASETS[spec.dataset].load(spec.image_size)[2])
+        for r in results:
+            r.update(split=seeds.index(r["seed"]), known_classes=known_classes_for(r["seed"], n, spec.known_classes))
+        doc.update(setting="osr", splits=len(seeds))
     if accs:
         doc["id_accuracy"] = float(np.mean(accs))
+        doc["id_accuracy_std"] = float(np.std(accs))
         doc["id_accuracy_per_seed"] = [float(a) for a in accs]
+        if spec.setting == "osr":
+            doc["id_accuracy_per_split"] = doc["id_accuracy_per_seed"]
     doc.update(results=results, summary=summary)
     table = pd.DataFrame([{**s, "title": REGISTRY[s["detector"]].title if s["detector"] in REGISTRY else "",
                            "family": REGISTRY[s["detector"]].family if s["detector"] in REGISTRY else "",
@@ -372,19 +394,26 @@ def main() -> None:
 
     uploaded = ui.active_user_model(spec) is not None
     s1, s2, s3 = st.columns([1, 1.3, 3], vertical_alignment="bottom")
-    n_seeds = s1.number_input("Seeds", min_value=2, max_value=10, value=DEFAULT_SEEDS, step=1, key="compare-seeds",
-                              disabled=uploaded,
-                              help=f"Seeds {spec.seed}, {spec.seed + 1}, …: each trains a fresh model of this "
-                                   "experiment (new data split, initialisation and batch order).")
+    osr = spec.setting == "osr"
+    u = unit(spec)
+    help_text = (f"Seeds {spec.seed}, {spec.seed + 1}, …: each trains a fresh model of this experiment (new data "
+                 "split, initialisation and batch order).")
+    if osr:
+        help_text = (f"The open-set protocol's random splits: split i uses seed {spec.seed} + i, which draws its own "
+                     f"{spec.known_classes} known classes (the others are the unknowns) and trains a fresh model on "
+                     "them, as `python -m ood_core run --setting osr --splits N` does.")
+    n_seeds = s1.number_input(f"{u.capitalize()}s", min_value=2, max_value=10,
+                              value=DEFAULT_SPLITS if osr else DEFAULT_SEEDS, step=1, key="compare-seeds",
+                              disabled=uploaded, help=help_text)
     seeds = list(range(spec.seed, spec.seed + int(n_seeds)))
     key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names])
-    start = s2.button(f"Start comparison over {len(seeds)} seeds", key="compare-start", type="primary",
+    start = s2.button(f"Start comparison over {len(seeds)} {u}s", key="compare-start", type="primary",
                       disabled=uploaded)
     if uploaded:
         s3.caption("Multi-seed comparison trains fresh models of the spec, so it is off while your uploaded model "
                    "is in use.")
     else:
-        s3.caption(f"Seeds {seeds[0]}–{seeds[-1]}: models not yet on disk are trained first "
+        s3.caption(f"{u.capitalize()}s {seeds[0]}–{seeds[-1]}: models not yet on disk are trained first "
                    f"({spec.training.epochs} epochs each), then every detector is scored on each.")
 
     multi = None if uploaded else _results_store().get(key)
@@ -397,7 +426,7 @@ def main() -> None:
 
     chosen = [n for n in names if REGISTRY[n].family in families]
     if multi is not None:
-        st.success(f"Mean ± std over seeds {seeds[0]}–{seeds[-1]} ({len(names)} detectors, "
+        st.success(f"Mean ± std over {unit(spec)}s {seeds[0]}–{seeds[-1]} ({len(names)} detectors, "
                    f"{multi['seconds']:.0f} s).")
         show_comparison(exp, multi["rows"], seeds, multi["accuracies"], families, sets)
     elif not chosen or not sets:

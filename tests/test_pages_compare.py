@@ -15,7 +15,7 @@ import pytest
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
-from ood_core import Spec, compare, pipeline
+from ood_core import Spec, compare, pipeline, protocols
 from ood_core.detectors import REGISTRY, Detector
 from ood_core.spec import TrainConfig
 
@@ -252,7 +252,6 @@ def test_methods_jump_button_selects_the_detector_on_the_scores_page(app):
 
 
 def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment):
-    from ood_core import protocols
 
     spec = Spec(setting="ad", model="deep_svdd", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
@@ -300,3 +299,27 @@ def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, do
     std = at.dataframe[0].value.loc[REGISTRY["energy"].title, heat["x"]].to_numpy(dtype=float)
     np.testing.assert_allclose(std, [100 * np.std([rows[j]["auroc"] for rows in per_seed])
                                      for j in range(len(heat["x"]))], atol=1e-9)
+
+
+def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default_experiment, downloads):
+    spec = Spec(setting="osr", training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/compare.py").run()
+    splits = at.number_input(key="compare-seeds")
+    assert splits.label == "Splits" and splits.value == 5 and "known classes" in splits.help
+    splits.set_value(2).run()
+    assert at.button(key="compare-start").label == "Start comparison over 2 splits"
+    at.button(key="compare-start").click().run()
+    no_exception(at)
+    assert any("over splits 0–1" in s.value for s in at.success)
+    doc = json.loads(downloads["Download JSON"])
+    assert doc["setting"] == "osr" and doc["splits"] == 2 and len(doc["id_accuracy_per_split"]) == 2
+    # the same rows as the CLI's OSR protocol: split index, its seed and its known classes
+    cli = {(r["split"], r["detector"]): r
+           for r in protocols.run_osr(spec, 2, ["msp", "max_logit"], device="cpu").rows}
+    for r in doc["results"]:
+        if r["ood_set"] == "unknown" and r["detector"] in ("msp", "max_logit"):
+            c = cli[(r["split"], r["detector"])]
+            assert r["seed"] == c["seed"] and r["known_classes"] == c["known_classes"]
+            assert r["auroc"] == pytest.approx(c["auroc"], abs=1e-12) and r["oscr"] == pytest.approx(c["oscr"], abs=1e-12)
