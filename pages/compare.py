@@ -380,7 +380,8 @@ def main() -> None:
     st.title("Compare: every detector on every OOD set")
     st.markdown("One row per detector, one column per OOD set — the layout of the survey's Table 6. The table "
                 "below comes from the current model at once; **start comparison** trains the same experiment with "
-                "more seeds (each a freshly trained model, cached on disk) and reports mean ± std, as papers do.")
+                "more seeds (each a freshly trained model, cached on disk) and reports mean ± std, as papers do. "
+                "In open-set recognition each seed is one of the protocol's random known/unknown splits.")
     exp = ui.get_experiment()
     if exp is None:
         return
