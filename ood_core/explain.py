@@ -252,6 +252,20 @@ def overlay(image, heat, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarra
 
 # --- galleries -------------------------------------------------------------------------------------
 
+ATTRIBUTION_METHODS = ("gradcam", "integrated_gradients", "guided_gradcam")
+
+
+def attribute(model: nn.Module, method: str, x, target=None, bench=None) -> np.ndarray:
+    """Heat maps (n, H, W) of `x` by one of ATTRIBUTION_METHODS (integrated gradients takes its baseline from `bench`)."""
+    if method == "gradcam":
+        return gradcam(model, x, target)
+    if method == "integrated_gradients":
+        return integrated_gradients(model, x, target, bench=bench)
+    if method == "guided_gradcam":
+        return guided_gradcam(model, x, target)
+    raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}")
+
+
 def _k(k: int) -> int:
     k = int(k)
     if k < 0:

@@ -348,6 +348,18 @@ def test_guided_gradcam_follows_the_blob():
     assert all(p.grad is None for p in model.parameters()) and model.relu.inplace
 
 
+def test_attribute_dispatches_to_each_method_and_refuses_others():
+    model, x = CornerNet(), _blob("tl")
+    np.testing.assert_array_equal(X.attribute(model, "gradcam", x, 1), X.gradcam(model, x, 1))
+    np.testing.assert_array_equal(X.attribute(model, "guided_gradcam", x, 1), X.guided_gradcam(model, x, 1))
+    bench = SimpleNamespace(mean=0.25, std=0.5)  # black (0) normalised: a baseline of -0.5
+    np.testing.assert_allclose(X.attribute(model, "integrated_gradients", x, 1, bench=bench),
+                               X.integrated_gradients(model, x, 1, baseline=-0.5), atol=1e-6)
+    assert set(X.ATTRIBUTION_METHODS) == {"gradcam", "guided_gradcam", "integrated_gradients"}
+    with pytest.raises(ValueError, match="unknown attribution method 'lime'"):
+        X.attribute(model, "lime", x)
+
+
 def test_integrated_gradients_completeness():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
