@@ -1,8 +1,9 @@
 """UI support for the OOD Explorer pages: the one module that holds Streamlit caching glue.
 
 It owns "the current experiment" (a Spec in st.session_state whose model is trained with a visible
-progress bar when no checkpoint is on disk), the cached detector scores, an uploaded user model,
-the shared sidebar, and widgets built from detector `Param`s. Numbers come from ood_core; nothing
+progress bar when no checkpoint is on disk), the cached detector scores and every page's own caches
+(Compare's rows and runs, Sensitivity's sweeps, the activation view, the embedding reducers and UMAP
+warm-up, attribution maps), an uploaded user model, the shared sidebar, and widgets built from detector `Param`s. Numbers come from ood_core; nothing
 here computes a metric or a score itself.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ood_core import Spec, figures, metrics, pipeline, settings
+from ood_core import Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, settings
 from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import checkpoint_path, load_user_model
@@ -223,6 +224,79 @@ def _train_with_progress(spec: Spec, retrain: bool) -> tuple[Experiment, str]:
 def training_lock(spec: Spec) -> threading.Lock:
     """The lock every page holds while it trains (or waits for) the model of `spec`: one training per model."""
     return _TRAIN_LOCKS[spec.key()]
+
+
+# --- the pages' own caches (string-keyed; `_exp` is never hashed) ----------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def detector_rows(exp_id: str, name: str, params_blob: str, _exp: Experiment) -> list[dict]:
+    """Compare: result rows (CLI layout) of one detector on every OOD set of one experiment; errors become rows."""
+    params = json.loads(params_blob)
+    rows, _ = pipeline.evaluate(_exp, [name], {name: params} if params else None)
+    return rows
+
+
+@st.cache_resource(show_spinner=False)
+def results_store() -> dict:
+    """Compare: finished multi-seed and protocol runs, keyed by strings and shared by all sessions."""
+    return {}
+
+
+def remember(key: str, value: dict, limit: int = 32) -> None:
+    """Keep a finished run in results_store(), forgetting the oldest beyond `limit`."""
+    store = results_store()
+    store[key] = value
+    while len(store) > limit:
+        store.pop(next(iter(store)))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def sensitivity_sweep(exp_id: str, detector: str, param: str, values_blob: str, sets_blob: str, fixed_blob: str,
+                      _exp: Experiment) -> list[dict]:
+    """Sensitivity: compare.sweep of one parameter, keyed by strings (the values, sets and the other params)."""
+    return compare.sweep(_exp, detector, param, json.loads(values_blob), json.loads(sets_blob), json.loads(fixed_blob))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def activation_view(exp_id: str, sets: tuple, _exp: Experiment):
+    """Activations: what does not depend on the percentile, once per (experiment, OOD sets)."""
+    return activation_stats.activation_view_from_experiment(_exp, list(sets), seed=_exp.spec.seed)
+
+
+def _warm_umap() -> None:
+    try:
+        embedding.warm_umap()
+    except Exception:  # only an optimisation: a real fit reports its own errors
+        pass
+
+
+@st.cache_resource(show_spinner=False)
+def umap_warmup() -> threading.Thread:
+    """Load (or compile) UMAP's numba kernels once per process, in the background, so the first map is quick."""
+    t = threading.Thread(target=_warm_umap, name="umap-warmup", daemon=True)
+    t.start()
+    return t
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def embedding_reducer(exp_id: str, space: str, method: str, seed: int, sets: tuple, max_per_set: Optional[int],
+                      _exp: Experiment):
+    """Embeddings: (frame of the fitting points, reducer) fitted on ID test + `sets`, subsampled to max_per_set."""
+    frame, X = embedding.embedding_frame(_exp, list(sets), space, max_per_set, seed)
+    return frame, embedding.fit_reducer(X, method, seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def attribution_maps(exp_id: str, method: str, split: str, indices: tuple, target: Optional[int],
+                     _exp: Experiment) -> np.ndarray:
+    """Explanations: heat maps (n, H, W) of stored images of one split, once per (experiment, method, images, target)."""
+    return explain.attribute(_exp.model, method, _exp.outputs[split].inputs[list(indices)], target, bench=_exp.bench)
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def fitted_detector(exp_id: str, name: str, params_blob: str, _exp: Experiment):
+    """Explanations: a detector fitted on the experiment's ID data, kept to score single new samples."""
+    return _exp.fit_detector(name, json.loads(params_blob))
 
 
 # --- an uploaded model ------------------------------------------------------------------------------

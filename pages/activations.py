@@ -21,12 +21,6 @@ GALLERY_K = 6
 
 # --- caching glue (page-specific) -------------------------------------------------------------------
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _view(exp_id: str, sets: tuple, _exp) -> A.ActivationView:
-    """What does not depend on the percentile, once per (experiment, OOD sets): profile, histograms, energies."""
-    return A.activation_view_from_experiment(_exp, list(sets), seed=_exp.spec.seed)
-
-
 # --- widgets ----------------------------------------------------------------------------------------
 
 def default_sets(available: list[str]) -> list[str]:
@@ -210,7 +204,7 @@ def main() -> None:
         return
     try:
         with st.spinner("Collecting activation statistics…"):
-            view = _view(ui.experiment_id(exp), tuple(sets), exp)
+            view = ui.activation_view(ui.experiment_id(exp), tuple(sets), exp)
     except Exception as e:  # e.g. a model without a linear head
         st.error(f"Could not compute the activation statistics: {ui.brief(str(e))}")
         return

@@ -43,27 +43,6 @@ NETWORK_HELP = ("These methods run the network again instead of scoring the cach
 
 # --- caching glue (candidates for pages/_support.py) ---------------------------------------------
 
-@st.cache_data(show_spinner=False, max_entries=1024)
-def _detector_rows(exp_id: str, name: str, params_blob: str, _exp) -> list[dict]:
-    """Result rows (CLI layout) of one detector on every OOD set of one experiment; errors become rows."""
-    params = json.loads(params_blob)
-    rows, _ = pipeline.evaluate(_exp, [name], {name: params} if params else None)
-    return rows
-
-
-@st.cache_resource(show_spinner=False)
-def _results_store() -> dict:
-    """Finished multi-seed and protocol runs, keyed by strings and shared by all sessions."""
-    return {}
-
-
-def _remember(key: str, value: dict, limit: int = 32) -> None:
-    store = _results_store()
-    store[key] = value
-    while len(store) > limit:  # forget the oldest
-        store.pop(next(iter(store)))
-
-
 # --- computing --------------------------------------------------------------------------------------
 
 def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
@@ -81,7 +60,7 @@ def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
     for i, name in enumerate(names):
         if bar is not None and name in todo:
             bar.progress(i / len(names), text=f"scoring with {REGISTRY[name].title} ({i + 1}/{len(names)})…")
-        rows += _detector_rows(exp_id, name, "{}", exp)
+        rows += ui.detector_rows(exp_id, name, "{}", exp)
         seen.add((exp_id, name))
     slot.empty()
     return rows, time.perf_counter() - t0, len(todo)
@@ -269,7 +248,7 @@ def protocol_run(key: str, label: str, fn: Callable) -> Optional[dict]:
         return None
     bar.bar.empty()
     out = {"rows": res.rows, "seconds": res.seconds}
-    _remember(key, out)
+    ui.remember(key, out)
     return out
 
 
@@ -299,7 +278,7 @@ def one_class_section(exp) -> None:
     if st.button("Run the one-vs-all protocol", key="compare-oc-run", type="primary"):
         protocol_run(key, "One-vs-all", lambda cb: protocols.run_one_class(
             spec, spec.setting, spec.contamination, classes, methods, on_progress=cb))
-    res = _results_store().get(key)
+    res = ui.results_store().get(key)
     if res:
         one_vs_all_table(res["rows"])
         st.caption(f"Ran in {res['seconds']:.0f} s.")
@@ -340,7 +319,7 @@ def contamination_section(spec, classes: list[int], methods: list, chosen: list[
     if st.button("Run the contamination curve", key="compare-ad-run"):
         protocol_run(key, "Contamination curve", lambda cb: protocols.contamination_curve(
             spec, ratios, classes, methods, on_progress=cb))
-    res = _results_store().get(key)
+    res = ui.results_store().get(key)
     if res:
         summary = protocols.summarise_by(res["rows"], ("method", "contamination"))
         st.plotly_chart(figures.contamination_figure(summary), width="stretch", key="compare-ad-curve")
@@ -417,11 +396,11 @@ def main() -> None:
         s3.caption(f"{u.capitalize()}s {seeds[0]}–{seeds[-1]}: models not yet on disk are trained first "
                    f"({spec.training.epochs} epochs each), then every detector is scored on each.")
 
-    multi = None if uploaded else _results_store().get(key)
+    multi = None if uploaded else ui.results_store().get(key)
     if start and not uploaded:
         try:
             multi = run_multi_seed(exp, names, seeds)
-            _remember(key, multi)
+            ui.remember(key, multi)
         except Exception as e:
             st.error(f"The multi-seed comparison failed: {ui.brief(f'{type(e).__name__}: {e}')}")
 

@@ -2,7 +2,6 @@
 OOD samples, coloured by set, class or a detector's score; select points to see the samples behind them."""
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import numpy as np
@@ -24,36 +23,6 @@ TSNE_DEFAULT_MAX = 150
 MAP_HEIGHT = 580
 MAX_IMAGES = 48  # the image grid under a selection; the table lists every selected sample
 READY_KEY = "embeddings-ready"  # session_state: reducer keys this session has already drawn
-
-
-# --- caching glue, page-specific (string-keyed; the warm-up belongs at app start, see the report) ---------
-
-def _warm() -> None:
-    try:
-        E.warm_umap()
-    except Exception:  # only an optimisation: a real fit reports its own errors
-        pass
-
-
-@st.cache_resource(show_spinner=False)
-def _umap_warmup() -> threading.Thread:
-    """Compile UMAP's numba kernels once per process, in the background, so the first map is quick."""
-    t = threading.Thread(target=_warm, name="umap-warmup", daemon=True)
-    t.start()
-    return t
-
-
-def _frame(exp, sets, space: str, max_per_set: Optional[int], seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """embedding.embedding_frame (one-class models get no prediction columns: pred -1, confidence NaN)."""
-    return E.embedding_frame(exp, sets, space, max_per_set, seed)
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _reducer(exp_id: str, space: str, method: str, seed: int, sets: tuple, max_per_set: Optional[int],
-             _exp) -> tuple[pd.DataFrame, E.Reducer]:
-    """A reducer fitted on ID test + `sets` (subsampled to max_per_set), with the frame of its fitting points."""
-    frame, X = _frame(_exp, list(sets), space, max_per_set, seed)
-    return frame, E.fit_reducer(X, method, seed)
 
 
 # --- widgets ----------------------------------------------------------------------------------------
@@ -111,10 +80,10 @@ def reducer_for(exp, exp_id: str, c: dict, sets: list[str]) -> tuple[pd.DataFram
     is looked up in that map (it does not move); t-SNE is fitted on the chosen sets, subsampled."""
     seed = exp.spec.seed
     if c["method"] == "tsne":
-        frame, red = _reducer(exp_id, c["space"], "tsne", seed, tuple(sets), c["max_per_set"], exp)
+        frame, red = ui.embedding_reducer(exp_id, c["space"], "tsne", seed, tuple(sets), c["max_per_set"], exp)
         return frame, red.embedding_
-    _, red = _reducer(exp_id, c["space"], c["method"], seed, tuple(exp.ood_names), None, exp)
-    frame, X = _frame(exp, sets, c["space"], None, seed)
+    _, red = ui.embedding_reducer(exp_id, c["space"], c["method"], seed, tuple(exp.ood_names), None, exp)
+    frame, X = E.embedding_frame(exp, sets, c["space"], None, seed)
     return frame, red.transform(X)
 
 
@@ -148,7 +117,7 @@ def draw_map(exp, exp_id: str, c: dict, sets: list[str]):
     with st.spinner(f"Computing the {what} map (the first one of an experiment takes a few seconds; "
                     "later ones are instant)…"):
         if c["method"] == "umap":
-            _umap_warmup().join()  # the numba compilation, if it is still running
+            ui.umap_warmup().join()  # the numba compilation, if it is still running
         frame, xy = reducer_for(exp, exp_id, c, sets)
     ready.add(ready_id)
     fig = make_figure(exp, frame, xy, c, c["method"])
@@ -210,7 +179,7 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
 
 
 def main() -> None:
-    _umap_warmup()
+    ui.umap_warmup()
     st.title("Embeddings: where do OOD samples land in the network's feature space?")
     st.markdown(
         "Every dot is one image. The network turns each image into a vector of **penultimate features** (the input "

@@ -33,29 +33,7 @@ IMG_W = 96
 SLOW_FAMILIES = ("gradient", "uncertainty")
 
 
-# --- caching glue (page-specific; candidates for pages/_support.py, see the report) ------------------
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def _heat(exp_id: str, method: str, split: str, indices: tuple, target: Optional[int], _exp) -> np.ndarray:
-    """Heat maps (n, H, W) of stored images of one split, once per (experiment, method, images, target)."""
-    return attribute(_exp, method, _exp.outputs[split].inputs[list(indices)], target)
-
-
-@st.cache_resource(show_spinner=False, max_entries=128)
-def _fitted(exp_id: str, name: str, params_blob: str, _exp):
-    """A detector fitted on the experiment's ID data, kept to score single new samples."""
-    return _exp.fit_detector(name, json.loads(params_blob))
-
-
 # --- library calls ----------------------------------------------------------------------------------
-
-def attribute(exp, method: str, x: np.ndarray, target: Optional[int]) -> np.ndarray:
-    if method == "gradcam":
-        return X.gradcam(exp.model, x, target)
-    if method == "integrated_gradients":
-        return X.integrated_gradients(exp.model, x, target, bench=exp.bench)
-    return X.guided_gradcam(exp.model, x, target)
-
 
 def read_upload(data, bench, invert="auto") -> tuple[Optional[X.Upload], Optional[str]]:
     """(decoded upload, None) or (None, a message for the user) for the bytes of an uploaded image."""
@@ -120,7 +98,7 @@ def explained_row(exp, samples: Samples, split: str, idx, opts: dict, extras=Non
         return
     caps = [samples.caption(split, i, extras[j] if extras else "") for j, i in enumerate(idx)]
     try:
-        heat = _heat(ui.experiment_id(exp), opts["method"], split, tuple(idx), opts["target"], exp)
+        heat = ui.attribution_maps(ui.experiment_id(exp), opts["method"], split, tuple(idx), opts["target"], exp)
     except ValueError as e:
         st.error(f"Could not explain these images: {ui.brief(str(e))}")
         return
@@ -253,7 +231,7 @@ def explain_sample(exp, x: np.ndarray, pixels: np.ndarray, label: str, opts: dic
     names = exp.bench.class_names
     c1, c2, c3 = st.columns([1.2, 1.2, 3])
     try:
-        heat = attribute(exp, opts["method"], x, opts["target"])
+        heat = X.attribute(exp.model, opts["method"], x, opts["target"], bench=exp.bench)
     except ValueError as e:
         heat = None
         st.error(f"Could not explain this image: {ui.brief(str(e))}")
@@ -289,7 +267,7 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
         scores, error = ui.detector_scores(exp, n, default_params(n))
         if error is None:
             try:
-                det = _fitted(ui.experiment_id(exp), n, json.dumps(default_params(n), sort_keys=True), exp)
+                det = ui.fitted_detector(ui.experiment_id(exp), n, json.dumps(default_params(n), sort_keys=True), exp)
                 v = np.asarray(det.score(out), dtype=np.float64)
                 if not np.all(np.isfinite(v)):
                     raise FloatingPointError("a NaN or infinite score")

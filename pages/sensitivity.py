@@ -11,7 +11,7 @@ from typing import Optional
 import plotly.graph_objects as go
 import streamlit as st
 
-from ood_core import compare, figures, metrics
+from ood_core import figures, metrics
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from pages import _support as ui
@@ -21,13 +21,6 @@ DEFAULT_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (
 
 
 # --- caching glue (a candidate for pages/_support.py) ---------------------------------------------
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def _sweep(exp_id: str, detector: str, param: str, values_blob: str, sets_blob: str, fixed_blob: str,
-           _exp) -> list[dict]:
-    """compare.sweep of one parameter, keyed by strings (the experiment's id, the values, sets and the rest)."""
-    return compare.sweep(_exp, detector, param, json.loads(values_blob), json.loads(sets_blob), json.loads(fixed_blob))
-
 
 # --- helpers --------------------------------------------------------------------------------------
 
@@ -81,7 +74,7 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
     moved = {k: v for k, v in fixed.items() if v != REGISTRY[name].params[k].default}
     with st.spinner(f"Sweeping {pname} over {len(values)} values…"):
         try:
-            rows = _sweep(ui.experiment_id(exp), name, pname, json.dumps(values), json.dumps(sets),
+            rows = ui.sensitivity_sweep(ui.experiment_id(exp), name, pname, json.dumps(values), json.dumps(sets),
                           json.dumps(fixed, sort_keys=True), exp)
         except Exception as e:  # e.g. a held value the other parameter's range rejects
             st.error(f"The sweep of {pname} failed: {ui.brief(f'{type(e).__name__}: {e}')}")
