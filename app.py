@@ -28,3 +28,4 @@ try:
     page.run()
 finally:
     ui.render_sidebar(sidebar_slot)
+    ui.umap_warmup()  # once per server process, in the background, after the first page is drawn
