@@ -263,19 +263,34 @@ def activation_view(exp_id: str, sets: tuple, _exp: Experiment):
     return activation_stats.activation_view_from_experiment(_exp, list(sets), seed=_exp.spec.seed)
 
 
-def _warm_umap() -> None:
-    try:
-        embedding.warm_umap()
-    except Exception:  # only an optimisation: a real fit reports its own errors
-        pass
+UMAP_WARMUP_DELAY_S = 5.0  # let the browser draw the first page before the warm-up takes a core
+
+
+class _UmapWarmup:
+    """A background thread that loads (or compiles) UMAP's numba kernels; `join()` makes it start at once and waits."""
+
+    def __init__(self, delay: float) -> None:
+        self._now = threading.Event()
+        self._delay = delay
+        self.thread = threading.Thread(target=self._run, name="umap-warmup", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self._now.wait(self._delay)
+        try:
+            embedding.warm_umap()
+        except Exception:  # only an optimisation: a real fit reports its own errors
+            pass
+
+    def join(self) -> None:
+        self._now.set()
+        self.thread.join()
 
 
 @st.cache_resource(show_spinner=False)
-def umap_warmup() -> threading.Thread:
-    """Load (or compile) UMAP's numba kernels once per process, in the background, so the first map is quick."""
-    t = threading.Thread(target=_warm_umap, name="umap-warmup", daemon=True)
-    t.start()
-    return t
+def umap_warmup() -> _UmapWarmup:
+    """Once per server process: warm UMAP up in the background, so the first map is quick."""
+    return _UmapWarmup(UMAP_WARMUP_DELAY_S)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -304,3 +304,18 @@ def test_linear_step_hits_the_default_and_the_sweep():
     assert decimals == 4 and step == pytest.approx(1e-4)
     pct = Param(90.0, 50.0, 99.9, sweep=(70.0, 99.0))
     assert ui.linear_step(pct) == (pytest.approx(0.1), 1)
+
+
+def test_umap_warmup_waits_its_delay_unless_someone_needs_it_now(monkeypatch):
+    import time as _time
+
+    calls = []
+    monkeypatch.setattr(ui.embedding, "warm_umap", lambda: calls.append(_time.perf_counter()))
+    w = ui._UmapWarmup(delay=60.0)
+    _time.sleep(0.2)
+    assert calls == [] and w.thread.is_alive()  # still waiting: the first page is being drawn
+    t0 = _time.perf_counter()
+    w.join()  # the Embeddings page needs UMAP now
+    assert len(calls) == 1 and calls[0] - t0 < 5.0 and not w.thread.is_alive()
+    monkeypatch.setattr(ui.embedding, "warm_umap", lambda: (_ for _ in ()).throw(RuntimeError("no numba")))
+    ui._UmapWarmup(delay=0.0).join()  # a failing warm-up is only a lost optimisation, never an error
