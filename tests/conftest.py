@@ -15,6 +15,22 @@ _CACHE = Path(tempfile.mkdtemp(prefix="ood-explorer-test-cache-"))
 os.environ["OOD_EXPLORER_CACHE"] = str(_CACHE)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small arrays: one thread (torch and BLAS) is faster, and far faster on a shared, busy machine.
+
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`; restored after the module.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     return _CACHE

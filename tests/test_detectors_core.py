@@ -13,7 +13,6 @@ from scipy.special import logsumexp as sp_logsumexp
 from scipy.special import softmax as sp_softmax
 from scipy.stats import entropy as sp_entropy
 from sklearn.covariance import EmpiricalCovariance
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ood_core import metrics
@@ -23,17 +22,7 @@ from ood_core.detectors.logits import fit_temperature
 from ood_core.inference import ModelAdapter, Outputs, run_inference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small arrays: one thread (torch and BLAS) is faster, and far faster on a shared, busy machine.
-
-    Restored after this module.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch and BLAS on one thread
 
 
 # --- a tiny real network ---------------------------------------------------------------------------

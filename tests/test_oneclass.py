@@ -20,12 +20,7 @@ SMALL = {"deep_svdd": dict(epochs=3), "autoencoder": dict(epochs=3), "geotrans":
 TRAINERS = {"deep_svdd": oc.train_deep_svdd, "autoencoder": oc.train_autoencoder, "geotrans": oc.train_geotrans}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch and BLAS on one thread
 
 
 def _spec(model: str, size: int = 8, **kw) -> Spec:

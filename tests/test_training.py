@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from ood_core import Spec, TrainConfig, metrics, pipeline
 from ood_core.data import build_benchmark
@@ -22,17 +21,7 @@ from ood_core.settings import detectors_for
 SPEC = Spec(image_size=8, training=TrainConfig(epochs=2, batch_size=256))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small arrays: one thread (torch and BLAS) is faster, and far faster on a shared, busy machine.
-
-    Restored after this module.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch and BLAS on one thread
 
 
 @pytest.fixture(scope="module")
