@@ -34,29 +34,30 @@ def list_detectors(out=None) -> None:
         out.write(f"{name:<{width}}  {cls.family:<10}  {params}\n")
 
 
-def markdown_table(summary: list[dict], detectors: list[str], ood_sets: list[str]) -> str:
-    """Detectors x OOD sets; each cell 'AUROC / FPR@95' in percent (mean ± std when several seeds)."""
-    by = {(s["detector"], s["ood_set"]): s for s in summary}
-    header = "| detector | " + " | ".join(ood_sets) + " | mean |"
+def markdown_table(summary: list[dict], names: list[str], ood_sets: list[str], by: str = "detector",
+                   metrics: tuple[str, ...] = ("auroc", "fpr95")) -> str:
+    """Rows `names` (the summary's `by` field) x OOD sets; each cell the metrics in percent joined by ' / '
+    (mean ± std when the summary averages several rows), and a last column with the mean over the sets."""
+    cell_of = {(s[by], s["ood_set"]): s for s in summary}
+    header = f"| {by} | " + " | ".join(ood_sets) + " | mean |"
     lines = [header, "|" + "---|" * (len(ood_sets) + 2)]
 
-    def cell(m_a, s_a, m_f, s_f, n) -> str:
-        if n > 1:
-            return f"{100 * m_a:.1f}±{100 * s_a:.1f} / {100 * m_f:.1f}±{100 * s_f:.1f}"
-        return f"{100 * m_a:.1f} / {100 * m_f:.1f}"
+    def cell(s) -> str:
+        if s["n"] > 1:
+            return " / ".join(f"{100 * s[m + '_mean']:.1f}±{100 * s[m + '_std']:.1f}" for m in metrics)
+        return " / ".join(f"{100 * s[m + '_mean']:.1f}" for m in metrics)
 
-    for det in detectors:
-        cells, aus, fps = [], [], []
+    for name in names:
+        cells, ok = [], []
         for ood in ood_sets:
-            s = by[(det, ood)]
-            if s["auroc_mean"] is None:
-                cells.append("error")
+            s = cell_of.get((name, ood))
+            if s is None or s["auroc_mean"] is None:
+                cells.append("error" if s is not None else "–")
                 continue
-            cells.append(cell(s["auroc_mean"], s["auroc_std"], s["fpr95_mean"], s["fpr95_std"], s["n_seeds"]))
-            aus.append(s["auroc_mean"])
-            fps.append(s["fpr95_mean"])
-        mean = f"{100 * np.mean(aus):.1f} / {100 * np.mean(fps):.1f}" if aus else "error"
-        lines.append(f"| {det} | " + " | ".join(cells) + f" | {mean} |")
+            cells.append(cell(s))
+            ok.append(s)
+        mean = " / ".join(f"{100 * np.mean([s[m + '_mean'] for s in ok]):.1f}" for m in metrics) if ok else "error"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines)
 
 
@@ -135,7 +136,7 @@ def run_one_class(args, base: Spec) -> int:
         for s in summ:
             cells = [("error" if per[(s["method"], c)]["auroc"] is None else f"{100 * per[(s['method'], c)]['auroc']:.1f}")
                      for c in cls]
-            print(f"| {s['method']} | " + " | ".join(cells) + f" | {_pct(s['auroc_mean'], s['auroc_std'], 2)} |")
+            print(f"| {s['method']} | " + " | ".join(cells) + f" | {_pct(s['auroc_mean'], s['auroc_std'], s['n'])} |")
         if synthetic:
             summ = protocols.summarise_by(res.rows, ("method", "ood_set"))
             print(synthetic_table(summ, "method", synthetic))
@@ -161,15 +162,10 @@ def parse_synthetic(text: str) -> tuple[str, ...]:
 
 def synthetic_table(summary: list[dict], by: str, sets: tuple[str, ...]) -> str:
     """Mean AUROC (%) of each method on each synthetic / transformed set, from a summary by (by, ood_set)."""
-    cell = {(s[by], s["ood_set"]): s for s in summary}
-    lines = ["\nAUROC (%) on the synthetic and transformed OOD sets (mean over "
-             + ("splits" if by == "detector" else "normal classes") + ")\n",
-             f"| {by} | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-    for name in dict.fromkeys(s[by] for s in summary):
-        cells = [cell.get((name, o)) for o in sets]
-        lines.append(f"| {name} | " + " | ".join(
-            "–" if c is None or c["auroc_mean"] is None else f"{100 * c['auroc_mean']:.1f}" for c in cells) + " |")
-    return "\n".join(lines)
+    over = "splits" if by == "detector" else "normal classes"
+    names = list(dict.fromkeys(s[by] for s in summary))
+    return (f"\nAUROC (%) on the synthetic and transformed OOD sets (mean over {over})\n\n"
+            + markdown_table(summary, names, list(sets), by, ("auroc",)))
 
 
 def _stderr_progress(frac: float, msg: str) -> None:
