@@ -60,6 +60,14 @@ class Experiment:
         return self.outputs["test"].logits.shape[1] > 0
 
     @property
+    def id_correct(self) -> Optional[np.ndarray]:
+        """Which ID test samples the classifier gets right (what OSCR counts); None for one-class models."""
+        if not self.is_classifier:
+            return None
+        test = self.outputs["test"]
+        return test.logits.argmax(axis=1) == test.labels
+
+    @property
     def id_accuracy(self) -> Optional[float]:
         """Closed-set accuracy on the ID test split; None for one-class models (nothing to classify)."""
         if not self.is_classifier:
@@ -96,14 +104,16 @@ def compute_outputs(model, bench: Benchmark, device: str = "cpu") -> dict[str, O
 
 def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, cache_dir: Path | str | None = None,
             device: Optional[str] = None, retrain: bool = False, model=None,
-            ood_sets: Optional[Iterable[str]] = None) -> Experiment:
+            ood_sets: Optional[Iterable[str]] = None, bench: Optional[Benchmark] = None) -> Experiment:
     """Build the benchmark, get the model (cache, training, or the user's `model`) and run inference once.
 
     `ood_sets`: the synthetic and transformed OOD sets to build (default: all of them). The setting's own
     test set ("unknown" in OSR, "novel"/"anomalous" in ND/AD) is always there; `ood_sets=()` keeps it alone.
+    `bench`: the spec's benchmark when the caller already built it (it does not depend on the model).
     """
     device = device or default_device()
-    bench = build_benchmark(spec) if ood_sets is None else build_benchmark(spec, tuple(ood_sets))
+    if bench is None:
+        bench = build_benchmark(spec) if ood_sets is None else build_benchmark(spec, tuple(ood_sets))
     if model is not None:
         training = TrainResult(model.eval(), [], 0.0, True)
     else:
@@ -153,8 +163,7 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
     params = params or {}
     osr = exp.spec.setting == "osr"
     if osr:
-        test = exp.outputs["test"]
-        id_correct = test.logits.argmax(axis=1) == test.labels
+        id_correct = exp.id_correct
     rows: list[dict] = []
     all_scores: dict[str, dict] = {}
     for i, name in enumerate(names):

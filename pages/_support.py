@@ -532,6 +532,12 @@ def accuracy_label(spec: Spec) -> str:
     return "Closed-set accuracy" if spec.setting == "osr" else "ID test accuracy"
 
 
+def accuracy_help(spec: Spec) -> str:
+    """The accuracy's definition, plus what it means in open-set recognition."""
+    return metrics.DEFINITIONS["id_accuracy"] + (
+        " In open-set recognition: on the known classes only, the ceiling of OSCR." if spec.setting == "osr" else "")
+
+
 def render_sidebar(slot) -> None:
     """The shared sidebar: the current experiment, read from session_state."""
     spec = current_spec()

@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from ood_core import compare, figures, metrics, pipeline, protocols
-from ood_core.data import DATASETS, OOD_SETS
+from ood_core.data import OOD_SETS
 from ood_core.data.benchmark import known_classes_for
 from ood_core.detectors import FAMILIES, REGISTRY
 from ood_core.spec import ONE_CLASS_SETTINGS
@@ -167,8 +167,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     if accs:
         label = ui.accuracy_label(spec)
         value = f"{100 * np.mean(accs):.1f} %" + (f" ± {100 * np.std(accs):.1f}" if n_seeds > 1 else "")
-        st.metric(label, value, help=metrics.DEFINITIONS["id_accuracy"]
-                  + (" In OSR: on the known classes only (the maximum of OSCR)." if osr else ""))
+        st.metric(label, value, help=ui.accuracy_help(spec))
 
     c1, c2 = st.columns([2, 1])
     metric = metric_picker(spec, c1)
@@ -201,16 +200,17 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
         with st.expander(f"Errors ({len(errors)})"):
             for lab, msg in errors.items():
                 st.markdown(f"- **{lab}**: {msg}")
-    downloads(spec, keep, summary, seeds, accs)
+    downloads(exp, keep, summary, seeds, accs)
 
 
-def downloads(spec, rows: list[dict], summary: list[dict], seeds: list[int], accs: list) -> None:
+def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs: list) -> None:
     """CSV (one line per detector and OOD set, every metric, fractions) and JSON in the CLI's layout."""
+    spec = exp.spec
     # the CLI's rows: one per seed, detector and OOD set, without the timing
     results = [{**{k: v for k, v in r.items() if k != "seconds"}, "seed": r.get("seed", seeds[0])} for r in rows]
     doc = {"spec": spec.to_dict(), "seeds": seeds}
     if spec.setting == "osr":  # as `run --setting osr --json`: rows gain the split and its known classes
-        n = len(DATASETS[spec.dataset].load(spec.image_size)[2])
+        n = exp.bench.meta["n_dataset_classes"]
         for r in results:
             r.update(split=seeds.index(r["seed"]), known_classes=known_classes_for(r["seed"], n, spec.known_classes))
         doc.update(setting="osr", splits=len(seeds))

@@ -3,7 +3,7 @@ import time
 
 import streamlit as st
 
-from ood_core import figures, metrics, settings
+from ood_core import figures, settings
 from ood_core.data import DATASETS, OOD_SETS
 from ood_core.data.auxiliary import AUX_RECIPES
 from ood_core.data.benchmark import known_classes_for
@@ -165,8 +165,7 @@ def main() -> None:
                 st.info(f"Reused the cached model for this setting ({source}) — ready in {seconds:.1f} s, no training needed.")
         a1, a2 = st.columns(2)
         acc = ui.id_accuracy(exp)
-        a1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}",
-                  help=metrics.DEFINITIONS["id_accuracy"])
+        a1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}", help=ui.accuracy_help(exp.spec))
         a2.metric("Images", f"{len(exp.bench.train)} / {len(exp.bench.val)} / {len(exp.bench.test)}",
                   help="ID train / validation / test split sizes; each OOD set has a fifth of the test size.")
         if exp.training.history:

@@ -104,12 +104,11 @@ def main() -> None:
     id_scores, ood = scores["test"], {s: scores[s] for s in sets}
 
     osr = exp.spec.setting == "osr"
-    id_correct = exp.outputs["test"].logits.argmax(axis=1) == exp.outputs["test"].labels if osr else None
+    id_correct = exp.id_correct if osr else None
     m1, m2 = st.columns([1.4, 5])
     acc = ui.id_accuracy(exp)
     m1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}",
-              help=metrics.DEFINITIONS["id_accuracy"] + (" In open-set recognition: on the known classes only, "
-                                                          "the ceiling of OSCR." if osr else ""))
+              help=ui.accuracy_help(exp.spec))
     table = ui.metrics_frame(id_scores, ood, id_correct)
     m2.dataframe(table, column_config=ui.metric_column_config())
     st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
