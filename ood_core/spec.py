@@ -49,6 +49,11 @@ class TrainConfig:
             raise ValueError(f"unknown training regime {self.regime!r}; choose one of {', '.join(REGIMES)}")
 
 
+def _short_hash(d: dict) -> str:
+    """16 hex digits of the SHA-256 of `d` as sorted JSON: a stable cache key."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Spec:
     """What an experiment is: setting, dataset, model, training and seed.
@@ -114,12 +119,11 @@ class Spec:
         if self.setting == "ad" and self.contamination == 0:
             d["setting"] = "nd"
             d.pop("contamination")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return _short_hash(d)
 
     def key(self) -> str:
         """A short stable hash of the relevant fields (sorted JSON, SHA-256)."""
-        blob = json.dumps(self.relevant_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _short_hash(self.relevant_dict())
 
     def with_seed(self, seed: int) -> "Spec":
         return dataclasses.replace(self, seed=seed)
