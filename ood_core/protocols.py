@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from .compare import summarise_by  # noqa: F401  (re-exported: the protocols' tables)
+from .data import build_benchmark
 from .pipeline import Experiment, evaluate, prepare
 from .settings import detectors_for
 from .spec import Spec
@@ -104,7 +105,10 @@ def _one_class_experiment(base: Spec, setting: str, model: str, normal_class: in
     if key not in cache:
         spec = base.replace(setting=setting, model=model, normal_class=normal_class,
                             contamination=contamination if setting == "ad" else base.contamination)
-        cache[key] = prepare(spec, cache_dir=cache_dir, device=device, ood_sets=synthetic)
+        bench_key = ("bench", normal_class, contamination)  # the data do not depend on the model: build them once
+        if bench_key not in cache:
+            cache[bench_key] = build_benchmark(spec, synthetic)
+        cache[key] = prepare(spec, cache_dir=cache_dir, device=device, bench=cache[bench_key])
     return cache[key]
 
 
