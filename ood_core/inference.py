@@ -94,27 +94,6 @@ class ModelAdapter:
                     i += 1
         return [np.concatenate(p) for p in per_layer]
 
-    def stochastic_forward(self, x: np.ndarray, passes: int, seed: int = 0) -> np.ndarray:
-        """Logits of `passes` forward passes with dropout active (BatchNorm kept in eval): (passes, n, K)."""
-        drops = [m for m in self.model.modules() if isinstance(m, nn.Dropout)]
-        if not drops:
-            raise ValueError("this model has no dropout layer, so MC dropout cannot run")
-        gen_state = torch.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            self.model.eval()
-            for m in drops:
-                m.train()
-            out = []
-            with torch.no_grad():
-                for _ in range(passes):
-                    out.append(np.concatenate([self.model(xb).cpu().numpy() for xb in self.batches(x)]))
-        finally:
-            for m in drops:
-                m.eval()
-            torch.set_rng_state(gen_state)
-        return np.stack(out)
-
     def logits_tensor(self, xb: torch.Tensor) -> torch.Tensor:
         return self.model.head(self.model.features(xb))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .reproducible import SeededDropout
+
 
 class SmallCNN(nn.Module):
     """conv(32)-conv(32)-pool-conv(64)-conv(64)-GAP-fc(128, ReLU)-dropout-fc(K).
@@ -26,7 +28,7 @@ class SmallCNN(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Linear(2 * width, feature_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeededDropout(dropout)  # masks from the training call's generator
         self.head = nn.Linear(feature_dim, num_classes)
         self.in_channels = in_channels
         self.num_classes = num_classes

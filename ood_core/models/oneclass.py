@@ -4,7 +4,8 @@ geometric-transformation classification (GeoTrans) and the raw-pixel identity.
 Each is an nn.Module with `kind = "one_class"`, `features(x) -> (n, D)` and `anomaly_score(x) -> (n,)`
 (higher = more anomalous; None for the pixel identity). Everything needed at scoring time (the Deep SVDD
 centre) is a registered buffer, so the checkpoint cache (state_dict) restores it. Each trainer
-`(spec, bench, progress, device) -> TrainResult` is seeded by spec.seed + 10007 * member and has its own
+`(spec, bench, progress, device) -> TrainResult` draws every random number (initial weights, dropout, batch order, shifts) from
+a generator seeded by spec.seed + 10007 * member, and has its own
 fixed hyper-parameters (the module constants below): the Spec's TrainConfig defaults are tuned for the
 classifier, so a one-class trainer uses spec.training only for `member` (and the seed).
 """
@@ -21,7 +22,8 @@ from ..data import Benchmark
 from ..spec import Spec
 from .cnn import SmallCNN
 from .registry import register_one_class
-from .train import Progress, TrainResult, seed_everything
+from .reproducible import seeded_init_, use_generator
+from .train import Progress, TrainResult, training_generator
 
 ProgressFn = Optional[Callable[[Progress], None]]
 
@@ -36,8 +38,11 @@ SVDD_CENTER_EPS = 0.1  # Ruff et al.'s code: centre entries with |c_i| < eps are
 AE_LATENT = 32
 
 
-def _seed(spec: Spec) -> torch.Generator:
-    return seed_everything(spec.seed + 10007 * spec.training.member)
+def _init(model: nn.Module, gen: torch.Generator, device: str) -> nn.Module:
+    """A freshly built model's weights drawn from the training call's generator (never global state)."""
+    model = seeded_init_(model, gen)
+    use_generator(model, gen)
+    return model.to(device)
 
 
 def random_shift(x: torch.Tensor, gen: torch.Generator, pad: int = 1) -> torch.Tensor:
@@ -176,11 +181,11 @@ def deep_svdd_initial(spec: Spec, bench: Benchmark, device: str = "cpu", hp: Opt
                       progress: ProgressFn = None, history: Optional[list] = None):
     """The seeded Deep SVDD network before the one-class objective (after autoencoder pretraining, if any): (net, gen)."""
     hp = {**SVDD_HP, **(hp or {})}
-    gen = _seed(spec)
+    gen = training_generator(spec)
     c_in, side = bench.input_shape[0], bench.input_shape[-1]
-    net = DeepSVDD(c_in, side).to(device)
+    net = _init(DeepSVDD(c_in, side), gen, device)
     if hp["pretrain_epochs"] > 0:
-        dec = _SVDDDecoder(c_in, side, net.rep_dim).to(device)
+        dec = _init(_SVDDDecoder(c_in, side, net.rep_dim), gen, device)
         x = torch.from_numpy(bench.train.x)
         xv = torch.from_numpy(bench.val.x)
 
@@ -278,8 +283,8 @@ def train_autoencoder(spec: Spec, bench: Benchmark, progress: ProgressFn = None,
     """
     hp = {**AE_HP, **(hp or {})}
     t0 = time.perf_counter()
-    gen = _seed(spec)
-    model = ConvAutoencoder(bench.input_shape[0], bench.input_shape[-1]).to(device)
+    gen = training_generator(spec)
+    model = _init(ConvAutoencoder(bench.input_shape[0], bench.input_shape[-1]), gen, device)
     x = torch.from_numpy(bench.train.x)
     xv = torch.from_numpy(bench.val.x)
 
@@ -373,8 +378,8 @@ def train_geotrans(spec: Spec, bench: Benchmark, progress: ProgressFn = None, de
     """
     hp = {**GEO_HP, **(hp or {})}
     t0 = time.perf_counter()
-    gen = _seed(spec)
-    model = GeoTrans(bench.input_shape[0], bench.input_shape[-1]).to(device)
+    gen = training_generator(spec)
+    model = _init(GeoTrans(bench.input_shape[0], bench.input_shape[-1]), gen, device)
     nt = model.num_transforms
 
     def expand(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from torch import nn
 from ..data import Benchmark
 from ..spec import Spec
 from .cnn import build_model
+from .reproducible import seeded_init_, training_threads, use_generator
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("OOD_EXPLORER_CACHE", Path(__file__).resolve().parents[2] / "data" / "cache"))
 
@@ -39,10 +40,16 @@ class TrainResult:
     from_cache: bool = False
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-    return torch.Generator().manual_seed(seed)
+def training_generator(spec: Spec) -> torch.Generator:
+    """The generator a training call owns: seeded by spec.seed and the ensemble member, never global state."""
+    return torch.Generator().manual_seed(spec.seed + 10007 * spec.training.member)
+
+
+def new_model(spec: Spec, bench: Benchmark, gen: torch.Generator, device: str = "cpu") -> nn.Module:
+    """spec.model built for the benchmark's input and classes, its weights drawn from `gen`, its dropout seeded by it."""
+    model = seeded_init_(build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1]), gen)
+    use_generator(model, gen)
+    return model.to(device)
 
 
 @torch.no_grad()
@@ -82,17 +89,21 @@ def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progr
     """Train spec.model on bench.train: classifiers here, one-class models by their own trainer."""
     from .registry import ONE_CLASS_TRAINERS
 
-    if spec.model in ONE_CLASS_TRAINERS:
-        return ONE_CLASS_TRAINERS[spec.model](spec, bench, progress, device)
-    return train_classifier(spec, bench, progress, device)
+    with training_threads(device):
+        if spec.model in ONE_CLASS_TRAINERS:
+            result = ONE_CLASS_TRAINERS[spec.model](spec, bench, progress, device)
+        else:
+            result = train_classifier(spec, bench, progress, device)
+    use_generator(result.model, None)  # later dropout (MC dropout) brings its own generator
+    return result
 
 
 def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
                      device: str = "cpu") -> TrainResult:
     """AdamW with a one-cycle schedule and 1-pixel shift augmentation, in the regime of spec.training."""
     cfg = spec.training
-    gen = seed_everything(spec.seed + 10007 * cfg.member)
-    model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1]).to(device)
+    gen = training_generator(spec)
+    model = new_model(spec, bench, gen, device)
     aux = None
     if cfg.regime == "oe":
         from ..data.auxiliary import make_auxiliary
