@@ -2,7 +2,7 @@
 VENV := .venv
 PORT ?= 8501
 
-.PHONY: run test venv bench clean
+.PHONY: run test test-fast venv bench clean
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -12,6 +12,10 @@ run: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest
+
+# the library's unit tier only (no pages, no browser, nothing marked slow): well under a minute
+test-fast: venv
+	$(VENV)/bin/python -m pytest -m "unit and not slow" -q
 
 bench: venv
 	PYTHONPATH=. $(VENV)/bin/python scripts/benchmark.py

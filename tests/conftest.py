@@ -15,6 +15,21 @@ _CACHE = Path(tempfile.mkdtemp(prefix="ood-explorer-test-cache-"))
 os.environ["OOD_EXPLORER_CACHE"] = str(_CACHE)
 
 
+def tier_of(filename: str) -> str:
+    """The tier a test file belongs to: browser, app (pages through AppTest) or unit (the library)."""
+    if filename == "test_browser.py":
+        return "browser"
+    if filename == "test_app.py" or filename.startswith("test_pages_"):
+        return "app"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its file's tier, so `-m unit` (make test-fast) or `-m app` selects a tier."""
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item.path.name)))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small arrays: one thread (torch and BLAS) is faster, and far faster on a shared, busy machine.

@@ -20,6 +20,7 @@ def test_list_detectors_prints_one_line_per_detector(capsys):
     assert knn.split()[1] == "distance" and "k=50" in knn
 
 
+@pytest.mark.slow  # trains the default experiment (30 epochs) unless another test already did
 def test_run_writes_json_outputs_and_scores_that_match_the_library(tmp_path, capsys, cache_dir, default_experiment):
     out = tmp_path / "out.json"
     argv = ["run", "--dataset", "digits", "--setting", "ood", "--detectors", "msp,energy,knn", "--seed", "0",
