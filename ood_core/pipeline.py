@@ -115,7 +115,7 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
     if bench is None:
         bench = build_benchmark(spec) if ood_sets is None else build_benchmark(spec, tuple(ood_sets))
     if model is not None:
-        training = TrainResult(model.eval(), [], 0.0, True)
+        training = TrainResult(model.eval(), [], 0.0, from_cache=False)  # the user's model: neither trained nor cached
     else:
         training = get_model(spec, bench, progress, cache_dir, device=device, retrain=retrain)
     training.model.to(device).eval()

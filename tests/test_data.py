@@ -354,3 +354,21 @@ def test_spec_round_trip():
     t = Spec(setting="ad", normal_class=2, contamination=0.1)
     assert Spec.from_dict(json.loads(json.dumps(t.to_dict()))) == t
     assert s.with_seed(9) == dataclasses.replace(s, seed=9) and s.with_seed(9).key() != s.key()
+
+
+def test_each_ood_set_has_its_own_stream_even_for_anagrams():
+    from ood_core.data.registry import stream_id
+
+    assert stream_id("gaussian") != stream_id("naissuag")  # the old sum-of-character-codes seed gave these one stream
+    assert stream_id("rotated") == stream_id("rotated") and 0 <= stream_id("rotated") < 2 ** 63
+
+
+def test_registering_a_name_twice_is_refused():
+    from ood_core.data.datasets import load_digits, register_dataset
+    from ood_core.data.registry import register_ood_set
+    from ood_core.data import synthetic
+
+    with pytest.raises(ValueError, match="'digits' is already registered"):
+        register_dataset("digits", "again", load_digits)
+    with pytest.raises(ValueError, match="'gaussian' is already registered"):
+        register_ood_set("gaussian", "synthetic", "again", synthetic.gaussian_noise)

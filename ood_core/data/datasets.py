@@ -18,6 +18,8 @@ DATASETS: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(name: str, description: str, load: Callable) -> None:
+    if name in DATASETS:
+        raise ValueError(f"a dataset named {name!r} is already registered")
     DATASETS[name] = DatasetInfo(name, description, load)
 
 

@@ -1,6 +1,7 @@
 """Registries of ID datasets and OOD sets; later datasets join by calling `register_*`."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +24,8 @@ OOD_SETS: dict[str, OODSetInfo] = {}
 
 
 def register_ood_set(name: str, kind: str, description: str, make: Callable) -> None:
+    if name in OOD_SETS:
+        raise ValueError(f"an OOD set named {name!r} is already registered")
     if kind not in ("synthetic", "transformed"):
         raise ValueError(f"OOD set kind must be 'synthetic' or 'transformed', got {kind!r}")
     OOD_SETS[name] = OODSetInfo(name, kind, description, make)
@@ -40,13 +43,18 @@ register_ood_set("permuted", "transformed", "ID test images with pixels shuffled
 DEFAULT_OOD_SETS = tuple(OOD_SETS)
 
 
+def stream_id(name: str) -> int:
+    """A stable 63-bit number per name (SHA-256), to seed each OOD set's own random stream."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+
+
 def make_ood_set(name: str, id_test_pixels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Build OOD set `name` in pixel space at the ID image shape, `n` samples, seeded."""
     if name not in OOD_SETS:
         raise KeyError(f"unknown OOD set {name!r}; known: {', '.join(OOD_SETS)}")
     info = OOD_SETS[name]
-    # a distinct, stable stream per set so adding a set never changes the others
-    rng = np.random.default_rng([seed, sum(map(ord, name)) * 7919 + len(name)])
+    # a distinct, stable stream per set so adding a set never changes the others (and anagrams differ)
+    rng = np.random.default_rng([seed, stream_id(name)])
     _, c, h, w = id_test_pixels.shape
     if info.kind == "synthetic":
         return info.make(n, c, h, rng)

@@ -1,4 +1,4 @@
-"""Distance- and density-based detectors on penultimate features."""
+"""Distance-based detectors on penultimate features (the density-based ones live in density.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +11,7 @@ import numpy as np
 from .base import Detector, Param, logsumexp, register
 
 
-def class_means_and_precision(feats: np.ndarray, labels: np.ndarray, num_classes: int, shrink: float = 1e-6):
+def class_means_and_precision(feats: np.ndarray, labels: np.ndarray, shrink: float = 1e-6):
     """Class means (K, D) and the precision of the shared (tied) covariance, a small ridge for stability."""
     x = np.asarray(feats, dtype=np.float64)
     classes = np.unique(labels)
@@ -51,7 +51,7 @@ class Mahalanobis(Detector):
     needs = ("features",)
 
     def _fit(self, ctx):
-        self.means_, self.precision_ = class_means_and_precision(ctx.train.features, ctx.train.labels, ctx.num_classes)
+        self.means_, self.precision_ = class_means_and_precision(ctx.train.features, ctx.train.labels)
 
     def _score(self, out):
         return mahalanobis_sq(out.features, self.means_, self.precision_).min(axis=1)
@@ -345,9 +345,9 @@ class RelativeMahalanobis(Detector):
 
     def _fit(self, ctx):
         h, y = ctx.train.features, ctx.train.labels
-        self.means_, self.precision_ = class_means_and_precision(h, y, ctx.num_classes)
+        self.means_, self.precision_ = class_means_and_precision(h, y)
         # the background Gaussian: one "class" holding every ID train feature (mean and covariance of all)
-        self.mean0_, self.precision0_ = class_means_and_precision(h, np.zeros(len(h), dtype=np.int64), 1)
+        self.mean0_, self.precision0_ = class_means_and_precision(h, np.zeros(len(h), dtype=np.int64))
 
     def _score(self, out):
         md = mahalanobis_sq(out.features, self.means_, self.precision_).min(axis=1)

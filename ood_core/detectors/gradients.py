@@ -115,7 +115,7 @@ class MahalanobisPreprocessed(Detector):
                                help="step size in pixel units [0, 1] (paper: tuned in this list; 0 = no step)")}
 
     def _fit(self, ctx):
-        self.means_, self.precision_ = class_means_and_precision(ctx.train.features, ctx.train.labels, ctx.num_classes)
+        self.means_, self.precision_ = class_means_and_precision(ctx.train.features, ctx.train.labels)
         self.model_ = ctx.model
 
     def _score(self, out):
