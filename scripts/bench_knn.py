@@ -66,7 +66,7 @@ def child(args) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from ood_core.detectors import features as F
+    from ood_core import neighbours as F
 
     rng = np.random.default_rng(args.seed)
     bank = _unit_rows(args.bank, args.dim, rng)

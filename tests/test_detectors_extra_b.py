@@ -20,7 +20,7 @@ from torch import nn
 
 from ood_core import metrics
 from ood_core.detectors import REGISTRY, FitContext, NotFittedError, create
-from ood_core.detectors import features as F
+from ood_core import neighbours as F
 from ood_core.detectors.density import gram_row_sums
 from ood_core.inference import ModelAdapter, Outputs, run_inference
 
