@@ -319,3 +319,22 @@ def test_umap_warmup_waits_its_delay_unless_someone_needs_it_now(monkeypatch):
     assert len(calls) == 1 and calls[0] - t0 < 5.0 and not w.thread.is_alive()
     monkeypatch.setattr(ui.embedding, "warm_umap", lambda: (_ for _ in ()).throw(RuntimeError("no numba")))
     ui._UmapWarmup(delay=0.0).join()  # a failing warm-up is only a lost optimisation, never an error
+
+
+def test_the_pages_directory_workaround_still_matches_streamlit():
+    """pages/_support.py switches Streamlit's v1 `pages/` mode off (`_leave_pages_directory_mode`) so that a first
+    visit straight to /scores runs app.py's st.navigation. That relies on private Streamlit internals: if an
+    upgrade changes them, this test fails loudly (the browser test's first visit to /scores checks the behaviour)."""
+    import inspect
+
+    import streamlit
+    from streamlit.commands import navigation
+    from streamlit.runtime import pages_manager
+    from streamlit.runtime.scriptrunner import script_runner
+
+    why = (f"Streamlit {streamlit.__version__} changed the internals behind pages/_support.py's "
+           "_leave_pages_directory_mode; re-check how it treats a pages/ folder beside app.py")
+    assert hasattr(pages_manager.PagesManager, "uses_pages_directory"), why
+    assert 'main_script_parent / "pages"' in inspect.getsource(pages_manager.PagesManager.__init__), why
+    assert "if PagesManager.uses_pages_directory:" in inspect.getsource(script_runner), why
+    assert "PagesManager.uses_pages_directory = False" in inspect.getsource(navigation), why
