@@ -18,17 +18,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import metrics
-from .detectors.activations import (ReAct, ash_binarise, ash_prune, ash_scale, energy_of, top_k_mask)
+from .detectors.activations import (ASHS, DICE, ReAct, ash_binarise, ash_prune, ash_scale, energy_of, react_score,
+                                    react_threshold, top_k_mask)
 from .detectors.activations import dice_contribution as _dice_contribution
 from .detectors.activations import dice_mask as _dice_mask
-from .detectors.base import FitContext
 from .figures import ID_COLOUR, OOD_COLOURS
-from .inference import Outputs
 
 ID_NAME = "ID"
-REACT_PERCENTILE = ReAct.params["percentile"]  # default, slider range: the detector's own
-DICE_DEFAULT_SPARSITY = 90.0  # DICE paper: p = 90 for CIFAR
-ASH_DEFAULT_PERCENTILE = 65.0  # ASH paper's code default
+# defaults and slider ranges are the detectors' own, so the view and the detector never disagree
+REACT_PERCENTILE = ReAct.params["percentile"]
+DICE_DEFAULT_SPARSITY = DICE.params["sparsity"].default
+ASH_DEFAULT_PERCENTILE = ASHS.params["percentile"].default
 ASH_MODES = ("p", "b", "s")
 
 
@@ -93,32 +93,21 @@ def sorted_unit_profile(id_feats, ood_feats_by_set, id_name: str = ID_NAME) -> U
 
 # --- ReAct -----------------------------------------------------------------------------------------
 
-class _HeadOnly:
-    """The two attributes ReAct reads from a ModelAdapter, so the detector's own fit computes the threshold."""
-
-    def __init__(self, d: int):
-        self.head_weight = np.zeros((1, d))
-        self.head_bias = np.zeros(1)
-
-
 def clip_threshold(id_train_features, percentile: float = REACT_PERCENTILE.default) -> float:
     """ReAct's clip c: the p-th percentile of all ID train activations (global over units and samples).
 
-    Computed by the ReAct detector itself, so the two always agree; p must lie in the detector's range.
+    The ReAct detector's own function, so the two always agree; p must lie in the detector's range.
     """
     f = _feats(id_train_features)
     if f.size == 0:
         raise ValueError("the clip threshold needs ID train activations")
-    ctx = FitContext(train=Outputs(np.zeros((len(f), 1)), f, np.zeros(len(f), np.int64)), model=_HeadOnly(f.shape[1]))
-    return float(ReAct(percentile=percentile).fit(ctx).threshold_)
+    return react_threshold(f, REACT_PERCENTILE.validate("percentile", percentile))
 
 
 def energy(features, W, b, threshold: Optional[float] = None) -> np.ndarray:
     """E = -logsumexp(W min(h, c) + b) per sample (no clipping when threshold is None); higher = more OOD."""
-    h = _feats(features)
-    if threshold is not None:
-        h = np.minimum(h, float(threshold))
-    return energy_of(h, np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    h, W, b = _feats(features), np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return energy_of(h, W, b) if threshold is None else react_score(h, W, b, threshold)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .detectors.base import max_softmax
 from .figures import ID_COLOUR, OOD_COLOURS
 
 METHODS = ("pca", "umap", "tsne")
@@ -224,15 +225,6 @@ def warm_umap(seed: int = 0) -> float:
 
 # --- the frame of points ---------------------------------------------------------------------------
 
-def _softmax_conf(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    if z.size == 0:
-        return np.zeros(len(z))
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).max(axis=1)
-
-
 def frame_from_outputs(outputs: Mapping[str, Any], sets: Sequence[str], class_names: Sequence[str],
                        space: str = "features", max_per_set: Optional[int] = None, seed: int = 0,
                        to_pixels: Optional[Callable[[np.ndarray], np.ndarray]] = None
@@ -283,7 +275,7 @@ def frame_from_outputs(outputs: Mapping[str, Any], sets: Sequence[str], class_na
             else [OOD_LABEL] * len(idx),
             "pred": pred,
             "pred_name": [names[i] if 0 <= i < len(names) else ("—" if i < 0 else str(i)) for i in pred],
-            "confidence": _softmax_conf(logits) if has_head else np.full(len(idx), np.nan),
+            "confidence": max_softmax(logits) if has_head else np.full(len(idx), np.nan),
         }))
         mats.append(np.asarray(M, dtype=np.float64))
     frame = pd.concat(parts, ignore_index=True)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .detectors.base import max_softmax
+
 EPS = 1e-12
 MIN_SIDE, MAX_SIDE = 4, 4096
 _ATTRIBUTION_LOCK = threading.RLock()
@@ -298,8 +300,7 @@ def confident_mistakes(logits, labels, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{len(z)} logits rows for {len(y)} labels")
     if len(z) == 0:
         return np.zeros(0, int), np.zeros(0)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    conf = (e / e.sum(axis=1, keepdims=True)).max(axis=1)
+    conf = max_softmax(z)
     wrong = np.flatnonzero((y >= 0) & (z.argmax(axis=1) != y))
     order = wrong[np.argsort(-conf[wrong], kind="stable")][:_k(k)]
     return order, conf[order]

@@ -497,3 +497,22 @@ def test_upload_sixteen_bit_grey_and_file_like():
     assert up.pixels[0, 8, 8] == pytest.approx(1.0) and up.pixels[0, 0, 0] == pytest.approx(0.0)
     with pytest.raises(X.UploadError):
         X.preprocess_upload(12345, BENCH1)
+
+
+def test_the_activation_views_use_the_detectors_own_formulas_and_defaults():
+    from ood_core.detectors import REGISTRY
+    from ood_core.detectors.activations import react_score, react_threshold
+
+    h = np.array([[0.0, 1.0, 4.0], [2.0, 3.0, 0.5]])
+    W, b = np.array([[1.0, 0.0, 1.0], [0.0, 2.0, -1.0]]), np.array([0.5, 0.0])
+    # c = 50th percentile of the six values {0, 0.5, 1, 2, 3, 4} = 1.5 (linear interpolation)
+    assert react_threshold(h, 50) == 1.5
+    clipped = np.minimum(h, 1.5)
+    want = -np.log(np.exp(clipped @ W.T + b).sum(axis=1))  # by hand: energy of the clipped features
+    np.testing.assert_allclose(react_score(h, W, b, 1.5), want, rtol=1e-12)
+    np.testing.assert_allclose(A.energy(h, W, b, 1.5), want, rtol=1e-12)
+    assert A.clip_threshold(h, 50) == 1.5
+    with pytest.raises(ValueError, match="percentile"):
+        A.clip_threshold(h, 10)  # outside ReAct's own range [50, 99.9]
+    assert A.DICE_DEFAULT_SPARSITY == REGISTRY["dice"].params["sparsity"].default
+    assert A.ASH_DEFAULT_PERCENTILE == REGISTRY["ash_s"].params["percentile"].default == 90.0

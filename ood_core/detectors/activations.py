@@ -22,19 +22,27 @@ class ReAct(Detector):
                                   help="p: clip threshold = p-th percentile of all ID train activations")}
 
     def _fit(self, ctx):
-        # global over units and samples, as in the paper's code
-        self.threshold_ = float(np.percentile(np.asarray(ctx.train.features, dtype=np.float64), self.percentile))
+        self.threshold_ = react_threshold(ctx.train.features, self.percentile)
         self.weight_ = ctx.model.head_weight
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        h = np.minimum(np.asarray(out.features, dtype=np.float64), self.threshold_)
-        return -logsumexp(h @ self.weight_.T + self.bias_)
+        return react_score(out.features, self.weight_, self.bias_, self.threshold_)
 
 
 def energy_of(h: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """The energy score -log sum_k exp(W h + b)_k of (shaped) features h."""
-    return -logsumexp(np.asarray(h, dtype=np.float64) @ weight.T + bias)
+    return -logsumexp(np.asarray(h, dtype=np.float64) @ np.asarray(weight, dtype=np.float64).T + bias)
+
+
+def react_threshold(train_features: np.ndarray, percentile: float) -> float:
+    """ReAct's clip c: the p-th percentile of all ID train activations, global over units and samples (the paper's code)."""
+    return float(np.percentile(np.asarray(train_features, dtype=np.float64), percentile))
+
+
+def react_score(h: np.ndarray, weight: np.ndarray, bias: np.ndarray, threshold: float) -> np.ndarray:
+    """ReAct's score: the energy of the features clipped at c, -log sum_k exp(W min(h, c) + b)_k."""
+    return energy_of(np.minimum(np.asarray(h, dtype=np.float64), float(threshold)), weight, bias)
 
 
 def top_k_mask(h: np.ndarray, percentile: float) -> np.ndarray:

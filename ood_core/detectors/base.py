@@ -167,3 +167,9 @@ def softmax(z: np.ndarray, axis: int = 1) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     e = np.exp(z - z.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def max_softmax(z: np.ndarray) -> np.ndarray:
+    """The classifier's confidence max_c softmax(z)_c per row (MSP's score is its negative); 0 rows give (0,)."""
+    z = np.asarray(z, dtype=np.float64)
+    return softmax(z).max(axis=1) if z.size else np.zeros(len(z))

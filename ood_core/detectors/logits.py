@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from .base import Detector, FitContext, Param, logsumexp, register, softmax
+from .base import Detector, FitContext, Param, logsumexp, max_softmax, register, softmax
 
 
 @register
@@ -20,7 +20,7 @@ class MSP(Detector):
     needs = ("logits",)
 
     def _score(self, out):
-        return -softmax(out.logits).max(axis=1)
+        return -max_softmax(out.logits)
 
 
 @register
