@@ -1,4 +1,4 @@
-"""The on-disk model cache (verified, locked) and users' checkpoints.
+"""The on-disk model cache and users' checkpoints: verified, locked, and safe to load.
 
 A cached checkpoint is a torch.save of {state_dict, spec_key, history, seconds, sha256, provenance}, written
 atomically (temp file, fsync, os.replace) under an exclusive lock on `<path>.lock`. `sha256` is the hash of the
@@ -14,8 +14,10 @@ import glob
 import hashlib
 import io
 import os
+import re
 import tempfile
 import threading
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +38,10 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("OOD_EXPLORER_CACHE", Path(__file__).res
 _MEMORY_CACHE: dict[str, bytes] = {}
 _MEMORY_LOCKS: dict[str, threading.Lock] = {}
 _MEMORY_LOCKS_GUARD = threading.Lock()
+
+
+class ModelLoadError(ValueError):
+    """A user's checkpoint that cannot be used; the message is complete and meant to be shown whole."""
 
 
 # --- paths, hashes, locks ------------------------------------------------------------------------------
@@ -282,26 +288,125 @@ def _get_model_in_memory(spec: Spec, bench: Benchmark, progress, path: Path, rea
 
 # --- users' checkpoints ---------------------------------------------------------------------------------
 
+MAX_ZIP_ENTRIES = 10_000
+LIST_LIMIT = 20  # keys named in a mismatch message before "and N more"
+SHAPE_LIMIT = 5
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _state_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _check_archive(path_or_file, model: nn.Module, model_name: str) -> None:
+    """Refuse a torch zip archive whose tensors would unpack far beyond the model's size, before loading it."""
+    if hasattr(path_or_file, "seek"):
+        start = path_or_file.tell()
+        try:
+            if not zipfile.is_zipfile(path_or_file):
+                return
+            path_or_file.seek(start)
+            with zipfile.ZipFile(path_or_file) as z:
+                infos = z.infolist()
+        except zipfile.BadZipFile:
+            return  # torch.load reports it
+        finally:
+            path_or_file.seek(start)
+    else:
+        if not zipfile.is_zipfile(path_or_file):
+            return
+        try:
+            with zipfile.ZipFile(path_or_file) as z:
+                infos = z.infolist()
+        except zipfile.BadZipFile:
+            return
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise ModelLoadError(f"The file is an archive of {len(infos):,} entries, more than the {MAX_ZIP_ENTRIES:,} "
+                             "a model checkpoint could need; it was not loaded.")
+    total = sum(i.file_size for i in infos if re.search(r"(^|/)data/", i.filename))
+    need = _state_bytes(model)
+    limit = 4 * need + 2**20
+    if total > limit:
+        raise ModelLoadError(f"The file's tensors unpack to {_mib(total)}, but model {model_name!r} has "
+                             f"{_mib(need)} of weights (at most 4 × that + 1 MiB = {_mib(limit)} is accepted); "
+                             "it was not loaded.")
+
+
+def _load_error(e: Exception) -> ModelLoadError:
+    """torch.load's error, in one complete sentence (its own text runs to paragraphs of advice)."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        m = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        if m or "global" in text.lower():
+            what = f" (it asks for {m.group(1)})" if m else ""
+            return ModelLoadError("The file holds Python code or objects, not only tensors" + what + ", and loading "
+                                  "with weights_only=True refuses such files for safety; save the model's "
+                                  "state_dict instead: torch.save(model.state_dict(), path).")
+        m = re.search(r"WeightsUnpickler error:\s*\n\s*(.+)", text)
+        detail = f": {m.group(1).strip().rstrip('.')}" if m and len(m.group(1)) <= 120 else ""
+        return ModelLoadError(f"The file is not a loadable PyTorch checkpoint ({type(e).__name__}{detail}).")
+    first = (text.strip().splitlines() or [""])[0].strip().rstrip(".")
+    detail = f": {first}" if first and len(first) <= 120 else ""
+    return ModelLoadError(f"The file is not a loadable PyTorch checkpoint ({type(e).__name__}{detail}).")
+
+
+def _listed(keys: list[str], limit: int = LIST_LIMIT) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _shape(s) -> str:
+    return "(" + ", ".join(map(str, s)) + ")"
+
+
 def load_user_model(path_or_file, spec: Spec, bench: Benchmark) -> nn.Module:
-    """Load a user's state_dict (weights only) into spec.model; clear ValueError on any mismatch."""
+    """Load a user's state_dict (weights only) into spec.model; ModelLoadError (a ValueError) with a complete
+    message when the file is too large for the model, holds code, is not a checkpoint, has NaN/Inf weights
+    or does not match the architecture."""
+    model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
+    _check_archive(path_or_file, model, spec.model)
     try:
         payload = torch.load(path_or_file, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, non-checkpoints; torch's own text runs to paragraphs
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ValueError(f"this file is not a loadable PyTorch checkpoint ({type(e).__name__}: {first})") from None
+    except Exception as e:
+        raise _load_error(e) from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("the checkpoint holds no state_dict of tensors")
-    model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError("The checkpoint holds no state_dict of tensors (a dict from parameter names to "
+                             "tensors, as model.state_dict() gives).")
+    for name, t in state.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite values"
+            raise ModelLoadError(f"The checkpoint's weights are not all finite: tensor {name!r} holds {kind}.")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+        if shapes:
+            listed = "; ".join(f"{k}: checkpoint {_shape(state[k].shape)} vs model {_shape(own[k].shape)}"
+                               for k in shapes[:SHAPE_LIMIT])
+            more = f"; and {len(shapes) - SHAPE_LIMIT} more" if len(shapes) > SHAPE_LIMIT else ""
+            parts.append(f"shape mismatches ({len(shapes)}): {listed}{more}")
+        raise ModelLoadError(f"The checkpoint does not match model {spec.model!r} with {bench.input_shape[0]} "
+                             f"input channel(s) and {bench.num_classes} classes. " + ". ".join(
+                                 p[0].upper() + p[1:] for p in parts) + ".")
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        msg = str(e).splitlines()[0]
-        raise ValueError(f"the checkpoint does not match model {spec.model!r} with {bench.input_shape[0]} input "
-                         f"channel(s) and {bench.num_classes} classes: {msg}") from None
+    except RuntimeError as e:  # e.g. a dtype that cannot be copied: name it, complete
+        first = (str(e).strip().splitlines() or [""])[0].strip().rstrip(".")
+        raise ModelLoadError(f"The checkpoint's weights could not be copied into model {spec.model!r} "
+                             f"({first}).") from None
     return model.eval()
 
 
-__all__ = ["DEFAULT_CACHE_DIR", "CheckpointRead", "cache_status", "checkpoint_path", "file_lock",
+__all__ = ["DEFAULT_CACHE_DIR", "CheckpointRead", "ModelLoadError", "cache_status", "checkpoint_path", "file_lock",
            "get_model", "is_cached", "load_checkpoint", "load_user_model", "move_aside", "read_checkpoint",
            "remove_orphan_temp_files", "save_checkpoint", "state_dict_sha256"]
