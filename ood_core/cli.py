@@ -179,7 +179,14 @@ def _write_json(path: str, doc: dict) -> None:
 
 def run(args) -> int:
     from . import pipeline
+    from .models import DEFAULT_CACHE_DIR, cache_status
 
+    cache = Path(args.cache_dir or DEFAULT_CACHE_DIR)
+    writable, reason = cache_status(cache)
+    if not writable:  # before any work: a run that trains for minutes must not fail at the save
+        print(f"error: the model cache {cache} is not writable ({reason}); pass --cache-dir to a writable folder",
+              file=sys.stderr)
+        return 2
     training = TrainConfig(epochs=args.epochs, regime=args.regime) if args.epochs else TrainConfig(regime=args.regime)
     base = Spec(setting=args.setting, dataset=args.dataset, training=training, seed=args.seed,
                 contamination=args.contamination if args.setting == "ad" else Spec.contamination)

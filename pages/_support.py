@@ -25,7 +25,7 @@ import streamlit as st
 from ood_core import Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, settings
 from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.detectors import FAMILIES, REGISTRY, Param
-from ood_core.models import checkpoint_path, load_user_model
+from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
 from ood_core.pipeline import Experiment
 from ood_core.spec import SETTING_TITLES
 
@@ -151,26 +151,42 @@ def get_experiment(retrain: bool = False) -> Optional[Experiment]:
     spec = current_spec()
     key, blob = spec.key(), spec_json(spec)
     user = active_user_model(spec)
+    writable, why = _cache_status()
+    if not writable:  # the one warning about it; get_model keeps models in memory meanwhile
+        st.warning(f"The model cache {DEFAULT_CACHE_DIR} is not writable ({why}): models are kept in memory "
+                   "for this server only.")
     t0 = time.perf_counter()
     try:
         if user is not None:
             with st.spinner("Running your model on every split…"):
                 exp = _user_experiment(key, blob, user["digest"], user["data"])
             source = f"your upload {user['name']}"
-        elif retrain or not checkpoint_path(spec).exists():
+        elif retrain or not is_cached(spec):
             exp, source = _train_with_progress(spec, retrain)
         else:
             with st.spinner("Loading the cached model and running it on every split…"):
                 exp = _experiment_store(key, blob)
             source = "on-disk cache" if exp.training.from_cache else "trained earlier on this server"
     except Exception as e:  # the library's messages are written for users; show them, not a traceback
-        st.error(f"Could not prepare the experiment: {brief(str(e))}")
+        text = str(e) if isinstance(e, ModelLoadError) else brief(str(e))  # the loader's messages are whole
+        st.error(f"Could not prepare the experiment: {text}")
         st.session_state.pop(INFO_KEY, None)
         return None
+    note = exp.training.note
+    shown = st.session_state.setdefault("cache_notes_shown", set())
+    if note and writable and (key, note) not in shown:  # once per session; unwritable: said above already
+        shown.add((key, note))
+        st.warning(note)
     from_cache = source in ("on-disk cache", "trained earlier on this server")
     st.session_state[INFO_KEY] = {"spec_key": key, "accuracy": id_accuracy(exp), "source": source,
                                   "from_cache": from_cache, "seconds": time.perf_counter() - t0}
     return exp
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def _cache_status() -> tuple[bool, str]:
+    """ood_core's cache_status of the default cache, probed at most every 30 s (it writes and fsyncs a file)."""
+    return cache_status(DEFAULT_CACHE_DIR)
 
 
 def id_accuracy(exp: Experiment) -> Optional[float]:
@@ -210,7 +226,7 @@ def _train_with_progress(spec: Spec, retrain: bool) -> tuple[Experiment, str]:
     if lock.locked():
         bar.progress(0.0, text="another session is training this model right now; waiting for it…")
     with lock:
-        if not retrain and checkpoint_path(spec).exists():  # another session trained it while we waited
+        if not retrain and is_cached(spec):  # another session trained it while we waited
             exp, source = _experiment_store(key, blob), "on-disk cache"
         else:
             exp = pipeline.prepare(spec, progress=on_epoch, retrain=retrain)
@@ -332,6 +348,8 @@ def use_uploaded_model(name: str, data: bytes) -> Optional[str]:
         return None
     try:
         load_uploaded_model(data, spec)
+    except ModelLoadError as e:  # complete sentences naming keys and sizes: shown whole, never cut
+        return f"Could not use {name}: {e}"
     except ValueError as e:
         return f"Could not use {name}: {brief(str(e))}"
     st.session_state[USER_MODEL_KEY] = {"name": name, "digest": digest, "data": data, "spec_key": spec.key()}

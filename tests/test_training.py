@@ -101,6 +101,8 @@ def test_corrupt_checkpoint_is_retrained_and_replaced(bench, trained, tmp_path, 
     assert load_checkpoint(path, SPEC, bench) is None
     res = get_model(SPEC, bench, cache_dir=tmp_path)
     assert not res.from_cache  # retrained, not loaded
+    assert "damaged" in res.note  # and said so
+    assert len(list(path.parent.glob(path.name + ".corrupt-*"))) == 1  # the damaged file was kept aside
     assert _same_weights(res.model, first.model)  # seeded: the same model as before
     reloaded = load_checkpoint(path, SPEC, bench)  # the file was replaced by a valid one
     assert reloaded is not None and _same_weights(reloaded.model, first.model)

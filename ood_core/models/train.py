@@ -1,11 +1,8 @@
-"""Seeded training with a progress callback, and an on-disk checkpoint cache keyed by the Spec."""
+"""Seeded training with a progress callback (the checkpoint cache is in checkpoint.py)."""
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -16,8 +13,6 @@ from ..data import Benchmark
 from ..spec import Spec
 from .cnn import build_model
 from .reproducible import seeded_init_, training_threads, use_generator
-
-DEFAULT_CACHE_DIR = Path(os.environ.get("OOD_EXPLORER_CACHE", Path(__file__).resolve().parents[2] / "data" / "cache"))
 
 
 @dataclass
@@ -38,6 +33,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one dict per epoch, as Progress fields
     seconds: float = 0.0
     from_cache: bool = False
+    note: str = ""  # what the cache did, in plain words ("" when nothing to report): a damaged file, no cache
+    provenance: dict = field(default_factory=dict)  # torch, threads, device, written_utc, train_seconds
 
 
 def training_generator(spec: Spec) -> torch.Generator:
@@ -155,72 +152,3 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
     return xp[:, :, dy:dy + h, dx:dx + w].contiguous()
-
-
-def checkpoint_path(spec: Spec, cache_dir: Path | str | None = None) -> Path:
-    return Path(cache_dir or DEFAULT_CACHE_DIR) / "models" / f"{spec.model}-{spec.model_key()}.pt"
-
-
-def save_checkpoint(path: Path, model: nn.Module, spec: Spec, history: list[dict], seconds: float) -> None:
-    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": model.state_dict(), "spec_key": spec.model_key(), "history": history, "seconds": float(seconds)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: Path, spec: Spec, bench: Benchmark) -> Optional[TrainResult]:
-    """Load a cached model, or None if the file is missing, corrupt or for another spec."""
-    if not path.exists():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("spec_key") != spec.model_key():
-            return None
-        model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
-        model.load_state_dict(payload["state_dict"])
-    except Exception:
-        return None
-    model.eval()
-    return TrainResult(model, list(payload.get("history", [])), float(payload.get("seconds", 0.0)), True)
-
-
-def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
-              cache_dir: Path | str | None = None, device: str = "cpu", retrain: bool = False) -> TrainResult:
-    """The trained model for `spec`: from the checkpoint cache when valid, else trained and cached."""
-    path = checkpoint_path(spec, cache_dir)
-    if not retrain:
-        cached = load_checkpoint(path, spec, bench)
-        if cached is not None:
-            return cached
-    result = train_model(spec, bench, progress, device)
-    save_checkpoint(path, result.model, spec, result.history, result.seconds)
-    return result
-
-
-def load_user_model(path_or_file, spec: Spec, bench: Benchmark) -> nn.Module:
-    """Load a user's state_dict (weights only) into spec.model; clear ValueError on any mismatch."""
-    try:
-        payload = torch.load(path_or_file, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, non-checkpoints; torch's own text runs to paragraphs
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ValueError(f"this file is not a loadable PyTorch checkpoint ({type(e).__name__}: {first})") from None
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("the checkpoint holds no state_dict of tensors")
-    model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        msg = str(e).splitlines()[0]
-        raise ValueError(f"the checkpoint does not match model {spec.model!r} with {bench.input_shape[0]} input "
-                         f"channel(s) and {bench.num_classes} classes: {msg}") from None
-    return model.eval()
