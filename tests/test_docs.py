@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,50 @@ def test_known_corrections_stay_fixed():
         ("Sastry & Oore, ICML 2020", "Detecting Out-of-Distribution Examples with Gram Matrices")]
     svdd = REGISTRY["model_score"].references()[0]
     assert (svdd.short(), svdd.title) == ("Ruff et al., ICML 2018", "Deep One-Class Classification")
+
+
+# --- CONTRIBUTING.md ---------------------------------------------------------------------------------
+
+CONTRIBUTING = ROOT / "CONTRIBUTING.md"
+PLACEHOLDER = re.compile(r"[<>*]|\.\.\.")  # `pages/<name>.py`, `st.cache_*`: not real names
+
+
+def _contributing() -> tuple[str, list[str], str]:
+    """The text, its inline code spans (outside fenced blocks) and its first fenced block (the architecture)."""
+    text = CONTRIBUTING.read_text(encoding="utf-8")
+    fences = re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.S)
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return text, inline, fences[0]
+
+
+def _python_sources() -> str:
+    files = [ROOT / "app.py", *[p for d in ("ood_core", "pages", "scripts", "tests") for p in (ROOT / d).rglob("*.py")]]
+    return "\n".join(p.read_text(encoding="utf-8") for p in files)
+
+
+def test_every_path_contributing_mentions_exists():
+    text, inline, _ = _contributing()
+    paths = set(re.findall(r"(?<![\w/.])((?:ood_core|pages|scripts|tests|data|docs)/[\w./<>*-]*)", text))
+    paths |= {t for t in inline if re.fullmatch(r"[\w.-]+\.(py|md|txt|ini|sh|toml)", t)}
+    paths = {p.rstrip(".") for p in paths if not PLACEHOLDER.search(p)}
+    assert {"ood_core/detectors/base.py", "pages/_support.py", "scripts/gen_readme.py"} <= paths
+    every_file = {p.name for p in ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts}
+    missing = [p for p in sorted(paths) if not ((ROOT / p).exists() or ("/" not in p and p in every_file))]
+    assert not missing, f"CONTRIBUTING.md names files that do not exist: {missing}"
+
+
+def test_every_function_and_name_contributing_mentions_is_defined():
+    _, inline, architecture = _contributing()
+    calls = {m.group(1) for t in inline if (m := re.fullmatch(r"(?:\w+\.)*(\w+)\(\)", t))}
+    calls |= {m.group(1) for t in inline if (m := re.match(r"(register_\w+)\(", t))}  # register_x(args)
+    names = {t for t in inline if re.fullmatch(r"[A-Z][A-Za-z0-9_]*", t)}
+    # the picture's right-hand column: the module, then what it owns ("ood_core/spec.py   Spec, TrainConfig")
+    owned = " ".join(m.group(1) for m in re.finditer(r"ood_core/\S*[ ]{2,}(.*)$", architecture, re.M))
+    calls |= set(re.findall(r"\b(\w+)\(\)", owned))
+    names |= set(re.findall(r"\b([A-Z]\w*)\b(?!\()", owned))
+    assert {"register_dataset", "register_one_class", "build_benchmark"} <= calls and "MODELS" in names
+    source = _python_sources()
+    undefined = [n for n in sorted(calls) if not re.search(rf"^\s*(?:async )?(?:def|class) {n}\b", source, re.M)]
+    undefined += [n for n in sorted(names)
+                  if not re.search(rf"^\s*(?:class {n}\b|def {n}\b|{n}\s*(?::[^=\n]*)?=)", source, re.M)]
+    assert not undefined, f"CONTRIBUTING.md names functions or classes that do not exist: {undefined}"
