@@ -152,3 +152,11 @@ def test_every_function_and_name_contributing_mentions_is_defined():
     undefined += [n for n in sorted(names)
                   if not re.search(rf"^\s*(?:class {n}\b|def {n}\b|{n}\s*(?::[^=\n]*)?=)", source, re.M)]
     assert not undefined, f"CONTRIBUTING.md names functions or classes that do not exist: {undefined}"
+
+
+def test_pages_show_the_full_references_with_linked_titles():
+    from pages import _support as ui
+
+    assert ui.reference_line("msp") == "Reference: " + REGISTRY["msp"].reference.markdown()
+    gmm = REGISTRY["gmm"].references()
+    assert len(gmm) == 2 and ui.reference_line("gmm") == "References: " + "; ".join(r.markdown() for r in gmm)
