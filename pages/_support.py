@@ -447,6 +447,14 @@ def family_label(family: str) -> str:
     return family.replace("_", " ").capitalize()
 
 
+def reference_line(name: str) -> str:
+    """A detector's references as one Markdown line, each title linked to its paper when there is a url."""
+    refs = REGISTRY[name].references()
+    if not refs:
+        return ""
+    return ("Reference: " if len(refs) == 1 else "References: ") + "; ".join(r.markdown() for r in refs)
+
+
 def detector_options(exp: Experiment) -> list[str]:
     """The detectors that apply to the experiment's setting and model, in the survey's family order."""
     spec = exp.spec

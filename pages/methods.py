@@ -61,8 +61,8 @@ def card(name: str) -> None:
                 st.code(cls.formula, language=None)
             if cls.intuition:
                 st.markdown(cls.intuition)
-            if cls.reference:
-                st.caption(f"Reference: {cls.reference}")
+            if cls.references():
+                st.caption(ui.reference_line(name))
         with right:
             if cls.params:
                 st.markdown("**Parameters** (default · range · sweep)\n" + "\n".join(param_line(k, p)

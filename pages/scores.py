@@ -39,7 +39,7 @@ def detector_card(name: str) -> dict:
             st.latex(cls.latex)
         if cls.intuition:
             st.markdown(cls.intuition)
-        st.caption(f"Reference: {cls.reference}" if cls.reference else "")
+        st.caption(ui.reference_line(name))
         if not cls.params:
             st.caption("This detector has no parameters to tune.")
             return {}

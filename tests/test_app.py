@@ -154,6 +154,7 @@ def test_scores_page_draws_histogram_roc_pr_with_expected_traces(scores, default
     assert [n.split(" (")[0] for _, n in traces(hist)[1:]] == sets
     assert [n.split(" (")[0] for _, n in traces(roc)] == [*sets, "chance"]
     assert len(traces(pr)) == 2 * len(sets)
+    assert ui.reference_line("msp") in [c.value for c in scores.caption]  # the full reference, title linked
     # the threshold line starts where 95% of ID test scores are kept
     id_msp = default_experiment.score(default_experiment.fit_detector("msp"), ["test"])["test"]
     t95 = metrics.threshold_at_tpr(id_msp, 0.95)

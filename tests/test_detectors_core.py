@@ -563,8 +563,9 @@ def test_fit_returns_self_and_does_not_mutate_params(name, easy):
 def test_registry_entry_is_complete(name):
     cls = REGISTRY[name]
     assert cls.name == name
-    for attr in ("title", "formula", "latex", "reference"):
+    for attr in ("title", "formula", "latex"):
         assert isinstance(getattr(cls, attr), str) and getattr(cls, attr).strip(), f"{name}.{attr} is empty"
+    assert cls.references(), f"{name} cites no paper"  # their fields: tests/test_docs.py
     assert cls.family in FAMILIES
     assert cls.needs and set(cls.needs) <= set(NEEDS)
     for pname, p in cls.params.items():

@@ -237,6 +237,11 @@ def test_methods_has_a_card_with_a_formula_per_detector_and_a_search(app):
     assert sorted(b.key.removeprefix("methods-jump-") for b in jumps) == sorted(REGISTRY)
     assert len(at.latex) == len(REGISTRY)
     assert {REGISTRY[n].latex.strip() for n in REGISTRY} == {el.value.strip().strip("$").strip() for el in at.latex}
+    captions = [c.value for c in at.caption]
+    for name in REGISTRY:  # every card gives the full reference(s), the title linked to the paper
+        assert any(all(r.markdown() in c for r in REGISTRY[name].references()) for c in captions), name
+    assert ("Reference: Dan Hendrycks, Kevin Gimpel, [A Baseline for Detecting Misclassified and Out-of-Distribution "
+            "Examples in Neural Networks](https://arxiv.org/abs/1610.02136), ICLR 2017") in captions
     at.text_input(key="methods-search").input("energy").run()
     no_exception(at)
     shown = [b.key.removeprefix("methods-jump-") for b in at.button if b.key and b.key.startswith("methods-jump-")]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Detector, Param, logsumexp, register
+from .base import Detector, Param, Reference, logsumexp, register
 
 
 @register
@@ -16,7 +16,9 @@ class ReAct(Detector):
              r"c = \mathrm{perc}_p(h_{\mathrm{ID}})")
     intuition = ("OOD inputs trigger a few abnormally large penultimate activations that inflate the logits. "
                  "Clipping every unit at an ID percentile removes those spikes while barely touching ID inputs.")
-    reference = "Sun, Guo & Li, ReAct: Out-of-distribution Detection With Rectified Activations, NeurIPS 2021"
+    reference = Reference("Yiyou Sun, Chuan Guo, Yixuan Li",
+                          "ReAct: Out-of-distribution Detection With Rectified Activations", "NeurIPS", 2021,
+                          "https://arxiv.org/abs/2111.12797")
     needs = ("features", "model")
     params = {"percentile": Param(90.0, 50.0, 99.9, "linear", sweep=(70.0, 80.0, 85.0, 90.0, 95.0, 99.0),
                                   help="p: clip threshold = p-th percentile of all ID train activations")}
@@ -100,7 +102,9 @@ class _ASH(Detector):
     """
 
     family = "activation"
-    reference = "Djurisic et al., Extremely Simple Activation Shaping for Out-of-Distribution Detection, ICLR 2023"
+    reference = Reference("Andrija Djurisic, Nebojsa Bozanic, Arjun Ashok, Rosanne Liu",
+                          "Extremely Simple Activation Shaping for Out-of-Distribution Detection", "ICLR", 2023,
+                          "https://arxiv.org/abs/2209.09858")
     needs = ("features", "model")
     params = {"percentile": Param(90.0, 10.0, 99.0, "linear", sweep=(50.0, 60.0, 65.0, 70.0, 80.0, 85.0, 90.0, 95.0),
                                   help="p: prune the activations below the per-sample p-th percentile "
@@ -182,8 +186,9 @@ class SCALE(Detector):
              r"{\sum_{j \in \mathrm{top}} h_j}\Big)")
     intuition = ("ASH's pruning changes which class the network predicts; SCALE keeps every activation and only "
                  "uses the pruning to measure how concentrated the activations are, scaling the logits by it.")
-    reference = ("Xu et al., Scaling for Training Time and Post-hoc Out-of-distribution Detection Enhancement, "
-                 "ICLR 2024")
+    reference = Reference("Kai Xu, Rongyu Chen, Gianni Franchi, Angela Yao",
+                          "Scaling for Training Time and Post-hoc Out-of-distribution Detection Enhancement", "ICLR",
+                          2024, "https://arxiv.org/abs/2310.00227")
     needs = ("features", "model")
     params = {"percentile": Param(85.0, 10.0, 99.0, "linear", sweep=(65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0),
                                   help="p: s2 sums the activations above the per-sample p-th percentile (OpenOOD: 85)")}
@@ -216,7 +221,8 @@ class DICE(Detector):
              r"M_{kj} = \big[\bar h_j W_{kj} > \mathrm{perc}_p(\bar h \odot W)\big]")
     intuition = ("On ID data only a few weights carry most of each logit; the rest add noise that can make "
                  "unfamiliar inputs look confident. Dropping the weak weights sharpens the energy gap.")
-    reference = "Sun & Li, DICE: Leveraging Sparsification for Out-of-Distribution Detection, ECCV 2022"
+    reference = Reference("Yiyou Sun, Yixuan Li", "DICE: Leveraging Sparsification for Out-of-Distribution Detection",
+                          "ECCV", 2022, "https://arxiv.org/abs/2111.09805")
     needs = ("features", "model")
     params = {"sparsity": Param(90.0, 0.0, 99.0, "linear", sweep=(0.0, 10.0, 30.0, 50.0, 70.0, 90.0, 95.0),
                                 help="p: percent of the weights removed (paper and OpenOOD on CIFAR: 90)")}
@@ -251,8 +257,9 @@ class VRA(Detector):
              r"h_j + \gamma & \alpha_j \le h_j \le \beta_j \\ \beta_j & h_j > \beta_j \end{cases}")
     intuition = ("ReAct only clips abnormally large activations; VRA also silences the small ones, which are "
                  "mostly noise for OOD inputs, and can lift the middle range that carries ID evidence.")
-    reference = ("Xu, Lian, Liu & Tao, VRA: Variational Rectified Activation for Out-of-distribution Detection, "
-                 "NeurIPS 2023")
+    reference = Reference("Mingyu Xu, Zheng Lian, Bin Liu, Jianhua Tao",
+                          "VRA: Variational Rectified Activation for Out-of-distribution Detection", "NeurIPS", 2023,
+                          "https://arxiv.org/abs/2302.11716")
     needs = ("features", "model")
     params = {
         "q_low": Param(60.0, 0.0, 99.0, "linear", sweep=(0.0, 30.0, 50.0, 60.0, 70.0, 80.0),

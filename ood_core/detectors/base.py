@@ -63,6 +63,40 @@ class Param:
         return v
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A paper a detector follows.
+
+    `authors` lists every author as the paper does, full names separated by ", " (the surname is taken to be
+    the last word of each name); `venue` is the conference or journal without the year; `url` is the paper's
+    arXiv abstract or proceedings page, or "" when no link was checked.
+    """
+
+    authors: str
+    title: str
+    venue: str
+    year: int
+    url: str = ""
+
+    def surnames(self) -> list[str]:
+        return [name.split()[-1] for name in self.authors.split(", ") if name.strip()]
+
+    def short(self) -> str:
+        """E.g. "Hendrycks & Gimpel, ICLR 2017"; "First et al." for three or more authors."""
+        s = self.surnames()
+        who = s[0] if len(s) == 1 else f"{s[0]} & {s[1]}" if len(s) == 2 else f"{s[0]} et al."
+        return f"{who}, {self.venue} {self.year}"
+
+    def full(self) -> str:
+        """Authors, Title, Venue Year."""
+        return f"{self.authors}, {self.title}, {self.venue} {self.year}"
+
+    def markdown(self) -> str:
+        """The full reference with the title linked to the paper when there is a url."""
+        title = f"[{self.title}]({self.url})" if self.url else self.title
+        return f"{self.authors}, {title}, {self.venue} {self.year}"
+
+
 @dataclass
 class FitContext:
     """What a detector may fit on: ID data only (train and validation Outputs), and the model adapter."""
@@ -90,7 +124,8 @@ class Detector:
     formula: ClassVar[str] = ""  # the decision score in one line, plain text
     latex: ClassVar[str] = ""  # the same, as LaTeX for st.latex
     intuition: ClassVar[str] = ""
-    reference: ClassVar[str] = ""
+    # the paper(s) the method follows: one Reference, or a tuple when it combines works
+    reference: ClassVar["Reference | tuple[Reference, ...]"] = ()
     needs: ClassVar[tuple[str, ...]] = ("logits",)
     params: ClassVar[dict[str, Param]] = {}
     # True only for methods that must run the network again (input gradients, stochastic passes, other
@@ -98,6 +133,11 @@ class Detector:
     runs_network: ClassVar[bool] = False
     # the fewest ID classes the method is meaningful for (e.g. 2 for class-relative scores)
     min_classes: ClassVar[int] = 1
+
+    @classmethod
+    def references(cls) -> tuple[Reference, ...]:
+        """`reference` as a tuple (empty when the detector cites nothing)."""
+        return (cls.reference,) if isinstance(cls.reference, Reference) else tuple(cls.reference)
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(self.params)

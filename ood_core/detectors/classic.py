@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Detector, Param, register
+from .base import Detector, Param, Reference, register
 
 _L2 = Param(False, kind="choice", choices=(False, True), sweep=(False, True),
             help="L2-normalise the features before standardising them")
@@ -44,7 +44,9 @@ class OneClassSVMDetector(_SklearnOnFeatures):
     latex = r"S(x) = -\Big(\sum_i \alpha_i\, k(z_i, z(x)) - \rho\Big),\quad k(a,b) = e^{-\gamma\lVert a-b\rVert^2}"
     intuition = ("Find the smallest smooth region of feature space that holds all but a fraction nu of the ID "
                  "training features. The further outside it a feature lies, the more unfamiliar the input.")
-    reference = "Schölkopf et al., Estimating the Support of a High-Dimensional Distribution, Neural Computation 2001"
+    reference = Reference("Bernhard Schölkopf, John C. Platt, John Shawe-Taylor, Alex J. Smola, Robert C. Williamson",
+                          "Estimating the Support of a High-Dimensional Distribution", "Neural Computation", 2001,
+                          "https://doi.org/10.1162/089976601750264965")
     params = {
         "nu": Param(0.1, 0.001, 1.0, "log", sweep=(0.01, 0.05, 0.1, 0.2, 0.5),
                     help="upper bound on the fraction of ID train features left outside the region"),
@@ -70,7 +72,8 @@ class IsolationForestDetector(_SklearnOnFeatures):
     latex = r"S(x) = 2^{-\mathbb E_t[\ell_t(z(x))]/c(n)}"
     intuition = ("Random axis-aligned splits isolate an unusual point in few steps; points deep inside the "
                  "ID cloud need many. A short average path means unfamiliar.")
-    reference = "Liu, Ting & Zhou, Isolation Forest, ICDM 2008"
+    reference = Reference("Fei Tony Liu, Kai Ming Ting, Zhi-Hua Zhou", "Isolation Forest", "ICDM", 2008,
+                          "https://doi.org/10.1109/ICDM.2008.17")
     params = {
         "n_estimators": Param(100, 10, 2000, "log", kind="int", sweep=(50, 100, 200, 500),
                               help="number of trees, seeded by the experiment seed (paper and scikit-learn: 100)"),
@@ -94,7 +97,9 @@ class LOFDetector(_SklearnOnFeatures):
     latex = r"S(x) = \frac{1}{k}\sum_{o\in N_k(z)} \frac{\mathrm{lrd}_k(o)}{\mathrm{lrd}_k(z(x))}"
     intuition = ("Compare how crowded a point's neighbourhood is with how crowded its neighbours' own "
                  "neighbourhoods are. A point in a much sparser spot than its neighbours is an outlier.")
-    reference = "Breunig et al., LOF: Identifying Density-Based Local Outliers, SIGMOD 2000"
+    reference = Reference("Markus M. Breunig, Hans-Peter Kriegel, Raymond T. Ng, Jörg Sander",
+                          "LOF: Identifying Density-Based Local Outliers", "SIGMOD", 2000,
+                          "https://doi.org/10.1145/342009.335388")
     params = {
         "n_neighbors": Param(20, 1, 500, "log", kind="int", sweep=(5, 10, 20, 50, 100),
                              help="k, the neighbourhood size (scikit-learn default 20)"),

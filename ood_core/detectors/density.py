@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Detector, Param, logsumexp, register, softmax
+from .base import Detector, Param, Reference, logsumexp, register, softmax
 
 
 @register
@@ -17,8 +17,15 @@ class ClassGMM(Detector):
              r"p(h\mid c) = \sum_m \omega_{cm}\,\mathcal N(h;\mu_{cm},\Sigma_{cm})")
     intuition = ("Fit a small mixture of Gaussians to each class's training features. A feature with a low "
                  "density under all classes together is unlike the training data.")
-    reference = ("Class-conditional Gaussian (mixture) density of deep features, e.g. Lee et al., NeurIPS 2018; "
-                 "OpenOOD's GMM baseline")
+    reference = (
+        Reference("Kimin Lee, Kibok Lee, Honglak Lee, Jinwoo Shin",
+                  "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks",
+                  "NeurIPS", 2018, "https://arxiv.org/abs/1807.03888"),
+        Reference("Jingkang Yang, Pengyun Wang, Dejian Zou, Zitang Zhou, Kunyuan Ding, Wenxuan Peng, Haoqi Wang, "
+                  "Guangyao Chen, Bo Li, Yiyou Sun, Xuefeng Du, Kaiyang Zhou, Wayne Zhang, Dan Hendrycks, Yixuan Li, "
+                  "Ziwei Liu", "OpenOOD: Benchmarking Generalized Out-of-Distribution Detection",
+                  "NeurIPS Datasets and Benchmarks", 2022, "https://arxiv.org/abs/2210.07242"),
+    )
     needs = ("features",)
     params = {
         "n_components": Param(1, 1, 5, "linear", kind="int", sweep=(1, 2, 3, 4, 5),
@@ -94,6 +101,9 @@ def gram_row_sums(fmap: np.ndarray, powers) -> np.ndarray:
 
 @register
 class GramMatrices(Detector):
+    """Gram-matrix deviations (Sastry & Oore 2020) as in the authors' code: row sums of the Gram matrices, and
+    (with `divide_by_msp`) each deviation divided by the maximum softmax probability."""
+
     name = "gram"
     title = "Gram matrices"
     family = "density"
@@ -105,8 +115,9 @@ class GramMatrices(Detector):
     intuition = ("Gram matrices of feature maps describe an image's texture and style at every layer. For each "
                  "predicted class we record the range of their values on training images; an input outside "
                  "these ranges at many layers is unfamiliar.")
-    reference = ("Sastry & Oore, Detecting Out-of-Distribution Examples with Gram Matrices, ICML 2020 "
-                 "(authors' code: row sums of the Gram matrices, deviations divided by the softmax confidence)")
+    reference = Reference("Chandramouli Shama Sastry, Sageev Oore",
+                          "Detecting Out-of-Distribution Examples with Gram Matrices", "ICML", 2020,
+                          "https://arxiv.org/abs/1912.12510")
     needs = ("logits", "model", "feature_maps")
     runs_network = True
     params = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..neighbours import kth_neighbour_distance, l2_normalise, top_k_inner_products
-from .base import Detector, Param, logsumexp, register
+from .base import Detector, Param, Reference, logsumexp, register
 
 
 def class_means_and_precision(feats: np.ndarray, labels: np.ndarray, shrink: float = 1e-6):
@@ -43,7 +43,9 @@ class Mahalanobis(Detector):
     latex = r"S(x) = \min_c\, (h(x)-\mu_c)^\top \Sigma^{-1} (h(x)-\mu_c)"
     intuition = ("Model each class's features as a Gaussian with a shared covariance; a sample far from every "
                  "class centre, in the metric of that covariance, is unfamiliar.")
-    reference = "Lee et al., A Simple Unified Framework for Detecting OOD Samples and Adversarial Attacks, NeurIPS 2018"
+    reference = Reference("Kimin Lee, Kibok Lee, Honglak Lee, Jinwoo Shin",
+                          "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial "
+                          "Attacks", "NeurIPS", 2018, "https://arxiv.org/abs/1807.03888")
     needs = ("features",)
 
     def _fit(self, ctx):
@@ -62,7 +64,9 @@ class KNN(Detector):
     latex = r"S(x) = \big\lVert z(x) - z_{(k)}(x) \big\rVert_2,\quad z = h/\lVert h\rVert_2"
     intuition = ("No assumption about the shape of the feature distribution: an input whose k-th nearest "
                  "training neighbour is far away lies in a region the network never saw.")
-    reference = "Sun et al., Out-of-Distribution Detection with Deep Nearest Neighbors, ICML 2022"
+    reference = Reference("Yiyou Sun, Yifei Ming, Xiaojin Zhu, Yixuan Li",
+                          "Out-of-Distribution Detection with Deep Nearest Neighbors", "ICML", 2022,
+                          "https://arxiv.org/abs/2204.06507")
     needs = ("features",)
     params = {"k": Param(50, 1, 500, "log", kind="int", sweep=(1, 5, 10, 20, 50, 100, 200),
                          help="which neighbour's distance is the score (paper: 50 on CIFAR-10)")}
@@ -99,7 +103,9 @@ class ViM(Detector):
              r"\alpha = \frac{\sum_i \max_c f_c(x_i)}{\sum_i \lVert (h_i-u)^{P^\perp}\rVert}")
     intuition = ("Features of OOD inputs have a component outside the principal subspace of ID features; "
                  "ViM turns its norm into a virtual logit scaled to match the real ones.")
-    reference = "Wang et al., ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022"
+    reference = Reference("Haoqi Wang, Zhizhong Li, Litong Feng, Wayne Zhang",
+                          "ViM: Out-Of-Distribution with Virtual-logit Matching", "CVPR", 2022,
+                          "https://arxiv.org/abs/2203.10807")
     needs = ("features", "logits", "model")
     params = {"dim": Param(64, 1, 2048, "log", kind="int", sweep=(8, 16, 32, 64, 96),
                            help="dimension of the principal subspace (paper: D/2 for small feature spaces)")}
@@ -125,8 +131,9 @@ class RelativeMahalanobis(Detector):
     latex = (r"S(x) = \min_c\, (h-\mu_c)^\top \Sigma^{-1} (h-\mu_c) \;-\; (h-\mu_0)^\top \Sigma_0^{-1} (h-\mu_0)")
     intuition = ("Plain Mahalanobis is fooled by feature directions that vary for every image, ID or not. "
                  "Subtracting the distance under one background Gaussian fitted to all ID features cancels them.")
-    reference = ("Ren et al., A Simple Fix to Mahalanobis Distance for Improving Near-OOD Detection, "
-                 "ICML 2021 UDL workshop")
+    reference = Reference("Jie Ren, Stanislav Fort, Jeremiah Liu, Abhijit Guha Roy, Shreyas Padhy, Balaji "
+                          "Lakshminarayanan", "A Simple Fix to Mahalanobis Distance for Improving Near-OOD Detection",
+                          "ICML UDL workshop", 2021, "https://arxiv.org/abs/2106.09022")
     needs = ("features",)
 
     def _fit(self, ctx):
@@ -142,6 +149,8 @@ class RelativeMahalanobis(Detector):
 
 @register
 class Residual(Detector):
+    """The residual norm alone: the "Residual" baseline of the ViM paper (Wang et al. 2022)."""
+
     name = "residual"
     title = "Residual (principal-subspace residual norm)"
     family = "distance"
@@ -149,7 +158,9 @@ class Residual(Detector):
     latex = r"S(x) = \lVert (h(x)-u)^{P^\perp}\rVert,\quad u = -W^{+}b"
     intuition = ("ID features live mostly in a low-dimensional principal subspace. The length of the part of a "
                  "feature outside it is large for inputs unlike the training data.")
-    reference = "Wang et al., ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022 (the Residual baseline)"
+    reference = Reference("Haoqi Wang, Zhizhong Li, Litong Feng, Wayne Zhang",
+                          "ViM: Out-Of-Distribution with Virtual-logit Matching", "CVPR", 2022,
+                          "https://arxiv.org/abs/2203.10807")
     needs = ("features", "model")
     params = {"dim": Param(64, 1, 2048, "log", kind="int", sweep=(8, 16, 32, 64, 96),
                            help="dimension of the principal subspace, as ViM's (paper: D/2 for small feature spaces)")}
@@ -175,8 +186,10 @@ class SHE(Detector):
     latex = r"S(x) = -\,h(x)^\top m_{\hat y(x)},\quad m_c = \frac{1}{|\{i: y_i=\hat y_i=c\}|}\sum_{y_i=\hat y_i=c} h_i"
     intuition = ("Each class stores one pattern, the average feature of its correctly classified training images. "
                  "An input whose feature barely matches the pattern of the class it is given is unfamiliar.")
-    reference = ("Zhang et al., Out-of-Distribution Detection based on In-Distribution Data Patterns Memorization "
-                 "with Modern Hopfield Energy, ICLR 2023")
+    reference = Reference("Jinsong Zhang, Qiang Fu, Xu Chen, Lun Du, Zelin Li, Gang Wang, Xiaoguang Liu, Shi Han, "
+                          "Dongmei Zhang",
+                          "Out-of-Distribution Detection based on In-Distribution Data Patterns Memorization with "
+                          "Modern Hopfield Energy", "ICLR", 2023, "https://openreview.net/forum?id=KkazG4lgKL")
     needs = ("features", "logits")
     params = {"metric": Param("inner_product", kind="choice", choices=("inner_product", "cosine", "euclidean"),
                               sweep=("inner_product", "cosine", "euclidean"),
@@ -217,7 +230,9 @@ class NNGuide(Detector):
              r"z=\frac{h}{\lVert h\rVert},\; E=\log\sum_c e^{f_c}")
     intuition = ("The classifier's confidence alone is also high far from the data. NNGuide multiplies it by how "
                  "similar the input is to its nearest training features, each weighted by its own confidence.")
-    reference = "Park et al., Nearest Neighbor Guidance for Out-of-Distribution Detection, ICCV 2023"
+    reference = Reference("Jaewoo Park, Yoon Gyo Jung, Andrew Beng Jin Teoh",
+                          "Nearest Neighbor Guidance for Out-of-Distribution Detection", "ICCV", 2023,
+                          "https://arxiv.org/abs/2309.14888")
     needs = ("features", "logits")
     params = {
         "k": Param(10, 1, 1000, "log", kind="int", sweep=(1, 5, 10, 20, 50, 100),
@@ -251,7 +266,8 @@ class FDBD(Detector):
              r"{\lVert w_{\hat y}-w_c\rVert}\Big/ \lVert h-\mu\rVert")
     intuition = ("ID features lie far from the decision boundaries of the classifier, measured in feature space. "
                  "Dividing by the distance to the mean ID feature compares inputs of different feature size fairly.")
-    reference = "Liu & Qin, Fast Decision Boundary based Out-of-Distribution Detector, ICML 2024"
+    reference = Reference("Litian Liu, Yao Qin", "Fast Decision Boundary based Out-of-Distribution Detector", "ICML",
+                          2024, "https://arxiv.org/abs/2312.11536")
     needs = ("features", "logits", "model")
     params = {"normaliser": Param("distance_to_mean", kind="choice", choices=("distance_to_mean", "norm"),
                                   sweep=("distance_to_mean", "norm"),
@@ -285,7 +301,8 @@ class NCI(Detector):
     latex = (r"S(x) = -\Big(\frac{w_{\hat y}^\top (h-\mu_G)}{\lVert h-\mu_G\rVert} + \alpha\,\lVert h\rVert_1\Big)")
     intuition = ("After training, centred ID features point along the weight vector of their class (neural collapse). "
                  "An input poorly aligned with its predicted class's weights, or with small features, is unfamiliar.")
-    reference = "Liu & Qin, Detecting Out-of-distribution through the Lens of Neural Collapse, CVPR 2025"
+    reference = Reference("Litian Liu, Yao Qin", "Detecting Out-of-Distribution Through the Lens of Neural Collapse",
+                          "CVPR", 2025, "https://arxiv.org/abs/2311.01479")
     needs = ("features", "logits", "model")
     params = {"alpha": Param(1e-4, 0.0, 10.0, "linear", sweep=(0.0, 1e-4, 1e-3, 1e-2, 1e-1),
                              help="weight of the L1 feature norm (authors' OpenOOD config: 1e-4, swept to 0.1)")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Detector, Param, register, softmax
+from .base import Detector, Param, Reference, register, softmax
 from .features import class_means_and_precision
 
 
@@ -19,7 +19,9 @@ class ODIN(Detector):
              r"\operatorname{softmax}(f(x)/T)_c\big)")
     intuition = ("A large temperature separates the softmax scores, and a small input step that raises the "
                  "confidence helps ID inputs more than OOD ones.")
-    reference = "Liang et al., Enhancing the Reliability of OOD Image Detection in Neural Networks, ICLR 2018"
+    reference = Reference("Shiyu Liang, Yixuan Li, R. Srikant",
+                          "Enhancing The Reliability of Out-of-distribution Image Detection in Neural Networks", "ICLR",
+                          2018, "https://arxiv.org/abs/1706.02690")
     needs = ("logits", "model")
     runs_network = True
     params = {
@@ -71,8 +73,9 @@ class GradNorm(Detector):
              r"{\partial W} \Big\rVert_1 = -\frac{1}{T}\,\lVert p - u\rVert_1\,\lVert h(x)\rVert_1")
     intuition = ("How hard would the network have to change its last layer to make its prediction uniform? "
                  "For familiar inputs, which it predicts confidently from strong features, that gradient is large.")
-    reference = ("Huang, Geng & Li, On the Importance of Gradients for Detecting Distributional Shifts in the Wild, "
-                 "NeurIPS 2021")
+    reference = Reference("Rui Huang, Andrew Geng, Yixuan Li",
+                          "On the Importance of Gradients for Detecting Distributional Shifts in the Wild", "NeurIPS",
+                          2021, "https://arxiv.org/abs/2110.00218")
     # logits = W h + b (the adapter's contract), so the gradient needs only the cached logits and features
     needs = ("features", "logits")
     min_classes = 2
@@ -107,8 +110,9 @@ class MahalanobisPreprocessed(Detector):
              r"M_c(h) = (h-\mu_c)^\top \Sigma^{-1}(h-\mu_c)")
     intuition = ("First nudge the input a tiny step towards its closest class centre, then measure the Mahalanobis "
                  "distance. Familiar inputs move much closer than unfamiliar ones, so the gap between them widens.")
-    reference = ("Lee et al., A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial "
-                 "Attacks, NeurIPS 2018")
+    reference = Reference("Kimin Lee, Kibok Lee, Honglak Lee, Jinwoo Shin",
+                          "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial "
+                          "Attacks", "NeurIPS", 2018, "https://arxiv.org/abs/1807.03888")
     needs = ("features", "model")
     runs_network = True
     params = {"epsilon": Param(0.0014, 0.0, 0.1, "linear", sweep=(0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01),

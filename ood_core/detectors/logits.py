@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from .base import Detector, FitContext, Param, logsumexp, max_softmax, register, softmax
+from .base import Detector, FitContext, Param, Reference, logsumexp, max_softmax, register, softmax
 
 
 @register
@@ -16,7 +16,9 @@ class MSP(Detector):
     latex = r"S(x) = -\max_c \frac{e^{f_c(x)}}{\sum_j e^{f_j(x)}}"
     intuition = ("A classifier tends to be less confident on inputs unlike its training data. "
                  "The baseline every later method is compared with.")
-    reference = "Hendrycks & Gimpel, A Baseline for Detecting Misclassified and OOD Examples, ICLR 2017"
+    reference = Reference("Dan Hendrycks, Kevin Gimpel",
+                          "A Baseline for Detecting Misclassified and Out-of-Distribution Examples in Neural Networks",
+                          "ICLR", 2017, "https://arxiv.org/abs/1610.02136")
     needs = ("logits",)
 
     def _score(self, out):
@@ -32,7 +34,10 @@ class MaxLogit(Detector):
     latex = r"S(x) = -\max_c f_c(x)"
     intuition = ("The softmax normalises away how strongly the network responds; the raw largest logit keeps it. "
                  "Strong in large-scale and open-set benchmarks (Vaze et al. 2022).")
-    reference = "Hendrycks et al., Scaling OOD Detection to Real-World Settings, ICML 2022"
+    reference = Reference("Dan Hendrycks, Steven Basart, Mantas Mazeika, Andy Zou, Joseph Kwon, Mohammadreza "
+                          "Mostajabi, Jacob Steinhardt, Dawn Song",
+                          "Scaling Out-of-Distribution Detection for Real-World Settings", "ICML", 2022,
+                          "https://arxiv.org/abs/1911.11132")
     needs = ("logits",)
 
     def _score(self, out):
@@ -48,7 +53,9 @@ class Energy(Detector):
     latex = r"S(x) = E(x;T) = -T \log \sum_{c} e^{f_c(x)/T}"
     intuition = ("The free energy of the logits is a log-likelihood up to a constant, so it is aligned with "
                  "the density of the input; unlike MSP it is not squashed by the softmax.")
-    reference = "Liu et al., Energy-based Out-of-distribution Detection, NeurIPS 2020"
+    reference = Reference("Weitang Liu, Xiaoyun Wang, John D. Owens, Yixuan Li",
+                          "Energy-based Out-of-distribution Detection", "NeurIPS", 2020,
+                          "https://arxiv.org/abs/2010.03759")
     needs = ("logits",)
     params = {"temperature": Param(1.0, 0.1, 100.0, "log", sweep=(0.5, 1.0, 2.0, 5.0, 10.0, 100.0),
                                    help="T in the free energy; the paper uses T = 1")}
@@ -60,6 +67,8 @@ class Energy(Detector):
 
 @register
 class Entropy(Detector):
+    """The Shannon entropy of the softmax; cited for its use as an uncertainty score on unfamiliar inputs."""
+
     name = "entropy"
     title = "Predictive entropy"
     family = "output"
@@ -67,7 +76,9 @@ class Entropy(Detector):
     latex = r"S(x) = -\sum_c p_c(x) \log p_c(x)"
     intuition = ("Spread-out predictions mean the network does not know which class this is. "
                  "Uses the whole softmax, not only its maximum.")
-    reference = "Shannon entropy of the predictive distribution; e.g. Lakshminarayanan et al., NeurIPS 2017"
+    reference = Reference("Balaji Lakshminarayanan, Alexander Pritzel, Charles Blundell",
+                          "Simple and Scalable Predictive Uncertainty Estimation using Deep Ensembles", "NeurIPS", 2017,
+                          "https://arxiv.org/abs/1612.01474")
     needs = ("logits",)
 
     def _score(self, out):
@@ -98,7 +109,8 @@ class TemperatureScaledMSP(Detector):
     latex = r"S(x) = -\log\max_c \operatorname{softmax}(f(x)/T^*)_c,\quad T^*=\arg\min_T \mathrm{NLL}_{\mathrm{val}}(T)"
     intuition = ("Calibrating the softmax with one temperature fitted on held-out ID data makes confidences honest, "
                  "which changes how MSP ranks borderline inputs.")
-    reference = "Guo et al., On Calibration of Modern Neural Networks, ICML 2017"
+    reference = Reference("Chuan Guo, Geoff Pleiss, Yu Sun, Kilian Q. Weinberger",
+                          "On Calibration of Modern Neural Networks", "ICML", 2017, "https://arxiv.org/abs/1706.04599")
     needs = ("logits",)
 
     def _fit(self, ctx: FitContext) -> None:
@@ -138,7 +150,10 @@ class KLMatching(Detector):
     intuition = ("Each class has a typical shape of its whole softmax, including how the leftover probability "
                  "spreads over the other classes. An input whose softmax matches none of these templates is "
                  "unfamiliar.")
-    reference = "Hendrycks et al., Scaling Out-of-Distribution Detection for Real-World Settings, ICML 2022"
+    reference = Reference("Dan Hendrycks, Steven Basart, Mantas Mazeika, Andy Zou, Joseph Kwon, Mohammadreza "
+                          "Mostajabi, Jacob Steinhardt, Dawn Song",
+                          "Scaling Out-of-Distribution Detection for Real-World Settings", "ICML", 2022,
+                          "https://arxiv.org/abs/1911.11132")
     needs = ("logits",)
     min_classes = 2
 
@@ -175,7 +190,10 @@ class GeneralizedEntropy(Detector):
     latex = r"S(x) = G_\gamma(p) = \sum_{j=1}^{M} p_{(j)}^{\gamma}\,\big(1 - p_{(j)}\big)^{\gamma}"
     intuition = ("Like the entropy, it is large when the probability is spread out, but a small exponent gamma "
                  "makes it far more sensitive to small probabilities on the runner-up classes.")
-    reference = "Liu, Lochman & Zach, GEN: Pushing the Limits of Softmax-Based Out-of-Distribution Detection, CVPR 2023"
+    reference = Reference("Xixi Liu, Yaroslava Lochman, Christopher Zach",
+                          "GEN: Pushing the Limits of Softmax-Based Out-of-Distribution Detection", "CVPR", 2023,
+                          "https://openaccess.thecvf.com/content/CVPR2023/html/Liu_GEN_Pushing_the_Limits_of_"
+                          "Softmax-Based_Out-of-Distribution_Detection_CVPR_2023_paper.html")
     needs = ("logits",)
     min_classes = 2
     params = {
@@ -213,8 +231,10 @@ class CosineSimilarity(Detector):
     latex = r"S(x) = -\max_k \frac{w_k^\top h(x)}{\lVert w_k\rVert\,\lVert h(x)\rVert}"
     intuition = ("The direction of the feature vector says which class it resembles, its length mostly says how "
                  "strongly the network responds. An input pointing away from every class direction is unfamiliar.")
-    reference = ("Techapanurak, Suganuma & Okatani, Hyperparameter-Free Out-of-Distribution Detection Using "
-                 "Cosine Similarity, ACCV 2020")
+    reference = Reference("Engkarat Techapanurak, Masanori Suganuma, Takayuki Okatani",
+                          "Hyperparameter-Free Out-of-Distribution Detection Using Cosine Similarity", "ACCV", 2020,
+                          "https://openaccess.thecvf.com/content/ACCV2020/html/Techapanurak_Hyperparameter-Free_"
+                          "Out-of-Distribution_Detection_Using_Cosine_Similarity_ACCV_2020_paper.html")
     needs = ("features", "model")
 
     def _fit(self, ctx):

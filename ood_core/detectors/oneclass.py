@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Detector, register
+from .base import Detector, Reference, register
 
 
 @register
@@ -17,8 +17,13 @@ class ModelScore(Detector):
              r"\ \text{(AE)},\quad -\tfrac{1}{T}\textstyle\sum_t \log p(t \mid T_t(x)) \ \text{(GeoTrans)}")
     intuition = ("A one-class model is trained on normal data alone and defines its own notion of unusual: "
                  "far from the learnt centre, badly reconstructed, or hard to recognise transformations of.")
-    reference = ("Ruff et al., Deep One-Class Classification, ICML 2018; Golan & El-Yaniv, Deep Anomaly Detection "
-                 "Using Geometric Transformations, NeurIPS 2018")
+    reference = (
+        Reference("Lukas Ruff, Robert Vandermeulen, Nico Görnitz, Lucas Deecke, Shoaib Ahmed Siddiqui, Alexander "
+                  "Binder, Emmanuel Müller, Marius Kloft", "Deep One-Class Classification", "ICML", 2018,
+                  "https://proceedings.mlr.press/v80/ruff18a.html"),
+        Reference("Izhak Golan, Ran El-Yaniv", "Deep Anomaly Detection Using Geometric Transformations", "NeurIPS",
+                  2018, "https://arxiv.org/abs/1805.10917"),
+    )
     needs = ("model_score",)
 
     def _score(self, out):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import brentq
 
-from .base import Detector, Param, logsumexp, register
+from .base import Detector, Param, Reference, logsumexp, register
 
 # libMR's MR() default: the tail is shifted so its smallest value sits at this amount before the Weibull fit
 LIBMR_TRANSLATE = 10000.0
@@ -87,7 +87,8 @@ class OpenMax(Detector):
     intuition = ("Each class learns, with extreme value theory, how far its correctly classified training logits "
                  "fall from their mean. Logits far from every class's mean hand their mass to an explicit "
                  "'unknown' class, whose probability is the score.")
-    reference = "Bendale & Boult, Towards Open Set Deep Networks, CVPR 2016"
+    reference = Reference("Abhijit Bendale, Terrance E. Boult", "Towards Open Set Deep Networks", "CVPR", 2016,
+                          "https://arxiv.org/abs/1511.06233")
     needs = ("logits",)
     min_classes = 2
     params = {

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Detector, Param, logsumexp, register
+from .base import Detector, Param, Reference, logsumexp, register
 
 MEASURES = ("entropy", "mutual_info", "max_prob")
 # elementwise dropout masks every unit; the channel-wise kinds mask whole channels
@@ -133,8 +133,9 @@ class MCDropout(Detector):
              r"W_t \sim q(W)\ \text{(dropout masks)}")
     intuition = ("Dropout at test time samples many slightly different networks. On familiar inputs they agree; "
                  "on unfamiliar ones their predictions scatter, so the averaged prediction is uncertain.")
-    reference = ("Gal & Ghahramani, Dropout as a Bayesian Approximation: Representing Model Uncertainty in Deep "
-                 "Learning, ICML 2016")
+    reference = Reference("Yarin Gal, Zoubin Ghahramani",
+                          "Dropout as a Bayesian Approximation: Representing Model Uncertainty in Deep Learning",
+                          "ICML", 2016, "https://arxiv.org/abs/1506.02142")
     needs = ("logits", "model")
     runs_network = True
     min_classes = 2
@@ -173,8 +174,9 @@ class DeepEnsemble(Detector):
     latex = r"S(x) = H\Big(\frac{1}{M}\sum_{m=1}^{M} \operatorname{softmax}\big(f_m(x)\big)\Big)"
     intuition = ("Networks trained from different random starts agree on inputs like their training data but "
                  "extrapolate differently elsewhere, so their averaged prediction is uncertain on unfamiliar inputs.")
-    reference = ("Lakshminarayanan, Pritzel & Blundell, Simple and Scalable Predictive Uncertainty Estimation "
-                 "using Deep Ensembles, NeurIPS 2017")
+    reference = Reference("Balaji Lakshminarayanan, Alexander Pritzel, Charles Blundell",
+                          "Simple and Scalable Predictive Uncertainty Estimation using Deep Ensembles", "NeurIPS", 2017,
+                          "https://arxiv.org/abs/1612.01474")
     needs = ("logits", "model")
     runs_network = True
     min_classes = 2
