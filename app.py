@@ -5,7 +5,10 @@ shared sidebar that shows the current experiment.
 """
 import streamlit as st
 
+from ood_core import serving
 from pages import _support as ui
+
+serving.configure_process()  # once per server: torch and BLAS threads per request (OOD_EXPLORER_THREADS, shared mode)
 
 # an emoji favicon is drawn locally; a ":material/...:" favicon would be fetched from the internet
 st.set_page_config(page_title="OOD Explorer", page_icon="🔎", layout="wide")

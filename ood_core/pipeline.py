@@ -90,6 +90,9 @@ class Experiment:
                           member_models=self.member_adapter if self.is_classifier else None, seed=self.spec.seed)
 
     def fit_detector(self, name: str, params: Optional[Mapping] = None) -> Detector:
+        from . import serving
+
+        serving.check_detector_allowed(name, dict(params or {}))  # shared mode: bounded ensembles
         return create(name, **dict(params or {})).fit(self.fit_context())
 
     def score(self, detector: Detector, splits: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:

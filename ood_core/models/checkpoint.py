@@ -8,6 +8,7 @@ model is retrained. When the cache folder cannot be written, models are kept in 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import glob
@@ -27,6 +28,7 @@ from typing import Callable, Iterator, Mapping, Optional
 import torch
 from torch import nn
 
+from .. import serving
 from ..data import Benchmark
 from ..spec import Spec
 from .cnn import build_model
@@ -111,7 +113,9 @@ def _provenance(model: nn.Module, seconds: float, device: Optional[str], written
     if device is None:
         t = next(iter(model.state_dict().values()), None)
         device = str(t.device) if t is not None else "cpu"
-    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "device": str(device),
+    from .reproducible import TRAIN_THREADS  # the count every training runs with (models.reproducible)
+
+    return {"torch": str(torch.__version__), "threads": TRAIN_THREADS, "device": str(device),
             "written_utc": datetime.now(timezone.utc).isoformat(timespec="seconds") if written else None,
             "train_seconds": float(seconds)}
 
@@ -219,25 +223,35 @@ def remove_orphan_temp_files(path: Path) -> list[Path]:
 # --- the cache ------------------------------------------------------------------------------------------
 
 def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
-              cache_dir: Path | str | None = None, device: str = "cpu", retrain: bool = False) -> TrainResult:
+              cache_dir: Path | str | None = None, device: str = "cpu", retrain: bool = False,
+              on_wait: Optional[Callable[[int], None]] = None) -> TrainResult:
     """The trained model for `spec`: from the checkpoint cache when valid, else trained and cached.
 
     Holds the checkpoint's file lock throughout, so two processes asking for one spec train it once. A damaged
     checkpoint is moved aside and the model retrained; `note` on the result says what happened. When the
     cache cannot be written the model is kept in memory for this process instead (and `note` says so).
+    A training waits for a slot of the process's training queue (serving.training_queue: at most as many
+    trainings as cores); on_wait(place) is called meanwhile. With a cache cap (OOD_EXPLORER_CACHE_MB) the least
+    recently used checkpoints are removed after a save.
     """
     from . import train  # at call time: tests and tools may replace train.train_model
+
+    def queued_training():
+        with serving.training_queue().slot(on_wait):
+            return train.train_model(spec, bench, progress, device)
 
     path = checkpoint_path(spec, cache_dir)
     writable, reason = cache_status(cache_dir)
     if not writable:
-        return _get_model_in_memory(spec, bench, progress, path, reason, device, retrain, train.train_model)
+        return _get_model_in_memory(spec, bench, progress, path, reason, device, retrain,
+                                    lambda *_: queued_training())
     with file_lock(path):
         remove_orphan_temp_files(path)
         note = ""
         if not retrain:
             found = read_checkpoint(path, spec, bench)
             if found.status == "ok":
+                _touch(path)
                 return found.result
             if found.status == "corrupt":
                 aside = move_aside(path)
@@ -246,9 +260,10 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
             elif found.status == "unverified":
                 note = (f"The cached checkpoint {path.name} could not be verified ({found.reason}); "
                         "the model was retrained and the checkpoint replaced.")
-        result = train.train_model(spec, bench, progress, device)
+        result = queued_training()
         try:
             result.provenance = save_checkpoint(path, result.model, spec, result.history, result.seconds, device)
+            enforce_cache_cap(path.parent, serving.cache_cap_bytes(), keep=path)
         except OSError as e:  # the disk filled up or went read-only since the check: keep the work
             _MEMORY_CACHE[spec.model_key()] = _memory_bytes(result, spec, device)
             result.provenance = _provenance(result.model, result.seconds, device, written=False)
@@ -258,6 +273,36 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
         result.from_cache = False
         result.note = note
         return result
+
+
+def _touch(path: Path) -> None:
+    """Mark a checkpoint as just used (its mtime), for the least-recently-used cache cap."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def enforce_cache_cap(folder: Path, cap_bytes: Optional[int], keep: Optional[Path] = None) -> list[Path]:
+    """Remove the least recently used checkpoints (oldest mtime first) of `folder` until its *.pt files fit in
+    `cap_bytes`; `keep` (the one just written) is never removed. Returns the removed paths."""
+    if not cap_bytes:
+        return []
+    files = []
+    for f in folder.glob("*.pt"):
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            files.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in files)
+    removed = []
+    for _, size, f in sorted(files, key=lambda t: t[0]):
+        if total <= cap_bytes:
+            break
+        if keep is not None and f == keep:
+            continue
+        with contextlib.suppress(OSError):
+            f.unlink()
+            total -= size
+            removed.append(f)
+    return removed
 
 
 def _memory_bytes(result: TrainResult, spec: Spec, device: str) -> bytes:
