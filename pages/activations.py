@@ -10,6 +10,7 @@ from ood_core import figures
 from ood_core import explain as X
 from ood_core.data import OOD_SETS
 from ood_core.detectors import REGISTRY
+from ood_core.text import brief
 from pages import _support as ui
 
 DEFAULT_OOD = ("rotated", "gaussian")
@@ -32,7 +33,7 @@ def default_sets(available: list[str]) -> list[str]:
 def percentile_slider(label: str, name: str, pname: str, key: str, help_: str) -> float:
     """A slider over the detector's own parameter range, starting at its default."""
     p = REGISTRY[name].params[pname]
-    step, decimals = ui.linear_step(p)
+    step, decimals = p.slider_step()
     return st.slider(label, float(p.low), float(p.high), float(p.default), step=step, format=f"%.{decimals}f",
                      key=key, help=help_)
 
@@ -80,7 +81,7 @@ def _images(exp, split: str, idx, captions) -> None:
         st.caption("No images.")
         return
     pixels = exp.bench.to_pixels(exp.outputs[split].inputs[idx])
-    st.image(ui.upscale(pixels, 4), caption=captions, width=80)
+    st.image(figures.upscale(pixels, 4), caption=captions, width=80)
 
 
 # --- the three views --------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def main() -> None:
         with st.spinner("Collecting activation statistics…"):
             view = ui.activation_view(ui.experiment_id(exp), tuple(sets), exp)
     except Exception as e:  # e.g. a model without a linear head
-        st.error(f"Could not compute the activation statistics: {ui.brief(str(e))}")
+        st.error(f"Could not compute the activation statistics: {brief(str(e))}")
         return
     {"react": react_view, "dice": dice_view, "ash": ash_view}[which](exp, view, sets)
 

@@ -19,6 +19,7 @@ from ood_core.data import OOD_SETS
 from ood_core.data.benchmark import known_classes_for
 from ood_core.detectors import FAMILIES, REGISTRY
 from ood_core.spec import ONE_CLASS_SETTINGS
+from ood_core.text import brief
 from pages import _support as ui
 
 TABLE_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")  # the survey's Table 6 columns
@@ -244,7 +245,7 @@ def protocol_run(key: str, label: str, fn: Callable) -> Optional[dict]:
         res = fn(bar)
     except Exception as e:
         bar.bar.empty()
-        st.error(f"{label} failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+        st.error(f"{label} failed: {brief(f'{type(e).__name__}: {e}')}")
         return None
     bar.bar.empty()
     out = {"rows": res.rows, "seconds": res.seconds}
@@ -402,7 +403,7 @@ def main() -> None:
             multi = run_multi_seed(exp, names, seeds)
             ui.remember(key, multi)
         except Exception as e:
-            st.error(f"The multi-seed comparison failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+            st.error(f"The multi-seed comparison failed: {brief(f'{type(e).__name__}: {e}')}")
 
     chosen = [n for n in names if REGISTRY[n].family in families]
     if multi is not None:

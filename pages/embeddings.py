@@ -9,8 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from ood_core import embedding as E
+from ood_core import figures
 from ood_core.data import OOD_SETS
 from ood_core.detectors import REGISTRY
+from ood_core.text import brief
 from pages import _support as ui
 
 DEFAULT_DETECTOR = "msp"
@@ -173,7 +175,7 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
     pixels = exp.bench.to_pixels(E.frame_inputs(exp, shown))
     captions = [_caption(s, i, lab, pred, exp.is_classifier)
                 for s, i, lab, pred in zip(shown["set"], shown["index"], shown["label_name"], shown["pred_name"])]
-    st.image(ui.upscale(pixels, 4), caption=captions, width=72)
+    st.image(figures.upscale(pixels, 4), caption=captions, width=72)
     if len(rows) > MAX_IMAGES:
         st.caption(f"The first {MAX_IMAGES} of {len(rows)} images; the table lists all of them.")
 
@@ -197,7 +199,7 @@ def main() -> None:
     try:
         frame, event = draw_map(exp, ui.experiment_id(exp), c, sets)
     except ValueError as e:  # too few points, NaN features, no stored images, ...
-        st.error(f"Could not compute the embedding: {ui.brief(str(e))}")
+        st.error(f"Could not compute the embedding: {brief(str(e))}")
         return
     selection_section(exp, frame, event, c["detector"])
 

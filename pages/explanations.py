@@ -18,6 +18,7 @@ from ood_core.data import OOD_SETS
 from ood_core.detectors import REGISTRY
 from ood_core.detectors.base import softmax
 from ood_core.inference import Outputs
+from ood_core.text import brief
 from pages import _support as ui
 
 METHODS = {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "guided_gradcam": "Guided Grad-CAM"}
@@ -40,7 +41,7 @@ def read_upload(data, bench, invert="auto") -> tuple[Optional[X.Upload], Optiona
     try:
         return X.preprocess_upload(data, bench, invert=invert), None
     except ValueError as e:
-        return None, f"Could not use this image: {ui.brief(str(e))}"
+        return None, f"Could not use this image: {brief(str(e))}"
 
 
 def sample_outputs(exp, x: np.ndarray) -> Outputs:
@@ -64,7 +65,7 @@ def default_ood(available: list[str]) -> str:
 # --- showing images ---------------------------------------------------------------------------------
 
 def big(images_01: np.ndarray) -> list[np.ndarray]:
-    return ui.upscale(images_01, UPSCALE)
+    return figures.upscale(images_01, UPSCALE)
 
 
 def overlays(pixels: np.ndarray, heat: np.ndarray, alpha: float) -> list[np.ndarray]:
@@ -100,7 +101,7 @@ def explained_row(exp, samples: Samples, split: str, idx, opts: dict, extras=Non
     try:
         heat = ui.attribution_maps(ui.experiment_id(exp), opts["method"], split, tuple(idx), opts["target"], exp)
     except ValueError as e:
-        st.error(f"Could not explain these images: {ui.brief(str(e))}")
+        st.error(f"Could not explain these images: {brief(str(e))}")
         return
     pix = samples.pixels(split, idx)
     st.image(big(pix), caption=caps, width=IMG_W)
@@ -234,7 +235,7 @@ def explain_sample(exp, x: np.ndarray, pixels: np.ndarray, label: str, opts: dic
         heat = X.attribute(exp.model, opts["method"], x, opts["target"], bench=exp.bench)
     except ValueError as e:
         heat = None
-        st.error(f"Could not explain this image: {ui.brief(str(e))}")
+        st.error(f"Could not explain this image: {brief(str(e))}")
     with c1:
         st.image(big(pixels), caption=[label], width=120)
     with c2:
@@ -272,7 +273,7 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
                 if not np.all(np.isfinite(v)):
                     raise FloatingPointError("a NaN or infinite score")
             except Exception as e:
-                error = ui.brief(f"{type(e).__name__}: {e}")
+                error = brief(f"{type(e).__name__}: {e}")
         if error:
             failed.append(f"{REGISTRY[n].title}: {error}")
             continue

@@ -14,6 +14,7 @@ import streamlit as st
 from ood_core import figures, metrics
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY, Param
+from ood_core.text import brief
 from pages import _support as ui
 
 DEFAULT_DETECTORS = ("knn", "react", "energy")  # the first that applies is preselected
@@ -77,7 +78,7 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
             rows = ui.sensitivity_sweep(ui.experiment_id(exp), name, pname, json.dumps(values), json.dumps(sets),
                           json.dumps(fixed, sort_keys=True), exp)
         except Exception as e:  # e.g. a held value the other parameter's range rejects
-            st.error(f"The sweep of {pname} failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+            st.error(f"The sweep of {pname} failed: {brief(f'{type(e).__name__}: {e}')}")
             return
     cols = st.columns(2 if with_fpr else 1)
     for col, metric in zip(cols, ("auroc", "fpr95")):
@@ -87,7 +88,7 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
     failed = {}
     for r in rows:
         if r["error"]:
-            failed.setdefault(str(r["value"]), ui.brief(r["error"]))
+            failed.setdefault(str(r["value"]), brief(r["error"]))
     if failed:
         st.warning("No result (a gap in the line) at " + "; ".join(f"{pname} = {v}: {e}" for v, e in failed.items()))
     if moved:
