@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import report
 from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
 from .data import DATASETS
 from .spec import SETTINGS, Spec, TrainConfig
@@ -174,7 +174,7 @@ def _stderr_progress(frac: float, msg: str) -> None:
 
 def _write_json(path: str, doc: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=1, default=float))
+    Path(path).write_text(report.to_json(doc))
 
 
 def run(args) -> int:
@@ -209,8 +209,6 @@ def run(args) -> int:
             print(f"[seed {seed}] model {'from cache' if exp.training.from_cache else 'trained'}, "
                   f"ID accuracy {100 * exp.id_accuracy:.2f}%, {time.perf_counter() - started[seed]:.1f} s",
                   file=sys.stderr)
-        for r in rows:
-            r.pop("seconds", None)
         suffix = f"seed{seed}" if len(seeds) > 1 else ""
         if args.save_outputs:
             _save_outputs(exp, Path(args.save_outputs) / suffix)
@@ -229,9 +227,7 @@ def run(args) -> int:
     for det, e in dict.fromkeys(errors):
         print(f"\n{det} failed: {e}")
     if args.json:
-        doc = {"spec": base.to_dict(), "seeds": seeds, "id_accuracy": float(np.mean(accs)),
-               "id_accuracy_per_seed": [float(a) for a in accs], "results": all_rows, "summary": summary}
-        _write_json(args.json, doc)
+        _write_json(args.json, report.seeds_doc(base, seeds, all_rows, summary, accs))
     return 0
 
 
