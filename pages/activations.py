@@ -8,12 +8,11 @@ import streamlit as st
 from ood_core import activation_stats as A
 from ood_core import figures
 from ood_core import explain as X
-from ood_core.data import OOD_SETS
 from ood_core.detectors import REGISTRY
+from ood_core.settings import default_ood_sets
 from ood_core.text import brief
 from pages import _support as ui
 
-DEFAULT_OOD = ("rotated", "gaussian")
 VIEWS = {"react": "ReAct: clip activations", "dice": "DICE: sparsify the last layer",
          "ash": "ASH: prune activations"}
 ASH_MODES = {"s": "ASH-S (scale the rest)", "b": "ASH-B (binarise the rest)", "p": "ASH-P (prune only)"}
@@ -23,12 +22,6 @@ GALLERY_K = 6
 # --- caching glue (page-specific) -------------------------------------------------------------------
 
 # --- widgets ----------------------------------------------------------------------------------------
-
-def default_sets(available: list[str]) -> list[str]:
-    natural = [s for s in available if s not in OOD_SETS]
-    default = (natural[:1] + ["rotated"]) if natural else [s for s in DEFAULT_OOD if s in available]
-    return [s for s in default if s in available] or available[:2]
-
 
 def percentile_slider(label: str, name: str, pname: str, key: str, help_: str) -> float:
     """A slider over the detector's own parameter range, starting at its default."""
@@ -197,7 +190,7 @@ def main() -> None:
         return
     c1, c2 = st.columns([2, 3])
     with c1:
-        sets = st.multiselect("OOD sets", exp.ood_names, default=default_sets(exp.ood_names), key="act-sets")
+        sets = st.multiselect("OOD sets", exp.ood_names, default=default_ood_sets(exp.ood_names), key="act-sets")
     with c2:
         which = st.radio("Method", list(VIEWS), format_func=VIEWS.get, key="act-view", horizontal=True)
     if not sets:

@@ -6,10 +6,10 @@ import streamlit as st
 from ood_core import figures, metrics, report
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY
+from ood_core.settings import default_ood_sets
 from pages import _support as ui
 
 DEFAULT_DETECTOR = "msp"
-DEFAULT_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) set
 
 
 def choose_detector(exp) -> str:
@@ -22,9 +22,7 @@ def choose_detector(exp) -> str:
 
 def choose_sets(available: list[str]) -> list[str]:
     """OOD set multiselect; the default is a natural set (unknown classes) if any, else one near and one far set."""
-    natural = [s for s in available if s not in OOD_SETS]  # e.g. OSR's unknown classes
-    default = (natural[:1] + ["rotated"]) if natural else [s for s in DEFAULT_OOD if s in available]
-    default = [s for s in default if s in available] or available[:1]
+    default = default_ood_sets(available, fallback=1)
     described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
     return st.multiselect("OOD sets", available, default=default, key="scores-sets",
                           help="Which unfamiliar samples to compare with the ID test images:\n" + described)

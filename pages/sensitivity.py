@@ -14,11 +14,11 @@ import streamlit as st
 from ood_core import figures, metrics
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY, Param
+from ood_core.settings import NEAR_FAR_OOD, default_ood_sets
 from ood_core.text import brief
 from pages import _support as ui
 
 DEFAULT_DETECTORS = ("knn", "react", "energy")  # the first that applies is preselected
-DEFAULT_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) set
 
 
 # --- caching glue (a candidate for pages/_support.py) ---------------------------------------------
@@ -41,10 +41,9 @@ def choose_detector(exp) -> Optional[str]:
 
 
 def choose_sets(available: list[str]) -> list[str]:
-    natural = [s for s in available if s not in OOD_SETS]  # e.g. OSR's unknown classes, ND's novel class
-    default = natural[:1] + [s for s in DEFAULT_OOD if s in available]
+    default = default_ood_sets(available, with_natural=NEAR_FAR_OOD, fallback=1)
     described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
-    return st.multiselect("OOD sets", available, default=default or available[:1], key="sens-sets",
+    return st.multiselect("OOD sets", available, default=default, key="sens-sets",
                           help="One line per set in every chart.\n" + described)
 
 

@@ -16,7 +16,7 @@ from sklearn.covariance import EmpiricalCovariance
 from torch import nn
 
 from ood_core import metrics
-from ood_core.detectors import FAMILIES, REGISTRY, FitContext, NotFittedError, Param, create
+from ood_core.detectors import FAMILIES, REGISTRY, FitContext, NotFittedError, Param, create, default_params
 from ood_core.detectors.base import NEEDS
 from ood_core.detectors.logits import fit_temperature
 from ood_core.inference import ModelAdapter, Outputs, run_inference
@@ -611,3 +611,19 @@ def test_param_slider_step_hits_the_default_and_the_sweep():
     assert decimals == 4 and step == pytest.approx(1e-4)
     assert Param(90.0, 50.0, 99.9, sweep=(70.0, 99.0)).slider_step() == (pytest.approx(0.1), 1)
     assert Param(0.5, 0.0, 1.0).slider_step() == (pytest.approx(0.01), 2)  # a hundredth of the range
+
+
+def test_default_params_are_every_parameter_at_its_default():
+    assert default_params("knn") == {"k": REGISTRY["knn"].params["k"].default}
+    assert default_params("msp") == {}
+    for name, cls in REGISTRY.items():
+        assert cls(**default_params(name)).get_params() == cls().get_params()
+
+
+def test_runs_network_marks_the_detectors_that_need_the_network_again():
+    # pages opt in to these as slow; feature maps come from another pass of the network
+    assert all(cls.runs_network for cls in REGISTRY.values() if "feature_maps" in cls.needs)
+    assert {"odin", "mahalanobis_pre", "gram", "mc_dropout", "ensemble"} <= {
+        n for n, cls in REGISTRY.items() if cls.runs_network}
+    # GradNorm's gradient is of the head only, in closed form from the cached outputs: not slow
+    assert REGISTRY["gradnorm"].family == "gradient" and not REGISTRY["gradnorm"].runs_network

@@ -174,6 +174,11 @@ def register(cls: type[Detector]) -> type[Detector]:
     return cls
 
 
+def default_params(name: str) -> dict[str, Any]:
+    """Every parameter of detector `name` at its default value."""
+    return {k: p.default for k, p in REGISTRY[name].params.items()}
+
+
 def create(name: str, **params: Any) -> Detector:
     if name not in REGISTRY:
         raise KeyError(f"unknown detector {name!r}; known: {', '.join(REGISTRY)}")
