@@ -19,8 +19,6 @@ ASH_MODES = {"s": "ASH-S (scale the rest)", "b": "ASH-B (binarise the rest)", "p
 GALLERY_K = 6
 
 
-# --- caching glue (page-specific) -------------------------------------------------------------------
-
 # --- widgets ----------------------------------------------------------------------------------------
 
 def percentile_slider(label: str, name: str, pname: str, key: str, help_: str) -> float:

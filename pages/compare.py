@@ -41,8 +41,6 @@ NETWORK_HELP = ("These methods run the network again instead of scoring the cach
                 "ensemble's first training minutes; all other detectors together take about 3 s, once.")
 
 
-# --- caching glue (candidates for pages/_support.py) ---------------------------------------------
-
 # --- computing --------------------------------------------------------------------------------------
 
 def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:

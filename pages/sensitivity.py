@@ -21,8 +21,6 @@ from pages import _support as ui
 DEFAULT_DETECTORS = ("knn", "react", "energy")  # the first that applies is preselected
 
 
-# --- caching glue (a candidate for pages/_support.py) ---------------------------------------------
-
 # --- helpers --------------------------------------------------------------------------------------
 
 def sweep_values(p: Param) -> list:
