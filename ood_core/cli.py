@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .compare import METRIC_KEYS, summarise  # noqa: F401  (re-exported)
+from . import report
+from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
 from .data import DATASETS
 from .spec import SETTINGS, Spec, TrainConfig
 
@@ -174,7 +174,7 @@ def _stderr_progress(frac: float, msg: str) -> None:
 
 def _write_json(path: str, doc: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=1, default=float))
+    Path(path).write_text(report.to_json(doc))
 
 
 def run(args) -> int:
@@ -196,37 +196,35 @@ def run(args) -> int:
         return run_osr(args, base)
     if args.setting in ("nd", "ad"):
         return run_one_class(args, base)
-    if args.detectors.strip() != "all":
-        pipeline.resolve_detectors(args.detectors)  # unknown names fail before any training
-    detectors = args.detectors  # resolved per experiment: "all" = every detector that applies to it
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     seeds = list(range(args.seed, args.seed + args.seeds))
-    all_rows, accs = [], []
-    for seed in seeds:  # not compare.run_seeds: the CLI also saves outputs and scores per seed
-        spec = base.with_seed(seed)
-        t0 = time.perf_counter()
+    started: dict[int, float] = {}
 
-        def progress(p, seed=seed):
+    def get_experiment(seed: int):
+        started[seed] = time.perf_counter()
+
+        def progress(p):
             if not args.quiet:
                 acc = f" val acc {100 * p.val_accuracy:.1f}%" if np.isfinite(p.val_accuracy) else ""
                 print(f"[seed {seed}] epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}{acc}", file=sys.stderr)
 
-        exp = pipeline.prepare(spec, progress=progress, cache_dir=args.cache_dir, device=args.device)
-        rows, scores = pipeline.evaluate(exp, detectors, all_splits=bool(args.save_scores))
-        accs.append(exp.id_accuracy)
+        return pipeline.prepare(base.with_seed(seed), progress=progress, cache_dir=args.cache_dir, device=args.device)
+
+    def on_seed(seed: int, exp, rows: list[dict], scores: dict) -> None:
         if not args.quiet:
             print(f"[seed {seed}] model {'from cache' if exp.training.from_cache else 'trained'}, "
-                  f"ID accuracy {100 * exp.id_accuracy:.2f}%, {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        for r in rows:
-            r["seed"] = seed
-            r.pop("seconds", None)
-        all_rows += rows
+                  f"ID accuracy {100 * exp.id_accuracy:.2f}%, {time.perf_counter() - started[seed]:.1f} s",
+                  file=sys.stderr)
         suffix = f"seed{seed}" if len(seeds) > 1 else ""
         if args.save_outputs:
             _save_outputs(exp, Path(args.save_outputs) / suffix)
         if args.save_scores:
             _save_scores(scores, Path(args.save_scores) / suffix)
+
+    # "all" = every detector that applies to each seed's experiment; named ones are checked before any training
+    all_rows, accs = run_seeds(get_experiment, seeds, args.detectors, all_splits=bool(args.save_scores),
+                               on_seed=on_seed)
     ood_sets = list(dict.fromkeys(r["ood_set"] for r in all_rows))
     summary = summarise(all_rows)
     acc_txt = f"{100 * np.mean(accs):.2f}%" + (f" ± {100 * np.std(accs):.2f}" if len(accs) > 1 else "")
@@ -236,9 +234,7 @@ def run(args) -> int:
     for det, e in dict.fromkeys(errors):
         print(f"\n{det} failed: {e}")
     if args.json:
-        doc = {"spec": base.to_dict(), "seeds": seeds, "id_accuracy": float(np.mean(accs)),
-               "id_accuracy_per_seed": [float(a) for a in accs], "results": all_rows, "summary": summary}
-        _write_json(args.json, doc)
+        _write_json(args.json, report.seeds_doc(base, seeds, all_rows, summary, accs))
     return 0
 
 

@@ -47,10 +47,18 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def run_seeds(get_experiment: Callable[[int], Experiment], seeds: Iterable[int],
               detectors: str | Iterable[str] = "all", params: Optional[Mapping[str, Mapping]] = None,
-              on_progress: Optional[Callable[[float, str], None]] = None) -> tuple[list[dict], list[float]]:
-    """Evaluate the detectors on each seed's experiment; rows gain a `seed` field. Returns (rows, ID accuracies)."""
+              on_progress: Optional[Callable[[float, str], None]] = None, all_splits: bool = False,
+              on_seed: Optional[Callable[[int, Experiment, list[dict], dict], None]] = None,
+              ) -> tuple[list[dict], list[float]]:
+    """Evaluate the detectors on each seed's experiment; rows gain a `seed` field. Returns (rows, ID accuracies).
+
+    `detectors`: "all" means every detector that applies to each seed's experiment; named detectors are
+    checked before any experiment is prepared. `on_seed(seed, exp, rows, scores)` is called after each seed
+    with that seed's rows and scores (train and val scores too when `all_splits`), e.g. to save them.
+    """
     seeds = list(seeds)
-    names = resolve_detectors(detectors)
+    if not (isinstance(detectors, str) and detectors.strip() == "all"):
+        detectors = resolve_detectors(detectors)  # unknown names fail before any training
     rows, accs = [], []
     for i, seed in enumerate(seeds):
         if on_progress:
@@ -61,9 +69,11 @@ def run_seeds(get_experiment: Callable[[int], Experiment], seeds: Iterable[int],
             if on_progress and name:
                 on_progress((i + j / max(n, 1)) / len(seeds), f"seed {seed}: {name}")
 
-        r, _ = evaluate(exp, names, params, on_progress=inner)
+        r, scores = evaluate(exp, detectors, params, on_progress=inner, all_splits=all_splits)
         for row in r:
             row["seed"] = seed
+        if on_seed:
+            on_seed(seed, exp, r, scores)
         rows += r
         accs.append(exp.id_accuracy)
     if on_progress:

@@ -131,6 +131,16 @@ def image_grid(pixels: np.ndarray, cols: int = 8, title: str = "") -> go.Figure:
     return fig
 
 
+def upscale(pixels: np.ndarray, factor: int = 4) -> list[np.ndarray]:
+    """(n, c, h, w) pixels in [0, 1] -> list of uint8 images, enlarged without blur (nearest neighbour)."""
+    out = []
+    for img in np.asarray(pixels):
+        img = np.repeat(np.repeat(img, factor, axis=1), factor, axis=2)
+        img = img[0] if img.shape[0] == 1 else img[:3].transpose(1, 2, 0)
+        out.append((np.clip(img, 0, 1) * 255).astype(np.uint8))
+    return out
+
+
 def metric_heatmap(detectors: list[str], ood_sets: list[str], mean: np.ndarray, std: Optional[np.ndarray] = None,
                    best: Optional[np.ndarray] = None, metric_label: str = "AUROC",
                    higher_is_better: bool = True) -> go.Figure:

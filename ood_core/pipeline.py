@@ -74,6 +74,15 @@ class Experiment:
             return None
         return metrics.accuracy(self.outputs["test"].logits, self.outputs["test"].labels)
 
+    def outputs_of(self, x: np.ndarray) -> Outputs:
+        """The one forward pass on new inputs (n, C, H, W), normalised like the benchmark's: what detectors score.
+        Labels are -1 (unknown); the inputs are kept for the detectors that run the network again."""
+        if not self.is_classifier:
+            raise ValueError(f"the {self.spec.model} model has no classifier head to run on new inputs")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        logits, feats = self.adapter.forward(x)
+        return Outputs(logits, feats, np.full(len(x), -1), x)
+
     def member_adapter(self, i: int) -> ModelAdapter:
         """Ensemble member i: member 0 is this model; others are trained (or loaded) with another initialisation."""
         if i == 0:

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-import numpy as np
 
+from . import report
 from .compare import summarise_by  # noqa: F401  (re-exported: the protocols' tables)
 from .data import build_benchmark
 from .pipeline import Experiment, evaluate, prepare
@@ -56,13 +56,8 @@ class ProtocolResult:
     seconds: float
 
     def as_json(self, spec: Spec, extra: Optional[dict] = None) -> dict:
-        doc = {"spec": spec.to_dict(), "setting": self.setting, "results": self.rows, "seconds": self.seconds}
-        if self.accuracies:
-            doc["id_accuracy"] = float(np.mean(self.accuracies))
-            doc["id_accuracy_std"] = float(np.std(self.accuracies))
-            doc["id_accuracy_per_split"] = [float(a) for a in self.accuracies]
-        doc.update(extra or {})
-        return doc
+        """The run as `python -m ood_core run --json` writes it (report.protocol_doc)."""
+        return report.protocol_doc(spec, self.setting, self.rows, self.accuracies, self.seconds, extra)
 
 
 def _progress(cb: Optional[ProgressFn], frac: float, msg: str) -> None:

@@ -1,6 +1,7 @@
 """What each of the survey's four settings offers: its models, its detectors, its metrics, in words."""
 from __future__ import annotations
 
+from .data.registry import OOD_SETS
 from .detectors import REGISTRY
 from .spec import ONE_CLASS_SETTINGS, SETTINGS
 
@@ -57,3 +58,15 @@ def is_applicable(name: str, setting: str, model: str, num_classes: int) -> bool
 
 def detectors_for(setting: str, model: str, num_classes: int) -> list[str]:
     return [n for n in REGISTRY if is_applicable(n, setting, model, num_classes)]
+
+
+NEAR_FAR_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) OOD set
+
+
+def default_ood_sets(available: list[str], with_natural: tuple[str, ...] = ("rotated",), fallback: int = 2) -> list[str]:
+    """The OOD sets a view starts with: the setting's natural set (OSR's unknown classes, ND's novel class, ...)
+    followed by `with_natural` if there is one, else one near and one far set; of those, the available ones in
+    that order, or the first `fallback` available sets when none is."""
+    natural = [s for s in available if s not in OOD_SETS]
+    default = natural[:1] + list(with_natural) if natural else list(NEAR_FAR_OOD)
+    return [s for s in default if s in available] or list(available[:fallback])

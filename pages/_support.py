@@ -12,14 +12,12 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
 import threading
 import time
 from collections import defaultdict
 from typing import Any, Mapping, Optional
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from ood_core import Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, settings
@@ -27,17 +25,13 @@ from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
 from ood_core.pipeline import Experiment
+from ood_core.report import METRIC_COLUMNS, OSCR_COLUMN
 from ood_core.spec import SETTING_TITLES
+from ood_core.text import brief
 
 SPEC_KEY = "spec"  # session_state: the current Spec
 USER_MODEL_KEY = "user_model"  # session_state: {"name", "digest", "data", "spec_key"} of an uploaded model
 INFO_KEY = "experiment_info"  # session_state: what the sidebar shows about the prepared experiment
-
-METRIC_COLUMNS = {  # metric key -> column label; arrows say which direction is better
-    "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑", "aupr_out": "AUPR-Out ↑", "fpr95": "FPR@95TPR ↓",
-    "detection_error": "Detection error ↓",
-}
-OSCR_COLUMN = "OSCR ↑"  # open-set recognition only
 
 # one lock per spec key, so two sessions never train the same model at the same time
 _TRAIN_LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -383,20 +377,6 @@ def state_dict_bytes(exp: Experiment) -> bytes:
     return buf.getvalue()
 
 
-def brief(message: str, limit: int = 240) -> str:
-    """The first line of an error message, short (PyTorch's load errors run to pages of advice).
-
-    "text (SomeError: long details...)" becomes "text (SomeError)"; other long lines are cut at a word.
-    """
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    if len(first) <= limit:
-        return first
-    m = re.match(r"(.+?) \((\w+(?:Error|Exception|Warning)):", first)
-    if m and len(m.group(1)) <= limit:
-        return f"{m.group(1)} ({m.group(2)})"
-    return first[:limit].rsplit(" ", 1)[0] + " …"
-
-
 # --- scores ------------------------------------------------------------------------------------------
 
 def detector_scores(exp: Experiment, name: str, params: Mapping[str, Any]) -> tuple[Optional[dict], Optional[str]]:
@@ -411,34 +391,12 @@ def detector_scores(exp: Experiment, name: str, params: Mapping[str, Any]) -> tu
     return scores, None
 
 
-def metrics_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
-                  id_correct: Optional[np.ndarray] = None) -> pd.DataFrame:
-    """One row per OOD set, the five detection metrics in percent (from ood_core.metrics); with `id_correct`
-    (open-set recognition: which known test images the classifier gets right) an OSCR column too."""
-    rows = {}
-    for name, s in ood_scores.items():
-        rows[name] = {METRIC_COLUMNS[k]: 100 * v for k, v in metrics.all_metrics(id_scores, s).as_dict().items()}
-        if id_correct is not None:
-            rows[name][OSCR_COLUMN] = 100 * metrics.oscr(id_scores, id_correct, s)
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
 def metric_column_config() -> dict:
     """Column formats with the metric definitions as header tooltips."""
     cfg = {label: st.column_config.NumberColumn(label, help=metrics.DEFINITIONS[k], format="%.1f %%")
            for k, label in {**METRIC_COLUMNS, "oscr": OSCR_COLUMN}.items()}
     cfg["_index"] = st.column_config.TextColumn("OOD set")
     return cfg
-
-
-def confusion_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray], threshold: float) -> pd.DataFrame:
-    """Counts at a threshold per OOD set (flagged as OOD when score > threshold)."""
-    rows = {}
-    for name, s in ood_scores.items():
-        c = metrics.confusion_at(id_scores, s, threshold)
-        rows[name] = {"ID kept": c.id_accepted, "ID flagged": c.id_rejected,
-                      "OOD missed": c.ood_accepted, "OOD caught": c.ood_rejected}
-    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 # --- detectors and their parameters -----------------------------------------------------------------
@@ -468,33 +426,6 @@ def detector_label(name: str) -> str:
     return f"{family_label(cls.family)} · {cls.title or name}"
 
 
-def _round_sig(x: float, digits: int = 2) -> float:
-    return float(f"{x:.{digits}g}")
-
-
-def log_options(p: Param, n: int = 25) -> list:
-    """Log-spaced values over [low, high] (2 significant digits), always including the default and the sweep."""
-    values = [_round_sig(v) for v in np.geomspace(p.low, p.high, n)] + [p.default, *p.sweep, p.low, p.high]
-    if p.kind == "int":
-        values = [int(round(v)) for v in values]
-    else:
-        values = [float(v) for v in values]
-    return sorted({v for v in values if p.low <= v <= p.high})
-
-
-def _decimals(x: float) -> int:
-    """How many decimals a value needs (0.0014 -> 4, 90.0 -> 0)."""
-    text = np.format_float_positional(float(x), trim="-")
-    return len(text.split(".")[1]) if "." in text else 0
-
-
-def linear_step(p: Param) -> tuple[float, int]:
-    """A slider step of about a hundredth of the range, fine enough to hit the default and the sweep values."""
-    coarse = 10 ** np.floor(np.log10((p.high - p.low) / 100))
-    decimals = max([_decimals(coarse), *(_decimals(v) for v in (p.default, *p.sweep))])
-    return 10.0 ** -decimals, decimals
-
-
 def param_widget(pname: str, p: Param, key: str) -> Any:
     """A widget for one detector parameter, built from its Param; returns the chosen value."""
     label, help_ = pname, p.help or None
@@ -504,25 +435,15 @@ def param_widget(pname: str, p: Param, key: str) -> Any:
         return st.number_input(label, value=p.default, help=help_, key=key)
     if p.scale == "log" and p.low > 0:
         fmt = (lambda v: f"{v:d}") if p.kind == "int" else (lambda v: f"{v:g}")
-        return st.select_slider(label, options=log_options(p), value=p.default, format_func=fmt, help=help_, key=key)
+        return st.select_slider(label, options=p.grid(), value=p.default, format_func=fmt, help=help_, key=key)
     if p.kind == "int":
         return st.slider(label, int(p.low), int(p.high), int(p.default), step=1, help=help_, key=key)
-    step, decimals = linear_step(p)
+    step, decimals = p.slider_step()
     return st.slider(label, float(p.low), float(p.high), float(p.default), step=step, format=f"%.{decimals}f",
                      help=help_, key=key)
 
 
 # --- images and the sidebar -------------------------------------------------------------------------
-
-def upscale(pixels: np.ndarray, factor: int = 4) -> list[np.ndarray]:
-    """(n, c, h, w) pixels in [0, 1] -> list of uint8 images, enlarged without blur (nearest neighbour)."""
-    out = []
-    for img in np.asarray(pixels):
-        img = np.repeat(np.repeat(img, factor, axis=1), factor, axis=2)
-        img = img[0] if img.shape[0] == 1 else img[:3].transpose(1, 2, 0)
-        out.append((np.clip(img, 0, 1) * 255).astype(np.uint8))
-    return out
-
 
 def predicted_names(exp: Experiment, split: str, n: int) -> Optional[list[str]]:
     """Class names the classifier predicts for the first n samples of a split; None without a classifier head."""

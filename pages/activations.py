@@ -8,31 +8,23 @@ import streamlit as st
 from ood_core import activation_stats as A
 from ood_core import figures
 from ood_core import explain as X
-from ood_core.data import OOD_SETS
 from ood_core.detectors import REGISTRY
+from ood_core.settings import default_ood_sets
+from ood_core.text import brief
 from pages import _support as ui
 
-DEFAULT_OOD = ("rotated", "gaussian")
 VIEWS = {"react": "ReAct: clip activations", "dice": "DICE: sparsify the last layer",
          "ash": "ASH: prune activations"}
 ASH_MODES = {"s": "ASH-S (scale the rest)", "b": "ASH-B (binarise the rest)", "p": "ASH-P (prune only)"}
 GALLERY_K = 6
 
 
-# --- caching glue (page-specific) -------------------------------------------------------------------
-
 # --- widgets ----------------------------------------------------------------------------------------
-
-def default_sets(available: list[str]) -> list[str]:
-    natural = [s for s in available if s not in OOD_SETS]
-    default = (natural[:1] + ["rotated"]) if natural else [s for s in DEFAULT_OOD if s in available]
-    return [s for s in default if s in available] or available[:2]
-
 
 def percentile_slider(label: str, name: str, pname: str, key: str, help_: str) -> float:
     """A slider over the detector's own parameter range, starting at its default."""
     p = REGISTRY[name].params[pname]
-    step, decimals = ui.linear_step(p)
+    step, decimals = p.slider_step()
     return st.slider(label, float(p.low), float(p.high), float(p.default), step=step, format=f"%.{decimals}f",
                      key=key, help=help_)
 
@@ -80,7 +72,7 @@ def _images(exp, split: str, idx, captions) -> None:
         st.caption("No images.")
         return
     pixels = exp.bench.to_pixels(exp.outputs[split].inputs[idx])
-    st.image(ui.upscale(pixels, 4), caption=captions, width=80)
+    st.image(figures.upscale(pixels, 4), caption=captions, width=80)
 
 
 # --- the three views --------------------------------------------------------------------------------
@@ -196,7 +188,7 @@ def main() -> None:
         return
     c1, c2 = st.columns([2, 3])
     with c1:
-        sets = st.multiselect("OOD sets", exp.ood_names, default=default_sets(exp.ood_names), key="act-sets")
+        sets = st.multiselect("OOD sets", exp.ood_names, default=default_ood_sets(exp.ood_names), key="act-sets")
     with c2:
         which = st.radio("Method", list(VIEWS), format_func=VIEWS.get, key="act-view", horizontal=True)
     if not sets:
@@ -206,7 +198,7 @@ def main() -> None:
         with st.spinner("Collecting activation statistics…"):
             view = ui.activation_view(ui.experiment_id(exp), tuple(sets), exp)
     except Exception as e:  # e.g. a model without a linear head
-        st.error(f"Could not compute the activation statistics: {ui.brief(str(e))}")
+        st.error(f"Could not compute the activation statistics: {brief(str(e))}")
         return
     {"react": react_view, "dice": dice_view, "ash": ash_view}[which](exp, view, sets)
 

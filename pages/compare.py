@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ood_core import compare, figures, metrics, pipeline, protocols
+from ood_core import compare, figures, metrics, pipeline, protocols, report
 from ood_core.data import OOD_SETS
-from ood_core.data.benchmark import known_classes_for
 from ood_core.detectors import FAMILIES, REGISTRY
 from ood_core.spec import ONE_CLASS_SETTINGS
+from ood_core.text import brief
 from pages import _support as ui
 
 TABLE_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")  # the survey's Table 6 columns
@@ -40,8 +40,6 @@ NETWORK_HELP = ("These methods run the network again instead of scoring the cach
                 "models the first time). Together they add about 15 s on a CPU, more on a busy machine, the "
                 "ensemble's first training minutes; all other detectors together take about 3 s, once.")
 
-
-# --- caching glue (candidates for pages/_support.py) ---------------------------------------------
 
 # --- computing --------------------------------------------------------------------------------------
 
@@ -206,21 +204,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
 def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs: list) -> None:
     """CSV (one line per detector and OOD set, every metric, fractions) and JSON in the CLI's layout."""
     spec = exp.spec
-    # the CLI's rows: one per seed, detector and OOD set, without the timing
-    results = [{**{k: v for k, v in r.items() if k != "seconds"}, "seed": r.get("seed", seeds[0])} for r in rows]
-    doc = {"spec": spec.to_dict(), "seeds": seeds}
-    if spec.setting == "osr":  # as `run --setting osr --json`: rows gain the split and its known classes
-        n = exp.bench.meta["n_dataset_classes"]
-        for r in results:
-            r.update(split=seeds.index(r["seed"]), known_classes=known_classes_for(r["seed"], n, spec.known_classes))
-        doc.update(setting="osr", splits=len(seeds))
-    if accs:
-        doc["id_accuracy"] = float(np.mean(accs))
-        doc["id_accuracy_std"] = float(np.std(accs))
-        doc["id_accuracy_per_seed"] = [float(a) for a in accs]
-        if spec.setting == "osr":
-            doc["id_accuracy_per_split"] = doc["id_accuracy_per_seed"]
-    doc.update(results=results, summary=summary)
+    doc = report.seeds_doc(spec, seeds, rows, summary, accs, exp.bench.meta.get("n_dataset_classes"))
     table = pd.DataFrame([{**s, "title": REGISTRY[s["detector"]].title if s["detector"] in REGISTRY else "",
                            "family": REGISTRY[s["detector"]].family if s["detector"] in REGISTRY else "",
                            "errors": "; ".join(s["errors"])} for s in summary])
@@ -230,7 +214,7 @@ def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs
     c1, c2, _ = st.columns([1, 1, 3])
     c1.download_button("Download CSV", table.to_csv(index=False), f"{stem}.csv", "text/csv", key="compare-csv",
                        help="One line per detector and OOD set: mean and std of every metric (fractions, not %).")
-    c2.download_button("Download JSON", json.dumps(doc, indent=1, default=float), f"{stem}.json", "application/json",
+    c2.download_button("Download JSON", report.to_json(doc), f"{stem}.json", "application/json",
                        key="compare-json", help="The layout of `python -m ood_core run --json`: spec, seeds, "
                                                 "results (one row per seed, detector and OOD set) and summary.")
 
@@ -244,7 +228,7 @@ def protocol_run(key: str, label: str, fn: Callable) -> Optional[dict]:
         res = fn(bar)
     except Exception as e:
         bar.bar.empty()
-        st.error(f"{label} failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+        st.error(f"{label} failed: {brief(f'{type(e).__name__}: {e}')}")
         return None
     bar.bar.empty()
     out = {"rows": res.rows, "seconds": res.seconds}
@@ -402,7 +386,7 @@ def main() -> None:
             multi = run_multi_seed(exp, names, seeds)
             ui.remember(key, multi)
         except Exception as e:
-            st.error(f"The multi-seed comparison failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+            st.error(f"The multi-seed comparison failed: {brief(f'{type(e).__name__}: {e}')}")
 
     chosen = [n for n in names if REGISTRY[n].family in families]
     if multi is not None:

@@ -9,12 +9,14 @@ import pandas as pd
 import streamlit as st
 
 from ood_core import embedding as E
+from ood_core import figures
 from ood_core.data import OOD_SETS
-from ood_core.detectors import REGISTRY
+from ood_core.detectors import REGISTRY, default_params
+from ood_core.settings import default_ood_sets
+from ood_core.text import brief
 from pages import _support as ui
 
 DEFAULT_DETECTOR = "msp"
-DEFAULT_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) set
 METHOD_LABELS = {"umap": "UMAP", "pca": "PCA (instant)", "tsne": "t-SNE (slow)"}
 SPACE_LABELS = {"features": "penultimate features", "pixels": "raw pixels"}
 COLOR_LABELS = {"set": "set (ID test / each OOD set)", "label": "true class", "pred": "predicted class",
@@ -27,17 +29,6 @@ READY_KEY = "embeddings-ready"  # session_state: reducer keys this session has a
 
 # --- widgets ----------------------------------------------------------------------------------------
 
-def default_sets(available: list[str]) -> list[str]:
-    """A natural set (e.g. OSR's unknown classes, ND's novel class) if any, else one near and one far set."""
-    natural = [s for s in available if s not in OOD_SETS]
-    default = (natural[:1] + ["rotated"]) if natural else [s for s in DEFAULT_OOD if s in available]
-    return [s for s in default if s in available] or available[:2]
-
-
-def default_params(name: str) -> dict:
-    return {k: p.default for k, p in REGISTRY[name].params.items()}
-
-
 def choose_detector(options: list[str], key: str, label: str = "Detector") -> str:
     index = options.index(DEFAULT_DETECTOR) if DEFAULT_DETECTOR in options else 0
     return st.selectbox(label, options, index=index, format_func=ui.detector_label, key=key,
@@ -49,7 +40,7 @@ def controls(exp) -> dict:
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
     with c1:
         described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
-        sets = st.multiselect("OOD sets", available, default=default_sets(available), key="emb-sets",
+        sets = st.multiselect("OOD sets", available, default=default_ood_sets(available), key="emb-sets",
                               help="Shown together with the ID test images:\n" + described)
     with c2:
         method = st.radio("Method", list(METHOD_LABELS), format_func=METHOD_LABELS.get, key="emb-method",
@@ -173,7 +164,7 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
     pixels = exp.bench.to_pixels(E.frame_inputs(exp, shown))
     captions = [_caption(s, i, lab, pred, exp.is_classifier)
                 for s, i, lab, pred in zip(shown["set"], shown["index"], shown["label_name"], shown["pred_name"])]
-    st.image(ui.upscale(pixels, 4), caption=captions, width=72)
+    st.image(figures.upscale(pixels, 4), caption=captions, width=72)
     if len(rows) > MAX_IMAGES:
         st.caption(f"The first {MAX_IMAGES} of {len(rows)} images; the table lists all of them.")
 
@@ -197,7 +188,7 @@ def main() -> None:
     try:
         frame, event = draw_map(exp, ui.experiment_id(exp), c, sets)
     except ValueError as e:  # too few points, NaN features, no stored images, ...
-        st.error(f"Could not compute the embedding: {ui.brief(str(e))}")
+        st.error(f"Could not compute the embedding: {brief(str(e))}")
         return
     selection_section(exp, frame, event, c["detector"])
 

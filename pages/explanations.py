@@ -14,10 +14,11 @@ import streamlit as st
 from ood_core import embedding as E
 from ood_core import explain as X
 from ood_core import figures
-from ood_core.data import OOD_SETS
-from ood_core.detectors import REGISTRY
+from ood_core.detectors import REGISTRY, default_params
 from ood_core.detectors.base import softmax
 from ood_core.inference import Outputs
+from ood_core.settings import NEAR_FAR_OOD, default_ood_sets
+from ood_core.text import brief
 from pages import _support as ui
 
 METHODS = {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "guided_gradcam": "Guided Grad-CAM"}
@@ -26,11 +27,8 @@ METHOD_HELP = ("Grad-CAM: which regions of the last convolutional layer raise th
                "black image (fine, exact attribution). Guided Grad-CAM: Grad-CAM sharpened with guided "
                "back-propagation (fine and class-specific).")
 DEFAULT_DETECTOR = "energy"  # spreads its scores more than MSP does on a confident network
-DEFAULT_OOD = ("rotated", "gaussian")
 UPSCALE = 6  # 16 px images shown at 96 px, without blur
 IMG_W = 96
-# detectors that run the network again (or train more models) to score: opt-in for "try a sample"
-SLOW_FAMILIES = ("gradient", "uncertainty")
 
 
 # --- library calls ----------------------------------------------------------------------------------
@@ -40,31 +38,13 @@ def read_upload(data, bench, invert="auto") -> tuple[Optional[X.Upload], Optiona
     try:
         return X.preprocess_upload(data, bench, invert=invert), None
     except ValueError as e:
-        return None, f"Could not use this image: {ui.brief(str(e))}"
-
-
-def sample_outputs(exp, x: np.ndarray) -> Outputs:
-    """One forward pass of new images (n, C, H, W): what the detectors score."""
-    logits, feats = exp.adapter.forward(np.ascontiguousarray(x, dtype=np.float32))
-    return Outputs(logits, feats, np.full(len(x), -1), np.asarray(x, dtype=np.float32))
-
-
-def default_params(name: str) -> dict:
-    return {k: p.default for k, p in REGISTRY[name].params.items()}
-
-
-def default_ood(available: list[str]) -> str:
-    natural = [s for s in available if s not in OOD_SETS]
-    for s in natural[:1] + list(DEFAULT_OOD):
-        if s in available:
-            return s
-    return available[0]
+        return None, f"Could not use this image: {brief(str(e))}"
 
 
 # --- showing images ---------------------------------------------------------------------------------
 
 def big(images_01: np.ndarray) -> list[np.ndarray]:
-    return ui.upscale(images_01, UPSCALE)
+    return figures.upscale(images_01, UPSCALE)
 
 
 def overlays(pixels: np.ndarray, heat: np.ndarray, alpha: float) -> list[np.ndarray]:
@@ -100,7 +80,7 @@ def explained_row(exp, samples: Samples, split: str, idx, opts: dict, extras=Non
     try:
         heat = ui.attribution_maps(ui.experiment_id(exp), opts["method"], split, tuple(idx), opts["target"], exp)
     except ValueError as e:
-        st.error(f"Could not explain these images: {ui.brief(str(e))}")
+        st.error(f"Could not explain these images: {brief(str(e))}")
         return
     pix = samples.pixels(split, idx)
     st.image(big(pix), caption=caps, width=IMG_W)
@@ -123,7 +103,9 @@ def controls(exp) -> dict:
                               help="Which logit to explain. The predicted class shows why the network decided as it "
                                    "did; another class shows what would speak for that class.")
     with c3:
-        ood_set = st.selectbox("OOD set", exp.ood_names, index=exp.ood_names.index(default_ood(exp.ood_names)),
+        # the setting's natural OOD set if any, else the near one, else the far one
+        first_ood = default_ood_sets(exp.ood_names, with_natural=NEAR_FAR_OOD, fallback=1)[0]
+        ood_set = st.selectbox("OOD set", exp.ood_names, index=exp.ood_names.index(first_ood),
                                key="expl-ood", help="The OOD images compared with the ID test images below.")
     with c4:
         alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="expl-alpha")
@@ -225,7 +207,7 @@ def try_a_sample(exp, samples: Samples, opts: dict) -> None:
 
 
 def explain_sample(exp, x: np.ndarray, pixels: np.ndarray, label: str, opts: dict) -> None:
-    out = sample_outputs(exp, x)
+    out = exp.outputs_of(x)
     probs = softmax(out.logits)[0]
     pred = int(np.argmax(probs))
     names = exp.bench.class_names
@@ -234,7 +216,7 @@ def explain_sample(exp, x: np.ndarray, pixels: np.ndarray, label: str, opts: dic
         heat = X.attribute(exp.model, opts["method"], x, opts["target"], bench=exp.bench)
     except ValueError as e:
         heat = None
-        st.error(f"Could not explain this image: {ui.brief(str(e))}")
+        st.error(f"Could not explain this image: {brief(str(e))}")
     with c1:
         st.image(big(pixels), caption=[label], width=120)
     with c2:
@@ -254,7 +236,8 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
     st.markdown("**Its score under every detector**, placed among the ID test and "
                 f"{opts['ood_set']} scores of that detector")
     options = ui.detector_options(exp)
-    slow = [n for n in options if REGISTRY[n].family in SLOW_FAMILIES or "feature_maps" in REGISTRY[n].needs]
+    # detectors that run the network again (or train more models) to score are opt-in
+    slow = [n for n in options if REGISTRY[n].runs_network]
     extra = st.multiselect("Add slow detectors", slow, default=[], key="expl-try-slow", format_func=ui.detector_label,
                            help="These run the network again to score (ODIN, Gram matrices, MC dropout, ...): about "
                                 "ten seconds each the first time; the deep ensemble trains extra models first (minutes).")
@@ -272,7 +255,7 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
                 if not np.all(np.isfinite(v)):
                     raise FloatingPointError("a NaN or infinite score")
             except Exception as e:
-                error = ui.brief(f"{type(e).__name__}: {e}")
+                error = brief(f"{type(e).__name__}: {e}")
         if error:
             failed.append(f"{REGISTRY[n].title}: {error}")
             continue

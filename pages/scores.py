@@ -3,13 +3,13 @@ import json
 
 import streamlit as st
 
-from ood_core import figures, metrics
+from ood_core import figures, metrics, report
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY
+from ood_core.settings import default_ood_sets
 from pages import _support as ui
 
 DEFAULT_DETECTOR = "msp"
-DEFAULT_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) set
 
 
 def choose_detector(exp) -> str:
@@ -22,9 +22,7 @@ def choose_detector(exp) -> str:
 
 def choose_sets(available: list[str]) -> list[str]:
     """OOD set multiselect; the default is a natural set (unknown classes) if any, else one near and one far set."""
-    natural = [s for s in available if s not in OOD_SETS]  # e.g. OSR's unknown classes
-    default = (natural[:1] + ["rotated"]) if natural else [s for s in DEFAULT_OOD if s in available]
-    default = [s for s in default if s in available] or available[:1]
+    default = default_ood_sets(available, fallback=1)
     described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
     return st.multiselect("OOD sets", available, default=default, key="scores-sets",
                           help="Which unfamiliar samples to compare with the ID test images:\n" + described)
@@ -65,7 +63,7 @@ def threshold_section(name: str, params: dict, scores: dict, id_scores, ood: dic
     t = st.slider("Threshold t (flag as OOD when score > t)", lo, hi, min(max(t95, lo), hi), step=(hi - lo) / 500,
                   format="%.4g", key=key,
                   help=f"Starts at {t95:.4g}, the threshold that keeps 95% of ID test images (the FPR@95TPR operating point).")
-    table = ui.confusion_frame(id_scores, ood, t)
+    table = report.confusion_frame(id_scores, ood, t)
     kept = table["ID kept"].iloc[0] / len(id_scores)
     st.markdown(f"At t = {t:.4g}: **{kept:.1%}** of ID test images are kept.")
     st.dataframe(table, column_config={
@@ -109,10 +107,10 @@ def main() -> None:
     acc = ui.id_accuracy(exp)
     m1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}",
               help=ui.accuracy_help(exp.spec))
-    table = ui.metrics_frame(id_scores, ood, id_correct)
+    table = report.metrics_frame(id_scores, ood, id_correct)
     m2.dataframe(table, column_config=ui.metric_column_config())
     st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
-    below_chance = table.index[table[ui.METRIC_COLUMNS["auroc"]] < 50].tolist()
+    below_chance = table.index[table[report.METRIC_COLUMNS["auroc"]] < 50].tolist()
     if below_chance:
         st.info(f"AUROC below 50% on {', '.join(below_chance)}: this detector finds those images *more* familiar "
                 "than the ID test images — the network is over-confident far from its training data (Hein et al., "

@@ -14,13 +14,12 @@ import streamlit as st
 from ood_core import figures, metrics
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY, Param
+from ood_core.settings import NEAR_FAR_OOD, default_ood_sets
+from ood_core.text import brief
 from pages import _support as ui
 
 DEFAULT_DETECTORS = ("knn", "react", "energy")  # the first that applies is preselected
-DEFAULT_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) set
 
-
-# --- caching glue (a candidate for pages/_support.py) ---------------------------------------------
 
 # --- helpers --------------------------------------------------------------------------------------
 
@@ -40,10 +39,9 @@ def choose_detector(exp) -> Optional[str]:
 
 
 def choose_sets(available: list[str]) -> list[str]:
-    natural = [s for s in available if s not in OOD_SETS]  # e.g. OSR's unknown classes, ND's novel class
-    default = natural[:1] + [s for s in DEFAULT_OOD if s in available]
+    default = default_ood_sets(available, with_natural=NEAR_FAR_OOD, fallback=1)
     described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
-    return st.multiselect("OOD sets", available, default=default or available[:1], key="sens-sets",
+    return st.multiselect("OOD sets", available, default=default, key="sens-sets",
                           help="One line per set in every chart.\n" + described)
 
 
@@ -77,7 +75,7 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
             rows = ui.sensitivity_sweep(ui.experiment_id(exp), name, pname, json.dumps(values), json.dumps(sets),
                           json.dumps(fixed, sort_keys=True), exp)
         except Exception as e:  # e.g. a held value the other parameter's range rejects
-            st.error(f"The sweep of {pname} failed: {ui.brief(f'{type(e).__name__}: {e}')}")
+            st.error(f"The sweep of {pname} failed: {brief(f'{type(e).__name__}: {e}')}")
             return
     cols = st.columns(2 if with_fpr else 1)
     for col, metric in zip(cols, ("auroc", "fpr95")):
@@ -87,7 +85,7 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
     failed = {}
     for r in rows:
         if r["error"]:
-            failed.setdefault(str(r["value"]), ui.brief(r["error"]))
+            failed.setdefault(str(r["value"]), brief(r["error"]))
     if failed:
         st.warning("No result (a gap in the line) at " + "; ".join(f"{pname} = {v}: {e}" for v, e in failed.items()))
     if moved:

@@ -1,4 +1,4 @@
-"""AppTest tests of the Experiment and Scores pages, and of the pure helpers in pages/_support.py.
+"""AppTest tests of the Experiment and Scores pages, and of the helpers in pages/_support.py.
 
 The `default_experiment` fixture trains the default model into the per-session temporary cache
 (conftest sets OOD_EXPLORER_CACHE), so the app loads it from disk instead of training again.
@@ -281,31 +281,6 @@ def test_a_failing_detector_shows_an_error_and_the_page_stays_usable(broken_dete
 
 
 # --- pure helpers ----------------------------------------------------------------------------------
-
-def test_brief_keeps_the_message_and_drops_the_details():
-    long = "this file is not a loadable PyTorch checkpoint (UnpicklingError: Weights only load failed. " + "x " * 200
-    assert ui.brief(long) == "this file is not a loadable PyTorch checkpoint (UnpicklingError)"
-    assert ui.brief("short message\nsecond line") == "short message"
-    assert ui.brief("word " * 100).endswith(" …") and len(ui.brief("word " * 100)) <= 242
-
-
-def test_log_options_include_default_sweep_and_bounds():
-    p = Param(1000.0, 1.0, 10000.0, scale="log", sweep=(1.0, 10.0, 100.0, 1000.0, 5000.0))
-    opts = ui.log_options(p)
-    assert opts == sorted(opts) and len(set(opts)) == len(opts)
-    assert {1.0, 10.0, 100.0, 1000.0, 5000.0, 10000.0} <= set(opts)
-    k = Param(50, 1, 500, scale="log", kind="int", sweep=(1, 5, 10, 20, 50, 100, 200))
-    kopts = ui.log_options(k)
-    assert all(isinstance(v, int) for v in kopts) and {1, 5, 50, 200, 500} <= set(kopts)
-
-
-def test_linear_step_hits_the_default_and_the_sweep():
-    eps = Param(0.0014, 0.0, 0.1, sweep=(0.0, 0.0005, 0.001, 0.0014, 0.002))
-    step, decimals = ui.linear_step(eps)
-    assert decimals == 4 and step == pytest.approx(1e-4)
-    pct = Param(90.0, 50.0, 99.9, sweep=(70.0, 99.0))
-    assert ui.linear_step(pct) == (pytest.approx(0.1), 1)
-
 
 def test_umap_warmup_waits_its_delay_unless_someone_needs_it_now(monkeypatch):
     import time as _time

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from ood_core import Spec, cli, metrics, pipeline
+from ood_core import Spec, cli, compare, metrics, pipeline
 from ood_core.detectors import REGISTRY
 from ood_core.settings import detectors_for
 
@@ -52,6 +52,31 @@ def test_run_writes_json_outputs_and_scores_that_match_the_library(tmp_path, cap
 def test_all_means_every_detector_that_applies(default_experiment):
     names = pipeline.resolve_detectors("all", default_experiment)
     assert names == detectors_for("ood", "small_cnn", 10) and "model_score" not in names and len(names) >= 35
+
+
+def test_run_seeds_all_means_every_detector_that_applies_to_each_experiment(default_experiment, monkeypatch):
+    # every detector scores as MSP here (fitting and scoring all of them, ensembles included, takes minutes);
+    # what is checked is which names run_seeds resolves "all" to and that none of them is refused
+    msp = default_experiment.fit_detector("msp")
+    monkeypatch.setattr(default_experiment, "fit_detector", lambda name, params=None: msp)
+    seen = []
+    rows, accs = compare.run_seeds(lambda seed: default_experiment, [0], "all",
+                                   on_seed=lambda seed, exp, r, scores: seen.append((seed, len(r), set(scores))))
+    expected = detectors_for("ood", "small_cnn", 10)
+    assert "model_score" not in expected
+    assert list(dict.fromkeys(r["detector"] for r in rows)) == expected
+    assert all(r["error"] is None and r["seed"] == 0 for r in rows)
+    assert len(rows) == len(expected) * len(default_experiment.ood_names)
+    assert accs == [default_experiment.id_accuracy]
+    assert seen == [(0, len(rows), set(expected))]
+
+
+def test_run_seeds_refuses_unknown_detectors_before_preparing_anything():
+    def never(seed):
+        raise AssertionError("no experiment should be prepared")
+
+    with pytest.raises(ValueError, match="unknown detector"):
+        compare.run_seeds(never, [0, 1], "msp,nope")
 
 
 @pytest.mark.parametrize("argv, message", [

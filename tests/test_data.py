@@ -14,6 +14,7 @@ from ood_core.data import DATASETS, OOD_SETS, build_benchmark, make_ood_set, spl
 from ood_core.data.benchmark import TRAIN_FRACTION, VAL_FRACTION
 from ood_core.data.datasets import load_digits, resize
 from ood_core.data.registry import register_ood_set
+from ood_core.settings import NEAR_FAR_OOD, default_ood_sets
 
 N, C, S = 200, 1, 16  # 51,200 pixels per recipe: sampling error of a fraction ~ 0.002
 
@@ -171,6 +172,18 @@ def test_make_ood_set_streams_are_seeded_and_distinct(digits16):
     assert not np.array_equal(make_ood_set("gaussian", x, 8, 0), make_ood_set("uniform", x, 8, 0))
     with pytest.raises(KeyError):
         make_ood_set("nope", x, 8, 0)
+
+
+def test_default_ood_sets_prefer_the_natural_set_then_near_and_far():
+    synthetic_only = ["gaussian", "uniform", "rotated", "flipped"]
+    assert default_ood_sets(synthetic_only) == ["rotated", "gaussian"]  # near, then far; not the listed order
+    osr = ["unknown", "gaussian", "rotated"]
+    assert default_ood_sets(osr) == ["unknown", "rotated"]
+    assert default_ood_sets(osr, with_natural=NEAR_FAR_OOD) == ["unknown", "rotated", "gaussian"]
+    assert default_ood_sets(["novel", "uniform"]) == ["novel"]  # the extras that are there
+    assert default_ood_sets(["uniform", "flipped", "blobs"]) == ["uniform", "flipped"]  # none: the first two
+    assert default_ood_sets(["uniform", "flipped", "blobs"], fallback=1) == ["uniform"]
+    assert default_ood_sets([]) == []
 
 
 def test_register_ood_set_rejects_unknown_kind():

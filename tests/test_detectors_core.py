@@ -16,7 +16,7 @@ from sklearn.covariance import EmpiricalCovariance
 from torch import nn
 
 from ood_core import metrics
-from ood_core.detectors import FAMILIES, REGISTRY, FitContext, NotFittedError, create
+from ood_core.detectors import FAMILIES, REGISTRY, FitContext, NotFittedError, Param, create, default_params
 from ood_core.detectors.base import NEEDS
 from ood_core.detectors.logits import fit_temperature
 from ood_core.inference import ModelAdapter, Outputs, run_inference
@@ -586,3 +586,45 @@ def test_registry_entry_is_complete(name):
     # default construction works and stores the defaults
     det = cls()
     assert det.get_params() == {p: spec.default for p, spec in cls.params.items()}
+
+
+# --- parameter specs: slider values ------------------------------------------------------------------
+
+def test_param_grid_is_log_spaced_and_includes_default_sweep_and_bounds():
+    p = Param(1000.0, 1.0, 10000.0, scale="log", sweep=(1.0, 10.0, 100.0, 1000.0, 5000.0))
+    # nine log-spaced points over four decades (half a decade apart, 2 significant digits) plus the sweep's 5000
+    assert p.grid(9) == [1.0, 3.2, 10.0, 32.0, 100.0, 320.0, 1000.0, 3200.0, 5000.0, 10000.0]
+    opts = p.grid()
+    assert opts == sorted(opts) and len(set(opts)) == len(opts) and 25 <= len(opts) <= 26
+    assert {1.0, 10.0, 100.0, 1000.0, 5000.0, 10000.0} <= set(opts)
+    ratios = np.diff(np.log10([v for v in opts if v != 5000.0]))
+    assert ratios == pytest.approx(np.full(len(ratios), 4 / 24), abs=0.02)  # equal steps on a log axis
+    off = Param(0.37, 0.01, 1.0, scale="log")
+    assert off.grid(3) == [0.01, 0.1, 0.37, 1.0]  # a default off the grid is still offered
+    k = Param(50, 1, 500, scale="log", kind="int", sweep=(1, 5, 10, 20, 50, 100, 200))
+    assert k.grid(3) == [1, 5, 10, 20, 22, 50, 100, 200, 500]  # sqrt(500) = 22.4
+    assert all(isinstance(v, int) for v in k.grid())
+
+
+def test_param_slider_step_hits_the_default_and_the_sweep():
+    eps = Param(0.0014, 0.0, 0.1, sweep=(0.0, 0.0005, 0.001, 0.0014, 0.002))
+    step, decimals = eps.slider_step()
+    assert decimals == 4 and step == pytest.approx(1e-4)
+    assert Param(90.0, 50.0, 99.9, sweep=(70.0, 99.0)).slider_step() == (pytest.approx(0.1), 1)
+    assert Param(0.5, 0.0, 1.0).slider_step() == (pytest.approx(0.01), 2)  # a hundredth of the range
+
+
+def test_default_params_are_every_parameter_at_its_default():
+    assert default_params("knn") == {"k": REGISTRY["knn"].params["k"].default}
+    assert default_params("msp") == {}
+    for name, cls in REGISTRY.items():
+        assert cls(**default_params(name)).get_params() == cls().get_params()
+
+
+def test_runs_network_marks_the_detectors_that_need_the_network_again():
+    # pages opt in to these as slow; feature maps come from another pass of the network
+    assert all(cls.runs_network for cls in REGISTRY.values() if "feature_maps" in cls.needs)
+    assert {"odin", "mahalanobis_pre", "gram", "mc_dropout", "ensemble"} <= {
+        n for n, cls in REGISTRY.items() if cls.runs_network}
+    # GradNorm's gradient is of the head only, in closed form from the cached outputs: not slow
+    assert REGISTRY["gradnorm"].family == "gradient" and not REGISTRY["gradnorm"].runs_network

@@ -15,7 +15,7 @@ import pytest
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
-from ood_core import Spec, compare, pipeline, protocols
+from ood_core import Spec, cli, compare, pipeline, protocols
 from ood_core.detectors import REGISTRY, Detector
 from ood_core.spec import TrainConfig
 
@@ -124,7 +124,7 @@ def test_family_filter_reduces_the_rows(compare_page, default_experiment):
     assert len(figure(at, "compare-heatmap")["data"][0]["y"]) == len(distance)
 
 
-def test_csv_and_json_downloads(default_experiment, downloads):
+def test_csv_and_json_downloads(default_experiment, downloads, tmp_path, cache_dir, capsys):
     at = AppTest.from_file(APP, default_timeout=180).run().switch_page("pages/compare.py").run()
     no_exception(at)
     assert {"Download CSV", "Download JSON"} <= {b.label for b in at.get("download_button")}
@@ -137,6 +137,19 @@ def test_csv_and_json_downloads(default_experiment, downloads):
     assert {"auroc_mean", "auroc_std", "n_seeds", "errors"} <= set(doc["summary"][0])
     csv = downloads["Download CSV"].splitlines()
     assert csv[0].startswith("detector,title,family,ood_set,n_seeds") and len(csv) == 1 + len(doc["summary"])
+    # the CLI's `run --json` has the same layout: the same keys in the document, in a row and in a summary line
+    out = tmp_path / "cli.json"
+    assert cli.main(["run", "--detectors", "msp,energy", "--json", str(out), "--cache-dir", str(cache_dir),
+                     "--device", "cpu", "--quiet"]) == 0
+    cli_doc = json.loads(out.read_text())
+    assert set(cli_doc) == set(doc)
+    assert set(cli_doc["results"][0]) == set(doc["results"][0]) and set(cli_doc["summary"][0]) == set(doc["summary"][0])
+    msp = {r["ood_set"]: r for r in doc["results"] if r["detector"] == "msp"}
+    for r in cli_doc["results"]:
+        if r["detector"] == "msp":
+            page = msp[r["ood_set"]]
+            assert r["seed"] == page["seed"] == 0 and r["error"] is page["error"] is None
+            assert [r[m] for m in compare.METRIC_KEYS] == pytest.approx([page[m] for m in compare.METRIC_KEYS], abs=1e-12)
 
 
 class _Raising(Detector):

@@ -22,6 +22,7 @@ from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
 
 from ood_core import activation_stats, metrics
+from ood_core.detectors import REGISTRY
 from pages import _support as ui
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,6 +330,10 @@ def test_explanations_side_by_side_galleries_and_sample(explanations, exp):
     assert explanations.metric[0].value == f"class {pred}"
     table = explanations.dataframe[0].value
     assert len(table) >= 20 and set(table.columns) == {"detector", "score", "ID %ile", "rotated %ile", "flagged"}
+    # the slow detectors are opt-in: those that run the network again; GradNorm (closed form) is scored at once
+    slow = [ui.detector_label(n) for n in ui.detector_options(exp) if REGISTRY[n].runs_network]
+    assert explanations.multiselect(key="expl-try-slow").options == slow and slow
+    assert ui.detector_label("gradnorm") in set(table["detector"]) and not set(slow) & set(table["detector"])
     energy_row = table[table["detector"] == ui.detector_label("energy")].iloc[0]
     e0 = -logsumexp(exp.outputs["test"].logits[0].astype(np.float64))
     assert energy_row["score"] == pytest.approx(e0, rel=1e-5)

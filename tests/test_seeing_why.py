@@ -16,6 +16,7 @@ from torch import nn
 from ood_core import activation_stats as A
 from ood_core import embedding as E
 from ood_core import explain as X
+from ood_core import figures
 from ood_core import metrics
 from ood_core.detectors.activations import ReAct
 from ood_core.detectors.base import FitContext
@@ -393,6 +394,22 @@ def test_overlay_shape_dtype_and_colours():
     assert X.overlay(np.zeros((3, 5, 6)), heat, cmap="jet").shape == (5, 6, 3)
     with pytest.raises(ValueError):
         X.overlay(img, np.zeros((4, 4)))
+
+
+def test_upscale_repeats_pixels_without_blur():
+    grey = np.array([[[0.0, 1.0], [0.5, 0.25]]])  # (c=1, h=2, w=2)
+    (big,) = figures.upscale(grey[None], 3)
+    assert big.shape == (6, 6) and big.dtype == np.uint8
+    np.testing.assert_array_equal(big[:3, :3], 0)
+    np.testing.assert_array_equal(big[:3, 3:], 255)
+    np.testing.assert_array_equal(big[3:, :3], 127)
+    np.testing.assert_array_equal(big[3:, 3:], 63)
+    rgb = np.zeros((2, 3, 1, 2))
+    rgb[:, 0] = 2.0  # out of range: clipped to 1
+    out = figures.upscale(rgb, 2)
+    assert len(out) == 2 and out[0].shape == (2, 4, 3)
+    np.testing.assert_array_equal(out[1][..., 0], 255)
+    np.testing.assert_array_equal(out[1][..., 1:], 0)
 
 
 # --- galleries and placement -----------------------------------------------------------------------

@@ -216,6 +216,18 @@ def test_default_experiment_accuracy_and_outputs(default_experiment):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_outputs_of_new_inputs_is_the_same_forward_pass(default_experiment):
+    exp = default_experiment
+    test = exp.outputs["test"]
+    out = exp.outputs_of(test.inputs[:7].astype(np.float64))  # any float dtype: run as float32
+    np.testing.assert_allclose(out.logits, test.logits[:7], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.features, test.features[:7], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out.labels, -1)  # new inputs have no label
+    assert out.inputs.dtype == np.float32 and out.inputs.shape == test.inputs[:7].shape
+    msp = exp.fit_detector("msp")
+    np.testing.assert_allclose(msp.score(out), msp.score(test.subset(np.arange(7))), rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def fast_experiment(default_experiment):
     """The default experiment, cut down so that all detectors evaluate in seconds on a CPU.

@@ -1,6 +1,7 @@
 """The detector registry: importing this package registers every family."""
 from . import logits, gradients, activations, features, density, openset, uncertainty, classic, oneclass  # noqa: F401,I001
-from .base import FAMILIES, REGISTRY, Detector, FitContext, NotFittedError, Param, Reference, create, register
+from .base import (FAMILIES, REGISTRY, Detector, FitContext, NotFittedError, Param, Reference, create, default_params,
+                   register)
 
 # list detectors in the survey's taxonomy order (family by family), each family in registration order
 _order = list(FAMILIES)
@@ -8,4 +9,5 @@ for _name, _cls in sorted(REGISTRY.items(), key=lambda kv: _order.index(kv[1].fa
     REGISTRY[_name] = REGISTRY.pop(_name)
 
 __all__ = ["FAMILIES", "REGISTRY", "Detector", "FitContext", "NotFittedError", "Param", "Reference", "create",
+           "default_params",
            "register"]

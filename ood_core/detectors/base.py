@@ -62,6 +62,31 @@ class Param:
             raise ValueError(f"{name} must be in [{self.low}, {self.high}], got {value!r}")
         return v
 
+    def grid(self, n: int = 25) -> list:
+        """Log-spaced values over [low, high] (2 significant digits), always including the default, the sweep
+        and both bounds; sorted, without repeats (ints for an int parameter). What a log-scale slider offers."""
+        values = [_round_sig(v) for v in np.geomspace(self.low, self.high, n)]
+        values += [self.default, *self.sweep, self.low, self.high]
+        values = [int(round(v)) for v in values] if self.kind == "int" else [float(v) for v in values]
+        return sorted({v for v in values if self.low <= v <= self.high})
+
+    def slider_step(self) -> tuple[float, int]:
+        """(step, decimals) of a linear slider: about a hundredth of the range, fine enough to hit the default
+        and the sweep values exactly."""
+        coarse = 10 ** np.floor(np.log10((self.high - self.low) / 100))
+        decimals = max([_decimals(coarse), *(_decimals(v) for v in (self.default, *self.sweep))])
+        return 10.0 ** -decimals, decimals
+
+
+def _round_sig(x: float, digits: int = 2) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _decimals(x: float) -> int:
+    """How many decimals a value needs (0.0014 -> 4, 90.0 -> 0)."""
+    text = np.format_float_positional(float(x), trim="-")
+    return len(text.split(".")[1]) if "." in text else 0
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -187,6 +212,11 @@ def register(cls: type[Detector]) -> type[Detector]:
         raise ValueError(f"detector name {cls.name!r} registered twice")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def default_params(name: str) -> dict[str, Any]:
+    """Every parameter of detector `name` at its default value."""
+    return {k: p.default for k, p in REGISTRY[name].params.items()}
 
 
 def create(name: str, **params: Any) -> Detector:

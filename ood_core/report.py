@@ -1,0 +1,96 @@
+"""Results as tables and documents: metric and confusion tables per OOD set (pandas), and the one JSON layout
+that `python -m ood_core run --json` writes and the Compare page downloads."""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .data.benchmark import known_classes_for
+from .spec import Spec
+
+METRIC_COLUMNS = {  # metric key -> column label; arrows say which direction is better
+    "auroc": "AUROC ↑", "aupr_in": "AUPR-In ↑", "aupr_out": "AUPR-Out ↑", "fpr95": "FPR@95TPR ↓",
+    "detection_error": "Detection error ↓",
+}
+OSCR_COLUMN = "OSCR ↑"  # open-set recognition only
+
+
+def metrics_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
+                  id_correct: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """One row per OOD set, the five detection metrics in percent (from ood_core.metrics); with `id_correct`
+    (open-set recognition: which known test images the classifier gets right) an OSCR column too."""
+    rows = {}
+    for name, s in ood_scores.items():
+        rows[name] = {METRIC_COLUMNS[k]: 100 * v for k, v in metrics.all_metrics(id_scores, s).as_dict().items()}
+        if id_correct is not None:
+            rows[name][OSCR_COLUMN] = 100 * metrics.oscr(id_scores, id_correct, s)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def confusion_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray], threshold: float) -> pd.DataFrame:
+    """Counts at a threshold per OOD set (flagged as OOD when score > threshold)."""
+    rows = {}
+    for name, s in ood_scores.items():
+        c = metrics.confusion_at(id_scores, s, threshold)
+        rows[name] = {"ID kept": c.id_accepted, "ID flagged": c.id_rejected,
+                      "OOD missed": c.ood_accepted, "OOD caught": c.ood_rejected}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# --- the JSON export ---------------------------------------------------------------------------------
+
+def accuracy_fields(accuracies: Iterable[Optional[float]], per: Sequence[str]) -> dict:
+    """id_accuracy (mean), id_accuracy_std and id_accuracy_per_<p> for each p in `per` (e.g. "seed", "split");
+    empty when there is no accuracy (one-class models have no classifier)."""
+    accs = [float(a) for a in accuracies if a is not None]
+    if not accs:
+        return {}
+    out = {"id_accuracy": float(np.mean(accs)), "id_accuracy_std": float(np.std(accs))}
+    out.update({f"id_accuracy_per_{p}": list(accs) for p in per})
+    return out
+
+
+def seeds_doc(spec: Spec, seeds: Sequence[int], rows: list[dict], summary: list[dict],
+              accuracies: Iterable[Optional[float]], n_dataset_classes: Optional[int] = None) -> dict:
+    """A comparison over seeds as `python -m ood_core run --json` writes it and the Compare page downloads it:
+    spec, seeds, the ID accuracy (mean, std, per seed), results (one row per seed, detector and OOD set, without
+    the timing; a row without `seed` is of the first seed) and the summary (compare.summarise of the rows).
+
+    Open-set recognition (each seed one of the protocol's splits), as `run --setting osr --json`: rows gain
+    `split` and their `known_classes` (drawn from `n_dataset_classes`), the document `setting`, `splits` and
+    the accuracy per split.
+    """
+    seeds = list(seeds)
+    results = [{**{k: v for k, v in r.items() if k != "seconds"}, "seed": r.get("seed", seeds[0])} for r in rows]
+    doc: dict = {"spec": spec.to_dict(), "seeds": seeds}
+    per = ["seed"]
+    if spec.setting == "osr":
+        if n_dataset_classes is None:
+            raise ValueError("an open-set export needs the dataset's number of classes")
+        for r in results:
+            r.update(split=seeds.index(r["seed"]),
+                     known_classes=known_classes_for(r["seed"], n_dataset_classes, spec.known_classes))
+        doc.update(setting="osr", splits=len(seeds))
+        per.append("split")
+    doc.update(accuracy_fields(accuracies, per))
+    doc.update(results=results, summary=summary)
+    return doc
+
+
+def protocol_doc(spec: Spec, setting: str, rows: list[dict], accuracies: Iterable[Optional[float]], seconds: float,
+                 extra: Optional[Mapping] = None) -> dict:
+    """A protocol run (OSR splits, ND/AD one-vs-all, the contamination curve) as `run --setting ... --json`
+    writes it: spec, setting, results, seconds, the accuracy per split when there is one, then `extra`."""
+    doc = {"spec": spec.to_dict(), "setting": setting, "results": rows, "seconds": seconds}
+    doc.update(accuracy_fields(accuracies, ["split"]))
+    doc.update(extra or {})
+    return doc
+
+
+def to_json(doc: Mapping) -> str:
+    """The text of an exported document (numpy numbers become plain floats)."""
+    return json.dumps(doc, indent=1, default=float)

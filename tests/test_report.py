@@ -1,0 +1,113 @@
+"""Known-answer tests of ood_core.report (metric and confusion tables) and ood_core.text (short error messages)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ood_core import Spec, report
+from ood_core.data.benchmark import known_classes_for
+from ood_core.text import brief
+
+ID = np.array([0.0, 1.0, 2.0, 3.0])
+
+
+# --- tables ------------------------------------------------------------------------------------------
+
+def test_confusion_frame_counts_by_hand():
+    # flagged as OOD when score > 2: ID 3 is flagged; OOD 2.5 and 3.5 are caught, 0.5 is missed
+    table = report.confusion_frame(ID, {"a": np.array([2.5, 3.5, 0.5]), "b": np.array([5.0, 6.0])}, 2.0)
+    assert list(table.index) == ["a", "b"]
+    assert list(table.columns) == ["ID kept", "ID flagged", "OOD missed", "OOD caught"]
+    assert table.loc["a"].tolist() == [3, 1, 1, 2]
+    assert table.loc["b"].tolist() == [3, 1, 0, 2]
+    # a score equal to the threshold is kept
+    assert report.confusion_frame(ID, {"a": np.array([2.0])}, 2.0).loc["a"].tolist() == [3, 1, 1, 0]
+
+
+def test_metrics_frame_percent_by_hand():
+    # "far" lies above every ID score; "mixed": 0.5 beats one ID score, 2.5 beats three -> AUROC 4/8
+    table = report.metrics_frame(ID, {"far": np.array([5.0, 6.0]), "mixed": np.array([0.5, 2.5])})
+    assert list(table.columns) == list(report.METRIC_COLUMNS.values())
+    far = table.loc["far"]
+    assert far[report.METRIC_COLUMNS["auroc"]] == pytest.approx(100.0)
+    assert far[report.METRIC_COLUMNS["fpr95"]] == pytest.approx(0.0)
+    assert far[report.METRIC_COLUMNS["aupr_out"]] == pytest.approx(100.0)
+    assert far[report.METRIC_COLUMNS["detection_error"]] == pytest.approx(0.0)
+    assert table.loc["mixed", report.METRIC_COLUMNS["auroc"]] == pytest.approx(50.0)
+    assert report.OSCR_COLUMN not in table
+
+
+def test_metrics_frame_oscr_column_reaches_the_accuracy_on_perfect_separation():
+    correct = np.array([True, True, False, True])
+    table = report.metrics_frame(ID, {"far": np.array([5.0, 6.0])}, correct)
+    assert table.loc["far", report.OSCR_COLUMN] == pytest.approx(75.0)  # OSCR's maximum = closed-set accuracy
+
+
+# --- the JSON export ---------------------------------------------------------------------------------
+
+def _row(detector, ood_set, auroc, **extra):
+    return {"detector": detector, "ood_set": ood_set, "auroc": auroc, "error": None, "seconds": 0.5, **extra}
+
+
+def test_seeds_doc_layout_and_accuracy_by_hand():
+    rows = [_row("msp", "gaussian", 0.9, seed=3), _row("msp", "gaussian", 0.7, seed=4)]
+    doc = report.seeds_doc(Spec(seed=3), [3, 4], rows, [{"detector": "msp"}], [0.8, 0.9])
+    assert list(doc) == ["spec", "seeds", "id_accuracy", "id_accuracy_std", "id_accuracy_per_seed", "results",
+                         "summary"]
+    assert doc["spec"] == Spec(seed=3).to_dict() and doc["seeds"] == [3, 4]
+    assert doc["id_accuracy"] == pytest.approx(0.85) and doc["id_accuracy_std"] == pytest.approx(0.05)
+    assert doc["id_accuracy_per_seed"] == [0.8, 0.9]
+    assert doc["results"] == [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # no timing
+    assert "seconds" in rows[0]  # the caller's rows are left alone
+    # rows of the current model carry no seed: they are the first seed's; no accuracy, no accuracy keys
+    one = report.seeds_doc(Spec(), [0], [_row("msp", "gaussian", 0.9)], [], [None])
+    assert one["results"][0]["seed"] == 0 and "id_accuracy" not in one
+
+
+def test_seeds_doc_in_open_set_recognition_names_the_splits_and_their_known_classes():
+    spec = Spec(setting="osr", seed=5, known_classes=6)
+    rows = [_row("msp", "unknown", 0.8, seed=5), _row("msp", "unknown", 0.6, seed=6)]
+    doc = report.seeds_doc(spec, [5, 6], rows, [], [0.9, 0.7], n_dataset_classes=10)
+    assert doc["setting"] == "osr" and doc["splits"] == 2
+    assert doc["id_accuracy_per_split"] == doc["id_accuracy_per_seed"] == [0.9, 0.7]
+    assert [r["split"] for r in doc["results"]] == [0, 1]
+    assert [r["known_classes"] for r in doc["results"]] == [known_classes_for(s, 10, 6) for s in (5, 6)]
+    with pytest.raises(ValueError, match="number of classes"):
+        report.seeds_doc(spec, [5], rows[:1], [], [0.9])
+
+
+def test_protocol_doc_layout():
+    rows = [_row("msp", "unknown", 0.8, split=0)]
+    doc = report.protocol_doc(Spec(), "osr", rows, [0.5, 1.0], 12.5, {"splits": 2, "summary": []})
+    assert list(doc) == ["spec", "setting", "results", "seconds", "id_accuracy", "id_accuracy_std",
+                         "id_accuracy_per_split", "splits", "summary"]
+    assert doc["results"] is rows and doc["seconds"] == 12.5 and doc["id_accuracy"] == pytest.approx(0.75)
+    nd = report.protocol_doc(Spec(), "nd", rows, [], 1.0)
+    assert set(nd) == {"spec", "setting", "results", "seconds"}
+    assert report.to_json({"x": np.float32(0.5), "n": np.int64(3)}) == '{\n "x": 0.5,\n "n": 3.0\n}'
+
+
+# --- short messages ----------------------------------------------------------------------------------
+
+TORCH_LOAD_ERROR = (
+    "this file is not a loadable PyTorch checkpoint (UnpicklingError: Weights only load failed. This file can still "
+    "be loaded, to do so you have two options, do those steps only if you trust the source of the checkpoint. "
+    "\n\t(1) In PyTorch 2.6, we changed the default value of the `weights_only` argument in `torch.load` from `False` "
+    "to `True`. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, but it can result in "
+    "arbitrary code execution. Do it only if you got the file from a trusted source.\n\t(2) Alternatively, to load "
+    "with `weights_only=True` please check the recommended steps in the following error message.)")
+
+
+def test_brief_keeps_the_message_and_drops_the_details():
+    # PyTorch's advice on the following lines goes
+    first = TORCH_LOAD_ERROR.splitlines()[0]
+    assert brief(TORCH_LOAD_ERROR) == first and len(first) < 240 and "(1)" not in first
+    # on one line it is over the limit: the exception's details go, its name stays
+    one_line = TORCH_LOAD_ERROR.replace("\n\t", " ")
+    assert brief(one_line) == "this file is not a loadable PyTorch checkpoint (UnpicklingError)"
+    long = "this file is not a loadable PyTorch checkpoint (UnpicklingError: Weights only load failed. " + "x " * 200
+    assert brief(long) == "this file is not a loadable PyTorch checkpoint (UnpicklingError)"
+    assert brief("short message\nsecond line") == "short message"
+    assert brief("word " * 100).endswith(" …") and len(brief("word " * 100)) <= 242
+    assert brief("") == "unknown error" and brief("  \n ") == "unknown error"
+    assert brief("a " * 20, limit=10) == "a a a a a …"
