@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -177,10 +179,84 @@ def _write_json(path: str, doc: dict) -> None:
     Path(path).write_text(report.to_json(doc))
 
 
+# which settings each setting-specific option applies to; giving one elsewhere is an error, not silently ignored
+APPLIES = {
+    "detectors": ("ood", "osr"), "seeds": ("ood",), "epochs": ("ood", "osr"), "regime": ("ood", "osr"),
+    "known": ("osr",), "splits": ("osr",), "contamination": ("ad",), "normal_class": ("nd", "ad"),
+    "curve": ("ad",), "synthetic": ("osr", "nd", "ad"), "save_outputs": ("ood",), "save_scores": ("ood",),
+}
+DEFAULTS = {"detectors": "all", "seeds": 1, "regime": "ce", "known": 6, "splits": 5, "contamination": 0.05,
+            "synthetic": ""}
+
+
+def check_options(args) -> None:
+    """Refuse options that do not apply to the chosen setting, and bad values, before any work; fill defaults."""
+    for name, settings in APPLIES.items():
+        value = getattr(args, name)
+        if value not in (None, False) and args.setting not in settings:
+            flag = "--" + name.replace("_", "-")
+            where = ", ".join(f"--setting {s}" for s in settings)
+            raise ValueError(f"{flag} does not apply to --setting {args.setting} (only to {where})")
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.epochs is not None and not 1 <= args.epochs <= 500:
+        raise ValueError(f"--epochs must be in 1..500, got {args.epochs}")
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    if args.splits < 1:
+        raise ValueError("--splits must be at least 1")
+    args.device = check_device(args.device)
+
+
+def check_device(device: Optional[str]) -> Optional[str]:
+    """'cpu', 'cuda' or 'cuda:N' that this machine has; a clear ValueError otherwise (None: the default device)."""
+    if device is None:
+        return None
+    import torch
+
+    d = device.strip().lower()
+    if d == "cpu":
+        return d
+    if d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this machine has no usable CUDA device; use --device cpu")
+        index = int(d[5:]) if ":" in d else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+        return d
+    raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+
+
+def check_output_paths(args) -> None:
+    """Create and probe every output location before any work, so a run never fails at its very end."""
+    for flag, value, is_dir in (("--json", args.json, False), ("--save-outputs", args.save_outputs, True),
+                                ("--save-scores", args.save_scores, True)):
+        if value:
+            _check_writable(Path(value), is_dir, flag)
+
+
+def _check_writable(path: Path, is_dir: bool, flag: str) -> None:
+    folder = path if is_dir else path.parent
+    if not is_dir and path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    if is_dir and path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ood-write-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+
+
 def run(args) -> int:
     from . import pipeline
     from .models import DEFAULT_CACHE_DIR, cache_status
 
+    check_options(args)
+    check_output_paths(args)
     cache = Path(args.cache_dir or DEFAULT_CACHE_DIR)
     writable, reason = cache_status(cache)
     if not writable:  # before any work: a run that trains for minutes must not fail at the save
@@ -196,8 +272,6 @@ def run(args) -> int:
         return run_osr(args, base)
     if args.setting in ("nd", "ad"):
         return run_one_class(args, base)
-    if args.seeds < 1:
-        raise ValueError("--seeds must be at least 1")
     seeds = list(range(args.seed, args.seed + args.seeds))
     started: dict[int, float] = {}
 
@@ -245,18 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train (or load) the model, score detectors on every OOD set")
     r.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
     r.add_argument("--setting", default="ood", choices=SETTINGS)
-    r.add_argument("--detectors", default="all", help="'all' or a comma-separated list of names")
+    r.add_argument("--detectors", default=None, help="OOD/OSR: 'all' (default) or a comma-separated list of names")
     r.add_argument("--seed", type=int, default=0, help="first seed")
-    r.add_argument("--seeds", type=int, default=1, help="number of seeds (each a freshly trained model)")
-    r.add_argument("--epochs", type=int, default=None, help="training epochs (default: the Spec's)")
-    r.add_argument("--regime", default="ce", choices=["ce", "oe", "logitnorm"],
+    r.add_argument("--seeds", type=int, default=None, help="OOD: number of seeds (each a freshly trained model; default 1)")
+    r.add_argument("--epochs", type=int, default=None,
+                   help=f"OOD/OSR: classifier training epochs, 1..500 (default {TrainConfig.epochs})")
+    r.add_argument("--regime", default=None, choices=["ce", "oe", "logitnorm"],
                    help="classifier training: cross-entropy, outlier exposure, LogitNorm")
-    r.add_argument("--known", type=int, default=6, help="OSR: number of known classes K (2..N-1)")
-    r.add_argument("--splits", type=int, default=5, help="OSR: number of random known/unknown splits")
-    r.add_argument("--contamination", type=float, default=0.05, help="AD: contamination ratio in [0, 0.5)")
+    r.add_argument("--known", type=int, default=None, help="OSR: number of known classes K (2..N-1; default 6)")
+    r.add_argument("--splits", type=int, default=None, help="OSR: number of random known/unknown splits (default 5)")
+    r.add_argument("--contamination", type=float, default=None, help="AD: contamination ratio in [0, 0.5) (default 0.05)")
     r.add_argument("--normal-class", type=int, default=None, help="ND/AD: only this normal class (default: all)")
     r.add_argument("--curve", action="store_true", help="AD: the whole contamination curve 0-20%%")
-    r.add_argument("--synthetic", default="",
+    r.add_argument("--synthetic", default=None,
                    help="OSR/ND/AD: also score these synthetic or transformed OOD sets ('all' or a comma-separated "
                         "list; default none: the protocols' own unknowns only)")
     r.add_argument("--json", help="write the results as JSON here")

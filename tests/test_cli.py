@@ -85,7 +85,46 @@ def test_run_seeds_refuses_unknown_detectors_before_preparing_anything():
     (["run", "--setting", "ad", "--contamination", "0.7"], "contamination ratio must be in [0, 0.5)"),
     (["run", "--setting", "nd", "--normal-class", "12"], "do not exist"),
     (["run", "--seeds", "0"], "--seeds must be at least 1"),
+    (["run", "--epochs", "0"], "--epochs must be in 1..500, got 0"),
+    (["run", "--epochs", "501"], "--epochs must be in 1..500, got 501"),
+    (["run", "--device", "foo"], "--device must be cpu, cuda or cuda:N, got 'foo'"),
+    (["run", "--setting", "nd", "--detectors", "knn"], "--detectors does not apply to --setting nd"),
+    (["run", "--setting", "ad", "--epochs", "5"], "--epochs does not apply to --setting ad"),
+    (["run", "--setting", "osr", "--seeds", "3"], "--seeds does not apply to --setting osr (only to --setting ood)"),
+    (["run", "--known", "4"], "--known does not apply to --setting ood (only to --setting osr)"),
+    (["run", "--setting", "nd", "--contamination", "0.1"], "--contamination does not apply to --setting nd"),
+    (["run", "--normal-class", "3"], "--normal-class does not apply to --setting ood"),
+    (["run", "--setting", "nd", "--regime", "oe"], "--regime does not apply to --setting nd"),
+    (["run", "--synthetic", "all"], "--synthetic does not apply to --setting ood"),
+    (["run", "--setting", "osr", "--save-scores", "s"], "--save-scores does not apply to --setting osr"),
 ])
 def test_bad_input_is_a_clear_error_and_exit_code_2(argv, message, capsys):
     assert cli.main(argv + ["--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cuda_without_a_cuda_device_is_a_clear_error(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["run", "--device", "cuda", "--quiet"]) == 2
+    assert "this machine has no usable CUDA device; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--json", "--save-outputs", "--save-scores"])
+def test_an_unwritable_output_path_fails_before_any_training(flag, tmp_path, capsys, monkeypatch):
+    from ood_core import pipeline
+
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("nothing may be prepared"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a path under a regular file cannot be created, even by root
+    bad = blocker / "out" / ("r.json" if flag == "--json" else "folder")
+    assert cli.main(["run", flag, str(bad), "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {flag} {bad}: cannot write there" in err
+    assert not (tmp_path / "cache" / "models").exists() or not any((tmp_path / "cache" / "models").glob("*.pt"))
+
+
+def test_json_pointing_at_a_folder_is_refused(tmp_path, capsys):
+    assert cli.main(["run", "--json", str(tmp_path), "--quiet"]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err

@@ -231,8 +231,8 @@ def test_synthetic_option_rejects_an_unknown_set(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--setting", "ad", "--curve", "--synthetic", "gaussian"], "--synthetic does not apply to --curve"),
-    (["run", "--setting", "nd", "--curve"], "use it with --setting ad"),
-    (["run", "--setting", "osr", "--curve"], "use it with --setting ad"),
+    (["run", "--setting", "nd", "--curve"], "--curve does not apply to --setting nd (only to --setting ad)"),
+    (["run", "--setting", "osr", "--curve"], "--curve does not apply to --setting osr (only to --setting ad)"),
 ])
 def test_curve_options_that_do_not_fit_are_refused(argv, message, capsys):
     assert cli.main(argv + ["--quiet"]) == 2
