@@ -116,12 +116,14 @@ def compute_outputs(model, bench: Benchmark, device: str = "cpu") -> dict[str, O
 
 def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, cache_dir: Path | str | None = None,
             device: Optional[str] = None, retrain: bool = False, model=None,
-            ood_sets: Optional[Iterable[str]] = None, bench: Optional[Benchmark] = None) -> Experiment:
+            ood_sets: Optional[Iterable[str]] = None, bench: Optional[Benchmark] = None,
+            on_wait: Optional[Callable[[int], None]] = None) -> Experiment:
     """Build the benchmark, get the model (cache, training, or the user's `model`) and run inference once.
 
     `ood_sets`: the synthetic and transformed OOD sets to build (default: all of them). The setting's own
     test set ("unknown" in OSR, "novel"/"anomalous" in ND/AD) is always there; `ood_sets=()` keeps it alone.
     `bench`: the spec's benchmark when the caller already built it (it does not depend on the model).
+    `on_wait(place)`: called while a training waits for a slot of the training queue (models.get_model).
     """
     device = device or default_device()
     if bench is None:
@@ -129,7 +131,7 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
     if model is not None:
         training = TrainResult(model.eval(), [], 0.0, from_cache=False)  # the user's model: neither trained nor cached
     else:
-        training = get_model(spec, bench, progress, cache_dir, device=device, retrain=retrain)
+        training = get_model(spec, bench, progress, cache_dir, device=device, retrain=retrain, on_wait=on_wait)
     training.model.to(device).eval()
     return Experiment(spec, bench, training, compute_outputs(training.model, bench, device), device, cache_dir)
 

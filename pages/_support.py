@@ -20,14 +20,14 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import streamlit as st
 
-from ood_core import Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, settings
+from ood_core import Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, serving, settings
 from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
 from ood_core.pipeline import Experiment
 from ood_core.report import METRIC_COLUMNS, OSCR_COLUMN
 from ood_core.spec import SETTING_TITLES
-from ood_core.text import brief
+from ood_core.text import brief, provenance_line
 
 SPEC_KEY = "spec"  # session_state: the current Spec
 USER_MODEL_KEY = "user_model"  # session_state: {"name", "digest", "data", "spec_key"} of an uploaded model
@@ -80,6 +80,7 @@ def make_spec(base: Spec, dataset: str, seed: int, epochs: int, lr: float, batch
 
     `setting` may carry setting, model, regime, known_classes, normal_class, contamination.
     """
+    serving.check_training_allowed(epochs, batch_size)  # shared (classroom) mode: bounded trainings
     regime = setting.pop("regime", base.training.regime)
     training = dataclasses.replace(base.training, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                                    regime=regime)
@@ -173,7 +174,8 @@ def get_experiment(retrain: bool = False) -> Optional[Experiment]:
         st.warning(note)
     from_cache = source in ("on-disk cache", "trained earlier on this server")
     st.session_state[INFO_KEY] = {"spec_key": key, "accuracy": id_accuracy(exp), "source": source,
-                                  "from_cache": from_cache, "seconds": time.perf_counter() - t0}
+                                  "from_cache": from_cache, "seconds": time.perf_counter() - t0,
+                                  "provenance": None if user is not None else dict(exp.training.provenance or {})}
     return exp
 
 
@@ -223,7 +225,11 @@ def _train_with_progress(spec: Spec, retrain: bool) -> tuple[Experiment, str]:
         if not retrain and is_cached(spec):  # another session trained it while we waited
             exp, source = _experiment_store(key, blob), "on-disk cache"
         else:
-            exp = pipeline.prepare(spec, progress=on_epoch, retrain=retrain)
+            def on_wait(place: int) -> None:  # the training queue is full: say where this training stands
+                bar.progress(0.0, text=f"waiting for a free training slot: number {place} in line "
+                                       f"({serving.training_slots()} trainings run at once on this server)…")
+
+            exp = pipeline.prepare(spec, progress=on_epoch, retrain=retrain, on_wait=on_wait)
             _experiment_store.clear(key, blob)
             _experiment_store(key, blob, _exp=exp)
             source = "trained just now"
@@ -507,4 +513,7 @@ def render_sidebar(slot) -> None:
             + (f" ({info['source']})" if info.get("source") else ""),
         ]
         st.markdown("  \n".join(lines))
+        prov = provenance_line(info.get("provenance") or {})
+        if prov:
+            st.caption(f"Model provenance: {prov}")
         st.caption((ds.description + " · " if ds else "") + f"spec key `{spec.key()}`")

@@ -82,12 +82,14 @@ async def draw(page, url: str) -> float:
     t0 = time.perf_counter()
     await page.goto(f"{url}/scores", timeout=TIMEOUT_MS)
     await page.locator(".js-plotly-plot .legendtext", has_text="ID (test)").first.wait_for(timeout=TIMEOUT_MS)
+    await page.locator('[data-testid="stSlider"]', has_text="Threshold").first.wait_for(timeout=TIMEOUT_MS)
     await settle(page)
     return time.perf_counter() - t0
 
 
 async def move_slider(page) -> float:
-    thumb = page.locator('[data-testid="stSlider"]', has_text="Threshold").locator('[role="slider"]').first
+    # react-aria's slider: the thumb holds a visually hidden range input that takes the keyboard
+    thumb = page.locator('[data-testid="stSlider"]', has_text="Threshold").locator('input[type="range"]').first
     await thumb.focus()
     t0 = time.perf_counter()
     await thumb.press("ArrowRight")

@@ -66,6 +66,14 @@ def test_experiment_page_shows_accuracy_form_examples_and_sidebar(app, default_e
     assert "**Dataset:** digits" in side and "**Seed:** 0" in side and f"**Epochs:** {Spec().training.epochs}" in side
     assert "**Model from cache:** yes" in side  # the fixture put the checkpoint on disk
     assert f"**ID test accuracy:** {acc.value}" in side
+    # the checkpoint's provenance, as recorded in it
+    from ood_core.models.reproducible import TRAIN_THREADS
+    from ood_core.text import provenance_line
+
+    prov = default_experiment.training.provenance
+    captions = [c.value for c in app.sidebar.caption]
+    assert prov and f"Model provenance: {provenance_line(prov)}" in captions
+    assert f"{TRAIN_THREADS} training thread" in provenance_line(prov)
 
 
 def test_submitting_the_default_form_reuses_the_cached_model(app):

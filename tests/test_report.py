@@ -111,3 +111,14 @@ def test_brief_keeps_the_message_and_drops_the_details():
     assert brief("word " * 100).endswith(" …") and len(brief("word " * 100)) <= 242
     assert brief("") == "unknown error" and brief("  \n ") == "unknown error"
     assert brief("a " * 20, limit=10) == "a a a a a …"
+
+
+def test_provenance_line_names_what_the_checkpoint_records():
+    from ood_core.text import provenance_line
+
+    prov = {"torch": "2.14.1", "threads": 1, "device": "cpu", "written_utc": "2026-11-29T23:40:12+00:00",
+            "train_seconds": 8.94}
+    assert provenance_line(prov) == "torch 2.14.1 · 1 training thread · cpu · trained in 8.9 s · written 2026-11-29 23:40 UTC"
+    assert provenance_line({**prov, "threads": 2, "written_utc": None}).endswith("2 training threads · cpu · "
+                                                                                 "trained in 8.9 s · not saved to disk")
+    assert provenance_line({}) == ""
