@@ -18,9 +18,11 @@ from collections import defaultdict
 from typing import Any, Mapping, Optional
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
-from ood_core import Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, serving, settings
+from ood_core import (Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, report, serving,
+                      settings)
 from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
@@ -243,6 +245,23 @@ def training_lock(spec: Spec) -> threading.Lock:
 
 
 # --- the pages' own caches (string-keyed; `_exp` is never hashed) ----------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def scores_table(exp_id: str, name: str, params_blob: str, sets: tuple, _exp: Experiment) -> pd.DataFrame:
+    """Scores: the metrics table of one (experiment, detector, params, OOD sets), shared by every session (a
+    threshold or a toggle reruns the page without recomputing it)."""
+    scores = _scores(exp_id, name, params_blob, _exp)
+    id_correct = _exp.id_correct if _exp.spec.setting == "osr" else None
+    return report.metrics_frame(scores["test"], {s: scores[s] for s in sets}, id_correct)
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def scores_curves(exp_id: str, name: str, params_blob: str, sets: tuple, _exp: Experiment):
+    """Scores: (ROC figure, PR figure) of one (experiment, detector, params, OOD sets); pages must not mutate them."""
+    scores = _scores(exp_id, name, params_blob, _exp)
+    ood = {s: scores[s] for s in sets}
+    return figures.roc_figure(scores["test"], ood), figures.pr_figure(scores["test"], ood)
+
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def detector_rows(exp_id: str, name: str, params_blob: str, _exp: Experiment) -> list[dict]:

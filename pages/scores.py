@@ -107,7 +107,8 @@ def main() -> None:
     acc = ui.id_accuracy(exp)
     m1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}",
               help=ui.accuracy_help(exp.spec))
-    table = report.metrics_frame(id_scores, ood, id_correct)
+    key = (ui.experiment_id(exp), name, json.dumps(dict(params), sort_keys=True), tuple(sets))
+    table = ui.scores_table(*key, exp)
     m2.dataframe(table, column_config=ui.metric_column_config())
     st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
     below_chance = table.index[table[report.METRIC_COLUMNS["auroc"]] < 50].tolist()
@@ -126,11 +127,12 @@ def main() -> None:
                      help="Shows small bars next to tall ones, e.g. when most scores pile up in one bin."):
             fig.update_yaxes(type="log", dtick="D2", title="density (log scale)")
         st.plotly_chart(fig, width="stretch")
+    roc, pr = ui.scores_curves(*key, exp)
     r1, r2 = st.columns(2)
     with r1:
-        st.plotly_chart(figures.roc_figure(id_scores, ood), width="stretch")
+        st.plotly_chart(roc, width="stretch")
     with r2:
-        st.plotly_chart(figures.pr_figure(id_scores, ood), width="stretch")
+        st.plotly_chart(pr, width="stretch")
     if osr:
         o1, o2 = st.columns([3, 2])
         with o1:

@@ -72,6 +72,16 @@ def start_server(port: int, cache: str, shared: bool) -> subprocess.Popen:
     raise TimeoutError("streamlit did not become healthy within 120 s")
 
 
+async def wait_idle(pid: int, quiet_s: float = 0.2, window_s: float = 2.0, timeout_s: float = 180.0) -> None:
+    """Wait until the server uses less than `quiet_s` CPU seconds over `window_s` (background work finished)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        c0 = cpu_seconds(pid)
+        await asyncio.sleep(window_s)
+        if cpu_seconds(pid) - c0 < quiet_s:
+            return
+
+
 async def settle(page) -> None:
     """Wait until this session's script run has finished (give a rerun a moment to start first)."""
     await page.wait_for_timeout(150)
@@ -100,8 +110,9 @@ async def move_slider(page) -> float:
 async def switch_detector(page, label: str) -> float:
     box = page.locator('[data-testid="stSelectbox"]', has_text="Detector").first
     t0 = time.perf_counter()
-    await box.click()
-    await page.get_by_role("option", name=label, exact=True).click(timeout=TIMEOUT_MS)
+    await box.locator("input").first.click()
+    await page.keyboard.type(label.split(" · ", 1)[1])  # the selectbox filters its options as one types
+    await page.get_by_role("option", name=label, exact=True).click(timeout=30_000)
     await settle(page)
     return time.perf_counter() - t0
 
@@ -143,6 +154,7 @@ async def main_async(levels: list[int], shared: bool) -> list[dict]:
             warm = await browser.new_page()
             await draw(warm, url)  # trains the default model once: every level below runs on a warm cache
             await warm.close()
+            await wait_idle(proc.pid)  # and the app's one-off background work (UMAP warm-up) is over
             for n in levels:
                 res = await run_level(browser, url, n, proc.pid)
                 results.append(res)
