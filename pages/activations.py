@@ -7,6 +7,7 @@ import streamlit as st
 
 from ood_core import activation_stats as A
 from ood_core import figures
+from ood_core.figures import activations as activation_figures
 from ood_core import explain as X
 from ood_core.detectors import REGISTRY
 from ood_core.settings import default_ood_sets
@@ -47,7 +48,7 @@ def auroc_summary(shift: A.EnergyShift, what: str) -> None:
 
 
 def energy_section(shift: A.EnergyShift, key: str) -> None:
-    st.plotly_chart(A.energy_shift_figure(shift, title="Energy scores before and after"), key=key, width="stretch")
+    st.plotly_chart(activation_figures.energy_shift_figure(shift, title="Energy scores before and after"), key=key, width="stretch")
     st.caption("Energy score E(x) = −log Σ_k exp(f_k(x)) of the classifier's logits (higher = more OOD). Left: the "
                "plain network; right: after the shaping step. The further apart ID (blue) and OOD, the better.")
 
@@ -91,14 +92,14 @@ def react_view(exp, view: A.ActivationView, sets: list[str]) -> None:
     st.markdown(f"Clip threshold **c = {shift.threshold:.3f}** (the {p:g}th percentile of ID train activations).")
     c1, c2 = st.columns(2)
     with c1:
-        st.plotly_chart(A.unit_profile_figure(view.profile, threshold=shift.threshold,
+        st.plotly_chart(activation_figures.unit_profile_figure(view.profile, threshold=shift.threshold,
                                               title="Per-unit mean ± std, units sorted by ID mean"),
                         key="act-react-units", width="stretch")
         st.caption("Each x position is one penultimate unit; lines are its mean activation over the images of a set, "
                    "bands ± one standard deviation. Where an OOD line rises above the ID line, the dashed clip "
                    "line cuts off the OOD excess.")
     with c2:
-        fig = A.activation_histogram_figure(view.hist, threshold=shift.threshold, percentile=p, log_y=True,
+        fig = activation_figures.activation_histogram_figure(view.hist, threshold=shift.threshold, percentile=p, log_y=True,
                                             title="All activation values (log density)")
         fig.update_yaxes(dtick=1, exponentformat="power")  # one label per decade
         st.plotly_chart(fig, key="act-react-hist", width="stretch")
@@ -119,7 +120,7 @@ def dice_view(exp, view: A.ActivationView, sets: list[str]) -> None:
     p = percentile_slider("Sparsity p (% of weights dropped)", "dice", "sparsity", "act-dice-p",
                           "DICE keeps the weights whose contribution exceeds the p-th percentile of all contributions.")
     mask, shift = A.dice_at(view, p)
-    st.plotly_chart(A.dice_contribution_figure(view.V, mask, exp.bench.class_names,
+    st.plotly_chart(activation_figures.dice_contribution_figure(view.V, mask, exp.bench.class_names,
                                                title="Contribution matrix (classes × units) and what DICE keeps"),
                     key="act-dice-matrix", width="stretch")
     st.caption("Top: all contributions, red = raises the class's logit, blue = lowers it. Bottom: the weights kept "

@@ -10,6 +10,7 @@ import streamlit as st
 
 from ood_core import embedding as E
 from ood_core import figures
+from ood_core.figures import embedding as embedding_figures
 from ood_core.data import OOD_SETS
 from ood_core.detectors import REGISTRY, default_params
 from ood_core.settings import default_ood_sets
@@ -86,9 +87,9 @@ def make_figure(exp, frame: pd.DataFrame, xy: np.ndarray, c: dict, method: str):
         if error:
             st.error(f"{REGISTRY[c['detector']].title} could not score these samples: {error}. Coloured by set instead.")
         else:
-            return E.embedding_figure(frame, xy, "score", scores=scores, method=method, title=title,
+            return embedding_figures.embedding_figure(frame, xy, "score", scores=scores, method=method, title=title,
                                       score_name=f"{REGISTRY[c['detector']].title} score")
-    return E.embedding_figure(frame, xy, "set" if c["color_by"] == "score" else c["color_by"], method=method,
+    return embedding_figures.embedding_figure(frame, xy, "set" if c["color_by"] == "score" else c["color_by"], method=method,
                               title=title)
 
 

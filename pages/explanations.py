@@ -13,6 +13,7 @@ import streamlit as st
 
 from ood_core import embedding as E
 from ood_core import explain as X
+from ood_core import uploads
 from ood_core import figures
 from ood_core.detectors import REGISTRY, default_params
 from ood_core.detectors.base import softmax
@@ -33,10 +34,10 @@ IMG_W = 96
 
 # --- library calls ----------------------------------------------------------------------------------
 
-def read_upload(data, bench, invert="auto") -> tuple[Optional[X.Upload], Optional[str]]:
+def read_upload(data, bench, invert="auto") -> tuple[Optional[uploads.Upload], Optional[str]]:
     """(decoded upload, None) or (None, a message for the user) for the bytes of an uploaded image."""
     try:
-        return X.preprocess_upload(data, bench, invert=invert), None
+        return uploads.preprocess_upload(data, bench, invert=invert), None
     except ValueError as e:
         return None, f"Could not use this image: {brief(str(e))}"
 

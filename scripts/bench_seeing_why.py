@@ -81,6 +81,7 @@ def main() -> None:
     import numpy as np
 
     from ood_core import Spec, activation_stats as A, embedding as E, explain, pipeline
+    from ood_core.figures import activations as activation_figures, embedding as embedding_figures
 
     t0 = time.perf_counter()
     exp = pipeline.prepare(Spec(), cache_dir=args.cache_dir, device="cpu")
@@ -91,7 +92,7 @@ def main() -> None:
     res["frame"], _, _ = timed(lambda: E.embedding_frame(exp, exp.ood_names, "features"), name="frame")
     res["pca"], res["pca_all"], _ = timed(lambda: E.embed(X, "pca", seed=0), name="pca")
     _, _, xy = timed(lambda: E.embed(X, "pca", seed=0), 1)
-    res["figure"], _, fig = timed(lambda: E.embedding_figure(frame, xy, "set", method="pca"), name="figure")
+    res["figure"], _, fig = timed(lambda: embedding_figures.embedding_figure(frame, xy, "set", method="pca"), name="figure")
     res["figure_json"], _, _ = timed(lambda: fig.to_json(), name="figure_json")
 
     if not args.skip_cold:
@@ -129,17 +130,17 @@ def main() -> None:
     def recompute():
         p = next(pcts)
         sh = A.react_at(view, p)
-        figs = [A.activation_histogram_figure(view.hist, sh.threshold, p), A.energy_shift_figure(sh),
-                A.unit_profile_figure(view.profile, threshold=sh.threshold)]
+        figs = [activation_figures.activation_histogram_figure(view.hist, sh.threshold, p), activation_figures.energy_shift_figure(sh),
+                activation_figures.unit_profile_figure(view.profile, threshold=sh.threshold)]
         return sh, figs
 
     res["activation_recompute"], res["activation_recompute_all"], (sh, figs) = timed(recompute, name="activation_recompute")
     res["activation_recompute_numbers_only"], _, _ = timed(lambda: A.react_at(view, 91.0), name="activation_recompute_numbers_only")
     res["activation_figures_json"], _, _ = timed(lambda: [f.to_json() for f in figs], name="activation_figures_json")
-    res["dice_recompute"], _, _ = timed(lambda: (lambda m: (A.dice_contribution_figure(view.V, m[0]),
-                                                            A.energy_shift_figure(m[1])))(A.dice_at(view, 90)),
+    res["dice_recompute"], _, _ = timed(lambda: (lambda m: (activation_figures.dice_contribution_figure(view.V, m[0]),
+                                                            activation_figures.energy_shift_figure(m[1])))(A.dice_at(view, 90)),
                                         name="dice_recompute")
-    res["ash_recompute"], _, _ = timed(lambda: A.energy_shift_figure(A.ash_at(view, 65)[1]), name="ash_recompute")
+    res["ash_recompute"], _, _ = timed(lambda: activation_figures.energy_shift_figure(A.ash_at(view, 65)[1]), name="ash_recompute")
     res["react_auroc_mean_before_after_p90"] = [round(A.react_at(view, 90).mean_auroc_before, 4),
                                                 round(A.react_at(view, 90).mean_auroc_after, 4)]
     res["load_1min_end"] = os.getloadavg()[0]

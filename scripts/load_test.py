@@ -72,14 +72,15 @@ def start_server(port: int, cache: str, shared: bool) -> subprocess.Popen:
     raise TimeoutError("streamlit did not become healthy within 120 s")
 
 
-async def wait_idle(pid: int, quiet_s: float = 0.2, window_s: float = 2.0, timeout_s: float = 180.0) -> None:
-    """Wait until the server uses less than `quiet_s` CPU seconds over `window_s` (background work finished)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
+async def wait_idle(pid: int, quiet_s: float = 0.2, window_s: float = 2.0, windows: int = 4,
+                    timeout_s: float = 240.0) -> None:
+    """Wait until the server uses less than `quiet_s` CPU seconds in each of `windows` windows of `window_s` in a
+    row: its background work (the UMAP warm-up starts 5 s after the first page) has started and finished."""
+    deadline, quiet = time.time() + timeout_s, 0
+    while time.time() < deadline and quiet < windows:
         c0 = cpu_seconds(pid)
         await asyncio.sleep(window_s)
-        if cpu_seconds(pid) - c0 < quiet_s:
-            return
+        quiet = quiet + 1 if cpu_seconds(pid) - c0 < quiet_s else 0
 
 
 async def settle(page) -> None:

@@ -16,7 +16,10 @@ from torch import nn
 from ood_core import activation_stats as A
 from ood_core import embedding as E
 from ood_core import explain as X
+from ood_core import uploads
 from ood_core import figures
+from ood_core.figures import activations as activation_figures
+from ood_core.figures import embedding as embedding_figures
 from ood_core import metrics
 from ood_core.detectors.activations import ReAct
 from ood_core.detectors.base import FitContext
@@ -118,7 +121,7 @@ def test_figure_customdata_round_trips_through_selection(small_frame):
     frame, M, _ = small_frame
     xy = E.embed(M, "pca")
     for color_by in ("set", "label", "pred"):
-        fig = E.embedding_figure(frame, xy, color_by)
+        fig = embedding_figures.embedding_figure(frame, xy, color_by)
         data = json.loads(fig.to_json())["data"]  # what the browser gets
         pts = []
         for ci, tr in enumerate(data):
@@ -126,19 +129,19 @@ def test_figure_customdata_round_trips_through_selection(small_frame):
                 pts.append({"curve_number": ci, "point_index": pi, "customdata": cd})
         sel = E.select_samples(frame, _payload(pts))
         assert len(sel) == len(frame) and list(sel.index) == list(range(len(frame)))
-    fig = E.embedding_figure(frame, xy, "set")
+    fig = embedding_figures.embedding_figure(frame, xy, "set")
     assert fig.layout.dragmode == "lasso" and len(fig.data) == 3
     assert set(fig.data[0].marker.symbol) == {"circle"}
     assert set(fig.data[1].marker.symbol) != {"circle"} and set(fig.data[1].marker.symbol) != set(fig.data[2].marker.symbol)
-    lab = E.embedding_figure(frame, xy, "label")
+    lab = embedding_figures.embedding_figure(frame, xy, "label")
     assert any(t.name.startswith("OOD") for t in lab.data)
     scores = {"test": np.arange(5.0), "gaussian": np.arange(3.0) + 10, "rotated": np.arange(3.0) + 20}
-    sc = E.embedding_figure(frame, xy, "score", scores=scores)
+    sc = embedding_figures.embedding_figure(frame, xy, "score", scores=scores)
     np.testing.assert_allclose(sc.data[0].marker.color, [0, 1, 2, 3, 4, 10, 11, 12, 20, 21, 22])
     with pytest.raises(ValueError):
-        E.embedding_figure(frame, xy, "score")
+        embedding_figures.embedding_figure(frame, xy, "score")
     with pytest.raises(ValueError):
-        E.embedding_figure(frame, xy[:3], "set")
+        embedding_figures.embedding_figure(frame, xy[:3], "set")
 
 
 # --- embeddings ------------------------------------------------------------------------------------
@@ -271,12 +274,12 @@ def test_activation_view_matches_pieces_and_figures_build():
     pr, ash = A.ash_at(view, 65)
     assert set(pr) == {"ID", "spiky"}
     assert sum(c.sum() for c in view.hist.counts.values()) > 0
-    assert len(A.unit_profile_figure(view.profile, threshold=sh.threshold).data) == 4
-    f = A.activation_histogram_figure(view.hist, sh.threshold, 90)
+    assert len(activation_figures.unit_profile_figure(view.profile, threshold=sh.threshold).data) == 4
+    f = activation_figures.activation_histogram_figure(view.hist, sh.threshold, 90)
     assert "90" in f.layout.annotations[0].text
-    f = A.energy_shift_figure(sh)
+    f = activation_figures.energy_shift_figure(sh)
     assert any("AUROC" in (t.name or "") for t in f.data)
-    assert len(A.dice_contribution_figure(view.V, mask).data) == 2
+    assert len(activation_figures.dice_contribution_figure(view.V, mask).data) == 2
 
 
 # --- attributions ----------------------------------------------------------------------------------
@@ -456,7 +459,7 @@ def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
 def test_upload_dark_background_png():
     a = np.zeros((32, 32), np.uint8)
     a[8:24, 8:24] = 255
-    up = X.preprocess_upload(_png(a), BENCH1)
+    up = uploads.preprocess_upload(_png(a), BENCH1)
     assert up.x.shape == (1, 1, 16, 16) and up.x.dtype == np.float32 and not up.inverted
     assert up.pixels.min() >= 0 and up.pixels.max() <= 1 and up.original_size == (32, 32)
     assert up.pixels[0, 8, 8] == pytest.approx(1.0) and up.pixels[0, 0, 0] == pytest.approx(0.0)
@@ -466,31 +469,31 @@ def test_upload_dark_background_png():
 def test_upload_auto_inverts_white_background_and_respects_flag():
     a = np.full((40, 40, 3), 255, np.uint8)
     a[10:30, 16:24] = 0  # a dark stroke on white
-    up = X.preprocess_upload(_png(a), BENCH1)
+    up = uploads.preprocess_upload(_png(a), BENCH1)
     assert up.inverted and up.pixels[0, 0, 0] == pytest.approx(0.0) and up.pixels[0, 8, 8] > 0.9
-    assert not X.preprocess_upload(_png(a), BENCH1, invert=False).inverted
+    assert not uploads.preprocess_upload(_png(a), BENCH1, invert=False).inverted
     rgba = np.zeros((20, 20, 4), np.uint8)
     rgba[5:15, 9:11] = [0, 0, 0, 255]  # black stroke on a transparent background (shown on white)
-    up = X.preprocess_upload(_png(rgba), BENCH1)
+    up = uploads.preprocess_upload(_png(rgba), BENCH1)
     assert up.inverted and up.pixels[0, 0, 0] == pytest.approx(0.0)
     bench3 = SimpleNamespace(input_shape=(3, 8, 8), normalise=lambda p: p.astype(np.float32))
-    assert X.preprocess_upload(_png(a), bench3).x.shape == (1, 3, 8, 8)
+    assert uploads.preprocess_upload(_png(a), bench3).x.shape == (1, 3, 8, 8)
     with pytest.raises(ValueError, match="invert"):
-        X.preprocess_upload(_png(a), BENCH1, invert="yes")
+        uploads.preprocess_upload(_png(a), BENCH1, invert="yes")
 
 
 def test_upload_rejects_bad_files():
     with pytest.raises(ValueError, match="could not read the upload as an image"):
-        X.preprocess_upload(b"this is not an image at all", BENCH1)
+        uploads.preprocess_upload(b"this is not an image at all", BENCH1)
     with pytest.raises(ValueError, match="empty"):
-        X.preprocess_upload(b"", BENCH1)
+        uploads.preprocess_upload(b"", BENCH1)
     good = _png(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     with pytest.raises(ValueError):
-        X.preprocess_upload(good[: len(good) // 2], BENCH1)
+        uploads.preprocess_upload(good[: len(good) // 2], BENCH1)
     with pytest.raises(ValueError, match="at least 4x4"):
-        X.preprocess_upload(_png(np.zeros((3, 3), np.uint8)), BENCH1)
+        uploads.preprocess_upload(_png(np.zeros((3, 3), np.uint8)), BENCH1)
     with pytest.raises(ValueError, match="at most 4096x4096"):
-        X.preprocess_upload(_png(np.zeros((4, 4097), np.uint8)), BENCH1)
+        uploads.preprocess_upload(_png(np.zeros((4, 4097), np.uint8)), BENCH1)
 
 
 def test_frame_inputs_follow_the_rows(small_frame):
@@ -509,11 +512,11 @@ def test_upload_sixteen_bit_grey_and_file_like():
     im = Image.fromarray(a)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    up = X.preprocess_upload(io.BytesIO(buf.getvalue()), BENCH1)  # objects with getvalue()/read() work too
+    up = uploads.preprocess_upload(io.BytesIO(buf.getvalue()), BENCH1)  # objects with getvalue()/read() work too
     assert up.original_mode.startswith("I") and not up.inverted
     assert up.pixels[0, 8, 8] == pytest.approx(1.0) and up.pixels[0, 0, 0] == pytest.approx(0.0)
-    with pytest.raises(X.UploadError):
-        X.preprocess_upload(12345, BENCH1)
+    with pytest.raises(uploads.UploadError):
+        uploads.preprocess_upload(12345, BENCH1)
 
 
 def test_the_activation_views_use_the_detectors_own_formulas_and_defaults():

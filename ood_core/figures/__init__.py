@@ -6,7 +6,7 @@ from typing import Mapping, Optional
 import numpy as np
 import plotly.graph_objects as go
 
-from . import metrics
+from .. import metrics
 
 ID_COLOUR = "#1f77b4"
 OOD_COLOURS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
