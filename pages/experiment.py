@@ -3,7 +3,7 @@ import time
 
 import streamlit as st
 
-from ood_core import figures, settings
+from ood_core import figures, serving, settings
 from ood_core.data import DATASETS, OOD_SETS
 from ood_core.data.auxiliary import AUX_RECIPES
 from ood_core.data.benchmark import known_classes_for
@@ -54,10 +54,18 @@ def experiment_form(setting: str):
                                help="Fixes the data split, the initialisation and the batch order.")
         epochs, lr, batch = spec.training.epochs, float(spec.training.lr), spec.training.batch_size
         if setting in ("ood", "osr"):
-            epochs = c2.number_input("Epochs", min_value=1, max_value=500, value=spec.training.epochs, step=1)
+            shared = serving.shared_mode()  # a classroom server bounds what one visitor can start
+            limits = serving.SHARED_LIMITS
+            note = (f" This server is shared: at most {limits.max_epochs} epochs and a batch size of at least "
+                    f"{limits.min_batch_size}." if shared else "")
+            epochs = c2.number_input("Epochs", min_value=1, max_value=limits.max_epochs if shared else 500,
+                                     value=min(spec.training.epochs, limits.max_epochs) if shared else spec.training.epochs,
+                                     step=1, help="Passes over the training split." + note)
             lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(spec.training.lr),
                                  step=0.0005, format="%.4f", help="Peak learning rate of AdamW with a one-cycle schedule.")
-            batch = c2.number_input("Batch size", min_value=1, max_value=4096, value=spec.training.batch_size, step=16)
+            batch = c2.number_input("Batch size", min_value=limits.min_batch_size if shared else 1, max_value=4096,
+                                    value=max(spec.training.batch_size, limits.min_batch_size) if shared
+                                    else spec.training.batch_size, step=16, help="Images per training step." + note)
         else:
             c2.caption("Each one-class model trains with its own fixed, documented hyper-parameters "
                        "(see ood_core/models/oneclass.py).")

@@ -322,3 +322,17 @@ def test_the_pages_directory_workaround_still_matches_streamlit():
     assert 'main_script_parent / "pages"' in inspect.getsource(pages_manager.PagesManager.__init__), why
     assert "if PagesManager.uses_pages_directory:" in inspect.getsource(script_runner), why
     assert "PagesManager.uses_pages_directory = False" in inspect.getsource(navigation), why
+
+
+def test_shared_mode_bounds_the_experiment_form(default_experiment, monkeypatch):
+    monkeypatch.setenv("OOD_EXPLORER_SHARED", "1")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    no_exception(at)
+    epochs = next(n for n in at.number_input if n.label == "Epochs")
+    batch = next(n for n in at.number_input if n.label == "Batch size")
+    assert epochs.proto.max == 60 and batch.proto.min == 16
+    assert "This server is shared" in epochs.help
+    from pages import _support as ui
+
+    with pytest.raises(ValueError, match="at most 60 epochs per training, you asked for 500"):
+        ui.make_spec(Spec(), "digits", 0, 500, 3e-3, 64)
