@@ -44,12 +44,12 @@ def confusion_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
 # --- the JSON export ---------------------------------------------------------------------------------
 
 def accuracy_fields(accuracies: Iterable[Optional[float]], per: Sequence[str]) -> dict:
-    """id_accuracy (mean), id_accuracy_std and id_accuracy_per_<p> for each p in `per` (e.g. "seed", "split");
+    """id_accuracy (mean), id_accuracy_std (sample std, ddof=1; None from one value) and id_accuracy_per_<p> for each p in `per` (e.g. "seed", "split");
     empty when there is no accuracy (one-class models have no classifier)."""
     accs = [float(a) for a in accuracies if a is not None]
     if not accs:
         return {}
-    out = {"id_accuracy": float(np.mean(accs)), "id_accuracy_std": float(np.std(accs))}
+    out = {"id_accuracy": float(np.mean(accs)), "id_accuracy_std": metrics.sample_std(accs)}
     out.update({f"id_accuracy_per_{p}": list(accs) for p in per})
     return out
 

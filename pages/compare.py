@@ -133,7 +133,7 @@ def results_table(labels: list[str], families: list[str], oods: list[str], value
         return pd.DataFrame(css, index=df.index, columns=oods)
 
     styled = df.style.format(fmt, subset=oods, na_rep="error").apply(styles, axis=None, subset=oods)
-    what = "standard deviation over seeds (OSR: splits) of " if stat == "std" else ""
+    what = "sample standard deviation (ddof=1) over seeds (OSR: splits) of " if stat == "std" else ""
     config = {o: st.column_config.NumberColumn(
         o, help=f"{what}{METRIC_LABELS[metric]} on {o} (%): {metric_help(metric)}"
                 + (f" — {OOD_SETS[o].description}" if o in OOD_SETS else "")) for o in oods}
@@ -164,7 +164,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     accs = [a for a in accs if a is not None]
     if accs:
         label = ui.accuracy_label(spec)
-        value = f"{100 * np.mean(accs):.1f} %" + (f" ± {100 * np.std(accs):.1f}" if n_seeds > 1 else "")
+        value = f"{100 * np.mean(accs):.1f} %" + (f" ± {100 * metrics.sample_std(accs):.1f}" if len(accs) > 1 else "")
         st.metric(label, value, help=ui.accuracy_help(spec))
 
     c1, c2 = st.columns([2, 1])
@@ -172,7 +172,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     stat = "mean"
     if n_seeds > 1:
         stat = c2.radio("Table shows", ("mean", "std"), horizontal=True, key="compare-stat",
-                        format_func=lambda s: {"mean": f"mean over {u}s", "std": "± standard deviation"}[s])
+                        format_func=lambda s: {"mean": f"mean over {u}s", "std": "± sample std"}[s])
     dets, oods, mean = compare.pivot(summary, metric, "mean")
     _, _, std = compare.pivot(summary, metric, "std")
     best = best_mask(mean, metric)
@@ -182,7 +182,8 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
 
     arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
     st.markdown(f"**{METRIC_LABELS[metric]}** ({arrow}) in percent"
-                + (f", mean over {u}s ({'seeds ' if osr else ''}{', '.join(map(str, seeds))})" if n_seeds > 1
+                + (f", mean ± sample std over {n_seeds} {u}s ({'seeds ' if osr else ''}{', '.join(map(str, seeds))})"
+                   if n_seeds > 1
                    else f", seed {seeds[0]}")
                 + ". The best detector per OOD set is highlighted; click a column header to sort.")
     results_table(labels, fams, oods, std if stat == "std" else mean, best, errors, metric, stat)
@@ -190,7 +191,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     fig = figures.metric_heatmap(labels, oods, mean, std if n_seeds > 1 else None, best, METRIC_LABELS[metric],
                                  HIGHER_IS_BETTER[metric])
     fig.update_layout(title=f"{METRIC_LABELS[metric]} (%) — ★ best per OOD set"
-                            + (f" · mean ± std over {u}s" if n_seeds > 1 else ""))
+                            + (f" · mean ± sample std over {n_seeds} {u}s" if n_seeds > 1 else ""))
     st.plotly_chart(fig, width="stretch", key="compare-heatmap")
 
     if errors:
@@ -213,7 +214,8 @@ def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs
     stem = f"ood-compare-{spec.dataset}-{spec.setting}-seeds{seeds[0]}-{seeds[-1]}"
     c1, c2, _ = st.columns([1, 1, 3])
     c1.download_button("Download CSV", table.to_csv(index=False), f"{stem}.csv", "text/csv", key="compare-csv",
-                       help="One line per detector and OOD set: mean and std of every metric (fractions, not %).")
+                       help="One line per detector and OOD set: mean and sample std (ddof=1) of every metric (fractions, "
+                            "not %).")
     c2.download_button("Download JSON", report.to_json(doc), f"{stem}.json", "application/json",
                        key="compare-json", help="The layout of `python -m ood_core run --json`: spec, seeds, "
                                                 "results (one row per seed, detector and OOD set) and summary.")
@@ -280,8 +282,8 @@ def one_vs_all_table(rows: list[dict]) -> None:
     table["± std"] = [100 * s["auroc_std"] if s["auroc_std"] is not None else np.nan for s in summ.values()]
     table.index.name = "Method"
     cfg = {c: st.column_config.NumberColumn(c, format="%.1f %%", help=metric_help("auroc")) for c in table.columns}
-    cfg["± std"] = st.column_config.NumberColumn("± std", format="%.1f %%", help="standard deviation over classes")
-    st.markdown("**AUROC (%) per normal class**, mean ± std over classes")
+    cfg["± std"] = st.column_config.NumberColumn("± std", format="%.1f %%", help="sample standard deviation (ddof=1) over classes")
+    st.markdown(f"**AUROC (%) per normal class**, mean ± sample std over {len(table.columns) - 2} classes")
     st.dataframe(table, column_config=cfg, key="compare-oc-table")
     failed = sorted({f"{r['method']} (class {r['normal_class']}): {r['error']}" for r in rows if r.get("error")})
     if failed:
@@ -343,7 +345,7 @@ def main() -> None:
     st.title("Compare: every detector on every OOD set")
     st.markdown("One row per detector, one column per OOD set — the layout of the survey's Table 6. The table "
                 "below comes from the current model at once; **start comparison** trains the same experiment with "
-                "more seeds (each a freshly trained model, cached on disk) and reports mean ± std, as papers do. "
+                "more seeds (each a freshly trained model, cached on disk) and reports mean ± sample std (ddof=1), as papers do. "
                 "In open-set recognition each seed is one of the protocol's random known/unknown splits.")
     exp = ui.get_experiment()
     if exp is None:
@@ -390,7 +392,8 @@ def main() -> None:
 
     chosen = [n for n in names if REGISTRY[n].family in families]
     if multi is not None:
-        st.success(f"Mean ± std over {unit(spec)}s {seeds[0]}–{seeds[-1]} ({len(names)} detectors, "
+        st.success(f"Mean ± sample std over {unit(spec)}s {seeds[0]}–{seeds[-1]} ({len(seeds)} {unit(spec)}s, "
+                   f"{len(names)} detectors, "
                    f"{multi['seconds']:.0f} s).")
         show_comparison(exp, multi["rows"], seeds, multi["accuracies"], families, sets)
     elif not chosen or not sets:

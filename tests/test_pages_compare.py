@@ -315,7 +315,7 @@ def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, do
     at.radio(key="compare-stat").set_value("std").run()  # the table can show the spread instead
     no_exception(at)
     std = at.dataframe[0].value.loc[REGISTRY["energy"].title, heat["x"]].to_numpy(dtype=float)
-    np.testing.assert_allclose(std, [100 * np.std([rows[j]["auroc"] for rows in per_seed])
+    np.testing.assert_allclose(std, [100 * np.std([rows[j]["auroc"] for rows in per_seed], ddof=1)  # sample std
                                      for j in range(len(heat["x"]))], atol=1e-9)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ood_core import Spec, report
+from ood_core import Spec, compare, metrics, report
 from ood_core.data.benchmark import known_classes_for
 from ood_core.text import brief
 
@@ -55,7 +55,7 @@ def test_seeds_doc_layout_and_accuracy_by_hand():
     assert list(doc) == ["spec", "seeds", "id_accuracy", "id_accuracy_std", "id_accuracy_per_seed", "results",
                          "summary"]
     assert doc["spec"] == Spec(seed=3).to_dict() and doc["seeds"] == [3, 4]
-    assert doc["id_accuracy"] == pytest.approx(0.85) and doc["id_accuracy_std"] == pytest.approx(0.05)
+    assert doc["id_accuracy"] == pytest.approx(0.85) and doc["id_accuracy_std"] == pytest.approx(np.sqrt(0.005))  # sample std
     assert doc["id_accuracy_per_seed"] == [0.8, 0.9]
     assert doc["results"] == [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # no timing
     assert "seconds" in rows[0]  # the caller's rows are left alone
@@ -74,6 +74,19 @@ def test_seeds_doc_in_open_set_recognition_names_the_splits_and_their_known_clas
     assert [r["known_classes"] for r in doc["results"]] == [known_classes_for(s, 10, 6) for s in (5, 6)]
     with pytest.raises(ValueError, match="number of classes"):
         report.seeds_doc(spec, [5], rows[:1], [], [0.9])
+
+
+def test_summarise_by_reports_the_sample_std_by_hand():
+    # 0.8, 0.9, 1.0: mean 0.9, squared deviations 0.01 + 0 + 0.01 = 0.02, / (n - 1 = 2) = 0.01, sqrt = 0.1
+    # (the population std would be sqrt(0.02 / 3) = 0.0816)
+    rows = [_row("msp", "gaussian", a, seed=i) for i, a in enumerate((0.8, 0.9, 1.0))]
+    rows.append({**_row("msp", "gaussian", None, seed=3), "error": "boom"})  # counted, never averaged
+    (s,) = compare.summarise_by(rows, ("detector", "ood_set"))
+    assert s["n"] == 3 and s["n_errors"] == 1 and s["errors"] == ["boom"]
+    assert s["auroc_mean"] == pytest.approx(0.9) and s["auroc_std"] == pytest.approx(0.1)
+    assert metrics.sample_std([0.8, 0.9, 1.0]) == pytest.approx(0.1)
+    (one,) = compare.summarise_by(rows[:1], ("detector",))
+    assert one["auroc_mean"] == pytest.approx(0.8) and one["auroc_std"] is None  # undefined from one value
 
 
 def test_protocol_doc_layout():

@@ -199,7 +199,7 @@ def sensitivity_figure(rows: list[dict], param: str, log_x: bool = False, metric
 
 
 def contamination_figure(summary: list[dict]) -> go.Figure:
-    """Mean AUROC (%) over normal classes against the contamination ratio (± std), one line per method.
+    """Mean AUROC (%) over normal classes against the contamination ratio (± sample std), one line per method.
 
     `summary` rows: {"method", "contamination", "auroc_mean", "auroc_std"} (protocols.summarise_by).
     """
@@ -213,7 +213,7 @@ def contamination_figure(summary: list[dict]) -> go.Figure:
                          thickness=1, width=3),
             mode="lines+markers", name=m, line=dict(color=OOD_COLOURS[i % len(OOD_COLOURS)],
                                                     dash="solid" if i < len(OOD_COLOURS) else "dash")))
-    fig.update_layout(title="Robustness to contamination: mean AUROC over normal classes (± std)",
+    fig.update_layout(title="Robustness to contamination: mean AUROC ± sample std over normal classes",
                       xaxis_title="contamination of the training set (%)", yaxis_title="AUROC (%)",
                       legend=dict(orientation="h", y=-0.25), margin=dict(t=50, b=10))
     return fig
