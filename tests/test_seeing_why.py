@@ -130,7 +130,7 @@ def test_figure_customdata_round_trips_through_selection(small_frame):
         sel = E.select_samples(frame, _payload(pts))
         assert len(sel) == len(frame) and list(sel.index) == list(range(len(frame)))
     fig = embedding_figures.embedding_figure(frame, xy, "set")
-    assert fig.layout.dragmode == "lasso" and len(fig.data) == 3
+    assert fig.layout.dragmode == "zoom" and len(fig.data) == 3  # a click selects (lasso in the mode bar)
     assert set(fig.data[0].marker.symbol) == {"circle"}
     assert set(fig.data[1].marker.symbol) != {"circle"} and set(fig.data[1].marker.symbol) != set(fig.data[2].marker.symbol)
     lab = embedding_figures.embedding_figure(frame, xy, "label")

@@ -63,7 +63,8 @@ def embedding_figure(frame: pd.DataFrame, xy, color_by: str = "set", scores=None
     scale (`scores`: an array aligned with the frame, or {set: full score array} indexed by frame["index"];
     higher = more unfamiliar). ID points are circles, each OOD set has its own symbol.
     customdata = (set, index, label_name, pred_name, confidence) for `select_samples` and the hover.
-    Drag mode is lasso; box select stays in the mode bar.
+    Drag mode is zoom: Streamlit turns a click into a point selection only when the drag mode is not lasso or
+    box select (it sets clickmode "event" then); lasso and box select stay in the mode bar.
     """
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by must be one of {', '.join(COLOR_BY)}, got {color_by!r}")
@@ -120,7 +121,7 @@ def embedding_figure(frame: pd.DataFrame, xy, color_by: str = "set", scores=None
                             line=dict(width=0.3, color="white"), opacity=0.85),
                 hovertemplate=hover + "<extra></extra>"))
     name = METHOD_TITLES.get(method, method)
-    fig.update_layout(title=title, dragmode="lasso", xaxis_title=f"{name} 1".strip(),
+    fig.update_layout(title=title, dragmode="zoom", xaxis_title=f"{name} 1".strip(),
                       yaxis_title=f"{name} 2".strip(), legend=dict(itemsizing="constant"),
                       margin=dict(t=40 if title else 10, b=10), hovermode="closest")
     return fig
