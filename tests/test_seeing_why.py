@@ -138,6 +138,8 @@ def test_figure_customdata_round_trips_through_selection(small_frame):
     scores = {"test": np.arange(5.0), "gaussian": np.arange(3.0) + 10, "rotated": np.arange(3.0) + 20}
     sc = embedding_figures.embedding_figure(frame, xy, "score", scores=scores)
     np.testing.assert_allclose(sc.data[0].marker.color, [0, 1, 2, 3, 4, 10, 11, 12, 20, 21, 22])
+    bar = sc.data[0].marker.colorbar  # in the lower part of the margin, clear of the legend at the top right
+    assert bar.y == 0 and bar.yanchor == "bottom" and bar.len <= 0.6 and bar.title.side == "right"
     with pytest.raises(ValueError):
         embedding_figures.embedding_figure(frame, xy, "score")
     with pytest.raises(ValueError):

@@ -19,6 +19,9 @@ OOD_SYMBOLS = ["square", "diamond", "cross", "x", "triangle-up", "star", "triang
 CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf"]
 OOD_GREY = "#555555"
+# the colour bar sits in the lower part of the right margin, its title running along it, so the legend of the
+# set symbols (top right) never covers the title
+SCORE_COLORBAR = dict(len=0.6, y=0, yanchor="bottom")
 
 def _symbols(frame: pd.DataFrame) -> dict[str, str]:
     out, k = {}, 0
@@ -89,7 +92,7 @@ def embedding_figure(frame: pd.DataFrame, xy, color_by: str = "set", scores=None
         v = _scores_for_frame(frame, scores)
         fig.add_trace(Scatter(
             x=xy[:, 0], y=xy[:, 1], mode="markers", name=score_name, customdata=cd_all, showlegend=False,
-            marker=dict(color=v, colorscale="Viridis", size=marker_size, colorbar=dict(title=score_name),
+            marker=dict(color=v, colorscale="Viridis", size=marker_size, colorbar=SCORE_COLORBAR | dict(title=dict(text=score_name, side="right")),
                         symbol=[sym[s] for s in frame["set"]], line=dict(width=0.3, color="white")),
             text=[f"{x:.4g}" for x in v],
             hovertemplate=hover + f"<br>{score_name} " + "%{text}<extra></extra>"))
