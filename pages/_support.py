@@ -416,6 +416,10 @@ def detector_scores(exp: Experiment, name: str, params: Mapping[str, Any]) -> tu
     return scores, None
 
 
+# detector scores in tables: one fixed format, so a narrow column never shows "%g"'s shortest form (".0006867")
+SCORE_FORMAT = "%.4f"
+
+
 def metric_column_config() -> dict:
     """Column formats with the metric definitions as header tooltips."""
     cfg = {label: st.column_config.NumberColumn(label, help=metrics.DEFINITIONS[k], format="%.1f %%")

@@ -159,7 +159,7 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
                 f"({', '.join(f'{n} {s}' for s, n in rows['set'].value_counts().items())}).")
     cfg = {"confidence": st.column_config.NumberColumn("confidence", format="%.3f",
                                                        help="Maximum softmax probability of the prediction"),
-           **{REGISTRY[d].title: st.column_config.NumberColumn(format="%.4g", help="Higher = more unfamiliar")
+           **{REGISTRY[d].title: st.column_config.NumberColumn(format=ui.SCORE_FORMAT, help="Higher = more unfamiliar")
               for d in dets}}
     st.dataframe(table, hide_index=True, column_config=cfg)
     shown = rows.head(MAX_IMAGES)
