@@ -125,7 +125,7 @@ def main() -> None:
                                       title="Score distributions (ID test vs OOD)")
         if st.toggle("Logarithmic density axis", key="scores-log-y",
                      help="Shows small bars next to tall ones, e.g. when most scores pile up in one bin."):
-            fig.update_yaxes(type="log", dtick="D2", title="density (log scale)")
+            fig.update_yaxes(**figures.LOG_TICKS, title="density (log scale, 10^k per decade)")
         st.plotly_chart(fig, width="stretch")
     roc, pr = ui.scores_curves(*key, exp)
     r1, r2 = st.columns(2)
