@@ -110,10 +110,13 @@ def main() -> None:
 
     osr = exp.spec.setting == "osr"
     id_correct = exp.id_correct if osr else None
-    m1, m2 = st.columns([1.4, 5])
     acc = ui.id_accuracy(exp)
-    m1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}",
-              help=ui.accuracy_help(exp.spec))
+    if acc is None:  # one-class settings: no classifier, so no accuracy metric; say what is reported instead
+        st.caption(ui.no_accuracy_note(exp.spec))
+        m2 = st.container()
+    else:
+        m1, m2 = st.columns([1.4, 5])
+        m1.metric(ui.accuracy_label(exp.spec), f"{acc:.1%}", help=ui.accuracy_help(exp.spec))
     key = (ui.experiment_id(exp), name, json.dumps(dict(params), sort_keys=True), tuple(sets))
     table = ui.scores_table(*key, exp)
     m2.dataframe(table, column_config=ui.metric_column_config())

@@ -336,3 +336,23 @@ def test_shared_mode_bounds_the_experiment_form(default_experiment, monkeypatch)
 
     with pytest.raises(ValueError, match="at most 60 epochs per training, you asked for 500"):
         ui.make_spec(Spec(), "digits", 0, 500, 3e-3, 64)
+
+
+def test_one_class_pages_say_what_they_report_instead_of_an_empty_accuracy(default_experiment):
+    from ood_core.spec import TrainConfig
+
+    spec = Spec(setting="nd", model="deep_svdd", normal_class=3, training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run()
+    no_exception(at)
+    note = ui.no_accuracy_note(spec)
+    assert "class 3" in note and "novel" in note and "no classifier" in note
+    for page in (None, "pages/scores.py"):  # the Experiment page, then Scores
+        if page:
+            at.switch_page(page).run()
+            no_exception(at)
+        assert not any("accuracy" in m.label for m in at.metric)  # no big empty "ID test accuracy —"
+        assert note in [c.value for c in at.caption]
+    ad = ui.no_accuracy_note(Spec(setting="ad", model="deep_svdd", contamination=0.1))
+    assert "anomalous" in ad and "10%" in ad
