@@ -41,6 +41,31 @@ def confusion_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+# --- file names of the exports ---------------------------------------------------------------------------
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(name))
+
+
+def _listed(names: Sequence, every: Sequence, what: str, most: int = 3) -> str:
+    """"" when `names` is all of `every`; else the names joined by '+' (at most `most`), or 'Kof<N><what>'."""
+    if set(names) >= set(every):
+        return ""
+    if len(names) <= most:
+        return f"{what}-" + "+".join(_safe(n) for n in names)
+    return f"{len(names)}of{len(every)}{what}"
+
+
+def compare_export_stem(spec: Spec, seeds: Sequence[int], families: Sequence[str], all_families: Sequence[str],
+                        sets: Sequence[str], all_sets: Sequence[str]) -> str:
+    """File name (no extension) of a Compare export that says what is inside: dataset, setting, seeds, then
+    "all" when every family and OOD set is in, else the families and sets kept, e.g.
+    'ood-compare-digits-ood-seeds0-2-families-output-sets-gaussian+rotated'."""
+    parts = [p for p in (_listed(families, all_families, "families"), _listed(sets, all_sets, "sets")) if p]
+    return (f"ood-compare-{_safe(spec.dataset)}-{spec.setting}-seeds{seeds[0]}-{seeds[-1]}-"
+            + ("-".join(parts) if parts else "all"))
+
+
 # --- the JSON export ---------------------------------------------------------------------------------
 
 def accuracy_fields(accuracies: Iterable[Optional[float]], per: Sequence[str]) -> dict:

@@ -199,19 +199,22 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
         with st.expander(f"Errors ({len(errors)})"):
             for lab, msg in errors.items():
                 st.markdown(f"- **{lab}**: {msg}")
-    downloads(exp, keep, summary, seeds, accs)
+    downloads(exp, keep, summary, seeds, accs, families, sets)
 
 
-def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs: list) -> None:
-    """CSV (one line per detector and OOD set, every metric, fractions) and JSON in the CLI's layout."""
+def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs: list, families: list[str],
+              sets: list[str]) -> None:
+    """CSV (one line per detector and OOD set, every metric, fractions) and JSON in the CLI's layout; the file
+    name says whether the table was filtered (families, OOD sets) or holds everything."""
     spec = exp.spec
+    every_family = list(dict.fromkeys(REGISTRY[n].family for n in ui.detector_options(exp)))
     doc = report.seeds_doc(spec, seeds, rows, summary, accs, exp.bench.meta.get("n_dataset_classes"))
     table = pd.DataFrame([{**s, "title": REGISTRY[s["detector"]].title if s["detector"] in REGISTRY else "",
                            "family": REGISTRY[s["detector"]].family if s["detector"] in REGISTRY else "",
                            "errors": "; ".join(s["errors"])} for s in summary])
     front = ["detector", "title", "family", "ood_set", "n_seeds"]
     table = table[front + [c for c in table.columns if c not in front]]
-    stem = f"ood-compare-{spec.dataset}-{spec.setting}-seeds{seeds[0]}-{seeds[-1]}"
+    stem = report.compare_export_stem(spec, seeds, families, every_family, sets, exp.ood_names)
     c1, c2, _ = st.columns([1, 1, 3])
     c1.download_button("Download CSV", table.to_csv(index=False), f"{stem}.csv", "text/csv", key="compare-csv",
                        help="One line per detector and OOD set: mean and sample std (ddof=1) of every metric (fractions, "

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from ood_core import Spec, cli, compare, pipeline, protocols
 from ood_core.detectors import REGISTRY, Detector
 from ood_core.spec import TrainConfig
+from pages import _support as ui
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -37,6 +38,7 @@ def downloads(monkeypatch) -> dict:
 
     def recording(self, label, data, *args, **kwargs):
         seen[label] = data
+        seen.setdefault("file names", {})[label] = args[0] if args else kwargs.get("file_name")
         return original(self, label, data, *args, **kwargs)
 
     monkeypatch.setattr(DeltaGenerator, "download_button", recording)
@@ -137,6 +139,16 @@ def test_csv_and_json_downloads(default_experiment, downloads, tmp_path, cache_d
     assert {"auroc_mean", "auroc_std", "n_seeds", "errors"} <= set(doc["summary"][0])
     csv = downloads["Download CSV"].splitlines()
     assert csv[0].startswith("detector,title,family,ood_set,n_seeds") and len(csv) == 1 + len(doc["summary"])
+    # a filtered table downloads under another name, one that says what was kept
+    assert downloads["file names"]["Download CSV"] == "ood-compare-digits-ood-seeds0-0-all.csv"
+    at.multiselect(key="compare-families").set_value(["output"]).run()
+    at.multiselect(key="compare-sets").set_value(["gaussian"]).run()
+    no_exception(at)
+    assert downloads["file names"]["Download CSV"] == "ood-compare-digits-ood-seeds0-0-families-output-sets-gaussian.csv"
+    assert downloads["file names"]["Download JSON"] == "ood-compare-digits-ood-seeds0-0-families-output-sets-gaussian.json"
+    at.multiselect(key="compare-families").set_value(list(dict.fromkeys(
+        REGISTRY[n].family for n in ui.detector_options(default_experiment)))).run()
+    at.multiselect(key="compare-sets").set_value(default_experiment.ood_names).run()
     # the CLI's `run --json` has the same layout: the same keys in the document, in a row and in a summary line
     out = tmp_path / "cli.json"
     assert cli.main(["run", "--detectors", "msp,energy", "--json", str(out), "--cache-dir", str(cache_dir),
@@ -288,6 +300,7 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
     np.testing.assert_allclose(table.loc[pixels_knn, ["class 0", "class 1"]].to_numpy(dtype=float),
                                [100 * r["auroc"] for r in rows], atol=1e-9)
     assert table.loc[pixels_knn, "mean"] == pytest.approx(100 * np.mean([r["auroc"] for r in rows]))
+    assert table.loc[pixels_knn, "± std"] == pytest.approx(100 * np.std([r["auroc"] for r in rows], ddof=1))
     at.multiselect(key="compare-ad-ratios").set_value([0.0, 0.1]).run()
     at.button(key="compare-ad-run").click().run()
     no_exception(at)

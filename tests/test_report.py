@@ -89,6 +89,19 @@ def test_summarise_by_reports_the_sample_std_by_hand():
     assert one["auroc_mean"] == pytest.approx(0.8) and one["auroc_std"] is None  # undefined from one value
 
 
+def test_export_file_names_say_what_is_inside():
+    everything = report.compare_export_stem(Spec(), [0, 2], ["output", "distance"], ["distance", "output"],
+                                            ["gaussian", "rotated"], ["rotated", "gaussian"])
+    assert everything == "ood-compare-digits-ood-seeds0-2-all"
+    few = report.compare_export_stem(Spec(), [0, 2], ["output"], ["output", "distance"], ["gaussian"],
+                                     ["gaussian", "rotated"])
+    assert few == "ood-compare-digits-ood-seeds0-2-families-output-sets-gaussian"
+    many = report.compare_export_stem(Spec(), [0, 0], ["output", "distance"], ["output", "distance"],
+                                      ["a", "b c", "d", "e"], ["a", "b c", "d", "e", "f"])
+    assert many == "ood-compare-digits-ood-seeds0-0-4of5sets"
+    assert report.compare_export_stem(Spec(), [0, 0], ["output"], ["output"], ["b/c"], ["b/c", "x"]).endswith("sets-b_c")
+
+
 def test_protocol_doc_layout():
     rows = [_row("msp", "unknown", 0.8, split=0)]
     doc = report.protocol_doc(Spec(), "osr", rows, [0.5, 1.0], 12.5, {"splits": 2, "summary": []})
