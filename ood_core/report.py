@@ -41,6 +41,24 @@ def confusion_frame(id_scores: np.ndarray, ood_scores: Mapping[str, np.ndarray],
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def one_vs_all_frame(rows: list[dict]) -> pd.DataFrame:
+    """The one-vs-all table as fractions: one row per method (index "method"), its AUROC per normal class
+    ("class c"), then "mean", "sample std" (ddof=1 over classes; NaN from one class) and "n" (classes without
+    error). Failed cells are NaN."""
+    from .compare import summarise_by  # compare imports the pipeline; keep report light to import
+
+    frame = pd.DataFrame(rows)
+    table = frame.pivot(index="method", columns="normal_class", values="auroc").astype(float)
+    summ = {s["method"]: s for s in summarise_by(rows, ("method",))}
+    table = table.loc[list(summ)]
+    table.columns = [f"class {c}" for c in table.columns]
+    table["mean"] = [np.nan if s["auroc_mean"] is None else s["auroc_mean"] for s in summ.values()]
+    table["sample std"] = [np.nan if s["auroc_std"] is None else s["auroc_std"] for s in summ.values()]
+    table["n"] = [s["n"] for s in summ.values()]
+    table.index.name = "method"
+    return table
+
+
 # --- file names of the exports ---------------------------------------------------------------------------
 
 def _safe(name: str) -> str:
@@ -64,6 +82,16 @@ def compare_export_stem(spec: Spec, seeds: Sequence[int], families: Sequence[str
     parts = [p for p in (_listed(families, all_families, "families"), _listed(sets, all_sets, "sets")) if p]
     return (f"ood-compare-{_safe(spec.dataset)}-{spec.setting}-seeds{seeds[0]}-{seeds[-1]}-"
             + ("-".join(parts) if parts else "all"))
+
+
+def one_vs_all_export_stem(spec: Spec, classes: Sequence[int], methods: Sequence[str],
+                           all_methods: Sequence[str], n_classes: int) -> str:
+    """File name (no extension) of a one-vs-all export: dataset, setting (AD: contamination), the normal classes
+    and, when not all, the methods, e.g. 'ood-one-vs-all-digits-ad-contamination5pct-classes0+3-2of12methods'."""
+    cls = "classes-all" if set(classes) >= set(range(n_classes)) else "classes" + "+".join(map(str, sorted(classes)))
+    contam = f"-contamination{100 * spec.contamination:g}pct" if spec.setting == "ad" else ""
+    meth = _listed(methods, all_methods, "methods", most=0)  # method labels are long: a count
+    return f"ood-one-vs-all-{_safe(spec.dataset)}-{spec.setting}{contam}-{cls}" + (f"-{meth}" if meth else "")
 
 
 # --- the JSON export ---------------------------------------------------------------------------------

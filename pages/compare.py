@@ -270,19 +270,14 @@ def one_class_section(exp) -> None:
     res = ui.results_store().get(key)
     if res:
         one_vs_all_table(res["rows"])
+        one_vs_all_downloads(spec, res, classes, chosen, labels, n_classes)
         st.caption(f"Ran in {res['seconds']:.0f} s.")
     if spec.setting == "ad":
         contamination_section(spec, classes, methods, chosen)
 
 
 def one_vs_all_table(rows: list[dict]) -> None:
-    frame = pd.DataFrame(rows)
-    table = 100 * frame.pivot(index="method", columns="normal_class", values="auroc").astype(float)
-    summ = {s["method"]: s for s in protocols.summarise_by(rows, ("method",))}
-    table = table.loc[list(summ)]
-    table.columns = [f"class {c}" for c in table.columns]
-    table["mean"] = [100 * s["auroc_mean"] if s["auroc_mean"] is not None else np.nan for s in summ.values()]
-    table["± std"] = [100 * s["auroc_std"] if s["auroc_std"] is not None else np.nan for s in summ.values()]
+    table = 100 * report.one_vs_all_frame(rows).drop(columns="n").rename(columns={"sample std": "± std"})
     table.index.name = "Method"
     cfg = {c: st.column_config.NumberColumn(c, format="%.1f %%", help=metric_help("auroc")) for c in table.columns}
     cfg["± std"] = st.column_config.NumberColumn("± std", format="%.1f %%", help="sample standard deviation (ddof=1) over classes")
@@ -292,6 +287,23 @@ def one_vs_all_table(rows: list[dict]) -> None:
     if failed:
         with st.expander(f"Errors ({len(failed)})"):
             st.markdown("\n".join(f"- {f}" for f in failed))
+
+
+def one_vs_all_downloads(spec, res: dict, classes: list[int], chosen: list[str], labels: list[str],
+                         n_classes: int) -> None:
+    """The one-vs-all table as CSV (fractions) and the run as JSON in the layout of `run --setting nd|ad --json`."""
+    rows = res["rows"]
+    stem = report.one_vs_all_export_stem(spec, classes, chosen, labels, n_classes)
+    doc = report.protocol_doc(spec, spec.setting, rows, [], res["seconds"],
+                              {"summary": protocols.summarise_by(rows, ("method",))})
+    c1, c2, _ = st.columns([1, 1, 3])
+    c1.download_button("Download one-vs-all CSV", report.one_vs_all_frame(rows).to_csv(), f"{stem}.csv", "text/csv",
+                       key="compare-oc-csv", help="One line per method: AUROC per normal class, mean, sample std "
+                                                  "(ddof=1) over classes and n (fractions, not %).")
+    c2.download_button("Download one-vs-all JSON", report.to_json(doc), f"{stem}.json", "application/json",
+                       key="compare-oc-json", help="The layout of `python -m ood_core run --setting "
+                                                   f"{spec.setting} --json`: spec, setting, results (one row per "
+                                                   "method and normal class), seconds and summary.")
 
 
 def contamination_section(spec, classes: list[int], methods: list, chosen: list[str]) -> None:

@@ -281,7 +281,7 @@ def test_methods_jump_button_selects_the_detector_on_the_scores_page(app):
     assert at.selectbox(key="scores-detector").value == "energy"  # we are on the Scores page now
 
 
-def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment):
+def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment, downloads):
 
     spec = Spec(setting="ad", model="deep_svdd", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
@@ -301,6 +301,14 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
                                [100 * r["auroc"] for r in rows], atol=1e-9)
     assert table.loc[pixels_knn, "mean"] == pytest.approx(100 * np.mean([r["auroc"] for r in rows]))
     assert table.loc[pixels_knn, "± std"] == pytest.approx(100 * np.std([r["auroc"] for r in rows], ddof=1))
+    # the one-vs-all table downloads as CSV (fractions) and JSON (the CLI's `run --setting ad --json` layout)
+    stem = f"ood-one-vs-all-digits-ad-contamination5pct-classes0+1-1of{len(protocols.ONE_CLASS_METHODS)}methods"
+    assert downloads["file names"]["Download one-vs-all CSV"] == f"{stem}.csv"
+    csv = downloads["Download one-vs-all CSV"].splitlines()
+    assert csv[0] == "method,class 0,class 1,mean,sample std,n" and csv[1].startswith(f"{pixels_knn},")
+    doc = json.loads(downloads["Download one-vs-all JSON"])
+    assert doc["setting"] == "ad" and [r["auroc"] for r in doc["results"]] == pytest.approx([r["auroc"] for r in rows])
+    assert doc["summary"][0]["method"] == pixels_knn and doc["summary"][0]["n"] == 2
     at.multiselect(key="compare-ad-ratios").set_value([0.0, 0.1]).run()
     at.button(key="compare-ad-run").click().run()
     no_exception(at)

@@ -89,6 +89,18 @@ def test_summarise_by_reports_the_sample_std_by_hand():
     assert one["auroc_mean"] == pytest.approx(0.8) and one["auroc_std"] is None  # undefined from one value
 
 
+def test_one_vs_all_frame_by_hand():
+    rows = [{"method": "a", "normal_class": c, "auroc": v, "error": None} for c, v in ((0, 0.8), (1, 0.9), (2, 1.0))]
+    rows += [{"method": "b", "normal_class": 0, "auroc": 0.6, "error": None},
+             {"method": "b", "normal_class": 1, "auroc": None, "error": "boom"},
+             {"method": "b", "normal_class": 2, "auroc": 0.7, "error": None}]
+    t = report.one_vs_all_frame(rows)
+    assert list(t.index) == ["a", "b"] and list(t.columns) == ["class 0", "class 1", "class 2", "mean", "sample std", "n"]
+    assert t.loc["a", "mean"] == pytest.approx(0.9) and t.loc["a", "sample std"] == pytest.approx(0.1)
+    assert np.isnan(t.loc["b", "class 1"]) and t.loc["b", "mean"] == pytest.approx(0.65) and t.loc["b", "n"] == 2
+    assert t.loc["b", "sample std"] == pytest.approx(np.sqrt(0.005))  # (0.6, 0.7): sqrt(2 * 0.05^2 / 1)
+
+
 def test_export_file_names_say_what_is_inside():
     everything = report.compare_export_stem(Spec(), [0, 2], ["output", "distance"], ["distance", "output"],
                                             ["gaussian", "rotated"], ["rotated", "gaussian"])
@@ -100,6 +112,10 @@ def test_export_file_names_say_what_is_inside():
                                       ["a", "b c", "d", "e"], ["a", "b c", "d", "e", "f"])
     assert many == "ood-compare-digits-ood-seeds0-0-4of5sets"
     assert report.compare_export_stem(Spec(), [0, 0], ["output"], ["output"], ["b/c"], ["b/c", "x"]).endswith("sets-b_c")
+    ad = report.one_vs_all_export_stem(Spec(setting="ad", contamination=0.05), [3, 0], ["m1", "m2"], ["m1", "m2", "m3"], 10)
+    assert ad == "ood-one-vs-all-digits-ad-contamination5pct-classes0+3-2of3methods"
+    assert report.one_vs_all_export_stem(Spec(setting="nd"), list(range(10)), ["m"], ["m"], 10) == \
+        "ood-one-vs-all-digits-nd-classes-all"
 
 
 def test_protocol_doc_layout():
