@@ -187,6 +187,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
                    else f", seed {seeds[0]}")
                 + ". The best detector per OOD set is highlighted; click a column header to sort.")
     results_table(labels, fams, oods, std if stat == "std" else mean, best, errors, metric, stat)
+    show_notes(surprising_notes(exp, summary))
 
     fig = figures.metric_heatmap(labels, oods, mean, std if n_seeds > 1 else None, best, METRIC_LABELS[metric],
                                  HIGHER_IS_BETTER[metric])
@@ -200,6 +201,34 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
             for lab, msg in errors.items():
                 st.markdown(f"- **{lab}**: {msg}")
     downloads(exp, keep, summary, seeds, accs, families, sets)
+
+
+def surprising_notes(exp, summary: list[dict]) -> list[str]:
+    """ood_core.report.explain_result's notes on the table's (mean) AUROCs, each once, with the detector's name.
+    Scores (to tell constant ones) are the current model's, looked up only where the AUROC is exactly 50%."""
+    notes, contexts = [], {}
+    for s in summary:
+        d, o, auroc = s["detector"], s["ood_set"], s["auroc_mean"]
+        if d not in REGISTRY or auroc is None:
+            continue
+        if d not in contexts:
+            contexts[d] = report.explain_context(exp, d, {})
+        s_id = s_ood = None
+        if auroc == 0.5:
+            sc, _ = ui.detector_scores(exp, d, {})
+            if sc is not None and o in sc:
+                s_id, s_ood = sc["test"], sc[o]
+        notes += [f"**{REGISTRY[d].title}**: {n}" for n in report.explain_result(
+            d, exp.spec.setting, s_id, s_ood, auroc, {**contexts[d], "ood_set": o})]
+    return list(dict.fromkeys(notes))
+
+
+def show_notes(notes: list[str]) -> None:
+    """The notes right under the table they explain; open when there are only a few."""
+    if notes:
+        with st.expander(f"Why some of these numbers look wrong ({len(notes)} note{'s' if len(notes) > 1 else ''})",
+                         expanded=len(notes) <= 3, icon=":material/lightbulb:"):
+            st.markdown("\n".join(f"- {n}" for n in notes))
 
 
 def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs: list, families: list[str],
@@ -269,20 +298,24 @@ def one_class_section(exp) -> None:
             spec, spec.setting, spec.contamination, classes, methods, on_progress=cb))
     res = ui.results_store().get(key)
     if res:
-        one_vs_all_table(res["rows"])
+        one_vs_all_table(res["rows"], spec.setting)
         one_vs_all_downloads(spec, res, classes, chosen, labels, n_classes)
         st.caption(f"Ran in {res['seconds']:.0f} s.")
     if spec.setting == "ad":
         contamination_section(spec, classes, methods, chosen)
 
 
-def one_vs_all_table(rows: list[dict]) -> None:
+def one_vs_all_table(rows: list[dict], setting: str) -> None:
     table = 100 * report.one_vs_all_frame(rows).drop(columns="n").rename(columns={"sample std": "± std"})
     table.index.name = "Method"
     cfg = {c: st.column_config.NumberColumn(c, format="%.1f %%", help=metric_help("auroc")) for c in table.columns}
     cfg["± std"] = st.column_config.NumberColumn("± std", format="%.1f %%", help="sample standard deviation (ddof=1) over classes")
     st.markdown(f"**AUROC (%) per normal class**, mean ± sample std over {len(table.columns) - 2} classes")
     st.dataframe(table, column_config=cfg, key="compare-oc-table")
+    show_notes(list(dict.fromkeys(
+        f"**{r['method']}**: {n}" for r in rows if r.get("auroc") is not None
+        for n in report.explain_result(r["detector"], setting, None, None, r["auroc"],
+                                       {"ood_set": f"normal class {r['normal_class']}"}))))
     failed = sorted({f"{r['method']} (class {r['normal_class']}): {r['error']}" for r in rows if r.get("error")})
     if failed:
         with st.expander(f"Errors ({len(failed)})"):

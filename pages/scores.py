@@ -121,11 +121,12 @@ def main() -> None:
     table = ui.scores_table(*key, exp)
     m2.dataframe(table, column_config=ui.metric_column_config())
     st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
-    below_chance = table.index[table[report.METRIC_COLUMNS["auroc"]] < 50].tolist()
-    if below_chance:
-        st.info(f"AUROC below 50% on {', '.join(below_chance)}: this detector finds those images *more* familiar "
-                "than the ID test images — the network is over-confident far from its training data (Hein et al., "
-                "CVPR 2019). Feature-based detectors (Distance family, e.g. Mahalanobis or KNN) often do better there.")
+    context = report.explain_context(exp, name, params)
+    notes = [n for o in sets for n in report.explain_result(
+        name, exp.spec.setting, id_scores, ood[o], table.loc[o, report.METRIC_COLUMNS["auroc"]] / 100,
+        {**context, "ood_set": o})]
+    if notes:  # numbers that look wrong, explained where they appear (decided in ood_core.report)
+        st.info("\n".join(f"- {n}" for n in dict.fromkeys(notes)), icon=":material/lightbulb:")
 
     h1, h2 = st.columns([3, 2])
     with h2:

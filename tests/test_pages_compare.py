@@ -289,6 +289,10 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
     at.run().switch_page("pages/compare.py").run()
     no_exception(at)
     assert "anomalous" in figure(at, "compare-heatmap")["data"][0]["x"]
+    # RMD's constant 50% is explained right under the table: one AD class, so its two Gaussians coincide
+    (box,) = [e for e in at.expander if e.label.startswith("Why some of these numbers look wrong")]
+    text = " ".join(m.value for m in box.markdown)
+    assert f"**{REGISTRY['rmd'].title}**: AUROC is exactly 50% on anomalous" in text and "same Gaussian" in text
     pixels_knn = protocols.method_label("pixels", "knn", {"k": 1})
     at.multiselect(key="compare-oc-classes").set_value([0, 1])
     at.multiselect(key="compare-oc-methods").set_value([pixels_knn]).run()
