@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import report
+from . import metrics, report
 from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
 from .data import DATASETS
 from .spec import SETTINGS, Spec, TrainConfig
@@ -39,7 +39,7 @@ def list_detectors(out=None) -> None:
 def markdown_table(summary: list[dict], names: list[str], ood_sets: list[str], by: str = "detector",
                    metrics: tuple[str, ...] = ("auroc", "fpr95")) -> str:
     """Rows `names` (the summary's `by` field) x OOD sets; each cell the metrics in percent joined by ' / '
-    (mean ± std when the summary averages several rows), and a last column with the mean over the sets."""
+    (mean ± sample std, ddof=1, when the summary averages several rows), and a last column with the mean over the sets."""
     cell_of = {(s[by], s["ood_set"]): s for s in summary}
     header = f"| {by} | " + " | ".join(ood_sets) + " | mean |"
     lines = [header, "|" + "---|" * (len(ood_sets) + 2)]
@@ -91,8 +91,9 @@ def run_osr(args, base: Spec) -> int:
     summ = protocols.summarise_by(res.rows, ("detector", "ood_set"), ("auroc", "fpr95", "oscr", "aupr_in", "aupr_out"))
     accs = np.array(res.accuracies, dtype=float)
     print(f"OSR on {base.dataset}: {base.known_classes} known classes, {args.splits} split(s); closed-set accuracy "
-          f"{_pct(accs.mean(), accs.std(), len(accs))}%  (mean±std over splits, in %)\n")
-    print("| detector | AUROC | FPR@95TPR | OSCR |\n|---|---|---|---|")
+          f"{_pct(accs.mean(), metrics.sample_std(accs), len(accs))}%  (mean ± sample std over {len(accs)} splits, in %)\n")
+    over = f" (mean ± sample std over {len(accs)} splits)" if len(accs) > 1 else ""
+    print(f"| detector | AUROC{over} | FPR@95TPR{over} | OSCR{over} |\n|---|---|---|---|")
     for s in summ:
         if s["ood_set"] == "unknown":
             print(f"| {s['detector']} | {_pct(s['auroc_mean'], s['auroc_std'], s['n'])} | "
@@ -134,7 +135,7 @@ def run_one_class(args, base: Spec) -> int:
         cls = sorted({r["normal_class"] for r in own})
         what = "novelty detection" if args.setting == "nd" else f"anomaly detection, {100 * base.contamination:.0f}% contamination"
         print(f"One-vs-all {what} on {base.dataset}: AUROC (%) per normal class\n")
-        print("| method | " + " | ".join(map(str, cls)) + " | mean ± std |\n|---|" + "---|" * (len(cls) + 1))
+        print("| method | " + " | ".join(map(str, cls)) + f" | mean ± sample std over {len(cls)} class{'es' if len(cls) > 1 else ''} |\n|---|" + "---|" * (len(cls) + 1))
         for s in summ:
             cells = [("error" if per[(s["method"], c)]["auroc"] is None else f"{100 * per[(s['method'], c)]['auroc']:.1f}")
                      for c in cls]
@@ -301,8 +302,9 @@ def run(args) -> int:
                                on_seed=on_seed)
     ood_sets = list(dict.fromkeys(r["ood_set"] for r in all_rows))
     summary = summarise(all_rows)
-    acc_txt = f"{100 * np.mean(accs):.2f}%" + (f" ± {100 * np.std(accs):.2f}" if len(accs) > 1 else "")
-    print(f"ID test accuracy: {acc_txt}   (cells: AUROC / FPR@95TPR, in %)\n")
+    acc_txt = f"{100 * np.mean(accs):.2f}%" + (f" ± {100 * metrics.sample_std(accs):.2f}" if len(accs) > 1 else "")
+    over = f"; mean ± sample std over {len(accs)} seeds" if len(accs) > 1 else ""
+    print(f"ID test accuracy: {acc_txt}   (cells: AUROC / FPR@95TPR, in %{over})\n")
     print(markdown_table(summary, list(dict.fromkeys(r["detector"] for r in all_rows)), ood_sets))
     errors = [(s["detector"], e) for s in summary for e in s["errors"]]
     for det, e in dict.fromkeys(errors):

@@ -1,4 +1,4 @@
-"""Comparing detectors: over seeds (mean ± std), as tables, and over a parameter's sweep list."""
+"""Comparing detectors: over seeds (mean ± sample std), as tables, and over a parameter's sweep list."""
 from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping, Optional
@@ -6,6 +6,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import numpy as np
 
 from . import metrics
+from .metrics import sample_std
 from .detectors import REGISTRY
 from .pipeline import Experiment, evaluate, resolve_detectors
 
@@ -18,8 +19,9 @@ HIGHER_IS_BETTER = {"auroc": True, "aupr_in": True, "aupr_out": True, "fpr95": F
 
 
 def summarise_by(rows: list[dict], keys: tuple[str, ...], metrics: tuple[str, ...] = ("auroc",)) -> list[dict]:
-    """Mean and population std of each metric over the rows sharing `keys`; errors are counted and listed,
-    never averaged. Each summary row: the key fields, n (rows without error), n_errors, errors, <m>_mean, <m>_std."""
+    """Mean and sample std (ddof=1; None from one value) of each metric over the rows sharing `keys`; errors
+    are counted and listed, never averaged. Each summary row: the key fields, n (rows without error), n_errors,
+    errors, <m>_mean, <m>_std."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
@@ -31,13 +33,13 @@ def summarise_by(rows: list[dict], keys: tuple[str, ...], metrics: tuple[str, ..
         for m in metrics:
             v = np.array([r[m] for r in ok if r.get(m) is not None], dtype=float)
             s[f"{m}_mean"] = float(v.mean()) if len(v) else None
-            s[f"{m}_std"] = float(v.std()) if len(v) else None
+            s[f"{m}_std"] = sample_std(v)
         out.append(s)
     return out
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and population std over seeds per (detector, OOD set), every metric (OSCR when the rows have it)."""
+    """Mean and sample std over seeds per (detector, OOD set), every metric (OSCR when the rows have it)."""
     keys = METRIC_KEYS + tuple(k for k in OPTIONAL_KEYS if any(k in r for r in rows))
     out = summarise_by(rows, ("detector", "ood_set"), keys)
     for s in out:

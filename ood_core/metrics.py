@@ -5,6 +5,7 @@ Scores are unfamiliarity scores: higher = more OOD.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -70,6 +71,13 @@ def detection_error(id_scores, ood_scores) -> float:
     y, s = _labels_scores(id_scores, ood_scores)
     fpr, tpr, _ = roc_curve(1 - y, -s, drop_intermediate=False)
     return float(np.min(0.5 * (1 - tpr) + 0.5 * fpr))
+
+
+def sample_std(values) -> Optional[float]:
+    """The sample standard deviation (ddof=1, as papers report over seeds): sqrt(sum (v - mean)^2 / (n - 1));
+    None for fewer than two values, where it is undefined."""
+    v = np.asarray(list(values), dtype=float)
+    return float(v.std(ddof=1)) if len(v) > 1 else None
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

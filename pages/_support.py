@@ -416,6 +416,10 @@ def detector_scores(exp: Experiment, name: str, params: Mapping[str, Any]) -> tu
     return scores, None
 
 
+# detector scores in tables: one fixed format, so a narrow column never shows "%g"'s shortest form (".0006867")
+SCORE_FORMAT = "%.4f"
+
+
 def metric_column_config() -> dict:
     """Column formats with the metric definitions as header tooltips."""
     cfg = {label: st.column_config.NumberColumn(label, help=metrics.DEFINITIONS[k], format="%.1f %%")
@@ -508,6 +512,20 @@ def accuracy_help(spec: Spec) -> str:
     """The accuracy's definition, plus what it means in open-set recognition."""
     return metrics.DEFINITIONS["id_accuracy"] + (
         " In open-set recognition: on the known classes only, the ceiling of OSCR." if spec.setting == "osr" else "")
+
+
+def no_accuracy_note(spec: Spec) -> str:
+    """What a one-class setting (ND/AD: no classifier, so no accuracy) reports instead."""
+    normal = f"class {spec.normal_class}"
+    if spec.setting == "ad":
+        trained = (f"a one-class model on {normal}, whose training set is secretly contaminated with "
+                   f"{spec.contamination:.0%} anomalies")
+        other = "anomalous"
+    else:
+        trained, other = f"a one-class model on {normal} alone", "novel"
+    return (f"No ID accuracy in this setting: it trains {trained}, and such a model has no classifier. What it "
+            f"reports is how well the score separates {normal}'s test images (ID) from the {other} ones (every "
+            "other class): AUROC and the detection metrics.")
 
 
 def render_sidebar(slot) -> None:

@@ -101,7 +101,6 @@ def react_view(exp, view: A.ActivationView, sets: list[str]) -> None:
     with c2:
         fig = activation_figures.activation_histogram_figure(view.hist, threshold=shift.threshold, percentile=p, log_y=True,
                                             title="All activation values (log density)")
-        fig.update_yaxes(dtick=1, exponentformat="power")  # one label per decade
         st.plotly_chart(fig, key="act-react-hist", width="stretch")
         st.caption("Every activation value of every image, on a log scale (exact zeros, the ReLU floor, are counted "
                    "in the legend but not drawn). Everything right of the dashed line is clipped to c.")

@@ -133,7 +133,7 @@ def results_table(labels: list[str], families: list[str], oods: list[str], value
         return pd.DataFrame(css, index=df.index, columns=oods)
 
     styled = df.style.format(fmt, subset=oods, na_rep="error").apply(styles, axis=None, subset=oods)
-    what = "standard deviation over seeds (OSR: splits) of " if stat == "std" else ""
+    what = "sample standard deviation (ddof=1) over seeds (OSR: splits) of " if stat == "std" else ""
     config = {o: st.column_config.NumberColumn(
         o, help=f"{what}{METRIC_LABELS[metric]} on {o} (%): {metric_help(metric)}"
                 + (f" — {OOD_SETS[o].description}" if o in OOD_SETS else "")) for o in oods}
@@ -164,7 +164,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     accs = [a for a in accs if a is not None]
     if accs:
         label = ui.accuracy_label(spec)
-        value = f"{100 * np.mean(accs):.1f} %" + (f" ± {100 * np.std(accs):.1f}" if n_seeds > 1 else "")
+        value = f"{100 * np.mean(accs):.1f} %" + (f" ± {100 * metrics.sample_std(accs):.1f}" if len(accs) > 1 else "")
         st.metric(label, value, help=ui.accuracy_help(spec))
 
     c1, c2 = st.columns([2, 1])
@@ -172,7 +172,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     stat = "mean"
     if n_seeds > 1:
         stat = c2.radio("Table shows", ("mean", "std"), horizontal=True, key="compare-stat",
-                        format_func=lambda s: {"mean": f"mean over {u}s", "std": "± standard deviation"}[s])
+                        format_func=lambda s: {"mean": f"mean over {u}s", "std": "± sample std"}[s])
     dets, oods, mean = compare.pivot(summary, metric, "mean")
     _, _, std = compare.pivot(summary, metric, "std")
     best = best_mask(mean, metric)
@@ -182,15 +182,17 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
 
     arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
     st.markdown(f"**{METRIC_LABELS[metric]}** ({arrow}) in percent"
-                + (f", mean over {u}s ({'seeds ' if osr else ''}{', '.join(map(str, seeds))})" if n_seeds > 1
+                + (f", mean ± sample std over {n_seeds} {u}s ({'seeds ' if osr else ''}{', '.join(map(str, seeds))})"
+                   if n_seeds > 1
                    else f", seed {seeds[0]}")
                 + ". The best detector per OOD set is highlighted; click a column header to sort.")
     results_table(labels, fams, oods, std if stat == "std" else mean, best, errors, metric, stat)
+    show_notes(surprising_notes(exp, summary))
 
     fig = figures.metric_heatmap(labels, oods, mean, std if n_seeds > 1 else None, best, METRIC_LABELS[metric],
                                  HIGHER_IS_BETTER[metric])
     fig.update_layout(title=f"{METRIC_LABELS[metric]} (%) — ★ best per OOD set"
-                            + (f" · mean ± std over {u}s" if n_seeds > 1 else ""))
+                            + (f" · mean ± sample std over {n_seeds} {u}s" if n_seeds > 1 else ""))
     st.plotly_chart(fig, width="stretch", key="compare-heatmap")
 
     if errors:
@@ -198,22 +200,54 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
         with st.expander(f"Errors ({len(errors)})"):
             for lab, msg in errors.items():
                 st.markdown(f"- **{lab}**: {msg}")
-    downloads(exp, keep, summary, seeds, accs)
+    downloads(exp, keep, summary, seeds, accs, families, sets)
 
 
-def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs: list) -> None:
-    """CSV (one line per detector and OOD set, every metric, fractions) and JSON in the CLI's layout."""
+def surprising_notes(exp, summary: list[dict]) -> list[str]:
+    """ood_core.report.explain_result's notes on the table's (mean) AUROCs, each once, with the detector's name.
+    Scores (to tell constant ones) are the current model's, looked up only where the AUROC is exactly 50%."""
+    notes, contexts = [], {}
+    for s in summary:
+        d, o, auroc = s["detector"], s["ood_set"], s["auroc_mean"]
+        if d not in REGISTRY or auroc is None:
+            continue
+        if d not in contexts:
+            contexts[d] = report.explain_context(exp, d, {})
+        s_id = s_ood = None
+        if auroc == 0.5:
+            sc, _ = ui.detector_scores(exp, d, {})
+            if sc is not None and o in sc:
+                s_id, s_ood = sc["test"], sc[o]
+        notes += [f"**{REGISTRY[d].title}**: {n}" for n in report.explain_result(
+            d, exp.spec.setting, s_id, s_ood, auroc, {**contexts[d], "ood_set": o})]
+    return list(dict.fromkeys(notes))
+
+
+def show_notes(notes: list[str]) -> None:
+    """The notes right under the table they explain; open when there are only a few."""
+    if notes:
+        with st.expander(f"Why some of these numbers look wrong ({len(notes)} note{'s' if len(notes) > 1 else ''})",
+                         expanded=len(notes) <= 3, icon=":material/lightbulb:"):
+            st.markdown("\n".join(f"- {n}" for n in notes))
+
+
+def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs: list, families: list[str],
+              sets: list[str]) -> None:
+    """CSV (one line per detector and OOD set, every metric, fractions) and JSON in the CLI's layout; the file
+    name says whether the table was filtered (families, OOD sets) or holds everything."""
     spec = exp.spec
+    every_family = list(dict.fromkeys(REGISTRY[n].family for n in ui.detector_options(exp)))
     doc = report.seeds_doc(spec, seeds, rows, summary, accs, exp.bench.meta.get("n_dataset_classes"))
     table = pd.DataFrame([{**s, "title": REGISTRY[s["detector"]].title if s["detector"] in REGISTRY else "",
                            "family": REGISTRY[s["detector"]].family if s["detector"] in REGISTRY else "",
                            "errors": "; ".join(s["errors"])} for s in summary])
     front = ["detector", "title", "family", "ood_set", "n_seeds"]
     table = table[front + [c for c in table.columns if c not in front]]
-    stem = f"ood-compare-{spec.dataset}-{spec.setting}-seeds{seeds[0]}-{seeds[-1]}"
+    stem = report.compare_export_stem(spec, seeds, families, every_family, sets, exp.ood_names)
     c1, c2, _ = st.columns([1, 1, 3])
     c1.download_button("Download CSV", table.to_csv(index=False), f"{stem}.csv", "text/csv", key="compare-csv",
-                       help="One line per detector and OOD set: mean and std of every metric (fractions, not %).")
+                       help="One line per detector and OOD set: mean and sample std (ddof=1) of every metric (fractions, "
+                            "not %).")
     c2.download_button("Download JSON", report.to_json(doc), f"{stem}.json", "application/json",
                        key="compare-json", help="The layout of `python -m ood_core run --json`: spec, seeds, "
                                                 "results (one row per seed, detector and OOD set) and summary.")
@@ -264,29 +298,45 @@ def one_class_section(exp) -> None:
             spec, spec.setting, spec.contamination, classes, methods, on_progress=cb))
     res = ui.results_store().get(key)
     if res:
-        one_vs_all_table(res["rows"])
+        one_vs_all_table(res["rows"], spec.setting)
+        one_vs_all_downloads(spec, res, classes, chosen, labels, n_classes)
         st.caption(f"Ran in {res['seconds']:.0f} s.")
     if spec.setting == "ad":
         contamination_section(spec, classes, methods, chosen)
 
 
-def one_vs_all_table(rows: list[dict]) -> None:
-    frame = pd.DataFrame(rows)
-    table = 100 * frame.pivot(index="method", columns="normal_class", values="auroc").astype(float)
-    summ = {s["method"]: s for s in protocols.summarise_by(rows, ("method",))}
-    table = table.loc[list(summ)]
-    table.columns = [f"class {c}" for c in table.columns]
-    table["mean"] = [100 * s["auroc_mean"] if s["auroc_mean"] is not None else np.nan for s in summ.values()]
-    table["± std"] = [100 * s["auroc_std"] if s["auroc_std"] is not None else np.nan for s in summ.values()]
+def one_vs_all_table(rows: list[dict], setting: str) -> None:
+    table = 100 * report.one_vs_all_frame(rows).drop(columns="n").rename(columns={"sample std": "± std"})
     table.index.name = "Method"
     cfg = {c: st.column_config.NumberColumn(c, format="%.1f %%", help=metric_help("auroc")) for c in table.columns}
-    cfg["± std"] = st.column_config.NumberColumn("± std", format="%.1f %%", help="standard deviation over classes")
-    st.markdown("**AUROC (%) per normal class**, mean ± std over classes")
+    cfg["± std"] = st.column_config.NumberColumn("± std", format="%.1f %%", help="sample standard deviation (ddof=1) over classes")
+    st.markdown(f"**AUROC (%) per normal class**, mean ± sample std over {len(table.columns) - 2} classes")
     st.dataframe(table, column_config=cfg, key="compare-oc-table")
+    show_notes(list(dict.fromkeys(
+        f"**{r['method']}**: {n}" for r in rows if r.get("auroc") is not None
+        for n in report.explain_result(r["detector"], setting, None, None, r["auroc"],
+                                       {"ood_set": f"normal class {r['normal_class']}"}))))
     failed = sorted({f"{r['method']} (class {r['normal_class']}): {r['error']}" for r in rows if r.get("error")})
     if failed:
         with st.expander(f"Errors ({len(failed)})"):
             st.markdown("\n".join(f"- {f}" for f in failed))
+
+
+def one_vs_all_downloads(spec, res: dict, classes: list[int], chosen: list[str], labels: list[str],
+                         n_classes: int) -> None:
+    """The one-vs-all table as CSV (fractions) and the run as JSON in the layout of `run --setting nd|ad --json`."""
+    rows = res["rows"]
+    stem = report.one_vs_all_export_stem(spec, classes, chosen, labels, n_classes)
+    doc = report.protocol_doc(spec, spec.setting, rows, [], res["seconds"],
+                              {"summary": protocols.summarise_by(rows, ("method",))})
+    c1, c2, _ = st.columns([1, 1, 3])
+    c1.download_button("Download one-vs-all CSV", report.one_vs_all_frame(rows).to_csv(), f"{stem}.csv", "text/csv",
+                       key="compare-oc-csv", help="One line per method: AUROC per normal class, mean, sample std "
+                                                  "(ddof=1) over classes and n (fractions, not %).")
+    c2.download_button("Download one-vs-all JSON", report.to_json(doc), f"{stem}.json", "application/json",
+                       key="compare-oc-json", help="The layout of `python -m ood_core run --setting "
+                                                   f"{spec.setting} --json`: spec, setting, results (one row per "
+                                                   "method and normal class), seconds and summary.")
 
 
 def contamination_section(spec, classes: list[int], methods: list, chosen: list[str]) -> None:
@@ -343,7 +393,7 @@ def main() -> None:
     st.title("Compare: every detector on every OOD set")
     st.markdown("One row per detector, one column per OOD set — the layout of the survey's Table 6. The table "
                 "below comes from the current model at once; **start comparison** trains the same experiment with "
-                "more seeds (each a freshly trained model, cached on disk) and reports mean ± std, as papers do. "
+                "more seeds (each a freshly trained model, cached on disk) and reports mean ± sample std (ddof=1), as papers do. "
                 "In open-set recognition each seed is one of the protocol's random known/unknown splits.")
     exp = ui.get_experiment()
     if exp is None:
@@ -390,7 +440,8 @@ def main() -> None:
 
     chosen = [n for n in names if REGISTRY[n].family in families]
     if multi is not None:
-        st.success(f"Mean ± std over {unit(spec)}s {seeds[0]}–{seeds[-1]} ({len(names)} detectors, "
+        st.success(f"Mean ± sample std over {unit(spec)}s {seeds[0]}–{seeds[-1]} ({len(seeds)} {unit(spec)}s, "
+                   f"{len(names)} detectors, "
                    f"{multi['seconds']:.0f} s).")
         show_comparison(exp, multi["rows"], seeds, multi["accuracies"], families, sets)
     elif not chosen or not sets:

@@ -119,8 +119,9 @@ def draw_map(exp, exp_id: str, c: dict, sets: list[str]):
     counts = frame["set"].value_counts()
     st.caption(f"{len(frame)} points: " + ", ".join(f"{counts[s]} {'ID test' if s == 'test' else s}"
                                                     for s in dict.fromkeys(frame["set"]))
-               + ". Hover a point for its set, index and label; click it, or drag a lasso (or a box, from the "
-                 "toolbar) to see the samples below. Click a legend entry to hide a group.")
+               + ". Hover a point for its set, index and label; click it to see that sample below, or pick the "
+                 "lasso (or box) in the toolbar and drag around a group. Dragging on the map zooms; double-click "
+                 "zooms out. Click a legend entry to hide a group.")
     return frame, event
 
 
@@ -138,7 +139,7 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
     rows = E.select_samples(frame, event)
     st.subheader("Selected samples")
     if rows.empty:
-        st.info("Nothing selected yet: click a point, or drag a lasso around a group of points, to see those "
+        st.info("Nothing selected yet: click a point, or drag the toolbar's lasso around a group of points, to see those "
                 "images, their labels, predictions and detector scores here.")
         return
     options = ui.detector_options(exp)
@@ -158,7 +159,7 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
                 f"({', '.join(f'{n} {s}' for s, n in rows['set'].value_counts().items())}).")
     cfg = {"confidence": st.column_config.NumberColumn("confidence", format="%.3f",
                                                        help="Maximum softmax probability of the prediction"),
-           **{REGISTRY[d].title: st.column_config.NumberColumn(format="%.4g", help="Higher = more unfamiliar")
+           **{REGISTRY[d].title: st.column_config.NumberColumn(format=ui.SCORE_FORMAT, help="Higher = more unfamiliar")
               for d in dets}}
     st.dataframe(table, hide_index=True, column_config=cfg)
     shown = rows.head(MAX_IMAGES)

@@ -173,7 +173,10 @@ def main() -> None:
                 st.info(f"Reused the cached model for this setting ({source}) — ready in {seconds:.1f} s, no training needed.")
         a1, a2 = st.columns(2)
         acc = ui.id_accuracy(exp)
-        a1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}", help=ui.accuracy_help(exp.spec))
+        if acc is None:  # one-class model: no classifier; say what the setting reports instead of an empty metric
+            a1.caption(ui.no_accuracy_note(exp.spec))
+        else:
+            a1.metric(ui.accuracy_label(exp.spec), f"{acc:.1%}", help=ui.accuracy_help(exp.spec))
         a2.metric("Images", f"{len(exp.bench.train)} / {len(exp.bench.val)} / {len(exp.bench.test)}",
                   help="ID train / validation / test split sizes; each OOD set has a fifth of the test size.")
         if exp.training.history:

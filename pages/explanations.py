@@ -273,7 +273,7 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
     c1, c2 = st.columns([3, 2])
     with c1:
         st.dataframe(table, hide_index=True, height=320, column_config={
-            "score": st.column_config.NumberColumn(format="%.4g", help="Higher = more unfamiliar"),
+            "score": st.column_config.NumberColumn(format=ui.SCORE_FORMAT, help="Higher = more unfamiliar"),
             "detector": st.column_config.TextColumn(help="Family · method"),
             "ID %ile": st.column_config.NumberColumn(
                 format="%.0f", help="Percentile among ID test scores (% lower, ties count half): near 100 = less "

@@ -51,21 +51,29 @@ def detector_card(name: str) -> dict:
         return params
 
 
-def threshold_section(name: str, params: dict, scores: dict, id_scores, ood: dict) -> float:
-    """Threshold slider (default keeps 95% of ID) and the confusion counts at it; returns the threshold."""
+def threshold_section(name: str, params: dict, scores: dict, id_scores, ood: dict):
+    """Threshold slider (default keeps 95% of ID); returns the threshold and the confusion counts at it (None
+    when all scores are equal)."""
     every = [v for k, v in scores.items()]  # range over all scored splits, so it doesn't jump when sets change
     lo, hi = min(float(v.min()) for v in every), max(float(v.max()) for v in every)
     t95 = metrics.threshold_at_tpr(id_scores, 0.95)
     if hi <= lo:
         st.info("All scores are equal, so no threshold separates anything.")
-        return t95
+        return t95, None
     key = f"threshold-{name}-{json.dumps(params, sort_keys=True)}"
     t = st.slider("Threshold t (flag as OOD when score > t)", lo, hi, min(max(t95, lo), hi), step=(hi - lo) / 500,
                   format="%.4g", key=key,
                   help=f"Starts at {t95:.4g}, the threshold that keeps 95% of ID test images (the FPR@95TPR operating point).")
     table = report.confusion_frame(id_scores, ood, t)
     kept = table["ID kept"].iloc[0] / len(id_scores)
-    st.markdown(f"At t = {t:.4g}: **{kept:.1%}** of ID test images are kept.")
+    st.markdown(f"At t = {t:.4g}: **{kept:.1%}** of ID test images are kept; the counts at t are under the "
+                "histogram.")
+    return t, table
+
+
+def confusion_table(table) -> None:
+    """The counts at the threshold, full width (in the threshold's narrow column its last column was clipped)."""
+    st.markdown("**Counts at the threshold**")
     st.dataframe(table, column_config={
         "_index": st.column_config.TextColumn("OOD set"),
         "ID kept": st.column_config.NumberColumn("ID kept", help="ID test images with score ≤ t (true negatives)"),
@@ -73,7 +81,6 @@ def threshold_section(name: str, params: dict, scores: dict, id_scores, ood: dic
         "OOD missed": st.column_config.NumberColumn("OOD missed", help="OOD images with score ≤ t, accepted as ID"),
         "OOD caught": st.column_config.NumberColumn("OOD caught", help="OOD images with score > t, flagged"),
     })
-    return t
 
 
 def main() -> None:
@@ -103,30 +110,36 @@ def main() -> None:
 
     osr = exp.spec.setting == "osr"
     id_correct = exp.id_correct if osr else None
-    m1, m2 = st.columns([1.4, 5])
     acc = ui.id_accuracy(exp)
-    m1.metric(ui.accuracy_label(exp.spec), "—" if acc is None else f"{acc:.1%}",
-              help=ui.accuracy_help(exp.spec))
+    if acc is None:  # one-class settings: no classifier, so no accuracy metric; say what is reported instead
+        st.caption(ui.no_accuracy_note(exp.spec))
+        m2 = st.container()
+    else:
+        m1, m2 = st.columns([1.4, 5])
+        m1.metric(ui.accuracy_label(exp.spec), f"{acc:.1%}", help=ui.accuracy_help(exp.spec))
     key = (ui.experiment_id(exp), name, json.dumps(dict(params), sort_keys=True), tuple(sets))
     table = ui.scores_table(*key, exp)
     m2.dataframe(table, column_config=ui.metric_column_config())
     st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
-    below_chance = table.index[table[report.METRIC_COLUMNS["auroc"]] < 50].tolist()
-    if below_chance:
-        st.info(f"AUROC below 50% on {', '.join(below_chance)}: this detector finds those images *more* familiar "
-                "than the ID test images — the network is over-confident far from its training data (Hein et al., "
-                "CVPR 2019). Feature-based detectors (Distance family, e.g. Mahalanobis or KNN) often do better there.")
+    context = report.explain_context(exp, name, params)
+    notes = [n for o in sets for n in report.explain_result(
+        name, exp.spec.setting, id_scores, ood[o], table.loc[o, report.METRIC_COLUMNS["auroc"]] / 100,
+        {**context, "ood_set": o})]
+    if notes:  # numbers that look wrong, explained where they appear (decided in ood_core.report)
+        st.info("\n".join(f"- {n}" for n in dict.fromkeys(notes)), icon=":material/lightbulb:")
 
     h1, h2 = st.columns([3, 2])
     with h2:
-        t = threshold_section(name, params, scores, id_scores, ood)
+        t, counts = threshold_section(name, params, scores, id_scores, ood)
     with h1:
         fig = figures.score_histogram(id_scores, ood, threshold=t, x_label=f"{REGISTRY[name].title} score",
                                       title="Score distributions (ID test vs OOD)")
         if st.toggle("Logarithmic density axis", key="scores-log-y",
                      help="Shows small bars next to tall ones, e.g. when most scores pile up in one bin."):
-            fig.update_yaxes(type="log", dtick="D2", title="density (log scale)")
+            fig.update_yaxes(**figures.LOG_TICKS, title="density (log scale, 10^k per decade)")
         st.plotly_chart(fig, width="stretch")
+    if counts is not None:
+        confusion_table(counts)
     roc, pr = ui.scores_curves(*key, exp)
     r1, r2 = st.columns(2)
     with r1:

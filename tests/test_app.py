@@ -336,3 +336,73 @@ def test_shared_mode_bounds_the_experiment_form(default_experiment, monkeypatch)
 
     with pytest.raises(ValueError, match="at most 60 epochs per training, you asked for 500"):
         ui.make_spec(Spec(), "digits", 0, 500, 3e-3, 64)
+
+
+def test_one_class_pages_say_what_they_report_instead_of_an_empty_accuracy(default_experiment):
+    from ood_core.spec import TrainConfig
+
+    spec = Spec(setting="nd", model="deep_svdd", normal_class=3, training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run()
+    no_exception(at)
+    note = ui.no_accuracy_note(spec)
+    assert "class 3" in note and "novel" in note and "no classifier" in note
+    for page in (None, "pages/scores.py"):  # the Experiment page, then Scores
+        if page:
+            at.switch_page(page).run()
+            no_exception(at)
+        assert not any("accuracy" in m.label for m in at.metric)  # no big empty "ID test accuracy —"
+        assert note in [c.value for c in at.caption]
+    ad = ui.no_accuracy_note(Spec(setting="ad", model="deep_svdd", contamination=0.1))
+    assert "anomalous" in ad and "10%" in ad
+
+
+def test_scores_page_explains_below_chance_and_knn_with_k_above_a_class(scores, default_experiment):
+    from ood_core import report
+
+    exp = default_experiment
+    sets = scores.multiselect(key="scores-sets").value
+
+    def notes(name, params):
+        sc = exp.score(exp.fit_detector(name, params))
+        ctx = report.explain_context(exp, name, params)
+        return [n for o in sets for n in report.explain_result(name, "ood", sc["test"], sc[o],
+                                                               metrics.auroc(sc["test"], sc[o]), {**ctx, "ood_set": o})]
+
+    expected = notes("msp", {})  # MSP ranks Gaussian noise the wrong way on the default model
+    assert any("below 50% on gaussian: the detector ranks the wrong way" in n for n in expected)
+    shown = " ".join(i.value for i in scores.info)
+    assert all(n in shown for n in expected)
+    scores.selectbox(key="scores-detector").set_value("knn").run()
+    scores.select_slider(key="param-knn-k").set_value(200).run()
+    no_exception(scores)
+    expected = notes("knn", {"k": 200})
+    smallest = int(np.bincount(exp.outputs["train"].labels).min())
+    assert smallest < 200 and any(f"k = 200 is larger than the smallest ID class's training count (n = {smallest})" in n
+                                  for n in expected)
+    shown = " ".join(i.value for i in scores.info)
+    assert all(n in shown for n in expected)
+    scores.select_slider(key="param-knn-k").set_value(10).run()  # k below every class: no k note
+    assert "is larger than the smallest ID class" not in " ".join(i.value for i in scores.info)
+    scores.selectbox(key="scores-detector").set_value("dice").run()
+    no_exception(scores)
+    dead = int(report.dead_units(exp.outputs["train"].features).sum())
+    assert dead >= 0.1 * exp.outputs["train"].features.shape[1]  # the default model has many dead units
+    expected = notes("dice", {})
+    assert any(f"{dead} of the 128 penultimate units are dead" in n for n in expected)
+    assert all(n in " ".join(i.value for i in scores.info) for n in expected)
+
+
+def test_rmd_in_novelty_detection_is_explained_as_carrying_no_information(default_experiment):
+    from ood_core.spec import TrainConfig
+
+    spec = Spec(setting="nd", model="deep_svdd", normal_class=3, training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/scores.py").run()
+    at.selectbox(key="scores-detector").set_value("rmd").run()
+    no_exception(at)
+    assert (at.dataframe[0].value["AUROC ↑"] == 50.0).all()
+    shown = " ".join(i.value for i in at.info)
+    assert "carries no information in this setting" in shown and "same Gaussian" in shown

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from ood_core import Spec, cli, compare, pipeline, protocols
 from ood_core.detectors import REGISTRY, Detector
 from ood_core.spec import TrainConfig
+from pages import _support as ui
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -37,6 +38,7 @@ def downloads(monkeypatch) -> dict:
 
     def recording(self, label, data, *args, **kwargs):
         seen[label] = data
+        seen.setdefault("file names", {})[label] = args[0] if args else kwargs.get("file_name")
         return original(self, label, data, *args, **kwargs)
 
     monkeypatch.setattr(DeltaGenerator, "download_button", recording)
@@ -137,6 +139,16 @@ def test_csv_and_json_downloads(default_experiment, downloads, tmp_path, cache_d
     assert {"auroc_mean", "auroc_std", "n_seeds", "errors"} <= set(doc["summary"][0])
     csv = downloads["Download CSV"].splitlines()
     assert csv[0].startswith("detector,title,family,ood_set,n_seeds") and len(csv) == 1 + len(doc["summary"])
+    # a filtered table downloads under another name, one that says what was kept
+    assert downloads["file names"]["Download CSV"] == "ood-compare-digits-ood-seeds0-0-all.csv"
+    at.multiselect(key="compare-families").set_value(["output"]).run()
+    at.multiselect(key="compare-sets").set_value(["gaussian"]).run()
+    no_exception(at)
+    assert downloads["file names"]["Download CSV"] == "ood-compare-digits-ood-seeds0-0-families-output-sets-gaussian.csv"
+    assert downloads["file names"]["Download JSON"] == "ood-compare-digits-ood-seeds0-0-families-output-sets-gaussian.json"
+    at.multiselect(key="compare-families").set_value(list(dict.fromkeys(
+        REGISTRY[n].family for n in ui.detector_options(default_experiment)))).run()
+    at.multiselect(key="compare-sets").set_value(default_experiment.ood_names).run()
     # the CLI's `run --json` has the same layout: the same keys in the document, in a row and in a summary line
     out = tmp_path / "cli.json"
     assert cli.main(["run", "--detectors", "msp,energy", "--json", str(out), "--cache-dir", str(cache_dir),
@@ -269,7 +281,7 @@ def test_methods_jump_button_selects_the_detector_on_the_scores_page(app):
     assert at.selectbox(key="scores-detector").value == "energy"  # we are on the Scores page now
 
 
-def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment):
+def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment, downloads):
 
     spec = Spec(setting="ad", model="deep_svdd", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
@@ -277,6 +289,10 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
     at.run().switch_page("pages/compare.py").run()
     no_exception(at)
     assert "anomalous" in figure(at, "compare-heatmap")["data"][0]["x"]
+    # RMD's constant 50% is explained right under the table: one AD class, so its two Gaussians coincide
+    (box,) = [e for e in at.expander if e.label.startswith("Why some of these numbers look wrong")]
+    text = " ".join(m.value for m in box.markdown)
+    assert f"**{REGISTRY['rmd'].title}**: AUROC is exactly 50% on anomalous" in text and "same Gaussian" in text
     pixels_knn = protocols.method_label("pixels", "knn", {"k": 1})
     at.multiselect(key="compare-oc-classes").set_value([0, 1])
     at.multiselect(key="compare-oc-methods").set_value([pixels_knn]).run()
@@ -288,6 +304,15 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
     np.testing.assert_allclose(table.loc[pixels_knn, ["class 0", "class 1"]].to_numpy(dtype=float),
                                [100 * r["auroc"] for r in rows], atol=1e-9)
     assert table.loc[pixels_knn, "mean"] == pytest.approx(100 * np.mean([r["auroc"] for r in rows]))
+    assert table.loc[pixels_knn, "± std"] == pytest.approx(100 * np.std([r["auroc"] for r in rows], ddof=1))
+    # the one-vs-all table downloads as CSV (fractions) and JSON (the CLI's `run --setting ad --json` layout)
+    stem = f"ood-one-vs-all-digits-ad-contamination5pct-classes0+1-1of{len(protocols.ONE_CLASS_METHODS)}methods"
+    assert downloads["file names"]["Download one-vs-all CSV"] == f"{stem}.csv"
+    csv = downloads["Download one-vs-all CSV"].splitlines()
+    assert csv[0] == "method,class 0,class 1,mean,sample std,n" and csv[1].startswith(f"{pixels_knn},")
+    doc = json.loads(downloads["Download one-vs-all JSON"])
+    assert doc["setting"] == "ad" and [r["auroc"] for r in doc["results"]] == pytest.approx([r["auroc"] for r in rows])
+    assert doc["summary"][0]["method"] == pixels_knn and doc["summary"][0]["n"] == 2
     at.multiselect(key="compare-ad-ratios").set_value([0.0, 0.1]).run()
     at.button(key="compare-ad-run").click().run()
     no_exception(at)
@@ -315,7 +340,7 @@ def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, do
     at.radio(key="compare-stat").set_value("std").run()  # the table can show the spread instead
     no_exception(at)
     std = at.dataframe[0].value.loc[REGISTRY["energy"].title, heat["x"]].to_numpy(dtype=float)
-    np.testing.assert_allclose(std, [100 * np.std([rows[j]["auroc"] for rows in per_seed])
+    np.testing.assert_allclose(std, [100 * np.std([rows[j]["auroc"] for rows in per_seed], ddof=1)  # sample std
                                      for j in range(len(heat["x"]))], atol=1e-9)
 
 

@@ -211,7 +211,7 @@ def test_cli_novelty_table_has_a_column_per_class(tmp_path, capsys, cache_dir, m
     assert cli.main(["run", "--setting", "nd", "--normal-class", "4", "--json", str(out), "--cache-dir",
                      str(cache_dir), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "| method | 4 | mean ± std |" in text and "| raw pixels · knn (k=1) |" in text
+    assert "| method | 4 | mean ± sample std over 1 class |" in text and "| raw pixels · knn (k=1) |" in text
     doc = json.loads(out.read_text())
     (row,) = doc["results"]
     assert row["normal_class"] == 4 and row["auroc"] == pytest.approx(_pixel_knn_auroc(Spec(setting="nd", normal_class=4), 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ood_core import Spec, report
+from ood_core import Spec, compare, metrics, report
 from ood_core.data.benchmark import known_classes_for
 from ood_core.text import brief
 
@@ -55,7 +55,7 @@ def test_seeds_doc_layout_and_accuracy_by_hand():
     assert list(doc) == ["spec", "seeds", "id_accuracy", "id_accuracy_std", "id_accuracy_per_seed", "results",
                          "summary"]
     assert doc["spec"] == Spec(seed=3).to_dict() and doc["seeds"] == [3, 4]
-    assert doc["id_accuracy"] == pytest.approx(0.85) and doc["id_accuracy_std"] == pytest.approx(0.05)
+    assert doc["id_accuracy"] == pytest.approx(0.85) and doc["id_accuracy_std"] == pytest.approx(np.sqrt(0.005))  # sample std
     assert doc["id_accuracy_per_seed"] == [0.8, 0.9]
     assert doc["results"] == [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # no timing
     assert "seconds" in rows[0]  # the caller's rows are left alone
@@ -74,6 +74,48 @@ def test_seeds_doc_in_open_set_recognition_names_the_splits_and_their_known_clas
     assert [r["known_classes"] for r in doc["results"]] == [known_classes_for(s, 10, 6) for s in (5, 6)]
     with pytest.raises(ValueError, match="number of classes"):
         report.seeds_doc(spec, [5], rows[:1], [], [0.9])
+
+
+def test_summarise_by_reports_the_sample_std_by_hand():
+    # 0.8, 0.9, 1.0: mean 0.9, squared deviations 0.01 + 0 + 0.01 = 0.02, / (n - 1 = 2) = 0.01, sqrt = 0.1
+    # (the population std would be sqrt(0.02 / 3) = 0.0816)
+    rows = [_row("msp", "gaussian", a, seed=i) for i, a in enumerate((0.8, 0.9, 1.0))]
+    rows.append({**_row("msp", "gaussian", None, seed=3), "error": "boom"})  # counted, never averaged
+    (s,) = compare.summarise_by(rows, ("detector", "ood_set"))
+    assert s["n"] == 3 and s["n_errors"] == 1 and s["errors"] == ["boom"]
+    assert s["auroc_mean"] == pytest.approx(0.9) and s["auroc_std"] == pytest.approx(0.1)
+    assert metrics.sample_std([0.8, 0.9, 1.0]) == pytest.approx(0.1)
+    (one,) = compare.summarise_by(rows[:1], ("detector",))
+    assert one["auroc_mean"] == pytest.approx(0.8) and one["auroc_std"] is None  # undefined from one value
+
+
+def test_one_vs_all_frame_by_hand():
+    rows = [{"method": "a", "normal_class": c, "auroc": v, "error": None} for c, v in ((0, 0.8), (1, 0.9), (2, 1.0))]
+    rows += [{"method": "b", "normal_class": 0, "auroc": 0.6, "error": None},
+             {"method": "b", "normal_class": 1, "auroc": None, "error": "boom"},
+             {"method": "b", "normal_class": 2, "auroc": 0.7, "error": None}]
+    t = report.one_vs_all_frame(rows)
+    assert list(t.index) == ["a", "b"] and list(t.columns) == ["class 0", "class 1", "class 2", "mean", "sample std", "n"]
+    assert t.loc["a", "mean"] == pytest.approx(0.9) and t.loc["a", "sample std"] == pytest.approx(0.1)
+    assert np.isnan(t.loc["b", "class 1"]) and t.loc["b", "mean"] == pytest.approx(0.65) and t.loc["b", "n"] == 2
+    assert t.loc["b", "sample std"] == pytest.approx(np.sqrt(0.005))  # (0.6, 0.7): sqrt(2 * 0.05^2 / 1)
+
+
+def test_export_file_names_say_what_is_inside():
+    everything = report.compare_export_stem(Spec(), [0, 2], ["output", "distance"], ["distance", "output"],
+                                            ["gaussian", "rotated"], ["rotated", "gaussian"])
+    assert everything == "ood-compare-digits-ood-seeds0-2-all"
+    few = report.compare_export_stem(Spec(), [0, 2], ["output"], ["output", "distance"], ["gaussian"],
+                                     ["gaussian", "rotated"])
+    assert few == "ood-compare-digits-ood-seeds0-2-families-output-sets-gaussian"
+    many = report.compare_export_stem(Spec(), [0, 0], ["output", "distance"], ["output", "distance"],
+                                      ["a", "b c", "d", "e"], ["a", "b c", "d", "e", "f"])
+    assert many == "ood-compare-digits-ood-seeds0-0-4of5sets"
+    assert report.compare_export_stem(Spec(), [0, 0], ["output"], ["output"], ["b/c"], ["b/c", "x"]).endswith("sets-b_c")
+    ad = report.one_vs_all_export_stem(Spec(setting="ad", contamination=0.05), [3, 0], ["m1", "m2"], ["m1", "m2", "m3"], 10)
+    assert ad == "ood-one-vs-all-digits-ad-contamination5pct-classes0+3-2of3methods"
+    assert report.one_vs_all_export_stem(Spec(setting="nd"), list(range(10)), ["m"], ["m"], 10) == \
+        "ood-one-vs-all-digits-nd-classes-all"
 
 
 def test_protocol_doc_layout():
@@ -122,3 +164,75 @@ def test_provenance_line_names_what_the_checkpoint_records():
     assert provenance_line({**prov, "threads": 2, "written_utc": None}).endswith("2 training threads · cpu · "
                                                                                  "trained in 8.9 s · not saved to disk")
     assert provenance_line({}) == ""
+
+
+# --- explaining surprising numbers ------------------------------------------------------------------------
+
+def test_constant_scores_carry_no_information_and_rmd_with_one_class_says_why():
+    from ood_core import detectors
+    from ood_core.detectors.base import FitContext
+    from ood_core.inference import Outputs
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(40, 3))  # one ID class (ND): RMD's class and background Gaussians are the same fit
+    out = lambda x: Outputs(logits=np.zeros((len(x), 1)), features=x, labels=np.zeros(len(x), dtype=np.int64))
+    det = detectors.create("rmd").fit(FitContext(train=out(h), num_classes=1))
+    s_id, s_ood = det.score(out(rng.normal(size=(10, 3)))), det.score(out(rng.normal(3.0, 1.0, size=(10, 3))))
+    np.testing.assert_allclose(np.concatenate([s_id, s_ood]), 0.0, atol=1e-9)
+    auroc = metrics.auroc(s_id, s_ood)
+    assert auroc == 0.5
+    (note,) = report.explain_result("rmd", "nd", s_id, s_ood, auroc, {"ood_set": "novel"})
+    assert "exactly 50% on novel" in note and "carries no information" in note and "same Gaussian" in note
+    # any detector with constant scores: no information, without RMD's reason
+    (note,) = report.explain_result("msp", "ood", np.ones(3), np.ones(2), 0.5)
+    assert "carries no information" in note and "RMD" not in note
+    # tied but not constant, at 50%: nothing to explain
+    assert report.explain_result("msp", "ood", np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.5) == []
+
+
+def test_reversed_ranking_is_called_out_below_50_percent_only():
+    s_id, s_ood = np.array([2.0, 3.0, 4.0]), np.array([0.0, 1.0, 2.5])
+    auroc = metrics.auroc(s_id, s_ood)  # OOD beats ID in 1 of 9 pairs: 1/9
+    assert auroc == pytest.approx(1 / 9)
+    (note,) = report.explain_result("msp", "ood", s_id, s_ood, auroc, {"ood_set": "gaussian"})
+    assert "11.1% is below 50% on gaussian" in note and "ranks the wrong way" in note and "88.9%" in note
+    assert "Hein et al." in note  # an output-family score: the theory's reason
+    (knn,) = report.explain_result("knn", "ood", s_id, s_ood, auroc)
+    assert "ranks the wrong way" in knn and "Hein" not in knn
+    assert report.explain_result("msp", "ood", s_ood, s_id, 1 - auroc) == []  # the right way round: no note
+    assert "ranks the wrong way" in report.explain_result("energy", "ood", None, None, 0.3)[0]  # a mean AUROC
+
+
+def test_knn_with_k_above_the_smallest_class_count_says_so():
+    ctx = {"class_counts": np.array([5, 3, 8]), "params": {"k": 4}}
+    (note,) = report.explain_result("knn", "osr", None, None, 0.7, ctx)
+    assert "k = 4" in note and "n = 3" in note and "another class" in note and "k ≤ 3" in note
+    assert report.explain_result("knn", "osr", None, None, 0.7, {**ctx, "params": {"k": 3}}) == []  # k = n is fine
+    assert report.explain_result("mahalanobis", "osr", None, None, 0.7, ctx) == []
+
+
+def test_dice_note_counts_dead_units():
+    h = np.zeros((200, 10))
+    h[:, :6] = 1.0                # 6 live units
+    h[:2, 6] = 1.0                # unit 6: non-zero for 1% of images -> dead (0 for 99%)
+    h[:3, 7] = 1.0                # unit 7: non-zero for 1.5% -> alive
+    dead = report.dead_units(h)
+    assert dead.tolist() == [False] * 6 + [True, False, True, True]
+    ctx = {"dead_units": int(dead.sum()), "n_units": 10, "params": {"sparsity": 90.0}, "dice_kept_per_class": 1.0}
+    (note,) = report.explain_result("dice", "ood", None, None, 0.8, ctx)
+    assert "3 of the 10 penultimate units are dead" in note and "7 live units" in note and "top 10%" in note
+    assert report.explain_result("dice", "ood", None, None, 0.8, {**ctx, "dead_units": 0}) == []
+
+
+def test_explain_context_from_an_experiment_by_hand():
+    from types import SimpleNamespace
+
+    h = np.array([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0], [1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+    w = np.array([[1.0, 5.0, -1.0], [2.0, 5.0, 1.0]])  # contributions mean(h) * W = [[2, 0, -1], [4, 0, 1]]
+    exp = SimpleNamespace(bench=SimpleNamespace(num_classes=2), adapter=SimpleNamespace(head_weight=w),
+                          outputs={"train": SimpleNamespace(features=h, labels=np.array([0, 1, 1, 1]))})
+    knn = report.explain_context(exp, "knn", {"k": 2}, "gaussian")
+    assert knn["class_counts"].tolist() == [1, 3] and knn["params"]["k"] == 2 and knn["ood_set"] == "gaussian"
+    dice = report.explain_context(exp, "dice", {"sparsity": 50.0})
+    # 50th percentile of [2, 0, -1, 4, 0, 1] is 0.5: kept 2, 4, 1 -> 1 in class 0, 2 in class 1
+    assert dice["dead_units"] == 1 and dice["n_units"] == 3 and dice["dice_kept_per_class"] == pytest.approx(1.5)

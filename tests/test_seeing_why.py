@@ -130,7 +130,7 @@ def test_figure_customdata_round_trips_through_selection(small_frame):
         sel = E.select_samples(frame, _payload(pts))
         assert len(sel) == len(frame) and list(sel.index) == list(range(len(frame)))
     fig = embedding_figures.embedding_figure(frame, xy, "set")
-    assert fig.layout.dragmode == "lasso" and len(fig.data) == 3
+    assert fig.layout.dragmode == "zoom" and len(fig.data) == 3  # a click selects (lasso in the mode bar)
     assert set(fig.data[0].marker.symbol) == {"circle"}
     assert set(fig.data[1].marker.symbol) != {"circle"} and set(fig.data[1].marker.symbol) != set(fig.data[2].marker.symbol)
     lab = embedding_figures.embedding_figure(frame, xy, "label")
@@ -138,6 +138,8 @@ def test_figure_customdata_round_trips_through_selection(small_frame):
     scores = {"test": np.arange(5.0), "gaussian": np.arange(3.0) + 10, "rotated": np.arange(3.0) + 20}
     sc = embedding_figures.embedding_figure(frame, xy, "score", scores=scores)
     np.testing.assert_allclose(sc.data[0].marker.color, [0, 1, 2, 3, 4, 10, 11, 12, 20, 21, 22])
+    bar = sc.data[0].marker.colorbar  # in the lower part of the margin, clear of the legend at the top right
+    assert bar.y == 0 and bar.yanchor == "bottom" and bar.len <= 0.6 and bar.title.side == "right"
     with pytest.raises(ValueError):
         embedding_figures.embedding_figure(frame, xy, "score")
     with pytest.raises(ValueError):
@@ -277,6 +279,8 @@ def test_activation_view_matches_pieces_and_figures_build():
     assert len(activation_figures.unit_profile_figure(view.profile, threshold=sh.threshold).data) == 4
     f = activation_figures.activation_histogram_figure(view.hist, sh.threshold, 90)
     assert "90" in f.layout.annotations[0].text
+    log = activation_figures.activation_histogram_figure(view.hist, sh.threshold, 90, log_y=True).layout.yaxis
+    assert (log.type, log.dtick, log.exponentformat, log.minexponent) == ("log", 1, "power", 0)  # 10^k per decade
     f = activation_figures.energy_shift_figure(sh)
     assert any("AUROC" in (t.name or "") for t in f.data)
     assert len(activation_figures.dice_contribution_figure(view.V, mask).data) == 2
@@ -536,3 +540,12 @@ def test_the_activation_views_use_the_detectors_own_formulas_and_defaults():
         A.clip_threshold(h, 10)  # outside ReAct's own range [50, 99.9]
     assert A.DICE_DEFAULT_SPARSITY == REGISTRY["dice"].params["sparsity"].default
     assert A.ASH_DEFAULT_PERCENTILE == REGISTRY["ash_s"].params["percentile"].default == 90.0
+
+
+def test_log_axes_label_each_decade_as_a_power_of_ten():
+    rows = [{"value": v, "ood_set": "g", "auroc": 0.5 + v / 4000, "fpr95": 0.5} for v in (0.1, 1.0, 10.0, 1000.0)]
+    x = figures.sensitivity_figure(rows, "temperature", log_x=True).layout.xaxis
+    assert (x.type, x.dtick, x.exponentformat, x.minexponent) == ("log", 1, "power", 0)
+    narrow = figures.sensitivity_figure(rows[:1] + [{**rows[0], "value": 0.5}], "t", log_x=True).layout.xaxis
+    assert narrow.type == "log" and narrow.dtick is None  # within a decade: plotly's own full numbers
+    assert figures.log_ticks(1, 9.9) == {"type": "log"} and figures.log_ticks(1, 10)["dtick"] == 1

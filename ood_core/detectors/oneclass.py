@@ -13,8 +13,10 @@ class ModelScore(Detector):
     family = "one_class"
     formula = ("S(x) = the model's anomaly score: ||phi(x) - c||^2 (Deep SVDD), (1/d) ||x - D(E(x))||^2 "
                "(autoencoder), -(1/T) sum_t log p(t | T_t(x)) (GeoTrans)")
-    latex = (r"S(x) = \lVert \phi(x) - c\rVert^2 \ \text{(Deep SVDD)},\quad \tfrac{1}{d}\lVert x - D(E(x))\rVert^2 "
-             r"\ \text{(AE)},\quad -\tfrac{1}{T}\textstyle\sum_t \log p(t \mid T_t(x)) \ \text{(GeoTrans)}")
+    # one line per model (cases), so the formula wraps inside a card instead of running off its edge
+    latex = (r"S(x) = \begin{cases} \lVert \phi(x) - c\rVert^2 & \text{Deep SVDD} \\ "
+             r"\tfrac{1}{d}\lVert x - D(E(x))\rVert^2 & \text{autoencoder} \\ "
+             r"-\tfrac{1}{T}\textstyle\sum_t \log p(t \mid T_t(x)) & \text{GeoTrans} \end{cases}")
     intuition = ("A one-class model is trained on normal data alone and defines its own notion of unusual: "
                  "far from the learnt centre, badly reconstructed, or hard to recognise transformations of.")
     reference = (

@@ -12,6 +12,17 @@ ID_COLOUR = "#1f77b4"
 OOD_COLOURS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
+# A log axis labelled once per decade as 10^k: plotly's default labels the 2s and 5s in between with bare
+# digits ("0.01 2 5 0.1 2 5 1"), which reads as if the axis went 2, 5, 0.1.
+LOG_TICKS = dict(type="log", dtick=1, exponentformat="power", minexponent=0, showexponent="all")
+
+
+def log_ticks(lo: float, hi: float) -> dict:
+    """Axis settings of a log axis over [lo, hi]: LOG_TICKS when it spans a decade or more; within one decade
+    plotly already writes full numbers (a 10^k-only axis would have one tick or none)."""
+    return dict(LOG_TICKS) if lo > 0 and hi >= 10 * lo else dict(type="log")
+
+
 def shared_bins(arrays, bins: int = 50) -> np.ndarray:
     """Common bin edges over all arrays, so overlaid histograms are comparable."""
     allv = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays if len(a)])
@@ -195,11 +206,15 @@ def sensitivity_figure(rows: list[dict], param: str, log_x: bool = False, metric
     fig.update_layout(xaxis_title=param, yaxis_title=label,
                       xaxis_type="category" if categorical else ("log" if log_x else "linear"),
                       legend=dict(orientation="h", y=-0.25), margin=dict(t=30, b=10))
+    if log_x and not categorical:
+        xs = [float(r["value"]) for r in rows if float(r["value"]) > 0]
+        if xs:
+            fig.update_xaxes(**log_ticks(min(xs), max(xs)))
     return fig
 
 
 def contamination_figure(summary: list[dict]) -> go.Figure:
-    """Mean AUROC (%) over normal classes against the contamination ratio (± std), one line per method.
+    """Mean AUROC (%) over normal classes against the contamination ratio (± sample std), one line per method.
 
     `summary` rows: {"method", "contamination", "auroc_mean", "auroc_std"} (protocols.summarise_by).
     """
@@ -213,7 +228,7 @@ def contamination_figure(summary: list[dict]) -> go.Figure:
                          thickness=1, width=3),
             mode="lines+markers", name=m, line=dict(color=OOD_COLOURS[i % len(OOD_COLOURS)],
                                                     dash="solid" if i < len(OOD_COLOURS) else "dash")))
-    fig.update_layout(title="Robustness to contamination: mean AUROC over normal classes (± std)",
+    fig.update_layout(title="Robustness to contamination: mean AUROC ± sample std over normal classes",
                       xaxis_title="contamination of the training set (%)", yaxis_title="AUROC (%)",
                       legend=dict(orientation="h", y=-0.25), margin=dict(t=50, b=10))
     return fig

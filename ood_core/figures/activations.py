@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..activation_stats import ID_NAME, EnergyShift, HistogramData, UnitProfile
-from . import ID_COLOUR, OOD_COLOURS
+from . import ID_COLOUR, LOG_TICKS, OOD_COLOURS
 
 
 def _colour(i: int, name: str) -> str:
@@ -74,6 +74,8 @@ def activation_histogram_figure(hist: HistogramData, threshold: Optional[float] 
     fig.update_layout(barmode="overlay", title=title, xaxis_title="penultimate activation value",
                       yaxis_title="density", yaxis_type="log" if log_y else "linear",
                       legend=dict(orientation="h", y=-0.2), margin=dict(t=40 if title else 10, b=10))
+    if log_y:  # densities span decades: one 10^k label per decade
+        fig.update_yaxes(**LOG_TICKS)
     return fig
 
 

@@ -19,6 +19,9 @@ OOD_SYMBOLS = ["square", "diamond", "cross", "x", "triangle-up", "star", "triang
 CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf"]
 OOD_GREY = "#555555"
+# the colour bar sits in the lower part of the right margin, its title running along it, so the legend of the
+# set symbols (top right) never covers the title
+SCORE_COLORBAR = dict(len=0.6, y=0, yanchor="bottom")
 
 def _symbols(frame: pd.DataFrame) -> dict[str, str]:
     out, k = {}, 0
@@ -63,7 +66,8 @@ def embedding_figure(frame: pd.DataFrame, xy, color_by: str = "set", scores=None
     scale (`scores`: an array aligned with the frame, or {set: full score array} indexed by frame["index"];
     higher = more unfamiliar). ID points are circles, each OOD set has its own symbol.
     customdata = (set, index, label_name, pred_name, confidence) for `select_samples` and the hover.
-    Drag mode is lasso; box select stays in the mode bar.
+    Drag mode is zoom: Streamlit turns a click into a point selection only when the drag mode is not lasso or
+    box select (it sets clickmode "event" then); lasso and box select stay in the mode bar.
     """
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by must be one of {', '.join(COLOR_BY)}, got {color_by!r}")
@@ -88,7 +92,7 @@ def embedding_figure(frame: pd.DataFrame, xy, color_by: str = "set", scores=None
         v = _scores_for_frame(frame, scores)
         fig.add_trace(Scatter(
             x=xy[:, 0], y=xy[:, 1], mode="markers", name=score_name, customdata=cd_all, showlegend=False,
-            marker=dict(color=v, colorscale="Viridis", size=marker_size, colorbar=dict(title=score_name),
+            marker=dict(color=v, colorscale="Viridis", size=marker_size, colorbar=SCORE_COLORBAR | dict(title=dict(text=score_name, side="right")),
                         symbol=[sym[s] for s in frame["set"]], line=dict(width=0.3, color="white")),
             text=[f"{x:.4g}" for x in v],
             hovertemplate=hover + f"<br>{score_name} " + "%{text}<extra></extra>"))
@@ -120,7 +124,7 @@ def embedding_figure(frame: pd.DataFrame, xy, color_by: str = "set", scores=None
                             line=dict(width=0.3, color="white"), opacity=0.85),
                 hovertemplate=hover + "<extra></extra>"))
     name = METHOD_TITLES.get(method, method)
-    fig.update_layout(title=title, dragmode="lasso", xaxis_title=f"{name} 1".strip(),
+    fig.update_layout(title=title, dragmode="zoom", xaxis_title=f"{name} 1".strip(),
                       yaxis_title=f"{name} 2".strip(), legend=dict(itemsizing="constant"),
                       margin=dict(t=40 if title else 10, b=10), hovermode="closest")
     return fig
