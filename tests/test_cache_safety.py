@@ -493,6 +493,10 @@ def test_the_app_warns_once_when_the_cache_is_not_writable(unwritable, monkeypat
         assert warnings == [f"The model cache {unwritable} is not writable (Not a directory): models are kept "
                             "in memory for this server only."]
         assert at.metric, "the page was not drawn"
+        at.switch_page("pages/scores.py").run()  # and the Scores page draws too, with the same one warning
+        assert not at.exception, [e.value for e in at.exception]
+        assert [w.value for w in at.warning] == warnings
+        assert len(at.get("plotly_chart")) >= 3 and at.dataframe, "the Scores page was not drawn"
     finally:
         ui._cache_status.clear()
 
