@@ -275,6 +275,7 @@ def _child(cache_dir: str, log: str, start) -> None:
         f.write(f"{int(res.from_cache)} {checkpoint.state_dict_sha256(res.model.state_dict())}\n")
 
 
+@pytest.mark.slow  # two fresh Python processes importing torch
 def test_two_processes_train_once(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()

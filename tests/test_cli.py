@@ -49,12 +49,23 @@ def test_run_writes_json_outputs_and_scores_that_match_the_library(tmp_path, cap
     assert metrics.auroc(scores["test"], scores["rotated"]) == pytest.approx(rot["auroc"], abs=1e-12)
 
 
+@pytest.mark.slow  # needs the default experiment (30 epochs) unless another test trained it
 def test_all_means_every_detector_that_applies(default_experiment):
     names = pipeline.resolve_detectors("all", default_experiment)
     assert names == detectors_for("ood", "small_cnn", 10) and "model_score" not in names and len(names) >= 35
 
 
-def test_run_seeds_all_means_every_detector_that_applies_to_each_experiment(default_experiment, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    """A one-epoch, 8 px classifier experiment: enough to check which detectors a run resolves (about a second)."""
+    from ood_core import Spec, TrainConfig, pipeline
+
+    spec = Spec(image_size=8, training=TrainConfig(epochs=1, batch_size=256))
+    return pipeline.prepare(spec, cache_dir=tmp_path_factory.mktemp("tiny"), device="cpu")
+
+
+def test_run_seeds_all_means_every_detector_that_applies_to_each_experiment(tiny_experiment, monkeypatch):
+    default_experiment = tiny_experiment
     # every detector scores as MSP here (fitting and scoring all of them, ensembles included, takes minutes);
     # what is checked is which names run_seeds resolves "all" to and that none of them is refused
     msp = default_experiment.fit_detector("msp")

@@ -150,8 +150,14 @@ def test_get_model_waits_in_the_queue_and_keeps_the_cache_under_its_cap(tmp_path
     assert first.provenance["threads"] == TRAIN_THREADS
 
 
-def test_shared_mode_refuses_a_large_ensemble_before_any_training(monkeypatch, default_experiment):
+def test_shared_mode_refuses_a_large_ensemble_before_any_training(monkeypatch, tmp_path):
+    from ood_core import Spec, TrainConfig, pipeline
+
+    exp = pipeline.prepare(Spec(image_size=8, training=TrainConfig(epochs=1, batch_size=256)), cache_dir=tmp_path,
+                           device="cpu", ood_sets=())
     monkeypatch.setenv("OOD_EXPLORER_SHARED", "1")
-    monkeypatch.setattr(default_experiment, "member_adapter", lambda i: pytest.fail("no member may be trained"))
+    monkeypatch.setattr(exp, "member_adapter", lambda i: pytest.fail("no member may be trained"))
     with pytest.raises(ValueError, match="at most 5 ensemble members .* you asked for 8"):
-        default_experiment.fit_detector("ensemble", {"members": 8})
+        exp.fit_detector("ensemble", {"members": 8})
+    monkeypatch.delenv("OOD_EXPLORER_SHARED")
+    assert exp.fit_detector("msp") is not None  # other detectors, and private servers, are unaffected

@@ -197,6 +197,7 @@ def test_load_user_model_rejects_another_architecture(bench, channels, classes):
 
 # --- the default experiment and the pipeline -------------------------------------------------------
 
+@pytest.mark.slow  # the default experiment: a 30-epoch training unless another test ran it
 def test_default_experiment_accuracy_and_outputs(default_experiment):
     exp = default_experiment
     assert exp.id_accuracy >= 0.97
@@ -216,6 +217,7 @@ def test_default_experiment_accuracy_and_outputs(default_experiment):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # the default experiment: a 30-epoch training unless another test ran it
 def test_outputs_of_new_inputs_is_the_same_forward_pass(default_experiment):
     exp = default_experiment
     test = exp.outputs["test"]
@@ -256,6 +258,7 @@ def fast_experiment(default_experiment):
 CHEAP = {"mc_dropout": {"passes": 3}, "ensemble": {"members": 3}}
 
 
+@pytest.mark.slow  # the default experiment: a 30-epoch training unless another test ran it
 def test_evaluate_all_detectors(fast_experiment):
     exp = fast_experiment
     names = detectors_for(exp.spec.setting, exp.spec.model, exp.bench.num_classes)
@@ -284,6 +287,7 @@ def test_evaluate_all_detectors(fast_experiment):
     assert by[("mahalanobis", "rademacher")]["auroc"] > 0.9
 
 
+@pytest.mark.slow  # the default experiment: a 30-epoch training unless another test ran it
 def test_a_detector_that_does_not_apply_is_refused_by_name(default_experiment):
     one_class_only = [n for n, c in REGISTRY.items() if "model_score" in c.needs]
     if not one_class_only:
@@ -312,6 +316,7 @@ class _NaN(Detector):
         return np.full(len(out), np.nan)
 
 
+@pytest.mark.slow  # the default experiment: a 30-epoch training unless another test ran it
 def test_a_failing_detector_is_isolated(default_experiment, monkeypatch):
     monkeypatch.setitem(REGISTRY, "boom_test", _Boom)
     monkeypatch.setitem(REGISTRY, "nan_test", _NaN)
@@ -331,6 +336,7 @@ def test_a_failing_detector_is_isolated(default_experiment, monkeypatch):
     assert [r["auroc"] for r in alone] == [r["auroc"] for r in rows if r["detector"] == "energy"]
 
 
+@pytest.mark.slow  # the default experiment: a 30-epoch training unless another test ran it
 def test_evaluate_rejects_unknown_detector_names(default_experiment):
     with pytest.raises(ValueError, match="unknown detector"):
         pipeline.evaluate(default_experiment, ["msp", "no_such_detector"])
@@ -338,6 +344,7 @@ def test_evaluate_rejects_unknown_detector_names(default_experiment):
         pipeline.evaluate(default_experiment, [])
 
 
+@pytest.mark.slow  # the default experiment: a 30-epoch training unless another test ran it
 def test_prepare_uses_the_cache(default_experiment, cache_dir):
     assert checkpoint_path(default_experiment.spec, cache_dir).exists()
     again = pipeline.prepare(Spec(), cache_dir=cache_dir, device="cpu")
