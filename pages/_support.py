@@ -28,7 +28,7 @@ from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
 from ood_core.pipeline import Experiment
 from ood_core.report import METRIC_COLUMNS, OSCR_COLUMN
-from ood_core.spec import SETTING_TITLES
+from ood_core.spec import CLASSIFIER_SETTINGS, SETTING_TITLES
 from ood_core.text import brief, provenance_line
 
 SPEC_KEY = "spec"  # session_state: the current Spec
@@ -539,13 +539,15 @@ def render_sidebar(slot) -> None:
         st.markdown("#### Current experiment")
         ds = DATASETS.get(spec.dataset)
         acc = f"{info['accuracy']:.1%}" if info.get("accuracy") is not None else "—"
+        classifier = spec.setting in CLASSIFIER_SETTINGS
         lines = [
             f"**Setting:** {SETTING_TITLES.get(spec.setting, spec.setting)}",
             f"**Dataset:** {spec.dataset}",
             f"**Model:** {spec.model}" + (f" — uploaded `{user['name']}`" if user else ""),
-            f"**Seed:** {spec.seed} · **Epochs:** {spec.training.epochs}",
+            # one-class models train with their own fixed epochs and classify nothing: no epochs, no accuracy
+            f"**Seed:** {spec.seed}" + (f" · **Epochs:** {spec.training.epochs}" if classifier else ""),
             *setting_lines(spec),
-            f"**{accuracy_label(spec)}:** {acc}",
+            *([f"**{accuracy_label(spec)}:** {acc}"] if classifier else []),
             f"**Model from cache:** {'yes' if info.get('from_cache') else 'no'}"
             + (f" ({info['source']})" if info.get("source") else ""),
         ]

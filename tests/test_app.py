@@ -346,6 +346,8 @@ def test_one_class_pages_say_what_they_report_instead_of_an_empty_accuracy(defau
     at.session_state["spec"] = spec
     at.run()
     no_exception(at)
+    side = " ".join(m.value for m in at.sidebar.markdown)
+    assert "**Seed:** 0" in side and "Epochs" not in side and "accuracy" not in side  # nor in the sidebar
     note = ui.no_accuracy_note(spec)
     assert "class 3" in note and "novel" in note and "no classifier" in note
     for page in (None, "pages/scores.py"):  # the Experiment page, then Scores
