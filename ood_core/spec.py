@@ -125,8 +125,57 @@ class Spec:
         """A short stable hash of the relevant fields (sorted JSON, SHA-256)."""
         return _short_hash(self.relevant_dict())
 
+    def to_query(self) -> dict[str, str]:
+        """The spec as URL query parameters (QUERY_FIELDS): the setting always, other fields only where they differ
+        from the defaults and matter in this setting, so a link stays short and stable."""
+        default = Spec(setting=self.setting)
+        relevant = self.relevant_dict()
+        out = {"setting": self.setting}
+        for key, (path, _) in QUERY_FIELDS.items():
+            if key == "setting" or path[0] not in relevant:
+                continue
+            value, base = _get(self, path), _get(default, path)
+            if value != base:
+                out[key] = str(value)
+        return out
+
+    @classmethod
+    def from_query(cls, query) -> "Spec":
+        """The spec a link describes (query parameters as strings; absent ones keep their defaults).
+
+        Raises ValueError naming the parameter when a value cannot be read or the spec refuses it."""
+        fields: dict = {}
+        training: dict = {}
+        for key, (path, kind) in QUERY_FIELDS.items():
+            if key not in query:
+                continue
+            raw = query[key]
+            raw = raw[-1] if isinstance(raw, (list, tuple)) else raw
+            try:
+                value = kind(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"the link's {key}={raw!r} is not a valid {kind.__name__}") from None
+            (training if path[0] == "training" else fields)[path[-1]] = value
+        return cls(**fields, training=TrainConfig(**training))
+
     def with_seed(self, seed: int) -> "Spec":
         return dataclasses.replace(self, seed=seed)
 
     def replace(self, **changes) -> "Spec":
         return dataclasses.replace(self, **changes)
+
+
+def _get(spec: Spec, path: tuple[str, ...]):
+    value = spec
+    for name in path:
+        value = getattr(value, name)
+    return value
+
+
+# query key -> (path in the Spec, type): what a link to a view carries about its experiment
+QUERY_FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
+    "setting": (("setting",), str), "dataset": (("dataset",), str), "model": (("model",), str),
+    "seed": (("seed",), int), "epochs": (("training", "epochs"), int), "lr": (("training", "lr"), float),
+    "batch": (("training", "batch_size"), int), "regime": (("training", "regime"), str),
+    "known": (("known_classes",), int), "normal": (("normal_class",), int), "contamination": (("contamination",), float),
+}

@@ -28,7 +28,7 @@ from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
 from ood_core.pipeline import Experiment
 from ood_core.report import METRIC_COLUMNS, OSCR_COLUMN
-from ood_core.spec import CLASSIFIER_SETTINGS, SETTING_TITLES
+from ood_core.spec import CLASSIFIER_SETTINGS, QUERY_FIELDS, SETTING_TITLES
 from ood_core.text import brief, provenance_line
 
 SPEC_KEY = "spec"  # session_state: the current Spec
@@ -63,10 +63,40 @@ _leave_pages_directory_mode()
 # --- the current spec ---------------------------------------------------------------------------
 
 def current_spec() -> Spec:
-    """The Spec this session works on (the default experiment until the user picks another)."""
+    """The Spec this session works on: on a session's first run the one its link describes (the URL's query
+    parameters), else the default experiment, until the user picks another."""
     if SPEC_KEY not in st.session_state:
-        st.session_state[SPEC_KEY] = Spec()
+        spec = Spec()
+        if any(k in st.query_params for k in QUERY_FIELDS):
+            try:
+                spec = Spec.from_query(st.query_params.to_dict())
+            except (TypeError, ValueError) as e:
+                st.warning(f"This link's experiment could not be used ({brief(str(e))}); showing the default one.")
+        st.session_state[SPEC_KEY] = spec
     return st.session_state[SPEC_KEY]
+
+
+def sync_query_params(spec: Spec) -> None:
+    """Write the spec into the URL (its own keys only; a page's other parameters stay), so that a reload or a copied
+    link opens the same experiment."""
+    want = spec.to_query()
+    for key in QUERY_FIELDS:
+        if key in want:
+            if st.query_params.get(key) != want[key]:
+                st.query_params[key] = want[key]
+        elif key in st.query_params:
+            del st.query_params[key]
+
+
+def view_link() -> str:
+    """The address of this view (page and query parameters), from the browser's URL as Streamlit reports it."""
+    from urllib.parse import urlencode, urlsplit, urlunsplit
+
+    try:
+        base = urlsplit(st.context.url or "")
+    except Exception:  # outside a browser session (AppTest): a relative link
+        base = urlsplit("")
+    return urlunsplit((base.scheme, base.netloc, base.path, urlencode(st.query_params.to_dict()), ""))
 
 
 def set_spec(spec: Spec) -> None:
@@ -556,3 +586,7 @@ def render_sidebar(slot) -> None:
         if prov:
             st.caption(f"Model provenance: {prov}")
         st.caption((ds.description + " · " if ds else "") + f"spec key `{spec.key()}`")
+        sync_query_params(spec)
+        st.caption("Link to this view (the experiment is in the address; opened elsewhere it trains the model if "
+                   "that machine has not cached it):")
+        st.code(view_link(), language=None, wrap_lines=True)

@@ -408,3 +408,42 @@ def test_rmd_in_novelty_detection_is_explained_as_carrying_no_information(defaul
     assert (at.dataframe[0].value["AUROC ↑"] == 50.0).all()
     shown = " ".join(i.value for i in at.info)
     assert "carries no information in this setting" in shown and "same Gaussian" in shown
+
+
+def test_a_link_with_query_parameters_opens_that_experiment(default_experiment):
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["seed"] = "3"
+    at.query_params["epochs"] = "2"
+    at.run()
+    no_exception(at)
+    spec = at.session_state[ui.SPEC_KEY]
+    assert (spec.seed, spec.training.epochs, spec.setting) == (3, 2, "ood")
+    assert "**Seed:** 3 · **Epochs:** 2" in " ".join(m.value for m in at.sidebar.markdown)
+    # the URL keeps describing the experiment, so a reload or a copied link restores it
+    assert {k: at.query_params[k] for k in ("setting", "seed", "epochs")} == {"setting": "ood", "seed": "3",
+                                                                              "epochs": "2"}
+    link = at.sidebar.code[0].value
+    assert "setting=ood" in link and "seed=3" in link and "epochs=2" in link
+
+
+def test_a_bad_link_falls_back_to_the_default_experiment_with_a_warning(default_experiment):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["seed"] = "three"
+    at.run()
+    no_exception(at)
+    assert at.session_state[ui.SPEC_KEY] == Spec()
+    assert any("seed='three' is not a valid int" in w.value for w in at.warning)
+
+
+def test_spec_query_round_trip():
+    from ood_core.spec import TrainConfig
+
+    spec = Spec(setting="ad", model="deep_svdd", seed=4, normal_class=7, contamination=0.1,
+                training=TrainConfig(epochs=5))
+    q = spec.to_query()
+    assert q == {"setting": "ad", "model": "deep_svdd", "seed": "4", "epochs": "5", "normal": "7",
+                 "contamination": "0.1"}
+    assert Spec.from_query(q) == spec and Spec.from_query({}) == Spec() and Spec().to_query() == {"setting": "ood"}
+    assert "known" not in Spec(setting="ood", known_classes=4).to_query()  # a field that does not matter here
+    with pytest.raises(ValueError, match="unknown setting 'x'"):
+        Spec.from_query({"setting": "x"})
