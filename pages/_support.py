@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -485,21 +485,61 @@ def detector_label(name: str) -> str:
     return f"{family_label(cls.family)} · {cls.title or name}"
 
 
-def param_widget(pname: str, p: Param, key: str) -> Any:
-    """A widget for one detector parameter, built from its Param; returns the chosen value."""
+def param_widget(pname: str, p: Param, key: str, value: Any = None) -> Any:
+    """A widget for one detector parameter, built from its Param, starting at `value` (default: the Param's);
+    returns the chosen value."""
     label, help_ = pname, p.help or None
+    start = p.default if value is None else value
     if p.kind == "choice":
-        return st.selectbox(label, list(p.choices), index=list(p.choices).index(p.default), help=help_, key=key)
+        return st.selectbox(label, list(p.choices), index=list(p.choices).index(start), help=help_, key=key)
     if p.low is None or p.high is None:  # unbounded: a plain number box
-        return st.number_input(label, value=p.default, help=help_, key=key)
+        return st.number_input(label, value=start, help=help_, key=key)
     if p.scale == "log" and p.low > 0:
         fmt = (lambda v: f"{v:d}") if p.kind == "int" else (lambda v: f"{v:g}")
-        return st.select_slider(label, options=p.grid(), value=p.default, format_func=fmt, help=help_, key=key)
+        grid = p.grid()
+        start = start if start in grid else p.default  # a select slider only takes its own options
+        return st.select_slider(label, options=grid, value=start, format_func=fmt, help=help_, key=key)
     if p.kind == "int":
-        return st.slider(label, int(p.low), int(p.high), int(p.default), step=1, help=help_, key=key)
+        return st.slider(label, int(p.low), int(p.high), int(start), step=1, help=help_, key=key)
     step, decimals = p.slider_step()
-    return st.slider(label, float(p.low), float(p.high), float(p.default), step=step, format=f"%.{decimals}f",
+    return st.slider(label, float(p.low), float(p.high), float(start), step=step, format=f"%.{decimals}f",
                      help=help_, key=key)
+
+
+# --- a page's choices in the URL ---------------------------------------------------------------------------
+
+def url_choice(key: str, options: Sequence, default: Any) -> Any:
+    """The value a link gives for one of the page's choices (query parameter `key`) when it is one of `options`."""
+    raw = st.query_params.get(key)
+    return raw if raw in options else default
+
+
+def url_choices(key: str, options: Sequence, default: list) -> list:
+    """Several values from a comma-separated query parameter (those among `options`, in the link's order)."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    chosen = [v for v in raw.split(",") if v in options]
+    return chosen if chosen or raw == "" else default
+
+
+def url_param(key: str, pname: str, p: Param) -> Any:
+    """A detector parameter's value from the link (query parameter `key`), checked by its Param; None if absent/bad."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return None
+    try:
+        return p.validate(pname, raw if p.kind == "choice" else float(raw))
+    except (TypeError, ValueError):
+        return None
+
+
+def remember_in_url(key: str, value: Any) -> None:
+    """Write one of the page's choices into the URL (lists comma-separated), so a reload or a link restores it."""
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(
+        value, float) else str(value)
+    if st.query_params.get(key) != text:
+        st.query_params[key] = text
 
 
 # --- images and the sidebar -------------------------------------------------------------------------

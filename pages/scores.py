@@ -15,17 +15,21 @@ DEFAULT_DETECTOR = "msp"
 def choose_detector(exp) -> str:
     """Detector selectbox, each labelled with its family; returns the registry name."""
     options = ui.detector_options(exp)
-    index = options.index(DEFAULT_DETECTOR) if DEFAULT_DETECTOR in options else 0
-    return st.selectbox("Detector", options, index=index, format_func=ui.detector_label, key="scores-detector",
-                        help="Grouped by the survey's taxonomy (Salehi et al. 2022): family · method.")
+    default = ui.url_choice("detector", options, DEFAULT_DETECTOR if DEFAULT_DETECTOR in options else options[0])
+    name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
+                        key="scores-detector", help="Grouped by the survey's taxonomy (Salehi et al. 2022): family · method.")
+    ui.remember_in_url("detector", name)
+    return name
 
 
 def choose_sets(available: list[str]) -> list[str]:
     """OOD set multiselect; the default is a natural set (unknown classes) if any, else one near and one far set."""
-    default = default_ood_sets(available, fallback=1)
+    default = ui.url_choices("sets", available, default_ood_sets(available, fallback=1))
     described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
-    return st.multiselect("OOD sets", available, default=default, key="scores-sets",
+    sets = st.multiselect("OOD sets", available, default=default, key="scores-sets",
                           help="Which unfamiliar samples to compare with the ID test images:\n" + described)
+    ui.remember_in_url("sets", sets)
+    return sets
 
 
 def detector_card(name: str) -> dict:
@@ -38,6 +42,8 @@ def detector_card(name: str) -> dict:
         if cls.intuition:
             st.markdown(cls.intuition)
         st.caption(ui.reference_line(name))
+        for key in [k for k in st.query_params if k.startswith("p.") and k[2:] not in cls.params]:
+            del st.query_params[key]  # another detector's parameters
         if not cls.params:
             st.caption("This detector has no parameters to tune.")
             return {}
@@ -45,7 +51,9 @@ def detector_card(name: str) -> dict:
         params = {}
         for i, (pname, p) in enumerate(cls.params.items()):
             with cols[i % len(cols)]:
-                params[pname] = ui.param_widget(pname, p, key=f"param-{name}-{pname}")
+                params[pname] = ui.param_widget(pname, p, key=f"param-{name}-{pname}",
+                                                value=ui.url_param(f"p.{pname}", pname, p))
+                ui.remember_in_url(f"p.{pname}", params[pname])
         st.caption(f"Defaults: {', '.join(f'{k} = {p.default}' for k, p in cls.params.items())}. "
                    "Moving a slider re-scores from the cached network outputs.")
         return params

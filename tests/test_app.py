@@ -447,3 +447,25 @@ def test_spec_query_round_trip():
     assert "known" not in Spec(setting="ood", known_classes=4).to_query()  # a field that does not matter here
     with pytest.raises(ValueError, match="unknown setting 'x'"):
         Spec.from_query({"setting": "x"})
+
+
+def test_a_link_restores_the_scores_pages_choices(default_experiment):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"detector": "energy", "sets": "uniform,blobs", "p.temperature": "2"})
+    at.run()
+    at.switch_page("pages/scores.py")
+    at.query_params.update({"detector": "energy", "sets": "uniform,blobs", "p.temperature": "2"})
+    at.run()
+    no_exception(at)
+    assert at.selectbox(key="scores-detector").value == "energy"
+    assert at.multiselect(key="scores-sets").value == ["uniform", "blobs"]
+    assert at.select_slider(key="param-energy-temperature").value == 2.0
+    # the metrics shown are those of energy at T = 2 on the two sets the link named
+    scores = default_experiment.score(default_experiment.fit_detector("energy", {"temperature": 2.0}))
+    table = at.dataframe[0].value
+    assert list(table.index) == ["uniform", "blobs"]
+    assert table.loc["blobs", "AUROC ↑"] == pytest.approx(100 * metrics.auroc(scores["test"], scores["blobs"]))
+    # a choice made on the page goes back into the URL; another detector's parameters leave it
+    at.selectbox(key="scores-detector").set_value("msp").run()
+    assert at.query_params["detector"] == "msp" and "p.temperature" not in at.query_params
+    assert at.query_params["sets"] == "uniform,blobs"
