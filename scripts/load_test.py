@@ -7,7 +7,8 @@ for each N opens N browser contexts (N Streamlit sessions) in one headless Chrom
 all N sessions at once: the page drawn (open /scores in a new browser context: the server also sends Streamlit's
 JavaScript), the page reloaded (the browser has it cached), a slider moved (the threshold), a detector switched.
 Reports p50 / p95 of each interaction's latency and the server's CPU seconds per interaction (user + system time
-of the server process over the phase, divided by N). Bounded: every wait has a timeout, everything is on
+of the server process over the phase, divided by N), and "net" the same less what the idle server spends over the
+phase's wall time (measured before the first level). Bounded: every wait has a timeout, everything is on
 localhost, the server is stopped at the end. Needs Chromium at /usr/bin/chromium and playwright.
 """
 from __future__ import annotations
@@ -74,14 +75,18 @@ def start_server(port: int, cache: str, shared: bool) -> subprocess.Popen:
 
 
 async def wait_idle(pid: int, quiet_s: float = 0.2, window_s: float = 2.0, windows: int = 4,
-                    timeout_s: float = 240.0) -> None:
+                    timeout_s: float = 240.0) -> float:
     """Wait until the server uses less than `quiet_s` CPU seconds in each of `windows` windows of `window_s` in a
-    row: its background work (the UMAP warm-up starts 5 s after the first page) has started and finished."""
-    deadline, quiet = time.time() + timeout_s, 0
+    row: its background work (the UMAP warm-up starts 5 s after the first page) has started and finished.
+    Returns the idle server's CPU seconds per second over those quiet windows (Streamlit polls its config files
+    every 0.2 s, whatever the load): the baseline that `run_level` subtracts for its "net" figures."""
+    deadline, quiet, used = time.time() + timeout_s, 0, 0.0
     while time.time() < deadline and quiet < windows:
         c0 = cpu_seconds(pid)
         await asyncio.sleep(window_s)
-        quiet = quiet + 1 if cpu_seconds(pid) - c0 < quiet_s else 0
+        delta = cpu_seconds(pid) - c0
+        quiet, used = (quiet + 1, used + delta) if delta < quiet_s else (0, 0.0)
+    return used / (max(quiet, 1) * window_s)
 
 
 async def settle(page) -> None:
@@ -119,7 +124,7 @@ async def switch_detector(page, label: str) -> float:
     return time.perf_counter() - t0
 
 
-async def run_level(browser, url: str, n: int, pid: int) -> dict:
+async def run_level(browser, url: str, n: int, pid: int, idle_rate: float = 0.0) -> dict:
     contexts = [await browser.new_context(viewport={"width": 1280, "height": 900}) for _ in range(n)]
     pages = [await c.new_page() for c in contexts]
     out: dict = {"sessions": n}
@@ -129,14 +134,17 @@ async def run_level(browser, url: str, n: int, pid: int) -> dict:
                   ("slider moved", lambda p, i: move_slider(p)),
                   ("detector switched", lambda p, i: switch_detector(p, DETECTORS[i % len(DETECTORS)]))]
         for name, action in phases:
-            cpu0 = cpu_seconds(pid)
+            cpu0, t0 = cpu_seconds(pid), time.perf_counter()
             times = await asyncio.gather(*(action(p, i) for i, p in enumerate(pages)), return_exceptions=True)
-            cpu = cpu_seconds(pid) - cpu0
+            cpu, wall = cpu_seconds(pid) - cpu0, time.perf_counter() - t0
             errors = [repr(t) for t in times if isinstance(t, BaseException)]
             ok = sorted(t for t in times if not isinstance(t, BaseException))
             p95 = ok[min(len(ok) - 1, int(round(0.95 * (len(ok) - 1))))] if ok else float("nan")
             out[name] = {"p50_s": statistics.median(ok) if ok else float("nan"), "p95_s": p95,
-                         "server_cpu_s_per_interaction": cpu / n, "errors": errors[:3], "n_errors": len(errors)}
+                         "server_cpu_s_per_interaction": cpu / n,
+                         # the same less what the idle server spends over the phase's wall time
+                         "net_server_cpu_s_per_interaction": max(0.0, cpu - idle_rate * wall) / n,
+                         "phase_wall_s": wall, "errors": errors[:3], "n_errors": len(errors)}
     finally:
         for c in contexts:
             await c.close()
@@ -157,9 +165,10 @@ async def main_async(levels: list[int], shared: bool) -> list[dict]:
             warm = await browser.new_page()
             await draw(warm, url)  # trains the default model once: every level below runs on a warm cache
             await warm.close()
-            await wait_idle(proc.pid)  # and the app's one-off background work (UMAP warm-up) is over
+            idle_rate = await wait_idle(proc.pid)  # and the app's one-off background work (UMAP warm-up) is over
+            print(json.dumps({"idle_server_cpu_s_per_s": idle_rate}), flush=True)
             for n in levels:
-                res = await run_level(browser, url, n, proc.pid)
+                res = await run_level(browser, url, n, proc.pid, idle_rate)
                 results.append(res)
                 print(json.dumps(res), flush=True)
             await browser.close()
@@ -192,8 +201,8 @@ def main() -> int:
     kinds = ("page drawn", "page reloaded", "slider moved", "detector switched")
     print("| sessions | " + " | ".join(kinds) + " | errors |\n|---|---|---|---|---|---|")
     for r in results:
-        cells = [f"{r[k]['p50_s']:.2f} / {r[k]['p95_s']:.2f}, cpu {r[k]['server_cpu_s_per_interaction']:.3f}"
-                 for k in kinds]
+        cells = [f"{r[k]['p50_s']:.2f} / {r[k]['p95_s']:.2f}, cpu {r[k]['server_cpu_s_per_interaction']:.3f} "
+                 f"(net {r[k]['net_server_cpu_s_per_interaction']:.3f})" for k in kinds]
         errs = sum(r[k]["n_errors"] for k in kinds)
         print(f"| {r['sessions']} | " + " | ".join(cells) + f" | {errs} |")
     if a.json:
