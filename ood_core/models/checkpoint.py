@@ -164,8 +164,8 @@ def read_checkpoint(source, spec: Spec, bench: Benchmark) -> CheckpointRead:
     if isinstance(source, (str, Path)) and not Path(source).exists():
         return CheckpointRead("missing")
     try:
-        payload = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
-                             weights_only=True)
+        data = io.BytesIO(source) if isinstance(source, bytes) else source
+        payload = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as e:
         return CheckpointRead("corrupt", reason=f"it does not load: {type(e).__name__}")
     if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
