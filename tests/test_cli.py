@@ -65,20 +65,20 @@ def tiny_experiment(tmp_path_factory):
 
 
 def test_run_seeds_all_means_every_detector_that_applies_to_each_experiment(tiny_experiment, monkeypatch):
-    default_experiment = tiny_experiment
+    exp = tiny_experiment
     # every detector scores as MSP here (fitting and scoring all of them, ensembles included, takes minutes);
     # what is checked is which names run_seeds resolves "all" to and that none of them is refused
-    msp = default_experiment.fit_detector("msp")
-    monkeypatch.setattr(default_experiment, "fit_detector", lambda name, params=None: msp)
+    msp = exp.fit_detector("msp")
+    monkeypatch.setattr(exp, "fit_detector", lambda name, params=None: msp)
     seen = []
-    rows, accs = compare.run_seeds(lambda seed: default_experiment, [0], "all",
+    rows, accs = compare.run_seeds(lambda seed: exp, [0], "all",
                                    on_seed=lambda seed, exp, r, scores: seen.append((seed, len(r), set(scores))))
     expected = detectors_for("ood", "small_cnn", 10)
     assert "model_score" not in expected
     assert list(dict.fromkeys(r["detector"] for r in rows)) == expected
     assert all(r["error"] is None and r["seed"] == 0 for r in rows)
-    assert len(rows) == len(expected) * len(default_experiment.ood_names)
-    assert accs == [default_experiment.id_accuracy]
+    assert len(rows) == len(expected) * len(exp.ood_names)
+    assert accs == [exp.id_accuracy]
     assert seen == [(0, len(rows), set(expected))]
 
 
