@@ -7,6 +7,7 @@ and runs every request on one torch/BLAS thread, so twenty sessions share the co
     OOD_EXPLORER_SHARED=1        classroom limits (SHARED_LIMITS) and one thread per request
     OOD_EXPLORER_THREADS=N       torch and BLAS threads per request (default: 1 when shared, else every core)
     OOD_EXPLORER_TRAININGS=N     trainings at once (default: the number of cores); the others wait in line
+    OOD_EXPLORER_JOBS=N          background jobs at once (ood_core.jobs; default: as many as trainings)
     OOD_EXPLORER_CACHE_MB=N      cap on the model cache; least recently used checkpoints go first (default: none)
 """
 from __future__ import annotations
@@ -50,6 +51,12 @@ def request_threads() -> int:
 def training_slots() -> int:
     """How many trainings may run at once: OOD_EXPLORER_TRAININGS, else the number of cores."""
     return _env_int("OOD_EXPLORER_TRAININGS", cores())
+
+
+def job_slots() -> int:
+    """How many background jobs (ood_core.jobs: trainings, ensembles, protocols) run at once: OOD_EXPLORER_JOBS,
+    else training_slots(). A job's own trainings still wait for the training queue."""
+    return _env_int("OOD_EXPLORER_JOBS", training_slots())
 
 
 def cache_cap_bytes() -> Optional[int]:
