@@ -6,6 +6,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import numpy as np
 
 from . import metrics
+from .jobs import check_cancelled
 from .metrics import sample_std
 from .detectors import REGISTRY
 from .pipeline import Experiment, evaluate, resolve_detectors
@@ -51,18 +52,21 @@ def run_seeds(get_experiment: Callable[[int], Experiment], seeds: Iterable[int],
               detectors: str | Iterable[str] = "all", params: Optional[Mapping[str, Mapping]] = None,
               on_progress: Optional[Callable[[float, str], None]] = None, all_splits: bool = False,
               on_seed: Optional[Callable[[int, Experiment, list[dict], dict], None]] = None,
-              ) -> tuple[list[dict], list[float]]:
+              cancel=None) -> tuple[list[dict], list[float]]:
     """Evaluate the detectors on each seed's experiment; rows gain a `seed` field. Returns (rows, ID accuracies).
 
     `detectors`: "all" means every detector that applies to each seed's experiment; named detectors are
     checked before any experiment is prepared. `on_seed(seed, exp, rows, scores)` is called after each seed
     with that seed's rows and scores (train and val scores too when `all_splits`), e.g. to save them.
+    `cancel` (an Event): jobs.Cancelled between seeds and detectors when set (get_experiment checks it too if
+    the caller passes it on to pipeline.prepare).
     """
     seeds = list(seeds)
     if not (isinstance(detectors, str) and detectors.strip() == "all"):
         detectors = resolve_detectors(detectors)  # unknown names fail before any training
     rows, accs = [], []
     for i, seed in enumerate(seeds):
+        check_cancelled(cancel)
         if on_progress:
             on_progress(i / len(seeds), f"seed {seed}: preparing the model")
         exp = get_experiment(seed)
@@ -71,7 +75,7 @@ def run_seeds(get_experiment: Callable[[int], Experiment], seeds: Iterable[int],
             if on_progress and name:
                 on_progress((i + j / max(n, 1)) / len(seeds), f"seed {seed}: {name}")
 
-        r, scores = evaluate(exp, detectors, params, on_progress=inner, all_splits=all_splits)
+        r, scores = evaluate(exp, detectors, params, on_progress=inner, all_splits=all_splits, cancel=cancel)
         for row in r:
             row["seed"] = seed
         if on_seed:

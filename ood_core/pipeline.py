@@ -13,6 +13,7 @@ import torch
 
 from . import metrics
 from .data import Benchmark, build_benchmark
+from .jobs import check_cancelled
 from .detectors import REGISTRY, Detector, FitContext, create
 from .inference import ModelAdapter, Outputs, run_inference
 from .models import Progress, TrainResult, get_model
@@ -83,30 +84,70 @@ class Experiment:
         logits, feats = self.adapter.forward(x)
         return Outputs(logits, feats, np.full(len(x), -1), x)
 
-    def member_adapter(self, i: int) -> ModelAdapter:
-        """Ensemble member i: member 0 is this model; others are trained (or loaded) with another initialisation."""
+    def member_spec(self, i: int) -> Spec:
+        """The spec of ensemble member i: this one with another initialisation and batch order (training.member)."""
+        return dataclasses.replace(self.spec, training=dataclasses.replace(self.spec.training, member=i))
+
+    def member_adapter(self, i: int, progress: Optional[Callable[[Progress], None]] = None,
+                       cancel=None) -> ModelAdapter:
+        """Ensemble member i: member 0 is this model; others are trained (or loaded) with another initialisation.
+
+        `progress` gets the training's epochs; `cancel` (an Event) stops a training with jobs.Cancelled, leaving
+        no checkpoint of that member (members finished before are whole models and stay cached)."""
         if i == 0:
             return self.adapter
         if i not in self._members:
-            spec = dataclasses.replace(self.spec, training=dataclasses.replace(self.spec.training, member=i))
-            res = get_model(spec, self.bench, cache_dir=self.cache_dir, device=self.device)
+            res = get_model(self.member_spec(i), self.bench, progress, cache_dir=self.cache_dir, device=self.device,
+                            cancel=cancel)
             self._members[i] = ModelAdapter(res.model.to(self.device).eval(), self.device, input_std=self.bench.std)
         return self._members[i]
 
-    def fit_context(self) -> FitContext:
+    def fit_context(self, progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> FitContext:
+        members = None
+        if self.is_classifier:
+            def members(i: int, on_epoch: Optional[Callable[[Progress], None]] = None) -> ModelAdapter:
+                return self.member_adapter(i, on_epoch, cancel)
         return FitContext(train=self.outputs["train"], val=self.outputs["val"], model=self.adapter,
-                          num_classes=self.bench.num_classes,
-                          member_models=self.member_adapter if self.is_classifier else None, seed=self.spec.seed)
+                          num_classes=self.bench.num_classes, member_models=members, seed=self.spec.seed,
+                          progress=progress, cancel=cancel)
 
-    def fit_detector(self, name: str, params: Optional[Mapping] = None) -> Detector:
+    def fit_detector(self, name: str, params: Optional[Mapping] = None,
+                     progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> Detector:
+        """A detector fitted on this experiment's ID data; `progress`/`cancel` reach long fits (the ensemble's)."""
         from . import serving
 
         serving.check_detector_allowed(name, dict(params or {}))  # shared mode: bounded ensembles
-        return create(name, **dict(params or {})).fit(self.fit_context())
+        return create(name, **dict(params or {})).fit(self.fit_context(progress, cancel))
 
-    def score(self, detector: Detector, splits: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
+    def score(self, detector: Detector, splits: Optional[Iterable[str]] = None, cancel=None) -> dict[str, np.ndarray]:
+        """Scores of each split (default: ID test and every OOD set); `cancel` is checked between splits."""
         names = list(splits) if splits is not None else ["test", *self.ood_names]
-        return {s: detector.score(self.outputs[s]) for s in names}
+        out = {}
+        for s in names:
+            check_cancelled(cancel)
+            out[s] = detector.score(self.outputs[s])
+        return out
+
+    def fit_and_score(self, name: str, params: Optional[Mapping] = None, splits: Optional[Iterable[str]] = None,
+                      progress: Optional[Callable[[float, str], None]] = None, cancel=None,
+                      fit_share: float = 0.1) -> dict[str, np.ndarray]:
+        """fit_detector then score, as a job's work: progress over both (the fit takes `fit_share` of the bar, each
+        split a share by its size), jobs.Cancelled between units when `cancel` is set. The same numbers as
+        score(fit_detector(name, params))."""
+        report = progress or (lambda f, m: None)
+        title = REGISTRY[name].title if name in REGISTRY else name
+        report(0.0, f"fitting {title}")
+        det = self.fit_detector(name, params, lambda f, m: report(fit_share * f, m), cancel)
+        names = list(splits) if splits is not None else ["test", *self.ood_names]
+        sizes = np.array([max(1, len(self.outputs[s])) for s in names], dtype=float)
+        done = np.concatenate([[0.0], np.cumsum(sizes) / sizes.sum()])
+        out = {}
+        for j, s in enumerate(names):
+            check_cancelled(cancel)
+            report(fit_share + (1 - fit_share) * done[j], f"{title}: scoring {s} ({len(self.outputs[s]):,} images)")
+            out[s] = det.score(self.outputs[s])
+        report(1.0, f"{title}: done")
+        return out
 
 
 def compute_outputs(model, bench: Benchmark, device: str = "cpu") -> dict[str, Outputs]:
@@ -117,13 +158,14 @@ def compute_outputs(model, bench: Benchmark, device: str = "cpu") -> dict[str, O
 def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, cache_dir: Path | str | None = None,
             device: Optional[str] = None, retrain: bool = False, model=None,
             ood_sets: Optional[Iterable[str]] = None, bench: Optional[Benchmark] = None,
-            on_wait: Optional[Callable[[int], None]] = None) -> Experiment:
+            on_wait: Optional[Callable[[int], None]] = None, cancel=None) -> Experiment:
     """Build the benchmark, get the model (cache, training, or the user's `model`) and run inference once.
 
     `ood_sets`: the synthetic and transformed OOD sets to build (default: all of them). The setting's own
     test set ("unknown" in OSR, "novel"/"anomalous" in ND/AD) is always there; `ood_sets=()` keeps it alone.
     `bench`: the spec's benchmark when the caller already built it (it does not depend on the model).
     `on_wait(place)`: called while a training waits for a slot of the training queue (models.get_model).
+    `cancel` (an Event): a training stops with jobs.Cancelled when it is set, and caches nothing.
     """
     device = device or default_device()
     if bench is None:
@@ -131,7 +173,9 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
     if model is not None:
         training = TrainResult(model.eval(), [], 0.0, from_cache=False)  # the user's model: neither trained nor cached
     else:
-        training = get_model(spec, bench, progress, cache_dir, device=device, retrain=retrain, on_wait=on_wait)
+        training = get_model(spec, bench, progress, cache_dir, device=device, retrain=retrain, on_wait=on_wait,
+                             cancel=cancel)
+    check_cancelled(cancel)
     training.model.to(device).eval()
     return Experiment(spec, bench, training, compute_outputs(training.model, bench, device), device, cache_dir)
 
@@ -166,12 +210,13 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
 def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
              params: Optional[Mapping[str, Mapping]] = None,
              on_progress: Optional[Callable[[int, int, str], None]] = None,
-             all_splits: bool = False) -> tuple[list[dict], dict[str, dict]]:
+             all_splits: bool = False, cancel=None) -> tuple[list[dict], dict[str, dict]]:
     """Score every detector on ID test and every OOD set; one detector failing never stops the others.
 
     Returns (rows, scores): rows are dicts with detector, ood_set, the metrics (fractions) and `error`
     (None or a message); scores[detector][split] are the score arrays of ID test and the OOD sets, plus
-    train and val when `all_splits` (for exporting them; the metrics never need them).
+    train and val when `all_splits` (for exporting them; the metrics never need them). `cancel` (an Event) stops
+    the run with jobs.Cancelled between detectors and splits, never recorded as a detector's error.
     """
     names = resolve_detectors(detector_names, exp)
     params = params or {}
@@ -183,10 +228,11 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
     for i, name in enumerate(names):
         if on_progress:
             on_progress(i, len(names), name)
+        check_cancelled(cancel)
         t0 = time.perf_counter()
         try:
-            det = exp.fit_detector(name, params.get(name))
-            sc = exp.score(det, [*(("train", "val") if all_splits else ()), "test", *exp.ood_names])
+            det = exp.fit_detector(name, params.get(name), cancel=cancel)
+            sc = exp.score(det, [*(("train", "val") if all_splits else ()), "test", *exp.ood_names], cancel)
             bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))]
             if bad:
                 raise FloatingPointError(f"non-finite scores on {', '.join(bad)}")

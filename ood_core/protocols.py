@@ -2,7 +2,9 @@
 
 Every protocol returns result rows in the CLI's JSON layout: one dict per (method, OOD set, split or normal
 class) with the metrics as fractions, `error` None or a message, and the protocol's own keys (`split`,
-`normal_class`, `contamination`, `model`).
+`normal_class`, `contamination`, `model`). Each takes `cancel` (a threading.Event, or None): when set, the run stops
+with jobs.Cancelled between splits, classes and methods (and inside a training, between batches or epochs); the
+models trained whole before that stay cached, the one interrupted is not saved, and no rows are returned.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Callable, Iterable, Optional
 from . import report
 from .compare import summarise_by  # noqa: F401  (re-exported: the protocols' tables)
 from .data import build_benchmark
+from .jobs import check_cancelled
 from .pipeline import Experiment, evaluate, prepare
 from .settings import detectors_for
 from .spec import Spec
@@ -67,7 +70,7 @@ def _progress(cb: Optional[ProgressFn], frac: float, msg: str) -> None:
 
 def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
             synthetic: Iterable[str] = (), cache_dir=None, device: Optional[str] = None,
-            on_progress: Optional[ProgressFn] = None) -> ProtocolResult:
+            on_progress: Optional[ProgressFn] = None, cancel=None) -> ProtocolResult:
     """K known of N classes, `splits` random splits (split i uses seed base.seed + i). Rows gain `split`.
 
     The test unknowns are the other classes of the dataset (OOD set "unknown"); `synthetic` names the
@@ -81,10 +84,11 @@ def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
     rows, accs = [], []
     for i in range(splits):
         spec = base.replace(setting="osr", seed=base.seed + i)
+        check_cancelled(cancel)
         _progress(on_progress, i / splits, f"split {i + 1}/{splits}: model")
-        exp = prepare(spec, cache_dir=cache_dir, device=device, ood_sets=synthetic)
+        exp = prepare(spec, cache_dir=cache_dir, device=device, ood_sets=synthetic, cancel=cancel)
         _progress(on_progress, (i + 0.5) / splits, f"split {i + 1}/{splits}: detectors")
-        r, _ = evaluate(exp, detectors)
+        r, _ = evaluate(exp, detectors, cancel=cancel)
         known = exp.bench.meta["known_classes"]
         for row in r:
             row.update(split=i, seed=spec.seed, known_classes=known)
@@ -95,7 +99,7 @@ def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
 
 
 def _one_class_experiment(base: Spec, setting: str, model: str, normal_class: int, contamination: float,
-                          cache: dict, cache_dir, device, synthetic: tuple[str, ...] = ()) -> Experiment:
+                          cache: dict, cache_dir, device, synthetic: tuple[str, ...] = (), cancel=None) -> Experiment:
     key = (model, normal_class, contamination)
     if key not in cache:
         spec = base.replace(setting=setting, model=model, normal_class=normal_class,
@@ -103,7 +107,7 @@ def _one_class_experiment(base: Spec, setting: str, model: str, normal_class: in
         bench_key = ("bench", normal_class, contamination)  # the data do not depend on the model: build them once
         if bench_key not in cache:
             cache[bench_key] = build_benchmark(spec, synthetic)
-        cache[key] = prepare(spec, cache_dir=cache_dir, device=device, bench=cache[bench_key])
+        cache[key] = prepare(spec, cache_dir=cache_dir, device=device, bench=cache[bench_key], cancel=cancel)
     return cache[key]
 
 
@@ -111,7 +115,7 @@ def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
                   classes: Optional[Iterable[int]] = None,
                   methods: Iterable[tuple[str, str, dict]] = ONE_CLASS_METHODS, synthetic: Iterable[str] = (),
                   cache_dir=None, device: Optional[str] = None,
-                  on_progress: Optional[ProgressFn] = None) -> ProtocolResult:
+                  on_progress: Optional[ProgressFn] = None, cancel=None) -> ProtocolResult:
     """One-vs-all: each class in turn is normal; every method is scored on the novel/anomalous test set.
 
     Rows gain `normal_class`, `model`, `method` (readable label) and, in AD, `contamination`.
@@ -133,12 +137,14 @@ def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
     for ci, c in enumerate(classes):
         cache: dict = {}
         for mi, (model, det, params) in enumerate(methods):
+            check_cancelled(cancel)
             _progress(on_progress, (ci + mi / len(methods)) / len(classes),
                       f"normal class {c}: {method_label(model, det, params)}")
-            exp = _one_class_experiment(base, setting, model, c, contamination, cache, cache_dir, device, synthetic)
+            exp = _one_class_experiment(base, setting, model, c, contamination, cache, cache_dir, device, synthetic,
+                                        cancel)
             if det not in detectors_for(setting, model, exp.bench.num_classes):
                 raise ValueError(f"{det} does not apply to model {model} in setting {setting}")
-            r, _ = evaluate(exp, [det], {det: params})
+            r, _ = evaluate(exp, [det], {det: params}, cancel=cancel)
             for row in r:
                 row.update(normal_class=c, model=model, method=method_label(model, det, params), params=dict(params))
                 if setting == "ad":
@@ -151,7 +157,8 @@ def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
 def contamination_curve(base: Spec, ratios: Iterable[float] = (0.0, 0.05, 0.1, 0.15, 0.2),
                         classes: Optional[Iterable[int]] = None,
                         methods: Iterable[tuple[str, str, dict]] = ONE_CLASS_METHODS, cache_dir=None,
-                        device: Optional[str] = None, on_progress: Optional[ProgressFn] = None) -> ProtocolResult:
+                        device: Optional[str] = None, on_progress: Optional[ProgressFn] = None,
+                        cancel=None) -> ProtocolResult:
     """The AD protocol at each contamination ratio; rows of every ratio together (field `contamination`)."""
     ratios = list(ratios)
     for r in ratios:
@@ -163,6 +170,6 @@ def contamination_curve(base: Spec, ratios: Iterable[float] = (0.0, 0.05, 0.1, 0
         sub = None if on_progress is None else (
             lambda f, m, i=i, r=r: on_progress((i + f) / len(ratios), f"contamination {100 * r:.0f}%: {m}"))
         rows += run_one_class(base, "ad", r, classes, methods, cache_dir=cache_dir, device=device,
-                              on_progress=sub).rows
+                              on_progress=sub, cancel=cancel).rows
     _progress(on_progress, 1.0, "done")
     return ProtocolResult("ad", rows, [], time.perf_counter() - t0)

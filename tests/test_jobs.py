@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import torch
 import pytest
 
 from ood_core import jobs, serving
@@ -154,3 +155,149 @@ def test_the_process_runner_has_the_serving_slots(monkeypatch):
     assert serving.job_slots() == 2
     monkeypatch.setattr(jobs, "_runner", None)
     assert jobs.runner().slots == 2 and jobs.runner() is jobs.runner()
+
+
+# --- the cancellable work -------------------------------------------------------------------------------
+
+from ood_core import Spec, TrainConfig, estimates, pipeline, protocols  # noqa: E402
+from ood_core.data import build_benchmark  # noqa: E402
+from ood_core.models import checkpoint, checkpoint_path, get_model  # noqa: E402
+
+# small and quick: 8 px digits, a few epochs of a few batches
+SMALL = Spec(image_size=8, training=TrainConfig(epochs=3, batch_size=256))
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory_cache(monkeypatch):
+    monkeypatch.setattr(checkpoint, "_MEMORY_CACHE", {})
+
+
+def weights(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def cancel_at(ev: threading.Event, when):
+    """A training progress callback that sets `ev` once `when(progress)` is true."""
+    def on_epoch(p):
+        if when(p):
+            ev.set()
+    return on_epoch
+
+
+def test_a_cancelled_training_saves_no_checkpoint_and_an_unused_cancel_changes_no_weight(tmp_path):
+    bench = build_benchmark(SMALL, ood_sets=())
+    ev, epochs = threading.Event(), []
+    with pytest.raises(Cancelled):
+        get_model(SMALL, bench, lambda p: (epochs.append(p.epoch), ev.set()), cache_dir=tmp_path, cancel=ev)
+    assert epochs == [1]  # stopped at the first batch after the first epoch
+    path = checkpoint_path(SMALL, tmp_path)
+    assert not path.exists() and not list(path.parent.glob("*.tmp")) and not checkpoint._MEMORY_CACHE
+    with_event = get_model(SMALL, bench, cache_dir=tmp_path, cancel=threading.Event())  # never set
+    assert path.exists() and not with_event.from_cache
+    other = tmp_path / "other"
+    without = get_model(SMALL, bench, cache_dir=other)
+    a, b = weights(with_event.model), weights(without.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cancelled_one_class_training_stops_after_its_epoch_and_saves_nothing(tmp_path):
+    spec = Spec(setting="nd", model="autoencoder", image_size=8)
+    bench = build_benchmark(spec, ood_sets=())
+    ev, epochs = threading.Event(), []
+    with pytest.raises(Cancelled):
+        get_model(spec, bench, lambda p: (epochs.append(p.epoch), ev.set() if p.epoch == 2 else None),
+                  cache_dir=tmp_path, cancel=ev)
+    assert epochs == [1, 2] and not checkpoint_path(spec, tmp_path).exists()
+
+
+@pytest.fixture
+def small_exp(tmp_path):
+    return pipeline.prepare(SMALL, cache_dir=tmp_path, device="cpu", ood_sets=("gaussian",))
+
+
+def test_cancelling_an_ensemble_job_keeps_no_result_and_no_checkpoint_of_the_member_it_trained(small_exp, tmp_path):
+    exp = small_exp
+    r = JobRunner(slots=1)
+    key = "scores ensemble members=3"
+    seen = []
+
+    def work(progress, cancel):
+        def spy(f, m):
+            seen.append(m)
+            progress(f, m)
+            if m.startswith("training ensemble member 3 of 3: epoch 1/"):
+                cancel.set()  # as if the user pressed Cancel while member 3 trains
+        return exp.fit_and_score("ensemble", {"members": 3}, progress=spy, cancel=cancel,
+                                 fit_share=estimates.fit_share(exp, "ensemble", {"members": 3}))
+
+    est = estimates.detector(exp, "ensemble", {"members": 3})
+    assert est.trains == 2 and est.words().split(": ", 1)[1].startswith("trains 2 networks (ensemble members 2, 3 of 3")
+    job = r.submit(key, work, est)
+    assert job.wait(WAIT)
+    assert job.state == CANCELLED and r.result(key) is None
+    assert "training ensemble member 2 of 3: epoch 3/3" in seen  # member 2 finished whole ...
+    assert checkpoint_path(exp.member_spec(1), tmp_path).exists()  # ... and stays cached
+    assert not checkpoint_path(exp.member_spec(2), tmp_path).exists()  # the interrupted one left nothing
+    assert not list(checkpoint_path(exp.member_spec(2), tmp_path).parent.glob("*.tmp"))
+    assert estimates.members_to_train(exp, 3) == [2]  # a new estimate counts only what is left to train
+
+
+def test_an_ensemble_job_gives_the_numbers_of_a_direct_fit_and_reports_its_members(small_exp):
+    exp, messages = small_exp, []
+    r = JobRunner(slots=1)
+    job = r.submit("ens", lambda progress, cancel: exp.fit_and_score(
+        "ensemble", {"members": 2}, progress=lambda f, m: (messages.append((f, m)), progress(f, m)), cancel=cancel))
+    assert job.wait(WAIT) and job.state == DONE, job.error
+    direct = exp.score(exp.fit_detector("ensemble", {"members": 2}))  # member 2 is cached now: same weights
+    assert set(job.result) == {"test", "gaussian"}
+    for s in direct:
+        np.testing.assert_array_equal(job.result[s], direct[s])
+    fractions = [f for f, _ in messages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(m.startswith("training ensemble member 2 of 2: epoch") for _, m in messages)
+    assert estimates.detector(exp, "ensemble", {"members": 2}).trains == 0
+
+
+def test_cancel_between_scored_splits_and_detectors_is_never_an_error_row(small_exp):
+    exp, ev = small_exp, threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        exp.fit_and_score("mc_dropout", {"passes": 2}, cancel=ev)
+    with pytest.raises(Cancelled):
+        pipeline.evaluate(exp, ["msp", "energy"], cancel=ev)
+    rows, _ = pipeline.evaluate(exp, ["msp"], cancel=threading.Event())
+    assert rows and all(r["error"] is None for r in rows)
+    same = exp.fit_and_score("mc_dropout", {"passes": 2})
+    direct = exp.score(exp.fit_detector("mc_dropout", {"passes": 2}))
+    assert all(np.array_equal(same[s], direct[s]) for s in direct)
+
+
+def test_a_cancelled_one_vs_all_protocol_returns_no_rows(tmp_path):
+    base = Spec(setting="nd", model="deep_svdd", image_size=8)
+    ev, seen = threading.Event(), []
+
+    def on_progress(f, m):
+        seen.append(m)
+        if m.startswith("normal class 1"):
+            ev.set()
+
+    method = [("pixels", "knn", {"k": 1})]
+    with pytest.raises(Cancelled):
+        protocols.run_one_class(base, "nd", classes=[0, 1, 2], methods=method, cache_dir=tmp_path,
+                                on_progress=on_progress, cancel=ev)
+    assert not any(m.startswith("normal class 2") for m in seen)
+    full = protocols.run_one_class(base, "nd", classes=[0, 1], methods=method, cache_dir=tmp_path,
+                                   cancel=threading.Event())
+    again = protocols.run_one_class(base, "nd", classes=[0, 1], methods=method, cache_dir=tmp_path)
+    assert [r["auroc"] for r in full.rows] == [r["auroc"] for r in again.rows]
+
+
+def test_one_vs_all_estimate_counts_the_models_not_yet_cached(tmp_path):
+    base = Spec(setting="nd", model="deep_svdd", image_size=8)
+    methods = [("autoencoder", "model_score", {}), ("autoencoder", "knn", {"k": 1}), ("pixels", "knn", {"k": 1})]
+    before = estimates.one_class(base, "nd", 0.05, [0, 1], methods, train_size=107, cache_dir=tmp_path)
+    assert before.trains == 2 and before.words().endswith("trains 2 one-class models, then scores 3 methods on "
+                                                          "2 normal classes")
+    protocols.run_one_class(base, "nd", classes=[0], methods=methods[:1], cache_dir=tmp_path)
+    after = estimates.one_class(base, "nd", 0.05, [0, 1], methods, train_size=107, cache_dir=tmp_path)
+    assert after.trains == 1 and after.seconds < before.seconds

@@ -130,10 +130,25 @@ class FitContext:
     val: Optional[Outputs] = None
     model: Optional[ModelAdapter] = None
     num_classes: int = 0
-    # member_models(i) -> ModelAdapter of ensemble member i (same data, other initialisation), trained or cached
-    member_models: Optional[Callable[[int], ModelAdapter]] = None
+    # member_models(i) -> ModelAdapter of ensemble member i (same data, other initialisation), trained or cached;
+    # an Experiment's also takes member_models(i, progress) with a training progress callback (models.Progress)
+    member_models: Optional[Callable[..., ModelAdapter]] = None
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    # long fits (the ensemble's trainings): report progress(fraction, message), stop when `cancel` (an Event) is set
+    progress: Optional[Callable[[float, str], None]] = None
+    cancel: Any = None
+
+    def report(self, fraction: float, message: str = "") -> None:
+        """Tell whoever waits how far the fit is (0..1) and what it does now; nothing when nobody listens."""
+        if self.progress is not None:
+            self.progress(fraction, message)
+
+    def check_cancelled(self) -> None:
+        """jobs.Cancelled when the fit's job was cancelled; call between units of work."""
+        from ..jobs import check_cancelled
+
+        check_cancelled(self.cancel)
 
 
 class NotFittedError(RuntimeError):

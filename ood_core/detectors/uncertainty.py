@@ -163,7 +163,8 @@ class DeepEnsemble(Detector):
     """Deep ensemble: M networks trained from different initialisations, the uncertainty of their mean softmax.
 
     Member 0 is the main model (its logits are the cached ones); members 1..M-1 come from
-    FitContext.member_models(i), which trains or loads them, and forward the split's inputs batched. The paper's
+    FitContext.member_models(i), which trains or loads them (reporting to FitContext.progress, stopping between
+    members and trainings' batches when FitContext.cancel is set), and forward the split's inputs batched. The paper's
     OOD experiments use the predictive entropy of the averaged softmax, the default measure here.
     """
 
@@ -191,7 +192,19 @@ class DeepEnsemble(Detector):
         if ctx.member_models is None:
             raise ValueError("the deep ensemble needs the other members' models (FitContext.member_models); "
                              "none were given")
-        self.members_ = [ctx.member_models(i) for i in range(1, int(self.members))]
+        m = int(self.members)
+        self.members_ = []
+        for k, i in enumerate(range(1, m)):  # cancellable between members (and between a training's batches)
+            ctx.check_cancelled()
+            ctx.report(k / (m - 1), f"ensemble member {i + 1} of {m}")
+            if ctx.progress is None:
+                self.members_.append(ctx.member_models(i))
+            else:
+                def on_epoch(p, k=k, i=i):
+                    ctx.report((k + p.epoch / p.epochs) / (m - 1),
+                               f"training ensemble member {i + 1} of {m}: epoch {p.epoch}/{p.epochs}")
+                self.members_.append(ctx.member_models(i, on_epoch))
+        ctx.report(1.0, f"{m} ensemble members ready")
 
     def _score(self, out):
         if out.inputs is None:

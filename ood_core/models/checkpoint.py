@@ -224,7 +224,7 @@ def remove_orphan_temp_files(path: Path) -> list[Path]:
 
 def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
               cache_dir: Path | str | None = None, device: str = "cpu", retrain: bool = False,
-              on_wait: Optional[Callable[[int], None]] = None) -> TrainResult:
+              on_wait: Optional[Callable[[int], None]] = None, cancel=None) -> TrainResult:
     """The trained model for `spec`: from the checkpoint cache when valid, else trained and cached.
 
     Holds the checkpoint's file lock throughout, so two processes asking for one spec train it once. A damaged
@@ -233,12 +233,22 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
     A training waits for a slot of the process's training queue (serving.training_queue: at most as many
     trainings as cores); on_wait(place) is called meanwhile. With a cache cap (OOD_EXPLORER_CACHE_MB) the least
     recently used checkpoints are removed after a save.
+    `cancel` (a threading.Event): when set, waiting for a slot or training stops with jobs.Cancelled, and nothing
+    is saved — no checkpoint, no temp file, nothing in memory.
     """
+    from ..jobs import check_cancelled
     from . import train  # at call time: tests and tools may replace train.train_model
 
+    def waiting(place: int) -> None:
+        if on_wait is not None:
+            on_wait(place)
+        check_cancelled(cancel)
+
     def queued_training():
-        with serving.training_queue().slot(on_wait):
-            return train.train_model(spec, bench, progress, device)
+        with serving.training_queue().slot(waiting if cancel is not None else on_wait):
+            if cancel is None:
+                return train.train_model(spec, bench, progress, device)
+            return train.train_model(spec, bench, progress, device, cancel=cancel)
 
     path = checkpoint_path(spec, cache_dir)
     writable, reason = cache_status(cache_dir)

@@ -1,4 +1,4 @@
-"""Seeded training with a progress callback (the checkpoint cache is in checkpoint.py)."""
+"""Seeded training with a progress callback and a cancel event (the checkpoint cache is in checkpoint.py)."""
 from __future__ import annotations
 
 import time
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..data import Benchmark
+from ..jobs import check_cancelled
 from ..spec import Spec
 from .cnn import build_model
 from .reproducible import seeded_init_, training_threads, use_generator
@@ -82,22 +83,42 @@ def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
 
 
 def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
-                device: str = "cpu") -> TrainResult:
-    """Train spec.model on bench.train: classifiers here, one-class models by their own trainer."""
+                device: str = "cpu", cancel=None) -> TrainResult:
+    """Train spec.model on bench.train: classifiers here, one-class models by their own trainer.
+
+    `cancel` (a threading.Event, or None): when set, training stops with jobs.Cancelled — a classifier between
+    batches, a one-class model after its current epoch — and returns nothing to cache. Checking it draws no random
+    number, so a training that is not cancelled gives the same weights with or without it.
+    """
     from .registry import ONE_CLASS_TRAINERS
 
     with training_threads(device):
+        check_cancelled(cancel)
         if spec.model in ONE_CLASS_TRAINERS:
-            result = ONE_CLASS_TRAINERS[spec.model](spec, bench, progress, device)
+            result = ONE_CLASS_TRAINERS[spec.model](spec, bench, _cancelling(progress, cancel), device)
         else:
-            result = train_classifier(spec, bench, progress, device)
+            result = train_classifier(spec, bench, progress, device, cancel)
     use_generator(result.model, None)  # later dropout (MC dropout) brings its own generator
     return result
 
 
+def _cancelling(progress: Optional[Callable[[Progress], None]], cancel) -> Optional[Callable[[Progress], None]]:
+    """`progress`, checking `cancel` after each epoch: how a trainer without a cancel argument of its own stops."""
+    if cancel is None:
+        return progress
+
+    def report(p: Progress) -> None:
+        if progress is not None:
+            progress(p)
+        check_cancelled(cancel)
+    return report
+
+
 def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
-                     device: str = "cpu") -> TrainResult:
-    """AdamW with a one-cycle schedule and 1-pixel shift augmentation, in the regime of spec.training."""
+                     device: str = "cpu", cancel=None) -> TrainResult:
+    """AdamW with a one-cycle schedule and 1-pixel shift augmentation, in the regime of spec.training.
+
+    `cancel` is checked before every batch (jobs.Cancelled when set)."""
     cfg = spec.training
     gen = training_generator(spec)
     model = new_model(spec, bench, gen, device)
@@ -119,6 +140,7 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
         perm = torch.randperm(len(x_all), generator=gen)
         total, correct, loss_sum = 0, 0, 0.0
         for i in range(0, len(perm), cfg.batch_size):
+            check_cancelled(cancel)
             idx = perm[i:i + cfg.batch_size]
             xb, yb = _augment(x_all[idx], gen).to(device), y_all[idx].to(device)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,158 @@
+"""How long long work will take, said before it starts ("about 4 min: trains 4 networks"), from measured times.
+
+A training is estimated from the experiment's own model when it was trained here (its checkpoint keeps the
+training's seconds, and an ensemble member or another seed of the same spec trains as long), else from the rates
+below. The rates were measured on the default experiment (digits at 16 px, small CNN, 2 CPU cores) and scale with
+the number of images and the image area. Estimates count what is not cached yet: a model on disk costs nothing.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Optional
+
+from .jobs import Estimate
+from .models import is_cached
+from .spec import Spec
+
+REFERENCE_SIDE = 16  # the image side the rates were measured at
+# seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s)
+CLASSIFIER_S_PER_IMAGE_EPOCH = 5e-4
+# seconds per training image of a whole one-class training with its fixed epochs (one digit: 107 images)
+ONE_CLASS_S_PER_IMAGE = {"deep_svdd": 0.013, "autoencoder": 0.006, "geotrans": 0.030, "pixels": 0.0}
+# seconds per scored image of the detectors that run the network again, at their default parameters
+NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026}
+NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
+                "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
+                "mc_dropout": "{passes} stochastic passes",
+                "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too"}
+FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
+POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
+ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol once its model is there: inference + scoring
+SLOW_S = 30.0  # longer than this: say so and ask before starting; shorter work starts at once (still as a job)
+
+
+def _plural(n: int, word: str) -> str:
+    """'1 network', '4 networks', '2 classes'."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}{'es' if word.endswith('s') else 's'}"
+
+
+def _area(spec: Spec) -> float:
+    return (spec.image_size / REFERENCE_SIDE) ** 2
+
+
+def training_seconds(exp) -> float:
+    """Seconds one training of this experiment's spec takes (another seed or ensemble member trains as long): the
+    measured time of its own model when it was trained here, else the reference rate times images and epochs."""
+    measured = float(getattr(exp.training, "seconds", 0.0) or 0.0)
+    if measured > 0 and exp.training.history:
+        return measured
+    return CLASSIFIER_S_PER_IMAGE_EPOCH * len(exp.bench.train) * exp.spec.training.epochs * _area(exp.spec)
+
+
+def _scored_images(exp, splits: Optional[Iterable[str]] = None) -> int:
+    names = list(splits) if splits is not None else ["test", *exp.ood_names]
+    return sum(len(exp.outputs[s]) for s in names)
+
+
+def members_to_train(exp, members: int) -> list[int]:
+    """The ensemble members (1..members-1) neither loaded in this experiment nor cached on disk."""
+    return [i for i in range(1, int(members))
+            if i not in exp._members and not is_cached(exp.member_spec(i), exp.cache_dir)]
+
+
+def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[Iterable[str]] = None) -> Estimate:
+    """What fitting and scoring detector `name` costs on `exp` (default splits: ID test and every OOD set)."""
+    from .detectors import REGISTRY, default_params
+
+    p = {**default_params(name), **dict(params or {})} if name in REGISTRY else dict(params or {})
+    n = _scored_images(exp, splits)
+    area = _area(exp.spec)
+    if name == "ensemble":
+        m = int(p.get("members", 5))
+        todo = members_to_train(exp, m)
+        run_s = (m - 1) * FORWARD_S_PER_IMAGE * n * area
+        runs = f"runs {_plural(m - 1, 'more network')} on {n:,} images"
+        if not todo:
+            return Estimate(run_s, f"{runs} (all {m} members are cached)")
+        which = ", ".join(str(i + 1) for i in todo)
+        return Estimate(len(todo) * training_seconds(exp) + run_s,
+                        f"trains {_plural(len(todo), 'network')} (ensemble member{'s' if len(todo) > 1 else ''} "
+                        f"{which} of {m}, {'each ' if len(todo) > 1 else ''}cached for next time), then {runs}",
+                        trains=len(todo))
+    if name in NETWORK_S_PER_IMAGE:
+        rate = NETWORK_S_PER_IMAGE[name]
+        images = n + (len(exp.outputs["train"]) + len(exp.outputs["val"]) if name == "gram" else 0)
+        how = NETWORK_WHAT[name].format(**p)
+        return Estimate(rate * images * area, f"runs the network again on {n:,} images ({how})")
+    return Estimate(0.0, "scores the cached outputs")
+
+
+def fit_share(exp, name: str, params: Optional[Mapping] = None) -> float:
+    """The share of a detector job's time spent fitting (the ensemble's trainings; Gram's training statistics)."""
+    if name == "ensemble":
+        total = detector(exp, name, params)
+        return 0.9 if total.trains and total.seconds > 0 else 0.1
+    return 0.5 if name == "gram" else 0.05
+
+
+def detectors(exp, names: Iterable[str], params: Optional[Mapping[str, Mapping]] = None) -> Estimate:
+    """Scoring several detectors on `exp`: the network-running ones each, every post-hoc one together."""
+    names = list(names)
+    total = Estimate(POST_HOC_S if any(n not in NETWORK_S_PER_IMAGE and n != "ensemble" for n in names) else 0.0)
+    for n in names:
+        if n in NETWORK_S_PER_IMAGE or n == "ensemble":
+            e = detector(exp, n, (params or {}).get(n))
+            total = Estimate(total.seconds + e.seconds, total.what, total.trains + e.trains)
+    what = [f"scores {_plural(len(names), 'detector')} on {_scored_images(exp):,} images"]
+    if total.trains:
+        what.insert(0, f"trains {_plural(total.trains, 'ensemble member')}")
+    return Estimate(total.seconds, ", ".join(what), total.trains)
+
+
+def seeds(exp, seed_list: Iterable[int], names: Iterable[str]) -> Estimate:
+    """A comparison over seeds: the models not cached are trained, then every detector is scored on each seed."""
+    seed_list, names = list(seed_list), list(names)
+    todo = [s for s in seed_list if s != exp.spec.seed and not is_cached(exp.spec.with_seed(s), exp.cache_dir)]
+    per_seed = detectors(exp, names)
+    seconds = len(todo) * training_seconds(exp) + len(seed_list) * per_seed.seconds
+    what = f"scores {_plural(len(names), 'detector')} on each of {len(seed_list)} seeds"
+    if todo:
+        what = f"trains {_plural(len(todo), 'network')} (seeds {', '.join(map(str, todo))}), then " + what
+    return Estimate(seconds, what, len(todo) + len(seed_list) * per_seed.trains)
+
+
+def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[int],
+              methods: Iterable[tuple[str, str, dict]], train_size: int, cache_dir=None) -> Estimate:
+    """The one-vs-all protocol (protocols.run_one_class): the one-class models not cached are trained (one per
+    class and model), then every method is scored on every class. `train_size`: training images of one class."""
+    classes, methods = list(classes), list(methods)
+    models = list(dict.fromkeys(m for m, _, _ in methods if ONE_CLASS_S_PER_IMAGE.get(m, 1.0) > 0))
+    todo = []
+    for c in classes:
+        for m in models:
+            spec = base.replace(setting=setting, model=m, normal_class=c,
+                                contamination=contamination if setting == "ad" else base.contamination)
+            if not is_cached(spec, cache_dir):
+                todo.append(m)
+    seconds = sum(ONE_CLASS_S_PER_IMAGE.get(m, 0.01) * train_size * _area(base) for m in todo)
+    seconds += ONE_CLASS_METHOD_S * len(classes) * len(methods)
+    what = f"scores {_plural(len(methods), 'method')} on {_plural(len(classes), 'normal class')}"
+    if todo:
+        what = f"trains {_plural(len(todo), 'one-class model')}, then " + what
+    return Estimate(seconds, what, len(todo))
+
+
+def contamination_curve(base: Spec, ratios: Iterable[float], classes: Iterable[int],
+                        methods: Iterable[tuple[str, str, dict]], train_size: int, cache_dir=None) -> Estimate:
+    """The AD protocol at each contamination ratio (protocols.contamination_curve)."""
+    ratios = list(ratios)
+    parts = [one_class(base, "ad", r, classes, methods, train_size, cache_dir) for r in ratios]
+    seconds, trains = sum(p.seconds for p in parts), sum(p.trains for p in parts)
+    what = f"the AD protocol at {_plural(len(ratios), 'contamination ratio')}"
+    if trains:
+        what += f": trains {_plural(trains, 'one-class model')} in all"
+    return Estimate(seconds, what, trains)
+
+
+def is_slow(estimate: Estimate) -> bool:
+    """Whether to say how long it takes and ask before starting (longer than SLOW_S, or it trains networks)."""
+    return estimate.seconds > SLOW_S or estimate.trains > 0
