@@ -103,13 +103,12 @@ class Experiment:
         return self._members[i]
 
     def fit_context(self, progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> FitContext:
-        members = None
-        if self.is_classifier:
-            def members(i: int, on_epoch: Optional[Callable[[Progress], None]] = None) -> ModelAdapter:
-                return self.member_adapter(i, on_epoch, cancel)
+        def members(i: int, on_epoch: Optional[Callable[[Progress], None]] = None) -> ModelAdapter:
+            return self.member_adapter(i, on_epoch, cancel)
+
         return FitContext(train=self.outputs["train"], val=self.outputs["val"], model=self.adapter,
-                          num_classes=self.bench.num_classes, member_models=members, seed=self.spec.seed,
-                          progress=progress, cancel=cancel)
+                          num_classes=self.bench.num_classes, member_models=members if self.is_classifier else None,
+                          seed=self.spec.seed, progress=progress, cancel=cancel)
 
     def fit_detector(self, name: str, params: Optional[Mapping] = None,
                      progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> Detector:

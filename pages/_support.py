@@ -23,6 +23,7 @@ import streamlit as st
 
 from ood_core import (Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, report, serving,
                       settings)
+from ood_core import estimates, jobs
 from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
@@ -277,18 +278,21 @@ def training_lock(spec: Spec) -> threading.Lock:
 # --- the pages' own caches (string-keyed; `_exp` is never hashed) ----------------------------------
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def scores_table(exp_id: str, name: str, params_blob: str, sets: tuple, _exp: Experiment) -> pd.DataFrame:
+def scores_table(exp_id: str, name: str, params_blob: str, sets: tuple, _exp: Experiment,
+                 _given: Optional[dict] = None) -> pd.DataFrame:
     """Scores: the metrics table of one (experiment, detector, params, OOD sets), shared by every session (a
-    threshold or a toggle reruns the page without recomputing it)."""
-    scores = _scores(exp_id, name, params_blob, _exp)
+    threshold or a toggle reruns the page without recomputing it). `_given`: the scores when the page has them
+    (a job's result), so they are never computed again here."""
+    scores = _given if _given is not None else _scores(exp_id, name, params_blob, _exp)
     id_correct = _exp.id_correct if _exp.spec.setting == "osr" else None
     return report.metrics_frame(scores["test"], {s: scores[s] for s in sets}, id_correct)
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
-def scores_curves(exp_id: str, name: str, params_blob: str, sets: tuple, _exp: Experiment):
+def scores_curves(exp_id: str, name: str, params_blob: str, sets: tuple, _exp: Experiment,
+                  _given: Optional[dict] = None):
     """Scores: (ROC figure, PR figure) of one (experiment, detector, params, OOD sets); pages must not mutate them."""
-    scores = _scores(exp_id, name, params_blob, _exp)
+    scores = _given if _given is not None else _scores(exp_id, name, params_blob, _exp)
     ood = {s: scores[s] for s in sets}
     return figures.roc_figure(scores["test"], ood), figures.pr_figure(scores["test"], ood)
 
@@ -435,15 +439,149 @@ def state_dict_bytes(exp: Experiment) -> bytes:
 # --- scores ------------------------------------------------------------------------------------------
 
 def detector_scores(exp: Experiment, name: str, params: Mapping[str, Any]) -> tuple[Optional[dict], Optional[str]]:
-    """(scores per split, None) or (None, error message): a failing detector never breaks the page."""
+    """(scores per split, None) or (None, error message): a failing detector never breaks the page. The result of
+    a finished scoring job (`detector_scores_job`) is used when there is one, never computed again."""
     try:
-        scores = _scores(experiment_id(exp), name, json.dumps(dict(params), sort_keys=True), exp)
+        scores = jobs.runner().result(scores_job_key(exp, name, params))
+        if scores is None:
+            scores = _scores(experiment_id(exp), name, json.dumps(dict(params), sort_keys=True), exp)
     except Exception as e:
         return None, brief(f"{type(e).__name__}: {e}")
+    return _checked(scores)
+
+
+def _checked(scores: dict) -> tuple[Optional[dict], Optional[str]]:
     bad = [s for s, v in scores.items() if not np.all(np.isfinite(v))]
     if bad:
         return None, f"the detector gave NaN or infinite scores on {', '.join(bad)}"
     return scores, None
+
+
+def scores_job_key(exp: Experiment, name: str, params: Mapping[str, Any]) -> str:
+    """The job key of one detector's scores on every split of one experiment (shared by every session)."""
+    return job_key("scores", experiment_id(exp), name, json.dumps(dict(params), sort_keys=True))
+
+
+def detector_scores_job(exp: Experiment, name: str, params: Mapping[str, Any]) -> tuple[Optional[dict], Optional[str]]:
+    """detector_scores for a detector that runs the network again (ODIN, Gram, MC dropout, the deep ensemble, ...),
+    as a background job: (scores, None) once it has landed, (None, message) when it failed, and (None, None) while
+    it is waiting to start, running or was cancelled; the job panel (progress, estimate, Cancel) is drawn meanwhile.
+    Quick work starts at once; work estimated as slow (training networks, more than estimates.SLOW_S) waits for
+    the user's click on a button that says how long it takes."""
+    cls = REGISTRY[name]
+    key = scores_job_key(exp, name, params)
+    params = dict(params)
+
+    def work(progress, cancel):
+        return exp.fit_and_score(name, params, progress=progress, cancel=cancel,
+                                 fit_share=estimates.fit_share(exp, name, params))
+
+    job, result = run_job(key, f"Scoring with {cls.title}", work, lambda: estimates.detector(exp, name, params),
+                          start_label=f"Score with {cls.title}")
+    if job is not None and job.state == jobs.FAILED:
+        return None, brief(job.error)
+    if result is None:
+        return None, None
+    return _checked(result)
+
+
+# --- long work as jobs (ood_core.jobs): an estimate first, then a progress bar and a Cancel button -------------
+# The work runs in a background thread; the panel is a fragment that polls it every JOB_POLL_S seconds, so the
+# rest of the page stays usable, and reruns the whole page when the job lands. Results are kept by key in the
+# process's job runner, shared by every session: a finished job is never paid for twice.
+
+JOB_POLL_S = 1.0
+
+
+def job_key(*parts: Any) -> str:
+    """A job's key from strings and JSON-able parts (the experiment id, the spec, the detector and its params)."""
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def _job_id(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _minutes(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
+
+
+def run_job(key: str, title: str, work, estimate, start_label: str = "Start", auto_start: Optional[bool] = None,
+            button_key: Optional[str] = None) -> tuple[Optional[jobs.Job], Any]:
+    """The job `key` of the process's runner: (job, result) once done; else (job or None, None) after drawing
+    where it stands. `work(progress, cancel)` is the job's function; `estimate` an Estimate or a function making
+    one (called only when the job is not there yet).
+
+    Not started yet: quick work (not estimates.is_slow) starts at once unless `auto_start` is False; other work
+    shows its estimate and a start button (`button_key`). Running or queued: the job panel. Cancelled or failed:
+    what happened, and a button to run it again (a cancelled job kept nothing)."""
+    job = jobs.runner().get(key)
+    if job is not None and job.state == jobs.DONE:
+        return job, job.result
+    if job is not None and job.active:
+        job_panel(key)
+        return job, None
+    est = estimate() if callable(estimate) else estimate
+    job_outcome(job, title)
+    start = job is None and ((not estimates.is_slow(est)) if auto_start is None else auto_start)
+    if not start:
+        if job is None:
+            st.info(f"**{title}** takes {est.words()}. It runs in the background with a progress bar and a Cancel "
+                    "button; the rest of the page stays usable, and the result is kept once it lands.",
+                    icon=":material/hourglass_top:")
+        label = ("Run again" if job is not None else start_label) + f" ({jobs.duration_words(est.seconds)})"
+        start = st.button(label, key=button_key or f"job-start-{_job_id(key)}", help=f"{est.words()}.",
+                          type="secondary" if job is not None else "primary")
+    if start:
+        job = start_job(key, title, work, est)
+    return job, None
+
+
+def start_job(key: str, title: str, work, estimate: jobs.Estimate) -> jobs.Job:
+    """Submit `work` as the job `key` (or find it there) and draw its panel."""
+    job = jobs.runner().submit(key, work, estimate, title)
+    job_panel(key)
+    return job
+
+
+def job_outcome(job: Optional[jobs.Job], title: str) -> None:
+    """Say how a job that will not give a result ended: cancelled (nothing kept) or failed (its message)."""
+    if job is None:
+        return
+    if job.state == jobs.CANCELLED:
+        kept = " (whole networks it finished training stay cached)" if job.estimate.trains else ""
+        st.info(f"{title}: cancelled after {_minutes(job.elapsed())}; nothing of it was kept{kept}.",
+                icon=":material/cancel:")
+    elif job.state == jobs.FAILED:
+        st.error(f"{title} failed: {brief(job.error)}")
+
+
+@st.fragment(run_every=JOB_POLL_S)
+def job_panel(key: str) -> None:
+    """Where a job stands: its estimate, a progress bar with what it does now, and a Cancel button. Redrawn every
+    JOB_POLL_S seconds on its own; when the job lands, the whole page reruns and picks up the result."""
+    job = jobs.runner().get(key)
+    if job is None or job.finished:
+        st.rerun()  # it landed (done, failed or cancelled): the page shows what came of it
+    with st.container(border=True):
+        st.markdown(f"**{job.title or 'Working'}** — estimated {job.estimate.words()}")
+        bar = st.empty()
+        c1, c2 = st.columns([1, 5], vertical_alignment="center")
+        if c1.button("Cancel", key=f"job-cancel-{_job_id(key)}", icon=":material/cancel:", disabled=job.cancelling,
+                     help="Stops the work at its next step (an epoch's batch, an ensemble member, a split, a class); "
+                          "nothing half-done is kept."):
+            job.cancel()
+        if job.state == jobs.QUEUED:
+            text = (f"waiting for a free slot: number {job.place or 1} in line ({jobs.runner().slots} jobs run at once "
+                    "on this server)…")
+        elif job.cancelling:
+            text = "cancelling… it stops at the next step"
+        else:
+            text = f"{job.message or 'starting…'} · {_minutes(job.elapsed())}"
+        bar.progress(job.progress, text=text)
+        c2.caption("This runs in the background: the rest of the page stays usable, and the result appears here "
+                   "when it lands (then cached for everyone on this server).")
 
 
 # detector scores in tables: one fixed format, so a narrow column never shows "%g"'s shortest form (".0006867")
@@ -480,9 +618,16 @@ def detector_options(exp: Experiment) -> list[str]:
     return sorted(names, key=lambda n: order.get(REGISTRY[n].family, len(order)))
 
 
+SLOW_MARK = "⏳"
+SLOW_HELP = (f"{SLOW_MARK} marks the slow methods, which run the network again (ODIN and Mahalanobis with input "
+             "pre-processing, Gram matrices, MC dropout) or train more networks first (the deep ensemble). They run as "
+             "a background job with an estimate, a progress bar and a Cancel button; the page stays usable meanwhile.")
+
+
 def detector_label(name: str) -> str:
+    """'Family · Title', with SLOW_MARK after the methods that run the network again (from the registry)."""
     cls = REGISTRY[name]
-    return f"{family_label(cls.family)} · {cls.title or name}"
+    return f"{family_label(cls.family)} · {cls.title or name}" + (f" {SLOW_MARK}" if cls.runs_network else "")
 
 
 def param_widget(pname: str, p: Param, key: str, value: Any = None) -> Any:

@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ood_core import compare, figures, metrics, pipeline, protocols, report
+from ood_core import compare, estimates, figures, jobs, metrics, pipeline, protocols, report
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY
 from ood_core.spec import ONE_CLASS_SETTINGS
-from ood_core.text import brief
 from pages import _support as ui
 
 TABLE_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")  # the survey's Table 6 columns
@@ -43,10 +42,29 @@ NETWORK_HELP = ("These methods run the network again instead of scoring the cach
 
 # --- computing --------------------------------------------------------------------------------------
 
+def network_rows(exp, network: list[str]) -> Optional[list[dict]]:
+    """Rows of the detectors that run the network again (all of them that apply, whatever the family filter), as
+    one background job: the rows once it has landed, else None (its estimate, panel or outcome is drawn)."""
+    if not network:
+        return []
+    key = ui.job_key("compare-network", ui.experiment_id(exp), network)
+
+    def work(progress, cancel):
+        def on_detector(i, n, name):
+            if name:
+                progress(i / max(n, 1), f"{REGISTRY[name].title} ({i + 1}/{n})")
+        return pipeline.evaluate(exp, network, on_progress=on_detector, cancel=cancel)[0]
+
+    _, rows = ui.run_job(key, f"Scoring {len(network)} methods that run the network again", work,
+                         lambda: estimates.detectors(exp, network), start_label="Score them")
+    return rows
+
+
 def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
     """Rows of the current model for `names`; a progress bar shows while detectors not yet cached run.
 
-    Returns (rows, seconds, how many detectors were computed now rather than read from the cache).
+    Returns (rows, seconds, how many detectors were computed now rather than read from the cache). Only quick
+    (post-hoc) detectors belong here: those that run the network again go through `network_rows`, a job.
     """
     exp_id = ui.experiment_id(exp)
     seen = st.session_state.setdefault("compare-computed", set())
@@ -64,43 +82,32 @@ def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
     return rows, time.perf_counter() - t0, len(todo)
 
 
-class _Bar:
-    """A progress bar that never moves back (training and scoring report on different scales)."""
-
-    def __init__(self, text: str):
-        self.bar, self.done = st.progress(0.0, text=text), 0.0
-
-    def __call__(self, frac: float, text: str) -> None:
-        self.done = min(1.0, max(self.done, float(frac)))
-        self.bar.progress(self.done, text=text)
-
-
-def run_multi_seed(exp, names: list[str], seeds: list[int]) -> dict:
-    """compare.run_seeds over `seeds`: the current seed is `exp`, the others are prepared (trained or loaded)."""
+def multi_seed_work(exp, names: list[str], seeds: list[int]):
+    """The job's work `fn(progress, cancel)`: compare.run_seeds over `seeds`; the current seed is `exp`, the others
+    are prepared (trained or loaded). No Streamlit inside: it runs in a background thread."""
     spec = exp.spec
     osr = spec.setting == "osr"
 
     def name(seed: int) -> str:
         return f"split {seeds.index(seed) + 1}/{len(seeds)} (seed {seed})" if osr else f"seed {seed}"
 
-    bar = _Bar(f"preparing {name(seeds[0])}…")
+    def work(progress, cancel):
+        def get_experiment(seed: int):
+            if seed == spec.seed:
+                return exp
+            i = seeds.index(seed)
 
-    def get_experiment(seed: int):
-        if seed == spec.seed:
-            return exp
-        i = seeds.index(seed)
+            def on_epoch(p) -> None:
+                progress((i + 0.6 * p.epoch / p.epochs) / len(seeds),
+                         f"{name(seed)}: training epoch {p.epoch}/{p.epochs} · validation accuracy {p.val_accuracy:.1%}")
 
-        def on_epoch(p) -> None:
-            bar((i + 0.6 * p.epoch / p.epochs) / len(seeds),
-                f"{name(seed)}: training epoch {p.epoch}/{p.epochs} · validation accuracy {p.val_accuracy:.1%}")
+            with ui.training_lock(spec.with_seed(seed)):  # never train a model another session is training
+                return pipeline.prepare(spec.with_seed(seed), progress=on_epoch, cancel=cancel)
 
-        with ui.training_lock(spec.with_seed(seed)):  # never train a model another session is training
-            return pipeline.prepare(spec.with_seed(seed), progress=on_epoch)
-
-    t0 = time.perf_counter()
-    rows, accs = compare.run_seeds(get_experiment, seeds, names, on_progress=bar)
-    bar.bar.empty()
-    return {"rows": rows, "seeds": seeds, "accuracies": accs, "seconds": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        rows, accs = compare.run_seeds(get_experiment, seeds, names, on_progress=progress, cancel=cancel)
+        return {"rows": rows, "seeds": seeds, "accuracies": accs, "seconds": time.perf_counter() - t0}
+    return work
 
 
 def summarise(rows: list[dict], osr: bool) -> list[dict]:
@@ -255,19 +262,21 @@ def downloads(exp, rows: list[dict], summary: list[dict], seeds: list[int], accs
 
 # --- ND / AD protocols --------------------------------------------------------------------------------
 
-def protocol_run(key: str, label: str, fn: Callable) -> Optional[dict]:
-    """Run `fn(on_progress)` with a progress bar and keep its ProtocolResult under `key`; None on error."""
-    bar = _Bar(f"{label}: starting…")
-    try:
-        res = fn(bar)
-    except Exception as e:
-        bar.bar.empty()
-        st.error(f"{label} failed: {brief(f'{type(e).__name__}: {e}')}")
-        return None
-    bar.bar.empty()
-    out = {"rows": res.rows, "seconds": res.seconds}
-    ui.remember(key, out)
-    return out
+def protocol_job(key: str, title: str, fn: Callable, estimate, start_label: str, button_key: str) -> Optional[dict]:
+    """Run `fn(on_progress, cancel)` (a protocol) as a background job after the user's click, and keep its rows
+    under `key` in results_store() once it lands; returns {"rows", "seconds"} when there, else None."""
+    res = ui.results_store().get(key)
+    if res is not None:
+        return res
+
+    def work(progress, cancel):
+        out = fn(progress, cancel)
+        return {"rows": out.rows, "seconds": out.seconds}
+
+    _, res = ui.run_job(key, title, work, estimate, start_label=start_label, auto_start=False, button_key=button_key)
+    if res is not None:
+        ui.remember(key, res)
+    return res
 
 
 def one_class_section(exp) -> None:
@@ -293,16 +302,16 @@ def one_class_section(exp) -> None:
         st.info("Choose at least one normal class and one method.")
         return
     key = json.dumps(["one-vs-all", ui.spec_json(spec), classes, chosen])
-    if st.button("Run the one-vs-all protocol", key="compare-oc-run", type="primary"):
-        protocol_run(key, "One-vs-all", lambda cb: protocols.run_one_class(
-            spec, spec.setting, spec.contamination, classes, methods, on_progress=cb))
-    res = ui.results_store().get(key)
+    res = protocol_job(key, "One-vs-all protocol", lambda cb, cancel: protocols.run_one_class(
+        spec, spec.setting, spec.contamination, classes, methods, on_progress=cb, cancel=cancel),
+        lambda: estimates.one_class(spec, spec.setting, spec.contamination, classes, methods, len(exp.bench.train)),
+        "Run the one-vs-all protocol", "compare-oc-run")
     if res:
         one_vs_all_table(res["rows"], spec.setting)
         one_vs_all_downloads(spec, res, classes, chosen, labels, n_classes)
         st.caption(f"Ran in {res['seconds']:.0f} s.")
     if spec.setting == "ad":
-        contamination_section(spec, classes, methods, chosen)
+        contamination_section(spec, classes, methods, chosen, len(exp.bench.train))
 
 
 def one_vs_all_table(rows: list[dict], setting: str) -> None:
@@ -339,7 +348,7 @@ def one_vs_all_downloads(spec, res: dict, classes: list[int], chosen: list[str],
                                                    "method and normal class), seconds and summary.")
 
 
-def contamination_section(spec, classes: list[int], methods: list, chosen: list[str]) -> None:
+def contamination_section(spec, classes: list[int], methods: list, chosen: list[str], train_size: int) -> None:
     st.subheader("Contamination curve")
     st.markdown("Anomaly detection trains on data that is secretly contaminated. How fast does each method "
                 "degrade as the share of anomalies in the training set grows?")
@@ -350,10 +359,10 @@ def contamination_section(spec, classes: list[int], methods: list, chosen: list[
         return
     ratios = sorted(ratios)
     key = json.dumps(["contamination", ui.spec_json(spec), classes, chosen, ratios])
-    if st.button("Run the contamination curve", key="compare-ad-run"):
-        protocol_run(key, "Contamination curve", lambda cb: protocols.contamination_curve(
-            spec, ratios, classes, methods, on_progress=cb))
-    res = ui.results_store().get(key)
+    res = protocol_job(key, "Contamination curve", lambda cb, cancel: protocols.contamination_curve(
+        spec, ratios, classes, methods, on_progress=cb, cancel=cancel),
+        lambda: estimates.contamination_curve(spec, ratios, classes, methods, train_size),
+        "Run the contamination curve", "compare-ad-run")
     if res:
         summary = protocols.summarise_by(res["rows"], ("method", "contamination"))
         st.plotly_chart(figures.contamination_figure(summary), width="stretch", key="compare-ad-curve")
@@ -421,22 +430,30 @@ def main() -> None:
                               disabled=uploaded, help=help_text)
     seeds = list(range(spec.seed, spec.seed + int(n_seeds)))
     key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names])
+    multi = None if uploaded else ui.results_store().get(key)
+    job = None if uploaded or multi is not None else jobs.runner().get(key)
+    est = None if uploaded or multi is not None or (job is not None and job.active) else estimates.seeds(exp, seeds, names)
     start = s2.button(f"Start comparison over {len(seeds)} {u}s", key="compare-start", type="primary",
-                      disabled=uploaded)
+                      disabled=uploaded or multi is not None or (job is not None and job.active),
+                      help=f"{est.words()}." if est else None)
     if uploaded:
         s3.caption("Multi-seed comparison trains fresh models of the spec, so it is off while your uploaded model "
                    "is in use.")
     else:
         s3.caption(f"{u.capitalize()}s {seeds[0]}–{seeds[-1]}: models not yet on disk are trained first "
-                   f"({spec.training.epochs} epochs each), then every detector is scored on each.")
-
-    multi = None if uploaded else ui.results_store().get(key)
-    if start and not uploaded:
-        try:
-            multi = run_multi_seed(exp, names, seeds)
+                   f"({spec.training.epochs} epochs each), then every detector is scored on each"
+                   + (f" — {est.words()}." if est else "."))
+    if not uploaded and multi is None:
+        title = f"Comparison over {len(seeds)} {u}s"
+        if start:
+            job = ui.start_job(key, title, multi_seed_work(exp, names, seeds), est)
+        elif job is not None and job.active:
+            ui.job_panel(key)
+        elif job is not None and job.state == jobs.DONE:
+            multi = job.result
             ui.remember(key, multi)
-        except Exception as e:
-            st.error(f"The multi-seed comparison failed: {brief(f'{type(e).__name__}: {e}')}")
+        else:
+            ui.job_outcome(job, title)
 
     chosen = [n for n in names if REGISTRY[n].family in families]
     if multi is not None:
@@ -447,9 +464,13 @@ def main() -> None:
     elif not chosen or not sets:
         st.info("Choose at least one family and one OOD set.")
     else:
-        rows, seconds, computed = single_seed(exp, chosen)
+        rows, seconds, computed = single_seed(exp, [n for n in chosen if not REGISTRY[n].runs_network])
         if computed:
             st.caption(f"Scored {computed} detector(s) in {seconds:.1f} s; they now come from the cache.")
+        more = network_rows(exp, [n for n in names if REGISTRY[n].runs_network])
+        if more is None:
+            st.caption("The table shows the other detectors meanwhile; the slow ones join it when their job lands.")
+        rows += [r for r in more or [] if r["detector"] in chosen]
         show_comparison(exp, rows, [spec.seed], [ui.id_accuracy(exp)], families, sets)
     if spec.setting in ONE_CLASS_SETTINGS:
         one_class_section(exp)

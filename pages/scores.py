@@ -17,7 +17,8 @@ def choose_detector(exp) -> str:
     options = ui.detector_options(exp)
     default = ui.url_choice("detector", options, DEFAULT_DETECTOR if DEFAULT_DETECTOR in options else options[0])
     name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
-                        key="scores-detector", help="Grouped by the survey's taxonomy (Salehi et al. 2022): family · method.")
+                        key="scores-detector",
+                        help="Grouped by the survey's taxonomy (Salehi et al. 2022): family · method. " + ui.SLOW_HELP)
     ui.remember_in_url("detector", name)
     return name
 
@@ -108,8 +109,13 @@ def main() -> None:
     if not sets:
         st.info("Pick at least one OOD set above to see the scores.")
         return
-    with st.spinner(f"Scoring with {REGISTRY[name].title}…"):
-        scores, error = ui.detector_scores(exp, name, params)
+    if REGISTRY[name].runs_network:  # seconds to minutes: a background job; the widgets above stay usable
+        scores, error = ui.detector_scores_job(exp, name, params)
+        if scores is None and error is None:
+            return  # waiting to start, running (its panel is drawn) or cancelled
+    else:
+        with st.spinner(f"Scoring with {REGISTRY[name].title}…"):
+            scores, error = ui.detector_scores(exp, name, params)
     if error:
         st.error(f"{REGISTRY[name].title} failed with these settings: {error}. "
                  "Try other parameter values or another detector.")
@@ -126,7 +132,7 @@ def main() -> None:
         m1, m2 = st.columns([1.4, 5])
         m1.metric(ui.accuracy_label(exp.spec), f"{acc:.1%}", help=ui.accuracy_help(exp.spec))
     key = (ui.experiment_id(exp), name, json.dumps(dict(params), sort_keys=True), tuple(sets))
-    table = ui.scores_table(*key, exp)
+    table = ui.scores_table(*key, exp, _given=scores)
     m2.dataframe(table, column_config=ui.metric_column_config())
     st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
     context = report.explain_context(exp, name, params)
@@ -148,7 +154,7 @@ def main() -> None:
         st.plotly_chart(fig, width="stretch")
     if counts is not None:
         confusion_table(counts)
-    roc, pr = ui.scores_curves(*key, exp)
+    roc, pr = ui.scores_curves(*key, exp, _given=scores)
     r1, r2 = st.columns(2)
     with r1:
         st.plotly_chart(roc, width="stretch")

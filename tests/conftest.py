@@ -57,3 +57,28 @@ def default_experiment(cache_dir):
     from ood_core import Spec, pipeline
 
     return pipeline.prepare(Spec(), cache_dir=cache_dir, device="cpu")
+
+
+@pytest.fixture
+def fresh_runner(monkeypatch):
+    """A job runner (ood_core.jobs) of the test's own, so the pages see no job of another test; what is still
+    running at the end is cancelled and waited for."""
+    from ood_core import jobs
+
+    runner = jobs.JobRunner(slots=2, poll_s=0.01)
+    monkeypatch.setattr(jobs, "_runner", runner)
+    yield runner
+    for job in runner.jobs():
+        job.cancel()
+        job.wait(120)
+
+
+@pytest.fixture
+def land(fresh_runner):
+    """land(at): wait until every job of the test's runner has finished, then rerun the AppTest (the page picks up
+    the results)."""
+    def wait_and_rerun(at, timeout: float = 300):
+        for job in fresh_runner.jobs():
+            assert job.wait(timeout), f"job {job.title!r} did not finish"
+        return at.run()
+    return wait_and_rerun

@@ -475,3 +475,126 @@ def test_a_link_restores_the_scores_pages_choices(default_experiment):
     at.selectbox(key="scores-detector").set_value("msp").run()
     assert at.query_params["detector"] == "msp" and "p.temperature" not in at.query_params
     assert at.query_params["sets"] == "uniform,blobs"
+
+
+# --- long work as jobs on the Scores page ------------------------------------------------------------
+
+class _Gated(Detector):
+    """A network-running detector (test only) whose fit waits for the test's gate, checking for a cancel meanwhile;
+    its score is the negative max logit (a known answer)."""
+
+    name, title, family = "gated_for_test", "Gated (test only)", "output"
+    latex = r"S(x) = -\max_c f_c(x)"
+    runs_network = True
+    gate = None  # threading.Event, set by the fixture
+    fits: list = []
+
+    def _fit(self, ctx):
+        type(self).fits.append("started")
+        while not self.gate.wait(0.01):
+            ctx.check_cancelled()
+        ctx.report(1.0, "gate open")
+
+    def _score(self, out):
+        return -out.logits.max(axis=1)
+
+
+@pytest.fixture
+def gated_detector(fresh_runner):
+    import threading
+
+    _Gated.gate, _Gated.fits = threading.Event(), []
+    REGISTRY[_Gated.name] = _Gated
+    yield _Gated
+    _Gated.gate.set()
+    del REGISTRY[_Gated.name]
+
+
+def _job_buttons(at: AppTest, prefix: str) -> list:
+    return [b for b in at.button if (b.key or "").startswith(prefix)]
+
+
+def test_a_slow_detector_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_nothing(gated_detector, scores,
+                                                                                       fresh_runner,
+                                                                                       default_experiment):
+    assert ui.detector_label(gated_detector.name).endswith(ui.SLOW_MARK)  # marked slow where it is picked
+    assert ui.SLOW_MARK in scores.selectbox(key="scores-detector").help
+    scores.selectbox(key="scores-detector").set_value(gated_detector.name).run()
+    no_exception(scores)
+    (job,) = fresh_runner.jobs()
+    assert job.state == "running" and job.title == "Scoring with Gated (test only)"
+    assert len(scores.get("progress")) == 1 and len(_job_buttons(scores, "job-cancel-")) == 1
+    assert not scores.dataframe and not scores.get("plotly_chart")  # no result yet, and no spinner blocking
+    # the page stays usable: another widget reruns it while the job runs
+    scores.multiselect(key="scores-sets").set_value(["gaussian"]).run()
+    no_exception(scores)
+    assert scores.multiselect(key="scores-sets").value == ["gaussian"] and scores.query_params["sets"] == "gaussian"
+    assert job.state == "running" and len(scores.get("progress")) == 1 and fresh_runner.jobs() == [job]
+    # cancel: the work stops at its next check and nothing is kept
+    _job_buttons(scores, "job-cancel-")[0].click().run()
+    assert job.wait(60) and job.state == "cancelled"
+    scores.run()
+    no_exception(scores)
+    assert fresh_runner.result(job.key) is None and not scores.dataframe and not scores.get("progress")
+    assert any("cancelled" in i.value and "nothing of it was kept" in i.value for i in scores.info)
+    # nothing was cached: running it again fits again, and then shows the library's numbers
+    gated_detector.gate.set()
+    again = _job_buttons(scores, "job-start-")
+    assert len(again) == 1 and again[0].label.startswith("Run again")
+    again[0].click().run()
+    (job2,) = fresh_runner.jobs()
+    assert job2 is not job and job2.wait(60) and job2.state == "done"
+    scores.run()
+    no_exception(scores)
+    assert gated_detector.fits == ["started", "started"]
+    exp = default_experiment
+    expected = exp.score(exp.fit_detector(gated_detector.name))  # a third fit, here
+    gated_detector.fits.clear()
+    table = scores.dataframe[0].value
+    assert list(table.index) == ["gaussian"]
+    assert table.loc["gaussian", "AUROC ↑"] == pytest.approx(100 * metrics.auroc(expected["test"], expected["gaussian"]))
+    assert not scores.get("progress")
+    # a finished job is never paid for twice: another session asking for it gets the kept result
+    other = AppTest.from_file(APP, default_timeout=120)
+    other.query_params.update({"detector": gated_detector.name, "sets": "gaussian"})
+    other.run().switch_page("pages/scores.py")
+    other.query_params.update({"detector": gated_detector.name, "sets": "gaussian"})
+    other.run()
+    no_exception(other)
+    assert gated_detector.fits == [] and len(fresh_runner.jobs()) == 1
+    assert other.dataframe[0].value.loc["gaussian", "AUROC ↑"] == table.loc["gaussian", "AUROC ↑"]
+
+
+def test_the_deep_ensemble_says_how_long_first_then_trains_its_member_as_a_job(fresh_runner, default_experiment):
+    from ood_core import pipeline
+    from ood_core.models import checkpoint_path
+    from ood_core.spec import TrainConfig
+
+    spec = Spec(training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/scores.py").run()
+    at.selectbox(key="scores-detector").set_value("ensemble").run()
+    at.slider(key="param-ensemble-members").set_value(2).run()
+    no_exception(at)
+    assert not fresh_runner.jobs()  # it trains a network: nothing starts before the user says so
+    (note,) = [i.value for i in at.info if "Deep ensemble" in i.value]
+    assert "trains 1 network (ensemble member 2 of 2" in note
+    (start,) = _job_buttons(at, "job-start-")
+    assert start.label.startswith("Score with Deep ensemble (")
+    start.click().run()
+    no_exception(at)
+    (job,) = fresh_runner.jobs()
+    assert job.estimate.trains == 1 and job.wait(300) and job.state == "done", job.error
+    at.run()
+    no_exception(at)
+    exp = pipeline.prepare(spec, device="cpu")  # cached by the app's run, as is the member the job trained
+    assert checkpoint_path(exp.member_spec(1)).exists()
+    sc = exp.score(exp.fit_detector("ensemble", {"members": 2}))
+    table = at.dataframe[0].value
+    for ood in table.index:
+        assert table.loc[ood, "AUROC ↑"] == pytest.approx(100 * metrics.auroc(sc["test"], sc[ood]))
+    # the member is cached now: the next ensemble of the same members starts at once, with no question asked
+    at.selectbox(key="param-ensemble-measure").set_value("mutual_info").run()
+    no_exception(at)
+    assert len(fresh_runner.jobs()) == 2 and fresh_runner.jobs()[-1].estimate.trains == 0

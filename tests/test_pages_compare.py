@@ -281,7 +281,7 @@ def test_methods_jump_button_selects_the_detector_on_the_scores_page(app):
     assert at.selectbox(key="scores-detector").value == "energy"  # we are on the Scores page now
 
 
-def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment, downloads):
+def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment, downloads, land):
 
     spec = Spec(setting="ad", model="deep_svdd", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
@@ -296,7 +296,11 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
     pixels_knn = protocols.method_label("pixels", "knn", {"k": 1})
     at.multiselect(key="compare-oc-classes").set_value([0, 1])
     at.multiselect(key="compare-oc-methods").set_value([pixels_knn]).run()
+    assert "One-vs-all protocol" in " ".join(i.value for i in at.info)  # says how long, before it starts
     at.button(key="compare-oc-run").click().run()
+    no_exception(at)
+    assert len(at.get("progress")) == 1  # a job: the page goes on meanwhile
+    land(at)
     no_exception(at)
     table = at.dataframe[1].value  # below the detectors x OOD sets table of this normal class
     assert list(table.index) == [pixels_knn] and list(table.columns) == ["class 0", "class 1", "mean", "± std"]
@@ -315,18 +319,20 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
     assert doc["summary"][0]["method"] == pixels_knn and doc["summary"][0]["n"] == 2
     at.multiselect(key="compare-ad-ratios").set_value([0.0, 0.1]).run()
     at.button(key="compare-ad-run").click().run()
+    land(at)
     no_exception(at)
     curve = figure(at, "compare-ad-curve")["data"]
     assert [t["name"] for t in curve] == [pixels_knn] and list(curve[0]["x"]) == [0.0, 10.0]
 
 
-def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, downloads):
+def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, downloads, land):
     spec = Spec(training=TrainConfig(epochs=1))  # two quick models: seeds 0 and 1
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
     at.run().switch_page("pages/compare.py").run()
     at.number_input(key="compare-seeds").set_value(2).run()
     at.button(key="compare-start").click().run()
+    land(at)
     no_exception(at)
     assert any("over seeds 0–1" in s.value for s in at.success)
     heat = figure(at, "compare-heatmap")["data"][0]
@@ -344,7 +350,7 @@ def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, do
                                      for j in range(len(heat["x"]))], atol=1e-9)
 
 
-def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default_experiment, downloads):
+def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default_experiment, downloads, land):
     spec = Spec(setting="osr", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
@@ -354,6 +360,7 @@ def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default
     splits.set_value(2).run()
     assert at.button(key="compare-start").label == "Start comparison over 2 splits"
     at.button(key="compare-start").click().run()
+    land(at)
     no_exception(at)
     assert any("over splits 0–1" in s.value for s in at.success)
     doc = json.loads(downloads["Download JSON"])
@@ -366,3 +373,87 @@ def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default
             c = cli[(r["split"], r["detector"])]
             assert r["seed"] == c["seed"] and r["known_classes"] == c["known_classes"]
             assert r["auroc"] == pytest.approx(c["auroc"], abs=1e-12) and r["oscr"] == pytest.approx(c["oscr"], abs=1e-12)
+
+
+# --- long work as jobs on the Compare page ----------------------------------------------------------------
+
+def test_one_vs_all_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no_table(default_experiment, fresh_runner,
+                                                                                  land, monkeypatch):
+    import threading
+
+    from ood_core import jobs
+
+    real, gate, calls = protocols.run_one_class, threading.Event(), []
+
+    def gated(*args, **kwargs):  # the protocol waits for the test's gate, checking for a cancel meanwhile
+        calls.append(kwargs.get("classes", args[3] if len(args) > 3 else None))
+        while not gate.wait(0.01):
+            jobs.check_cancelled(kwargs.get("cancel"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocols, "run_one_class", gated)
+    spec = Spec(setting="nd", model="deep_svdd", training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/compare.py").run()
+    pixels_knn = protocols.method_label("pixels", "knn", {"k": 1})
+    at.multiselect(key="compare-oc-classes").set_value([0, 1])
+    at.multiselect(key="compare-oc-methods").set_value([pixels_knn]).run()
+    (note,) = [i.value for i in at.info if "One-vs-all protocol" in i.value]
+    assert "scores 1 method on 2 normal classes" in note  # the estimate, before anything starts
+    assert not fresh_runner.jobs()
+    at.button(key="compare-oc-run").click().run()
+    no_exception(at)
+    (job,) = fresh_runner.jobs()
+    assert job.state == "running" and len(at.get("progress")) == 1
+    assert [b for b in at.button if (b.key or "").startswith("job-cancel-")]
+    tables = len(at.dataframe)
+    # the rest of the page works meanwhile: the metric of the table above changes
+    at.radio(key="compare-metric").set_value("fpr95").run()
+    no_exception(at)
+    assert at.radio(key="compare-metric").value == "fpr95" and job.state == "running"
+    assert len(at.get("progress")) == 1 and len(at.dataframe) == tables  # no one-vs-all table yet
+    [b for b in at.button if (b.key or "").startswith("job-cancel-")][0].click().run()
+    land(at)
+    no_exception(at)
+    assert job.state == "cancelled" and fresh_runner.result(job.key) is None
+    assert job.key.startswith('["one-vs-all"') and job.key not in ui.results_store()  # no partial table kept
+    assert len(at.dataframe) == tables and not at.get("progress")
+    assert any("cancelled" in i.value for i in at.info)
+    # run again, let it through: the table is the library's
+    gate.set()
+    [b for b in at.button if b.key == "compare-oc-run"][0].click().run()
+    land(at)
+    no_exception(at)
+    table = at.dataframe[tables].value
+    rows = real(spec, "nd", spec.contamination, [0, 1], [("pixels", "knn", {"k": 1})]).rows
+    np.testing.assert_allclose(table.loc[pixels_knn, ["class 0", "class 1"]].to_numpy(dtype=float),
+                               [100 * r["auroc"] for r in rows], atol=1e-9)
+
+
+def test_methods_that_run_the_network_join_the_table_when_their_job_lands(default_experiment, fresh_runner, land):
+    spec = Spec(training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/compare.py").run()
+    heat = figure(at, "compare-heatmap")["data"][0]
+    slow = [REGISTRY[n].title for n in REGISTRY if REGISTRY[n].runs_network]
+    assert not set(slow) & set(heat["y"])
+    at.checkbox(key="compare-network").check().run()
+    no_exception(at)
+    # the ensemble trains 4 networks: the estimate first, and the table of the other detectors meanwhile
+    (note,) = [i.value for i in at.info if "run the network again" in i.value]
+    assert "trains 4 ensemble members" in note and not fresh_runner.jobs()
+    assert figure(at, "compare-heatmap")["data"][0]["y"] == heat["y"]
+    [b for b in at.button if (b.key or "").startswith("job-start-")][0].click().run()
+    no_exception(at)
+    assert len(at.get("progress")) == 1 and figure(at, "compare-heatmap")["data"][0]["y"] == heat["y"]
+    land(at)
+    no_exception(at)
+    after = figure(at, "compare-heatmap")["data"][0]
+    assert set(slow) <= set(after["y"]) and not at.get("progress")
+    exp = pipeline.prepare(spec, device="cpu")  # cached by the app, as are the ensemble's members now
+    (job,) = fresh_runner.jobs()
+    expected = {r["ood_set"]: r["auroc"] for r in pipeline.evaluate(exp, ["ensemble"])[0]}
+    row = after["y"].index(REGISTRY["ensemble"].title)
+    np.testing.assert_allclose(values(after["z"])[row], [100 * expected[o] for o in after["x"]], atol=1e-9)
