@@ -108,10 +108,13 @@ def best_per_column(matrix: np.ndarray, metric: str) -> np.ndarray:
 
 
 def sweep(exp: Experiment, detector: str, param: str, values: Optional[Iterable] = None,
-          ood_sets: Optional[Iterable[str]] = None, fixed: Optional[Mapping] = None) -> list[dict]:
+          ood_sets: Optional[Iterable[str]] = None, fixed: Optional[Mapping] = None,
+          on_progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> list[dict]:
     """AUROC (and FPR@95) of `detector` on each OOD set for each value of one parameter, others fixed.
 
     Rows: {"value", "ood_set", "auroc", "fpr95", "error"}; scored from the experiment's cached outputs.
+    `on_progress(fraction, message)` after each value; `cancel` (an Event): jobs.Cancelled between values and
+    splits (and inside the ensemble's trainings), never recorded as a value's error.
     """
     cls = REGISTRY[detector]
     if param not in cls.params:
@@ -121,16 +124,21 @@ def sweep(exp: Experiment, detector: str, param: str, values: Optional[Iterable]
         raise ValueError(f"{detector}.{param} has no sweep list")
     oods = list(ood_sets or exp.ood_names)
     rows = []
-    for v in values:
+    for i, v in enumerate(values):
+        check_cancelled(cancel)
+        if on_progress:
+            on_progress(i / len(values), f"{param} = {v} ({i + 1}/{len(values)})")
         p = dict(fixed or {})
         p[param] = v
         try:
-            det = exp.fit_detector(detector, p)
-            sc = exp.score(det, ["test", *oods])
+            det = exp.fit_detector(detector, p, cancel=cancel)
+            sc = exp.score(det, ["test", *oods], cancel)
             for o in oods:
                 rows.append({"value": v, "ood_set": o, "auroc": metrics.auroc(sc["test"], sc[o]),
                              "fpr95": metrics.fpr95(sc["test"], sc[o]), "error": None})
         except Exception as e:  # one bad value shows as an error point; the sweep goes on
             rows += [{"value": v, "ood_set": o, "auroc": None, "fpr95": None, "error": f"{type(e).__name__}: {e}"}
                      for o in oods]
+    if on_progress:
+        on_progress(1.0, "done")
     return rows

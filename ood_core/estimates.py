@@ -86,6 +86,22 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
     return Estimate(0.0, "scores the cached outputs")
 
 
+def sweep(exp, name: str, param: str, values: Iterable, sets: Iterable[str], fixed: Optional[Mapping] = None
+          ) -> Estimate:
+    """A parameter sweep of a detector (compare.sweep) on ID test and `sets`: one fit and scoring per value; the
+    ensemble's members are trained once (for the largest ensemble) and shared by the smaller ones."""
+    values, splits = list(values), ["test", *sets]
+    parts = [detector(exp, name, {**dict(fixed or {}), param: v}, splits) for v in values]
+    trains = max((p.trains for p in parts), default=0)
+    per_training = training_seconds(exp) if trains else 0.0
+    train_s = trains * per_training
+    run_s = sum(p.seconds - p.trains * per_training for p in parts)
+    what = f"fits and scores {_plural(len(values), 'value')} of {param} on {_scored_images(exp, splits):,} images"
+    if trains:
+        what = f"trains {_plural(trains, 'network')} (ensemble members, cached for next time), then " + what
+    return Estimate(train_s + max(0.0, run_s), what, trains)
+
+
 def fit_share(exp, name: str, params: Optional[Mapping] = None) -> float:
     """The share of a detector job's time spent fitting (the ensemble's trainings; Gram's training statistics)."""
     if name == "ensemble":

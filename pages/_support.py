@@ -471,6 +471,10 @@ def detector_scores_job(exp: Experiment, name: str, params: Mapping[str, Any]) -
     cls = REGISTRY[name]
     key = scores_job_key(exp, name, params)
     params = dict(params)
+    try:
+        serving.check_detector_allowed(name, params)  # shared mode: refused before any estimate or start button
+    except ValueError as e:
+        return None, brief(str(e))
 
     def work(progress, cancel):
         return exp.fit_and_score(name, params, progress=progress, cancel=cancel,

@@ -11,7 +11,7 @@ from typing import Optional
 import plotly.graph_objects as go
 import streamlit as st
 
-from ood_core import figures, metrics
+from ood_core import compare, estimates, figures, metrics
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.settings import NEAR_FAR_OOD, default_ood_sets
@@ -35,7 +35,7 @@ def choose_detector(exp) -> Optional[str]:
         return None
     default = next((d for d in DEFAULT_DETECTORS if d in options), options[0])
     return st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
-                        key="sens-detector", help="Only detectors with parameters are listed.")
+                        key="sens-detector", help="Only detectors with parameters are listed. " + ui.SLOW_HELP)
 
 
 def choose_sets(available: list[str]) -> list[str]:
@@ -70,13 +70,25 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
                 + (" (log axis)" if p.scale == "log" and p.kind != "choice" else ""))
     fixed = {k: v for k, v in held.items() if k != pname}
     moved = {k: v for k, v in fixed.items() if v != REGISTRY[name].params[k].default}
-    with st.spinner(f"Sweeping {pname} over {len(values)} values…"):
-        try:
-            rows = ui.sensitivity_sweep(ui.experiment_id(exp), name, pname, json.dumps(values), json.dumps(sets),
-                          json.dumps(fixed, sort_keys=True), exp)
-        except Exception as e:  # e.g. a held value the other parameter's range rejects
-            st.error(f"The sweep of {pname} failed: {brief(f'{type(e).__name__}: {e}')}")
+    if REGISTRY[name].runs_network:  # seconds per value, minutes for the ensemble: a job, asked for first
+        key = ui.job_key("sweep", ui.experiment_id(exp), name, pname, values, sets, fixed)
+
+        def work(progress, cancel):
+            return compare.sweep(exp, name, pname, values, sets, fixed, on_progress=progress, cancel=cancel)
+
+        _, rows = ui.run_job(key, f"Sweeping {pname} of {REGISTRY[name].title} over {len(values)} values", work,
+                             lambda: estimates.sweep(exp, name, pname, values, sets, fixed),
+                             start_label=f"Sweep {pname}", auto_start=False)
+        if rows is None:
             return
+    else:
+        with st.spinner(f"Sweeping {pname} over {len(values)} values…"):
+            try:
+                rows = ui.sensitivity_sweep(ui.experiment_id(exp), name, pname, json.dumps(values), json.dumps(sets),
+                                            json.dumps(fixed, sort_keys=True), exp)
+            except Exception as e:  # e.g. a held value the other parameter's range rejects
+                st.error(f"The sweep of {pname} failed: {brief(f'{type(e).__name__}: {e}')}")
+                return
     cols = st.columns(2 if with_fpr else 1)
     for col, metric in zip(cols, ("auroc", "fpr95")):
         fig = sweep_figure(rows, pname, p, metric)
@@ -117,10 +129,9 @@ def main() -> None:
         st.info("Pick at least one OOD set above to see the sweeps.")
         return
     if cls.runs_network:
-        st.info(f"{cls.title} runs the network again for every value (several seconds each), so its sweeps "
-                "start on request.")
-        if not st.toggle("Run the sweeps", key=f"sens-run-{name}"):
-            return
+        st.info(f"{cls.title} runs the network again for every value, so each sweep starts on request: it runs in "
+                "the background with a progress bar and a Cancel button, and is kept once done.",
+                icon=":material/hourglass_top:")
     for pname, p in cls.params.items():
         with st.container(border=True):
             if not sweep_values(p):

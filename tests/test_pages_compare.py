@@ -432,7 +432,7 @@ def test_one_vs_all_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no_tabl
 
 
 def test_methods_that_run_the_network_join_the_table_when_their_job_lands(default_experiment, fresh_runner, land):
-    spec = Spec(training=TrainConfig(epochs=1))
+    spec = Spec(training=TrainConfig(epochs=1), seed=7)  # a seed of its own: no ensemble member of it is cached
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
     at.run().switch_page("pages/compare.py").run()
@@ -457,3 +457,26 @@ def test_methods_that_run_the_network_join_the_table_when_their_job_lands(defaul
     expected = {r["ood_set"]: r["auroc"] for r in pipeline.evaluate(exp, ["ensemble"])[0]}
     row = after["y"].index(REGISTRY["ensemble"].title)
     np.testing.assert_allclose(values(after["z"])[row], [100 * expected[o] for o in after["x"]], atol=1e-9)
+
+
+def test_a_sweep_of_a_network_method_starts_on_request_as_a_job(default_experiment, fresh_runner, land):
+    spec = Spec(training=TrainConfig(epochs=1))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["spec"] = spec
+    at.run().switch_page("pages/sensitivity.py").run()
+    assert ui.SLOW_MARK in at.selectbox(key="sens-detector").help
+    at.selectbox(key="sens-detector").set_value("mc_dropout").run()
+    at.multiselect(key="sens-sets").set_value(["gaussian"]).run()
+    no_exception(at)
+    assert not fresh_runner.jobs() and not figures_with(at, "sens-chart-mc_dropout")
+    starts = {b.label.split(" (")[0]: b for b in at.button if (b.key or "").startswith("job-start-")}
+    assert set(starts) == {"Sweep passes", "Sweep measure"}
+    starts["Sweep measure"].click().run()
+    land(at)
+    no_exception(at)
+    fig = figure(at, "sens-chart-mc_dropout-measure-auroc")
+    exp = pipeline.prepare(spec, device="cpu")
+    rows = compare.sweep(exp, "mc_dropout", "measure", REGISTRY["mc_dropout"].params["measure"].choices, ["gaussian"])
+    data = [t for t in fig["data"] if not t["name"].startswith("default")]
+    np.testing.assert_allclose(values(data[0]["y"]), [100 * r["auroc"] for r in rows], atol=1e-9)
+    assert not figures_with(at, "sens-chart-mc_dropout-passes")  # the other sweep waits for its own click
