@@ -49,6 +49,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
     raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
 
 
+SERVER_CACHE: dict = {}  # server url -> its model cache folder
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A streamlit server on a free port with an empty model cache (shared by this module's tests)."""
@@ -60,6 +63,7 @@ def server(tmp_path_factory):
                              "--server.headless", "true", "--server.address", "localhost"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://localhost:{port}"
+    SERVER_CACHE[url] = tmp_path / "cache"
     try:
         _wait_healthy(url, proc)
         yield url
@@ -142,3 +146,37 @@ def test_every_page_draws_in_chromium(server):
             browser.close()
     for path in OTHER_PAGES:
         assert (SHOTS / f"{path}.png").stat().st_size > 10_000, path
+
+
+def test_a_job_polls_lands_and_cancels_in_chromium(server):
+    """Long work in a real browser: the job panel redraws itself while the work runs (st.fragment's run_every),
+    the page reruns on its own when the job lands, and Cancel stops a training with no checkpoint left."""
+    from ood_core import Spec, TrainConfig
+    from ood_core.models import checkpoint_path
+
+    cache = SERVER_CACHE[server]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 2000})
+            page.goto(f"{server}/scores")  # the default model (trained here on a cold cache)
+            page.wait_for_selector(CHART, timeout=COLD_START_S * 1000)
+            # a quick network method starts at once as a job; its result appears with no click
+            page.goto(f"{server}/scores?detector=mc_dropout&sets=gaussian")
+            page.wait_for_function(f"document.querySelectorAll('{CHART}').length >= 3", timeout=120_000)
+            _assert_no_exception(page)
+            # the ensemble trains a network: it says how long first and starts on a click
+            page.goto(f"{server}/scores?detector=ensemble&sets=gaussian&p.members=2")
+            start = page.get_by_role("button", name="Score with Deep ensemble")
+            start.wait_for(timeout=120_000)
+            assert page.get_by_text("trains 1 network").count() >= 1
+            start.click()
+            page.get_by_text("training ensemble member 2 of 2: epoch").wait_for(timeout=60_000)  # polled, not reloaded
+            page.get_by_role("button", name="Cancel").click()
+            page.get_by_text("nothing of it was kept").wait_for(timeout=60_000)
+            _assert_no_exception(page)
+            member = Spec(training=TrainConfig(member=1))  # the ensemble's second member, being trained
+            assert not checkpoint_path(member, cache).exists()
+            assert page.locator(CHART).count() == 0  # no partial result drawn
+        finally:
+            browser.close()
