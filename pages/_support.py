@@ -489,6 +489,19 @@ def detector_scores_job(exp: Experiment, name: str, params: Mapping[str, Any]) -
     return _checked(result)
 
 
+def detector_scores_nowait(exp: Experiment, name: str, params: Mapping[str, Any],
+                           start: bool = True) -> tuple[Optional[dict], Optional[str]]:
+    """Any detector's scores without blocking the page: quick ones at once (detector_scores); those that run the
+    network again through their job (detector_scores_job: (None, None) until it lands) when `start`, else only the
+    result of a job that has finished already."""
+    if not REGISTRY[name].runs_network:
+        return detector_scores(exp, name, params)
+    if start:
+        return detector_scores_job(exp, name, params)
+    done = jobs.runner().result(scores_job_key(exp, name, params))
+    return _checked(done) if done is not None else (None, None)
+
+
 # --- long work as jobs (ood_core.jobs): an estimate first, then a progress bar and a Cancel button -------------
 # The work runs in a background thread; the panel is a fragment that polls it every JOB_POLL_S seconds, so the
 # rest of the page stays usable, and reruns the whole page when the job lands. Results are kept by key in the

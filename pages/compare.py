@@ -37,7 +37,9 @@ NETWORK_HELP = ("These methods run the network again instead of scoring the cach
                 "pass: ODIN and Mahalanobis with input pre-processing (a backward pass per image), Gram matrices "
                 "(feature maps), MC dropout (many stochastic passes) and the deep ensemble (which trains 4 extra "
                 "models the first time). Together they add about 15 s on a CPU, more on a busy machine, the "
-                "ensemble's first training minutes; all other detectors together take about 3 s, once.")
+                "ensemble's first training minutes; all other detectors together take about 3 s, once. They run as "
+                "one background job (an estimate first, then a progress bar and a Cancel button) and join the "
+                "table when it lands.")
 
 
 # --- computing --------------------------------------------------------------------------------------

@@ -79,12 +79,16 @@ def reducer_for(exp, exp_id: str, c: dict, sets: list[str]) -> tuple[pd.DataFram
     return frame, red.transform(X)
 
 
-def make_figure(exp, frame: pd.DataFrame, xy: np.ndarray, c: dict, method: str):
-    """The scatter; when the detector's scores fail, a message and the set colouring instead."""
+def make_figure(exp, frame: pd.DataFrame, xy: np.ndarray, c: dict, method: str, start_jobs: bool = True):
+    """The scatter; when the detector's scores fail, a message and the set colouring instead (also while a slow
+    detector's job runs: `start_jobs` starts it and draws its panel, else only a finished job's scores are used)."""
     title = f"{E.METHOD_TITLES[method]} of {SPACE_LABELS[c['space']]}"
     if c["color_by"] == "score":
-        scores, error = ui.detector_scores(exp, c["detector"], default_params(c["detector"]))
-        if error:
+        scores, error = ui.detector_scores_nowait(exp, c["detector"], default_params(c["detector"]), start_jobs)
+        if scores is None and error is None:
+            if start_jobs:
+                st.caption(f"Coloured by set until the {REGISTRY[c['detector']].title} scores are ready.")
+        elif error:
             st.error(f"{REGISTRY[c['detector']].title} could not score these samples: {error}. Coloured by set instead.")
         else:
             return embedding_figures.embedding_figure(frame, xy, "score", scores=scores, method=method, title=title,
@@ -102,7 +106,7 @@ def draw_map(exp, exp_id: str, c: dict, sets: list[str]):
     what = E.METHOD_TITLES[c["method"]]
     if c["method"] == "umap" and ready_id not in ready:  # something to look at meanwhile: PCA is instant
         frame, xy = reducer_for(exp, exp_id, dict(c, method="pca"), sets)
-        preview = make_figure(exp, frame, xy, c, "pca")
+        preview = make_figure(exp, frame, xy, c, "pca", start_jobs=False)
         preview.update_layout(title="PCA, shown while UMAP computes…", height=MAP_HEIGHT)
         slot.plotly_chart(preview, key="emb-chart-preview", width="stretch")
     # the spinner shows only if this takes a moment: a fit, not a cached map
@@ -150,9 +154,11 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
         "set": rows["set"].to_numpy(), "index": rows["index"].to_numpy(), "true label": rows["label_name"].to_numpy(),
         "prediction": rows["pred_name"].to_numpy(), "confidence": rows["confidence"].to_numpy()})
     for d in dets:
-        scores, error = ui.detector_scores(exp, d, default_params(d))
+        scores, error = ui.detector_scores_nowait(exp, d, default_params(d))
         if error:
             st.error(f"{REGISTRY[d].title}: {error}")
+            continue
+        if scores is None:  # a slow detector's job: its column joins the table when it lands
             continue
         table[REGISTRY[d].title] = [float(scores[s][i]) for s, i in zip(rows["set"], rows["index"])]
     st.markdown(f"**{len(rows)}** selected "

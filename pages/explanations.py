@@ -148,9 +148,11 @@ def galleries(exp, samples: Samples, opts: dict) -> None:
     with c2:
         k = st.slider("Images per gallery", 2, 10, 5, key="expl-gal-k")
     with st.spinner(f"Scoring with {REGISTRY[name].title}…"):
-        scores, error = ui.detector_scores(exp, name, default_params(name))
+        scores, error = ui.detector_scores_nowait(exp, name, default_params(name))
     if error:
         st.error(f"{REGISTRY[name].title} failed: {error}. Pick another detector.")
+        return
+    if scores is None:  # a slow detector's job is running (its panel is drawn): the galleries come when it lands
         return
     ood = opts["ood_set"]
     idx, sc = X.most_id_like_ood(scores[ood], k)
@@ -241,14 +243,17 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
     slow = [n for n in options if REGISTRY[n].runs_network]
     extra = st.multiselect("Add slow detectors", slow, default=[], key="expl-try-slow", format_func=ui.detector_label,
                            help="These run the network again to score (ODIN, Gram matrices, MC dropout, ...): about "
-                                "ten seconds each the first time; the deep ensemble trains extra models first (minutes).")
+                                "ten seconds each the first time; the deep ensemble trains extra models first (minutes). "
+                                "Each runs as a background job with a progress bar and a Cancel button.")
     names = [n for n in options if n not in slow] + extra
     ood = opts["ood_set"]
     sample, id_ref, ood_ref, failed = {}, {}, {}, []
     bar = st.progress(0.0, text="Scoring…")
     for j, n in enumerate(names):
         bar.progress(j / len(names), text=f"Scoring with {REGISTRY[n].title}…")
-        scores, error = ui.detector_scores(exp, n, default_params(n))
+        scores, error = ui.detector_scores_nowait(exp, n, default_params(n))
+        if scores is None and error is None:  # a slow detector's job (its panel is drawn): joins when it lands
+            continue
         if error is None:
             try:
                 det = ui.fitted_detector(ui.experiment_id(exp), n, json.dumps(default_params(n), sort_keys=True), exp)

@@ -301,3 +301,28 @@ def test_one_vs_all_estimate_counts_the_models_not_yet_cached(tmp_path):
     protocols.run_one_class(base, "nd", classes=[0], methods=methods[:1], cache_dir=tmp_path)
     after = estimates.one_class(base, "nd", 0.05, [0, 1], methods, train_size=107, cache_dir=tmp_path)
     assert after.trains == 1 and after.seconds < before.seconds
+
+
+def test_mc_dropout_runs_its_passes_on_a_private_copy_of_the_shared_network(small_exp, monkeypatch):
+    """A job scoring MC dropout must not put dropout hooks on the model a page (or another job) runs meanwhile."""
+    from ood_core.detectors import uncertainty
+
+    exp, seen = small_exp, []
+    real = uncertainty.mc_dropout_logits
+
+    def spy(adapter, *args, **kwargs):
+        seen.append(adapter)
+        assert not exp.model._forward_hooks and not any(m._forward_hooks for m in exp.model.modules())
+        plain = exp.adapter.forward(exp.outputs["test"].inputs[:16])[0]  # "another thread" using the shared model
+        out = real(adapter, *args, **kwargs)
+        np.testing.assert_array_equal(exp.adapter.forward(exp.outputs["test"].inputs[:16])[0], plain)
+        return out
+
+    monkeypatch.setattr(uncertainty, "mc_dropout_logits", spy)
+    det = exp.fit_detector("mc_dropout", {"passes": 3})
+    scores = det.score(exp.outputs["test"])
+    assert seen and all(a.model is not exp.model for a in seen)
+    a, b = weights(seen[0].model), weights(exp.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights, so the same numbers
+    monkeypatch.setattr(uncertainty, "mc_dropout_logits", real)
+    np.testing.assert_array_equal(det.score(exp.outputs["test"]), scores)

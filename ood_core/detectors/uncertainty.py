@@ -1,6 +1,7 @@
 """Uncertainty detectors: disagreement between stochastic passes (MC dropout) or between models (deep ensemble)."""
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import numpy as np
@@ -115,6 +116,14 @@ def mc_dropout_logits(adapter, inputs: np.ndarray, passes: int, seed: int, short
     return np.stack(out)
 
 
+def _private(adapter):
+    """The adapter over a copy of its network (same weights): the dropout hooks of the passes never touch the shared
+    model, which a page or another job may be running at the same moment in another thread."""
+    twin = copy.copy(adapter)
+    twin.model = copy.deepcopy(adapter.model)
+    return twin
+
+
 @register
 class MCDropout(Detector):
     """Monte Carlo dropout: T forward passes with dropout active, the uncertainty of the averaged prediction.
@@ -154,8 +163,8 @@ class MCDropout(Detector):
     def _score(self, out):
         if out.inputs is None:
             raise ValueError("mc_dropout needs the input images of this split; they were not kept")
-        return predictive_uncertainty(mc_dropout_logits(self.model_, out.inputs, int(self.passes), self.seed_),
-                                      self.measure)
+        return predictive_uncertainty(mc_dropout_logits(_private(self.model_), out.inputs, int(self.passes),
+                                                        self.seed_), self.measure)
 
 
 @register
