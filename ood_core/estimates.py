@@ -26,7 +26,7 @@ NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image"
                 "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too"}
 FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
 POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
-ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol once its model is there: inference + scoring
+ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol, its model there: inference + scoring
 SLOW_S = 30.0  # longer than this: say so and ask before starting; shorter work starts at once (still as a job)
 
 

@@ -100,8 +100,8 @@ def multi_seed_work(exp, names: list[str], seeds: list[int]):
             i = seeds.index(seed)
 
             def on_epoch(p) -> None:
-                progress((i + 0.6 * p.epoch / p.epochs) / len(seeds),
-                         f"{name(seed)}: training epoch {p.epoch}/{p.epochs} · validation accuracy {p.val_accuracy:.1%}")
+                progress((i + 0.6 * p.epoch / p.epochs) / len(seeds), f"{name(seed)}: training epoch "
+                         f"{p.epoch}/{p.epochs} · validation accuracy {p.val_accuracy:.1%}")
 
             with ui.training_lock(spec.with_seed(seed)):  # never train a model another session is training
                 return pipeline.prepare(spec.with_seed(seed), progress=on_epoch, cancel=cancel)
@@ -434,10 +434,10 @@ def main() -> None:
     key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names])
     multi = None if uploaded else ui.results_store().get(key)
     job = None if uploaded or multi is not None else jobs.runner().get(key)
-    est = None if uploaded or multi is not None or (job is not None and job.active) else estimates.seeds(exp, seeds, names)
+    busy = uploaded or multi is not None or (job is not None and job.active)
+    est = None if busy else estimates.seeds(exp, seeds, names)  # what it will cost, said before it starts
     start = s2.button(f"Start comparison over {len(seeds)} {u}s", key="compare-start", type="primary",
-                      disabled=uploaded or multi is not None or (job is not None and job.active),
-                      help=f"{est.words()}." if est else None)
+                      disabled=busy, help=f"{est.words()}." if est else None)
     if uploaded:
         s3.caption("Multi-seed comparison trains fresh models of the spec, so it is off while your uploaded model "
                    "is in use.")

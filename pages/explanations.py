@@ -243,8 +243,8 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
     slow = [n for n in options if REGISTRY[n].runs_network]
     extra = st.multiselect("Add slow detectors", slow, default=[], key="expl-try-slow", format_func=ui.detector_label,
                            help="These run the network again to score (ODIN, Gram matrices, MC dropout, ...): about "
-                                "ten seconds each the first time; the deep ensemble trains extra models first (minutes). "
-                                "Each runs as a background job with a progress bar and a Cancel button.")
+                                "ten seconds each the first time; the deep ensemble trains extra models first "
+                                "(minutes). Each runs as a background job with a progress bar and a Cancel button.")
     names = [n for n in options if n not in slow] + extra
     ood = opts["ood_set"]
     sample, id_ref, ood_ref, failed = {}, {}, {}, []

@@ -552,7 +552,8 @@ def test_a_slow_detector_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no
     gated_detector.fits.clear()
     table = scores.dataframe[0].value
     assert list(table.index) == ["gaussian"]
-    assert table.loc["gaussian", "AUROC ↑"] == pytest.approx(100 * metrics.auroc(expected["test"], expected["gaussian"]))
+    auroc = metrics.auroc(expected["test"], expected["gaussian"])
+    assert table.loc["gaussian", "AUROC ↑"] == pytest.approx(100 * auroc)
     assert not scores.get("progress")
     # a finished job is never paid for twice: another session asking for it gets the kept result
     other = AppTest.from_file(APP, default_timeout=120)
