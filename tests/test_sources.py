@@ -350,11 +350,12 @@ def test_mixed_sizes_and_modes_are_converted_to_one_target(tmp_path):
 def test_grey_pictures_saved_as_colour_files_give_one_channel(tmp_path):
     g = grey(7)
     files = {"x/a.png": png(np.stack([g] * 3, -1)), "y/b.png": png(grey(8)),
-             "y/c.png": png(np.dstack([g, g, g, np.full_like(g, 255)]), "RGBA")}
+             "y/c.png": png(np.dstack([g, g, g, np.full_like(g, 255)]), "RGBA"),
+             "y/d.png": png(np.full((8, 8), 2 * 257, np.uint16))}  # a dark 16-bit grey: 2 in 8 bits, not 255
     write_files(tmp_path, files)
     d = read_image_folder(tmp_path)
-    assert d.images.shape == (3, 1, 8, 8)
-    assert np.array_equal(d.images[0, 0], g) and np.array_equal(d.images[2, 0], g)
+    assert d.images.shape == (4, 1, 8, 8)
+    assert np.array_equal(d.images[0, 0], g) and np.array_equal(d.images[2, 0], g) and (d.images[3] == 2).all()
 
 
 def test_luma_is_pils_grey_conversion():

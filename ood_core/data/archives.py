@@ -157,10 +157,12 @@ def _decode(m: _Member, source: str):
             if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 a = np.asarray(im, dtype=np.float64)
                 top = float(a.max()) if a.size else 0.0
-                # 16-bit files: full scale 65535; 8-bit values stored wide stay; anything else by its maximum
-                scale = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
-                if im.mode == "F" and top <= 1.0:
+                if im.mode.startswith("I;16"):  # 16-bit greys: full scale 65535, however dark the image
+                    scale = 65535.0
+                elif im.mode == "F" and top <= 1.0:  # floats in [0, 1]
                     scale = 1.0
+                else:  # 32-bit ints / floats: 8-bit values stored wide stay, 16-bit ones scale, else by the max
+                    scale = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
                 return Image.fromarray(np.clip(np.rint(a / scale * 255.0), 0, 255).astype(np.uint8), "L")
             if im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
