@@ -4,6 +4,7 @@ No network: nothing here fetches. Trained weights are never compared; only split
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -16,7 +17,7 @@ from ood_core.data import DATASETS, OOD_SETS, build_benchmark, datasets, load_da
 from ood_core.data.benchmark import channel_stats, known_classes_for, split_indices, subsample_per_class
 from ood_core.data.datasets import fingerprint, register_user_dataset
 from ood_core.data.sources import DataError, RawData
-from ood_core.models.checkpoint import checkpoint_path
+from ood_core.models.checkpoint import checkpoint_path, trained_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -181,6 +182,18 @@ def test_a_loader_returning_28px_under_a_registered_name_does_not_reuse_the_16px
     datasets.register_dataset("loader-x", "", loader(28), replace=True)
     assert load_dataset("loader-x", 16).pixels.shape == (30, 1, 16, 16)  # resized to the spec's size ...
     assert checkpoint_path(spec, tmp_path) != at16  # ... but other data: another model
+
+
+def test_files_changed_on_disk_under_the_same_root_give_another_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setenv("OOD_DATA_ROOT", str(tmp_path))
+    write_mnist(tmp_path, seed=0, train=[10] * 10, test=[2] * 10, side=8)
+    spec = Spec(dataset="mnist", image_size=8)
+    before, key = load_dataset("mnist", 8).fingerprint, trained_key(spec)
+    write_mnist(tmp_path, seed=1, train=[10] * 10, test=[2] * 10, side=8)  # the same names and sizes, other images
+    for f in (tmp_path / "MNIST" / "raw").iterdir():  # written a second later (file times are coarser than this test)
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert load_dataset("mnist", 8).fingerprint != before
+    assert trained_key(spec) != key
 
 
 # --- the official split ----------------------------------------------------------------------------------------------
