@@ -389,6 +389,24 @@ def test_a_hundred_class_cifar100_in_osr_and_nd(root, monkeypatch):
         build_benchmark(Spec(setting="nd", dataset="cifar100", image_size=8, normal_class=100), ood_sets=())
 
 
+def test_a_hundred_classes_with_a_few_images_each_still_split(tmp_path, monkeypatch):
+    """5 official train images per class: a tenth (50) is fewer than the 100 classes; every class still gets a
+    validation image (one each) rather than a refusal from the stratified split."""
+    monkeypatch.setenv("OOD_DATA_ROOT", str(tmp_path))
+    r = np.random.default_rng(0)
+    folder = tmp_path / "cifar-100-python"
+    for split, k in (("train", 5), ("test", 1)):
+        y = np.repeat(np.arange(100), k)
+        dump(folder / split, {"fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(),
+                              "data": r.integers(0, 256, (len(y), 3072), dtype=np.uint8)})
+    dump(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)],
+                           "coarse_label_names": [f"s{i}" for i in range(20)]})
+    bench = build_benchmark(Spec(dataset="cifar100", image_size=8), ood_sets=())
+    assert np.bincount(bench.val.y, minlength=100).tolist() == [1] * 100
+    assert np.bincount(bench.train.y, minlength=100).tolist() == [4] * 100
+    assert len(bench.test) == 100
+
+
 def test_splits_sklearn_can_make_are_sklearns_own(root, monkeypatch):
     """The reference: the two stratified train_test_split calls with the fractions (60/10/30 of all; a tenth of the
     official train), for the digits and for an official split, several seeds."""
@@ -407,6 +425,12 @@ def test_splits_sklearn_can_make_are_sklearns_own(root, monkeypatch):
         tr, va = train_test_split(official, test_size=0.1, stratify=mnist.labels[official], random_state=seed)
         got = split_indices(mnist.labels, seed, mnist.is_train)
         assert np.array_equal(got[0], np.sort(tr)) and np.array_equal(got[1], np.sort(va))
+
+
+def test_too_few_images_for_any_split_is_a_clear_data_error():
+    labels = np.repeat(np.arange(4), [1, 5, 5, 5])  # a class with one image cannot be in train, val and test
+    with pytest.raises(DataError, match="too few images"):
+        split_indices(labels, 0)
 
 
 # --- absent data -------------------------------------------------------------------------------------------------------
