@@ -32,7 +32,7 @@ LUMA = PALETTE.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
 C100_TRAIN, C100_TEST = 10, 2
 
 
-# --- writers of the real layouts (as in tests/test_sources.py) ------------------------------------------------------
+# --- writers of the real layouts (as in tests/test_sources.py) --------------------------------------------------------
 
 def write_idx(path: Path, arr: np.ndarray) -> None:
     """An idx file of unsigned bytes, gzipped (read here, not through torchvision)."""
@@ -64,7 +64,8 @@ def write_cifar10(root: Path, seed: int = 0):
     folder = root / "cifar-10-batches-py"
     xs = []
     for f in sources.CIFAR10_TRAIN:
-        planes = [r.integers(lo, hi, (CIFAR10_PER_BATCH, 1024), dtype=np.uint8) for lo, hi in ((0, 100), (100, 256), (0, 256))]
+        planes = [r.integers(lo, hi, (CIFAR10_PER_BATCH, 1024), dtype=np.uint8)
+                  for lo, hi in ((0, 100), (100, 256), (0, 256))]
         x = np.concatenate(planes, axis=1)
         dump(folder / f, {"labels": [i % 10 for i in range(CIFAR10_PER_BATCH)], "data": x})
         xs.append(x)
@@ -83,7 +84,8 @@ def write_cifar100(root: Path, seed: int = 0) -> None:
         y = r.permutation(np.repeat(np.arange(100), k))
         x = r.integers(0, 256, (len(y), 3, 1024), dtype=np.uint8)
         x[:, 0, :] = y[:, None]
-        dump(folder / split, {"fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(), "data": x.reshape(-1, 3072)})
+        dump(folder / split, {"fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(),
+                              "data": x.reshape(-1, 3072)})
     dump(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)],
                            "coarse_label_names": [f"s{i}" for i in range(20)]})
 
@@ -135,7 +137,7 @@ def pixels_of(bench, split) -> np.ndarray:
     return bench.to_pixels(split.x)
 
 
-# --- fingerprint ---------------------------------------------------------------------------------------------------
+# --- fingerprint ------------------------------------------------------------------------------------------------------
 
 def test_fingerprint_is_the_data_one_pixel_changes_it():
     x, y = three_class_images()
@@ -196,7 +198,7 @@ def test_files_changed_on_disk_under_the_same_root_give_another_fingerprint(tmp_
     assert trained_key(spec) != key
 
 
-# --- the official split ----------------------------------------------------------------------------------------------
+# --- the official split -----------------------------------------------------------------------------------------------
 
 def test_the_official_test_split_is_the_test_split_and_val_is_carved_from_train(root, monkeypatch):
     use_root(monkeypatch, root)
@@ -252,7 +254,7 @@ def test_train_per_class_gives_those_counts_and_leaves_val_and_test(root, monkey
         assert np.abs(full_px - img).max(axis=1).min() < 1e-5
 
 
-# --- per-channel normalisation ------------------------------------------------------------------------------------
+# --- per-channel normalisation ----------------------------------------------------------------------------------------
 
 def test_per_channel_statistics_are_those_of_the_training_pixels(root, monkeypatch):
     use_root(monkeypatch, root)
@@ -280,7 +282,7 @@ def test_channel_stats_of_a_flat_channel_is_std_one():
     assert std[1, 0, 0] == pytest.approx(np.std([0, 0.25, 0.5, 0.75]))
 
 
-# --- any input shape -------------------------------------------------------------------------------------------------
+# --- any input shape --------------------------------------------------------------------------------------------------
 
 def test_a_colour_32px_dataset_gets_every_default_ood_set_at_its_shape(root, monkeypatch):
     use_root(monkeypatch, root)
@@ -326,7 +328,7 @@ def test_image_size_28_on_the_digits_resizes_8_to_28_bilinearly():
     assert all(s.x.shape[1:] == (1, 28, 28) for s in bench.ood.values())
 
 
-# --- class counts ------------------------------------------------------------------------------------------------------
+# --- class counts -----------------------------------------------------------------------------------------------------
 
 def class_of_grey(bench, split) -> np.ndarray:
     """The original class of each image of the three-class set (top-left pixel 40 * (class + 1))."""
@@ -433,7 +435,7 @@ def test_too_few_images_for_any_split_is_a_clear_data_error():
         split_indices(labels, 0)
 
 
-# --- absent data -------------------------------------------------------------------------------------------------------
+# --- absent data ------------------------------------------------------------------------------------------------------
 
 def test_a_missing_torchvision_set_names_the_expected_path(tmp_path):
     with pytest.raises(DataError) as e:
@@ -462,7 +464,7 @@ def test_a_present_natural_set_is_built(root, monkeypatch):
     assert bench.meta["skipped_ood_sets"] == ["svhn"]
 
 
-# --- the CLI -----------------------------------------------------------------------------------------------------------
+# --- the CLI ----------------------------------------------------------------------------------------------------------
 
 def test_list_datasets_says_found_and_not_found(root, capsys):
     assert cli.main(["list-datasets", "--data-root", str(root["path"])]) == 0
