@@ -1,6 +1,7 @@
 """Build a Benchmark from a Spec: ID train/val/test splits and named OOD test sets, normalised alike."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -9,6 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from ..spec import Spec
 from .datasets import load_dataset
+from .sources import DataError
 from .registry import DEFAULT_OOD_SETS, OOD_SETS, make_ood_set, ood_set_available
 
 # fractions of the ID data; the rest is the test split
@@ -74,13 +76,31 @@ def split_indices(labels: np.ndarray, seed: int, is_train: Optional[np.ndarray] 
     idx = np.arange(len(labels))
     if is_train is not None:
         official = idx[is_train]
-        train, val = train_test_split(official, test_size=OFFICIAL_VAL_FRACTION, stratify=labels[official],
-                                      random_state=seed)
+        n = len(official)
+        train, val = _stratified(official, labels, n - math.ceil(OFFICIAL_VAL_FRACTION * n), seed)
         return np.sort(train), np.sort(val), idx[~is_train]
-    train, rest = train_test_split(idx, train_size=TRAIN_FRACTION, stratify=labels, random_state=seed)
+    train, rest = _stratified(idx, labels, math.floor(TRAIN_FRACTION * len(idx)), seed, second_per_class=2)
     val_share = VAL_FRACTION / (1.0 - TRAIN_FRACTION)
-    val, test = train_test_split(rest, train_size=val_share, stratify=labels[rest], random_state=seed)
+    val, test = _stratified(rest, labels, math.floor(val_share * len(rest)), seed)
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _stratified(idx: np.ndarray, labels: np.ndarray, n_first: int, seed: int, second_per_class: int = 1
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """idx cut in two by sklearn's stratified, seeded split, the first part of `n_first` samples (the sizes sklearn
+    derives from the fractions, so every split it could make is unchanged). Stratifying needs a part at least as
+    large as the number of classes: a smaller part (a few images per class of many classes) is enlarged to that;
+    when the data are too few even so, a DataError says so in words instead of sklearn's message."""
+    k, n = len(np.unique(labels[idx])), len(idx)
+    n_first = min(max(n_first, k), n - second_per_class * k)
+    try:
+        if n_first < k:
+            raise ValueError(f"{n} images cannot give every one of the {k} classes an image in each split")
+        return train_test_split(idx, train_size=n_first, test_size=n - n_first, stratify=labels[idx],
+                                random_state=seed)
+    except ValueError as e:
+        raise DataError(f"too few images per class to split them into training, validation and test sets "
+                        f"stratified by class ({n} images, {k} classes): {e}") from None
 
 
 def subsample_per_class(idx: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:

@@ -124,7 +124,7 @@ class LoadedData:
 
 
 _LOCK = threading.Lock()
-_LOADED: "OrderedDict[tuple, LoadedData]" = OrderedDict()  # (name, size, root) -> LoadedData, a few at most
+_LOADED: "OrderedDict[tuple, LoadedData]" = OrderedDict()  # (name, size, root, files) -> LoadedData, a few at most
 _KEEP = 3
 
 
@@ -182,13 +182,27 @@ def get_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def _files_stamp(info: DatasetInfo, root: Path) -> tuple:
+    """(path, size, mtime) of the files an entry reads under the root, so that files replaced on disk while the
+    process runs are read again (with their new fingerprint) instead of served from memory."""
+    stamp = []
+    for p in info.where(root):
+        for q in (p, p.with_name(p.name + ".gz"), p.parent / "svhn" / p.name):  # the places sources.py also looks
+            try:
+                st = q.stat()
+            except OSError:
+                continue
+            stamp.append((str(q), st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
+
+
 def load_dataset(name: str, image_size: int, root: Path | str | None = None) -> LoadedData:
     """Dataset `name` at `image_size` px (bilinear; antialiased when shrinking), cached in memory for a few sizes.
 
     Raises DataError (a ValueError) with where the files were expected when they are absent."""
     info = get_info(name)
     root = data_root(root)
-    key = (name, int(image_size), str(root))
+    key = (name, int(image_size), str(root), _files_stamp(info, root))
     with _LOCK:
         if key in _LOADED:
             _LOADED.move_to_end(key)
