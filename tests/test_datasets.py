@@ -520,3 +520,15 @@ def test_bad_data_options_are_one_line_errors_with_exit_2(argv, message, tmp_pat
     assert cli.main(argv + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_users_ood_set_never_replaces_a_built_in_one(tmp_path):
+    from ood_core.data import OOD_SETS, registry
+
+    path = tmp_path / "gaussian.npz"
+    np.savez(path, images=np.full((6, 8, 8), 200, np.uint8))
+    before = OOD_SETS["gaussian"]
+    name = registry.register_user_ood_set("gaussian", path, filename=path.name)
+    assert name == "user-gaussian" and OOD_SETS["gaussian"] is before and OOD_SETS[name].kind == "natural"
+    again = registry.register_user_ood_set(name, path, filename=path.name)  # the user's own set: replaced in place
+    assert again == name

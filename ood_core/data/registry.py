@@ -113,11 +113,18 @@ def register_dataset_as_ood(dataset: str, name: Optional[str] = None) -> str:
 
 
 def register_user_ood_set(name: str, path_or_bytes, filename: Optional[str] = None) -> str:
-    """A user's unlabelled images (folder, .zip or .npz) as natural OOD set `name`; decoded now (DataError if refused)."""
+    """A user's unlabelled images (folder, .zip or .npz) as natural OOD set `name`; decoded now (DataError if refused).
+
+    A user's set never takes the name of a built-in one: `gaussian.npz` becomes "user-gaussian", not a replacement
+    of the synthetic Gaussian set. Returns the name it was registered under."""
     from pathlib import Path
 
     from . import sources
     from .datasets import to_float
+
+    if name in OOD_SETS and name not in _USER_SETS:
+        name = f"user-{name}"
+    _USER_SETS.add(name)
 
     if isinstance(path_or_bytes, (str, Path)) and Path(path_or_bytes).is_dir():
         raw = sources.read_image_folder(path_or_bytes, labelled=False)
@@ -128,6 +135,8 @@ def register_user_ood_set(name: str, path_or_bytes, filename: Optional[str] = No
                      replace=True)
     return name
 
+
+_USER_SETS: set[str] = set()  # names registered by register_user_ood_set (they may be replaced by the user)
 
 NATURAL_DATASETS = ("mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "svhn")
 
