@@ -1,7 +1,11 @@
 """Command line: the same numbers as the dashboard, for scripts and for checking.
 
     python -m ood_core list-detectors
+    python -m ood_core list-datasets [--data-root DIR]
+    python -m ood_core fetch-data mnist cifar10 [--data-root DIR]
     python -m ood_core run --dataset digits --setting ood --detectors all --seed 0 --json out.json
+    python -m ood_core run --dataset mnist-sample --setting osr --known 6 --splits 5
+    python -m ood_core run --dataset cifar10 --data-root DIR --ood-preset survey
 """
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ import numpy as np
 
 from . import metrics, report
 from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
-from .data import DATASETS
 from .spec import SETTINGS, Spec, TrainConfig
 
 def _fmt_param(name, p) -> str:
@@ -185,6 +188,7 @@ APPLIES = {
     "detectors": ("ood", "osr"), "seeds": ("ood",), "epochs": ("ood", "osr"), "regime": ("ood", "osr"),
     "known": ("osr",), "splits": ("osr",), "contamination": ("ad",), "normal_class": ("nd", "ad"),
     "curve": ("ad",), "synthetic": ("osr", "nd", "ad"), "save_outputs": ("ood",), "save_scores": ("ood",),
+    "ood_preset": ("ood",),
 }
 DEFAULTS = {"detectors": "all", "seeds": 1, "regime": "ce", "known": 6, "splits": 5, "contamination": 0.05,
             "synthetic": ""}
@@ -207,6 +211,8 @@ def check_options(args) -> None:
         raise ValueError("--seeds must be at least 1")
     if args.splits < 1:
         raise ValueError("--splits must be at least 1")
+    if args.per_class is not None and args.per_class < 1:
+        raise ValueError(f"--per-class must be at least 1 (leave it out for every training image), got {args.per_class}")
     args.device = check_device(args.device)
 
 
@@ -252,6 +258,91 @@ def _check_writable(path: Path, is_dir: bool, flag: str) -> None:
         raise ValueError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
 
 
+def resolve_dataset(args):
+    """--data-root and --dataset (a registered name, or a path to the user's class folders / .zip / .npz) -> the
+    DatasetInfo; a set that is absent or refused is an error now, before any training."""
+    import os
+
+    from .data import DATASETS, data_root, datasets, load_dataset
+
+    if args.data_root:
+        os.environ["OOD_DATA_ROOT"] = str(Path(args.data_root).expanduser())
+    name = args.dataset
+    if name not in DATASETS:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ValueError(f"--dataset {name}: neither a registered dataset ({', '.join(DATASETS)}) nor an existing "
+                             f"folder, .zip or .npz")
+        name = f"user-{path.stem}"
+        datasets.register_user_dataset(name, path, filename=path.name)
+    info = DATASETS[name]
+    if not info.found():
+        raise ValueError(f"--dataset {name}: {info.status()} (data root {data_root()})")
+    if args.image_size is not None:
+        Spec(image_size=args.image_size)  # the spec's own check and message, before any work
+    load_dataset(name, args.image_size or info.default_size)  # decode now: a bad file fails before training
+    return info
+
+
+def resolve_ood_sets(args, dataset) -> list[str]:
+    """--ood-set PATH (each registered as a natural set named after the file) and --ood-preset survey (the survey's
+    near and far sets for this dataset; absent ones are skipped with a note). Returns the extra set names."""
+    from .data import registry
+
+    names: list[str] = []
+    for path in args.ood_set or []:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ValueError(f"--ood-set {path}: no such folder or file")
+        names.append(registry.register_user_ood_set(p.stem, p, filename=p.name))
+    if args.ood_preset:
+        near, far = registry.survey_sets(dataset.name)
+        if not near and not far:
+            raise ValueError(f"--ood-preset survey: the survey has no benchmark pairs for {dataset.name}; it has them "
+                             f"for {', '.join(registry.SURVEY_PAIRS)}")
+        absent = [s for s in near + far if not registry.ood_set_available(s)]
+        if absent and not args.quiet:
+            print(f"note: skipped OOD sets whose files are absent: {', '.join(absent)}", file=sys.stderr)
+        names += [s for s in near + far if s not in absent]
+    return list(dict.fromkeys(names))
+
+
+def list_datasets_cmd(args) -> int:
+    import os
+
+    from .data import data_root, list_datasets
+
+    if args.data_root:
+        os.environ["OOD_DATA_ROOT"] = str(Path(args.data_root).expanduser())
+    print(f"data root: {data_root()}  (--data-root or $OOD_DATA_ROOT)\n")
+    for d in list_datasets():
+        shape = f"{d['channels']}×{d['size']}×{d['size']}, {d['classes']} classes"
+        print(f"{d['name']:<14} {d['title']:<34} {shape:<26} {d['status']}")
+    return 0
+
+
+def fetch_data_cmd(args) -> int:
+    import os
+
+    from .data import DATASETS, data_root, sources
+
+    if args.data_root:
+        os.environ["OOD_DATA_ROOT"] = str(Path(args.data_root).expanduser())
+    unknown = [n for n in args.names if n not in sources.TORCHVISION_SETS]
+    if unknown:
+        raise ValueError(f"cannot fetch {', '.join(unknown)}; torchvision fetches {', '.join(sources.TORCHVISION_SETS)}")
+    root = data_root()
+    for name in args.names:
+        if DATASETS[name].found(root):
+            print(f"{name}: already in {root}")
+            continue
+        print(f"{name}: downloading about {sources.download_bytes(name) / 2**20:.0f} MB into {root} "
+              "(torchvision's download, checked against its checksums)")
+        sources.fetch(name, root, progress=lambda f, m: print(f"  [{100 * f:3.0f}%] {m}", file=sys.stderr))
+        print(f"{name}: done")
+    return 0
+
+
 def run(args) -> int:
     from . import pipeline
     from .models import DEFAULT_CACHE_DIR, cache_status
@@ -264,9 +355,18 @@ def run(args) -> int:
         print(f"error: the model cache {cache} is not writable ({reason}); pass --cache-dir to a writable folder",
               file=sys.stderr)
         return 2
-    training = TrainConfig(epochs=args.epochs, regime=args.regime) if args.epochs else TrainConfig(regime=args.regime)
-    base = Spec(setting=args.setting, dataset=args.dataset, training=training, seed=args.seed,
+    dataset = resolve_dataset(args)
+    extra_sets = resolve_ood_sets(args, dataset)
+    if extra_sets and args.setting != "ood":  # the protocols score them beside their own unknowns
+        args.synthetic = ",".join(dict.fromkeys([*filter(None, args.synthetic.split(",")), *extra_sets]))
+    training = TrainConfig(epochs=args.epochs or dataset.default_epochs, regime=args.regime)
+    base = Spec(setting=args.setting, dataset=dataset.name, training=training, seed=args.seed,
+                image_size=args.image_size or dataset.default_size, train_per_class=args.per_class or 0,
                 contamination=args.contamination if args.setting == "ad" else Spec.contamination)
+    if not args.quiet:
+        print(f"data: {dataset.title} at {base.image_size} px"
+              + (f", at most {base.train_per_class} training images per class" if base.train_per_class else ""),
+              file=sys.stderr)
     if args.curve and args.setting != "ad":
         raise ValueError("--curve is the anomaly-detection contamination curve: use it with --setting ad")
     if args.setting == "osr":
@@ -284,7 +384,9 @@ def run(args) -> int:
                 acc = f" val acc {100 * p.val_accuracy:.1f}%" if np.isfinite(p.val_accuracy) else ""
                 print(f"[seed {seed}] epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}{acc}", file=sys.stderr)
 
-        return pipeline.prepare(base.with_seed(seed), progress=progress, cache_dir=args.cache_dir, device=args.device)
+        sets = None if not extra_sets else tuple(dict.fromkeys([*DEFAULT_OOD_SETS, *extra_sets]))
+        return pipeline.prepare(base.with_seed(seed), progress=progress, cache_dir=args.cache_dir, device=args.device,
+                                ood_sets=sets)
 
     def on_seed(seed: int, exp, rows: list[dict], scores: dict) -> None:
         if not args.quiet:
@@ -296,6 +398,8 @@ def run(args) -> int:
             _save_outputs(exp, Path(args.save_outputs) / suffix)
         if args.save_scores:
             _save_scores(scores, Path(args.save_scores) / suffix)
+
+    from .data import DEFAULT_OOD_SETS
 
     # "all" = every detector that applies to each seed's experiment; named ones are checked before any training
     all_rows, accs = run_seeds(get_experiment, seeds, args.detectors, all_splits=bool(args.save_scores),
@@ -318,14 +422,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ood_core", description="OOD Explorer from the command line")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list-detectors", help="one detector per line: name, family, parameters")
+    ld = sub.add_parser("list-datasets", help="every dataset: found / not found, and where it is looked for")
+    ld.add_argument("--data-root", default=None, help="dataset folder (default $OOD_DATA_ROOT, else data/)")
+    fd = sub.add_parser("fetch-data", help="download datasets with torchvision (checksums checked) into the data root")
+    fd.add_argument("names", nargs="+", help="mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn")
+    fd.add_argument("--data-root", default=None, help="dataset folder (default $OOD_DATA_ROOT, else data/)")
     r = sub.add_parser("run", help="train (or load) the model, score detectors on every OOD set")
-    r.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
+    r.add_argument("--dataset", default="digits",
+                   help="a registered dataset (list-datasets) or a path: class folders, a .zip of them, or an .npz "
+                        "with images and labels (default digits)")
+    r.add_argument("--data-root", default=None, help="where registered datasets are read (default $OOD_DATA_ROOT, "
+                                                     "else data/), in torchvision's layouts")
+    r.add_argument("--image-size", type=int, default=None, help="image side in px, a multiple of 4 in 8..64 "
+                                                                "(default: the dataset's own; digits 16)")
+    r.add_argument("--per-class", type=int, default=None, help="at most this many training images per class "
+                                                               "(seeded draw; default all)")
+    r.add_argument("--ood-set", action="append", default=None, metavar="PATH",
+                   help="an extra OOD set: a folder, .zip or .npz of unlabelled images (repeatable)")
+    r.add_argument("--ood-preset", default=None, choices=["survey"],
+                   help="OOD: the survey's near/far benchmark sets for the dataset (absent ones skipped)")
     r.add_argument("--setting", default="ood", choices=SETTINGS)
     r.add_argument("--detectors", default=None, help="OOD/OSR: 'all' (default) or a comma-separated list of names")
     r.add_argument("--seed", type=int, default=0, help="first seed")
     r.add_argument("--seeds", type=int, default=None, help="OOD: number of seeds (each a freshly trained model; default 1)")
     r.add_argument("--epochs", type=int, default=None,
-                   help=f"OOD/OSR: classifier training epochs, 1..500 (default {TrainConfig.epochs})")
+                   help="OOD/OSR: classifier training epochs, 1..500 (default: the dataset's, 30 for digits, 15 for the others)")
     r.add_argument("--regime", default=None, choices=["ce", "oe", "logitnorm"],
                    help="classifier training: cross-entropy, outlier exposure, LogitNorm")
     r.add_argument("--known", type=int, default=None, help="OSR: number of known classes K (2..N-1; default 6)")
@@ -351,6 +472,10 @@ def main(argv=None) -> int:
         if args.command == "list-detectors":
             list_detectors()
             return 0
+        if args.command == "list-datasets":
+            return list_datasets_cmd(args)
+        if args.command == "fetch-data":
+            return fetch_data_cmd(args)
         return run(args)
     except (ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -146,7 +146,8 @@ def _baseline_tensor(baseline, bench, xb: torch.Tensor) -> torch.Tensor:
         if bench is None:
             raise ValueError("integrated_gradients needs a baseline: pass bench= (the black background, "
                              "normalised) or baseline= (a number or an image)")
-        return torch.full_like(xb, float((0.0 - bench.mean) / bench.std))
+        black = np.asarray((0.0 - bench.mean) / bench.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return torch.as_tensor(black, device=xb.device).expand_as(xb).clone()
     if np.isscalar(baseline):
         return torch.full_like(xb, float(baseline))
     b = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=xb.device)

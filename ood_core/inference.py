@@ -38,11 +38,19 @@ class ModelAdapter:
     Wraps a model with `features(x)`, `head` (a Linear layer) and optionally `feature_maps(x)`.
     """
 
-    def __init__(self, model: nn.Module, device: str = "cpu", batch_size: int = 256, input_std: float = 1.0):
+    def __init__(self, model: nn.Module, device: str = "cpu", batch_size: int = 256, input_std=1.0):
         self.model = model.eval().to(device)
         self.device = device
         self.batch_size = batch_size
-        self.input_std = float(input_std)  # one pixel unit in normalised input units is 1 / input_std
+        # per channel: one pixel unit in normalised input units is 1 / input_std
+        self.input_std = np.asarray(input_std, dtype=np.float64).reshape(-1)
+
+    def pixel_step(self, eps: float):
+        """`eps` pixel units ([0, 1] scale) in normalised input units: a number, or a (1, C, 1, 1) tensor when the
+        channels were normalised each with its own std."""
+        if self.input_std.size == 1:
+            return eps / float(self.input_std[0])
+        return torch.as_tensor(eps / self.input_std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
     @property
     def head_weight(self) -> np.ndarray:

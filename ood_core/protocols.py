@@ -123,9 +123,9 @@ def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
     """
     if setting not in ("nd", "ad"):
         raise ValueError(f"one-class protocols are 'nd' and 'ad', not {setting!r}")
-    from .data import DATASETS
+    from .data import load_dataset
 
-    n_classes = len(DATASETS[base.dataset].load(base.image_size)[2])
+    n_classes = load_dataset(base.dataset, base.image_size).num_classes
     classes = list(range(n_classes) if classes is None else classes)
     bad = [c for c in classes if not 0 <= c < n_classes]
     if bad:

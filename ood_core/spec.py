@@ -72,6 +72,7 @@ class Spec:
     known_classes: int = 6
     normal_class: int = 0
     contamination: float = 0.05
+    train_per_class: int = 0  # at most this many training images per class (seeded draw); 0 = all
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -79,8 +80,16 @@ class Spec:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))  # numpy integers hash and serialise like ints
-        if self.image_size not in (8, 16, 24, 32):
-            raise ValueError(f"image_size must be one of 8, 16, 24, 32, got {self.image_size}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, numbers.Integral) \
+                or not 8 <= self.image_size <= 64 or self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 in 8..64 px (larger images are resized), "
+                             f"got {self.image_size!r}")
+        object.__setattr__(self, "image_size", int(self.image_size))
+        if isinstance(self.train_per_class, bool) or not isinstance(self.train_per_class, numbers.Integral) \
+                or self.train_per_class < 0:
+            raise ValueError(f"training images per class must be a non-negative integer (0 = all), "
+                             f"got {self.train_per_class!r}")
+        object.__setattr__(self, "train_per_class", int(self.train_per_class))
         if not isinstance(self.known_classes, int) or self.known_classes < 2:
             raise ValueError(f"known classes K must be an integer >= 2, got {self.known_classes!r}")
         if not isinstance(self.normal_class, int) or self.normal_class < 0:
@@ -107,6 +116,9 @@ class Spec:
             d.pop("normal_class")
         if self.setting != "ad":
             d.pop("contamination")
+        for name, default in LATER_FIELDS.items():  # fields added later leave the keys of older specs unchanged
+            if d.get(name) == default:
+                d.pop(name)
         return d
 
     def model_key(self) -> str:
@@ -172,10 +184,14 @@ def _get(spec: Spec, path: tuple[str, ...]):
     return value
 
 
+# fields added after caches existed: dropped from the key at their default, so older cached models stay valid
+LATER_FIELDS = {"train_per_class": 0}
+
 # query key -> (path in the Spec, type): what a link to a view carries about its experiment
 QUERY_FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "setting": (("setting",), str), "dataset": (("dataset",), str), "model": (("model",), str),
     "seed": (("seed",), int), "epochs": (("training", "epochs"), int), "lr": (("training", "lr"), float),
     "batch": (("training", "batch_size"), int), "regime": (("training", "regime"), str),
     "known": (("known_classes",), int), "normal": (("normal_class",), int), "contamination": (("contamination",), float),
+    "size": (("image_size",), int), "per_class": (("train_per_class",), int),
 }

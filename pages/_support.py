@@ -724,7 +724,8 @@ def setting_lines(spec: Spec) -> list[str]:
         lines.append(f"**Training:** {REGIME_TITLES[spec.training.regime]}")
     if spec.setting == "osr":
         try:
-            known = ", ".join(map(str, known_classes_for(spec.seed, 10, spec.known_classes)))
+            n = DATASETS[spec.dataset].num_classes if spec.dataset in DATASETS else 10
+            known = ", ".join(map(str, known_classes_for(spec.seed, n, spec.known_classes)))
         except ValueError:
             known = "?"
         lines.append(f"**Known classes (K={spec.known_classes}):** {known}")
@@ -774,7 +775,8 @@ def render_sidebar(slot) -> None:
         classifier = spec.setting in CLASSIFIER_SETTINGS
         lines = [
             f"**Setting:** {SETTING_TITLES.get(spec.setting, spec.setting)}",
-            f"**Dataset:** {spec.dataset}",
+            f"**Dataset:** {ds.title if ds else spec.dataset} · {spec.image_size} px"
+            + (f" · ≤ {spec.train_per_class} training images per class" if spec.train_per_class else ""),
             f"**Model:** {spec.model}" + (f" — uploaded `{user['name']}`" if user else ""),
             # one-class models train with their own fixed epochs and classify nothing: no epochs, no accuracy
             f"**Seed:** {spec.seed}" + (f" · **Epochs:** {spec.training.epochs}" if classifier else ""),

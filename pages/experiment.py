@@ -1,10 +1,11 @@
 """Experiment page: what the data and model are, a form to train / load another, examples of ID and OOD images."""
 import time
+from pathlib import Path
 
 import streamlit as st
 
 from ood_core import figures, serving, settings
-from ood_core.data import DATASETS, OOD_SETS
+from ood_core.data import DATASETS, OOD_SETS, DataError, data_root, datasets, sources
 from ood_core.data.auxiliary import AUX_RECIPES
 from ood_core.data.benchmark import known_classes_for
 from ood_core.models.registry import ONE_CLASS_TITLES
@@ -32,7 +33,7 @@ def setting_picker() -> str:
                        help="The survey's four settings share one question — is this sample unlike the "
                             "training data? — and differ in what the model sees at training and at test.")
     st.markdown(settings.EXPLANATIONS[setting])
-    n = 10
+    n = DATASETS[spec.dataset].num_classes if spec.dataset in DATASETS else 10
     known = known_classes_for(spec.seed, n, spec.known_classes) if setting == "osr" else None
     st.plotly_chart(figures.setting_diagram(setting, n, known=known, normal=spec.normal_class,
                                             contamination=spec.contamination if setting == "ad" else 0.0),
@@ -40,26 +41,97 @@ def setting_picker() -> str:
     return setting
 
 
-def experiment_form(setting: str):
-    """The spec form; returns (the new Spec or None when not submitted or invalid, retrain flag)."""
+def dataset_label(name: str) -> str:
+    info = DATASETS[name]
+    return info.title + ("" if info.found() else " — not found")
+
+
+def dataset_picker() -> str:
+    """The ID dataset, outside the form so that the form offers its sizes and classes; a dataset whose files are
+    absent says where to put them and offers torchvision's download (size first)."""
     spec = ui.current_spec()
     names = list(DATASETS)
+    dataset = st.selectbox("ID dataset", names, index=names.index(spec.dataset) if spec.dataset in names else 0,
+                           format_func=dataset_label, key="dataset-picker",
+                           help="\n".join(f"- **{DATASETS[n].title}**: {DATASETS[n].description}" for n in names)
+                           + f"\n\nDatasets are read from `{data_root()}` (set `OOD_DATA_ROOT` to change it) in "
+                             "torchvision's own layouts.")
+    info = DATASETS[dataset]
+    if not info.found():
+        st.warning(f"**{info.title}** is not on this machine: {info.status()}.")
+        if info.fetchable:
+            size = sources.download_bytes(dataset) / 2**20
+            if st.button(f"Download {info.title} (about {size:,.0f} MB) with torchvision", key=f"fetch-{dataset}"):
+                bar = st.progress(0.0, text=f"Downloading {info.title}…")
+                try:
+                    sources.fetch(dataset, data_root(), progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
+                except (DataError, OSError) as e:
+                    st.error(f"The download failed: {e}")
+                else:
+                    bar.progress(1.0, text="Done")
+                    st.rerun()
+    return dataset
+
+
+def own_dataset_box() -> None:
+    """Upload a .zip of class folders or an .npz (images, labels) as the ID dataset."""
+    with st.expander("Use your own images as the ID dataset"):
+        st.markdown("A **.zip** with one folder per class (PNG, JPEG, BMP, ...), or an **.npz** with arrays "
+                    "`images` (n, h, w[, c]) and `labels` (n,). Images are converted to one size and to grey or "
+                    f"colour; archives are checked before anything is decoded (at most "
+                    f"{sources.Limits().max_members:,} files, no paths outside the archive, no image bombs).")
+        up = st.file_uploader("Images (.zip / .npz)", type=["zip", "npz"], key="own-dataset")
+        if up is None:
+            return
+        import hashlib
+
+        data = up.getvalue()
+        name = f"upload-{Path(up.name).stem[:24]}-{hashlib.sha256(data).hexdigest()[:6]}"
+        if name not in DATASETS:
+            with st.spinner(f"Reading {up.name}…"):
+                try:
+                    datasets.register_user_dataset(name, data, filename=up.name)
+                except (DataError, ValueError) as e:
+                    st.error(f"{up.name} cannot be used: {e}")
+                    return
+        info = DATASETS[name]
+        st.success(f"Read **{up.name}**: {info.description}. Pick `{name}` as the ID dataset above.")
+        if st.session_state.get("dataset-picker") != name:
+            st.button(f"Use {name} now", key="use-own-dataset",
+                      on_click=lambda: st.session_state.__setitem__("dataset-picker", name))
+
+
+def experiment_form(setting: str, dataset: str):
+    """The spec form; returns (the new Spec or None when not submitted or invalid, retrain flag)."""
+    spec = ui.current_spec()
+    info = DATASETS[dataset]
+    n_classes = info.num_classes
+    same = dataset == spec.dataset  # the current spec's values; another dataset starts from its own defaults
     extra: dict = {"setting": setting}
     with st.form("experiment-form"):
-        st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]}")
-        dataset = st.selectbox("ID dataset", names, index=names.index(spec.dataset) if spec.dataset in names else 0,
-                               help="\n".join(f"- **{n}**: {DATASETS[n].description}" for n in names))
+        st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]} · {info.title}")
+        c0, c00 = st.columns(2)
+        sizes = list(datasets.SIZES)
+        size = spec.image_size if same else info.default_size
+        extra["image_size"] = int(c0.selectbox(
+            "Image size (px)", sizes, index=sizes.index(size) if size in sizes else sizes.index(info.default_size),
+            help=f"Images are resized to this side (bilinear, antialiased when shrinking); {info.title} is "
+                 f"{info.native_size} px. Larger costs more time per epoch."))
+        extra["train_per_class"] = int(c00.number_input(
+            "Training images per class (0 = all)", min_value=0, value=spec.train_per_class if same else 0, step=100,
+            help="A seeded draw of at most this many training images of each class: trains faster on a CPU."))
         c1, c2 = st.columns(2)
         seed = c1.number_input("Seed", min_value=0, value=spec.seed, step=1,
                                help="Fixes the data split, the initialisation and the batch order.")
-        epochs, lr, batch = spec.training.epochs, float(spec.training.lr), spec.training.batch_size
+        epochs = spec.training.epochs if same else info.default_epochs
+        lr, batch = float(spec.training.lr), spec.training.batch_size
         if setting in ("ood", "osr"):
             shared = serving.shared_mode()  # a classroom server bounds what one visitor can start
             limits = serving.SHARED_LIMITS
             note = (f" This server is shared: at most {limits.max_epochs} epochs and a batch size of at least "
                     f"{limits.min_batch_size}." if shared else "")
             epochs = c2.number_input("Epochs", min_value=1, max_value=limits.max_epochs if shared else 500,
-                                     value=min(spec.training.epochs, limits.max_epochs) if shared else spec.training.epochs,
+                                     value=min(epochs, limits.max_epochs) if shared else epochs,
                                      step=1, help="Passes over the training split." + note)
             lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(spec.training.lr),
                                  step=0.0005, format="%.4f", help="Peak learning rate of AdamW with a one-cycle schedule.")
@@ -83,12 +155,14 @@ def experiment_form(setting: str):
             extra["model"] = st.selectbox("One-class model", models, index=models.index(model),
                                           format_func=lambda m: ONE_CLASS_TITLES.get(m, m))
         if setting == "osr":
-            extra["known_classes"] = int(st.number_input("Known classes K", min_value=2, max_value=9,
-                                                         value=spec.known_classes, step=1,
-                                                         help="K of the 10 classes are known; the seed draws which."))
+            extra["known_classes"] = int(st.number_input("Known classes K", min_value=2, max_value=max(2, n_classes - 1),
+                                                         value=min(spec.known_classes, max(2, n_classes - 1)), step=1,
+                                                         help=f"K of the {n_classes} classes are known; the seed draws "
+                                                              "which."))
         if setting in ("nd", "ad"):
-            extra["normal_class"] = int(st.number_input("Normal class", min_value=0, max_value=9,
-                                                        value=spec.normal_class, step=1))
+            extra["normal_class"] = int(st.number_input("Normal class", min_value=0, max_value=n_classes - 1,
+                                                        value=min(spec.normal_class, n_classes - 1), step=1,
+                                                        help=f"The class index, 0..{n_classes - 1}."))
         if setting == "ad":
             extra["contamination"] = float(st.slider("Contamination ratio", 0.0, 0.45, float(spec.contamination),
                                                      step=0.01, format="%.2f",
@@ -152,7 +226,9 @@ def main() -> None:
     setting = setting_picker()
     left, right = st.columns([2, 3], gap="large")
     with left:
-        new_spec, retrain = experiment_form(setting)
+        dataset = dataset_picker()
+        new_spec, retrain = experiment_form(setting, dataset)
+        own_dataset_box()
         if new_spec is not None:  # the form trains or loads the spec's own model, not an upload
             ui.reset_upload()
         upload_box()

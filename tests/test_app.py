@@ -63,7 +63,7 @@ def test_experiment_page_shows_accuracy_form_examples_and_sidebar(app, default_e
     assert len(app.image) == 1 + len(default_experiment.ood_names)
     assert "→" in app.image[0].captions[0] and len(app.image[0].value) == 16
     side = " ".join(m.value for m in app.sidebar.markdown)
-    assert "**Dataset:** digits" in side and "**Seed:** 0" in side and f"**Epochs:** {Spec().training.epochs}" in side
+    assert "**Dataset:** Digits (scikit-learn, 8×8) · 16 px" in side and "**Seed:** 0" in side and f"**Epochs:** {Spec().training.epochs}" in side
     assert "**Model from cache:** yes" in side  # the fixture put the checkpoint on disk
     assert f"**ID test accuracy:** {acc.value}" in side
     # the checkpoint's provenance, as recorded in it
@@ -102,6 +102,38 @@ def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
     form_button.click().run()
     no_exception(app)
     assert any("Trained a new model" in s.value for s in app.success)
+
+
+def test_a_real_dataset_picked_on_the_experiment_page_trains_at_its_size_and_reaches_scores(app, tmp_path,
+                                                                                        monkeypatch):
+    monkeypatch.setattr("ood_core.models.checkpoint.DEFAULT_CACHE_DIR", tmp_path)  # cold, whatever ran before
+    app.selectbox(key="dataset-picker").set_value("mnist-sample").run()
+    no_exception(app)
+    size = next(s for s in app.selectbox if s.label == "Image size (px)")
+    epochs = next(n for n in app.number_input if n.label == "Epochs")
+    assert size.value == 28 and epochs.value == 15  # the dataset's own size and epochs, not the digits'
+    size.set_value(16)
+    epochs.set_value(1)
+    next(n for n in app.number_input if n.label.startswith("Training images per class")).set_value(30)
+    next(b for b in app.button if b.label == "Train / load model").click().run()
+    no_exception(app)
+    spec = app.session_state[ui.SPEC_KEY]
+    assert (spec.dataset, spec.image_size, spec.train_per_class, spec.training.epochs) == ("mnist-sample", 16, 30, 1)
+    assert any("Trained a new model: 1 epoch in" in s.value for s in app.success)
+    images = next(m for m in app.metric if m.label == "Images")
+    assert images.value.startswith("300 / ")  # 30 per class x 10 classes
+    scores = app.switch_page("pages/scores.py").run()
+    no_exception(scores)
+    assert figures_of(scores), "the Scores page drew no chart on the MNIST sample"
+
+
+def test_a_dataset_that_is_not_on_disk_says_where_to_put_it(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("OOD_DATA_ROOT", str(tmp_path))
+    app.selectbox(key="dataset-picker").set_value("cifar10").run()
+    no_exception(app)
+    text = " ".join(w.value for w in app.warning)
+    assert "CIFAR-10** is not on this machine" in text and str(tmp_path / "cifar-10-batches-py") in text
+    assert any(b.label.startswith("Download CIFAR-10 (about 163 MB)") for b in app.button), [b.label for b in app.button]
 
 
 def test_invalid_learning_rate_gives_a_message_not_a_traceback(app):

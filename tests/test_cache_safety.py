@@ -150,7 +150,7 @@ def test_an_old_checkpoint_without_checksum_is_retrained_not_moved(bench, tmp_pa
     path = checkpoint_path(TINY, tmp_path)
     path.parent.mkdir(parents=True)
     old = build_model("small_cnn", 1, 10, 8)
-    torch.save({"state_dict": old.state_dict(), "spec_key": TINY.model_key(), "history": [], "seconds": 1.0}, path)
+    torch.save({"state_dict": old.state_dict(), "spec_key": checkpoint.trained_key(TINY), "history": [], "seconds": 1.0}, path)
     assert read_checkpoint(path, TINY, bench).status == "unverified"
     assert load_checkpoint(path, TINY, bench) is None
     res = get_model(TINY, bench, cache_dir=tmp_path)
@@ -338,7 +338,7 @@ def test_a_failed_save_keeps_the_work(bench, tmp_path, monkeypatch, count_traini
     monkeypatch.setattr(checkpoint, "save_checkpoint", disk_full)
     res = get_model(TINY, bench, cache_dir=tmp_path)
     assert res.model is not None and "could not be saved" in res.note and "No space left" in res.note
-    assert TINY.model_key() in checkpoint._MEMORY_CACHE
+    assert checkpoint.trained_key(TINY) in checkpoint._MEMORY_CACHE
 
 
 def test_cli_refuses_an_unwritable_cache_before_any_work(unwritable, capsys, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import norm
 
 from ood_core import Spec, TrainConfig
-from ood_core.data import DATASETS, OOD_SETS, build_benchmark, make_ood_set, split_indices, synthetic
+from ood_core.data import DATASETS, DEFAULT_OOD_SETS, OOD_SETS, build_benchmark, make_ood_set, split_indices, synthetic
 from ood_core.data.benchmark import TRAIN_FRACTION, VAL_FRACTION
 from ood_core.data.datasets import load_digits, resize
 from ood_core.data.registry import register_ood_set
@@ -240,7 +240,7 @@ def test_benchmark_splits(bench, digits16):
 
 
 def test_benchmark_ood_sets(bench):
-    assert set(bench.ood) == set(OOD_SETS)
+    assert set(bench.ood) == set(DEFAULT_OOD_SETS)  # the natural sets join only when asked for
     n_ood = round(0.2 * len(bench.test))
     for name, split in bench.ood.items():
         assert len(split) == n_ood, name
@@ -266,7 +266,7 @@ def test_to_pixels_inverts_normalise(bench):
     np.testing.assert_allclose(bench.to_pixels(bench.normalise(p)), p, atol=1e-6)
     assert bench.normalise(p).dtype == np.float32
     # to_pixels clips to the displayable range
-    assert bench.to_pixels(np.array([100.0, -100.0])).tolist() == [1.0, 0.0]
+    assert bench.to_pixels(np.array([100.0, -100.0]).reshape(1, 1, 1, 2)).ravel().tolist() == [1.0, 0.0]
 
 
 def test_benchmark_is_deterministic_and_seeded(bench):
@@ -296,7 +296,8 @@ def test_unknown_dataset_and_ood_set():
 # --- Spec ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs", [{"setting": "nonsense"}, {"seed": -1}, {"seed": 1.5}, {"seed": "0"},
-                                    {"image_size": 12}, {"image_size": 0}, {"known_classes": 1},
+                                    {"image_size": 10}, {"image_size": 0}, {"image_size": 68},
+                                        {"train_per_class": -1}, {"train_per_class": 2.5}, {"known_classes": 1},
                                     {"normal_class": -1}, {"contamination": -0.1}, {"contamination": 0.5},
                                     {"contamination": float("nan")}])
 def test_spec_validation(kwargs):
@@ -337,6 +338,7 @@ KEY_CHANGES = {
     "training.weight_decay": (Spec(), Spec(training=TrainConfig(weight_decay=0.0))),
     "training.member": (Spec(), Spec(training=TrainConfig(member=1))),
     "training.regime": (Spec(), Spec(training=TrainConfig(regime="oe"))),
+    "train_per_class": (Spec(), Spec(train_per_class=100)),
 }
 
 
@@ -351,6 +353,11 @@ def test_every_spec_field_is_covered_by_the_key_test():
     fields = {f.name for f in dataclasses.fields(Spec) if f.name != "training"}
     fields |= {f"training.{f.name}" for f in dataclasses.fields(TrainConfig)}
     assert fields == set(KEY_CHANGES)
+
+
+def test_a_field_added_later_keeps_older_keys_at_its_default():
+    # train_per_class=0 (all images) is what every spec meant before the field existed: the key leaves it out
+    assert "train_per_class" not in Spec().relevant_dict() and "train_per_class" in Spec(train_per_class=5).relevant_dict()
 
 
 def test_fields_of_other_settings_do_not_split_the_cache():

@@ -14,6 +14,7 @@ from ood_core import Spec, TrainConfig, metrics, pipeline
 from ood_core.data import build_benchmark
 from ood_core.detectors import REGISTRY, Detector
 from ood_core.inference import ModelAdapter
+from ood_core.models.checkpoint import trained_key
 from ood_core.models import build_model, checkpoint_path, get_model, load_checkpoint, load_user_model, save_checkpoint
 from ood_core.settings import detectors_for
 
@@ -75,7 +76,7 @@ def test_another_seed_or_member_gives_other_weights(trained, tmp_path):
 def test_second_call_loads_from_cache(bench, trained):
     first, cache = trained
     path = checkpoint_path(SPEC, cache)
-    assert path.exists() and path.name == f"{SPEC.model}-{SPEC.key()}.pt"
+    assert path.exists() and path.name == f"{SPEC.model}-{trained_key(SPEC)}.pt"
     again = get_model(SPEC, bench, cache_dir=cache)
     assert again.from_cache
     assert _same_weights(first.model, again.model)
@@ -119,7 +120,7 @@ def test_checkpoint_of_another_spec_is_not_used(bench, trained, tmp_path):
     res = get_model(other, bench3, cache_dir=tmp_path)
     assert not res.from_cache
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    assert payload["spec_key"] == other.key()
+    assert payload["spec_key"] == trained_key(other)
 
 
 def test_checkpoint_with_wrong_shapes_is_not_used(bench, tmp_path):

@@ -1,18 +1,22 @@
 """Build a Benchmark from a Spec: ID train/val/test splits and named OOD test sets, normalised alike."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ..spec import Spec
-from .datasets import DATASETS
-from .registry import DEFAULT_OOD_SETS, OOD_SETS, make_ood_set
+from .datasets import load_dataset
+from .sources import DataError
+from .registry import DEFAULT_OOD_SETS, OOD_SETS, make_ood_set, ood_set_available
 
 # fractions of the ID data; the rest is the test split
 TRAIN_FRACTION = 0.6
 VAL_FRACTION = 0.1
+OFFICIAL_VAL_FRACTION = 0.1  # of the official train split, when the dataset has one
 
 
 @dataclass
@@ -28,16 +32,20 @@ class Split:
 
 @dataclass
 class Benchmark:
+    """`mean` and `std` are per channel, shape (channels, 1, 1), from the ID training pixels; `fingerprint` names
+    the data the splits were made from (part of every cache key that depends on the data)."""
+
     spec: Spec
     class_names: list[str]
-    mean: float
-    std: float
+    mean: np.ndarray
+    std: np.ndarray
     train: Split
     val: Split
     test: Split
     ood: dict[str, Split] = field(default_factory=dict)
     # setting details: known/unknown classes (OSR), normal class and contamination (ND, AD), ...
     meta: dict = field(default_factory=dict)
+    fingerprint: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -59,13 +67,52 @@ class Benchmark:
         return ((pixels - self.mean) / self.std).astype(np.float32)
 
 
-def split_indices(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified, seeded train/val/test indices (60/10/30)."""
+def split_indices(labels: np.ndarray, seed: int, is_train: Optional[np.ndarray] = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified, seeded train/val/test indices.
+
+    Without an official split: 60/10/30 of all samples. With one (`is_train`): the official test split is the
+    test split, and the validation split is carved from the official train split (a tenth, stratified)."""
     idx = np.arange(len(labels))
-    train, rest = train_test_split(idx, train_size=TRAIN_FRACTION, stratify=labels, random_state=seed)
+    if is_train is not None:
+        official = idx[is_train]
+        n = len(official)
+        train, val = _stratified(official, labels, n - math.ceil(OFFICIAL_VAL_FRACTION * n), seed)
+        return np.sort(train), np.sort(val), idx[~is_train]
+    train, rest = _stratified(idx, labels, math.floor(TRAIN_FRACTION * len(idx)), seed, second_per_class=2)
     val_share = VAL_FRACTION / (1.0 - TRAIN_FRACTION)
-    val, test = train_test_split(rest, train_size=val_share, stratify=labels[rest], random_state=seed)
+    val, test = _stratified(rest, labels, math.floor(val_share * len(rest)), seed)
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _stratified(idx: np.ndarray, labels: np.ndarray, n_first: int, seed: int, second_per_class: int = 1
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """idx cut in two by sklearn's stratified, seeded split, the first part of `n_first` samples (the sizes sklearn
+    derives from the fractions, so every split it could make is unchanged). Stratifying needs a part at least as
+    large as the number of classes: a smaller part (a few images per class of many classes) is enlarged to that;
+    when the data are too few even so, a DataError says so in words instead of sklearn's message."""
+    k, n = len(np.unique(labels[idx])), len(idx)
+    n_first = min(max(n_first, k), n - second_per_class * k)
+    try:
+        if n_first < k:
+            raise ValueError(f"{n} images cannot give every one of the {k} classes an image in each split")
+        return train_test_split(idx, train_size=n_first, test_size=n - n_first, stratify=labels[idx],
+                                random_state=seed)
+    except ValueError as e:
+        raise DataError(f"too few images per class to split them into training, validation and test sets "
+                        f"stratified by class ({n} images, {k} classes): {e}") from None
+
+
+def subsample_per_class(idx: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """At most `per_class` indices of each class from `idx`, drawn by `seed` (all of a class that has fewer)."""
+    if per_class <= 0:
+        return idx
+    rng = np.random.default_rng([seed, 4099])
+    keep = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        keep.append(members if len(members) <= per_class else rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(keep))
 
 
 def known_classes_for(seed: int, n_classes: int, k: int) -> list[int]:
@@ -85,15 +132,16 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
     - ad: as nd, but the training split is contaminated with unlabelled samples of the other classes.
     The synthetic and transformed sets are built from the ID test images and join every setting.
     """
-    if spec.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {spec.dataset!r}; available: {', '.join(DATASETS)}")
     unknown = [s for s in ood_sets if s not in OOD_SETS]
     if unknown:
         raise ValueError(f"unknown OOD set(s) {', '.join(unknown)}; available: {', '.join(OOD_SETS)}")
-    pixels, labels, names = DATASETS[spec.dataset].load(spec.image_size)
+    data = load_dataset(spec.dataset, spec.image_size)
+    pixels, labels, names = data.pixels, data.labels, data.class_names
     n_classes = len(names)
-    tr, va, te = split_indices(labels, spec.seed)
-    meta: dict = {"setting": spec.setting, "n_dataset_classes": n_classes}
+    tr, va, te = split_indices(labels, spec.seed, data.is_train)
+    tr = subsample_per_class(tr, labels, spec.train_per_class, spec.seed)
+    meta: dict = {"setting": spec.setting, "n_dataset_classes": n_classes, "dataset_source": data.source,
+                  "official_split": data.is_train is not None}
     extra_ood: dict[str, np.ndarray] = {}  # name -> dataset indices of a natural OOD set
     class_names = names
     remap = np.arange(n_classes)
@@ -132,9 +180,8 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         # contaminants are unlabelled: they carry the normal label 0, like every training sample
         tr = np.r_[tr_normal, contaminants]
         va, te = va[normal[va]], te[normal[te]]
-    # normalisation statistics from the (ID) training pixels only
-    mean = float(pixels[tr].mean())
-    std = float(pixels[tr].std()) or 1.0
+    # normalisation statistics per channel from the (ID) training pixels only
+    mean, std = channel_stats(pixels, tr)
 
     def norm(p: np.ndarray) -> np.ndarray:
         return ((p - mean) / std).astype(np.float32)
@@ -151,7 +198,11 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         ood[name] = Split(norm(pixels[idx]), np.full(len(idx), -1, dtype=np.int64))
         meta[f"{name}_original_labels"] = labels[idx].tolist()
     n_ood = max(1, int(round(ood_fraction * len(te))))
+    skipped = []
     for name in ood_sets:
+        if not ood_set_available(name):
+            skipped.append(name)  # a natural set whose files are absent: noted, not an error
+            continue
         p = make_ood_set(name, pixels[te], n_ood, spec.seed)
         ood[name] = Split(norm(p), np.full(len(p), -1, dtype=np.int64))
     return Benchmark(
@@ -163,5 +214,19 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         val=Split(norm(pixels[va]), id_labels(va)),
         test=Split(norm(pixels[te]), id_labels(te)),
         ood=ood,
-        meta=meta,
+        meta={**meta, "skipped_ood_sets": skipped},
+        fingerprint=data.fingerprint,
     )
+
+
+def channel_stats(pixels: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of pixels[idx] as float32 arrays of shape (c, 1, 1) (numpy's float32 pairwise
+    sums, one channel at a time: for one channel exactly the statistics of all the pixels)."""
+    c = pixels.shape[1]
+    mean = np.empty((c, 1, 1), np.float32)
+    std = np.empty((c, 1, 1), np.float32)
+    for ch in range(c):
+        block = pixels[idx, ch]
+        mean[ch] = float(block.mean())
+        std[ch] = float(block.std()) or 1.0
+    return mean, std

@@ -8,6 +8,13 @@ from .base import Detector, Param, Reference, register, softmax
 from .features import class_means_and_precision
 
 
+def pixel_step(adapter, eps: float):
+    """eps pixel units in the adapter's normalised input units (1 / std per channel; 1 when it has no std)."""
+    if hasattr(adapter, "pixel_step"):
+        return adapter.pixel_step(eps)
+    return eps / float(getattr(adapter, "input_std", 1.0))
+
+
 @register
 class ODIN(Detector):
     name = "odin"
@@ -38,7 +45,7 @@ class ODIN(Detector):
         if out.inputs is None:
             raise ValueError("ODIN needs the input images of this split; they were not kept")
         adapter = self.model_
-        std = float(getattr(adapter, "input_std", 1.0))
+        step = pixel_step(adapter, self.epsilon)
         scores = []
         for xb in adapter.batches(out.inputs):
             xb = xb.clone().requires_grad_(True)
@@ -47,7 +54,7 @@ class ODIN(Detector):
             loss = torch.nn.functional.cross_entropy(logits, logits.argmax(1), reduction="sum")
             (grad,) = torch.autograd.grad(loss, xb)
             # epsilon is in pixel units; inputs are normalised, so one pixel unit is 1/std
-            x_tilde = xb.detach() - (self.epsilon / std) * grad.sign()
+            x_tilde = xb.detach() - step * grad.sign()
             with torch.no_grad():
                 p = torch.softmax(adapter.logits_tensor(x_tilde).double() / self.temperature, dim=1)
             scores.append(-p.max(1).values.cpu().numpy())
@@ -126,7 +133,7 @@ class MahalanobisPreprocessed(Detector):
         if out.inputs is None:
             raise ValueError("mahalanobis_pre needs the input images of this split; they were not kept")
         adapter = self.model_
-        step = self.epsilon / float(getattr(adapter, "input_std", 1.0))
+        step = pixel_step(adapter, self.epsilon)
         prec = torch.as_tensor(self.precision_, dtype=torch.float64, device=adapter.device)
         mp = torch.as_tensor(self.means_ @ self.precision_, dtype=torch.float64, device=adapter.device)
         mpm = (mp * torch.as_tensor(self.means_, dtype=torch.float64, device=adapter.device)).sum(1)

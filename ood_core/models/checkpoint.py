@@ -48,8 +48,17 @@ class ModelLoadError(ValueError):
 
 # --- paths, hashes, locks ------------------------------------------------------------------------------
 
+def trained_key(spec: Spec) -> str:
+    """The key of a trained model: the spec's model key and the fingerprint of the data it trains on, so another
+    file (or loader) under the same dataset name never reuses a model trained on other data."""
+    from ..data.datasets import load_dataset
+
+    data = load_dataset(spec.dataset, spec.image_size).fingerprint
+    return hashlib.sha256(f"{spec.model_key()}:{data}".encode()).hexdigest()[:16]
+
+
 def checkpoint_path(spec: Spec, cache_dir: Path | str | None = None) -> Path:
-    return Path(cache_dir or DEFAULT_CACHE_DIR) / "models" / f"{spec.model}-{spec.model_key()}.pt"
+    return Path(cache_dir or DEFAULT_CACHE_DIR) / "models" / f"{spec.model}-{trained_key(spec)}.pt"
 
 
 def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
@@ -104,7 +113,7 @@ def cache_status(cache_dir: Path | str | None = None) -> tuple[bool, str]:
 
 def is_cached(spec: Spec, cache_dir: Path | str | None = None) -> bool:
     """Whether a checkpoint file (maybe still to be verified) or an in-memory model exists for `spec`."""
-    return spec.model_key() in _MEMORY_CACHE or checkpoint_path(spec, cache_dir).exists()
+    return trained_key(spec) in _MEMORY_CACHE or checkpoint_path(spec, cache_dir).exists()
 
 
 # --- writing and reading ------------------------------------------------------------------------------
@@ -123,7 +132,7 @@ def _provenance(model: nn.Module, seconds: float, device: Optional[str], written
 def _payload(model: nn.Module, spec: Spec, history: list[dict], seconds: float, device: Optional[str],
              written: bool) -> dict:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"state_dict": state, "spec_key": spec.model_key(), "history": history, "seconds": float(seconds),
+    return {"state_dict": state, "spec_key": trained_key(spec), "history": history, "seconds": float(seconds),
             "sha256": state_dict_sha256(state), "provenance": _provenance(model, seconds, device, written)}
 
 
@@ -176,7 +185,7 @@ def read_checkpoint(source, spec: Spec, bench: Benchmark) -> CheckpointRead:
     stored = payload.get("sha256")
     if stored is not None and stored != state_dict_sha256(state):
         return CheckpointRead("corrupt", reason="checksum mismatch")
-    if payload.get("spec_key") != spec.model_key():
+    if payload.get("spec_key") != trained_key(spec):
         return CheckpointRead("other", reason="it was written for another spec")
     if stored is None:
         return CheckpointRead("unverified", reason="it has no checksum (written by an older version)")
@@ -275,7 +284,7 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
             result.provenance = save_checkpoint(path, result.model, spec, result.history, result.seconds, device)
             enforce_cache_cap(path.parent, serving.cache_cap_bytes(), keep=path)
         except OSError as e:  # the disk filled up or went read-only since the check: keep the work
-            _MEMORY_CACHE[spec.model_key()] = _memory_bytes(result, spec, device)
+            _MEMORY_CACHE[trained_key(spec)] = _memory_bytes(result, spec, device)
             result.provenance = _provenance(result.model, result.seconds, device, written=False)
             note = " ".join(filter(None, [note, f"The model could not be saved to {path.parent} "
                                                 f"({e.strerror or type(e).__name__}); it is kept in memory for "
@@ -324,7 +333,7 @@ def _memory_bytes(result: TrainResult, spec: Spec, device: str) -> bytes:
 def _get_model_in_memory(spec: Spec, bench: Benchmark, progress, path: Path, reason: str, device: str,
                          retrain: bool, train_model) -> TrainResult:
     """get_model when the cache folder cannot be written: train once per process, keep the weights in memory."""
-    key = spec.model_key()
+    key = trained_key(spec)
     note = (f"The model cache {path.parent.parent} is not writable ({reason}): the model is kept in memory "
             "for this process only and was not saved.")
     with _memory_lock(key):
