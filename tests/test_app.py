@@ -47,6 +47,11 @@ def percent(text: str) -> float:
     return float(text.strip().rstrip("%"))
 
 
+def model_uploader(at: AppTest):
+    """The Experiment page's model upload (the page also has one for the user's own images)."""
+    return next(u for u in at.file_uploader if u.label.startswith("Model weights"))
+
+
 def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
@@ -146,7 +151,7 @@ def test_invalid_learning_rate_gives_a_message_not_a_traceback(app):
 
 
 def test_corrupt_upload_gives_an_error_and_keeps_the_trained_model(app):
-    app.file_uploader[0].upload("broken.pt", b"this is not a checkpoint").run()
+    model_uploader(app).upload("broken.pt", b"this is not a checkpoint").run()
     no_exception(app)
     assert any("Could not use broken.pt" in e.value and "not a loadable PyTorch checkpoint" in e.value
                for e in app.error)
@@ -157,13 +162,13 @@ def test_corrupt_upload_gives_an_error_and_keeps_the_trained_model(app):
 def test_wrong_shape_upload_says_it_does_not_match(app):
     buf = io.BytesIO()
     torch.save({"head.weight": torch.zeros(3, 7), "head.bias": torch.zeros(3)}, buf)
-    app.file_uploader[0].upload("other.pt", buf.getvalue()).run()
+    model_uploader(app).upload("other.pt", buf.getvalue()).run()
     no_exception(app)
     assert any("does not match" in e.value for e in app.error)
 
 
 def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experiment):
-    app.file_uploader[0].upload("mine.pt", ui.state_dict_bytes(default_experiment)).run()
+    model_uploader(app).upload("mine.pt", ui.state_dict_bytes(default_experiment)).run()
     no_exception(app)
     assert any("Using your model `mine.pt`" in s.value for s in app.success)
     # (AppTest drops app.py's sidebar after the first run, so check the state the sidebar reads)
