@@ -69,7 +69,7 @@ def test_run_seeds_all_means_every_detector_that_applies_to_each_experiment(tiny
     # every detector scores as MSP here (fitting and scoring all of them, ensembles included, takes minutes);
     # what is checked is which names run_seeds resolves "all" to and that none of them is refused
     msp = exp.fit_detector("msp")
-    monkeypatch.setattr(exp, "fit_detector", lambda name, params=None: msp)
+    monkeypatch.setattr(exp, "fit_detector", lambda name, params=None, *args, **kwargs: msp)
     seen = []
     rows, accs = compare.run_seeds(lambda seed: exp, [0], "all",
                                    on_seed=lambda seed, exp, r, scores: seen.append((seed, len(r), set(scores))))
