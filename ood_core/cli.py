@@ -188,7 +188,7 @@ APPLIES = {
     "detectors": ("ood", "osr"), "seeds": ("ood",), "epochs": ("ood", "osr"), "regime": ("ood", "osr"),
     "known": ("osr",), "splits": ("osr",), "contamination": ("ad",), "normal_class": ("nd", "ad"),
     "curve": ("ad",), "synthetic": ("osr", "nd", "ad"), "save_outputs": ("ood",), "save_scores": ("ood",),
-    "ood_preset": ("ood",),
+    "ood_preset": ("ood",), "model": ("ood", "osr"),
 }
 DEFAULTS = {"detectors": "all", "seeds": 1, "regime": "ce", "known": 6, "splits": 5, "contamination": 0.05,
             "synthetic": ""}
@@ -360,7 +360,7 @@ def run(args) -> int:
     if extra_sets and args.setting != "ood":  # the protocols score them beside their own unknowns
         args.synthetic = ",".join(dict.fromkeys([*filter(None, args.synthetic.split(",")), *extra_sets]))
     training = TrainConfig(epochs=args.epochs or dataset.default_epochs, regime=args.regime)
-    base = Spec(setting=args.setting, dataset=dataset.name, training=training, seed=args.seed,
+    base = Spec(setting=args.setting, dataset=dataset.name, model=args.model or Spec.model, training=training, seed=args.seed,
                 image_size=args.image_size or dataset.default_size, train_per_class=args.per_class or 0,
                 contamination=args.contamination if args.setting == "ad" else Spec.contamination)
     if not args.quiet:
@@ -433,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with images and labels (default digits)")
     r.add_argument("--data-root", default=None, help="where registered datasets are read (default $OOD_DATA_ROOT, "
                                                      "else data/), in torchvision's layouts")
+    r.add_argument("--model", default=None, choices=["small_cnn", "resnet18_cifar"],
+                   help="OOD/OSR classifier: the small CNN (default) or a CIFAR-style ResNet-18 (3x3 stem, no max-pool)")
     r.add_argument("--image-size", type=int, default=None, help="image side in px, a multiple of 4 in 8..64 "
                                                                 "(default: the dataset's own; digits 16)")
     r.add_argument("--per-class", type=int, default=None, help="at most this many training images per class "

@@ -88,18 +88,25 @@ class ModelAdapter:
 
     @torch.no_grad()
     def layer_feature_maps(self, x: np.ndarray) -> list[np.ndarray]:
-        """The output of every ReLU in the convolutional body, per layer (n, C_l, h_l, w_l), for Gram-style methods."""
+        """The output of every nn.ReLU module of the network (the convolutional ones: 4-d outputs), per layer
+        (n, C_l, h_l, w_l), in the order the modules are declared, caught by forward hooks during one ordinary forward
+        pass, for Gram-style methods (any architecture whose activations are nn.ReLU modules)."""
         self.model.eval()
-        relus = [m for m in self.model.body if isinstance(m, nn.ReLU)]
-        per_layer: list[list[np.ndarray]] = [[] for _ in relus]
-        for xb in self.batches(x):
-            h = xb
-            i = 0
-            for m in self.model.body:
-                h = m(h)
-                if isinstance(m, nn.ReLU):
-                    per_layer[i].append(h.cpu().numpy())
-                    i += 1
+        relus = [m for m in self.model.modules() if isinstance(m, nn.ReLU)]
+        caught: dict[int, list[np.ndarray]] = {id(m): [] for m in relus}
+
+        def hook(module, inputs, output):
+            if output.dim() == 4:  # copied now: an in-place ReLU's output is overwritten by nothing later, but be safe
+                caught[id(module)].append(output.detach().cpu().numpy().copy())
+
+        handles = [m.register_forward_hook(hook) for m in relus]
+        try:
+            for xb in self.batches(x):
+                self.model(xb)
+        finally:
+            for h in handles:
+                h.remove()
+        per_layer = [caught[id(m)] for m in relus if caught[id(m)]]
         return [np.concatenate(p) for p in per_layer]
 
     def logits_tensor(self, xb: torch.Tensor) -> torch.Tensor:

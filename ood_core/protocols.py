@@ -40,7 +40,7 @@ ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
     ("geotrans", "ocsvm", {}),
 )
 MODEL_TITLES = {"deep_svdd": "Deep SVDD", "autoencoder": "Autoencoder", "geotrans": "GeoTrans", "pixels": "raw pixels",
-                "small_cnn": "small CNN"}
+                "small_cnn": "small CNN", "resnet18_cifar": "ResNet-18 (CIFAR-style)"}
 
 
 def method_label(model: str, detector: str, params: dict) -> str:

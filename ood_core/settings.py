@@ -24,7 +24,7 @@ SEEN = {
     "ad": ("one normal class + unlabelled anomalies", "normal + all other classes"),
 }
 
-CLASSIFIER_MODELS = ("small_cnn",)
+CLASSIFIER_MODELS = ("small_cnn", "resnet18_cifar")
 ONE_CLASS_MODELS = ("deep_svdd", "autoencoder", "geotrans", "pixels")
 
 METRICS = {

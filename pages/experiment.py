@@ -143,7 +143,13 @@ def experiment_form(setting: str, dataset: str):
                        "(see ood_core/models/oneclass.py).")
         models = settings.models_for(setting)
         if setting in ("ood", "osr"):
-            extra["model"] = models[0]
+            from ood_core.protocols import MODEL_TITLES
+
+            extra["model"] = st.selectbox("Classifier", models, index=models.index(spec.model) if spec.model in models else 0,
+                                          format_func=lambda m: MODEL_TITLES.get(m, m),
+                                          help="The small CNN trains in seconds on a CPU; the CIFAR-style ResNet-18 "
+                                               "(11 M parameters, the network of OpenOOD's benchmarks) is meant for "
+                                               "32 px colour data and a GPU, or a per-class subsample on a CPU.")
             regimes = list(REGIME_TITLES)
             extra["regime"] = st.selectbox("Training regime", regimes, index=regimes.index(spec.training.regime),
                                            format_func=lambda r: REGIME_TITLES[r],

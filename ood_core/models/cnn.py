@@ -52,7 +52,13 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-MODELS = {"small_cnn": SmallCNN}
+def _resnet18_cifar(in_channels: int = 1, num_classes: int = 10):
+    from .resnet import ResNet18Cifar
+
+    return ResNet18Cifar(in_channels=in_channels, num_classes=num_classes)
+
+
+MODELS = {"small_cnn": SmallCNN, "resnet18_cifar": _resnet18_cifar}
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int = 16) -> nn.Module:
