@@ -5,6 +5,10 @@ progress bar when no checkpoint is on disk), the cached detector scores and ever
 (Compare's rows and runs, Sensitivity's sweeps, the activation view, the embedding reducers and UMAP
 warm-up, attribution maps), an uploaded user model, the shared sidebar, and widgets built from detector `Param`s. Numbers come from ood_core; nothing
 here computes a metric or a score itself.
+
+It also keeps a view in its URL (each page's choices read from and written back to st.query_params), presentation
+mode (present=1: larger text, no explanations, the main chart first) and the teaching presets (ood_core.presets:
+the sidebar's buttons, a preset's link, the lesson's banner).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
 from ood_core.pipeline import Experiment
+from ood_core.presets import PRESETS
 from ood_core.report import METRIC_COLUMNS, OSCR_COLUMN
 from ood_core.spec import CLASSIFIER_SETTINGS, QUERY_FIELDS, SETTING_TITLES
 from ood_core.text import brief, provenance_line
@@ -79,7 +84,7 @@ def current_spec() -> Spec:
 
 def sync_query_params(spec: Spec) -> None:
     """Write the spec into the URL (its own keys only; a page's other parameters stay), so that a reload or a copied
-    link opens the same experiment."""
+    link opens the same experiment, and presentation mode (present=1) while it is on."""
     want = spec.to_query()
     for key in QUERY_FIELDS:
         if key in want:
@@ -87,6 +92,10 @@ def sync_query_params(spec: Spec) -> None:
                 st.query_params[key] = want[key]
         elif key in st.query_params:
             del st.query_params[key]
+    if presenting():
+        remember_in_url(PRESENT_KEY, "1")
+    else:
+        forget_in_url(PRESENT_KEY)
 
 
 def view_link() -> str:
@@ -669,11 +678,26 @@ def param_widget(pname: str, p: Param, key: str, value: Any = None) -> Any:
 
 
 # --- a page's choices in the URL ---------------------------------------------------------------------------
+# Each page reads its choices from the link (the widget's starting value) and writes them back as they change;
+# query keys are per page ("sets" on Scores and on Compare are each that page's OOD sets): Streamlit drops a page's
+# query parameters when another page is opened, and the shared sidebar writes the experiment back.
+
+def _text(value: Any) -> str:
+    """How a choice is written in the URL: lists comma-separated, booleans 1/0, floats in %g."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_text, value))
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
 
 def url_choice(key: str, options: Sequence, default: Any) -> Any:
-    """The value a link gives for one of the page's choices (query parameter `key`) when it is one of `options`."""
+    """The value a link gives for one of the page's choices (query parameter `key`) when it is one of `options`
+    (matched by how remember_in_url writes it, so ints, None and booleans come back as themselves)."""
     raw = st.query_params.get(key)
-    return raw if raw in options else default
+    return next((o for o in options if _text(o) == raw), default) if raw is not None else default
 
 
 def url_choices(key: str, options: Sequence, default: list) -> list:
@@ -681,8 +705,25 @@ def url_choices(key: str, options: Sequence, default: list) -> list:
     raw = st.query_params.get(key)
     if raw is None:
         return default
-    chosen = [v for v in raw.split(",") if v in options]
+    by_text = {_text(o): o for o in options}
+    chosen = [by_text[v] for v in raw.split(",") if v in by_text]
     return chosen if chosen or raw == "" else default
+
+
+def url_number(key: str, low: float, high: float, default: float, kind: type = float) -> Any:
+    """A number from the link (query parameter `key`) when it reads as `kind` and lies in [low, high]; else default."""
+    raw = st.query_params.get(key)
+    try:
+        value = kind(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        value = None
+    return value if value is not None and np.isfinite(value) and low <= value <= high else default
+
+
+def url_flag(key: str, default: bool) -> bool:
+    """A yes/no choice from the link (1 or 0)."""
+    raw = st.query_params.get(key)
+    return raw == "1" if raw in ("0", "1") else default
 
 
 def url_param(key: str, pname: str, p: Param) -> Any:
@@ -691,17 +732,221 @@ def url_param(key: str, pname: str, p: Param) -> Any:
     if raw is None:
         return None
     try:
-        return p.validate(pname, raw if p.kind == "choice" else float(raw))
-    except (TypeError, ValueError):
+        if p.kind == "choice":  # choices may be strings, booleans or numbers: matched as remember_in_url writes them
+            return next(c for c in p.choices if _text(c) == raw)
+        return p.validate(pname, float(raw))
+    except (StopIteration, TypeError, ValueError):
         return None
 
 
-def remember_in_url(key: str, value: Any) -> None:
-    """Write one of the page's choices into the URL (lists comma-separated), so a reload or a link restores it."""
-    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(
-        value, float) else str(value)
+_UNSET = object()
+
+
+def remember_in_url(key: str, value: Any, default: Any = _UNSET) -> None:
+    """Write one of the page's choices into the URL (lists comma-separated), so a reload or a link restores it; a
+    value equal to `default` (what the page shows without the parameter) is left out, which keeps links short."""
+    if default is not _UNSET and _text(value) == _text(default):
+        forget_in_url(key)
+        return
+    text = _text(value)
     if st.query_params.get(key) != text:
         st.query_params[key] = text
+
+
+def forget_in_url(*keys: str) -> None:
+    """Take choices out of the URL (they no longer apply: another detector's parameters, a stale threshold)."""
+    for key in keys:
+        if key in st.query_params:
+            del st.query_params[key]
+
+
+def forget_other_params(params: Mapping) -> None:
+    """Drop the "p.<name>" query parameters that are not among `params` (another detector's)."""
+    forget_in_url(*[k for k in st.query_params if k.startswith("p.") and k[2:] not in params])
+
+
+# the pages' widget keys start with these: forgotten when a preset sets the URL, so the widgets start from it
+PAGE_WIDGET_PREFIXES = ("scores-", "param-", "threshold-", "compare-", "sens-", "emb-", "act-", "expl-", "methods-")
+
+
+def forget_page_widgets() -> None:
+    """Drop every page widget's state, so that each starts again from the URL (a preset was just applied)."""
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(PAGE_WIDGET_PREFIXES)]:
+        del st.session_state[key]
+
+
+# --- presentation mode -----------------------------------------------------------------------------------
+
+PRESENT_KEY = "present"  # session_state (the sidebar toggle's key) and the URL flag present=1
+MAIN_CHART_HEIGHT = 430  # presentation mode: a page's main chart fits a 1024x768 screen under the title
+PRESENT_FONT = 17  # presentation mode: plotly font size of the main charts
+PRESENT_FONT_FAMILY = '"Source Sans", "Source Sans Pro", sans-serif'  # the app's own font
+PRESENT_TEXT_COLOUR = "#31333F"  # the app's text colour
+
+PRESENT_CSS = """
+<style>
+/* presentation mode: larger text, no captions, the page from the top of the screen and across its width */
+[data-testid="stMainBlockContainer"] { padding: 4rem 1.5rem 2rem 1.5rem; }
+[data-testid="stMain"] [data-testid="stMarkdownContainer"] p,
+[data-testid="stMain"] [data-testid="stMarkdownContainer"] li { font-size: 1.25rem; }
+[data-testid="stMain"] [data-testid="stWidgetLabel"] p { font-size: 1.1rem; }
+[data-testid="stMain"] [data-testid="stHeading"] h1 { font-size: 1.8rem; padding: 0 0 0.25rem 0; }
+[data-testid="stMain"] [data-testid="stCaptionContainer"] { display: none; }
+</style>
+"""
+
+
+def init_presentation() -> bool:
+    """On a session's first run presentation mode comes from the link (present=1); the sidebar toggle decides after."""
+    if PRESENT_KEY not in st.session_state:
+        st.session_state[PRESENT_KEY] = st.query_params.get(PRESENT_KEY) == "1"
+    if st.session_state[PRESENT_KEY]:
+        st.html(PRESENT_CSS)
+    return st.session_state[PRESENT_KEY]
+
+
+def presentation_toggle() -> None:
+    """The sidebar switch for presentation mode (its state is PRESENT_KEY, set from the link on the first run)."""
+    st.toggle("Presentation mode", key=PRESENT_KEY,
+              help="For a projector: larger text, no explanatory text, each page's main chart first, sized for a "
+                   "1024×768 screen. The address gets present=1, so a link opens in this mode.")
+
+
+def presenting() -> bool:
+    return bool(st.session_state.get(PRESENT_KEY, False))
+
+
+def tutorial(text: str) -> None:
+    """Explanatory text (a page's introduction, a method's theory): shown, except in presentation mode."""
+    if not presenting():
+        st.markdown(text)
+
+
+def chart_first():
+    """In presentation mode a container right here (under the page's title) for the page's main chart, so that it
+    is drawn first though it is computed later; None otherwise (the page draws the chart where it belongs)."""
+    return st.container() if presenting() else None
+
+
+def main_chart(fig, where=None, height: int = MAIN_CHART_HEIGHT, font_size: int = PRESENT_FONT, **kwargs):
+    """Draw a page's main chart (in `where`, default here). In presentation mode it gets larger fonts and a height
+    that fits a 1024x768 screen; it is then drawn without Streamlit's chart theme, which would set its own (small)
+    font sizes over the figure's, on a plain white template in the app's font instead."""
+    where = st if where is None else where
+    if not presenting():
+        return where.plotly_chart(fig, **kwargs)
+    fig.update_layout(template="plotly_white", height=height, font=dict(size=font_size, family=PRESENT_FONT_FAMILY,
+                                                                         color=PRESENT_TEXT_COLOUR),
+                      title_font_size=font_size + 3, legend_font_size=font_size - 1)
+    return where.plotly_chart(fig, theme=None, **kwargs)
+
+
+# --- teaching presets -------------------------------------------------------------------------------------
+
+PRESET_KEY = "preset"  # session_state: the preset being shown; URL: preset=<name> (on its page)
+LINK_READ_KEY = "link-read"  # session_state: this session's link has been read (on its first run)
+
+
+def page_file(url_path: str) -> str:
+    """The page script of a URL path ("" is the default page, Experiment)."""
+    return f"pages/{url_path or 'experiment'}.py"
+
+
+def _preset_query(name: str, choices: Optional[Mapping] = None) -> dict[str, str]:
+    """The URL of a preset's view: its experiment, its page's choices (`choices` of a link win over the preset's
+    own, so a changed view restores as changed), the preset's name and presentation mode."""
+    p = PRESETS[name]
+    query = {k: v for k, v in {**p.choices, **dict(choices or {})}.items() if k not in QUERY_FIELDS}
+    query.update(p.spec.to_query(), preset=name)
+    if presenting():
+        query[PRESENT_KEY] = "1"
+    return query
+
+
+def apply_preset(name: str) -> None:
+    """Open a preset: its experiment (trained if not cached), its page, that page's choices (widgets restart)."""
+    p = PRESETS[name]
+    set_spec(p.spec)
+    forget_page_widgets()
+    st.session_state[PRESET_KEY] = name
+    st.switch_page(page_file(p.page), query_params=_preset_query(name))
+
+
+def read_link(page) -> None:
+    """On a session's first run: a link naming a preset (?preset=<name>) opens that preset's experiment on its page,
+    with the link's own page choices where it has them (other links are read by current_spec and the pages)."""
+    if st.session_state.get(LINK_READ_KEY):
+        return
+    st.session_state[LINK_READ_KEY] = True
+    name = st.query_params.get(PRESET_KEY)
+    if name not in PRESETS:
+        return
+    p = PRESETS[name]
+    st.session_state[SPEC_KEY] = p.spec
+    st.session_state[PRESET_KEY] = name
+    query = _preset_query(name, st.query_params.to_dict())
+    if page.url_path != p.page:
+        st.switch_page(page_file(p.page), query_params=query)
+    st.query_params.from_dict(query)
+
+
+def preset_picker() -> None:
+    """The sidebar's presets: one button each; a click opens the preset's experiment, page and choices."""
+    with st.expander("Teaching presets", icon=":material/school:"):
+        st.caption("One lesson of the survey each, on the digits experiment (models train once if not cached).")
+        for name, p in PRESETS.items():
+            if st.button(p.title, key=f"preset-{name}", help=p.lesson, width="stretch"):
+                apply_preset(name)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _preset_lesson(name: str, exp_id: str, companion_ids: tuple, _exp: Experiment, _companions: tuple):
+    """A preset's check() on prepared experiments, once per (preset, experiment and its companions' ids)."""
+    by_spec = {c.spec: c for c in _companions}
+    return PRESETS[name].check(_exp, prepare=lambda spec: by_spec[spec])
+
+
+def prepared(spec: Spec) -> Optional[Experiment]:
+    """The experiment of `spec` (not the current one), trained with a progress bar if not cached; None on error."""
+    try:
+        if is_cached(spec):
+            return _experiment_store(spec.key(), spec_json(spec))
+        return _train_with_progress(spec, False)[0]
+    except Exception as e:
+        st.error(f"Could not prepare the experiment {spec.key()}: {brief(str(e))}")
+        return None
+
+
+def preset_banner(slot, page) -> None:
+    """On a preset's page: its title, its lesson and the lesson's numbers, recomputed from the models at hand. A
+    preset stops when its experiment is changed or its page is left."""
+    name = st.session_state.get(PRESET_KEY)
+    p = PRESETS.get(name)
+    if p is None or current_spec() != p.spec or active_user_model(p.spec) or page.url_path != p.page:
+        st.session_state.pop(PRESET_KEY, None)
+        forget_in_url(PRESET_KEY)
+        return
+    remember_in_url(PRESET_KEY, name)
+    with slot.container():
+        exp = prepared(p.spec)
+        companions = tuple(prepared(s) for s in p.companions)
+        if exp is None or any(c is None for c in companions):
+            return
+        try:
+            lesson = _preset_lesson(name, experiment_id(exp), tuple(experiment_id(c) for c in companions), exp,
+                                    companions)
+        except Exception as e:
+            st.error(f"The preset's lesson could not be computed: {brief(f'{type(e).__name__}: {e}')}")
+            return
+        show = st.success if lesson.holds else st.warning
+        text = lesson.message if lesson.holds else (
+            f"On this machine's model the lesson does not show as expected: {lesson.message}")
+        if presenting():
+            show(f"**{p.title}.** {text}", icon=":material/school:")
+        else:
+            with st.container(border=True):
+                st.markdown(f"**Preset · {p.title}**  \n{p.lesson}")
+                show(text, icon=":material/school:")
 
 
 # --- images and the sidebar -------------------------------------------------------------------------

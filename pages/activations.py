@@ -1,5 +1,8 @@
 """Activations page: why activation shaping separates ID from OOD (ReAct's clipping, DICE's weight
-sparsification, ASH's pruning), on the cached penultimate activations; a slider redraws in well under a second."""
+sparsification, ASH's pruning), on the cached penultimate activations; a slider redraws in well under a second.
+
+The views are not fragments: a slider reruns the page (tens of milliseconds on the server, everything else is
+cached), so that the sidebar's link to the view follows the slider, which the URL records."""
 from __future__ import annotations
 
 import pandas as pd
@@ -18,16 +21,32 @@ VIEWS = {"react": "ReAct: clip activations", "dice": "DICE: sparsify the last la
          "ash": "ASH: prune activations"}
 ASH_MODES = {"s": "ASH-S (scale the rest)", "b": "ASH-B (binarise the rest)", "p": "ASH-P (prune only)"}
 GALLERY_K = 6
+ACTIVATION_PRESENT_HEIGHT = 400  # presentation mode: a view's charts fit a 1024x768 screen under the title
+ACTIVATION_PRESENT_FONT = 14  # ... two side by side, each half the width
 
 
 # --- widgets ----------------------------------------------------------------------------------------
 
-def percentile_slider(label: str, name: str, pname: str, key: str, help_: str) -> float:
-    """A slider over the detector's own parameter range, starting at its default."""
+def percentile_slider(label: str, name: str, pname: str, key: str, help_: str, url_key: str) -> float:
+    """A slider over the detector's own parameter range, starting at the link's value (query `url_key`) or its
+    default."""
     p = REGISTRY[name].params[pname]
     step, decimals = p.slider_step()
-    return st.slider(label, float(p.low), float(p.high), float(p.default), step=step, format=f"%.{decimals}f",
-                     key=key, help=help_)
+    start = ui.url_number(url_key, float(p.low), float(p.high), float(p.default))
+    value = st.slider(label, float(p.low), float(p.high), start, step=step, format=f"%.{decimals}f", key=key,
+                      help=help_)
+    ui.remember_in_url(url_key, float(value))
+    return value
+
+
+def figure_row(figs: list, keys: list[str], captions: list[str], where) -> None:
+    """Charts side by side, each with its caption below; `where`: the container (presentation mode: the top)."""
+    with where if where is not None else st.container():
+        for col, fig, key, caption in zip(st.columns(len(figs)), figs, keys, captions):
+            with col:
+                ui.main_chart(fig, height=ACTIVATION_PRESENT_HEIGHT, font_size=ACTIVATION_PRESENT_FONT, key=key,
+                              width="stretch")
+                st.caption(caption)
 
 
 # --- shared pieces ----------------------------------------------------------------------------------
@@ -78,60 +97,55 @@ def _images(exp, split: str, idx, captions) -> None:
 
 # --- the three views --------------------------------------------------------------------------------
 
-@st.fragment
-def react_view(exp, view: A.ActivationView, sets: list[str]) -> None:
-    st.markdown(
+def react_view(exp, view: A.ActivationView, sets: list[str], top=None) -> None:
+    ui.tutorial(
         "**ReAct** (Sun et al., NeurIPS 2021, Fig. 1) clips every penultimate activation at a threshold *c*, the "
         "*p*-th percentile of all ID training activations: h ← min(h, c). OOD inputs tend to drive a few units "
         "far above their usual ID level; those abnormally large values inflate the logits and make the network "
         "over-confident. Clipping removes exactly that excess while barely touching ID activations.")
     p = percentile_slider("Clipping percentile p", "react", "percentile", "act-react-p",
                           "c is the p-th percentile of all ID train activations (global over units and samples). "
-                          "The paper uses p = 90.")
+                          "The paper uses p = 90.", url_key="react.p")
     shift = A.react_at(view, p)
     st.markdown(f"Clip threshold **c = {shift.threshold:.3f}** (the {p:g}th percentile of ID train activations).")
-    c1, c2 = st.columns(2)
-    with c1:
-        st.plotly_chart(activation_figures.unit_profile_figure(view.profile, threshold=shift.threshold,
-                                              title="Per-unit mean ± std, units sorted by ID mean"),
-                        key="act-react-units", width="stretch")
-        st.caption("Each x position is one penultimate unit; lines are its mean activation over the images of a set, "
-                   "bands ± one standard deviation. Where an OOD line rises above the ID line, the dashed clip "
-                   "line cuts off the OOD excess.")
-    with c2:
-        fig = activation_figures.activation_histogram_figure(view.hist, threshold=shift.threshold, percentile=p, log_y=True,
-                                            title="All activation values (log density)")
-        st.plotly_chart(fig, key="act-react-hist", width="stretch")
-        st.caption("Every activation value of every image, on a log scale (exact zeros, the ReLU floor, are counted "
-                   "in the legend but not drawn). Everything right of the dashed line is clipped to c.")
+    figure_row(
+        [activation_figures.unit_profile_figure(view.profile, threshold=shift.threshold,
+                                                title="Per-unit mean ± std, units sorted by ID mean"),
+         activation_figures.activation_histogram_figure(view.hist, threshold=shift.threshold, percentile=p,
+                                                        log_y=True, title="All activation values (log density)")],
+        ["act-react-units", "act-react-hist"],
+        ["Each x position is one penultimate unit; lines are its mean activation over the images of a set, bands ± "
+         "one standard deviation. Where an OOD line rises above the ID line, the dashed clip line cuts off the OOD "
+         "excess.",
+         "Every activation value of every image, on a log scale (exact zeros, the ReLU floor, are counted in the "
+         "legend but not drawn). Everything right of the dashed line is clipped to c."], top)
     auroc_summary(shift, f"ReAct (p = {p:g})")
     energy_section(shift, "act-react-energy")
     samples_behind(exp, shift, sets, "act-react-gallery")
 
 
-@st.fragment
-def dice_view(exp, view: A.ActivationView, sets: list[str]) -> None:
-    st.markdown(
+def dice_view(exp, view: A.ActivationView, sets: list[str], top=None) -> None:
+    ui.tutorial(
         "**DICE** (Sun & Li, ECCV 2022) sparsifies the last layer instead of the activations. Each weight's "
         "*contribution* is V = W ⊙ mean ID activation: how much it adds to its class's logit on a typical ID "
         "image. DICE keeps only the top (100 − p)% of contributions and zeroes the other weights; the many small, "
         "noisy contributions that OOD inputs can exploit are gone, the few that matter for ID stay.")
     p = percentile_slider("Sparsity p (% of weights dropped)", "dice", "sparsity", "act-dice-p",
-                          "DICE keeps the weights whose contribution exceeds the p-th percentile of all contributions.")
+                          "DICE keeps the weights whose contribution exceeds the p-th percentile of all contributions.",
+                          url_key="dice.p")
     mask, shift = A.dice_at(view, p)
-    st.plotly_chart(activation_figures.dice_contribution_figure(view.V, mask, exp.bench.class_names,
-                                               title="Contribution matrix (classes × units) and what DICE keeps"),
-                    key="act-dice-matrix", width="stretch")
-    st.caption("Top: all contributions, red = raises the class's logit, blue = lowers it. Bottom: the weights kept "
-               "at this sparsity (grey = dropped).")
+    figure_row([activation_figures.dice_contribution_figure(view.V, mask, exp.bench.class_names,
+                                                            title="Contribution matrix (classes × units) and what "
+                                                                  "DICE keeps")],
+               ["act-dice-matrix"], ["Top: all contributions, red = raises the class's logit, blue = lowers it. "
+                                     "Bottom: the weights kept at this sparsity (grey = dropped)."], top)
     auroc_summary(shift, f"DICE (p = {p:g})")
     energy_section(shift, "act-dice-energy")
     samples_behind(exp, shift, sets, "act-dice-gallery")
 
 
-@st.fragment
-def ash_view(exp, view: A.ActivationView, sets: list[str]) -> None:
-    st.markdown(
+def ash_view(exp, view: A.ActivationView, sets: list[str], top=None) -> None:
+    ui.tutorial(
         "**ASH** (Djurisic et al., ICLR 2023) prunes each image's activations: it keeps the top (100 − p)% units "
         "of that image, zeroes the rest and (ASH-S) scales the survivors by exp(s₁/s₂), s₁ and s₂ being the "
         "activation sums before and after pruning. ID images concentrate their activation in few strong units, "
@@ -139,16 +153,20 @@ def ash_view(exp, view: A.ActivationView, sets: list[str]) -> None:
     c1, c2 = st.columns([2, 1])
     with c1:
         p = percentile_slider("Pruning percentile p (% of units zeroed per image)", "ash_s", "percentile", "act-ash-p",
-                              "Each image keeps its top (100 − p)% activations.")
+                              "Each image keeps its top (100 − p)% activations.", url_key="ash.p")
     with c2:
-        mode = st.radio("Variant", list(ASH_MODES), format_func=ASH_MODES.get, key="act-ash-mode")
+        modes = list(ASH_MODES)
+        mode = st.radio("Variant", modes, index=modes.index(ui.url_choice("ash.mode", modes, "s")),
+                        format_func=ASH_MODES.get, key="act-ash-mode")
+        ui.remember_in_url("ash.mode", mode)
     pruning, shift = A.ash_at(view, p, mode)
     c1, c2 = st.columns(2)
-    with c1:
+    with (top if top is not None else c1):
         fig = figures.score_histogram(pruning[A.ID_NAME].mass_removed, {s: pruning[s].mass_removed for s in sets},
                                       title="Share of each image's activation sum that pruning removes")
         fig.update_xaxes(title_text="fraction of the activation sum removed (1 − s₂/s₁)")
-        st.plotly_chart(fig, key="act-ash-mass", width="stretch")
+        ui.main_chart(fig, height=ACTIVATION_PRESENT_HEIGHT, font_size=ACTIVATION_PRESENT_FONT, key="act-ash-mass",
+                      width="stretch")
     with c2:
         table = pd.DataFrame({
             "active units zeroed": {s: 100 * pr.active_pruned.mean() for s, pr in pruning.items()},
@@ -171,7 +189,7 @@ def ash_view(exp, view: A.ActivationView, sets: list[str]) -> None:
 
 def main() -> None:
     st.title("Activations: why shaping the penultimate layer helps")
-    st.markdown(
+    ui.tutorial(
         "The network's second-to-last layer has one **activation** per unit for every image. The energy score "
         "(higher = more OOD) is computed from the logits, which are a weighted sum of these activations. "
         "Three post-hoc methods reshape that sum — without retraining — so that ID and OOD energies move apart: "
@@ -186,11 +204,17 @@ def main() -> None:
                 f"({exp.spec.model}) has no classifier head. Choose an OOD-detection or open-set experiment on the "
                 "Experiment page to see it.")
         return
+    top = ui.chart_first()  # presentation mode: the view's main chart, above every choice
     c1, c2 = st.columns([2, 3])
     with c1:
-        sets = st.multiselect("OOD sets", exp.ood_names, default=default_ood_sets(exp.ood_names), key="act-sets")
+        sets = st.multiselect("OOD sets", exp.ood_names, key="act-sets",
+                              default=ui.url_choices("sets", exp.ood_names, default_ood_sets(exp.ood_names)))
     with c2:
-        which = st.radio("Method", list(VIEWS), format_func=VIEWS.get, key="act-view", horizontal=True)
+        which = st.radio("Method", list(VIEWS), index=list(VIEWS).index(ui.url_choice("view", list(VIEWS), "react")),
+                         format_func=VIEWS.get, key="act-view", horizontal=True)
+    ui.remember_in_url("sets", sets)
+    ui.remember_in_url("view", which)
+    ui.forget_in_url(*[k for k in st.query_params if k.split(".")[0] in VIEWS and not k.startswith(which + ".")])
     if not sets:
         st.info("Pick at least one OOD set above to compare its activations with the ID test images.")
         return
@@ -200,7 +224,7 @@ def main() -> None:
     except Exception as e:  # e.g. a model without a linear head
         st.error(f"Could not compute the activation statistics: {brief(str(e))}")
         return
-    {"react": react_view, "dice": dice_view, "ash": ash_view}[which](exp, view, sets)
+    {"react": react_view, "dice": dice_view, "ash": ash_view}[which](exp, view, sets, top)
 
 
 if __name__ == "__main__":

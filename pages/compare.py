@@ -26,6 +26,8 @@ HIGHER_IS_BETTER = compare.HIGHER_IS_BETTER
 DEFAULT_SEEDS = 3
 DEFAULT_SPLITS = 5  # OSR: the protocol's default number of random known/unknown splits (protocols.run_osr)
 RATIOS = (0.0, 0.05, 0.1, 0.15, 0.2)  # AD contamination curve, as protocols.contamination_curve's default
+HEATMAP_PRESENT_HEIGHT = 600  # presentation mode: the heatmap fits a 1024x768 screen (rows get thinner)
+HEATMAP_PRESENT_FONT = 13  # ... and every detector's name still shows on one of 30 thin rows
 BEST_STYLE = "background-color: #d7f0d2; font-weight: bold"
 ERROR_STYLE = "color: #b00020; font-style: italic"
 
@@ -158,8 +160,9 @@ def unit(spec) -> str:
 
 
 def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, families: list[str],
-                    sets: list[str]) -> None:
-    """Metric line, table, heatmap, errors and downloads of one set of result rows."""
+                    sets: list[str], top=None) -> None:
+    """Metric line, table, heatmap, errors and downloads of one set of result rows (the heatmap in `top` when given:
+    presentation mode draws it first)."""
     spec = exp.spec
     osr = spec.setting == "osr"
     u = unit(spec)
@@ -181,7 +184,9 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
     stat = "mean"
     if n_seeds > 1:
         stat = c2.radio("Table shows", ("mean", "std"), horizontal=True, key="compare-stat",
+                        index=("mean", "std").index(ui.url_choice("stat", ("mean", "std"), "mean")),
                         format_func=lambda s: {"mean": f"mean over {u}s", "std": "± sample std"}[s])
+        ui.remember_in_url("stat", stat, default="mean")
     dets, oods, mean = compare.pivot(summary, metric, "mean")
     _, _, std = compare.pivot(summary, metric, "std")
     best = best_mask(mean, metric)
@@ -202,7 +207,8 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
                                  HIGHER_IS_BETTER[metric])
     fig.update_layout(title=f"{METRIC_LABELS[metric]} (%) — ★ best per OOD set"
                             + (f" · mean ± sample std over {n_seeds} {u}s" if n_seeds > 1 else ""))
-    st.plotly_chart(fig, width="stretch", key="compare-heatmap")
+    ui.main_chart(fig, top, height=min(fig.layout.height or 450, HEATMAP_PRESENT_HEIGHT),
+                  font_size=HEATMAP_PRESENT_FONT, width="stretch", key="compare-heatmap")
 
     if errors:
         st.warning(f"{len(errors)} detector(s) failed; their cells say *error*. The others are unaffected.")
@@ -287,11 +293,11 @@ def one_class_section(exp) -> None:
     n_classes = int(exp.bench.meta.get("n_dataset_classes", 10))
     st.divider()
     st.subheader("One-vs-all protocol: each class in turn is the normal one")
-    st.markdown("The table above scores one normal class. The survey's protocol trains a one-class model per "
+    ui.tutorial("The table above scores one normal class. The survey's protocol trains a one-class model per "
                 "class and per method, scores the other classes as novel"
                 + (" (with the training set contaminated)" if spec.setting == "ad" else "")
                 + ", and averages the AUROC over classes. Models are trained once and cached on disk; the first run "
-                  "trains three models per class, so it takes a while.")
+                   "trains three models per class, so it takes a while.")
     labels = [protocols.method_label(*m) for m in protocols.ONE_CLASS_METHODS]
     c1, c2 = st.columns([1, 2])
     classes = c1.multiselect("Normal classes", list(range(n_classes)), default=list(range(n_classes)),
@@ -352,7 +358,7 @@ def one_vs_all_downloads(spec, res: dict, classes: list[int], chosen: list[str],
 
 def contamination_section(spec, classes: list[int], methods: list, chosen: list[str], train_size: int) -> None:
     st.subheader("Contamination curve")
-    st.markdown("Anomaly detection trains on data that is secretly contaminated. How fast does each method "
+    ui.tutorial("Anomaly detection trains on data that is secretly contaminated. How fast does each method "
                 "degrade as the share of anomalies in the training set grows?")
     ratios = st.multiselect("Contamination ratios", list(RATIOS), default=list(RATIOS), key="compare-ad-ratios",
                             format_func=lambda r: f"{100 * r:.0f}%")
@@ -376,33 +382,41 @@ def contamination_section(spec, classes: list[int], methods: list, chosen: list[
 def metric_picker(spec, where=st) -> str:
     """The metric of the table and heatmap: Table 6's four, plus OSCR in open-set recognition."""
     options = TABLE_METRICS + (("oscr",) if spec.setting == "osr" else ())
-    return where.radio("Metric", options, format_func=lambda m: METRIC_LABELS[m], key="compare-metric",
-                       horizontal=True, help="\n".join(f"- **{METRIC_LABELS[m]}**: {metric_help(m)}" for m in options))
+    default = ui.url_choice("metric", options, options[0])
+    metric = where.radio("Metric", options, index=options.index(default), format_func=lambda m: METRIC_LABELS[m],
+                         key="compare-metric", horizontal=True,
+                         help="\n".join(f"- **{METRIC_LABELS[m]}**: {metric_help(m)}" for m in options))
+    ui.remember_in_url("metric", metric)
+    return metric
 
 
 def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool]:
     """Families, OOD sets and the network opt-in; returns them."""
     present = [f for f in FAMILIES if any(REGISTRY[n].family == f for n in options)]
     c2, c3 = st.columns(2)
-    families = c2.multiselect("Families", present, default=present, format_func=ui.family_label,
-                              key="compare-families",
+    families = c2.multiselect("Families", present, default=ui.url_choices("families", present, present),
+                              format_func=ui.family_label, key="compare-families",
                               help="The survey's taxonomy:\n" + "\n".join(f"- **{ui.family_label(f)}**: {FAMILIES[f]}"
                                                                           for f in present))
-    sets = c3.multiselect("OOD sets", exp.ood_names, default=exp.ood_names, key="compare-sets",
+    sets = c3.multiselect("OOD sets", exp.ood_names, default=ui.url_choices("sets", exp.ood_names, exp.ood_names),
+                          key="compare-sets",
                           help="\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in exp.ood_names
                                          if s in OOD_SETS) or None)
+    ui.remember_in_url("families", families, default=present)
+    ui.remember_in_url("sets", sets, default=exp.ood_names)
     slow = [n for n in options if REGISTRY[n].runs_network]
     network = False
     if slow:
         network = st.checkbox(f"Include methods that run the network again (slower: "
-                              f"{', '.join(REGISTRY[n].title for n in slow)})", value=False,
+                              f"{', '.join(REGISTRY[n].title for n in slow)})", value=ui.url_flag("network", False),
                               key="compare-network", help=NETWORK_HELP)
+        ui.remember_in_url("network", network, default=False)
     return families, sets, network
 
 
 def main() -> None:
     st.title("Compare: every detector on every OOD set")
-    st.markdown("One row per detector, one column per OOD set — the layout of the survey's Table 6. The table "
+    ui.tutorial("One row per detector, one column per OOD set — the layout of the survey's Table 6. The table "
                 "below comes from the current model at once; **start comparison** trains the same experiment with "
                 "more seeds (each a freshly trained model, cached on disk) and reports mean ± sample std (ddof=1), as papers do. "
                 "In open-set recognition each seed is one of the protocol's random known/unknown splits.")
@@ -410,6 +424,7 @@ def main() -> None:
     if exp is None:
         return
     spec = exp.spec
+    top = ui.chart_first()
     options = ui.detector_options(exp)
     families, sets, network = controls(exp, options)
     if not network and any(REGISTRY[n].runs_network for n in options):
@@ -428,8 +443,9 @@ def main() -> None:
                      f"{spec.known_classes} known classes (the others are the unknowns) and trains a fresh model on "
                      "them, as `python -m ood_core run --setting osr --splits N` does.")
     n_seeds = s1.number_input(f"{u.capitalize()}s", min_value=2, max_value=10,
-                              value=DEFAULT_SPLITS if osr else DEFAULT_SEEDS, step=1, key="compare-seeds",
-                              disabled=uploaded, help=help_text)
+                              value=ui.url_number("seeds", 2, 10, DEFAULT_SPLITS if osr else DEFAULT_SEEDS, int),
+                              step=1, key="compare-seeds", disabled=uploaded, help=help_text)
+    ui.remember_in_url("seeds", int(n_seeds), default=DEFAULT_SPLITS if osr else DEFAULT_SEEDS)
     seeds = list(range(spec.seed, spec.seed + int(n_seeds)))
     key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names])
     multi = None if uploaded else ui.results_store().get(key)
@@ -462,7 +478,7 @@ def main() -> None:
         st.success(f"Mean ± sample std over {unit(spec)}s {seeds[0]}–{seeds[-1]} ({len(seeds)} {unit(spec)}s, "
                    f"{len(names)} detectors, "
                    f"{multi['seconds']:.0f} s).")
-        show_comparison(exp, multi["rows"], seeds, multi["accuracies"], families, sets)
+        show_comparison(exp, multi["rows"], seeds, multi["accuracies"], families, sets, top)
     elif not chosen or not sets:
         st.info("Choose at least one family and one OOD set.")
     else:
@@ -473,7 +489,7 @@ def main() -> None:
         if more is None:
             st.caption("The table shows the other detectors meanwhile; the slow ones join it when their job lands.")
         rows += [r for r in more or [] if r["detector"] in chosen]
-        show_comparison(exp, rows, [spec.seed], [ui.id_accuracy(exp)], families, sets)
+        show_comparison(exp, rows, [spec.seed], [ui.id_accuracy(exp)], families, sets, top)
     if spec.setting in ONE_CLASS_SETTINGS:
         one_class_section(exp)
 

@@ -24,6 +24,7 @@ COLOR_LABELS = {"set": "set (ID test / each OOD set)", "label": "true class", "p
                 "score": "a detector's score"}
 TSNE_DEFAULT_MAX = 150
 MAP_HEIGHT = 580
+MAP_PRESENT_HEIGHT = 560  # presentation mode: the map fits a 1024x768 screen under the title
 MAX_IMAGES = 48  # the image grid under a selection; the table lists every selected sample
 READY_KEY = "embeddings-ready"  # session_state: reducer keys this session has already drawn
 
@@ -31,9 +32,11 @@ READY_KEY = "embeddings-ready"  # session_state: reducer keys this session has a
 # --- widgets ----------------------------------------------------------------------------------------
 
 def choose_detector(options: list[str], key: str, label: str = "Detector") -> str:
-    index = options.index(DEFAULT_DETECTOR) if DEFAULT_DETECTOR in options else 0
-    return st.selectbox(label, options, index=index, format_func=ui.detector_label, key=key,
+    default = ui.url_choice("detector", options, DEFAULT_DETECTOR if DEFAULT_DETECTOR in options else options[0])
+    name = st.selectbox(label, options, index=options.index(default), format_func=ui.detector_label, key=key,
                         help="Scores with the detector's default parameters; higher = more unfamiliar.")
+    ui.remember_in_url("detector", name)
+    return name
 
 
 def controls(exp) -> dict:
@@ -41,27 +44,42 @@ def controls(exp) -> dict:
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
     with c1:
         described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
-        sets = st.multiselect("OOD sets", available, default=default_ood_sets(available), key="emb-sets",
-                              help="Shown together with the ID test images:\n" + described)
+        sets = st.multiselect("OOD sets", available, default=ui.url_choices("sets", available,
+                                                                            default_ood_sets(available)),
+                              key="emb-sets", help="Shown together with the ID test images:\n" + described)
     with c2:
-        method = st.radio("Method", list(METHOD_LABELS), format_func=METHOD_LABELS.get, key="emb-method",
+        methods = list(METHOD_LABELS)
+        method = st.radio("Method", methods, index=methods.index(ui.url_choice("method", methods, "umap")),
+                          format_func=METHOD_LABELS.get, key="emb-method",
                           help="UMAP keeps neighbourhoods (clusters) and is the default; PCA is a linear projection "
                                "that shows at once; t-SNE is slow and gets a subsample.")
     with c3:
-        space = st.radio("Embed", list(SPACE_LABELS), format_func=SPACE_LABELS.get, key="emb-space",
+        spaces = list(SPACE_LABELS)
+        space = st.radio("Embed", spaces, index=spaces.index(ui.url_choice("space", spaces, "features")),
+                         format_func=SPACE_LABELS.get, key="emb-space",
                          help="Penultimate features: what the network sees (the input of its last layer). "
                               "Raw pixels: the images themselves, before the network.")
     with c4:
         colour_options = [c for c in COLOR_LABELS if c != "pred" or exp.is_classifier]
-        color_by = st.selectbox("Colour by", colour_options, format_func=COLOR_LABELS.get, key="emb-color")
+        color_by = st.selectbox("Colour by", colour_options,
+                                index=colour_options.index(ui.url_choice("color", colour_options, "set")),
+                                format_func=COLOR_LABELS.get, key="emb-color")
         detector = None
         if color_by == "score":
             detector = choose_detector(ui.detector_options(exp), key="emb-color-detector")
+        else:
+            ui.forget_in_url("detector")
     max_per_set = None
     if method == "tsne":
         st.warning("t-SNE is slow (tens of seconds on a few thousand points) and cannot place new points on an "
                    "existing map, so it embeds a random subsample of each set again for every choice of sets.")
-        max_per_set = st.slider("Samples per set (t-SNE)", 20, 1000, TSNE_DEFAULT_MAX, step=10, key="emb-tsne-max")
+        max_per_set = st.slider("Samples per set (t-SNE)", 20, 1000,
+                                ui.url_number("per_set", 20, 1000, TSNE_DEFAULT_MAX, int), step=10, key="emb-tsne-max")
+        ui.remember_in_url("per_set", max_per_set)
+    else:
+        ui.forget_in_url("per_set")
+    for key, value in (("sets", sets), ("method", method), ("space", space), ("color", color_by)):
+        ui.remember_in_url(key, value)
     return dict(sets=sets, method=method, space=space, color_by=color_by, detector=detector, max_per_set=max_per_set)
 
 
@@ -108,7 +126,7 @@ def draw_map(exp, exp_id: str, c: dict, sets: list[str]):
         frame, xy = reducer_for(exp, exp_id, dict(c, method="pca"), sets)
         preview = make_figure(exp, frame, xy, c, "pca", start_jobs=False)
         preview.update_layout(title="PCA, shown while UMAP computes…", height=MAP_HEIGHT)
-        slot.plotly_chart(preview, key="emb-chart-preview", width="stretch")
+        ui.main_chart(preview, slot, height=MAP_PRESENT_HEIGHT, key="emb-chart-preview", width="stretch")
     # the spinner shows only if this takes a moment: a fit, not a cached map
     with st.spinner(f"Computing the {what} map (the first one of an experiment takes a few seconds; "
                     "later ones are instant)…"):
@@ -118,8 +136,8 @@ def draw_map(exp, exp_id: str, c: dict, sets: list[str]):
     ready.add(ready_id)
     fig = make_figure(exp, frame, xy, c, c["method"])
     fig.update_layout(height=MAP_HEIGHT)
-    event = slot.plotly_chart(fig, key=chart_key, on_select="rerun", selection_mode=("points", "box", "lasso"),
-                              width="stretch")
+    event = ui.main_chart(fig, slot, height=MAP_PRESENT_HEIGHT, key=chart_key, on_select="rerun",
+                          selection_mode=("points", "box", "lasso"), width="stretch")
     counts = frame["set"].value_counts()
     st.caption(f"{len(frame)} points: " + ", ".join(f"{counts[s]} {'ID test' if s == 'test' else s}"
                                                     for s in dict.fromkeys(frame["set"]))
@@ -180,7 +198,7 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
 def main() -> None:
     ui.umap_warmup()
     st.title("Embeddings: where do OOD samples land in the network's feature space?")
-    st.markdown(
+    ui.tutorial(
         "Every dot is one image. The network turns each image into a vector of **penultimate features** (the input "
         "of its last layer); UMAP squeezes those vectors onto a page so that images the network finds similar land "
         "close together. ID test images form one cluster per class. OOD images that fall **between or on top of** "
@@ -189,12 +207,14 @@ def main() -> None:
     exp = ui.get_experiment()
     if exp is None:
         return
+    top = ui.chart_first()
     c = controls(exp)
     sets = c["sets"]
     if not sets:
         st.info("No OOD set chosen: showing the ID test images alone. Pick OOD sets above to compare.")
     try:
-        frame, event = draw_map(exp, ui.experiment_id(exp), c, sets)
+        with top if top is not None else st.container():
+            frame, event = draw_map(exp, ui.experiment_id(exp), c, sets)
     except ValueError as e:  # too few points, NaN features, no stored images, ...
         st.error(f"Could not compute the embedding: {brief(str(e))}")
         return

@@ -32,7 +32,7 @@ def setting_picker() -> str:
                        format_func=lambda s: SETTING_TITLES[s], key="setting-picker",
                        help="The survey's four settings share one question — is this sample unlike the "
                             "training data? — and differ in what the model sees at training and at test.")
-    st.markdown(settings.EXPLANATIONS[setting])
+    ui.tutorial(settings.EXPLANATIONS[setting])
     n = DATASETS[spec.dataset].num_classes if spec.dataset in DATASETS else 10
     known = known_classes_for(spec.seed, n, spec.known_classes) if setting == "osr" else None
     st.plotly_chart(figures.setting_diagram(setting, n, known=known, normal=spec.normal_class,
@@ -228,7 +228,7 @@ def show_examples(exp) -> None:
 
 def main() -> None:
     st.title("Experiment: the data and the model")
-    st.markdown(INTRO)
+    ui.tutorial(INTRO)
     setting = setting_picker()
     left, right = st.columns([2, 3], gap="large")
     with left:

@@ -28,6 +28,7 @@ METHOD_HELP = ("Grad-CAM: which regions of the last convolutional layer raise th
                "black image (fine, exact attribution). Guided Grad-CAM: Grad-CAM sharpened with guided "
                "back-propagation (fine and class-specific).")
 DEFAULT_DETECTOR = "energy"  # spreads its scores more than MSP does on a confident network
+TABS = {"side": "ID vs OOD", "galleries": "Galleries of a detector's mistakes", "try": "Try a sample"}  # URL tab= name
 UPSCALE = 6  # 16 px images shown at 96 px, without blur
 IMG_W = 96
 
@@ -96,30 +97,38 @@ def explained_row(exp, samples: Samples, split: str, idx, opts: dict, extras=Non
 def controls(exp) -> dict:
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1.4])
     with c1:
-        method = st.radio("Explanation", list(METHODS), format_func=METHODS.get, key="expl-method", help=METHOD_HELP)
+        methods = list(METHODS)
+        method = st.radio("Explanation", methods, index=methods.index(ui.url_choice("method", methods, "gradcam")),
+                          format_func=METHODS.get, key="expl-method", help=METHOD_HELP)
     with c2:
         names = exp.bench.class_names
-        target = st.selectbox("Explain the class", [None, *range(len(names))], key="expl-target",
+        targets = [None, *range(len(names))]
+        target = st.selectbox("Explain the class", targets, index=targets.index(ui.url_choice("target", targets, None)),
+                              key="expl-target",
                               format_func=lambda t: "each image's predicted class" if t is None else f"class {names[t]}",
                               help="Which logit to explain. The predicted class shows why the network decided as it "
                                    "did; another class shows what would speak for that class.")
     with c3:
         # the setting's natural OOD set if any, else the near one, else the far one
-        first_ood = default_ood_sets(exp.ood_names, with_natural=NEAR_FAR_OOD, fallback=1)[0]
+        first_ood = ui.url_choice("set", exp.ood_names,
+                                  default_ood_sets(exp.ood_names, with_natural=NEAR_FAR_OOD, fallback=1)[0])
         ood_set = st.selectbox("OOD set", exp.ood_names, index=exp.ood_names.index(first_ood),
                                key="expl-ood", help="The OOD images compared with the ID test images below.")
     with c4:
-        alpha = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="expl-alpha")
+        alpha = st.slider("Heat-map opacity", 0.0, 1.0, ui.url_number("alpha", 0.0, 1.0, 0.5), 0.05, key="expl-alpha")
+    for key, value in (("method", method), ("target", target), ("set", ood_set), ("alpha", float(alpha))):
+        ui.remember_in_url(key, value)
     return dict(method=method, target=target, ood_set=ood_set, alpha=alpha)
 
 
 def side_by_side(exp, samples: Samples, opts: dict) -> None:
-    st.markdown("The same explanation for ID test images (left) and OOD images (right). On ID digits the heat usually "
+    ui.tutorial("The same explanation for ID test images (left) and OOD images (right). On ID digits the heat usually "
                 "sits on the strokes that make the digit; on OOD images it often lands on texture or noise that "
                 "merely resembles a stroke — and yet the network may be confident.")
     c0, c1 = st.columns([1, 3])
     with c0:
-        n = st.slider("Images per side", 2, 8, 4, key="expl-n")
+        n = st.slider("Images per side", 2, 8, ui.url_number("n", 2, 8, 4, int), key="expl-n")
+        ui.remember_in_url("n", n)
     with c1:
         st.write("")
         if st.button("Show other images", key="expl-shuffle"):
@@ -137,16 +146,19 @@ def side_by_side(exp, samples: Samples, opts: dict) -> None:
 
 
 def galleries(exp, samples: Samples, opts: dict) -> None:
-    st.markdown("Galleries that teach where a detector fails. Pick a detector: the **OOD images it finds most ID-like** "
+    ui.tutorial("Galleries that teach where a detector fails. Pick a detector: the **OOD images it finds most ID-like** "
                 "are the ones it misses; the **ID images it finds most OOD-like** are its false alarms; the **most "
                 "confident wrong predictions** show that confidence is not correctness.")
     options = ui.detector_options(exp)
     c1, c2 = st.columns([3, 1])
     with c1:
-        name = st.selectbox("Detector", options, index=options.index(DEFAULT_DETECTOR) if DEFAULT_DETECTOR in options else 0,
-                            format_func=ui.detector_label, key="expl-gal-detector")
+        default = ui.url_choice("detector", options, DEFAULT_DETECTOR if DEFAULT_DETECTOR in options else options[0])
+        name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
+                            key="expl-gal-detector")
     with c2:
-        k = st.slider("Images per gallery", 2, 10, 5, key="expl-gal-k")
+        k = st.slider("Images per gallery", 2, 10, ui.url_number("k", 2, 10, 5, int), key="expl-gal-k")
+    ui.remember_in_url("detector", name)
+    ui.remember_in_url("k", k)
     with st.spinner(f"Scoring with {REGISTRY[name].title}…"):
         scores, error = ui.detector_scores_nowait(exp, name, default_params(name))
     if error:
@@ -172,7 +184,7 @@ def galleries(exp, samples: Samples, opts: dict) -> None:
 
 
 def try_a_sample(exp, samples: Samples, opts: dict) -> None:
-    st.markdown("Upload an image (a photo or drawing of a digit works; it is resized to the model's input and, when "
+    ui.tutorial("Upload an image (a photo or drawing of a digit works; it is resized to the model's input and, when "
                 "its background is bright, inverted to light strokes on dark) or pick any stored image. See what the "
                 "model predicts, where it looks, and how unfamiliar every detector finds it compared with the ID "
                 f"test images and the **{opts['ood_set']}** images.")
@@ -305,7 +317,7 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
 
 def main() -> None:
     st.title("Explanations: where does the classifier look?")
-    st.markdown(
+    ui.tutorial(
         "A heat map shows which pixels drive the network's decision: bright = strong evidence for the class being "
         "explained. For an ID digit it should cover the strokes of the digit. For an OOD image the network still "
         "outputs *some* class, often confidently — the heat map shows what it latched on to, and the galleries show "
@@ -320,7 +332,10 @@ def main() -> None:
         return
     opts = controls(exp)
     samples = Samples(exp)
-    tab1, tab2, tab3 = st.tabs(["ID vs OOD", "Galleries of a detector's mistakes", "Try a sample"])
+    # the open tab is tracked (a rerun on switching) so that the URL and a link keep it; every tab is still drawn
+    tab = TABS[ui.url_choice("tab", list(TABS), "side")]
+    tab1, tab2, tab3 = st.tabs(list(TABS.values()), default=tab, key="expl-tab", on_change="rerun")
+    ui.remember_in_url("tab", next(k for k, v in TABS.items() if v == st.session_state.get("expl-tab", tab)))
     with tab1:
         with st.spinner(f"Computing {METHODS[opts['method']]}…"):
             side_by_side(exp, samples, opts)

@@ -84,13 +84,18 @@ def card(name: str) -> None:
 
 def main() -> None:
     st.title("Methods: the detectors, by the survey's taxonomy")
-    st.markdown("Every detector turns a sample into one **unfamiliarity score** — higher means more likely "
+    ui.tutorial("Every detector turns a sample into one **unfamiliarity score** — higher means more likely "
                 "out-of-distribution, unknown, novel or anomalous. They are grouped as in Salehi et al. (2022): "
                 "post-hoc functions of the classifier's outputs, input perturbations, activation shaping, "
                 "distances and densities in feature space, open-set recalibration, uncertainty and one-class "
                 "models. Each card gives the decision score, the idea, the parameters and a button to its scores.")
-    query = st.text_input("Search", key="methods-search", placeholder="name or title, e.g. energy, knn, ReAct",
+    query = st.text_input("Search", st.query_params.get("q", ""), key="methods-search",
+                          placeholder="name or title, e.g. energy, knn, ReAct",
                           help="Filters the cards by detector name, title or family.")
+    if query:
+        ui.remember_in_url("q", query)
+    else:
+        ui.forget_in_url("q")
     names = [n for n in REGISTRY if matches(n, query)]
     if not names:
         st.info(f"No detector matches “{query}”.")

@@ -10,6 +10,7 @@ from ood_core.settings import default_ood_sets
 from pages import _support as ui
 
 DEFAULT_DETECTOR = "msp"
+THRESHOLD_FOR = "scores-threshold-for"  # session_state: the detector and parameters the threshold slider is for
 
 
 def choose_detector(exp) -> str:
@@ -41,10 +42,9 @@ def detector_card(name: str) -> dict:
         if cls.latex:
             st.latex(cls.latex)
         if cls.intuition:
-            st.markdown(cls.intuition)
+            ui.tutorial(cls.intuition)
         st.caption(ui.reference_line(name))
-        for key in [k for k in st.query_params if k.startswith("p.") and k[2:] not in cls.params]:
-            del st.query_params[key]  # another detector's parameters
+        ui.forget_other_params(cls.params)  # another detector's parameters
         if not cls.params:
             st.caption("This detector has no parameters to tune.")
             return {}
@@ -70,9 +70,17 @@ def threshold_section(name: str, params: dict, scores: dict, id_scores, ood: dic
         st.info("All scores are equal, so no threshold separates anything.")
         return t95, None
     key = f"threshold-{name}-{json.dumps(params, sort_keys=True)}"
-    t = st.slider("Threshold t (flag as OOD when score > t)", lo, hi, min(max(t95, lo), hi), step=(hi - lo) / 500,
-                  format="%.4g", key=key,
+    t_default = min(max(t95, lo), hi)
+    if st.session_state.get(THRESHOLD_FOR, key) != key:  # the detector or its parameters changed: a threshold in
+        ui.forget_in_url("threshold")                     # the URL was on another score scale
+    st.session_state[THRESHOLD_FOR] = key
+    t = st.slider("Threshold t (flag as OOD when score > t)", lo, hi, ui.url_number("threshold", lo, hi, t_default),
+                  step=(hi - lo) / 500, format="%.4g", key=key,
                   help=f"Starts at {t95:.4g}, the threshold that keeps 95% of ID test images (the FPR@95TPR operating point).")
+    if t == t_default:
+        ui.forget_in_url("threshold")
+    else:
+        ui.remember_in_url("threshold", float(t))
     table = report.confusion_frame(id_scores, ood, t)
     kept = table["ID kept"].iloc[0] / len(id_scores)
     st.markdown(f"At t = {t:.4g}: **{kept:.1%}** of ID test images are kept; the counts at t are under the "
@@ -94,12 +102,13 @@ def confusion_table(table) -> None:
 
 def main() -> None:
     st.title("Scores: how unfamiliar does each image look?")
-    st.markdown("A detector gives every image an **unfamiliarity score** (higher = more likely out-of-distribution). "
+    ui.tutorial("A detector gives every image an **unfamiliarity score** (higher = more likely out-of-distribution). "
                 "A good detector puts the ID test images (blue) to the left and the OOD images to the right, so one "
                 "threshold separates them. Pick a detector and OOD sets; the curves and metrics update at once.")
     exp = ui.get_experiment()
     if exp is None:
         return
+    top = ui.chart_first()
     c1, c2 = st.columns([1, 1])
     with c1:
         name = choose_detector(exp)
@@ -148,10 +157,12 @@ def main() -> None:
     with h1:
         fig = figures.score_histogram(id_scores, ood, threshold=t, x_label=f"{REGISTRY[name].title} score",
                                       title="Score distributions (ID test vs OOD)")
-        if st.toggle("Logarithmic density axis", key="scores-log-y",
-                     help="Shows small bars next to tall ones, e.g. when most scores pile up in one bin."):
+        log_y = st.toggle("Logarithmic density axis", key="scores-log-y", value=ui.url_flag("log", False),
+                          help="Shows small bars next to tall ones, e.g. when most scores pile up in one bin.")
+        ui.remember_in_url("log", log_y, default=False)
+        if log_y:
             fig.update_yaxes(**figures.LOG_TICKS, title="density (log scale, 10^k per decade)")
-        st.plotly_chart(fig, width="stretch")
+        ui.main_chart(fig, top, width="stretch", key="scores-histogram")
     if counts is not None:
         confusion_table(counts)
     roc, pr = ui.scores_curves(*key, exp, _given=scores)
@@ -165,7 +176,7 @@ def main() -> None:
         with o1:
             st.plotly_chart(figures.oscr_figure(id_scores, id_correct, ood), width="stretch", key="scores-oscr")
         with o2:
-            st.markdown("**Open-set classification rate.** An open-set recogniser must both reject the unknown "
+            ui.tutorial("**Open-set classification rate.** An open-set recogniser must both reject the unknown "
                         "classes and classify the known ones. As the threshold rises, the curve counts the known "
                         "test images that are accepted *and* correctly classified (CCR) against the unknowns "
                         "accepted (FPR). Its area is OSCR (Dhamija et al., NeurIPS 2018); it can never exceed the "

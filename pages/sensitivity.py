@@ -19,6 +19,7 @@ from ood_core.text import brief
 from pages import _support as ui
 
 DEFAULT_DETECTORS = ("knn", "react", "energy")  # the first that applies is preselected
+SENSITIVITY_PRESENT_HEIGHT = 400  # presentation mode: the first parameter's chart fits a 1024x768 screen
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -33,28 +34,35 @@ def choose_detector(exp) -> Optional[str]:
     if not options:
         st.info("No detector with parameters applies to this experiment.")
         return None
-    default = next((d for d in DEFAULT_DETECTORS if d in options), options[0])
-    return st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
+    default = ui.url_choice("detector", options, next((d for d in DEFAULT_DETECTORS if d in options), options[0]))
+    name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
                         key="sens-detector", help="Only detectors with parameters are listed. " + ui.SLOW_HELP)
+    ui.remember_in_url("detector", name)
+    return name
 
 
 def choose_sets(available: list[str]) -> list[str]:
-    default = default_ood_sets(available, with_natural=NEAR_FAR_OOD, fallback=1)
+    default = ui.url_choices("sets", available, default_ood_sets(available, with_natural=NEAR_FAR_OOD, fallback=1))
     described = "\n".join(f"- **{s}**: {OOD_SETS[s].description}" for s in available if s in OOD_SETS)
-    return st.multiselect("OOD sets", available, default=default, key="sens-sets",
+    sets = st.multiselect("OOD sets", available, default=default, key="sens-sets",
                           help="One line per set in every chart.\n" + described)
+    ui.remember_in_url("sets", sets)
+    return sets
 
 
 def held_values(name: str) -> dict:
     """Widgets for every parameter (from its Param); the others are held at these values while one is swept."""
     cls = REGISTRY[name]
+    ui.forget_other_params(cls.params)  # another detector's parameters
     with st.expander("Values the other parameters are held at (the defaults to start with)",
                      expanded=False):
         cols = st.columns(min(3, len(cls.params)))
         held = {}
         for i, (pname, p) in enumerate(cls.params.items()):
             with cols[i % len(cols)]:
-                held[pname] = ui.param_widget(pname, p, key=f"sens-param-{name}-{pname}")
+                held[pname] = ui.param_widget(pname, p, key=f"sens-param-{name}-{pname}",
+                                              value=ui.url_param(f"p.{pname}", pname, p))
+            ui.remember_in_url(f"p.{pname}", held[pname], default=p.default)  # only values moved off the default
     return held
 
 
@@ -63,7 +71,9 @@ def sweep_figure(rows: list[dict], pname: str, p: Param, metric: str) -> go.Figu
     return figures.sensitivity_figure(rows, pname, log_x=log_x, metric=metric, default=p.default)
 
 
-def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held: dict, with_fpr: bool) -> None:
+def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held: dict, with_fpr: bool,
+                    main: bool = False) -> None:
+    """One parameter's sweep; `main`: the page's main chart (presentation mode: larger fonts, drawn first)."""
     values = sweep_values(p)
     st.markdown(f"**{pname}** — {p.help or 'no description'}  \n"
                 f"default {p.default} · swept over {', '.join(map(str, values))}"
@@ -93,7 +103,11 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
     for col, metric in zip(cols, ("auroc", "fpr95")):
         fig = sweep_figure(rows, pname, p, metric)
         fig.update_layout(height=340, title=f"{'AUROC ↑' if metric == 'auroc' else 'FPR@95TPR ↓'} vs {pname}")
-        col.plotly_chart(fig, width="stretch", key=f"sens-chart-{name}-{pname}-{metric}")
+        chart_key = f"sens-chart-{name}-{pname}-{metric}"
+        if main:
+            ui.main_chart(fig, col, height=SENSITIVITY_PRESENT_HEIGHT, width="stretch", key=chart_key)
+        else:
+            col.plotly_chart(fig, width="stretch", key=chart_key)
     failed = {}
     for r in rows:
         if r["error"]:
@@ -106,12 +120,13 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
 
 def main() -> None:
     st.title("Sensitivity: how much does each parameter matter?")
-    st.markdown("A detector's parameters are often tuned on the test OOD set in papers; here you see how much "
+    ui.tutorial("A detector's parameters are often tuned on the test OOD set in papers; here you see how much "
                 "they matter. Each chart moves one parameter over its sweep list while the others stay put, "
                 "re-scoring from the cached network outputs. A flat line means the method is robust to that choice.")
     exp = ui.get_experiment()
     if exp is None:
         return
+    top = ui.chart_first()
     c1, c2 = st.columns(2)
     with c1:
         name = choose_detector(exp)
@@ -124,7 +139,9 @@ def main() -> None:
     if cls.latex:
         st.latex(cls.latex)
     held = held_values(name)
-    with_fpr = st.checkbox("Also show FPR@95TPR", value=False, key="sens-fpr", help=metrics.DEFINITIONS["fpr95"])
+    with_fpr = st.checkbox("Also show FPR@95TPR", value=ui.url_flag("fpr", False), key="sens-fpr",
+                           help=metrics.DEFINITIONS["fpr95"])
+    ui.remember_in_url("fpr", with_fpr, default=False)
     if not sets:
         st.info("Pick at least one OOD set above to see the sweeps.")
         return
@@ -132,12 +149,12 @@ def main() -> None:
         st.info(f"{cls.title} runs the network again for every value, so each sweep starts on request: it runs in "
                 "the background with a progress bar and a Cancel button, and is kept once done.",
                 icon=":material/hourglass_top:")
-    for pname, p in cls.params.items():
-        with st.container(border=True):
+    for i, (pname, p) in enumerate(cls.params.items()):
+        with (top if i == 0 and top is not None else st).container(border=True):
             if not sweep_values(p):
                 st.markdown(f"**{pname}** has no sweep list.")
                 continue
-            parameter_chart(exp, name, pname, p, sets, held, with_fpr)
+            parameter_chart(exp, name, pname, p, sets, held, with_fpr, main=i == 0)
 
 
 main()

@@ -180,3 +180,71 @@ def test_a_job_polls_lands_and_cancels_in_chromium(server):
             assert page.locator(CHART).count() == 0  # no partial result drawn
         finally:
             browser.close()
+
+
+# presentation mode at 1024x768: url path -> the page's main element, which must lie inside the first screen
+PRESENT_PAGES = {"scores": CHART, "": CHART, "compare": CHART, "sensitivity": CHART, "methods": ".katex",
+                 "embeddings": CHART, "activations": CHART, "explanations": '[data-testid="stImage"] img'}
+SMALL = {"width": 1024, "height": 768}
+
+
+def _inside(box: dict, viewport: dict) -> bool:
+    return (box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= viewport["width"]
+            and box["y"] + box["height"] <= viewport["height"])
+
+
+def test_presentation_mode_at_1024x768_has_each_pages_main_chart_on_the_first_screen(server):
+    """Every page opened with present=1 on a 1024x768 screen: its main chart wholly inside the first screen
+    (for Scores: the histogram), checked by bounding box; a screenshot of each, as a projector shows it."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport=SMALL)
+            for path, selector in PRESENT_PAGES.items():
+                page.goto(f"{server}/{path}?present=1")
+                page.wait_for_selector(selector, timeout=COLD_START_S * 1000)
+                page.get_by_text("Current experiment").wait_for(state="attached", timeout=120_000)
+                page.wait_for_timeout(1500)  # plotly's layout
+                _assert_no_exception(page)
+                assert "present=1" in page.url  # the address keeps the mode, so a link opens in it
+                main = page.locator(selector).first
+                if path == "scores":  # the histogram, not the ROC or PR curve
+                    main = page.locator(CHART, has_text="Score distributions").first
+                    assert page.get_by_text("A detector gives every image").count() == 0  # no explanations
+                box = main.bounding_box()
+                page.screenshot(path=str(SHOTS / f"present-{path or 'experiment'}.png"))
+                assert _inside(box, SMALL), (path, box)
+        finally:
+            browser.close()
+
+
+def test_a_preset_button_opens_its_view_and_the_sidebar_links_to_it(server):
+    """A click on a teaching preset in the sidebar: its page, its choices and its lesson; the sidebar's link to the
+    view is the browser's address (page path and query); the presentation toggle writes present=1 into it."""
+    from urllib.parse import parse_qs, urlsplit
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{server}/compare")
+            page.wait_for_selector(CHART, timeout=COLD_START_S * 1000)
+            page.get_by_text("Teaching presets").click()
+            page.get_by_role("button", name="Near OOD is harder than far OOD").click()
+            page.wait_for_url("**/scores?*preset=near-far*", timeout=120_000)
+            page.get_by_text("on mirrored digits (near OOD)").wait_for(timeout=120_000)
+            page.get_by_text("Current experiment").wait_for(state="attached", timeout=120_000)
+            page.wait_for_timeout(1500)
+            _assert_no_exception(page)
+            query = parse_qs(urlsplit(page.url).query)
+            assert query["detector"] == ["mahalanobis"] and query["sets"] == ["gaussian,flipped"]
+            link = page.locator('[data-testid="stSidebar"] [data-testid="stCode"]').inner_text().strip()
+            assert urlsplit(link)[:3] == urlsplit(page.url)[:3] and parse_qs(urlsplit(link).query) == query
+            page.screenshot(path=str(SHOTS / "preset-near-far.png"))
+            page.get_by_text("Presentation mode").click()
+            page.wait_for_url("**present=1**", timeout=60_000)
+            page.get_by_text("A detector gives every image").wait_for(state="detached", timeout=60_000)
+        finally:
+            browser.close()
