@@ -152,6 +152,22 @@ def run_one_class(args, base: Spec) -> int:
     return 0
 
 
+def group_means_table(summary: list[dict], ood_sets: list[str], dataset: str) -> str:
+    """Detectors x (near-OOD mean, far-OOD mean) AUROC in percent for a dataset with survey pairs; '' otherwise."""
+    from .compare import pivot, with_group_means
+
+    dets, oods, mean = pivot(summary, "auroc", "mean")
+    cols, grown, _ = with_group_means(oods, mean, np.zeros_like(mean), dataset)
+    extra = cols[len(oods):]
+    if not extra:
+        return ""
+    lines = ["| detector | " + " | ".join(extra) + " |", "|" + "---|" * (len(extra) + 1)]
+    for i, d in enumerate(dets):
+        cells = ["error" if np.isnan(v) else f"{100 * v:.1f}" for v in grown[i, len(oods):]]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_synthetic(text: str) -> tuple[str, ...]:
     """--synthetic: '' (none), 'all', or a comma-separated list of synthetic / transformed OOD set names."""
     from .data import DEFAULT_OOD_SETS, OOD_SETS
@@ -410,6 +426,10 @@ def run(args) -> int:
     over = f"; mean ± sample std over {len(accs)} seeds" if len(accs) > 1 else ""
     print(f"ID test accuracy: {acc_txt}   (cells: AUROC / FPR@95TPR, in %{over})\n")
     print(markdown_table(summary, list(dict.fromkeys(r["detector"] for r in all_rows)), ood_sets))
+    near_far = group_means_table(summary, ood_sets, base.dataset)
+    if near_far:
+        print("\nThe survey's near- and far-OOD averages (AUROC %, mean over the sets of each group that ran)\n")
+        print(near_far)
     errors = [(s["detector"], e) for s in summary for e in s["errors"]]
     for det, e in dict.fromkeys(errors):
         print(f"\n{det} failed: {e}")

@@ -99,6 +99,26 @@ def pivot(summary: list[dict], metric: str, stat: str = "mean") -> tuple[list[st
     return dets, oods, m
 
 
+def with_group_means(oods: list[str], mean: np.ndarray, std: np.ndarray, dataset: str
+                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Append the survey's near-OOD and far-OOD averages (OpenOOD v1.5's layout) as columns "near-OOD mean" and
+    "far-OOD mean": each the mean over the sets of that group present in `oods` (a failed cell leaves the group's
+    mean NaN). No columns when the dataset has no survey pairs or none of its sets is here; their std is NaN."""
+    from .data.registry import survey_sets
+
+    near, far = survey_sets(dataset)
+    cols, extra = list(oods), []
+    for title, group in (("near-OOD mean", near), ("far-OOD mean", far)):
+        idx = [i for i, o in enumerate(oods) if o in group]
+        if idx:
+            cols.append(title)
+            extra.append(mean[:, idx].mean(axis=1))
+    if not extra:
+        return list(oods), mean, std
+    grown = np.column_stack([mean, *extra])
+    return cols, grown, np.column_stack([std, np.full((len(mean), len(extra)), np.nan)])
+
+
 def best_per_column(matrix: np.ndarray, metric: str) -> np.ndarray:
     """Boolean mask of the best value(s) in each column (ties all marked); NaN never best."""
     m = matrix if HIGHER_IS_BETTER[metric] else -matrix

@@ -189,6 +189,7 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
         ui.remember_in_url("stat", stat, default="mean")
     dets, oods, mean = compare.pivot(summary, metric, "mean")
     _, _, std = compare.pivot(summary, metric, "std")
+    oods, mean, std = compare.with_group_means(oods, mean, std, exp.spec.dataset)  # the survey's near/far averages
     best = best_mask(mean, metric)
     labels = [REGISTRY[d].title or d for d in dets]
     fams = [ui.family_label(REGISTRY[d].family) for d in dets]

@@ -532,3 +532,17 @@ def test_a_users_ood_set_never_replaces_a_built_in_one(tmp_path):
     assert name == "user-gaussian" and OOD_SETS["gaussian"] is before and OOD_SETS[name].kind == "natural"
     again = registry.register_user_ood_set(name, path, filename=path.name)  # the user's own set: replaced in place
     assert again == name
+
+
+def test_near_and_far_ood_averages_join_the_table_for_the_surveys_pairs():
+    from ood_core.compare import with_group_means
+
+    oods = ["fashion-mnist", "kmnist", "gaussian", "uniform", "rotated"]
+    mean = np.array([[0.9, 0.7, 1.0, 0.8, 0.5], [0.6, np.nan, 0.4, 0.2, 0.3]])
+    std = np.zeros_like(mean)
+    cols, grown, s = with_group_means(oods, mean, std, "mnist")
+    assert cols == oods + ["near-OOD mean", "far-OOD mean"]
+    np.testing.assert_allclose(grown[0, -2:], [0.8, 0.9])  # near: (0.9 + 0.7) / 2; far: (1.0 + 0.8) / 2
+    assert np.isnan(grown[1, -2]) and grown[1, -1] == pytest.approx(0.3)  # a failed near cell leaves near NaN
+    assert np.isnan(s[:, -2:]).all()
+    assert with_group_means(oods, mean, std, "digits")[0] == oods  # no pairs for the digits: nothing added
