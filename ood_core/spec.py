@@ -18,9 +18,10 @@ SETTING_TITLES = {
 }
 CLASSIFIER_SETTINGS = ("ood", "osr")
 ONE_CLASS_SETTINGS = ("nd", "ad")
-REGIMES = ("ce", "oe", "logitnorm")
+REGIMES = ("ce", "oe", "logitnorm", "closedset")
 REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al. 2019)",
-                 "logitnorm": "LogitNorm (Wei et al. 2022)"}
+                 "logitnorm": "LogitNorm (Wei et al. 2022)",
+                 "closedset": "Good closed-set classifier (Vaze et al. 2022): label smoothing, per-image shifts"}
 
 
 @dataclass(frozen=True)
