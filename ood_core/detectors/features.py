@@ -3,35 +3,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import linalg
 from ..neighbours import kth_neighbour_distance, l2_normalise, top_k_inner_products
 from .base import Detector, Param, Reference, logsumexp, register
 
+SHRINK = 1e-6  # the ridge added to a covariance, relative to its mean variance
 
-def class_means_and_precision(feats: np.ndarray, labels: np.ndarray, shrink: float = 1e-6):
+
+def tied_covariance(feats: np.ndarray, labels: np.ndarray):
+    """Class means (K, D), class counts (K,) and the shared (tied) covariance of the ID features, all float64.
+
+    One chunked pass for the means and one for the within-class scatter (syrk): no float64 or centred copy
+    of the features, no loop over classes.
+    """
+    classes, means, counts = linalg.class_means(feats, labels)
+    cov = linalg.scatter(feats, means, np.searchsorted(classes, np.asarray(labels))) / len(feats)
+    return means, counts, cov
+
+
+def class_means_and_precision(feats: np.ndarray, labels: np.ndarray, shrink: float = SHRINK):
     """Class means (K, D) and the precision of the shared (tied) covariance, a small ridge for stability."""
-    x = np.asarray(feats, dtype=np.float64)
-    classes = np.unique(labels)
-    means = np.stack([x[labels == c].mean(axis=0) for c in classes])
-    centred = x - means[np.searchsorted(classes, labels)]
-    cov = centred.T @ centred / len(x)
-    ridge = shrink * max(np.trace(cov) / len(cov), 1e-12)
-    cov = cov + ridge * np.eye(len(cov))
-    precision = np.linalg.inv(cov)
+    means, _, cov = tied_covariance(feats, labels)
+    precision = np.linalg.inv(linalg.add_ridge(cov, shrink))
     if not np.all(np.isfinite(precision)):
         raise np.linalg.LinAlgError("covariance of the ID features is singular")
     return means, precision
-
-
-def mahalanobis_sq(x: np.ndarray, means: np.ndarray, precision: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Squared Mahalanobis distances (n, K) via h'Ph - 2h'Pm + m'Pm, chunked; never an n x n matrix."""
-    mp = means @ precision  # (K, D)
-    mpm = np.einsum("kd,kd->k", mp, means)
-    out = np.empty((len(x), len(means)))
-    for i in range(0, len(x), chunk):
-        xb = np.asarray(x[i:i + chunk], dtype=np.float64)
-        xpx = np.einsum("nd,de,ne->n", xb, precision, xb, optimize=True)
-        out[i:i + chunk] = xpx[:, None] - 2.0 * xb @ mp.T + mpm[None, :]
-    return np.maximum(out, 0.0)
 
 
 @register
@@ -49,10 +45,12 @@ class Mahalanobis(Detector):
     needs = ("features",)
 
     def _fit(self, ctx):
-        self.means_, self.precision_ = class_means_and_precision(ctx.train.features, ctx.train.labels)
+        self.means_, _, cov = tied_covariance(ctx.train.features, ctx.train.labels)
+        # whitened once (Cholesky); scoring is one triangular solve per chunk of queries for all classes at once
+        self.gaussian_ = linalg.Whitened(self.means_, linalg.add_ridge(cov, SHRINK))
 
     def _score(self, out):
-        return mahalanobis_sq(out.features, self.means_, self.precision_).min(axis=1)
+        return self.gaussian_.sq_distances(out.features).min(axis=1)
 
 
 @register
@@ -78,19 +76,18 @@ class KNN(Detector):
         return kth_neighbour_distance(l2_normalise(out.features), self.bank_, self.k)
 
 
-def _residual_subspace(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """ViM's origin u = -W^+ b and an orthonormal basis (D, D - dim) of the residual subspace of h - u.
+def _principal_subspace(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """ViM's origin u = -W^+ b and an orthonormal basis (D, dim) of the principal subspace of h - u.
 
-    The residual subspace is spanned by the eigenvectors of the (uncentred) covariance of h - u beyond the
-    `dim` largest; shared by ViM and Residual so that both use the same principal subspace.
+    The principal subspace is spanned by the eigenvectors of the `dim` largest eigenvalues of the (uncentred)
+    covariance of h - u; the residual is what lies outside it. Shared by ViM and Residual so that both use the
+    same subspace. Only those `dim` eigenvectors are computed, and the residual norm is taken as
+    |(I - V V')(h - u)| (linalg.residual_norms): 4 D dim flops per row instead of 2 D (D - dim).
     """
     dim = int(min(dim, h.shape[1] - 1))
     u = -np.linalg.pinv(w) @ b
-    c = h - u
-    cov = c.T @ c / len(c)
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = np.argsort(eigval)[::-1]
-    return u, np.ascontiguousarray(eigvec[:, order[dim:]])  # residual directions
+    cov = linalg.scatter(h, u) / len(h)
+    return u, linalg.top_eigenvectors(cov, dim)
 
 
 @register
@@ -111,13 +108,13 @@ class ViM(Detector):
                            help="dimension of the principal subspace (paper: D/2 for small feature spaces)")}
 
     def _fit(self, ctx):
-        h = np.asarray(ctx.train.features, dtype=np.float64)
-        self.u_, self.ns_ = _residual_subspace(h, ctx.model.head_weight, ctx.model.head_bias, self.dim)
-        vlogit = np.linalg.norm((h - self.u_) @ self.ns_, axis=1)
+        h = ctx.train.features
+        self.u_, self.principal_ = _principal_subspace(h, ctx.model.head_weight, ctx.model.head_bias, self.dim)
+        vlogit = linalg.residual_norms(h, self.u_, self.principal_)
         self.alpha_ = float(np.asarray(ctx.train.logits, dtype=np.float64).max(axis=1).mean() / max(vlogit.mean(), 1e-12))
 
     def _score(self, out):
-        vlogit = self.alpha_ * np.linalg.norm((np.asarray(out.features, dtype=np.float64) - self.u_) @ self.ns_, axis=1)
+        vlogit = self.alpha_ * linalg.residual_norms(out.features, self.u_, self.principal_)
         return vlogit - logsumexp(out.logits)
 
 
@@ -137,14 +134,23 @@ class RelativeMahalanobis(Detector):
     needs = ("features",)
 
     def _fit(self, ctx):
-        h, y = ctx.train.features, ctx.train.labels
-        self.means_, self.precision_ = class_means_and_precision(h, y)
-        # the background Gaussian: one "class" holding every ID train feature (mean and covariance of all)
-        self.mean0_, self.precision0_ = class_means_and_precision(h, np.zeros(len(h), dtype=np.int64))
+        self.means_, counts, cov = tied_covariance(ctx.train.features, ctx.train.labels)
+        # the background Gaussian: one "class" holding every ID train feature (mean and covariance of all). Its
+        # covariance is the within-class one plus the between-class scatter of the means: no second pass
+        weights = counts / counts.sum()
+        self.mean0_ = weights @ self.means_
+        spread = self.means_ - self.mean0_
+        cov0 = cov + (spread.T * weights) @ spread
+        self.gaussian_ = linalg.Whitened(self.means_, linalg.add_ridge(cov, SHRINK))
+        self.background_ = linalg.Whitened(self.mean0_[None, :], linalg.add_ridge(cov0, SHRINK), origin=self.mean0_,
+                                           what="covariance of all ID features")
 
     def _score(self, out):
-        md = mahalanobis_sq(out.features, self.means_, self.precision_).min(axis=1)
-        return md - mahalanobis_sq(out.features, self.mean0_, self.precision0_)[:, 0]
+        h = out.features
+        md = np.empty(len(h))
+        for sl in linalg.row_chunks(len(h), h.shape[1]):
+            md[sl] = self.gaussian_.sq_distances(h[sl]).min(axis=1) - self.background_.sq_distances(h[sl])[:, 0]
+        return md
 
 
 @register
@@ -166,11 +172,11 @@ class Residual(Detector):
                            help="dimension of the principal subspace, as ViM's (paper: D/2 for small feature spaces)")}
 
     def _fit(self, ctx):
-        h = np.asarray(ctx.train.features, dtype=np.float64)
-        self.u_, self.ns_ = _residual_subspace(h, ctx.model.head_weight, ctx.model.head_bias, self.dim)
+        self.u_, self.principal_ = _principal_subspace(ctx.train.features, ctx.model.head_weight,
+                                                       ctx.model.head_bias, self.dim)
 
     def _score(self, out):
-        return np.linalg.norm((np.asarray(out.features, dtype=np.float64) - self.u_) @ self.ns_, axis=1)
+        return linalg.residual_norms(out.features, self.u_, self.principal_)
 
 
 def _predictions(out) -> np.ndarray:
