@@ -58,6 +58,15 @@ def scatter(x: np.ndarray, centres: np.ndarray, index: np.ndarray | None = None,
     return out
 
 
+def column_sq_deviations(x: np.ndarray, centre: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """sum_i (x_ij - centre_j)^2 per column j, float64, by chunks (the diagonal of scatter(x, centre))."""
+    out = np.zeros(x.shape[1])
+    for sl in row_chunks(len(x), x.shape[1], chunk):
+        c = np.subtract(x[sl], centre, dtype=np.float64)
+        out += np.einsum("nd,nd->d", c, c)
+    return out
+
+
 def add_ridge(cov: np.ndarray, shrink: float) -> np.ndarray:
     """cov + shrink * (mean variance) * I, in place: the small ridge the Gaussian detectors add for stability."""
     ridge = shrink * max(np.trace(cov) / len(cov), 1e-12)
