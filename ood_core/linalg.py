@@ -19,8 +19,9 @@ from scipy.linalg import blas, eigh
 CHUNK_BYTES = 64 * 2**20
 
 
-def chunk_rows(dim: int, budget: int = CHUNK_BYTES) -> int:
-    """Rows per chunk: as many float64 rows of `dim` values as fit `budget` bytes, at least 64."""
+def chunk_rows(dim: int, budget: int | None = None) -> int:
+    """Rows per chunk: as many float64 rows of `dim` values as fit `budget` bytes (CHUNK_BYTES), at least 64."""
+    budget = CHUNK_BYTES if budget is None else budget
     return int(max(64, budget // (8 * max(1, dim))))
 
 

@@ -14,7 +14,9 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from ood_core import linalg
 from ood_core.detectors import FitContext, create
+from ood_core.detectors.activations import exact_percentile, top_k_mask
 from ood_core.inference import Outputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -330,3 +332,40 @@ def test_logit_scores_unchanged(data):
     for name, ref in LOGIT_REFS.items():
         _close(_score(name, data), ref(_z(test)))
     _close(_score("klm", data), ref_klm(train, test))
+
+
+CHUNKED = ("mahalanobis", "rmd", "vim", "residual", "gmm", "react", "ash_p", "ash_b", "ash_s", "scale", "dice",
+           "vra", "she")
+
+
+@pytest.mark.parametrize("name", CHUNKED)
+def test_chunked_equals_one_chunk(name, data, monkeypatch):
+    """Fitting and scoring 64 rows at a time gives the scores of one chunk (the test arrays fit one chunk)."""
+    params = {"dim": 4096, "n_components": 1} if name == "gmm" else {}
+    whole = _score(name, data, **params)
+    monkeypatch.setattr(linalg, "CHUNK_BYTES", 1)  # chunk_rows() then gives its minimum, 64 rows
+    assert linalg.chunk_rows(data[0].features.shape[1]) == 64
+    chunked = _score(name, data, **params)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
+
+
+def test_top_k_mask_by_selection_equals_stable_sort():
+    rng = np.random.default_rng(5)
+    for shape in [(300, 37), (200, 128), (10, 1), (50, 2)]:
+        h = np.round(np.maximum(rng.normal(size=shape), 0.0), 1)  # many ties, at 0 and elsewhere
+        h[::3, :5] = 1.0
+        for p in (0, 10, 50, 65, 90, 99, 100):
+            d = h.shape[1]
+            k = max(1, d - int(np.round(d * p / 100)))
+            ref = np.zeros(h.shape, bool)
+            np.put_along_axis(ref, np.argsort(-h, axis=1, kind="stable")[:, :k], True, axis=1)
+            np.testing.assert_array_equal(top_k_mask(h, p), ref)
+
+
+def test_exact_percentile_equals_numpy_in_float64():
+    rng = np.random.default_rng(6)
+    for shape in [(1000, 37), (5, 1), (301, 128)]:
+        a = np.maximum(rng.normal(size=shape), 0.0).astype(np.float32)
+        for q in (0, 10, 33.3333, 50, 90, 99.9, 100):
+            assert exact_percentile(a, q) == np.percentile(a.astype(np.float64), q)
+            np.testing.assert_array_equal(exact_percentile(a, q, axis=0), np.percentile(a.astype(np.float64), q, axis=0))

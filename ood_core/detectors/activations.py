@@ -3,7 +3,36 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..linalg import class_means, row_chunks
 from .base import Detector, Param, Reference, logsumexp, register
+
+
+def _energy_by_chunks(features: np.ndarray, shape, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """energy_of(shape(h), W, b) over chunks of rows of the features (float64 within a chunk): bounded memory."""
+    out = np.empty(len(features))
+    for sl in row_chunks(len(features), features.shape[1]):
+        out[sl] = energy_of(shape(np.asarray(features[sl], dtype=np.float64)), weight, bias)
+    return out
+
+
+def exact_percentile(a: np.ndarray, q: float, axis: int | None = None) -> np.ndarray | float:
+    """np.percentile(a as float64, q, axis) ("linear"), without a float64 copy of a: the two order statistics
+    come from np.partition of a in its own floating dtype (its values are exact in float64), the interpolation
+    is numpy's, in float64. axis: None (all values) or 0 (per column)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f" or a.dtype.itemsize > 8:
+        return np.percentile(np.asarray(a, dtype=np.float64), q, axis=axis)
+    a = a.reshape(1, -1) if axis is None else np.ascontiguousarray(a.T)  # one row per result, values along it
+    n = a.shape[1]
+    virtual = (n - 1) * (np.float64(q) / 100)
+    lo_i = int(np.floor(virtual))
+    hi_i = min(lo_i + 1, n - 1)
+    part = np.partition(a, sorted({lo_i, hi_i}), axis=1)
+    lo, hi = part[:, lo_i].astype(np.float64), part[:, hi_i].astype(np.float64)
+    gamma = virtual - lo_i
+    diff = hi - lo
+    res = hi - diff * (1 - gamma) if gamma >= 0.5 else lo + diff * gamma  # numpy's _lerp
+    return float(res[0]) if axis is None else res
 
 
 @register
@@ -29,7 +58,8 @@ class ReAct(Detector):
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        return react_score(out.features, self.weight_, self.bias_, self.threshold_)
+        c = float(self.threshold_)
+        return _energy_by_chunks(out.features, lambda h: np.minimum(h, c), self.weight_, self.bias_)
 
 
 def energy_of(h: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -39,7 +69,7 @@ def energy_of(h: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray
 
 def react_threshold(train_features: np.ndarray, percentile: float) -> float:
     """ReAct's clip c: the p-th percentile of all ID train activations, global over units and samples (the paper's code)."""
-    return float(np.percentile(np.asarray(train_features, dtype=np.float64), percentile))
+    return float(exact_percentile(train_features, percentile))
 
 
 def react_score(h: np.ndarray, weight: np.ndarray, bias: np.ndarray, threshold: float) -> np.ndarray:
@@ -50,13 +80,23 @@ def react_score(h: np.ndarray, weight: np.ndarray, bias: np.ndarray, threshold: 
 def top_k_mask(h: np.ndarray, percentile: float) -> np.ndarray:
     """Per sample, True on the k = D - round(D p / 100) largest activations (at least one), as ASH's code counts k.
 
-    Ties are broken by unit index (stable sort), so the mask depends on the sample alone.
+    Ties are broken by unit index (as a stable sort of -h would), so the mask depends on the sample alone. Found
+    by selection, not sorting: each row's k-th largest value t (np.partition), every unit above t, and the first
+    (k - #above) units equal to t.
     """
     d = h.shape[1]
     k = max(1, d - int(np.round(d * percentile / 100.0)))
-    keep = np.argsort(-h, axis=1, kind="stable")[:, :k]
-    mask = np.zeros(h.shape, dtype=bool)
-    np.put_along_axis(mask, keep, True, axis=1)
+    if k >= d:
+        return np.ones(h.shape, dtype=bool)
+    kth = np.partition(h, d - k, axis=1)[:, d - k, None]
+    mask = h > kth
+    tie = h == kth
+    need = k - mask.sum(axis=1)
+    excess = np.flatnonzero(tie.sum(axis=1) > need)  # rows where not every unit equal to t can be kept
+    mask |= tie
+    if excess.size:
+        t = tie[excess]
+        mask[excess] = (h[excess] > kth[excess]) | (t & (np.cumsum(t, axis=1, dtype=np.int32) <= need[excess, None]))
     return mask
 
 
@@ -118,7 +158,7 @@ class _ASH(Detector):
         raise NotImplementedError
 
     def _score(self, out):
-        return energy_of(self.shape(np.asarray(out.features, dtype=np.float64)), self.weight_, self.bias_)
+        return _energy_by_chunks(out.features, self.shape, self.weight_, self.bias_)
 
 
 @register
@@ -198,10 +238,11 @@ class SCALE(Detector):
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        h = np.asarray(out.features, dtype=np.float64)
+        return _energy_by_chunks(out.features, self._scaled, self.weight_, self.bias_)
+
+    def _scaled(self, h: np.ndarray) -> np.ndarray:
         s2 = np.where(top_k_mask(h, self.percentile), h, 0.0).sum(axis=1)
-        r = np.exp(_sum_ratio(h.sum(axis=1), s2))
-        return energy_of(h * r[:, None], self.weight_, self.bias_)
+        return h * np.exp(_sum_ratio(h.sum(axis=1), s2))[:, None]
 
 
 @register
@@ -229,13 +270,14 @@ class DICE(Detector):
 
     def _fit(self, ctx):
         w = ctx.model.head_weight
-        contrib = dice_contribution(np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0), w)
+        h = ctx.train.features
+        contrib = dice_contribution(class_means(h, np.zeros(len(h), dtype=np.int64))[1][0], w)
         self.mask_ = dice_mask(contrib, self.sparsity)
         self.weight_ = w * self.mask_
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        return energy_of(out.features, self.weight_, self.bias_)
+        return _energy_by_chunks(out.features, lambda h: h, self.weight_, self.bias_)
 
 
 @register
@@ -273,13 +315,14 @@ class VRA(Detector):
     def _fit(self, ctx):
         if self.q_low > self.q_high:
             raise ValueError(f"q_low ({self.q_low}) must not exceed q_high ({self.q_high})")
-        h = np.asarray(ctx.train.features, dtype=np.float64)
-        self.alpha_ = np.percentile(h, self.q_low, axis=0)
-        self.beta_ = np.percentile(h, self.q_high, axis=0)
+        h = ctx.train.features
+        self.alpha_ = exact_percentile(h, self.q_low, axis=0)
+        self.beta_ = exact_percentile(h, self.q_high, axis=0)
         self.weight_ = ctx.model.head_weight
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        h = np.asarray(out.features, dtype=np.float64)
-        shaped = np.where(h < self.alpha_, 0.0, np.where(h > self.beta_, self.beta_, h + self.gamma))
-        return energy_of(shaped, self.weight_, self.bias_)
+        return _energy_by_chunks(out.features, self._shaped, self.weight_, self.bias_)
+
+    def _shaped(self, h: np.ndarray) -> np.ndarray:
+        return np.where(h < self.alpha_, 0.0, np.where(h > self.beta_, self.beta_, h + self.gamma))

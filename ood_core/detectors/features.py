@@ -202,17 +202,21 @@ class SHE(Detector):
                               help="similarity to the stored pattern (paper and OpenOOD: inner product)")}
 
     def _fit(self, ctx):
-        h = np.asarray(ctx.train.features, dtype=np.float64)
-        y, pred = np.asarray(ctx.train.labels), _predictions(ctx.train)
-        patterns = []
-        for c in range(np.asarray(ctx.train.logits).shape[1]):
-            mask = (y == c) & (pred == c)
-            if not mask.any():  # no correct prediction of c: fall back to all its samples
-                mask = y == c
-            if not mask.any():
-                raise ValueError(f"SHE needs ID train samples of every class; class {c} has none")
-            patterns.append(h[mask].mean(axis=0))
-        self.patterns_ = np.stack(patterns)
+        h, y, pred = ctx.train.features, np.asarray(ctx.train.labels), _predictions(ctx.train)
+        k = np.asarray(ctx.train.logits).shape[1]
+        # one chunked pass: the mean feature of the correctly classified samples of every class at once
+        classes, means, _ = linalg.class_means(h, np.where(y == pred, y, -1))
+        patterns = np.full((k, h.shape[1]), np.nan)
+        kept = (classes >= 0) & (classes < k)
+        patterns[classes[kept]] = means[kept]
+        missing = np.flatnonzero(np.isnan(patterns[:, 0]))
+        if missing.size:  # no correct prediction of c: fall back to all its samples
+            classes, means, _ = linalg.class_means(h, y)
+            for c in missing:
+                if c not in classes:
+                    raise ValueError(f"SHE needs ID train samples of every class; class {c} has none")
+                patterns[c] = means[np.searchsorted(classes, c)]
+        self.patterns_ = patterns
 
     def _score(self, out):
         h = np.asarray(out.features, dtype=np.float64)
