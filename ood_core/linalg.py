@@ -12,11 +12,21 @@ whitening alone was measured at 3e-7..6e-6 relative error on Mahalanobis distanc
 """
 from __future__ import annotations
 
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
 import numpy as np
 from scipy.linalg import blas, eigh
 
-# bytes of float64 rows one chunk holds (the queries' float64 copy, the whitened rows: two of these at once)
-CHUNK_BYTES = 64 * 2**20
+# bytes of float64 rows one chunk holds (the queries' float64 copy, the whitened rows: two of these per worker)
+CHUNK_BYTES = 32 * 2**20
+# a large input is cut into at least this many chunks (if each keeps MIN_ROWS rows), so every core gets work;
+# the cut depends on the data's shape alone, never on the machine, so sums come out the same everywhere
+MIN_CHUNKS, MIN_ROWS = 8, 256
+# below this dimension a factorisation runs on one BLAS thread (threads cost more than they save there)
+SMALL_DIM = 1024
 
 
 def chunk_rows(dim: int, budget: int | None = None) -> int:
@@ -25,10 +35,55 @@ def chunk_rows(dim: int, budget: int | None = None) -> int:
     return int(max(64, budget // (8 * max(1, dim))))
 
 
-def row_chunks(n: int, dim: int, chunk: int | None = None):
-    """Slices covering rows 0..n-1, each at most `chunk` rows (default: chunk_rows(dim))."""
-    step = int(chunk or chunk_rows(dim))
+def row_chunks(n: int, dim: int, chunk: int | None = None) -> list[slice]:
+    """Slices covering rows 0..n-1: at most chunk_rows(dim) rows each (or `chunk`), and at least MIN_CHUNKS of
+    them when that leaves each MIN_ROWS rows or more."""
+    step = int(chunk or min(chunk_rows(dim), max(MIN_ROWS, -(-n // MIN_CHUNKS))))
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+_controller = None
+
+
+def one_blas_thread():
+    """A context in which BLAS runs single-threaded (threadpoolctl, a scikit-learn dependency), or a no-op."""
+    global _controller
+    try:
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        return _controller.limit(limits=1, user_api="blas")
+    except Exception:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return contextlib.nullcontext()
+
+
+def workers() -> int:
+    """Worker threads for chunked work: the cores this process may use (at most 8)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8))
+
+
+def map_chunks(fn: Callable[[slice], object], slices: list[slice]):
+    """fn(slice) for every slice, in order: one worker thread per core, each running single-threaded BLAS.
+
+    Whole chunks per thread instead of threaded BLAS inside every product: no barrier per call, no spinning BLAS
+    threads, and small products (a chunk times a K x D head) do not pay for threads at all. Results are
+    yielded in slice order, so sums over them do not depend on the number of threads.
+    """
+    n_workers = min(workers(), len(slices))
+    with one_blas_thread():
+        if n_workers <= 1:
+            for sl in slices:
+                yield fn(sl)
+            return
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            yield from pool.map(fn, slices)
+
+
+def factorisation_threads(dim: int):
+    """The BLAS threads for a factorisation of a dim x dim matrix: one below SMALL_DIM, all above."""
+    return one_blas_thread() if dim < SMALL_DIM else contextlib.nullcontext()
 
 
 def class_means(x: np.ndarray, labels: np.ndarray, chunk: int | None = None):
@@ -36,12 +91,15 @@ def class_means(x: np.ndarray, labels: np.ndarray, chunk: int | None = None):
     labels = np.asarray(labels)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     sums = np.zeros((len(classes), x.shape[1]))
-    for sl in row_chunks(len(x), x.shape[1], chunk):
-        xb = np.asarray(x[sl], dtype=np.float64)
+
+    def chunk_sums(sl):
         yb = inverse[sl]
         order = np.argsort(yb, kind="stable")
         present, starts = np.unique(yb[order], return_index=True)
-        sums[present] += np.add.reduceat(xb[order], starts, axis=0)
+        return present, np.add.reduceat(np.asarray(x[sl], dtype=np.float64)[order], starts, axis=0)
+
+    for present, part in map_chunks(chunk_sums, row_chunks(len(x), x.shape[1], chunk)):
+        sums[present] += part
     return classes, sums / counts[:, None], counts
 
 
@@ -51,20 +109,26 @@ def scatter(x: np.ndarray, centres: np.ndarray, index: np.ndarray | None = None,
     Each chunk is centred in float64 and multiplied by itself (`a.T @ a`, which numpy runs as syrk).
     """
     centres = np.atleast_2d(np.asarray(centres, dtype=np.float64))
+
+    def chunk_scatter(sl):
+        c = np.subtract(x[sl], centres[0] if index is None else centres[index[sl]], dtype=np.float64)
+        return c.T @ c
+
     out = np.zeros((x.shape[1], x.shape[1]))
-    for sl in row_chunks(len(x), x.shape[1], chunk):
-        c = np.asarray(x[sl], dtype=np.float64)
-        c -= centres[0] if index is None else centres[index[sl]]
-        out += c.T @ c
+    for part in map_chunks(chunk_scatter, row_chunks(len(x), x.shape[1], chunk)):
+        out += part
     return out
 
 
 def column_sq_deviations(x: np.ndarray, centre: np.ndarray, chunk: int | None = None) -> np.ndarray:
     """sum_i (x_ij - centre_j)^2 per column j, float64, by chunks (the diagonal of scatter(x, centre))."""
-    out = np.zeros(x.shape[1])
-    for sl in row_chunks(len(x), x.shape[1], chunk):
+    def chunk_sq(sl):
         c = np.subtract(x[sl], centre, dtype=np.float64)
-        out += np.einsum("nd,nd->d", c, c)
+        return np.einsum("nd,nd->d", c, c)
+
+    out = np.zeros(x.shape[1])
+    for part in map_chunks(chunk_sq, row_chunks(len(x), x.shape[1], chunk)):
+        out += part
     return out
 
 
@@ -78,7 +142,8 @@ def add_ridge(cov: np.ndarray, shrink: float) -> np.ndarray:
 def cholesky(cov: np.ndarray, what: str = "covariance of the ID features") -> np.ndarray:
     """Lower Cholesky factor L of cov = L L'; a clear LinAlgError when cov is not positive definite."""
     try:
-        chol = np.linalg.cholesky(cov)
+        with factorisation_threads(len(cov)):
+            chol = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
         raise np.linalg.LinAlgError(f"{what} is singular") from None
     if not np.all(np.isfinite(chol)):
@@ -113,10 +178,19 @@ class Whitened:
     def sq_distances(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
         """(n, K) squared Mahalanobis distances of the rows of x to every centre, chunk by chunk."""
         out = np.empty((len(x), len(self.means)))
-        for sl in row_chunks(len(x), x.shape[1], chunk):
-            z = whiten(self.chol, x[sl], self.origin)
-            out[sl] = np.einsum("nd,nd->n", z, z)[:, None] - 2.0 * (z @ self.white_means.T) + self.white_sq[None, :]
-        return np.maximum(out, 0.0)
+
+        def chunk_sq(sl):
+            out[sl] = self.chunk_sq_distances(x[sl])
+
+        for _ in map_chunks(chunk_sq, row_chunks(len(x), x.shape[1], chunk)):
+            pass
+        return out
+
+    def chunk_sq_distances(self, x: np.ndarray) -> np.ndarray:
+        """sq_distances of one chunk of rows, in the calling thread."""
+        z = whiten(self.chol, x, self.origin)
+        d = np.einsum("nd,nd->n", z, z)[:, None] - 2.0 * (z @ self.white_means.T) + self.white_sq[None, :]
+        return np.maximum(d, 0.0)
 
     def log_det(self) -> float:
         """log det Sigma = 2 sum log L_ii."""
@@ -133,7 +207,8 @@ def top_eigenvectors(sym: np.ndarray, count: int) -> np.ndarray:
     count = int(min(max(count, 0), d))
     if count == 0:
         return np.zeros((d, 0))
-    _, vec = eigh(sym, subset_by_index=[d - count, d - 1], driver="evx", check_finite=False)
+    with factorisation_threads(d):
+        _, vec = eigh(sym, subset_by_index=[d - count, d - 1], driver="evx", check_finite=False)
     return np.ascontiguousarray(vec[:, ::-1])
 
 
@@ -144,8 +219,12 @@ def residual_norms(x: np.ndarray, origin: np.ndarray, basis: np.ndarray, chunk: 
     eps |c|^2 / |residual| as |c|^2 - |V'c|^2 would; 4 n D d flops instead of 2 n D (D - d) with the complement.
     """
     out = np.empty(len(x))
-    for sl in row_chunks(len(x), x.shape[1], chunk):
-        c = np.asarray(x[sl], dtype=np.float64) - origin
+
+    def chunk_norms(sl):
+        c = np.subtract(x[sl], origin, dtype=np.float64)
         c -= (c @ basis) @ basis.T
         out[sl] = np.sqrt(np.einsum("nd,nd->n", c, c))
+
+    for _ in map_chunks(chunk_norms, row_chunks(len(x), x.shape[1], chunk)):
+        pass
     return out

@@ -335,7 +335,7 @@ def test_logit_scores_unchanged(data):
 
 
 CHUNKED = ("mahalanobis", "rmd", "vim", "residual", "gmm", "react", "ash_p", "ash_b", "ash_s", "scale", "dice",
-           "vra", "she")
+           "vra", "she", "fdbd", "nci")
 
 
 @pytest.mark.parametrize("name", CHUNKED)

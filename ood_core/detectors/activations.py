@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..linalg import class_means, row_chunks
+from ..linalg import class_means, map_chunks, row_chunks
 from .base import Detector, Param, Reference, logsumexp, register
 
 
 def _energy_by_chunks(features: np.ndarray, shape, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """energy_of(shape(h), W, b) over chunks of rows of the features (float64 within a chunk): bounded memory."""
     out = np.empty(len(features))
-    for sl in row_chunks(len(features), features.shape[1]):
+
+    def chunk_energy(sl):
         out[sl] = energy_of(shape(np.asarray(features[sl], dtype=np.float64)), weight, bias)
+
+    for _ in map_chunks(chunk_energy, row_chunks(len(features), features.shape[1])):
+        pass
     return out
 
 

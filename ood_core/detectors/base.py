@@ -242,4 +242,7 @@ def softmax(z: np.ndarray, axis: int = 1) -> np.ndarray:
 def max_softmax(z: np.ndarray) -> np.ndarray:
     """The classifier's confidence max_c softmax(z)_c per row (MSP's score is its negative); 0 rows give (0,)."""
     z = np.asarray(z, dtype=np.float64)
-    return softmax(z).max(axis=1) if z.size else np.zeros(len(z))
+    if not z.size:
+        return np.zeros(len(z))
+    # = softmax(z).max(axis=1): the largest term of the softmax is exp(0) / sum = 1 / sum, bit for bit
+    return 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)

@@ -38,7 +38,7 @@ class OneGaussian:
         if self.diag:
             sq = np.einsum("nd,d->n", (np.asarray(z, dtype=np.float64) - self.means_[0]) ** 2, 1.0 / self.var_)
         else:
-            sq = self.gaussian_.sq_distances(z)[:, 0]
+            sq = self.gaussian_.chunk_sq_distances(z)[:, 0]  # called on one chunk (class_log_likelihoods)
         return self.constant_ - 0.5 * sq
 
 
@@ -110,9 +110,13 @@ class ClassGMM(Detector):
     def class_log_likelihoods(self, features: np.ndarray) -> np.ndarray:
         """log p(h | c) for every class, shape (n, K), by chunks of rows."""
         out = np.empty((len(features), len(self.gmms_)))
-        for sl in linalg.row_chunks(len(features), features.shape[1]):
+
+        def chunk_ll(sl):
             z = self._reduce(features[sl])
             out[sl] = np.stack([g.score_samples(z) for g in self.gmms_], axis=1)
+
+        for _ in linalg.map_chunks(chunk_ll, linalg.row_chunks(len(features), features.shape[1])):
+            pass
         return out
 
     def _score(self, out):

@@ -147,10 +147,7 @@ class RelativeMahalanobis(Detector):
 
     def _score(self, out):
         h = out.features
-        md = np.empty(len(h))
-        for sl in linalg.row_chunks(len(h), h.shape[1]):
-            md[sl] = self.gaussian_.sq_distances(h[sl]).min(axis=1) - self.background_.sq_distances(h[sl])[:, 0]
-        return md
+        return self.gaussian_.sq_distances(h).min(axis=1) - self.background_.sq_distances(h)[:, 0]
 
 
 @register
@@ -181,6 +178,18 @@ class Residual(Detector):
 
 def _predictions(out) -> np.ndarray:
     return np.asarray(out.logits).argmax(axis=1)
+
+
+def _by_chunks(out, score) -> np.ndarray:
+    """score(Outputs of a chunk of rows) over chunks of `out` in worker threads: float64 copies stay chunk-sized."""
+    res = np.empty(len(out))
+
+    def run(sl):
+        res[sl] = score(out.subset(sl))
+
+    for _ in linalg.map_chunks(run, linalg.row_chunks(len(out), np.asarray(out.features).shape[1])):
+        pass
+    return res
 
 
 @register
@@ -219,6 +228,9 @@ class SHE(Detector):
         self.patterns_ = patterns
 
     def _score(self, out):
+        return _by_chunks(out, self._score_chunk)
+
+    def _score_chunk(self, out):
         h = np.asarray(out.features, dtype=np.float64)
         m = self.patterns_[_predictions(out)]
         if self.metric == "euclidean":
@@ -285,11 +297,15 @@ class FDBD(Detector):
 
     def _fit(self, ctx):
         self.weight_, self.bias_ = ctx.model.head_weight, ctx.model.head_bias
-        self.mean_ = np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0)
+        h = ctx.train.features
+        self.mean_ = linalg.class_means(h, np.zeros(len(h), dtype=np.int64))[1][0]
         diff = self.weight_[:, None, :] - self.weight_[None, :, :]
         self.wdist_ = np.linalg.norm(diff, axis=2)  # (K, K): ||w_p - w_c||, zero on the diagonal
 
     def _score(self, out):
+        return _by_chunks(out, self._score_chunk)
+
+    def _score_chunk(self, out):
         h = np.asarray(out.features, dtype=np.float64)
         f = h @ self.weight_.T + self.bias_
         pred = _predictions(out)
@@ -319,9 +335,13 @@ class NCI(Detector):
 
     def _fit(self, ctx):
         self.weight_ = ctx.model.head_weight
-        self.mean_ = np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0)
+        h = ctx.train.features
+        self.mean_ = linalg.class_means(h, np.zeros(len(h), dtype=np.int64))[1][0]
 
     def _score(self, out):
+        return _by_chunks(out, self._score_chunk)
+
+    def _score_chunk(self, out):
         h = np.asarray(out.features, dtype=np.float64)
         c = h - self.mean_
         # the authors' code divides by ||h - mu_G|| only: a cosine up to ||w_pred||, near-equal across classes
