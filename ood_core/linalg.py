@@ -90,16 +90,25 @@ def class_means(x: np.ndarray, labels: np.ndarray, chunk: int | None = None):
     """(classes, means (K, D) float64, counts (K,)) of the rows of x per label, accumulated in float64 by chunks."""
     labels = np.asarray(labels)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    sums = np.zeros((len(classes), x.shape[1]))
+    k = len(classes)
 
     def chunk_sums(sl):
+        xb = x[sl]
+        if k == 1:
+            return xb.sum(axis=0, dtype=np.float64)[None, :]
         yb = inverse[sl]
+        if k <= 64:  # one small float64 product with the one-hot labels: one pass, no sorting or gathering
+            onehot = (yb[None, :] == np.arange(k)[:, None]).astype(np.float64)
+            return onehot @ np.asarray(xb, dtype=np.float64)
         order = np.argsort(yb, kind="stable")
         present, starts = np.unique(yb[order], return_index=True)
-        return present, np.add.reduceat(np.asarray(x[sl], dtype=np.float64)[order], starts, axis=0)
+        part = np.zeros((k, x.shape[1]))
+        part[present] = np.add.reduceat(np.asarray(xb, dtype=np.float64)[order], starts, axis=0)
+        return part
 
-    for present, part in map_chunks(chunk_sums, row_chunks(len(x), x.shape[1], chunk)):
-        sums[present] += part
+    sums = np.zeros((k, x.shape[1]))
+    for part in map_chunks(chunk_sums, row_chunks(len(x), x.shape[1], chunk)):
+        sums += part
     return classes, sums / counts[:, None], counts
 
 

@@ -128,7 +128,8 @@ def _for_each_block(lhs: np.ndarray, rhs: np.ndarray, chunk: int, finish) -> Non
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(cores, 8))
-    step = _query_chunk(len(rhs), chunk, BLOCK_BYTES // workers)
+    # several chunks per worker: a worker that finishes early (or was not scheduled) takes the next one
+    step = min(_query_chunk(len(rhs), chunk, BLOCK_BYTES // workers), max(256, -(-len(lhs) // (4 * workers))))
     starts = list(range(0, len(lhs), step))
     workers = min(workers, len(starts))
     free: queue.SimpleQueue = queue.SimpleQueue()
