@@ -53,7 +53,7 @@ class Split:
     y: np.ndarray  # labels, -1 for OOD
 
 
-def make_arrays(n_train: int, dim: int, seed: int = 0):
+def make_arrays(n_train: int, dim: int, seed: int = 0, n_test: int = N_TEST, n_ood: int = N_OOD):
     """Penultimate-like features: ReLU(class mean + noise with a power-law spectrum), variance of the i-th
     principal direction ~ (1 + i)^-1.2 (condition number ~ D^1.2 before the ReLU), a nearest-class-mean head
     W h + b (float32, as a network computes it); OOD samples sit between classes with larger, differently
@@ -61,7 +61,7 @@ def make_arrays(n_train: int, dim: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     mix = (basis * (1.0 / (1.0 + np.arange(dim))) ** 0.6).astype(np.float32)
-    means = (rng.normal(0.0, 1.0, size=(K, dim)) * (1.0 + np.arange(dim)) ** -0.3 + 0.4).astype(np.float32)
+    means = (rng.normal(0.0, 0.4, size=(K, dim)) * (1.0 + np.arange(dim)) ** -0.3 + 0.4).astype(np.float32)
     s = 8.0 / np.sqrt(dim)
     w = (s * means + 0.3 * rng.standard_normal((K, dim)) / np.sqrt(dim)).astype(np.float32)
     b = (-0.5 * s * (means.astype(np.float64) ** 2).sum(1) + rng.normal(0.0, 0.3, K)).astype(np.float32)
@@ -72,16 +72,17 @@ def make_arrays(n_train: int, dim: int, seed: int = 0):
         for i in range(0, n, 8192):  # block by block: no float64 or full-size temporaries
             m = min(8192, n - i)
             noise = rng.standard_normal((m, dim), dtype=np.float32) @ mix.T
-            if ood:  # halfway between two classes, a third more noise and a shift
+            if ood:  # near the middle of two classes, with a little more noise
                 other = (y[i:i + m] + 1 + rng.integers(0, K - 1, m)) % K
-                block = 0.5 * (means[y[i:i + m]] + means[other]) + 1.3 * noise - 0.1
+                mix_w = rng.uniform(0.25, 0.75, (m, 1)).astype(np.float32)
+                block = mix_w * means[y[i:i + m]] + (1 - mix_w) * means[other] + 1.1 * noise
             else:
                 block = means[y[i:i + m]] + noise
             h[i:i + m] = np.maximum(block, 0.0)
         z = (h @ w.T + b).astype(np.float32)
         return Split(h, z, np.full(n, -1) if ood else y)
 
-    return split(n_train), split(N_TEST), split(N_OOD, ood=True), w, b
+    return split(n_train), split(n_test), split(n_ood, ood=True), w, b
 
 
 # --- measuring ----------------------------------------------------------------------------------------
