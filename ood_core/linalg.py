@@ -209,7 +209,7 @@ class Whitened:
 def top_eigenvectors(sym: np.ndarray, count: int) -> np.ndarray:
     """Orthonormal eigenvectors (D, count) of the `count` largest eigenvalues of a symmetric matrix, largest first.
 
-    Only that subset is computed (LAPACK ?syevx: bisection and inverse iteration after the tridiagonal
+    Only that subset is computed (LAPACK ?syevr: relatively robust representations after the tridiagonal
     reduction), far cheaper than a full eigendecomposition when count << D.
     """
     d = len(sym)
@@ -217,7 +217,7 @@ def top_eigenvectors(sym: np.ndarray, count: int) -> np.ndarray:
     if count == 0:
         return np.zeros((d, 0))
     with factorisation_threads(d):
-        _, vec = eigh(sym, subset_by_index=[d - count, d - 1], driver="evx", check_finite=False)
+        _, vec = eigh(sym, subset_by_index=[d - count, d - 1], driver="evr", check_finite=False)
     return np.ascontiguousarray(vec[:, ::-1])
 
 
