@@ -364,8 +364,13 @@ def test_top_k_mask_by_selection_equals_stable_sort():
 
 def test_exact_percentile_equals_numpy_in_float64():
     rng = np.random.default_rng(6)
-    for shape in [(1000, 37), (5, 1), (301, 128)]:
-        a = np.maximum(rng.normal(size=shape), 0.0).astype(np.float32)
-        for q in (0, 10, 33.3333, 50, 90, 99.9, 100):
-            assert exact_percentile(a, q) == np.percentile(a.astype(np.float64), q)
-            np.testing.assert_array_equal(exact_percentile(a, q, axis=0), np.percentile(a.astype(np.float64), q, axis=0))
+    qs = (0, 10, 33.3333, 50, 50.0001, 60, 90, 90.01, 99.9, 100)  # close pairs share or neighbour a rank
+    for shape in [(1000, 37), (5, 1), (2, 3), (301, 128), (5000, 1000)]:  # the last: several blocks of columns
+        a = np.round(np.maximum(rng.normal(size=shape), 0.0), 1).astype(np.float32)  # ties, many zeros
+        a64 = a.astype(np.float64)
+        for q, per_column, overall in zip(qs, exact_percentile(a, qs, axis=0), exact_percentile(a, qs)):
+            np.testing.assert_array_equal(per_column, np.percentile(a64, q, axis=0))
+            assert overall == np.percentile(a64, q)
+        assert exact_percentile(a, 90) == np.percentile(a64, 90)
+    a[0, 0] = np.nan
+    assert np.isnan(exact_percentile(a, 50))

@@ -306,7 +306,7 @@ class FDBD(Detector):
         return _by_chunks(out, self._score_chunk)
 
     def _score_chunk(self, out):
-        h = np.asarray(out.features, dtype=np.float64)
+        h = np.array(out.features, dtype=np.float64)  # a copy this chunk owns: centred in place below
         f = h @ self.weight_.T + self.bias_
         pred = _predictions(out)
         rows = np.arange(len(h))
@@ -314,8 +314,9 @@ class FDBD(Detector):
         dist = gap / np.maximum(self.wdist_[pred], 1e-12)
         dist[rows, pred] = 0.0
         mean_dist = dist.sum(axis=1) / max(f.shape[1] - 1, 1)
-        ref = h - self.mean_ if self.normaliser == "distance_to_mean" else h
-        return -mean_dist / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+        if self.normaliser == "distance_to_mean":
+            h -= self.mean_
+        return -mean_dist / np.maximum(np.sqrt(np.einsum("nd,nd->n", h, h)), 1e-12)
 
 
 @register
@@ -342,9 +343,10 @@ class NCI(Detector):
         return _by_chunks(out, self._score_chunk)
 
     def _score_chunk(self, out):
-        h = np.asarray(out.features, dtype=np.float64)
-        c = h - self.mean_
+        c = np.array(out.features, dtype=np.float64)  # a copy this chunk owns: centred in place below
+        l1 = np.abs(c).sum(axis=1)
+        c -= self.mean_
         # the authors' code divides by ||h - mu_G|| only: a cosine up to ||w_pred||, near-equal across classes
-        p_score = np.einsum("nd,nd->n", c, self.weight_[_predictions(out)])
-        p_score /= np.maximum(np.linalg.norm(c, axis=1), 1e-12)
-        return -(p_score + self.alpha * np.abs(h).sum(axis=1))
+        p_score = (c @ self.weight_.T)[np.arange(len(c)), _predictions(out)]
+        p_score /= np.maximum(np.sqrt(np.einsum("nd,nd->n", c, c)), 1e-12)
+        return -(p_score + self.alpha * l1)
