@@ -59,9 +59,16 @@ def one_blas_thread():
 
 
 def workers() -> int:
-    """Worker threads for chunked work: the cores this process may use (at most 8)."""
+    """Worker threads for chunked work: the cores this process may use, at most 8, and no more than a request may
+    use on a shared server (serving.request_threads: OOD_EXPLORER_THREADS, 1 in shared mode)."""
+    from . import serving
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 8))
+    try:
+        allowed = serving.request_threads()
+    except ValueError:  # a malformed OOD_EXPLORER_THREADS: the server refuses it at start; here, every core
+        allowed = cores
+    return max(1, min(cores, allowed, 8))
 
 
 def map_chunks(fn: Callable[[slice], object], slices: list[slice]):
