@@ -6,7 +6,6 @@ products with a bounded memory budget, exact re-ranking of candidates, and faiss
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
 
@@ -126,9 +125,11 @@ def _for_each_block(lhs: np.ndarray, rhs: np.ndarray, chunk: int, finish) -> Non
     then the selection (numpy releases the GIL in both). No BLAS barrier or spinning BLAS threads compete
     with the selection; the blocks alive at once total at most BLOCK_BYTES.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(cores, 8))
-    step = _query_chunk(len(rhs), chunk, BLOCK_BYTES // workers)
+    from .linalg import workers as n_workers
+
+    workers = n_workers()  # one per core this request may use
+    # several chunks per worker: a worker that finishes early (or was not scheduled) takes the next one
+    step = min(_query_chunk(len(rhs), chunk, BLOCK_BYTES // workers), max(256, -(-len(lhs) // (4 * workers))))
     starts = list(range(0, len(lhs), step))
     workers = min(workers, len(starts))
     free: queue.SimpleQueue = queue.SimpleQueue()

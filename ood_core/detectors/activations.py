@@ -3,7 +3,70 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..linalg import class_means, map_chunks, row_chunks
 from .base import Detector, Param, Reference, logsumexp, register
+
+
+def _energy_by_chunks(features: np.ndarray, shape, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """energy_of(shape(h), W, b) over chunks of rows of the features, in worker threads: bounded memory.
+
+    `shape` gets the chunk in the features' own dtype (masks and comparisons are exact there, and half the bytes
+    of float64) and returns float64 values."""
+    out = np.empty(len(features))
+
+    def chunk_energy(sl):
+        out[sl] = energy_of(shape(features[sl]), weight, bias)
+
+    for _ in map_chunks(chunk_energy, row_chunks(len(features), features.shape[1])):
+        pass
+    return out
+
+
+def exact_percentile(a: np.ndarray, q, axis: int | None = None):
+    """np.percentile(a as float64, q, axis) ("linear"), without a float64 copy of a: the order statistics come
+    from np.partition of a in its own floating dtype (its values are exact in float64), the interpolation is
+    numpy's, in float64. q: a number, or a sequence (then a list, one result per q). axis: None (all values) or
+    0 (per column, by blocks of columns in worker threads). NaN: as np.percentile."""
+    a = np.asarray(a)
+    qs = [q] if np.ndim(q) == 0 else list(q)
+    if a.dtype.kind != "f" or a.dtype.itemsize > 8:
+        res = [np.percentile(np.asarray(a, dtype=np.float64), x, axis=axis) for x in qs]
+    elif axis is None:
+        res = [float(v[0]) for v in _row_percentiles(a.reshape(1, -1), qs)]
+    else:
+        res = [np.empty(a.shape[1]) for _ in qs]
+        width = int(max(8, (4 << 20) // max(1, len(a))))  # ~16 MB of float32 per block of columns
+
+        def block(cols):
+            for out, v in zip(res, _row_percentiles(np.ascontiguousarray(a[:, cols].T), qs)):
+                out[cols] = v
+
+        for _ in map_chunks(block, [slice(j, j + width) for j in range(0, a.shape[1], width)]):
+            pass
+    return res[0] if np.ndim(q) == 0 else res
+
+
+def _row_percentiles(rows: np.ndarray, qs) -> list[np.ndarray]:
+    """Per row of `rows` (r, n), the "linear" percentiles qs, float64 (see exact_percentile)."""
+    n = rows.shape[1]
+    # one selection per q, each in what lies above the previous one (np.partition with several kth values, or
+    # two adjacent ones, was measured several times slower); the next order statistic is the smallest above
+    part, offset = rows, 0
+    out = {}
+    for x in sorted(set(qs)):
+        virtual = (n - 1) * (np.float64(x) / 100)
+        lo_i = int(np.floor(virtual))
+        if lo_i - offset < 0:  # q's this close share a rank with the previous one: select again from all values
+            part, offset = rows, 0
+        p = np.partition(part, lo_i - offset, axis=1)
+        lo = p[:, lo_i - offset].astype(np.float64)
+        above = p[:, lo_i - offset + 1:]
+        hi = above.min(axis=1).astype(np.float64) if lo_i < n - 1 else lo
+        gamma = virtual - lo_i
+        diff = hi - lo
+        out[x] = hi - diff * (1 - gamma) if gamma >= 0.5 else lo + diff * gamma  # numpy's _lerp
+        part, offset = above, lo_i + 1
+    return [out[x] for x in qs]
 
 
 @register
@@ -29,7 +92,8 @@ class ReAct(Detector):
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        return react_score(out.features, self.weight_, self.bias_, self.threshold_)
+        c = np.float64(self.threshold_)
+        return _energy_by_chunks(out.features, lambda h: np.minimum(h, c, dtype=np.float64), self.weight_, self.bias_)
 
 
 def energy_of(h: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -39,7 +103,7 @@ def energy_of(h: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray
 
 def react_threshold(train_features: np.ndarray, percentile: float) -> float:
     """ReAct's clip c: the p-th percentile of all ID train activations, global over units and samples (the paper's code)."""
-    return float(np.percentile(np.asarray(train_features, dtype=np.float64), percentile))
+    return float(exact_percentile(train_features, percentile))
 
 
 def react_score(h: np.ndarray, weight: np.ndarray, bias: np.ndarray, threshold: float) -> np.ndarray:
@@ -50,13 +114,23 @@ def react_score(h: np.ndarray, weight: np.ndarray, bias: np.ndarray, threshold: 
 def top_k_mask(h: np.ndarray, percentile: float) -> np.ndarray:
     """Per sample, True on the k = D - round(D p / 100) largest activations (at least one), as ASH's code counts k.
 
-    Ties are broken by unit index (stable sort), so the mask depends on the sample alone.
+    Ties are broken by unit index (as a stable sort of -h would), so the mask depends on the sample alone. Found
+    by selection, not sorting: each row's k-th largest value t (np.partition), every unit above t, and the first
+    (k - #above) units equal to t.
     """
     d = h.shape[1]
     k = max(1, d - int(np.round(d * percentile / 100.0)))
-    keep = np.argsort(-h, axis=1, kind="stable")[:, :k]
-    mask = np.zeros(h.shape, dtype=bool)
-    np.put_along_axis(mask, keep, True, axis=1)
+    if k >= d:
+        return np.ones(h.shape, dtype=bool)
+    kth = np.partition(h, d - k, axis=1)[:, d - k, None]
+    mask = h > kth
+    tie = h == kth
+    need = k - mask.sum(axis=1)
+    excess = np.flatnonzero(tie.sum(axis=1) > need)  # rows where not every unit equal to t can be kept
+    mask |= tie
+    if excess.size:
+        t = tie[excess]
+        mask[excess] = (h[excess] > kth[excess]) | (t & (np.cumsum(t, axis=1, dtype=np.int32) <= need[excess, None]))
     return mask
 
 
@@ -66,20 +140,22 @@ def _sum_ratio(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
 
 
 def ash_prune(h: np.ndarray, percentile: float) -> np.ndarray:
-    """ASH-P's shaping: h on each sample's top (100 - p)% units, 0 elsewhere."""
-    return np.where(top_k_mask(h, percentile), h, 0.0)
+    """ASH-P's shaping: h on each sample's top (100 - p)% units, 0 elsewhere (float64)."""
+    return np.where(top_k_mask(h, percentile), np.asarray(h, dtype=np.float64), 0.0)
 
 
 def ash_binarise(h: np.ndarray, percentile: float) -> np.ndarray:
-    """ASH-B's shaping: s1 / k on the top-k units (s1 = the sum of h), 0 elsewhere."""
+    """ASH-B's shaping: s1 / k on the top-k units (s1 = the sum of h), 0 elsewhere (float64)."""
     mask = top_k_mask(h, percentile)
-    return np.where(mask, h.sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True), 0.0)
+    s1 = np.asarray(h, dtype=np.float64).sum(axis=1, keepdims=True)
+    return np.where(mask, s1 / mask.sum(axis=1, keepdims=True), 0.0)
 
 
 def ash_scale(h: np.ndarray, percentile: float) -> np.ndarray:
-    """ASH-S's shaping: ASH-P's pruned h times exp(s1 / s2), the sums of h before / after pruning."""
+    """ASH-S's shaping: ASH-P's pruned h times exp(s1 / s2), the sums of h before / after pruning (float64)."""
     pruned = ash_prune(h, percentile)
-    return pruned * np.exp(_sum_ratio(h.sum(axis=1), pruned.sum(axis=1)))[:, None]
+    s1 = np.asarray(h, dtype=np.float64).sum(axis=1)
+    return pruned * np.exp(_sum_ratio(s1, pruned.sum(axis=1)))[:, None]
 
 
 def dice_contribution(mean_h: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -118,7 +194,7 @@ class _ASH(Detector):
         raise NotImplementedError
 
     def _score(self, out):
-        return energy_of(self.shape(np.asarray(out.features, dtype=np.float64)), self.weight_, self.bias_)
+        return _energy_by_chunks(out.features, self.shape, self.weight_, self.bias_)
 
 
 @register
@@ -198,10 +274,13 @@ class SCALE(Detector):
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        h = np.asarray(out.features, dtype=np.float64)
-        s2 = np.where(top_k_mask(h, self.percentile), h, 0.0).sum(axis=1)
-        r = np.exp(_sum_ratio(h.sum(axis=1), s2))
-        return energy_of(h * r[:, None], self.weight_, self.bias_)
+        return _energy_by_chunks(out.features, self._scaled, self.weight_, self.bias_)
+
+    def _scaled(self, h: np.ndarray) -> np.ndarray:
+        mask = top_k_mask(h, self.percentile)
+        h = np.asarray(h, dtype=np.float64)
+        s2 = np.where(mask, h, 0.0).sum(axis=1)
+        return h * np.exp(_sum_ratio(h.sum(axis=1), s2))[:, None]
 
 
 @register
@@ -229,13 +308,14 @@ class DICE(Detector):
 
     def _fit(self, ctx):
         w = ctx.model.head_weight
-        contrib = dice_contribution(np.asarray(ctx.train.features, dtype=np.float64).mean(axis=0), w)
+        h = ctx.train.features
+        contrib = dice_contribution(class_means(h, np.zeros(len(h), dtype=np.int64))[1][0], w)
         self.mask_ = dice_mask(contrib, self.sparsity)
         self.weight_ = w * self.mask_
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        return energy_of(out.features, self.weight_, self.bias_)
+        return _energy_by_chunks(out.features, lambda h: h, self.weight_, self.bias_)
 
 
 @register
@@ -273,13 +353,13 @@ class VRA(Detector):
     def _fit(self, ctx):
         if self.q_low > self.q_high:
             raise ValueError(f"q_low ({self.q_low}) must not exceed q_high ({self.q_high})")
-        h = np.asarray(ctx.train.features, dtype=np.float64)
-        self.alpha_ = np.percentile(h, self.q_low, axis=0)
-        self.beta_ = np.percentile(h, self.q_high, axis=0)
+        self.alpha_, self.beta_ = exact_percentile(ctx.train.features, (self.q_low, self.q_high), axis=0)
         self.weight_ = ctx.model.head_weight
         self.bias_ = ctx.model.head_bias
 
     def _score(self, out):
-        h = np.asarray(out.features, dtype=np.float64)
-        shaped = np.where(h < self.alpha_, 0.0, np.where(h > self.beta_, self.beta_, h + self.gamma))
-        return energy_of(shaped, self.weight_, self.bias_)
+        return _energy_by_chunks(out.features, self._shaped, self.weight_, self.bias_)
+
+    def _shaped(self, h: np.ndarray) -> np.ndarray:
+        h = np.asarray(h, dtype=np.float64)
+        return np.where(h < self.alpha_, 0.0, np.where(h > self.beta_, self.beta_, h + self.gamma))

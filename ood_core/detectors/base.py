@@ -242,19 +242,43 @@ def create(name: str, **params: Any) -> Detector:
 
 # --- small numeric helpers shared by the families -------------------------------------------------
 
+# numpy reduces each row in its own short inner loop: for rows of a few values (10 logits) that per-row cost
+# dominates, so such rows are reduced column by column instead (K whole-array operations over n values)
+SHORT_ROWS = 32
+
+
+def row_reduce(ufunc: np.ufunc, z: np.ndarray, keepdims: bool = False) -> np.ndarray:
+    """ufunc.reduce(z, axis=1) of a 2-d array; column by column when rows are short (same values for max/min)."""
+    if z.ndim != 2 or not 1 <= z.shape[1] <= SHORT_ROWS or len(z) < 256:
+        return ufunc.reduce(z, axis=1, keepdims=keepdims)
+    out = z[:, 0].copy()
+    for j in range(1, z.shape[1]):
+        ufunc(out, z[:, j], out=out)
+    return out[:, None] if keepdims else out
+
+
 def logsumexp(z: np.ndarray, axis: int = 1) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
-    m = z.max(axis=axis, keepdims=True)
-    return (m + np.log(np.exp(z - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+    if axis != 1 or z.ndim != 2:
+        m = z.max(axis=axis, keepdims=True)
+        return (m + np.log(np.exp(z - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+    m = row_reduce(np.maximum, z, keepdims=True)
+    return (m + np.log(row_reduce(np.add, np.exp(z - m), keepdims=True)))[:, 0]
 
 
 def softmax(z: np.ndarray, axis: int = 1) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
-    e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    if axis != 1 or z.ndim != 2:
+        e = np.exp(z - z.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+    e = np.exp(z - row_reduce(np.maximum, z, keepdims=True))
+    return e / row_reduce(np.add, e, keepdims=True)
 
 
 def max_softmax(z: np.ndarray) -> np.ndarray:
     """The classifier's confidence max_c softmax(z)_c per row (MSP's score is its negative); 0 rows give (0,)."""
     z = np.asarray(z, dtype=np.float64)
-    return softmax(z).max(axis=1) if z.size else np.zeros(len(z))
+    if not z.size:
+        return np.zeros(len(z))
+    # = softmax(z).max(axis=1): the largest term of the softmax is exp(0) / sum = 1 / sum, bit for bit
+    return 1.0 / row_reduce(np.add, np.exp(z - row_reduce(np.maximum, z, keepdims=True)))

@@ -3,7 +3,43 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import linalg
 from .base import Detector, Param, Reference, logsumexp, register, softmax
+
+
+class OneGaussian:
+    """A one-component Gaussian "mixture" in closed form: the maximum-likelihood mean and covariance plus
+    reg on the diagonal, which is exactly where scikit-learn's GaussianMixture(n_components=1) ends (its EM
+    step with every responsibility 1 is this estimate), without its k-means start and EM iterations.
+
+    `covariance`: "full" or "tied" (the same for one component), or "diag". Scores like GaussianMixture's
+    score_samples: log N(z; mean, Sigma), the full case by a Cholesky triangular solve per chunk of rows.
+    """
+
+    def __init__(self, z: np.ndarray, covariance: str, reg: float):
+        _, means, _ = linalg.class_means(z, np.zeros(len(z), dtype=np.int64))
+        self.means_ = means  # (1, D), as GaussianMixture.means_
+        self.diag = covariance == "diag"
+        dim = z.shape[1]
+        if self.diag:
+            self.var_ = linalg.column_sq_deviations(z, means[0]) / len(z) + reg
+            if not np.all(self.var_ > 0):
+                raise ValueError("a class's ID features have zero variance in some dimension; raise reg_covar")
+            log_det = float(np.log(self.var_).sum())
+        else:
+            cov = linalg.scatter(z, means[0]) / len(z)
+            cov.flat[::dim + 1] += reg
+            self.gaussian_ = linalg.Whitened(means, cov, origin=means[0], what="covariance of a class's ID features")
+            log_det = self.gaussian_.log_det()
+        self.constant_ = -0.5 * (dim * np.log(2.0 * np.pi) + log_det)
+
+    def score_samples(self, z: np.ndarray) -> np.ndarray:
+        """log N(z; mean, Sigma) per row."""
+        if self.diag:
+            sq = np.einsum("nd,d->n", (np.asarray(z, dtype=np.float64) - self.means_[0]) ** 2, 1.0 / self.var_)
+        else:
+            sq = self.gaussian_.chunk_sq_distances(z)[:, 0]  # called on one chunk (class_log_likelihoods)
+        return self.constant_ - 0.5 * sq
 
 
 @register
@@ -45,31 +81,43 @@ class ClassGMM(Detector):
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
 
-        h = np.asarray(ctx.train.features, dtype=np.float64)
+        h = ctx.train.features
         y = np.asarray(ctx.train.labels)
         dim = int(min(self.dim, h.shape[1], len(h) - 1))
-        self.pca_ = PCA(n_components=dim, random_state=ctx.seed).fit(h) if dim < h.shape[1] else None
-        z = self._reduce(h)
+        self.pca_ = (PCA(n_components=dim, random_state=ctx.seed).fit(np.asarray(h, dtype=np.float64))
+                     if dim < h.shape[1] else None)
+        z = self._reduce(h) if self.pca_ is not None else h  # without PCA: the float32 features, read by chunks
         # reg_covar is relative so that one value works whatever the scale of the features
-        scale = float(max(z.var(axis=0).mean(), 1e-12))
+        _, mean, _ = linalg.class_means(z, np.zeros(len(z), dtype=np.int64))
+        scale = float(max((linalg.column_sq_deviations(z, mean[0]) / len(z)).mean(), 1e-12))
         self.classes_ = np.unique(y)
         self.log_prior_ = np.log(np.array([(y == c).mean() for c in self.classes_]))
         self.gmms_ = []
         for c in self.classes_:
             zc = z[y == c]
             m = int(min(self.n_components, len(zc)))
+            if m == 1:  # closed form, equal to what GaussianMixture(1) converges to
+                self.gmms_.append(OneGaussian(zc, self.covariance, self.reg_covar * scale))
+                continue
             gmm = GaussianMixture(n_components=m, covariance_type=self.covariance, reg_covar=self.reg_covar * scale,
                                   random_state=ctx.seed, max_iter=200)
-            self.gmms_.append(gmm.fit(zc))
+            self.gmms_.append(gmm.fit(np.asarray(zc, dtype=np.float64)))
 
     def _reduce(self, h: np.ndarray) -> np.ndarray:
         h = np.asarray(h, dtype=np.float64)
         return self.pca_.transform(h) if self.pca_ is not None else h
 
     def class_log_likelihoods(self, features: np.ndarray) -> np.ndarray:
-        """log p(h | c) for every class, shape (n, K)."""
-        z = self._reduce(features)
-        return np.stack([g.score_samples(z) for g in self.gmms_], axis=1)
+        """log p(h | c) for every class, shape (n, K), by chunks of rows."""
+        out = np.empty((len(features), len(self.gmms_)))
+
+        def chunk_ll(sl):
+            z = self._reduce(features[sl])
+            out[sl] = np.stack([g.score_samples(z) for g in self.gmms_], axis=1)
+
+        for _ in linalg.map_chunks(chunk_ll, linalg.row_chunks(len(features), features.shape[1])):
+            pass
+        return out
 
     def _score(self, out):
         ll = self.class_log_likelihoods(out.features)

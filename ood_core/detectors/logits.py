@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from .base import Detector, FitContext, Param, Reference, logsumexp, max_softmax, register, softmax
+from .base import Detector, FitContext, Param, Reference, logsumexp, max_softmax, register, row_reduce, softmax
 
 
 @register
@@ -41,7 +41,8 @@ class MaxLogit(Detector):
     needs = ("logits",)
 
     def _score(self, out):
-        return -np.asarray(out.logits, dtype=np.float64).max(axis=1)
+        z = np.asarray(out.logits)
+        return -row_reduce(np.maximum, z if z.dtype.kind == "f" else z.astype(np.float64)).astype(np.float64)
 
 
 @register
@@ -84,7 +85,7 @@ class Entropy(Detector):
     def _score(self, out):
         z = np.asarray(out.logits, dtype=np.float64)
         logp = z - logsumexp(z)[:, None]
-        return -(np.exp(logp) * logp).sum(axis=1)
+        return -row_reduce(np.add, np.exp(logp) * logp)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -1,0 +1,376 @@
+"""Speed work must not move a score: every detector that issue 14 made faster, against a plain float64 formula.
+
+The formulas below are the detectors' definitions written the slow, obvious way (per-class loops, explicit
+inverses, full eigendecompositions, brute-force neighbours), on fixed seeded arrays shaped like penultimate
+features (ReLU, class structure, a decaying spectrum). Each detector's scores must equal them to 1e-6 relative.
+A second set of arrays has a nearly singular covariance, where float32 whitening would not be accurate enough:
+the detectors must notice and stay exact there too. Chunked scoring must equal scoring in one chunk.
+No timing is asserted here: speed is measured by scripts/bench_reference.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from ood_core import linalg
+from ood_core.detectors import FitContext, create
+from ood_core.detectors.activations import exact_percentile, top_k_mask
+from ood_core.inference import Outputs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RTOL = float(__import__("os").environ.get("SPEED_RTOL", "1e-6"))
+K = 6
+
+
+class Head:
+    """The two things detectors read from the model: logits = W h + b (float64 copies, as ModelAdapter gives)."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray):
+        self.head_weight = np.asarray(w, dtype=np.float64)
+        self.head_bias = np.asarray(b, dtype=np.float64)
+
+
+def _arrays(seed: int, d: int, n_train: int, n_test: int, ill_conditioned: bool = False):
+    """ID train, ID test and OOD Outputs of a linear head on ReLU features with a power-law spectrum."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    mix = basis * (1.0 / (1.0 + np.arange(d))) ** 0.6
+    means = rng.normal(0.0, 1.2, size=(K, d)) + 0.8
+
+    def feats(n, scale=1.0, shift=0.0):
+        y = np.arange(n) % K
+        h = means[y] + shift + scale * rng.normal(size=(n, d)) @ mix.T
+        h = np.maximum(h, 0.0)
+        if ill_conditioned:  # three units that nearly copy others: covariance condition number ~1e8
+            h[:, -3:] = h[:, :3] + 1e-4 * rng.normal(size=(n, 3))
+        return h.astype(np.float32), y
+
+    # a nearest-class-mean head, W h + b = s (mu_c.h - |mu_c|^2 / 2), plus noise: every training sample is predicted right
+    s = 8.0 / d
+    w = (s * means + 0.2 * rng.normal(size=(K, d)) / np.sqrt(d)).astype(np.float32)
+    b = (-0.5 * s * (means ** 2).sum(1) + rng.normal(0.0, 0.3, size=K)).astype(np.float32)
+
+    def outputs(h, y):
+        return Outputs((h @ w.T + b).astype(np.float32), h, y)
+
+    train = outputs(*feats(n_train))
+    test = outputs(*feats(n_test))
+    ood_h, _ = feats(n_test // 2, scale=1.8, shift=-0.4)
+    ood = outputs(ood_h, np.full(len(ood_h), -1))
+    both = Outputs(np.concatenate([test.logits, ood.logits]), np.concatenate([test.features, ood.features]),
+                   np.concatenate([test.labels, ood.labels]))
+    return train, both, Head(w, b)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _arrays(0, 48, 3000, 1200)
+
+
+@pytest.fixture(scope="module")
+def ill():
+    return _arrays(1, 40, 2500, 800, ill_conditioned=True)
+
+
+def _score(name, data, **params):
+    train, test, head = data
+    return create(name, **params).fit(FitContext(train=train, model=head, num_classes=K, seed=0)).score(test)
+
+
+def _close(got, ref, terms=None):
+    """|got - ref| <= 1e-6 |ref| element-wise; for a difference of terms (RMD, ViM), relative to the largest term."""
+    scale = np.abs(ref) if terms is None else np.max(np.abs(np.stack(terms)), axis=0)
+    err = np.abs(np.asarray(got, dtype=np.float64) - ref)
+    worst = float(np.max(err / np.maximum(scale, 1e-300)))
+    assert worst <= RTOL, f"max relative error {worst:.3g} > {RTOL}"
+
+
+# --- the formulas, the slow obvious way ------------------------------------------------------------------
+
+def _h(o):
+    return np.asarray(o.features, dtype=np.float64)
+
+
+def _z(o):
+    return np.asarray(o.logits, dtype=np.float64)
+
+
+def _tied_gaussian(h, y):
+    classes = np.unique(y)
+    means = np.stack([h[y == c].mean(0) for c in classes])
+    centred = h - means[np.searchsorted(classes, y)]
+    cov = centred.T @ centred / len(h)
+    cov += 1e-6 * np.trace(cov) / len(cov) * np.eye(len(cov))
+    return means, np.linalg.inv(cov)
+
+
+def _md(h, means, precision):
+    return np.stack([np.einsum("nd,de,ne->n", h - m, precision, h - m) for m in means], axis=1)
+
+
+def ref_mahalanobis(train, test):
+    means, p = _tied_gaussian(_h(train), train.labels)
+    return _md(_h(test), means, p).min(1)
+
+
+def ref_rmd_terms(train, test):
+    h = _h(train)
+    means, p = _tied_gaussian(h, train.labels)
+    mean0, p0 = _tied_gaussian(h, np.zeros(len(h), int))
+    return _md(_h(test), means, p).min(1), _md(_h(test), mean0, p0)[:, 0]
+
+
+def _residual_basis(train, head, dim):
+    w, b = head.head_weight, head.head_bias
+    u = -np.linalg.pinv(w) @ b
+    c = _h(train) - u
+    val, vec = np.linalg.eigh(c.T @ c / len(c))
+    return u, vec[:, np.argsort(val)[::-1][dim:]]
+
+
+def ref_vim_terms(train, test, head, dim=64):
+    u, ns = _residual_basis(train, head, min(dim, train.features.shape[1] - 1))
+    alpha = _z(train).max(1).mean() / np.linalg.norm((_h(train) - u) @ ns, axis=1).mean()
+    return alpha * np.linalg.norm((_h(test) - u) @ ns, axis=1), logsumexp(_z(test), axis=1)
+
+
+def ref_residual(train, test, head, dim=64):
+    u, ns = _residual_basis(train, head, min(dim, train.features.shape[1] - 1))
+    return np.linalg.norm((_h(test) - u) @ ns, axis=1)
+
+
+def ref_gmm_one_gaussian(train, test, reg_covar=1e-3):
+    """One full-covariance Gaussian per class on the raw features (dim >= D: no PCA), prior-weighted mixture."""
+    h, y = _h(train), train.labels
+    scale = h.var(0).mean()
+    ll = []
+    for c in np.unique(y):
+        hc = h[y == c]
+        cov = np.cov(hc.T, bias=True) + reg_covar * scale * np.eye(h.shape[1])
+        ll.append(np.log((y == c).mean()) + multivariate_normal(hc.mean(0), cov).logpdf(_h(test)))
+    return -logsumexp(np.stack(ll, 1), axis=1)
+
+
+def ref_knn(train, test, k):
+    bank = _h(train) / np.linalg.norm(_h(train), axis=1, keepdims=True)
+    q = _h(test) / np.linalg.norm(_h(test), axis=1, keepdims=True)
+    d = np.sqrt(np.maximum(2.0 - 2.0 * q @ bank.T, 0.0))
+    return np.sort(d, 1)[:, k - 1]
+
+
+def ref_nnguide(train, test, k):
+    bank = _h(train) / np.linalg.norm(_h(train), axis=1, keepdims=True) * logsumexp(_z(train), axis=1)[:, None]
+    bank = bank.astype(np.float32).astype(np.float64)  # the detector stores its bank in float32
+    q = _h(test) / np.linalg.norm(_h(test), axis=1, keepdims=True)
+    guidance = np.sort(q @ bank.T, 1)[:, -k:].mean(1)
+    return -guidance * logsumexp(_z(test), axis=1)
+
+
+def ref_she(train, test):
+    h, y, pred = _h(train), train.labels, _z(train).argmax(1)
+    patterns = np.stack([h[(y == c) & (pred == c)].mean(0) for c in range(K)])
+    return -(_h(test) * patterns[_z(test).argmax(1)]).sum(1)
+
+
+def _energy(h, w, b):
+    return -logsumexp(h @ w.T + b, axis=1)
+
+
+def ref_dice(train, test, head, p=90.0):
+    w = head.head_weight
+    contrib = _h(train).mean(0)[None, :] * w
+    return _energy(_h(test), w * (contrib > np.percentile(contrib, p)), head.head_bias)
+
+
+def ref_react(train, test, head, p=90.0):
+    c = np.percentile(_h(train), p)
+    return _energy(np.minimum(_h(test), c), head.head_weight, head.head_bias)
+
+
+def _top_mask(h, p):
+    d = h.shape[1]
+    k = max(1, d - int(np.round(d * p / 100.0)))
+    mask = np.zeros(h.shape, bool)
+    for i, row in enumerate(h):
+        mask[i, np.argsort(-row, kind="stable")[:k]] = True
+    return mask
+
+
+def ref_ash(test, head, variant, p=90.0):
+    h = _h(test)
+    m = _top_mask(h, p)
+    if variant == "p":
+        shaped = h * m
+    elif variant == "b":
+        shaped = m * (h.sum(1) / m.sum(1))[:, None]
+    else:
+        shaped = h * m * np.exp(h.sum(1) / (h * m).sum(1))[:, None]
+    return _energy(shaped, head.head_weight, head.head_bias)
+
+
+def ref_scale(test, head, p=85.0):
+    h = _h(test)
+    r = np.exp(h.sum(1) / (h * _top_mask(h, p)).sum(1))
+    return _energy(h * r[:, None], head.head_weight, head.head_bias)
+
+
+def ref_fdbd(train, test, head):
+    w, b, h = head.head_weight, head.head_bias, _h(test)
+    f = h @ w.T + b
+    pred = _z(test).argmax(1)
+    out = np.empty(len(h))
+    for i in range(len(h)):
+        p = pred[i]
+        d = [abs(f[i, p] - f[i, c]) / np.linalg.norm(w[p] - w[c]) for c in range(K) if c != p]
+        out[i] = -np.mean(d) / np.linalg.norm(h[i] - _h(train).mean(0))
+    return out
+
+
+def ref_nci(train, test, head, alpha=1e-4):
+    c = _h(test) - _h(train).mean(0)
+    wp = head.head_weight[_z(test).argmax(1)]
+    return -((c * wp).sum(1) / np.linalg.norm(c, axis=1) + alpha * np.abs(_h(test)).sum(1))
+
+
+def ref_klm(train, test):
+    def softmax(z):
+        return np.exp(z - logsumexp(z, axis=1)[:, None])
+
+    p_fit = softmax(_z(train))
+    pred = p_fit.argmax(1)
+    templates = np.stack([p_fit[pred == k].mean(0) for k in np.unique(pred)])
+    p = softmax(_z(test))
+    kl = np.stack([(p * (np.log(p) - np.log(t))).sum(1) for t in templates], 1)
+    return kl.min(1)
+
+
+LOGIT_REFS = {
+    "msp": lambda z: -np.exp(z - logsumexp(z, axis=1)[:, None]).max(1),
+    "max_logit": lambda z: -z.max(1),
+    "energy": lambda z: -logsumexp(z, axis=1),
+    "entropy": lambda z: -(np.exp(z - logsumexp(z, axis=1)[:, None]) * (z - logsumexp(z, axis=1)[:, None])).sum(1),
+}
+
+
+# --- the tests -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["data", "ill"])
+def test_mahalanobis_scores_unchanged(case, request):
+    d = request.getfixturevalue(case)
+    _close(_score("mahalanobis", d), ref_mahalanobis(d[0], d[1]))
+
+
+@pytest.mark.parametrize("case", ["data", "ill"])
+def test_rmd_scores_unchanged(case, request):
+    d = request.getfixturevalue(case)
+    md, md0 = ref_rmd_terms(d[0], d[1])
+    _close(_score("rmd", d), md - md0, terms=(md, md0))
+
+
+@pytest.mark.parametrize("case", ["data", "ill"])
+@pytest.mark.parametrize("dim", [8, 30])
+def test_vim_and_residual_scores_unchanged(case, dim, request):
+    d = request.getfixturevalue(case)
+    v, e = ref_vim_terms(d[0], d[1], d[2], dim)
+    _close(_score("vim", d, dim=dim), v - e, terms=(v, e))
+    _close(_score("residual", d, dim=dim), ref_residual(d[0], d[1], d[2], dim))
+
+
+@pytest.mark.parametrize("case", ["data", "ill"])
+def test_gmm_one_gaussian_per_class_scores_unchanged(case, request):
+    d = request.getfixturevalue(case)
+    got = _score("gmm", d, n_components=1, covariance="full", dim=4096)
+    _close(got, ref_gmm_one_gaussian(d[0], d[1]))
+
+
+def test_gmm_default_scores_unchanged(data):
+    """The default (PCA to 32 dimensions, then one Gaussian per class): as scikit-learn computes it."""
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    train, test, _ = data
+    h, y = _h(train), train.labels
+    pca = PCA(n_components=32, random_state=0).fit(h)
+    z, zt = pca.transform(h), pca.transform(_h(test))
+    scale = z.var(0).mean()
+    ll = [np.log((y == c).mean()) + GaussianMixture(1, covariance_type="full", reg_covar=1e-3 * scale,
+                                                     random_state=0, max_iter=200).fit(z[y == c]).score_samples(zt)
+          for c in np.unique(y)]
+    _close(_score("gmm", data), -logsumexp(np.stack(ll, 1), axis=1))
+
+
+@pytest.mark.parametrize("k", [1, 50])
+def test_knn_scores_unchanged(data, k):
+    _close(_score("knn", data, k=k), ref_knn(data[0], data[1], k))
+
+
+def test_nnguide_scores_unchanged(data):
+    _close(_score("nnguide", data, k=10), ref_nnguide(data[0], data[1], 10))
+
+
+def test_she_fdbd_nci_scores_unchanged(data):
+    train, test, head = data
+    _close(_score("she", data), ref_she(train, test))
+    _close(_score("fdbd", data), ref_fdbd(train, test, head))
+    _close(_score("nci", data), ref_nci(train, test, head))
+
+
+def test_activation_shaping_scores_unchanged(data):
+    train, test, head = data
+    _close(_score("dice", data), ref_dice(train, test, head))
+    _close(_score("react", data), ref_react(train, test, head))
+    for v in "pbs":
+        _close(_score(f"ash_{v}", data), ref_ash(test, head, v))
+    _close(_score("scale", data), ref_scale(test, head))
+
+
+def test_logit_scores_unchanged(data):
+    train, test, _ = data
+    for name, ref in LOGIT_REFS.items():
+        _close(_score(name, data), ref(_z(test)))
+    _close(_score("klm", data), ref_klm(train, test))
+
+
+CHUNKED = ("mahalanobis", "rmd", "vim", "residual", "gmm", "react", "ash_p", "ash_b", "ash_s", "scale", "dice",
+           "vra", "she", "fdbd", "nci")
+
+
+@pytest.mark.parametrize("name", CHUNKED)
+def test_chunked_equals_one_chunk(name, data, monkeypatch):
+    """Fitting and scoring 64 rows at a time gives the scores of one chunk (the test arrays fit one chunk)."""
+    params = {"dim": 4096, "n_components": 1} if name == "gmm" else {}
+    whole = _score(name, data, **params)
+    monkeypatch.setattr(linalg, "CHUNK_BYTES", 1)  # chunk_rows() then gives its minimum, 64 rows
+    assert linalg.chunk_rows(data[0].features.shape[1]) == 64
+    chunked = _score(name, data, **params)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
+
+
+def test_top_k_mask_by_selection_equals_stable_sort():
+    rng = np.random.default_rng(5)
+    for shape in [(300, 37), (200, 128), (10, 1), (50, 2)]:
+        h = np.round(np.maximum(rng.normal(size=shape), 0.0), 1)  # many ties, at 0 and elsewhere
+        h[::3, :5] = 1.0
+        for p in (0, 10, 50, 65, 90, 99, 100):
+            d = h.shape[1]
+            k = max(1, d - int(np.round(d * p / 100)))
+            ref = np.zeros(h.shape, bool)
+            np.put_along_axis(ref, np.argsort(-h, axis=1, kind="stable")[:, :k], True, axis=1)
+            np.testing.assert_array_equal(top_k_mask(h, p), ref)
+
+
+def test_exact_percentile_equals_numpy_in_float64():
+    rng = np.random.default_rng(6)
+    qs = (0, 10, 33.3333, 50, 50.0001, 60, 90, 90.01, 99.9, 100)  # close pairs share or neighbour a rank
+    for shape in [(1000, 37), (5, 1), (2, 3), (301, 128), (5000, 1000)]:  # the last: several blocks of columns
+        a = np.round(np.maximum(rng.normal(size=shape), 0.0), 1).astype(np.float32)  # ties, many zeros
+        a64 = a.astype(np.float64)
+        for q, per_column, overall in zip(qs, exact_percentile(a, qs, axis=0), exact_percentile(a, qs)):
+            np.testing.assert_array_equal(per_column, np.percentile(a64, q, axis=0))
+            assert overall == np.percentile(a64, q)
+        assert exact_percentile(a, 90) == np.percentile(a64, 90)
+    a[0, 0] = np.nan
+    assert np.isnan(exact_percentile(a, 50))
