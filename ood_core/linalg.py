@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -22,9 +23,9 @@ from scipy.linalg import blas, eigh
 
 # bytes of float64 rows one chunk holds (the queries' float64 copy, the whitened rows: two of these per worker)
 CHUNK_BYTES = 32 * 2**20
-# a large input is cut into at least this many chunks (if each keeps MIN_ROWS rows), so every core gets work;
+# a large input is cut into at least this many chunks (if each keeps MIN_VALUES values), so every core gets work;
 # the cut depends on the data's shape alone, never on the machine, so sums come out the same everywhere
-MIN_CHUNKS, MIN_ROWS = 8, 256
+MIN_CHUNKS, MIN_VALUES = 8, 2**19
 # below this dimension a factorisation runs on one BLAS thread (threads cost more than they save there)
 SMALL_DIM = 1024
 
@@ -37,8 +38,8 @@ def chunk_rows(dim: int, budget: int | None = None) -> int:
 
 def row_chunks(n: int, dim: int, chunk: int | None = None) -> list[slice]:
     """Slices covering rows 0..n-1: at most chunk_rows(dim) rows each (or `chunk`), and at least MIN_CHUNKS of
-    them when that leaves each MIN_ROWS rows or more."""
-    step = int(chunk or min(chunk_rows(dim), max(MIN_ROWS, -(-n // MIN_CHUNKS))))
+    them when that leaves each MIN_VALUES values or more (smaller pieces cost more in calls than they gain)."""
+    step = int(chunk or min(chunk_rows(dim), max(MIN_VALUES // max(1, dim), -(-n // MIN_CHUNKS))))
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -71,21 +72,52 @@ def workers() -> int:
     return max(1, min(cores, allowed, 8))
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_local = threading.local()  # .in_worker: this thread is one of the pool's
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    """One pool of worker threads for the process, made once: starting threads per call cost milliseconds."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ood-core-chunks")
+    return _pool
+
+
 def map_chunks(fn: Callable[[slice], object], slices: list[slice]):
-    """fn(slice) for every slice, in order: one worker thread per core, each running single-threaded BLAS.
+    """fn(slice) for every slice, in order: at most one chunk per core at a time (workers()), each on
+    single-threaded BLAS, in a pool of threads shared by the process.
 
     Whole chunks per thread instead of threaded BLAS inside every product: no barrier per call, no spinning BLAS
     threads, and small products (a chunk times a K x D head) do not pay for threads at all. Results are
-    yielded in slice order, so sums over them do not depend on the number of threads.
+    yielded in slice order, so sums over them do not depend on the number of threads. Called from inside a
+    chunk (nested), it runs serially in that thread.
     """
     n_workers = min(workers(), len(slices))
     with one_blas_thread():
-        if n_workers <= 1:
+        if n_workers <= 1 or getattr(_local, "in_worker", False):
             for sl in slices:
                 yield fn(sl)
             return
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            yield from pool.map(fn, slices)
+        gate = threading.Semaphore(n_workers)  # this call's share of the shared pool
+
+        def run(sl):
+            with gate:
+                _local.in_worker = True
+                try:
+                    return fn(sl)
+                finally:
+                    _local.in_worker = False
+
+        futures = [_shared_pool().submit(run, sl) for sl in slices]
+        try:
+            for f in futures:
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
 
 
 def factorisation_threads(dim: int):
@@ -213,32 +245,43 @@ class Whitened:
         return float(2.0 * np.log(np.diagonal(self.chol)).sum())
 
 
-def top_eigenvectors(sym: np.ndarray, count: int) -> np.ndarray:
-    """Orthonormal eigenvectors (D, count) of the `count` largest eigenvalues of a symmetric matrix, largest first.
+def residual_basis(sym: np.ndarray, count: int) -> tuple[np.ndarray, bool]:
+    """What residual_norms needs to measure the part of a vector outside the span of the eigenvectors of the
+    `count` largest eigenvalues of a symmetric matrix: (V, False) with those eigenvectors (D, count), largest
+    first, or (V, True) with the other D - count eigenvectors, whichever makes residual_norms cheaper.
 
-    Only that subset is computed (LAPACK ?syevr: relatively robust representations after the tridiagonal
-    reduction), far cheaper than a full eigendecomposition when count << D.
+    Only the `count` leading eigenvectors are computed when they are few (LAPACK ?syevr on that subset, far
+    cheaper than a full eigendecomposition); otherwise the full decomposition, whose complement is then used.
     """
     d = len(sym)
     count = int(min(max(count, 0), d))
     if count == 0:
-        return np.zeros((d, 0))
+        return np.eye(d), True
     with factorisation_threads(d):
-        _, vec = eigh(sym, subset_by_index=[d - count, d - 1], driver="evr", check_finite=False)
-    return np.ascontiguousarray(vec[:, ::-1])
+        if 4 * count <= 2 * (d - count):  # the explicit residual through the leading subspace costs less
+            _, vec = eigh(sym, subset_by_index=[d - count, d - 1], driver="evr", check_finite=False)
+            return np.ascontiguousarray(vec[:, ::-1]), False
+        val, vec = np.linalg.eigh(sym)
+    return np.ascontiguousarray(vec[:, np.argsort(val)[::-1][count:]]), True
 
 
-def residual_norms(x: np.ndarray, origin: np.ndarray, basis: np.ndarray, chunk: int | None = None) -> np.ndarray:
-    """|| (I - V V') (x - origin) || per row, V = basis (D, d) with orthonormal columns: the part outside span(V).
+def residual_norms(x: np.ndarray, origin: np.ndarray, basis: np.ndarray, complement: bool = False,
+                   chunk: int | None = None) -> np.ndarray:
+    """|| (I - V V') (x - origin) || per row, V = basis (D, d) with orthonormal columns: the part outside span(V);
+    with complement=True, `basis` spans that outside part itself and the norm is || basis' (x - origin) ||.
 
     The residual vector is formed explicitly (c - (c V) V'), so its norm carries an error of order eps |c|, not
-    eps |c|^2 / |residual| as |c|^2 - |V'c|^2 would; 4 n D d flops instead of 2 n D (D - d) with the complement.
+    eps |c|^2 / |residual| as |c|^2 - |V'c|^2 would: 4 n D d flops, against 2 n D (D - d) through the complement
+    (top_eigenvectors says which is cheaper).
     """
     out = np.empty(len(x))
 
     def chunk_norms(sl):
         c = np.subtract(x[sl], origin, dtype=np.float64)
-        c -= (c @ basis) @ basis.T
+        if complement:
+            c = c @ basis
+        else:
+            c -= (c @ basis) @ basis.T
         out[sl] = np.sqrt(np.einsum("nd,nd->n", c, c))
 
     for _ in map_chunks(chunk_norms, row_chunks(len(x), x.shape[1], chunk)):

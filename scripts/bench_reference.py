@@ -424,12 +424,27 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
     return rows
 
 
+def code_version() -> str:
+    """The commit the library was measured at (with "+changes" when the working tree differs from it)."""
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "ood_core"], capture_output=True,
+                               text=True).stdout.strip()
+        return rev + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def save_rows(rows: list[dict], path: Path = RESULTS) -> None:
     """Merge rows into the results file: a row replaces the one of the same size (or e2e part) and detector."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
     key = lambda r: (r.get("size"), r.get("detector"))  # noqa: E731
     new = {key(r) for r in rows}
+    version = code_version()
+    for r in rows:
+        r.setdefault("code", version)
     data["rows"] = [r for r in data["rows"] if key(r) not in new] + rows
     data["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     path.write_text(json.dumps(data, indent=1))

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import linalg
 from ..neighbours import kth_neighbour_distance, l2_normalise, top_k_inner_products
-from .base import Detector, Param, Reference, logsumexp, register
+from .base import Detector, Param, Reference, logsumexp, register, row_reduce
 
 SHRINK = 1e-6  # the ridge added to a covariance, relative to its mean variance
 
@@ -76,18 +76,18 @@ class KNN(Detector):
         return kth_neighbour_distance(l2_normalise(out.features), self.bank_, self.k)
 
 
-def _principal_subspace(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """ViM's origin u = -W^+ b and an orthonormal basis (D, dim) of the principal subspace of h - u.
+def _residual_space(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """ViM's origin u = -W^+ b and what linalg.residual_norms needs to measure the residual of h - u: the part
+    outside the principal subspace, spanned by the eigenvectors of the `dim` largest eigenvalues of the
+    (uncentred) covariance of h - u. Shared by ViM and Residual so that both use the same subspace.
 
-    The principal subspace is spanned by the eigenvectors of the `dim` largest eigenvalues of the (uncentred)
-    covariance of h - u; the residual is what lies outside it. Shared by ViM and Residual so that both use the
-    same subspace. Only those `dim` eigenvectors are computed, and the residual norm is taken as
-    |(I - V V')(h - u)| (linalg.residual_norms): 4 D dim flops per row instead of 2 D (D - dim).
+    Returns (u, basis, complement): the principal basis (D, dim) when dim is small against D (only those
+    eigenvectors are computed), else the residual basis (D, D - dim) (complement=True).
     """
     dim = int(min(dim, h.shape[1] - 1))
     u = -np.linalg.pinv(w) @ b
     cov = linalg.scatter(h, u) / len(h)
-    return u, linalg.top_eigenvectors(cov, dim)
+    return (u, *linalg.residual_basis(cov, dim))
 
 
 @register
@@ -109,12 +109,13 @@ class ViM(Detector):
 
     def _fit(self, ctx):
         h = ctx.train.features
-        self.u_, self.principal_ = _principal_subspace(h, ctx.model.head_weight, ctx.model.head_bias, self.dim)
-        vlogit = linalg.residual_norms(h, self.u_, self.principal_)
+        self.u_, self.basis_, self.complement_ = _residual_space(h, ctx.model.head_weight, ctx.model.head_bias,
+                                                                 self.dim)
+        vlogit = linalg.residual_norms(h, self.u_, self.basis_, self.complement_)
         self.alpha_ = float(np.asarray(ctx.train.logits, dtype=np.float64).max(axis=1).mean() / max(vlogit.mean(), 1e-12))
 
     def _score(self, out):
-        vlogit = self.alpha_ * linalg.residual_norms(out.features, self.u_, self.principal_)
+        vlogit = self.alpha_ * linalg.residual_norms(out.features, self.u_, self.basis_, self.complement_)
         return vlogit - logsumexp(out.logits)
 
 
@@ -169,11 +170,11 @@ class Residual(Detector):
                            help="dimension of the principal subspace, as ViM's (paper: D/2 for small feature spaces)")}
 
     def _fit(self, ctx):
-        self.u_, self.principal_ = _principal_subspace(ctx.train.features, ctx.model.head_weight,
-                                                       ctx.model.head_bias, self.dim)
+        self.u_, self.basis_, self.complement_ = _residual_space(ctx.train.features, ctx.model.head_weight,
+                                                                 ctx.model.head_bias, self.dim)
 
     def _score(self, out):
-        return linalg.residual_norms(out.features, self.u_, self.principal_)
+        return linalg.residual_norms(out.features, self.u_, self.basis_, self.complement_)
 
 
 def _predictions(out) -> np.ndarray:
@@ -301,6 +302,8 @@ class FDBD(Detector):
         self.mean_ = linalg.class_means(h, np.zeros(len(h), dtype=np.int64))[1][0]
         diff = self.weight_[:, None, :] - self.weight_[None, :, :]
         self.wdist_ = np.linalg.norm(diff, axis=2)  # (K, K): ||w_p - w_c||, zero on the diagonal
+        self.inv_wdist_ = 1.0 / np.maximum(self.wdist_, 1e-12)
+        np.fill_diagonal(self.inv_wdist_, 0.0)  # c = pred is left out of the mean
 
     def _score(self, out):
         return _by_chunks(out, self._score_chunk)
@@ -309,11 +312,8 @@ class FDBD(Detector):
         h = np.array(out.features, dtype=np.float64)  # a copy this chunk owns: centred in place below
         f = h @ self.weight_.T + self.bias_
         pred = _predictions(out)
-        rows = np.arange(len(h))
-        gap = np.abs(f[rows, pred][:, None] - f)  # |(w_pred - w_c).h + b_pred - b_c|
-        dist = gap / np.maximum(self.wdist_[pred], 1e-12)
-        dist[rows, pred] = 0.0
-        mean_dist = dist.sum(axis=1) / max(f.shape[1] - 1, 1)
+        gap = np.abs(f[np.arange(len(h)), pred][:, None] - f)  # |(w_pred - w_c).h + b_pred - b_c|
+        mean_dist = row_reduce(np.add, gap * self.inv_wdist_[pred]) / max(f.shape[1] - 1, 1)
         if self.normaliser == "distance_to_mean":
             h -= self.mean_
         return -mean_dist / np.maximum(np.sqrt(np.einsum("nd,nd->n", h, h)), 1e-12)

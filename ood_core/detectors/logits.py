@@ -162,17 +162,21 @@ class KLMatching(Detector):
         data = ctx.val if ctx.val is not None and len(ctx.val) else ctx.train
         logp = log_softmax(data.logits)
         pred = logp.argmax(axis=1)
-        classes = np.unique(pred)
-        # log of a mean of probabilities: logsumexp over the samples minus log n_k
-        self.log_templates_ = np.stack([logsumexp(logp[pred == k], axis=0) - np.log((pred == k).sum())
-                                        for k in classes])
+        # log of a mean of probabilities: logsumexp over each class's samples minus log n_k, for every class at
+        # once on the samples sorted by predicted class (segment maxima and sums by reduceat)
+        order = np.argsort(pred, kind="stable")
+        classes, starts, counts = np.unique(pred[order], return_index=True, return_counts=True)
+        sorted_logp = logp[order]
+        m = np.maximum.reduceat(sorted_logp, starts, axis=0)  # (templates, K)
+        sums = np.add.reduceat(np.exp(sorted_logp - np.repeat(m, counts, axis=0)), starts, axis=0)
+        self.log_templates_ = m + np.log(sums) - np.log(counts)[:, None]
         self.template_classes_ = classes
 
     def _score(self, out):
         logp = log_softmax(out.logits)
         p = np.exp(logp)
-        kl = (p * logp).sum(axis=1)[:, None] - p @ self.log_templates_.T  # (n, templates)
-        return kl.min(axis=1)
+        kl = row_reduce(np.add, p * logp)[:, None] - p @ self.log_templates_.T  # (n, templates)
+        return row_reduce(np.minimum, kl)
 
 
 @register
