@@ -304,19 +304,30 @@ class FDBD(Detector):
         self.wdist_ = np.linalg.norm(diff, axis=2)  # (K, K): ||w_p - w_c||, zero on the diagonal
         self.inv_wdist_ = 1.0 / np.maximum(self.wdist_, 1e-12)
         np.fill_diagonal(self.inv_wdist_, 0.0)  # c = pred is left out of the mean
+        self.proj_ = np.ascontiguousarray(np.column_stack([self.weight_.T, self.mean_]))  # (D, K + 1)
 
     def _score(self, out):
         return _by_chunks(out, self._score_chunk)
 
     def _score_chunk(self, out):
-        h = np.array(out.features, dtype=np.float64)  # a copy this chunk owns: centred in place below
-        f = h @ self.weight_.T + self.bias_
+        h = np.asarray(out.features, dtype=np.float64)
+        k = len(self.weight_)
+        both = h @ self.proj_  # logits without bias, and h.mu, in one product
+        f = both[:, :k] + self.bias_
         pred = _predictions(out)
         gap = np.abs(f[np.arange(len(h)), pred][:, None] - f)  # |(w_pred - w_c).h + b_pred - b_c|
-        mean_dist = row_reduce(np.add, gap * self.inv_wdist_[pred]) / max(f.shape[1] - 1, 1)
+        mean_dist = row_reduce(np.add, gap * self.inv_wdist_[pred]) / max(k - 1, 1)
+        sq = np.einsum("nd,nd->n", h, h)
         if self.normaliser == "distance_to_mean":
-            h -= self.mean_
-        return -mean_dist / np.maximum(np.sqrt(np.einsum("nd,nd->n", h, h)), 1e-12)
+            # |h - mu|^2 = |h|^2 - 2 h.mu + |mu|^2; where that cancels (h within 1e-4 of mu, relatively), directly
+            mm = float(self.mean_ @ self.mean_)
+            d2 = sq - 2.0 * both[:, k] + mm
+            close = d2 < 1e-8 * (sq + mm)
+            if close.any():
+                c = h[close] - self.mean_
+                d2[close] = np.einsum("nd,nd->n", c, c)
+            sq = d2
+        return -mean_dist / np.maximum(np.sqrt(sq), 1e-12)
 
 
 @register

@@ -63,6 +63,8 @@ class Energy(Detector):
 
     def _score(self, out):
         t = self.temperature
+        if t == 1.0:
+            return -logsumexp(out.logits)
         return -t * logsumexp(np.asarray(out.logits, dtype=np.float64) / t)
 
 
@@ -216,7 +218,9 @@ class GeneralizedEntropy(Detector):
         others = p.copy()
         others[rows, top] = 0.0
         q[rows, top] = others.sum(axis=1)  # 1 - p_max without cancellation
-        order = np.argsort(-p, axis=1, kind="stable")[:, :min(int(self.M), p.shape[1])]
+        if int(self.M) >= p.shape[1]:  # every class is in the top M: no sorting
+            return row_reduce(np.add, (p * q) ** self.gamma)
+        order = np.argsort(-p, axis=1, kind="stable")[:, :int(self.M)]
         ps, qs = np.take_along_axis(p, order, 1), np.take_along_axis(q, order, 1)
         return (ps ** self.gamma * qs ** self.gamma).sum(axis=1)
 
