@@ -12,7 +12,9 @@ whitening alone was measured at 3e-7..6e-6 relative error on Mahalanobis distanc
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -111,12 +113,19 @@ def map_chunks(fn: Callable[[slice], object], slices: list[slice]):
                 finally:
                     _local.in_worker = False
 
-        futures = [_shared_pool().submit(run, sl) for sl in slices]
+        # a window of 2 chunks per worker in flight, consumed in order: finished results wait for the earlier
+        # ones, and a result can be large (a D x D scatter), so the window bounds the memory they hold
+        pending = iter(slices)
+        window = collections.deque(_shared_pool().submit(run, sl) for sl in itertools.islice(pending, 2 * n_workers))
         try:
-            for f in futures:
-                yield f.result()
+            while window:
+                result = window.popleft().result()
+                nxt = next(pending, None)
+                if nxt is not None:
+                    window.append(_shared_pool().submit(run, nxt))
+                yield result
         finally:
-            for f in futures:
+            for f in window:
                 f.cancel()
 
 
