@@ -274,15 +274,20 @@ def _check_writable(path: Path, is_dir: bool, flag: str) -> None:
         raise ValueError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
 
 
-def resolve_dataset(args):
-    """--data-root and --dataset (a registered name, or a path to the user's class folders / .zip / .npz) -> the
-    DatasetInfo; a set that is absent or refused is an error now, before any training."""
+def use_data_root(args) -> None:
+    """--data-root, where given, becomes $OOD_DATA_ROOT for this process (what data_root() reads)."""
     import os
-
-    from .data import DATASETS, data_root, datasets, load_dataset
 
     if args.data_root:
         os.environ["OOD_DATA_ROOT"] = str(Path(args.data_root).expanduser())
+
+
+def resolve_dataset(args):
+    """--data-root and --dataset (a registered name, or a path to the user's class folders / .zip / .npz) -> the
+    DatasetInfo; a set that is absent or refused is an error now, before any training."""
+    from .data import DATASETS, data_root, datasets, load_dataset
+
+    use_data_root(args)
     name = args.dataset
     if name not in DATASETS:
         path = Path(name).expanduser()
@@ -324,12 +329,9 @@ def resolve_ood_sets(args, dataset) -> list[str]:
 
 
 def list_datasets_cmd(args) -> int:
-    import os
-
     from .data import data_root, list_datasets
 
-    if args.data_root:
-        os.environ["OOD_DATA_ROOT"] = str(Path(args.data_root).expanduser())
+    use_data_root(args)
     print(f"data root: {data_root()}  (--data-root or $OOD_DATA_ROOT)\n")
     for d in list_datasets():
         shape = f"{d['channels']}×{d['size']}×{d['size']}, {d['classes']} classes"
@@ -338,12 +340,9 @@ def list_datasets_cmd(args) -> int:
 
 
 def fetch_data_cmd(args) -> int:
-    import os
-
     from .data import DATASETS, data_root, sources
 
-    if args.data_root:
-        os.environ["OOD_DATA_ROOT"] = str(Path(args.data_root).expanduser())
+    use_data_root(args)
     unknown = [n for n in args.names if n not in sources.TORCHVISION_SETS]
     if unknown:
         raise ValueError(f"cannot fetch {', '.join(unknown)}; torchvision fetches {', '.join(sources.TORCHVISION_SETS)}")

@@ -522,3 +522,10 @@ def read_archive(name: str, data: Union[bytes, str, os.PathLike], labelled: bool
     with f:
         reader = _read_zip if ext == "zip" else _read_npz
         return reader(f, source, labelled, channels, size, limits)
+
+
+def read_user_images(data, filename: Optional[str] = None, labelled: bool = True, size: Optional[int] = None) -> RawData:
+    """The user's images from a folder (class sub-folders when labelled) or a .zip / .npz (a path or its bytes)."""
+    if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        return read_image_folder(data, labelled=labelled, size=size)
+    return read_archive(filename or str(data), data, labelled=labelled, size=size)

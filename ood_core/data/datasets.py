@@ -277,10 +277,7 @@ for _name, _title, _desc, _c, _s, _k in (
 def register_user_dataset(name: str, path_or_bytes, filename: Optional[str] = None, size: Optional[int] = None) -> DatasetInfo:
     """A user's own labelled images as an ID dataset: a class-folder tree, a .zip of class folders or an .npz
     (`images`, `labels`). Decoded once now (refusals are DataError, nothing registered); registered under `name`."""
-    if isinstance(path_or_bytes, (str, Path)) and Path(path_or_bytes).is_dir():
-        raw = sources.read_image_folder(path_or_bytes, labelled=True, size=size)
-    else:
-        raw = sources.read_archive(filename or str(path_or_bytes), path_or_bytes, labelled=True, size=size)
+    raw = sources.read_user_images(path_or_bytes, filename, labelled=True, size=size)
     if len(raw.class_names) < 2:
         raise DataError("an ID dataset needs at least two classes")
     c, side = int(raw.images.shape[1]), int(raw.images.shape[-1])

@@ -117,8 +117,6 @@ def register_user_ood_set(name: str, path_or_bytes, filename: Optional[str] = No
 
     A user's set never takes the name of a built-in one: `gaussian.npz` becomes "user-gaussian", not a replacement
     of the synthetic Gaussian set. Returns the name it was registered under."""
-    from pathlib import Path
-
     from . import sources
     from .datasets import to_float
 
@@ -126,10 +124,7 @@ def register_user_ood_set(name: str, path_or_bytes, filename: Optional[str] = No
         name = f"user-{name}"
     _USER_SETS.add(name)
 
-    if isinstance(path_or_bytes, (str, Path)) and Path(path_or_bytes).is_dir():
-        raw = sources.read_image_folder(path_or_bytes, labelled=False)
-    else:
-        raw = sources.read_archive(filename or str(path_or_bytes), path_or_bytes, labelled=False)
+    raw = sources.read_user_images(path_or_bytes, filename, labelled=False)
     pixels = to_float(raw)
     register_ood_set(name, "natural", f"your images: {len(pixels):,} from {raw.source}", natural_from_pixels(pixels),
                      replace=True)

@@ -21,11 +21,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .archives import DataError, Limits, RawData, read_archive, read_image_folder
+from .archives import DataError, Limits, RawData, read_archive, read_image_folder, read_user_images
 
 __all__ = [
     "DataError", "RawData", "Limits", "read_idx_dataset", "read_cifar10", "read_cifar100", "read_cifar100_coarse",
-    "read_svhn", "read_mnist_sample", "read_image_folder", "read_archive", "TORCHVISION_SETS", "TorchvisionSet",
+    "read_svhn", "read_mnist_sample", "read_image_folder", "read_archive", "read_user_images", "TORCHVISION_SETS", "TorchvisionSet",
     "expected_files", "is_present", "download_bytes", "fetch", "read_torchvision_set",
 ]
 
