@@ -95,6 +95,23 @@ def _status_kib(field_name: str) -> int:
     return 0
 
 
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+if _LIBC is not None:
+    # every allocation of 1 MiB or more is its own mapping, returned to the system when freed (glibc would
+    # otherwise raise this threshold after the first large free and keep freed arrays resident, hiding later
+    # allocations from the resident-set measurement below)
+    _LIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -112,6 +129,8 @@ def measure(fn: Callable[[], object]) -> tuple[float, float, float, object]:
     """(wall s, CPU s of all threads, peak RSS added in MiB, result) of one call (the mean of repeats of a
     call under MIN_TIMED_S, so millisecond detectors are not timed at the resolution of the scheduler)."""
     gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)  # freed memory back to the system: the resident set is what is alive
     reset = _reset_peak()
     base = _status_kib("VmRSS") if reset else _status_kib("VmHWM")
     t0, c0 = time.perf_counter(), time.process_time()
