@@ -421,7 +421,7 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
             "floor_s": flops / (rate * 1e9),
             # the same floor in CPU seconds: flops at the per-core rate, against our CPU seconds (all threads)
             "core_gflops": per_core, "floor_cpu_s": flops / (per_core * 1e9) if flops else 0.0,
-            "load": os.getloadavg()[0], "note": case.note,
+            "load": os.getloadavg()[0], "note": case.note, "peak_exact": _LIBC is not None,
         }
         if before is not None:
             wall, _, _, (b_scores, _) = measure(ours_runner(before, case.name, case.params, train, sets, w, b))
@@ -642,7 +642,10 @@ def report(path: Path = RESULTS) -> str:
     if notes:
         lines += ["", "Notes:"] + [f"- `{k}`: {v}" for k, v in notes.items()]
     lines += ["", "Each row's runs, CPU seconds, fit/score split, load average, matmul rates and the commit it measured "
-              "are in docs/bench/reference.json."]
+              "are in docs/bench/reference.json. Peak MiB is the growth of the resident set during the call; rows "
+              "without `\"peak_exact\": true` there were measured before the benchmark mapped every large "
+              "allocation on its own, so a call that reused memory freed earlier shows less than it used (a lower "
+              "bound). docs/bench/scaling.png has exact peaks."]
     return "\n".join(lines)
 
 
