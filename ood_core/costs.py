@@ -44,7 +44,7 @@ DETECTOR_TERMS: dict[str, tuple[str, ...]] = {
     "rmd": ("const", "ND", "ND2", "nD2", "D3"),
     "vim": ("const", "ND", "nD", "ND2", "D3"),
     "residual": ("const", "ND", "nD", "ND2", "D3"),
-    "gmm": ("const", "ND", "nD", "N"),
+    "gmm": ("const", "N", "ND", "nD", "ND2", "D3"),  # the default PCA's solver changes with the shape
     "knn": ("const", "ND", "nN", "nND"),
     "nnguide": ("const", "ND", "nN", "nND"),
     "she": ("const", "ND", "nD"),

@@ -95,6 +95,23 @@ def _status_kib(field_name: str) -> int:
     return 0
 
 
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+if _LIBC is not None:
+    # every allocation of 1 MiB or more is its own mapping, returned to the system when freed (glibc would
+    # otherwise raise this threshold after the first large free and keep freed arrays resident, hiding later
+    # allocations from the resident-set measurement below)
+    _LIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -112,6 +129,8 @@ def measure(fn: Callable[[], object]) -> tuple[float, float, float, object]:
     """(wall s, CPU s of all threads, peak RSS added in MiB, result) of one call (the mean of repeats of a
     call under MIN_TIMED_S, so millisecond detectors are not timed at the resolution of the scheduler)."""
     gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)  # freed memory back to the system: the resident set is what is alive
     reset = _reset_peak()
     base = _status_kib("VmRSS") if reset else _status_kib("VmHWM")
     t0, c0 = time.perf_counter(), time.process_time()
@@ -402,7 +421,7 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
             "floor_s": flops / (rate * 1e9),
             # the same floor in CPU seconds: flops at the per-core rate, against our CPU seconds (all threads)
             "core_gflops": per_core, "floor_cpu_s": flops / (per_core * 1e9) if flops else 0.0,
-            "load": os.getloadavg()[0], "note": case.note,
+            "load": os.getloadavg()[0], "note": case.note, "peak_exact": _LIBC is not None,
         }
         if before is not None:
             wall, _, _, (b_scores, _) = measure(ours_runner(before, case.name, case.params, train, sets, w, b))
@@ -623,7 +642,10 @@ def report(path: Path = RESULTS) -> str:
     if notes:
         lines += ["", "Notes:"] + [f"- `{k}`: {v}" for k, v in notes.items()]
     lines += ["", "Each row's runs, CPU seconds, fit/score split, load average, matmul rates and the commit it measured "
-              "are in docs/bench/reference.json."]
+              "are in docs/bench/reference.json. Peak MiB is the growth of the resident set during the call; rows "
+              "without `\"peak_exact\": true` there were measured before the benchmark mapped every large "
+              "allocation on its own, so a call that reused memory freed earlier shows less than it used (a lower "
+              "bound). docs/bench/scaling.png has exact peaks."]
     return "\n".join(lines)
 
 

@@ -1,0 +1,42 @@
+"""ood_core.costs: expected seconds from the fitted table (no timing is asserted: the table is data)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ood_core import costs
+from ood_core.detectors import REGISTRY
+
+
+def test_fit_recovers_known_coefficients():
+    """Rows made from known per-term costs give those costs back (non-negative least squares, exact data)."""
+    truth = {"const": 0.01, "ND2": 2e-11, "nD2": 5e-11, "D3": 1e-10}
+    rows = []
+    for n_bank, dim, n_query in [(5_000, 128, 1_000), (50_000, 512, 10_000), (50_000, 2048, 10_000),
+                                 (200_000, 512, 10_000), (20_000, 1024, 30_000), (10_000, 256, 2_000)]:
+        secs = sum(c * costs.TERMS[t](n_bank, n_query, dim) for t, c in truth.items())
+        rows.append({"detector": "mahalanobis", "N": n_bank, "D": dim, "n": n_query, "seconds": secs})
+    fitted = costs.fit(rows, 100.0)["detectors"]["mahalanobis"]
+    for term, c in truth.items():
+        assert fitted[term] == pytest.approx(c, rel=1e-6)
+    # the ND term, absent from the data, gets (numerically) no weight
+    assert fitted.get("ND", 0.0) * 200_000 * 512 < 1e-6 * sum(r["seconds"] for r in rows)
+
+
+def test_expected_seconds_covers_the_measured_detectors_and_grows_with_size():
+    table = costs.table()["detectors"]
+    for name in ("mahalanobis", "rmd", "knn", "vim", "gmm", "nnguide", "she", "fdbd", "nci", "msp", "react"):
+        assert name in table and name in REGISTRY
+        small = costs.expected_seconds(name, 5_000, 1_000, 128)
+        large = costs.expected_seconds(name, 200_000, 40_000, 2048)
+        assert 0 < small < large and np.isfinite(large)
+
+
+def test_expected_seconds_is_none_where_the_table_says_nothing():
+    assert costs.expected_seconds("odin", 1000, 100, 128) is None  # runs the network: not a function of sizes
+    assert costs.expected_seconds("no_such_detector", 1000, 100, 128) is None
+
+
+def test_every_detector_term_is_a_known_term():
+    for name, terms in costs.DETECTOR_TERMS.items():
+        assert name in REGISTRY and set(terms) <= set(costs.TERMS)
