@@ -33,6 +33,7 @@ ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
     ("pixels", "knn", {"k": 1}),
     ("pixels", "knn", {"k": 10}),
     ("pixels", "ocsvm", {}),
+    ("pixels", "ocsvm", {"scaling": "gcn_minmax"}),  # Ruff et al.'s OC-SVM baseline: their preprocessing, then RBF
     ("pixels", "iforest", {}),
     ("pixels", "lof", {}),
     ("deep_svdd", "knn", {"k": 1}),
