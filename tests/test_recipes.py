@@ -126,3 +126,10 @@ def test_changed_recipes_get_new_model_keys_and_the_others_keep_theirs():
     # a one-class setting never trains a classifier regime: its key ignores the regime's version
     assert Spec(setting="nd", model="autoencoder", training=TrainConfig(regime="closedset")).recipe_versions() == {}
     assert np.unique([s.model_key() for s in (closedset, svdd, Spec())]).size == 3
+
+
+def test_the_closed_set_regime_starts_from_its_own_epochs_and_the_others_from_the_datasets():
+    from ood_core.spec import REGIME_EPOCHS, default_epochs
+
+    assert default_epochs(15, "closedset") == REGIME_EPOCHS["closedset"] > 15
+    assert default_epochs(15, "ce") == 15 and default_epochs(30, "oe") == 30
