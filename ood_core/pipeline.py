@@ -189,7 +189,8 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
 
     if isinstance(names, str):
         if names.strip() == "all":
-            names = detectors_for(exp.spec.setting, exp.spec.model, exp.bench.num_classes) if exp else list(REGISTRY)
+            names = (detectors_for(exp.spec.setting, exp.spec.model, exp.bench.num_classes, exp.spec.training.regime)
+                     if exp else list(REGISTRY))
         else:
             names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(names)
@@ -197,10 +198,13 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
     if unknown:
         raise ValueError(f"unknown detector(s): {', '.join(unknown)}; run `python -m ood_core list-detectors`")
     if exp is not None:
-        bad = [n for n in names if not is_applicable(n, exp.spec.setting, exp.spec.model, exp.bench.num_classes)]
+        bad = [n for n in names if not is_applicable(n, exp.spec.setting, exp.spec.model, exp.bench.num_classes,
+                                                     exp.spec.training.regime)]
         if bad:
+            needs = sorted({r for n in bad for r in REGISTRY[n].regimes})
+            hint = f" (they score a classifier trained in the regime {' or '.join(needs)})" if needs else ""
             raise ValueError(f"detector(s) {', '.join(bad)} do not apply to setting {exp.spec.setting!r} "
-                             f"with model {exp.spec.model!r}")
+                             f"with model {exp.spec.model!r} trained in regime {exp.spec.training.regime!r}{hint}")
     if not names:
         raise ValueError("no detector chosen")
     return names

@@ -41,9 +41,11 @@ def models_for(setting: str) -> tuple[str, ...]:
     return ONE_CLASS_MODELS if setting in ONE_CLASS_SETTINGS else CLASSIFIER_MODELS
 
 
-def is_applicable(name: str, setting: str, model: str, num_classes: int) -> bool:
-    """Whether detector `name` can score a `model` in `setting` with `num_classes` ID classes."""
+def is_applicable(name: str, setting: str, model: str, num_classes: int, regime: str = "ce") -> bool:
+    """Whether detector `name` can score a `model` trained in `regime` in `setting` with `num_classes` ID classes."""
     cls = REGISTRY[name]
+    if cls.regimes and (model in ONE_CLASS_MODELS or regime not in cls.regimes):
+        return False  # a method that scores what a training regime learned (RPL's reciprocal points)
     needs = set(cls.needs)
     if model in ONE_CLASS_MODELS:
         # one-class models give features (and maybe their own score): no logits, no classifier head
@@ -56,8 +58,8 @@ def is_applicable(name: str, setting: str, model: str, num_classes: int) -> bool
     return num_classes >= cls.min_classes
 
 
-def detectors_for(setting: str, model: str, num_classes: int) -> list[str]:
-    return [n for n in REGISTRY if is_applicable(n, setting, model, num_classes)]
+def detectors_for(setting: str, model: str, num_classes: int, regime: str = "ce") -> list[str]:
+    return [n for n in REGISTRY if is_applicable(n, setting, model, num_classes, regime)]
 
 
 NEAR_FAR_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) OOD set

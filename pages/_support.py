@@ -637,9 +637,11 @@ def reference_line(name: str) -> str:
 
 
 def detector_options(exp: Experiment) -> list[str]:
-    """The detectors that apply to the experiment's setting and model, in the survey's family order."""
+    """The detectors that apply to the experiment's setting, model and training regime, in the survey's family
+    order."""
     spec = exp.spec
-    names = settings.detectors_for(spec.setting, spec.model, exp.bench.num_classes) or list(REGISTRY)
+    names = settings.detectors_for(spec.setting, spec.model, exp.bench.num_classes, spec.training.regime) \
+        or list(REGISTRY)
     order = {f: i for i, f in enumerate(FAMILIES)}
     return sorted(names, key=lambda n: order.get(REGISTRY[n].family, len(order)))
 

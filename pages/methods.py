@@ -28,12 +28,12 @@ def matches(name: str, query: str) -> bool:
 
 
 def applies_now(name: str) -> bool:
-    """Whether the detector can score the current experiment (its setting and model)."""
+    """Whether the detector can score the current experiment (its setting, model and training regime)."""
     spec = ui.current_spec()
     # class-relative methods need at least two ID classes: OSR has K known, ND/AD one normal class, and a
     # classifier in the OOD setting has at least two by definition
     n = spec.known_classes if spec.setting == "osr" else 1 if spec.setting in ONE_CLASS_SETTINGS else 2
-    return settings.is_applicable(name, spec.setting, spec.model, n)
+    return settings.is_applicable(name, spec.setting, spec.model, n, spec.training.regime)
 
 
 def param_line(pname: str, p: Param) -> str:

@@ -20,7 +20,8 @@ FAMILIES: dict[str, str] = {
     "activation": "Classification-based, activation shaping: rectify or prune penultimate activations, then score.",
     "distance": "Distance-based: distance of the sample's features to the ID training features or class statistics.",
     "density": "Density-based: likelihood of the features under a model of the ID feature distribution.",
-    "open_set": "Open-set recognition: recalibrate the classifier with an explicit unknown class.",
+    "open_set": "Open-set recognition: an explicit unknown class (OpenMax), distances to learned reciprocal points, "
+                "a discriminator of known features, or class-conditioned reconstruction.",
     "uncertainty": "Uncertainty: disagreement between stochastic passes or between models.",
     "classic": "Classic outlier detectors (scikit-learn) on the network's features.",
     "one_class": "One-class models: the score a model trained on normal data alone gives (hypersphere distance, "
@@ -173,6 +174,8 @@ class Detector:
     runs_network: ClassVar[bool] = False
     # the fewest ID classes the method is meaningful for (e.g. 2 for class-relative scores)
     min_classes: ClassVar[int] = 1
+    # the training regimes (spec.REGIMES) whose classifiers the method scores; empty: any model
+    regimes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def references(cls) -> tuple[Reference, ...]:

@@ -13,6 +13,7 @@ from ..data import Benchmark
 from ..jobs import check_cancelled
 from ..spec import Spec
 from .cnn import build_model
+from .openset import RECIPROCAL_REGIMES, ReciprocalPoints
 from .reproducible import seeded_init_, training_threads, use_generator
 
 
@@ -67,12 +68,19 @@ CLOSEDSET_SHIFT = 2  # pixels: each image shifted on its own by up to this much 
 
 
 def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
-                aux_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+                aux_logits: Optional[torch.Tensor] = None,
+                reciprocal: Optional[ReciprocalPoints] = None) -> torch.Tensor:
     """The training loss of a classifier regime.
 
     ce: cross-entropy. logitnorm: cross-entropy of f / (tau ||f||). oe: cross-entropy on ID plus
     OE_WEIGHT times the cross-entropy from the auxiliary outliers' softmax to the uniform distribution.
+    rpl / arpl: cross-entropy on the distances to the reciprocal points plus the open-space term
+    (models.openset.reciprocal_loss), from the features `reciprocal` caught in the model's last forward pass.
     """
+    if regime in RECIPROCAL_REGIMES:
+        if reciprocal is None:
+            raise ValueError(f"the {regime} regime needs its reciprocal points (models.openset.ReciprocalPoints)")
+        return reciprocal.loss(targets)
     if regime == "logitnorm":
         norms = logits.norm(p=2, dim=1, keepdim=True) + 1e-7
         return nn.functional.cross_entropy(logits / (norms * LOGITNORM_TAU), targets)
@@ -122,7 +130,8 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
                      device: str = "cpu", cancel=None) -> TrainResult:
     """AdamW with a one-cycle schedule and 1-pixel shift augmentation, in the regime of spec.training.
 
-    `cancel` is checked before every batch (jobs.Cancelled when set)."""
+    rpl / arpl train the reciprocal points and radius instead of the head, and keep the head equal to the points'
+    linear form (models.openset). `cancel` is checked before every batch (jobs.Cancelled when set)."""
     cfg = spec.training
     gen = training_generator(spec)
     model = new_model(spec, bench, gen, device)
@@ -132,7 +141,9 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
 
         aux_pixels = make_auxiliary(bench.to_pixels(bench.train.x), bench.train.y, len(bench.train), spec.seed)
         aux = torch.from_numpy(bench.normalise(aux_pixels))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    reciprocal = ReciprocalPoints(model, cfg.regime, gen) if cfg.regime in RECIPROCAL_REGIMES else None
+    trained = [p for p in model.parameters() if p.requires_grad] + (reciprocal.parameters() if reciprocal else [])
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = int(np.ceil(len(bench.train) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     x_all = torch.from_numpy(bench.train.x)
@@ -155,10 +166,12 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
                 out, aux_out = both[:len(idx)], both[len(idx):]
             else:
                 out, aux_out = model(xb), None
-            loss = regime_loss(cfg.regime, out, yb, aux_out)
+            loss = regime_loss(cfg.regime, out, yb, aux_out, reciprocal)
             loss.backward()
             opt.step()
             sched.step()
+            if reciprocal is not None:
+                reciprocal.write_head()
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             total += len(idx)
@@ -167,6 +180,8 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
         history.append(p.__dict__.copy())
         if progress is not None:
             progress(p)
+    if reciprocal is not None:
+        reciprocal.detach()
     model.eval()
     return TrainResult(model, history, time.perf_counter() - t0, False)
 
