@@ -20,7 +20,7 @@ import numpy as np
 
 from . import metrics, report
 from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
-from .spec import SETTINGS, Spec, TrainConfig
+from .spec import REGIMES, SETTINGS, Spec, TrainConfig
 
 def _fmt_param(name, p) -> str:
     rng = "" if p.kind == "choice" else f" [{p.low:g}..{p.high:g}{', log' if p.scale == 'log' else ''}]"
@@ -468,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=None, help="OOD: number of seeds (each a freshly trained model; default 1)")
     r.add_argument("--epochs", type=int, default=None,
                    help="OOD/OSR: classifier training epochs, 1..500 (default: the dataset's, 30 for digits, 15 for the others)")
-    r.add_argument("--regime", default=None, choices=["ce", "oe", "logitnorm", "closedset"],
-                   help="classifier training: cross-entropy, outlier exposure, LogitNorm, or closedset (Vaze et al. 2022: label smoothing 0.1, per-image shifts of up to 2 px)")
+    r.add_argument("--regime", default=None, choices=list(REGIMES),
+                   help="classifier training: cross-entropy, outlier exposure, LogitNorm, closedset (Vaze et al. 2022: label smoothing 0.1, per-image shifts of up to 2 px), or rpl / arpl (reciprocal points, Chen et al. 2020 / 2021; score them with the rpl detector)")
     r.add_argument("--known", type=int, default=None, help="OSR: number of known classes K (2..N-1; default 6)")
     r.add_argument("--splits", type=int, default=None, help="OSR: number of random known/unknown splits (default 5)")
     r.add_argument("--contamination", type=float, default=None, help="AD: contamination ratio in [0, 0.5) (default 0.05)")

@@ -24,6 +24,11 @@ NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image"
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
                 "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too"}
+# seconds per ID training sample and epoch of the detectors that train small networks on the cached features, at
+# their default width on 128-d features (scripts/bench_openset.py); OpenGAN's cost grows with the square of its width
+FIT_S_PER_SAMPLE_EPOCH = {"opengan": 1.5e-4, "c2ae": 2.5e-5}
+FIT_WHAT = {"opengan": "trains OpenGAN's generator and discriminator for {epochs} epochs",
+            "c2ae": "trains C2AE's conditioned autoencoder for {epochs} epochs"}
 FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
 POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
 ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol, its model there: inference + scoring
@@ -83,7 +88,32 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
         images = n + (len(exp.outputs["train"]) + len(exp.outputs["val"]) if name == "gram" else 0)
         how = NETWORK_WHAT[name].format(**p)
         return Estimate(rate * images * area, f"runs the network again on {n:,} images ({how})")
+    if name in FIT_S_PER_SAMPLE_EPOCH:
+        widen = (int(p["width"]) / 32) ** 2 if "width" in p else 1.0
+        seconds = FIT_S_PER_SAMPLE_EPOCH[name] * len(exp.outputs["train"]) * int(p["epochs"]) * max(1.0, widen)
+        return Estimate(seconds, f"{FIT_WHAT[name].format(**p)} on {len(exp.outputs['train']):,} ID training "
+                                 "features, then scores the cached outputs")
     return Estimate(0.0, "scores the cached outputs")
+
+
+def cost_words(name: str) -> str:
+    """What a detector costs, in words, before any experiment is chosen (its Methods card): the cached outputs alone,
+    a small network trained on them (seconds per 1,000 ID training samples on one core), a training regime of the
+    classifier, or the network run again."""
+    from .detectors import REGISTRY, default_params
+
+    cls = REGISTRY[name]
+    if name in FIT_S_PER_SAMPLE_EPOCH:
+        p = default_params(name)
+        per_thousand = FIT_S_PER_SAMPLE_EPOCH[name] * 1000 * int(p["epochs"])
+        return (f"{FIT_WHAT[name].format(**p)} on the cached features (about {per_thousand:.0f} s per 1,000 ID "
+                "training samples on one core), then scores the cached outputs")
+    if cls.regimes:
+        return (f"needs a classifier trained in the {' or '.join(cls.regimes)} regime (one training, as long as "
+                "cross-entropy's, cached like it), then scores its cached outputs (fast)")
+    if cls.runs_network:
+        return "**runs the network again** (slower)"
+    return "scores the cached outputs of one forward pass (fast)"
 
 
 def sweep(exp, name: str, param: str, values: Iterable, sets: Iterable[str], fixed: Optional[Mapping] = None
@@ -107,15 +137,19 @@ def fit_share(exp, name: str, params: Optional[Mapping] = None) -> float:
     if name == "ensemble":
         total = detector(exp, name, params)
         return 0.9 if total.trains and total.seconds > 0 else 0.1
+    if name in FIT_S_PER_SAMPLE_EPOCH:
+        return 0.9
     return 0.5 if name == "gram" else 0.05
 
 
 def detectors(exp, names: Iterable[str], params: Optional[Mapping[str, Mapping]] = None) -> Estimate:
-    """Scoring several detectors on `exp`: the network-running ones each, every post-hoc one together."""
+    """Scoring several detectors on `exp`: the network-running and network-training ones each, every other post-hoc
+    one together."""
     names = list(names)
-    total = Estimate(POST_HOC_S if any(n not in NETWORK_S_PER_IMAGE and n != "ensemble" for n in names) else 0.0)
+    own_cost = {*NETWORK_S_PER_IMAGE, *FIT_S_PER_SAMPLE_EPOCH, "ensemble"}
+    total = Estimate(POST_HOC_S if any(n not in own_cost for n in names) else 0.0)
     for n in names:
-        if n in NETWORK_S_PER_IMAGE or n == "ensemble":
+        if n in own_cost:
             e = detector(exp, n, (params or {}).get(n))
             total = Estimate(total.seconds + e.seconds, total.what, total.trains + e.trains)
     what = [f"scores {_plural(len(names), 'detector')} on {_scored_images(exp):,} images"]

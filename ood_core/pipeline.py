@@ -201,7 +201,7 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
         bad = [n for n in names if not is_applicable(n, exp.spec.setting, exp.spec.model, exp.bench.num_classes,
                                                      exp.spec.training.regime)]
         if bad:
-            needs = sorted({r for n in bad for r in REGISTRY[n].regimes})
+            needs = list(dict.fromkeys(r for n in bad for r in REGISTRY[n].regimes))
             hint = f" (they score a classifier trained in the regime {' or '.join(needs)})" if needs else ""
             raise ValueError(f"detector(s) {', '.join(bad)} do not apply to setting {exp.spec.setting!r} "
                              f"with model {exp.spec.model!r} trained in regime {exp.spec.training.regime!r}{hint}")

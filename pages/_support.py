@@ -500,10 +500,10 @@ def detector_scores_job(exp: Experiment, name: str, params: Mapping[str, Any]) -
 
 def detector_scores_nowait(exp: Experiment, name: str, params: Mapping[str, Any],
                            start: bool = True) -> tuple[Optional[dict], Optional[str]]:
-    """Any detector's scores without blocking the page: quick ones at once (detector_scores); those that run the
-    network again through their job (detector_scores_job: (None, None) until it lands) when `start`, else only the
-    result of a job that has finished already."""
-    if not REGISTRY[name].runs_network:
+    """Any detector's scores without blocking the page: quick ones at once (detector_scores); the slow ones (they run
+    or train a network) through their job (detector_scores_job: (None, None) until it lands) when `start`, else only
+    the result of a job that has finished already."""
+    if not REGISTRY[name].slow():
         return detector_scores(exp, name, params)
     if start:
         return detector_scores_job(exp, name, params)
@@ -648,14 +648,15 @@ def detector_options(exp: Experiment) -> list[str]:
 
 SLOW_MARK = "⏳"
 SLOW_HELP = (f"{SLOW_MARK} marks the slow methods, which run the network again (ODIN and Mahalanobis with input "
-             "pre-processing, Gram matrices, MC dropout) or train more networks first (the deep ensemble). They run as "
-             "a background job with an estimate, a progress bar and a Cancel button; the page stays usable meanwhile.")
+             "pre-processing, Gram matrices, MC dropout) or train networks first (the deep ensemble; OpenGAN and C2AE "
+             "on the cached features). They run as a background job with an estimate, a progress bar and a Cancel "
+             "button; the page stays usable meanwhile.")
 
 
 def detector_label(name: str) -> str:
-    """'Family · Title', with SLOW_MARK after the methods that run the network again (from the registry)."""
+    """'Family · Title', with SLOW_MARK after the methods that run or train a network (from the registry)."""
     cls = REGISTRY[name]
-    return f"{family_label(cls.family)} · {cls.title or name}" + (f" {SLOW_MARK}" if cls.runs_network else "")
+    return f"{family_label(cls.family)} · {cls.title or name}" + (f" {SLOW_MARK}" if cls.slow() else "")
 
 
 def param_widget(pname: str, p: Param, key: str, value: Any = None) -> Any:

@@ -38,17 +38,18 @@ ERROR_STYLE = "color: #b00020; font-style: italic"
 NETWORK_HELP = ("These methods run the network again instead of scoring the cached outputs of the one forward "
                 "pass: ODIN and Mahalanobis with input pre-processing (a backward pass per image), Gram matrices "
                 "(feature maps), MC dropout (many stochastic passes) and the deep ensemble (which trains 4 extra "
-                "models the first time). Together they add about 15 s on a CPU, more on a busy machine, the "
-                "ensemble's first training minutes; all other detectors together take about 3 s, once. They run as "
-                "one background job (an estimate first, then a progress bar and a Cancel button) and join the "
-                "table when it lands.")
+                "models the first time); OpenGAN and C2AE first train a small network on the cached features "
+                "(seconds on the sample datasets, minutes on 60,000 images). Together they add about 15 s on a CPU, "
+                "more on a busy machine, the ensemble's first training minutes; all other detectors together take "
+                "about 3 s, once. They run as one background job (an estimate first, then a progress bar and a "
+                "Cancel button) and join the table when it lands.")
 
 
 # --- computing --------------------------------------------------------------------------------------
 
 def network_rows(exp, network: list[str]) -> Optional[list[dict]]:
-    """Rows of the detectors that run the network again (all of them that apply, whatever the family filter), as
-    one background job: the rows once it has landed, else None (its estimate, panel or outcome is drawn)."""
+    """Rows of the slow detectors, which run or train a network (all of them that apply, whatever the family filter),
+    as one background job: the rows once it has landed, else None (its estimate, panel or outcome is drawn)."""
     if not network:
         return []
     key = ui.job_key("compare-network", ui.experiment_id(exp), network)
@@ -59,7 +60,7 @@ def network_rows(exp, network: list[str]) -> Optional[list[dict]]:
                 progress(i / max(n, 1), f"{REGISTRY[name].title} ({i + 1}/{n})")
         return pipeline.evaluate(exp, network, on_progress=on_detector, cancel=cancel)[0]
 
-    _, rows = ui.run_job(key, f"Scoring {len(network)} methods that run the network again", work,
+    _, rows = ui.run_job(key, f"Scoring {len(network)} methods that run the network again or train one", work,
                          lambda: estimates.detectors(exp, network), start_label="Score them")
     return rows
 
@@ -68,7 +69,7 @@ def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
     """Rows of the current model for `names`; a progress bar shows while detectors not yet cached run.
 
     Returns (rows, seconds, how many detectors were computed now rather than read from the cache). Only quick
-    (post-hoc) detectors belong here: those that run the network again go through `network_rows`, a job.
+    (post-hoc) detectors belong here: those that run or train a network go through `network_rows`, a job.
     """
     exp_id = ui.experiment_id(exp)
     seen = st.session_state.setdefault("compare-computed", set())
@@ -405,10 +406,10 @@ def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool]:
                                          if s in OOD_SETS) or None)
     ui.remember_in_url("families", families, default=present)
     ui.remember_in_url("sets", sets, default=exp.ood_names)
-    slow = [n for n in options if REGISTRY[n].runs_network]
+    slow = [n for n in options if REGISTRY[n].slow()]
     network = False
     if slow:
-        network = st.checkbox(f"Include methods that run the network again (slower: "
+        network = st.checkbox(f"Include methods that run the network again or train one (slower: "
                               f"{', '.join(REGISTRY[n].title for n in slow)})", value=ui.url_flag("network", False),
                               key="compare-network", help=NETWORK_HELP)
         ui.remember_in_url("network", network, default=False)
@@ -428,10 +429,10 @@ def main() -> None:
     top = ui.chart_first()
     options = ui.detector_options(exp)
     families, sets, network = controls(exp, options)
-    if not network and any(REGISTRY[n].runs_network for n in options):
-        st.caption("Methods that run the network again are left out (tick the box to include them); all others "
-                   "score the cached outputs of one forward pass.")
-    names = [n for n in options if network or not REGISTRY[n].runs_network]
+    if not network and any(REGISTRY[n].slow() for n in options):
+        st.caption("Methods that run the network again or train one are left out (tick the box to include them); "
+                   "all others score the cached outputs of one forward pass.")
+    names = [n for n in options if network or not REGISTRY[n].slow()]
 
     uploaded = ui.active_user_model(spec) is not None
     s1, s2, s3 = st.columns([1, 1.3, 3], vertical_alignment="bottom")
@@ -483,10 +484,10 @@ def main() -> None:
     elif not chosen or not sets:
         st.info("Choose at least one family and one OOD set.")
     else:
-        rows, seconds, computed = single_seed(exp, [n for n in chosen if not REGISTRY[n].runs_network])
+        rows, seconds, computed = single_seed(exp, [n for n in chosen if not REGISTRY[n].slow()])
         if computed:
             st.caption(f"Scored {computed} detector(s) in {seconds:.1f} s; they now come from the cache.")
-        more = network_rows(exp, [n for n in names if REGISTRY[n].runs_network])
+        more = network_rows(exp, [n for n in names if REGISTRY[n].slow()])
         if more is None:
             st.caption("The table shows the other detectors meanwhile; the slow ones join it when their job lands.")
         rows += [r for r in more or [] if r["detector"] in chosen]

@@ -155,7 +155,10 @@ def experiment_form(setting: str, dataset: str):
                                            format_func=lambda r: REGIME_TITLES[r],
                                            help="Outlier exposure trains with auxiliary outliers made from ID "
                                                 "training images only — " + "; ".join(AUX_RECIPES.values()) +
-                                                " — disjoint from every test OOD set.")
+                                                " — disjoint from every test OOD set. RPL and ARPL learn one "
+                                                "reciprocal point per class and use the distances to them as "
+                                                "logits (the head stays linear, up to a shift shared by all "
+                                                "classes); their own score is the detector 'RPL / ARPL'.")
         else:
             model = spec.model if spec.model in models else models[0]
             extra["model"] = st.selectbox("One-class model", models, index=models.index(model),

@@ -118,7 +118,7 @@ def main() -> None:
     if not sets:
         st.info("Pick at least one OOD set above to see the scores.")
         return
-    if REGISTRY[name].runs_network:  # seconds to minutes: a background job; the widgets above stay usable
+    if REGISTRY[name].slow():  # seconds to minutes: a background job; the widgets above stay usable
         scores, error = ui.detector_scores_job(exp, name, params)
         if scores is None and error is None:
             return  # waiting to start, running (its panel is drawn) or cancelled

@@ -209,6 +209,7 @@ class OpenGAN(Detector):
     reference = Reference("Shu Kong, Deva Ramanan", "OpenGAN: Open-Set Recognition via Open Data Generation", "ICCV",
                           2021, "https://arxiv.org/abs/2104.02939")
     needs = ("features",)
+    trains_network = True
     params = {
         "epochs": Param(30, 1, 500, "log", kind="int", sweep=(5, 10, 30, 60, 120),
                         help="passes over the ID training features (the paper selects the epoch with outliers)"),
@@ -263,6 +264,7 @@ class C2AE(Detector):
     reference = Reference("Poojan Oza, Vishal M. Patel", "C2AE: Class Conditioned Auto-Encoder for Open-set Recognition",
                           "CVPR", 2019, "https://arxiv.org/abs/1904.01198")
     needs = ("features",)
+    trains_network = True
     min_classes = 2
     params = {
         "epochs": Param(30, 1, 500, "log", kind="int", sweep=(5, 10, 30, 60, 120),
