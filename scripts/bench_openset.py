@@ -5,7 +5,8 @@
 
 Split i uses seed i (as `python -m ood_core run --setting osr` does): it draws the K known classes, and one small CNN
 is trained per split and regime (cached on disk, so a rerun only scores). The methods:
-- cross-entropy classifier: MSP (the baseline), OpenGAN and C2AE on its penultimate features;
+- cross-entropy classifier: MSP (the baseline), OpenGAN (also with far_fakes=0, the paper's game alone) and C2AE
+  on its penultimate features;
 - the rpl and arpl regimes: their own score (`rpl`, minus the largest distance to the reciprocal points) and MSP on
   the same network.
 Reported per method: AUROC and OSCR (%, mean ± sample std over the splits, unknowns = the other classes), closed-set
@@ -25,16 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# (regime, detector) -> label; which detectors each regime's classifier is scored with
-METHODS = {
-    "ce": ("msp", "opengan", "c2ae"),
-    "rpl": ("rpl", "msp"),
-    "arpl": ("rpl", "msp"),
+# per regime: the (label, detector, params) its classifier is scored with, and the survey's MNIST AUROC of each
+METHODS: dict[str, list[tuple[str, str, dict]]] = {
+    "ce": [("MSP (cross-entropy)", "msp", {}), ("OpenGAN on features", "opengan", {}),
+           ("OpenGAN, the paper's game (far_fakes=0)", "opengan", {"far_fakes": 0.0}),
+           ("C2AE on features", "c2ae", {})],
+    "rpl": [("RPL", "rpl", {}), ("MSP of the RPL network", "msp", {})],
+    "arpl": [("ARPL (no confusing samples)", "rpl", {}), ("MSP of the ARPL network", "msp", {})],
 }
-LABELS = {("ce", "msp"): "MSP (cross-entropy)", ("ce", "opengan"): "OpenGAN on features",
-          ("ce", "c2ae"): "C2AE on features", ("rpl", "rpl"): "RPL", ("rpl", "msp"): "MSP of the RPL network",
-          ("arpl", "rpl"): "ARPL (no confusing samples)", ("arpl", "msp"): "MSP of the ARPL network"}
-SURVEY_MNIST = {("ce", "msp"): 97.8, ("ce", "opengan"): 99.9, ("ce", "c2ae"): 98.9, ("rpl", "rpl"): 99.6}
+SURVEY_MNIST = {"MSP (cross-entropy)": 97.8, "OpenGAN on features": 99.9, "C2AE on features": 98.9, "RPL": 99.6}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -61,29 +61,30 @@ def run(args) -> dict:
                 "split": split, "seed": spec.seed, "known": exp.bench.meta["known_classes"],
                 "train_seconds": exp.training.seconds, "from_cache": exp.training.from_cache,
                 "wall_seconds": time.perf_counter() - t0, "id_accuracy": exp.id_accuracy})
-            rows, _ = pipeline.evaluate(exp, list(METHODS[regime]))
-            for r in rows:
-                if r["ood_set"] != "unknown":
-                    continue
+            found = []
+            for label, det, params in METHODS[regime]:
+                rows, _ = pipeline.evaluate(exp, [det], {det: params})
+                (r,) = [r for r in rows if r["ood_set"] == "unknown"]
                 if r["error"]:
-                    raise RuntimeError(f"{regime}/{r['detector']} failed on split {split}: {r['error']}")
-                got = per.setdefault((regime, r["detector"]), {"auroc": [], "oscr": [], "fit_seconds": []})
+                    raise RuntimeError(f"{label} failed on split {split}: {r['error']}")
+                got = per.setdefault((regime, label), {"auroc": [], "oscr": [], "fit_seconds": []})
                 got["auroc"].append(r["auroc"])
                 got["oscr"].append(r["oscr"])
                 got["fit_seconds"].append(r["seconds"])
+                found.append(f"{label} {100 * r['auroc']:.1f}")
             print(f"{regime} split {split}: accuracy {100 * exp.id_accuracy:.1f}%, trained in "
-                  f"{exp.training.seconds:.0f} s{' (cached)' if exp.training.from_cache else ''}; " + ", ".join(
-                      f"{r['detector']} {100 * r['auroc']:.1f}" for r in rows if r["ood_set"] == "unknown"),
+                  f"{exp.training.seconds:.0f} s{' (cached)' if exp.training.from_cache else ''}; " + ", ".join(found),
                   file=sys.stderr, flush=True)
     methods = []
-    for (regime, det), got in per.items():
+    for (regime, label), got in per.items():
         acc = [t["id_accuracy"] for t in trainings[regime]]
+        det, params = next((d, p) for lab, d, p in METHODS[regime] if lab == label)
         methods.append({
-            "regime": regime, "detector": det, "label": LABELS.get((regime, det), f"{regime}/{det}"),
+            "regime": regime, "detector": det, "params": params, "label": label,
             "auroc": mean_std(got["auroc"]), "oscr": mean_std(got["oscr"]), "id_accuracy": mean_std(acc),
             "train_seconds_median": statistics.median(t["train_seconds"] for t in trainings[regime]),
             "fit_seconds_median": statistics.median(got["fit_seconds"]),
-            "survey_mnist_auroc": SURVEY_MNIST.get((regime, det)),
+            "survey_mnist_auroc": SURVEY_MNIST.get(label),
             "auroc_per_split": [100 * a for a in got["auroc"]]})
     return {"command": " ".join(sys.argv), "dataset": args.dataset, "image_size": size, "known": args.known,
             "splits": args.splits, "epochs": epochs, "methods": methods, "trainings": trainings}

@@ -171,10 +171,11 @@ def train_opengan(real: torch.Tensor, epochs: int, width: int, noise_dim: int, l
     """The OpenGAN game on features: D learns real (ID training features, label 1) against G(z) (label 0) with
     binary cross-entropy; G learns to make D say 1. Adam (lr, betas 0.5 / 0.999) for both, as the paper's code.
 
-    `far_fakes`: D also learns, as fakes, that many (a fraction of the batch) draws of N(0, FAR_SCALE^2 I) around the
-    standardised ID features: a ReLU discriminator extrapolates linearly far from everything it saw, and without them
-    it may call features far from the data "real". Every random number (weights, batch order, noise) comes from
-    `gen`; `cancel` is checked between batches. Returns the discriminator, in eval mode."""
+    `far_fakes`: the weight of a third term, D's cross-entropy on a batch of N(0, FAR_SCALE^2 I) draws around the
+    standardised ID features, labelled fake and scored with BatchNorm's running statistics (as at test time, and
+    without moving them): a ReLU discriminator extrapolates linearly far from everything it saw, and without it may
+    call features far from the data "real". Every random number (weights, batch order, noise) comes from `gen`;
+    `cancel` is checked between batches. Returns the discriminator, in eval mode."""
     n, dim = real.shape
     g_net = seeded_init_(OpenGANGenerator(noise_dim, dim, width), gen).to(device)
     d_net = seeded_init_(OpenGANDiscriminator(dim, width), gen).to(device)
@@ -193,12 +194,17 @@ def train_opengan(real: torch.Tensor, epochs: int, width: int, noise_dim: int, l
             xb = real[idx].to(device)
             z = torch.randn(len(idx), noise_dim, generator=gen).to(device)
             fake = g_net(z)
-            far = FAR_SCALE * torch.randn(int(round(far_fakes * len(idx))), dim, generator=gen).to(device)
             opt_d.zero_grad(set_to_none=True)
             # one pass over real and fake together: BatchNorm sees the mixture it will see at eval (running stats)
-            both = d_net(torch.cat([xb, fake.detach(), far]))
+            both = d_net(torch.cat([xb, fake.detach()]))
             d_real, d_fake = both[:len(idx)], both[len(idx):]
             loss_d = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
+            if far_fakes > 0:  # scored as at test time (running statistics), so they do not move BatchNorm's
+                far = FAR_SCALE * torch.randn(len(idx), dim, generator=gen).to(device)
+                d_net.eval()
+                d_far = d_net(far)
+                d_net.train()
+                loss_d = loss_d + far_fakes * bce(d_far, torch.zeros_like(d_far))
             loss_d.backward()
             opt_d.step()
             opt_g.zero_grad(set_to_none=True)
