@@ -192,11 +192,12 @@ class OpenGAN(Detector):
 
     A small MLP generator and discriminator (the paper's 1x1-convolution networks on features, widths 8w..w) play the
     GAN game on the ID training features, standardised with their mean and std; no outlier exposure (the paper's
-    variant with real outliers is not used, so the test unknowns stay unseen). Not in the paper: D also learns Gaussian
-    noise at 5x the ID spread as fake (loss weight `far_fakes`), because a ReLU discriminator
-    extrapolates linearly away from everything it saw and, without it, may call features far from the data "real"
-    (a Gaussian cluster against uniform features in a box around it: AUROC 0.60-0.84 over three seeds without them,
-    0.99 with them; far_fakes=0 gives the paper's game). The score is -D(h), as D's logit (the same ranking as its
+    variant with real outliers is not used, so the test unknowns stay unseen). Not in the paper: D sees its input
+    softly bounded to a box of +-4 ID standard deviations, and also learns points drawn uniformly from that box as
+    fake (loss weight `box_fakes`), because a ReLU discriminator extrapolates linearly away from everything it saw and,
+    without them, may call features far from the data "real" (a Gaussian cluster against uniform features in a box
+    around it: AUROC 0.59-0.78 over three seeds without them, 0.98-0.99 with them; on the digits' OSR splits they cost
+    about 2.5 points, 91.8 -> 89.4 over three splits, at any weight from 0.25 to 1; box_fakes=0 gives the paper's game). The score is -D(h), as D's logit (the same ranking as its
     sigmoid, without saturating). The paper picks the epoch on a validation set with outliers; with ID data alone
     the number of epochs is a fixed parameter.
     """
@@ -205,7 +206,7 @@ class OpenGAN(Detector):
     title = "OpenGAN (discriminator on features)"
     family = "open_set"
     formula = ("S(x) = -D(h),  D trained on ID training features (real) against a generator's fakes G(z) "
-               "(and far Gaussian noise)")
+               "(and uniform points in the box D sees)")
     latex = r"S(x) = -D(h),\quad \min_G \max_D\ \mathbb{E}_{h \sim \mathrm{ID}} \log D(h) + " \
             r"\mathbb{E}_z \log\big(1 - D(G(z))\big)"
     intuition = ("The generator keeps producing features that are almost, but not quite, like the ID ones, so the "
@@ -222,9 +223,9 @@ class OpenGAN(Detector):
                        help="w: hidden layers of 8w, 4w, 2w and w units (the paper: 64 on 512-d features)"),
         "lr": Param(2e-4, 1e-5, 1e-2, "log", sweep=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
                     help="Adam's learning rate for both networks (betas 0.5, 0.999)"),
-        "far_fakes": Param(0.1, 0.0, 1.0, "linear", sweep=(0.0, 0.1, 0.25, 0.5),
-                           help="weight of extra fakes: Gaussian noise at 5x the ID spread, so D also rejects "
-                                "features far from the data (0 = the paper's generator alone)"),
+        "box_fakes": Param(0.5, 0.0, 1.0, "linear", sweep=(0.0, 0.1, 0.25, 0.5, 1.0),
+                           help="weight of extra fakes drawn uniformly from the box of +-4 ID stds D sees, so it also "
+                                "rejects features far from the data (0 = the paper's generator alone)"),
     }
     NOISE_DIM = 64
     BATCH_SIZE = 128
@@ -238,7 +239,7 @@ class OpenGAN(Detector):
         with training_threads(device):
             self.discriminator_ = train_opengan(
                 self.scaler_(h), int(self.epochs), int(self.width), self.NOISE_DIM, float(self.lr), self.BATCH_SIZE,
-                _fit_generator(ctx, 1), device, ctx.report, ctx.cancel, float(self.far_fakes))
+                _fit_generator(ctx, 1), device, ctx.report, ctx.cancel, float(self.box_fakes))
         self.device_ = device
 
     def _score(self, out):

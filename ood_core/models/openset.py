@@ -117,7 +117,7 @@ class ReciprocalPoints:
 # --- networks trained post hoc on penultimate features (OpenGAN, C2AE) ------------------------------------------
 
 ReportFn = Optional[Callable[[float, str], None]]
-FAR_SCALE = 5.0  # OpenGAN's far fakes: std of the Gaussian around the standardised ID features (ID std: 1)
+INPUT_BOUND = 4.0  # OpenGAN's discriminator sees b tanh(h / b) of the standardised features: a box of +-b ID stds
 
 
 class FeatureScaler:
@@ -154,7 +154,11 @@ class OpenGANGenerator(nn.Module):
 
 class OpenGANDiscriminator(nn.Module):
     """OpenGAN-fea's discriminator as an MLP: D -> 8w -> 4w -> 2w -> w -> 1 (BatchNorm, LeakyReLU 0.2); outputs the
-    logit of P(h is a real closed-set feature)."""
+    logit of P(h is a real closed-set feature).
+
+    Its input (standardised features) is first bounded softly, b tanh(h / b) with b = INPUT_BOUND: nearly unchanged near
+    the ID data, while everything far away lands near the faces of the box [-b, b]^D, which the box fakes of
+    `train_opengan` cover, so D's answer there is learned rather than extrapolated."""
 
     def __init__(self, dim: int, width: int):
         super().__init__()
@@ -162,20 +166,25 @@ class OpenGANDiscriminator(nn.Module):
                                  nn.Linear(width, 1, bias=False))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)[:, 0]
+        return self.inside(INPUT_BOUND * torch.tanh(h / INPUT_BOUND))
+
+    def inside(self, v: torch.Tensor) -> torch.Tensor:
+        """D's logit for points `v` already in the box (the bounded input)."""
+        return self.net(v)[:, 0]
 
 
 def train_opengan(real: torch.Tensor, epochs: int, width: int, noise_dim: int, lr: float, batch_size: int,
                   gen: torch.Generator, device: str = "cpu", report: ReportFn = None, cancel=None,
-                  far_fakes: float = 0.0) -> OpenGANDiscriminator:
+                  box_fakes: float = 0.0) -> OpenGANDiscriminator:
     """The OpenGAN game on features: D learns real (ID training features, label 1) against G(z) (label 0) with
     binary cross-entropy; G learns to make D say 1. Adam (lr, betas 0.5 / 0.999) for both, as the paper's code.
 
-    `far_fakes`: the weight of a third term, D's cross-entropy on a batch of N(0, FAR_SCALE^2 I) draws around the
-    standardised ID features, labelled fake and scored with BatchNorm's running statistics (as at test time, and
-    without moving them): a ReLU discriminator extrapolates linearly far from everything it saw, and without it may
-    call features far from the data "real". Every random number (weights, batch order, noise) comes from `gen`;
-    `cancel` is checked between batches. Returns the discriminator, in eval mode."""
+    `box_fakes`: the weight of a third term, D's cross-entropy on a batch of points drawn uniformly from the box its
+    bounded input lives in, labelled fake and scored with BatchNorm's running statistics (as at test time, and
+    without moving them). Without it, D learns only the real features against the generator's, which stay close to
+    them, and elsewhere (far from the data) its answer is an extrapolation that may call features "real". Every
+    random number (weights, batch order, noise) comes from `gen`; `cancel` is checked between batches. Returns the
+    discriminator, in eval mode."""
     n, dim = real.shape
     g_net = seeded_init_(OpenGANGenerator(noise_dim, dim, width), gen).to(device)
     d_net = seeded_init_(OpenGANDiscriminator(dim, width), gen).to(device)
@@ -199,12 +208,12 @@ def train_opengan(real: torch.Tensor, epochs: int, width: int, noise_dim: int, l
             both = d_net(torch.cat([xb, fake.detach()]))
             d_real, d_fake = both[:len(idx)], both[len(idx):]
             loss_d = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
-            if far_fakes > 0:  # scored as at test time (running statistics), so they do not move BatchNorm's
-                far = FAR_SCALE * torch.randn(len(idx), dim, generator=gen).to(device)
+            if box_fakes > 0:  # scored as at test time (running statistics), so they do not move BatchNorm's
+                box = INPUT_BOUND * (2.0 * torch.rand(len(idx), dim, generator=gen) - 1.0)
                 d_net.eval()
-                d_far = d_net(far)
+                d_box = d_net.inside(box.to(device))
                 d_net.train()
-                loss_d = loss_d + far_fakes * bce(d_far, torch.zeros_like(d_far))
+                loss_d = loss_d + box_fakes * bce(d_box, torch.zeros_like(d_box))
             loss_d.backward()
             opt_d.step()
             opt_g.zero_grad(set_to_none=True)
