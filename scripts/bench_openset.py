@@ -5,8 +5,8 @@
 
 Split i uses seed i (as `python -m ood_core run --setting osr` does): it draws the K known classes, and one small CNN
 is trained per split and regime (cached on disk, so a rerun only scores). The methods:
-- cross-entropy classifier: MSP (the baseline), OpenGAN (also with box_fakes=0, the paper's game alone) and C2AE
-  on its penultimate features;
+- cross-entropy classifier: MSP (the baseline), OpenGAN (also with box_fakes=0, the paper's game alone, and with the
+  auxiliary outliers of outlier exposure) and C2AE on its penultimate features;
 - the rpl and arpl regimes: their own score (`rpl`, minus the largest distance to the reciprocal points) and MSP on
   the same network.
 Reported per method: AUROC and OSCR (%, mean ± sample std over the splits, unknowns = the other classes), closed-set
@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 METHODS: dict[str, list[tuple[str, str, dict]]] = {
     "ce": [("MSP (cross-entropy)", "msp", {}), ("OpenGAN on features", "opengan", {}),
            ("OpenGAN, the paper's game (box_fakes=0)", "opengan", {"box_fakes": 0.0}),
+           ("OpenGAN + auxiliary outliers", "opengan", {"outliers": "auxiliary"}),
            ("C2AE on features", "c2ae", {})],
     "rpl": [("RPL", "rpl", {}), ("MSP of the RPL network", "msp", {})],
     "arpl": [("ARPL (no confusing samples)", "rpl", {}), ("MSP of the ARPL network", "msp", {})],

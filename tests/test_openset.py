@@ -249,3 +249,19 @@ def test_the_methods_that_train_a_network_are_slow_and_their_cost_is_said_first(
     assert "20 epochs" in est.what and f"{n:,} ID training features" in est.what
     assert estimates.fit_share(exp, "c2ae") == 0.9
     assert "rpl or arpl regime" in estimates.cost_words("rpl") and "s per 1,000" in estimates.cost_words("c2ae")
+
+
+def test_opengan_auxiliary_outliers_are_the_oe_regimes_made_from_the_normalised_images(reciprocal_experiments):
+    from ood_core.data.auxiliary import make_auxiliary
+
+    exp = reciprocal_experiments["rpl"]
+    x, y = exp.bench.train.x, exp.bench.train.y
+    # mixup and jigsaw commute with the per-channel normalisation: made from normalised inputs, they are the
+    # normalised auxiliary outliers of the oe regime
+    np.testing.assert_allclose(make_auxiliary(x, y, 50, exp.spec.seed),
+                               exp.bench.normalise(make_auxiliary(exp.bench.to_pixels(x), y, 50, exp.spec.seed)),
+                               rtol=1e-5, atol=1e-5)
+    det = create("opengan", outliers="auxiliary", epochs=2).fit(exp.fit_context())
+    assert det.score(exp.outputs["unknown"]).shape == (len(exp.outputs["unknown"]),)
+    with pytest.raises(ValueError, match="needs the classifier"):
+        create("opengan", outliers="auxiliary").fit(FitContext(train=exp.outputs["train"]))

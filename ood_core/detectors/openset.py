@@ -180,6 +180,19 @@ def _fit_generator(ctx: FitContext, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(ctx.seed) * 1_000_003 + salt)
 
 
+def _auxiliary_features(ctx: FitContext) -> np.ndarray:
+    """Penultimate features of as many auxiliary outliers as ID training images (outlier exposure's mixup and jigsaw
+    of ID training images, data/auxiliary.py), seeded by the experiment. Both recipes commute with the per-channel
+    normalisation (a convex blend, a permutation of tiles), so they are made from the normalised inputs directly."""
+    from ..data.auxiliary import make_auxiliary
+
+    if ctx.model is None or ctx.train.inputs is None:
+        raise ValueError("OpenGAN with auxiliary outliers needs the classifier and its ID training images to embed "
+                         "them; use outliers='none' here")
+    aux = make_auxiliary(ctx.train.inputs, ctx.train.labels, len(ctx.train), ctx.seed)
+    return ctx.model.forward(aux)[1]
+
+
 @torch.no_grad()
 def _batched_numpy(fn, x: torch.Tensor, device: str, batch_size: int = 1024) -> np.ndarray:
     parts = [fn(x[i:i + batch_size].to(device)).double().cpu().numpy() for i in range(0, len(x), batch_size)]
@@ -191,8 +204,9 @@ class OpenGAN(Detector):
     """OpenGAN-fea: a discriminator trained to tell the ID training features from a generator's fakes.
 
     A small MLP generator and discriminator (the paper's 1x1-convolution networks on features, widths 8w..w) play the
-    GAN game on the ID training features, standardised with their mean and std; no outlier exposure (the paper's
-    variant with real outliers is not used, so the test unknowns stay unseen). Not in the paper: D sees its input
+    GAN game on the ID training features, standardised with their mean and std. No outlier exposure by default;
+    outliers="auxiliary" adds the paper's: the features of auxiliary outliers made from ID training images (mixup and
+    jigsaw, as the oe regime uses; disjoint from every test set), labelled fake beside the generator's. Not in the paper: D sees its input
     softly bounded to a box of +-4 ID standard deviations, and also learns points drawn uniformly from that box as
     fake (loss weight `box_fakes`), because a ReLU discriminator extrapolates linearly away from everything it saw and,
     without them, may call features far from the data "real" (a Gaussian cluster against uniform features in a box
@@ -223,6 +237,10 @@ class OpenGAN(Detector):
                        help="w: hidden layers of 8w, 4w, 2w and w units (the paper: 64 on 512-d features)"),
         "lr": Param(2e-4, 1e-5, 1e-2, "log", sweep=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
                     help="Adam's learning rate for both networks (betas 0.5, 0.999)"),
+        "outliers": Param("none", kind="choice", choices=("none", "auxiliary"),
+                          help="none (default): ID features and fakes only; auxiliary: also the features of the "
+                               "project's auxiliary outliers (mixup and jigsaw of ID training images), the paper's "
+                               "outlier exposure"),
         "box_fakes": Param(0.5, 0.0, 1.0, "linear", sweep=(0.0, 0.1, 0.25, 0.5, 1.0),
                            help="weight of extra fakes drawn uniformly from the box of +-4 ID stds D sees, so it also "
                                 "rejects features far from the data (0 = the paper's generator alone)"),
@@ -236,10 +254,11 @@ class OpenGAN(Detector):
             raise ValueError(f"OpenGAN needs at least two ID training samples, found {len(h)}")
         self.scaler_ = FeatureScaler(h)
         device = _device(ctx)
+        outliers = self.scaler_(_auxiliary_features(ctx)) if self.outliers == "auxiliary" else None
         with training_threads(device):
             self.discriminator_ = train_opengan(
                 self.scaler_(h), int(self.epochs), int(self.width), self.NOISE_DIM, float(self.lr), self.BATCH_SIZE,
-                _fit_generator(ctx, 1), device, ctx.report, ctx.cancel, float(self.box_fakes))
+                _fit_generator(ctx, 1), device, ctx.report, ctx.cancel, float(self.box_fakes), outliers)
         self.device_ = device
 
     def _score(self, out):

@@ -175,9 +175,11 @@ class OpenGANDiscriminator(nn.Module):
 
 def train_opengan(real: torch.Tensor, epochs: int, width: int, noise_dim: int, lr: float, batch_size: int,
                   gen: torch.Generator, device: str = "cpu", report: ReportFn = None, cancel=None,
-                  box_fakes: float = 0.0) -> OpenGANDiscriminator:
+                  box_fakes: float = 0.0, outliers: Optional[torch.Tensor] = None) -> OpenGANDiscriminator:
     """The OpenGAN game on features: D learns real (ID training features, label 1) against G(z) (label 0) with
     binary cross-entropy; G learns to make D say 1. Adam (lr, betas 0.5 / 0.999) for both, as the paper's code.
+    `outliers` (features of auxiliary outliers, or None): the paper's outlier exposure, a batch of them drawn each
+    step and labelled 0 beside the fakes.
 
     `box_fakes`: the weight of a third term, D's cross-entropy on a batch of points drawn uniformly from the box its
     bounded input lives in, labelled fake and scored with BatchNorm's running statistics (as at test time, and
@@ -203,9 +205,14 @@ def train_opengan(real: torch.Tensor, epochs: int, width: int, noise_dim: int, l
             xb = real[idx].to(device)
             z = torch.randn(len(idx), noise_dim, generator=gen).to(device)
             fake = g_net(z)
+            if outliers is not None:
+                fake_d = torch.cat([fake.detach(), outliers[torch.randint(0, len(outliers), (len(idx),),
+                                                                          generator=gen)].to(device)])
+            else:
+                fake_d = fake.detach()
             opt_d.zero_grad(set_to_none=True)
             # one pass over real and fake together: BatchNorm sees the mixture it will see at eval (running stats)
-            both = d_net(torch.cat([xb, fake.detach()]))
+            both = d_net(torch.cat([xb, fake_d]))
             d_real, d_fake = both[:len(idx)], both[len(idx):]
             loss_d = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
             if box_fakes > 0:  # scored as at test time (running statistics), so they do not move BatchNorm's
