@@ -24,10 +24,12 @@ NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image"
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
                 "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too"}
-# seconds per ID training sample and epoch of the detectors that train small networks on the cached features, at
-# their default width on 128-d features (scripts/bench_openset.py); OpenGAN's cost grows with the square of its width
-FIT_S_PER_SAMPLE_EPOCH = {"opengan": 1.5e-4, "c2ae": 2.5e-5}
-FIT_WHAT = {"opengan": "trains OpenGAN's generator and discriminator for {epochs} epochs",
+# the detectors that train small networks on the cached features (measured on 128-d features, one core, a busy
+# machine): OpenGAN per step (batches of 128, default width; the cost grows with the square of the width), C2AE per ID
+# training sample and epoch
+OPENGAN_S_PER_STEP = 0.01
+C2AE_S_PER_SAMPLE_EPOCH = 2.5e-5
+FIT_WHAT = {"opengan": "trains OpenGAN's generator and discriminator for {steps} steps",
             "c2ae": "trains C2AE's conditioned autoencoder for {epochs} epochs"}
 FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
 POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
@@ -88,12 +90,20 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
         images = n + (len(exp.outputs["train"]) + len(exp.outputs["val"]) if name == "gram" else 0)
         how = NETWORK_WHAT[name].format(**p)
         return Estimate(rate * images * area, f"runs the network again on {n:,} images ({how})")
-    if name in FIT_S_PER_SAMPLE_EPOCH:
-        widen = (int(p["width"]) / 32) ** 2 if "width" in p else 1.0
-        seconds = FIT_S_PER_SAMPLE_EPOCH[name] * len(exp.outputs["train"]) * int(p["epochs"]) * max(1.0, widen)
-        return Estimate(seconds, f"{FIT_WHAT[name].format(**p)} on {len(exp.outputs['train']):,} ID training "
-                                 "features, then scores the cached outputs")
+    if name in FIT_WHAT:
+        n_train = len(exp.outputs["train"])
+        return Estimate(fit_seconds(name, n_train, p), f"{FIT_WHAT[name].format(**p)} on {n_train:,} ID training "
+                                                       "features, then scores the cached outputs")
     return Estimate(0.0, "scores the cached outputs")
+
+
+def fit_seconds(name: str, n_train: int, params: Mapping) -> float:
+    """Seconds that fitting `name` (a detector that trains a network on the cached features) takes with `params`."""
+    if name == "opengan":
+        return OPENGAN_S_PER_STEP * int(params["steps"]) * max(1.0, (int(params["width"]) / 32) ** 2)
+    if name == "c2ae":
+        return C2AE_S_PER_SAMPLE_EPOCH * n_train * int(params["epochs"])
+    raise KeyError(f"{name} trains no network of its own")
 
 
 def cost_words(name: str) -> str:
@@ -103,11 +113,12 @@ def cost_words(name: str) -> str:
     from .detectors import REGISTRY, default_params
 
     cls = REGISTRY[name]
-    if name in FIT_S_PER_SAMPLE_EPOCH:
+    if name in FIT_WHAT:
         p = default_params(name)
-        per_thousand = FIT_S_PER_SAMPLE_EPOCH[name] * 1000 * int(p["epochs"])
-        return (f"{FIT_WHAT[name].format(**p)} on the cached features (about {per_thousand:.0f} s per 1,000 ID "
-                "training samples on one core), then scores the cached outputs")
+        per_thousand, per_ten = fit_seconds(name, 1000, p), fit_seconds(name, 10_000, p)
+        how = (f"about {per_thousand:.0f} s on one core" if per_thousand == per_ten else
+               f"about {per_thousand:.0f} s per 1,000 ID training samples on one core")
+        return f"{FIT_WHAT[name].format(**p)} on the cached features ({how}), then scores the cached outputs"
     if cls.regimes:
         return (f"needs a classifier trained in the {' or '.join(cls.regimes)} regime (one training, as long as "
                 "cross-entropy's, cached like it), then scores its cached outputs (fast)")
@@ -137,7 +148,7 @@ def fit_share(exp, name: str, params: Optional[Mapping] = None) -> float:
     if name == "ensemble":
         total = detector(exp, name, params)
         return 0.9 if total.trains and total.seconds > 0 else 0.1
-    if name in FIT_S_PER_SAMPLE_EPOCH:
+    if name in FIT_WHAT:
         return 0.9
     return 0.5 if name == "gram" else 0.05
 
@@ -146,7 +157,7 @@ def detectors(exp, names: Iterable[str], params: Optional[Mapping[str, Mapping]]
     """Scoring several detectors on `exp`: the network-running and network-training ones each, every other post-hoc
     one together."""
     names = list(names)
-    own_cost = {*NETWORK_S_PER_IMAGE, *FIT_S_PER_SAMPLE_EPOCH, "ensemble"}
+    own_cost = {*NETWORK_S_PER_IMAGE, *FIT_WHAT, "ensemble"}
     total = Estimate(POST_HOC_S if any(n not in own_cost for n in names) else 0.0)
     for n in names:
         if n in own_cost:

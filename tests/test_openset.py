@@ -195,11 +195,11 @@ def test_opengan_discriminator_separates_a_gaussian_cluster_from_uniform_feature
 
 
 def test_opengan_is_seeded_by_the_experiment(toy):
-    a = create("opengan", epochs=3).fit(toy["ctx"]).score(toy["unknown"])
-    b = create("opengan", epochs=3).fit(toy["ctx"]).score(toy["unknown"])
+    a = create("opengan", steps=12).fit(toy["ctx"]).score(toy["unknown"])
+    b = create("opengan", steps=12).fit(toy["ctx"]).score(toy["unknown"])
     np.testing.assert_array_equal(a, b)
     other = FitContext(train=toy["ctx"].train, num_classes=3, seed=1)
-    assert not np.array_equal(a, create("opengan", epochs=3).fit(other).score(toy["unknown"]))
+    assert not np.array_equal(a, create("opengan", steps=12).fit(other).score(toy["unknown"]))
 
 
 def test_c2ae_reconstructs_best_under_the_matching_condition(toy):
@@ -218,16 +218,18 @@ def test_c2ae_needs_two_labelled_classes():
         create("c2ae").fit(one_class)
 
 
-@pytest.mark.parametrize("name", ["opengan", "c2ae"])
-def test_fits_report_progress_and_stop_when_cancelled(toy, name):
+@pytest.mark.parametrize("name, params, reports", [("opengan", {"steps": 40}, 20), ("c2ae", {"epochs": 4}, 4)])
+def test_fits_report_progress_and_stop_when_cancelled(toy, name, params, reports):
     seen = []
     ctx = FitContext(train=toy["ctx"].train, num_classes=3, progress=lambda f, m: seen.append((f, m)))
-    create(name, epochs=4).fit(ctx)
-    assert [f for f, _ in seen] == [0.25, 0.5, 0.75, 1.0] and "epoch 4/4" in seen[-1][1]
+    create(name, **params).fit(ctx)
+    # OpenGAN reports every 40 // 20 = 2 steps, C2AE after each epoch
+    assert [f for f, _ in seen] == [(i + 1) / reports for i in range(reports)]
+    assert seen[-1][1].endswith(("step 40/40", "epoch 4/4"))
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        create(name, epochs=4).fit(FitContext(train=toy["ctx"].train, num_classes=3, cancel=cancel))
+        create(name, **params).fit(FitContext(train=toy["ctx"].train, num_classes=3, cancel=cancel))
 
 
 def test_the_new_methods_have_cards_in_the_open_set_family():
@@ -240,15 +242,18 @@ def test_the_methods_that_train_a_network_are_slow_and_their_cost_is_said_first(
     from ood_core import estimates
 
     trainers = {n for n, cls in REGISTRY.items() if cls.trains_network}
-    assert trainers == {"opengan", "c2ae"} == set(estimates.FIT_S_PER_SAMPLE_EPOCH)
+    assert trainers == {"opengan", "c2ae"} == set(estimates.FIT_WHAT)
     assert all(REGISTRY[n].slow() and not REGISTRY[n].runs_network for n in trainers)
     exp = reciprocal_experiments["rpl"]
     n = len(exp.outputs["train"])
-    est = estimates.detector(exp, "opengan", {"epochs": 20, "width": 64})
-    assert est.seconds == pytest.approx(estimates.FIT_S_PER_SAMPLE_EPOCH["opengan"] * n * 20 * 4)  # width 2x: 4x
-    assert "20 epochs" in est.what and f"{n:,} ID training features" in est.what
+    est = estimates.detector(exp, "opengan", {"steps": 300, "width": 64})
+    assert est.seconds == pytest.approx(estimates.OPENGAN_S_PER_STEP * 300 * 4)  # width 2x: 4x
+    assert "300 steps" in est.what and f"{n:,} ID training features" in est.what
+    est = estimates.detector(exp, "c2ae", {"epochs": 20})
+    assert est.seconds == pytest.approx(estimates.C2AE_S_PER_SAMPLE_EPOCH * n * 20) and "20 epochs" in est.what
     assert estimates.fit_share(exp, "c2ae") == 0.9
     assert "rpl or arpl regime" in estimates.cost_words("rpl") and "s per 1,000" in estimates.cost_words("c2ae")
+    assert "per 1,000" not in estimates.cost_words("opengan")  # a fixed number of steps, whatever the data size
 
 
 def test_opengan_auxiliary_outliers_are_the_oe_regimes_made_from_the_normalised_images(reciprocal_experiments):
@@ -261,7 +266,7 @@ def test_opengan_auxiliary_outliers_are_the_oe_regimes_made_from_the_normalised_
     np.testing.assert_allclose(make_auxiliary(x, y, 50, exp.spec.seed),
                                exp.bench.normalise(make_auxiliary(exp.bench.to_pixels(x), y, 50, exp.spec.seed)),
                                rtol=1e-5, atol=1e-5)
-    det = create("opengan", outliers="auxiliary", epochs=2).fit(exp.fit_context())
+    det = create("opengan", outliers="auxiliary", steps=10).fit(exp.fit_context())
     assert det.score(exp.outputs["unknown"]).shape == (len(exp.outputs["unknown"]),)
     with pytest.raises(ValueError, match="needs the classifier"):
         create("opengan", outliers="auxiliary").fit(FitContext(train=exp.outputs["train"]))

@@ -212,8 +212,9 @@ class OpenGAN(Detector):
     without them, may call features far from the data "real" (a Gaussian cluster against uniform features in a box
     around it: AUROC 0.59-0.78 over three seeds without them, 0.98-0.99 with them; on the digits' OSR splits they cost
     about 2.5 points, 91.8 -> 89.4 over three splits, at any weight from 0.25 to 1; box_fakes=0 gives the paper's game). The score is -D(h), as D's logit (the same ranking as its
-    sigmoid, without saturating). The paper picks the epoch on a validation set with outliers; with ID data alone
-    the number of epochs is a fixed parameter.
+    sigmoid, without saturating). The paper picks the epoch on a validation set with outliers; with ID data alone the
+    training length is a fixed number of steps, since D gets worse when trained much longer (mean AUROC on three
+    MNIST-sample development splits, seeds 10-12: 0.93 after 5 epochs of 15 steps, 0.63 after 60).
     """
 
     name = "opengan"
@@ -231,8 +232,9 @@ class OpenGAN(Detector):
     needs = ("features",)
     trains_network = True
     params = {
-        "epochs": Param(30, 1, 500, "log", kind="int", sweep=(5, 10, 30, 60, 120),
-                        help="passes over the ID training features (the paper selects the epoch with outliers)"),
+        "steps": Param(150, 10, 20000, "log", kind="int", sweep=(50, 100, 150, 300, 1000, 3000),
+                       help="updates of each network, batches of 128 (the paper stops where a validation set with "
+                            "outliers says; D gets worse when it trains much longer)"),
         "width": Param(32, 4, 128, "log", kind="int", sweep=(8, 16, 32, 64),
                        help="w: hidden layers of 8w, 4w, 2w and w units (the paper: 64 on 512-d features)"),
         "lr": Param(2e-4, 1e-5, 1e-2, "log", sweep=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
@@ -250,14 +252,12 @@ class OpenGAN(Detector):
 
     def _fit(self, ctx):
         h = np.asarray(ctx.train.features)
-        if len(h) < 2:
-            raise ValueError(f"OpenGAN needs at least two ID training samples, found {len(h)}")
         self.scaler_ = FeatureScaler(h)
         device = _device(ctx)
         outliers = self.scaler_(_auxiliary_features(ctx)) if self.outliers == "auxiliary" else None
         with training_threads(device):
             self.discriminator_ = train_opengan(
-                self.scaler_(h), int(self.epochs), int(self.width), self.NOISE_DIM, float(self.lr), self.BATCH_SIZE,
+                self.scaler_(h), int(self.steps), int(self.width), self.NOISE_DIM, float(self.lr), self.BATCH_SIZE,
                 _fit_generator(ctx, 1), device, ctx.report, ctx.cancel, float(self.box_fakes), outliers)
         self.device_ = device
 

@@ -173,35 +173,41 @@ class OpenGANDiscriminator(nn.Module):
         return self.net(v)[:, 0]
 
 
-def train_opengan(real: torch.Tensor, epochs: int, width: int, noise_dim: int, lr: float, batch_size: int,
+def train_opengan(real: torch.Tensor, steps: int, width: int, noise_dim: int, lr: float, batch_size: int,
                   gen: torch.Generator, device: str = "cpu", report: ReportFn = None, cancel=None,
                   box_fakes: float = 0.0, outliers: Optional[torch.Tensor] = None) -> OpenGANDiscriminator:
-    """The OpenGAN game on features: D learns real (ID training features, label 1) against G(z) (label 0) with
-    binary cross-entropy; G learns to make D say 1. Adam (lr, betas 0.5 / 0.999) for both, as the paper's code.
-    `outliers` (features of auxiliary outliers, or None): the paper's outlier exposure, a batch of them drawn each
-    step and labelled 0 beside the fakes.
+    """The OpenGAN game on features, for `steps` updates of each network: D learns real (ID training features, label 1)
+    against G(z) (label 0) with binary cross-entropy; G learns to make D say 1. Adam (lr, betas 0.5 / 0.999) for
+    both, as the paper's code; batches run through the shuffled features epoch after epoch.
 
-    `box_fakes`: the weight of a third term, D's cross-entropy on a batch of points drawn uniformly from the box its
-    bounded input lives in, labelled fake and scored with BatchNorm's running statistics (as at test time, and
-    without moving them). Without it, D learns only the real features against the generator's, which stay close to
-    them, and elsewhere (far from the data) its answer is an extrapolation that may call features "real". Every
-    random number (weights, batch order, noise) comes from `gen`; `cancel` is checked between batches. Returns the
-    discriminator, in eval mode."""
+    `outliers` (features of auxiliary outliers, or None): the paper's outlier exposure, a batch of them drawn each
+    step and labelled 0 beside the fakes. `box_fakes`: the weight of a third term, D's cross-entropy on a batch of
+    points drawn uniformly from the box its bounded input lives in, labelled fake and scored with BatchNorm's running
+    statistics (as at test time, and without moving them). Without it, D learns only the real features against the
+    generator's, which stay close to them, and elsewhere (far from the data) its answer is an extrapolation that may
+    call features "real". Every random number (weights, batch order, noise) comes from `gen`; `cancel` is checked
+    between steps, `report(fraction, message)` called about 20 times. Returns the discriminator, in eval mode."""
     n, dim = real.shape
+    if n < 2:
+        raise ValueError(f"OpenGAN needs at least two ID training samples, found {n}")
     g_net = seeded_init_(OpenGANGenerator(noise_dim, dim, width), gen).to(device)
     d_net = seeded_init_(OpenGANDiscriminator(dim, width), gen).to(device)
     opt_d = torch.optim.Adam(d_net.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(g_net.parameters(), lr=lr, betas=(0.5, 0.999))
     bce = nn.functional.binary_cross_entropy_with_logits
-    for epoch in range(1, epochs + 1):
-        g_net.train()
-        d_net.train()
+    every = max(1, steps // 20)
+    g_net.train()
+    d_net.train()
+    step = 0
+    while step < steps:
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
-            check_cancelled(cancel)
             idx = perm[i:i + batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
+            if step == steps:
+                break
+            check_cancelled(cancel)
             xb = real[idx].to(device)
             z = torch.randn(len(idx), noise_dim, generator=gen).to(device)
             fake = g_net(z)
@@ -227,8 +233,9 @@ def train_opengan(real: torch.Tensor, epochs: int, width: int, noise_dim: int, l
             d_gen = d_net(torch.cat([xb, fake]))[len(idx):]
             bce(d_gen, torch.ones_like(d_gen)).backward()
             opt_g.step()
-        if report is not None:
-            report(epoch / epochs, f"OpenGAN: epoch {epoch}/{epochs}")
+            step += 1
+            if report is not None and (step % every == 0 or step == steps):
+                report(step / steps, f"OpenGAN: step {step}/{steps}")
     return d_net.eval()
 
 
