@@ -242,17 +242,17 @@ def main() -> None:
         t0 = time.perf_counter()
         if new_spec is not None:
             ui.set_spec(new_spec)
-        exp = ui.get_experiment(retrain=retrain)
+        exp = ui.get_experiment(retrain=retrain, requested=new_spec is not None)
         if exp is None:
             return
-        if new_spec is not None:
-            source, seconds = ui.last_preparation().get("source", ""), time.perf_counter() - t0
-            if source == "trained just now":
-                epochs = exp.spec.training.epochs
-                st.success(f"Trained a new model: {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s. "
-                           "It is cached on disk for next time.")
-            else:
-                st.info(f"Reused the cached model for this setting ({source}) — ready in {seconds:.1f} s, no training needed.")
+        source = ui.last_preparation().get("source", "")
+        if source == "trained just now":  # its training job landed in this run
+            epochs, seconds = exp.spec.training.epochs, float(exp.training.seconds or 0.0)
+            st.success(f"Trained a new model: {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s. "
+                       "It is cached on disk for next time.")
+        elif new_spec is not None:
+            seconds = time.perf_counter() - t0
+            st.info(f"Reused the cached model for this setting ({source}) — ready in {seconds:.1f} s, no training needed.")
         a1, a2 = st.columns(2)
         acc = ui.id_accuracy(exp)
         if acc is None:  # one-class model: no classifier; say what the setting reports instead of an empty metric

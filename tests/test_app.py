@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from ood_core import Spec, metrics
 from ood_core.detectors import REGISTRY, Detector, Param
 from ood_core.models import checkpoint_path
+from ood_core.spec import TrainConfig
 from pages import _support as ui
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def test_submitting_the_default_form_reuses_the_cached_model(app):
     assert not app.success  # nothing was trained
 
 
-def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
+def test_a_new_spec_trains_as_a_job_and_retrain_anyway_trains_again(app, land):
     base = Spec()
     one_epoch = ui.make_spec(base, base.dataset, base.seed, 1, base.training.lr, base.training.batch_size)
     checkpoint_path(one_epoch).unlink(missing_ok=True)  # cold, whatever ran before
@@ -97,7 +98,14 @@ def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
     next(n for n in app.number_input if n.label == "Epochs").set_value(1)
     form_button.click().run()
     no_exception(app)
+    # the run that started the training ended at once: the form is still there, the training runs in a job
+    assert "Train / load model" in [b.label for b in app.button]
+    (job,) = ui.jobs.runner().jobs()
+    assert job.title.startswith("Training the model of this experiment") and job.estimate.trains == 1
+    land(app)
+    no_exception(app)
     assert any("Trained a new model: 1 epoch in" in s.value for s in app.success), [i.value for i in app.info]
+    assert checkpoint_path(one_epoch).exists()
     assert app.session_state[ui.SPEC_KEY].training.epochs == 1
     # the setting diagram, then the training curve of the new model
     figs = figures_of(app)
@@ -105,12 +113,32 @@ def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
     form_button = next(b for b in app.button if b.label == "Train / load model")
     app.checkbox(key="retrain-anyway").check()
     form_button.click().run()
+    land(app)
     no_exception(app)
     assert any("Trained a new model" in s.value for s in app.success)
+    assert len(ui.jobs.runner().jobs()) <= 1  # collected jobs of models on disk are forgotten
+
+
+def test_a_training_can_be_cancelled_and_keeps_nothing(app, land):
+    base = Spec()
+    spec = ui.make_spec(base, base.dataset, 7, 40, base.training.lr, base.training.batch_size)
+    checkpoint_path(spec).unlink(missing_ok=True)
+    next(n for n in app.number_input if n.label == "Epochs").set_value(40)
+    next(n for n in app.number_input if n.label == "Seed").set_value(7)
+    next(b for b in app.button if b.label == "Train / load model").click().run()
+    no_exception(app)
+    assert app.session_state[ui.SPEC_KEY].key() == spec.key()
+    (job,) = ui.jobs.runner().jobs()
+    job.cancel()  # what the panel's Cancel button does
+    land(app)
+    no_exception(app)
+    assert job.state == ui.jobs.CANCELLED and not checkpoint_path(spec).exists()
+    assert any("cancelled after" in i.value and "nothing of it was kept" in i.value for i in app.info)
+    assert any(b.label.startswith("Run again") for b in app.button)  # the estimate and a button to try again
 
 
 def test_a_real_dataset_picked_on_the_experiment_page_trains_at_its_size_and_reaches_scores(app, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, land):
     monkeypatch.setattr("ood_core.models.checkpoint.DEFAULT_CACHE_DIR", tmp_path)  # cold, whatever ran before
     app.selectbox(key="dataset-picker").set_value("mnist-sample").run()
     no_exception(app)
@@ -121,6 +149,7 @@ def test_a_real_dataset_picked_on_the_experiment_page_trains_at_its_size_and_rea
     epochs.set_value(1)
     next(n for n in app.number_input if n.label.startswith("Training images per class")).set_value(30)
     next(b for b in app.button if b.label == "Train / load model").click().run()
+    land(app)
     no_exception(app)
     spec = app.session_state[ui.SPEC_KEY]
     assert (spec.dataset, spec.image_size, spec.train_per_class, spec.training.epochs) == ("mnist-sample", 16, 30, 1)
@@ -233,6 +262,7 @@ def test_open_set_recognition_adds_oscr_to_the_table_and_draws_its_curve(default
     spec = Spec(setting="osr", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
+    pipeline.prepare(spec, device="cpu")  # trained first (the pages' training job has tests of its own)
     at.run()
     no_exception(at)
     experiment_acc = next(m for m in at.metric if m.label == "Closed-set accuracy").value  # known classes only
@@ -376,11 +406,13 @@ def test_shared_mode_bounds_the_experiment_form(default_experiment, monkeypatch)
 
 
 def test_one_class_pages_say_what_they_report_instead_of_an_empty_accuracy(default_experiment):
+    from ood_core import pipeline
     from ood_core.spec import TrainConfig
 
     spec = Spec(setting="nd", model="deep_svdd", normal_class=3, training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
+    pipeline.prepare(spec, device="cpu")  # trained first (the pages' training job has tests of its own)
     at.run()
     no_exception(at)
     side = " ".join(m.value for m in at.sidebar.markdown)
@@ -609,6 +641,7 @@ def test_the_deep_ensemble_says_how_long_first_then_trains_its_member_as_a_job(f
     from ood_core.spec import TrainConfig
 
     spec = Spec(training=TrainConfig(epochs=1))
+    pipeline.prepare(spec, device="cpu")  # its own model first: the job below trains the ensemble's member only
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
     at.run().switch_page("pages/scores.py").run()
@@ -636,3 +669,35 @@ def test_the_deep_ensemble_says_how_long_first_then_trains_its_member_as_a_job(f
     at.selectbox(key="param-ensemble-measure").set_value("mutual_info").run()
     no_exception(at)
     assert len(fresh_runner.jobs()) == 2 and fresh_runner.jobs()[-1].estimate.trains == 0
+
+
+def test_a_link_to_an_uncached_model_trains_it_when_quick_and_asks_first_when_slow(fresh_runner, land):
+    from ood_core import estimates
+    from ood_core.data import build_benchmark
+
+    quick = Spec(seed=21, training=TrainConfig(epochs=1))
+    checkpoint_path(quick).unlink(missing_ok=True)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update(quick.to_query())
+    at.run()
+    no_exception(at)
+    (job,) = fresh_runner.jobs()  # quick (estimates.SLOW_S or less): it started on its own
+    assert job.estimate == estimates.training(quick, len(build_benchmark(quick).train))
+    assert job.estimate.seconds <= estimates.SLOW_S
+    land(at)
+    no_exception(at)
+    assert checkpoint_path(quick).exists() and any(m.label == "ID test accuracy" for m in at.metric)
+    slow = Spec(seed=21, training=TrainConfig(epochs=400))
+    est = estimates.training(slow, len(build_benchmark(slow).train))
+    assert est.seconds > estimates.SLOW_S
+    other = AppTest.from_file(APP, default_timeout=300)
+    other.query_params.update(slow.to_query())
+    other.run()
+    no_exception(other)
+    assert len(fresh_runner.jobs()) <= 1  # nothing new started: it says how long first
+    assert any("takes " + est.words() in i.value for i in other.info), [i.value for i in other.info]
+    start = next(b for b in other.button if b.label.startswith("Train the model"))
+    assert start.label == f"Train the model ({ui.jobs.duration_words(est.seconds)})"
+    start.click().run()
+    (job,) = [j for j in fresh_runner.jobs() if j.active]
+    job.cancel()

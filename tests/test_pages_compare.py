@@ -194,10 +194,10 @@ def test_a_failing_detector_shows_an_error_cell_and_the_others_still_show(raisin
     assert any("Errors" in e.label for e in at.expander)
 
 
-def test_open_set_recognition_offers_oscr_and_closed_set_accuracy(default_experiment):
+def test_open_set_recognition_offers_oscr_and_closed_set_accuracy(default_experiment, ready):
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = Spec(setting="osr", training=TrainConfig(epochs=1))
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     no_exception(at)
     metric = at.radio(key="compare-metric")
     assert "OSCR" in metric.options  # the radio lists labels
@@ -281,12 +281,12 @@ def test_methods_jump_button_selects_the_detector_on_the_scores_page(app):
     assert at.selectbox(key="scores-detector").value == "energy"  # we are on the Scores page now
 
 
-def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment, downloads, land):
+def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment, downloads, land, ready):
 
     spec = Spec(setting="ad", model="deep_svdd", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     no_exception(at)
     assert "anomalous" in figure(at, "compare-heatmap")["data"][0]["x"]
     # RMD's constant 50% is explained right under the table: one AD class, so its two Gaussians coincide
@@ -325,11 +325,11 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
     assert [t["name"] for t in curve] == [pixels_knn] and list(curve[0]["x"]) == [0.0, 10.0]
 
 
-def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, downloads, land):
+def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, downloads, land, ready):
     spec = Spec(training=TrainConfig(epochs=1))  # two quick models: seeds 0 and 1
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     at.number_input(key="compare-seeds").set_value(2).run()
     at.button(key="compare-start").click().run()
     land(at)
@@ -350,11 +350,12 @@ def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, do
                                      for j in range(len(heat["x"]))], atol=1e-9)
 
 
-def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default_experiment, downloads, land):
+def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default_experiment, downloads, land,
+                                                                         ready):
     spec = Spec(setting="osr", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     splits = at.number_input(key="compare-seeds")
     assert splits.label == "Splits" and splits.value == 5 and "known classes" in splits.help
     splits.set_value(2).run()
@@ -378,7 +379,7 @@ def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default
 # --- long work as jobs on the Compare page ----------------------------------------------------------------
 
 def test_one_vs_all_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no_table(default_experiment, fresh_runner,
-                                                                                  land, monkeypatch):
+                                                                                  land, monkeypatch, ready):
     import threading
 
     from ood_core import jobs
@@ -395,7 +396,7 @@ def test_one_vs_all_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no_tabl
     spec = Spec(setting="nd", model="deep_svdd", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     pixels_knn = protocols.method_label("pixels", "knn", {"k": 1})
     at.multiselect(key="compare-oc-classes").set_value([0, 1])
     at.multiselect(key="compare-oc-methods").set_value([pixels_knn]).run()
@@ -431,11 +432,12 @@ def test_one_vs_all_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no_tabl
                                [100 * r["auroc"] for r in rows], atol=1e-9)
 
 
-def test_methods_that_run_the_network_join_the_table_when_their_job_lands(default_experiment, fresh_runner, land):
+def test_methods_that_run_the_network_join_the_table_when_their_job_lands(default_experiment, fresh_runner, land,
+                                                                          ready):
     spec = Spec(training=TrainConfig(epochs=1), seed=7)  # a seed of its own: no ensemble member of it is cached
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     heat = figure(at, "compare-heatmap")["data"][0]
     slow = [REGISTRY[n].title for n in REGISTRY if REGISTRY[n].runs_network]
     assert not set(slow) & set(heat["y"])
@@ -459,11 +461,11 @@ def test_methods_that_run_the_network_join_the_table_when_their_job_lands(defaul
     np.testing.assert_allclose(values(after["z"])[row], [100 * expected[o] for o in after["x"]], atol=1e-9)
 
 
-def test_a_sweep_of_a_network_method_starts_on_request_as_a_job(default_experiment, fresh_runner, land):
+def test_a_sweep_of_a_network_method_starts_on_request_as_a_job(default_experiment, fresh_runner, land, ready):
     spec = Spec(training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/sensitivity.py").run()
+    ready(at).switch_page("pages/sensitivity.py").run()
     assert ui.SLOW_MARK in at.selectbox(key="sens-detector").help
     at.selectbox(key="sens-detector").set_value("mc_dropout").run()
     at.multiselect(key="sens-sets").set_value(["gaussian"]).run()
