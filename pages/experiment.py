@@ -1,6 +1,7 @@
 """Experiment page: what the data and model are, a form to train / load another, examples of ID and OOD images."""
 import time
 from pathlib import Path
+from typing import Optional
 
 import streamlit as st
 
@@ -88,12 +89,16 @@ def size_picker(dataset: str) -> int:
              "accept this size."))
 
 
-def model_picker(setting: str, channels: int, side: int) -> str:
+def model_picker(setting: str, channels: int, side: int) -> Optional[str]:
     """The models of the registry that serve `setting` and accept (channels, side) images; the help lists each with
-    what it is, and says which models are not offered here and why."""
+    what it is, and says which models are not offered here and why. None (with the reasons) when no model fits."""
     spec = ui.current_spec()
     models = settings.models_for(setting, channels, side)
     left_out = unfit_reasons(setting, channels, side)
+    if not models:
+        st.error(f"No model for {SETTING_TITLES[setting].lower()} takes {channels}-channel {side} px images: "
+                 + "; ".join(f"{MODELS[n].short}: {reason}" for n, reason in left_out.items()) + ".")
+        return None
     why_not = "".join(f"\n- **{MODELS[n].title}**: {reason}." for n, reason in left_out.items())
     help_text = "\n".join(f"- **{MODELS[n].title}** ({MODELS[n].contract.describe()}): {MODELS[n].description}"
                           for n in models)
@@ -194,7 +199,7 @@ def experiment_form(setting: str, dataset: str, size: int):
                                                           "the other classes."))
         retrain = st.checkbox("Retrain even if a cached model exists", key="retrain-anyway")
         submitted = st.form_submit_button("Train / load model", type="primary")
-    if not submitted:
+    if not submitted or extra["model"] is None:
         return None, False
     try:
         return ui.make_spec(spec, dataset, seed, epochs, lr, batch, **extra), retrain

@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from ood_core import settings
+from ood_core.device import describe_device
 from ood_core.models import MODELS, InputContract, ModelEntry, checkpoint_path, register_model
 from ood_core.models.cnn import SmallCNN
 from ood_core.models.registry import unregister_model
@@ -45,6 +46,7 @@ def tiny_model():
 
 def test_the_picker_offers_the_models_that_fit_the_setting_and_the_image_size_and_says_why_not(tiny_model, app):  # registered before the page runs
     no_exception(app)
+    assert f"Device: {describe_device()}" in [c.value for c in app.sidebar.caption]  # e.g. "CPU (2 threads)"
     digits = picker(app)
     assert digits.options == ["Small CNN (4 convolutions, 128-d features)",
                               "ResNet-18, CIFAR-style (3×3 stem, no max-pool; 11 M parameters)"]
