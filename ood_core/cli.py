@@ -14,12 +14,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from . import metrics, report
 from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
+from .device import ENV_VAR, check_device
+from .models.registry import MODELS, model_names
 from .spec import SETTINGS, Spec, TrainConfig
 
 def _fmt_param(name, p) -> str:
@@ -229,27 +230,7 @@ def check_options(args) -> None:
         raise ValueError("--splits must be at least 1")
     if args.per_class is not None and args.per_class < 1:
         raise ValueError(f"--per-class must be at least 1 (leave it out for every training image), got {args.per_class}")
-    args.device = check_device(args.device)
-
-
-def check_device(device: Optional[str]) -> Optional[str]:
-    """'cpu', 'cuda' or 'cuda:N' that this machine has; a clear ValueError otherwise (None: the default device)."""
-    if device is None:
-        return None
-    import torch
-
-    d = device.strip().lower()
-    if d == "cpu":
-        return d
-    if d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: this machine has no usable CUDA device; use --device cpu")
-        index = int(d[5:]) if ":" in d else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                             f"numbered from 0")
-        return d
-    raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    args.device = None if args.device is None else check_device(args.device)  # None: device.default_device()
 
 
 def check_output_paths(args) -> None:
@@ -452,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with images and labels (default digits)")
     r.add_argument("--data-root", default=None, help="where registered datasets are read (default $OOD_DATA_ROOT, "
                                                      "else data/), in torchvision's layouts")
-    r.add_argument("--model", default=None, choices=["small_cnn", "resnet18_cifar"],
-                   help="OOD/OSR classifier: the small CNN (default) or a CIFAR-style ResNet-18 (3x3 stem, no max-pool)")
+    r.add_argument("--model", default=None, choices=model_names(kind="classifier"),
+                   help="OOD/OSR classifier (default small_cnn): " + "; ".join(
+                       f"{n}: {MODELS[n].title}, {MODELS[n].contract.describe()}" for n in model_names(kind="classifier")))
     r.add_argument("--image-size", type=int, default=None, help="image side in px, a multiple of 4 in 8..64 "
                                                                 "(default: the dataset's own; digits 16)")
     r.add_argument("--per-class", type=int, default=None, help="at most this many training images per class "
@@ -482,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-outputs", help="folder for one .npz per split (logits, features, labels)")
     r.add_argument("--save-scores", help="folder for one .npz per detector (one array per split)")
     r.add_argument("--cache-dir", default=None, help="model checkpoint cache (default data/cache)")
-    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    r.add_argument("--device", default=None,
+                   help=f"cpu, cuda or cuda:N (default: ${ENV_VAR} when set, else cuda when available, else cpu)")
     r.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 

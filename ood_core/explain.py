@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .detectors.base import max_softmax
+from .device import resolve_device
 
 EPS = 1e-12
 _ATTRIBUTION_LOCK = threading.RLock()
@@ -30,7 +31,7 @@ def _device_of(model: nn.Module, device: Optional[str]) -> torch.device:
     if device is not None:
         return torch.device(device)
     p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return p.device if p is not None else torch.device(resolve_device(None))
 
 
 def _as_batch(x) -> np.ndarray:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import resolve_device
+
 
 @dataclass
 class Outputs:
@@ -38,7 +40,8 @@ class ModelAdapter:
     Wraps a model with `features(x)`, `head` (a Linear layer) and optionally `feature_maps(x)`.
     """
 
-    def __init__(self, model: nn.Module, device: str = "cpu", batch_size: int = 256, input_std=1.0):
+    def __init__(self, model: nn.Module, device: Optional[str] = None, batch_size: int = 256, input_std=1.0):
+        device = resolve_device(device)  # the model moves there (default: device.default_device())
         self.model = model.eval().to(device)
         self.device = device
         self.batch_size = batch_size
@@ -120,7 +123,7 @@ def is_one_class(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def _one_class_forward(model: nn.Module, x: np.ndarray, device: str, batch_size: int):
-    model.eval()
+    model.eval().to(device)
     feats, scores = [], []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
@@ -133,9 +136,11 @@ def _one_class_forward(model: nn.Module, x: np.ndarray, device: str, batch_size:
     return f, extras
 
 
-def run_inference(model: nn.Module, x: np.ndarray, labels: np.ndarray, device: str = "cpu",
+def run_inference(model: nn.Module, x: np.ndarray, labels: np.ndarray, device: Optional[str] = None,
                   batch_size: int = 256, keep_inputs: bool = True) -> Outputs:
-    """The single forward pass of a split (classifiers: logits and features; one-class models: features and score)."""
+    """The single forward pass of a split (classifiers: logits and features; one-class models: features and score),
+    on `device` (default: device.default_device()), where the model is moved."""
+    device = resolve_device(device)
     if is_one_class(model):
         feats, extras = _one_class_forward(model, x, device, batch_size)
         return Outputs(np.zeros((len(x), 0), np.float32), feats.astype(np.float32), labels.copy(),

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
-import torch
 
 from . import metrics
 from .data import Benchmark, build_benchmark
+from .device import default_device, resolve_device
 from .jobs import check_cancelled
 from .detectors import REGISTRY, Detector, FitContext, create
 from .inference import ModelAdapter, Outputs, run_inference
@@ -20,10 +20,6 @@ from .models import Progress, TrainResult, get_model
 from .spec import Spec
 
 ID_SPLITS = ("train", "val", "test")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -34,7 +30,7 @@ class Experiment:
     bench: Benchmark
     training: TrainResult
     outputs: dict[str, Outputs]
-    device: str = "cpu"
+    device: str = field(default_factory=default_device)
     cache_dir: Optional[Path | str] = None
     _adapter: Optional[ModelAdapter] = field(default=None, repr=False)
     _members: dict = field(default_factory=dict, repr=False)
@@ -149,8 +145,10 @@ class Experiment:
         return out
 
 
-def compute_outputs(model, bench: Benchmark, device: str = "cpu") -> dict[str, Outputs]:
-    """The single forward pass of every split (ID train/val/test and each OOD set)."""
+def compute_outputs(model, bench: Benchmark, device: Optional[str] = None) -> dict[str, Outputs]:
+    """The single forward pass of every split (ID train/val/test and each OOD set), on `device` (default:
+    device.default_device())."""
+    device = resolve_device(device)
     return {name: run_inference(model, split.x, split.y, device) for name, split in bench.splits().items()}
 
 
@@ -166,7 +164,7 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
     `on_wait(place)`: called while a training waits for a slot of the training queue (models.get_model).
     `cancel` (an Event): a training stops with jobs.Cancelled when it is set, and caches nothing.
     """
-    device = device or default_device()
+    device = resolve_device(device)
     if bench is None:
         bench = build_benchmark(spec) if ood_sets is None else build_benchmark(spec, tuple(ood_sets))
     if model is not None:

@@ -17,6 +17,7 @@ from . import report
 from .compare import summarise_by  # noqa: F401  (re-exported: the protocols' tables)
 from .data import build_benchmark
 from .jobs import check_cancelled
+from .models.registry import model_title
 from .pipeline import Experiment, evaluate, prepare
 from .settings import detectors_for
 from .spec import Spec
@@ -39,16 +40,15 @@ ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
     ("geotrans", "knn", {"k": 1}),
     ("geotrans", "ocsvm", {}),
 )
-MODEL_TITLES = {"deep_svdd": "Deep SVDD", "autoencoder": "Autoencoder", "geotrans": "GeoTrans", "pixels": "raw pixels",
-                "small_cnn": "small CNN", "resnet18_cifar": "ResNet-18 (CIFAR-style)"}
 
 
 def method_label(model: str, detector: str, params: dict) -> str:
-    """A readable name for a (model, detector, params) method, e.g. 'raw pixels · knn (k=1)'."""
+    """A readable name for a (model, detector, params) method, e.g. 'raw pixels · knn (k=1)' (the model's short
+    title from the model registry)."""
     if detector == "model_score":
-        return MODEL_TITLES.get(model, model)
+        return model_title(model, short=True)
     p = ", ".join(f"{k}={v}" for k, v in params.items())
-    return f"{MODEL_TITLES.get(model, model)} · {detector}" + (f" ({p})" if p else "")
+    return f"{model_title(model, short=True)} · {detector}" + (f" ({p})" if p else "")
 
 
 @dataclass

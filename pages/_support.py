@@ -29,6 +29,7 @@ from ood_core import (Spec, activation_stats, compare, embedding, explain, figur
                       settings)
 from ood_core import costs, estimates, jobs
 from ood_core.data import DATASETS, Benchmark, build_benchmark
+from ood_core.device import describe_device
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
 from ood_core.pipeline import Experiment
@@ -1113,6 +1114,14 @@ def no_accuracy_note(spec: Spec) -> str:
             "other class): AUROC and the detection metrics.")
 
 
+def device_line() -> str:
+    """Where this server trains and runs models (ood_core.device), in one line; a wrong OOD_DEVICE says what is wrong."""
+    try:
+        return f"Device: {describe_device()}"
+    except ValueError as e:
+        return f"Device: {e}"
+
+
 def render_sidebar(slot) -> None:
     """The shared sidebar: the current experiment, read from session_state."""
     spec = current_spec()
@@ -1142,6 +1151,7 @@ def render_sidebar(slot) -> None:
         if prov:
             st.caption(f"Model provenance: {prov}")
         st.caption((ds.description + " · " if ds else "") + f"spec key `{spec.key()}`")
+        st.caption(device_line())
         sync_query_params(spec)
         st.caption("Link to this view (the experiment is in the address; opened elsewhere it trains the model if "
                    "that machine has not cached it):")

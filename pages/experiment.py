@@ -1,6 +1,7 @@
 """Experiment page: what the data and model are, a form to train / load another, examples of ID and OOD images."""
 import time
 from pathlib import Path
+from typing import Optional
 
 import streamlit as st
 
@@ -8,8 +9,8 @@ from ood_core import figures, serving, settings
 from ood_core.data import DATASETS, OOD_SETS, DataError, data_root, datasets, sources
 from ood_core.data.auxiliary import AUX_RECIPES
 from ood_core.data.benchmark import known_classes_for
-from ood_core.models.registry import ONE_CLASS_TITLES
-from ood_core.spec import REGIME_TITLES, SETTING_TITLES, SETTINGS
+from ood_core.models.registry import MODELS, unfit_reasons
+from ood_core.spec import CLASSIFIER_SETTINGS, REGIME_TITLES, SETTING_TITLES, SETTINGS
 from pages import _support as ui
 
 N_ID_EXAMPLES = 16
@@ -73,6 +74,45 @@ def dataset_picker() -> str:
     return dataset
 
 
+def size_picker(dataset: str) -> int:
+    """The image side, outside the form (like the dataset) so that the form offers only the models that accept it;
+    another dataset starts from its own default size."""
+    spec = ui.current_spec()
+    info = DATASETS[dataset]
+    sizes = list(datasets.SIZES)
+    size = spec.image_size if dataset == spec.dataset else info.default_size
+    return int(st.selectbox(
+        "Image size (px)", sizes, index=sizes.index(size) if size in sizes else sizes.index(info.default_size),
+        key=f"image-size-{dataset}",
+        help=f"Images are resized to this side (bilinear, antialiased when shrinking); {info.title} is "
+             f"{info.native_size} px. Larger costs more time per epoch. The models offered below are those that "
+             "accept this size."))
+
+
+def model_picker(setting: str, channels: int, side: int) -> Optional[str]:
+    """The models of the registry that serve `setting` and accept (channels, side) images; the help lists each with
+    what it is, and says which models are not offered here and why. None (with the reasons) when no model fits."""
+    spec = ui.current_spec()
+    models = settings.models_for(setting, channels, side)
+    left_out = unfit_reasons(setting, channels, side)
+    if not models:
+        st.error(f"No model for {SETTING_TITLES[setting].lower()} takes {channels}-channel {side} px images: "
+                 + "; ".join(f"{MODELS[n].short}: {reason}" for n, reason in left_out.items()) + ".")
+        return None
+    why_not = "".join(f"\n- **{MODELS[n].title}**: {reason}." for n, reason in left_out.items())
+    help_text = "\n".join(f"- **{MODELS[n].title}** ({MODELS[n].contract.describe()}): {MODELS[n].description}"
+                          for n in models)
+    if why_not:
+        help_text += f"\n\nNot offered for {channels}-channel {side} px images:" + why_not
+    label = "Classifier" if setting in CLASSIFIER_SETTINGS else "One-class model"
+    choice = st.selectbox(label, models, index=models.index(spec.model) if spec.model in models else 0,
+                          format_func=lambda m: MODELS[m].title, help=help_text)
+    if left_out:
+        st.caption(f"Not offered at {side} px: " + "; ".join(
+            f"{MODELS[n].short} ({MODELS[n].contract.sides_text()})" for n in left_out) + ".")
+    return choice
+
+
 def own_dataset_box() -> None:
     """Upload a .zip of class folders or an .npz (images, labels) as the ID dataset."""
     with st.expander("Use your own images as the ID dataset"):
@@ -101,23 +141,17 @@ def own_dataset_box() -> None:
                       on_click=lambda: st.session_state.__setitem__("dataset-picker", name))
 
 
-def experiment_form(setting: str, dataset: str):
-    """The spec form; returns (the new Spec or None when not submitted or invalid, retrain flag)."""
+def experiment_form(setting: str, dataset: str, size: int):
+    """The spec form for `dataset` at `size` px; returns (the new Spec or None when not submitted or invalid, retrain
+    flag)."""
     spec = ui.current_spec()
     info = DATASETS[dataset]
     n_classes = info.num_classes
     same = dataset == spec.dataset  # the current spec's values; another dataset starts from its own defaults
-    extra: dict = {"setting": setting}
+    extra: dict = {"setting": setting, "image_size": size}
     with st.form("experiment-form"):
-        st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]} · {info.title}")
-        c0, c00 = st.columns(2)
-        sizes = list(datasets.SIZES)
-        size = spec.image_size if same else info.default_size
-        extra["image_size"] = int(c0.selectbox(
-            "Image size (px)", sizes, index=sizes.index(size) if size in sizes else sizes.index(info.default_size),
-            help=f"Images are resized to this side (bilinear, antialiased when shrinking); {info.title} is "
-                 f"{info.native_size} px. Larger costs more time per epoch."))
-        extra["train_per_class"] = int(c00.number_input(
+        st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]} · {info.title} · {size} px")
+        extra["train_per_class"] = int(st.number_input(
             "Training images per class (0 = all)", min_value=0, value=spec.train_per_class if same else 0, step=100,
             help="A seeded draw of at most this many training images of each class: trains faster on a CPU."))
         c1, c2 = st.columns(2)
@@ -141,25 +175,14 @@ def experiment_form(setting: str, dataset: str):
         else:
             c2.caption("Each one-class model trains with its own fixed, documented hyper-parameters "
                        "(see ood_core/models/oneclass.py).")
-        models = settings.models_for(setting)
+        extra["model"] = model_picker(setting, info.channels, size)
         if setting in ("ood", "osr"):
-            from ood_core.protocols import MODEL_TITLES
-
-            extra["model"] = st.selectbox("Classifier", models, index=models.index(spec.model) if spec.model in models else 0,
-                                          format_func=lambda m: MODEL_TITLES.get(m, m),
-                                          help="The small CNN trains in seconds on a CPU; the CIFAR-style ResNet-18 "
-                                               "(11 M parameters, the network of OpenOOD's benchmarks) is meant for "
-                                               "32 px colour data and a GPU, or a per-class subsample on a CPU.")
             regimes = list(REGIME_TITLES)
             extra["regime"] = st.selectbox("Training regime", regimes, index=regimes.index(spec.training.regime),
                                            format_func=lambda r: REGIME_TITLES[r],
                                            help="Outlier exposure trains with auxiliary outliers made from ID "
                                                 "training images only — " + "; ".join(AUX_RECIPES.values()) +
                                                 " — disjoint from every test OOD set.")
-        else:
-            model = spec.model if spec.model in models else models[0]
-            extra["model"] = st.selectbox("One-class model", models, index=models.index(model),
-                                          format_func=lambda m: ONE_CLASS_TITLES.get(m, m))
         if setting == "osr":
             extra["known_classes"] = int(st.number_input("Known classes K", min_value=2, max_value=max(2, n_classes - 1),
                                                          value=min(spec.known_classes, max(2, n_classes - 1)), step=1,
@@ -176,7 +199,7 @@ def experiment_form(setting: str, dataset: str):
                                                           "the other classes."))
         retrain = st.checkbox("Retrain even if a cached model exists", key="retrain-anyway")
         submitted = st.form_submit_button("Train / load model", type="primary")
-    if not submitted:
+    if not submitted or extra["model"] is None:
         return None, False
     try:
         return ui.make_spec(spec, dataset, seed, epochs, lr, batch, **extra), retrain
@@ -233,7 +256,8 @@ def main() -> None:
     left, right = st.columns([2, 3], gap="large")
     with left:
         dataset = dataset_picker()
-        new_spec, retrain = experiment_form(setting, dataset)
+        size = size_picker(dataset)
+        new_spec, retrain = experiment_form(setting, dataset, size)
         own_dataset_box()
         if new_spec is not None:  # the form trains or loads the spec's own model, not an upload
             ui.reset_upload()

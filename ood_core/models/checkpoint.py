@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from .. import serving
+from ..device import resolve_device
 from ..data import Benchmark
 from ..spec import Spec
-from .cnn import build_model
+from .registry import build_model
 from .train import Progress, TrainResult
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("OOD_EXPLORER_CACHE", Path(__file__).resolve().parents[2] / "data" / "cache"))
@@ -232,7 +233,7 @@ def remove_orphan_temp_files(path: Path) -> list[Path]:
 # --- the cache ------------------------------------------------------------------------------------------
 
 def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
-              cache_dir: Path | str | None = None, device: str = "cpu", retrain: bool = False,
+              cache_dir: Path | str | None = None, device: Optional[str] = None, retrain: bool = False,
               on_wait: Optional[Callable[[int], None]] = None, cancel=None) -> TrainResult:
     """The trained model for `spec`: from the checkpoint cache when valid, else trained and cached.
 
@@ -243,8 +244,10 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
     trainings as cores); on_wait(place) is called meanwhile. With a cache cap (OOD_EXPLORER_CACHE_MB) the least
     recently used checkpoints are removed after a save.
     `cancel` (a threading.Event): when set, waiting for a slot or training stops with jobs.Cancelled, and nothing
-    is saved — no checkpoint, no temp file, nothing in memory.
+    is saved — no checkpoint, no temp file, nothing in memory. `device`: where a training runs (default:
+    device.default_device()); a loaded model stays on the CPU until the caller moves it.
     """
+    device = resolve_device(device)
     from ..jobs import check_cancelled
     from . import train  # at call time: tests and tools may replace train.train_model
 
