@@ -55,22 +55,18 @@ def _seconds_per_image(model: str) -> float:
     return entry.train_seconds if entry is not None else CLASSIFIER_S_PER_IMAGE_EPOCH
 
 
-# a training step of each classifier relative to the small CNN's at the same image size (multiply-accumulates of
-# one forward pass: the CIFAR ResNet-18 does about 23x the small CNN's at any side; others: assume the small CNN's)
-CLASSIFIER_COST = {"small_cnn": 1.0, "resnet18_cifar": 23.0}
-
-
 def training(spec: Spec, train_images: int) -> Estimate:
-    """One training of `spec`'s own model on `train_images` ID training images, from the reference rates: a
+    """One training of `spec`'s own model on `train_images` ID training images, from the registry's rates: a
     classifier's epochs, or a one-class model's whole training (its epochs are fixed by the method)."""
-    area = _area(spec)
-    if spec.model in ONE_CLASS_S_PER_IMAGE:
-        seconds = ONE_CLASS_S_PER_IMAGE[spec.model] * train_images * area
-        what = f"trains the {spec.model.replace('_', ' ')} model on {train_images:,} images"
-        return Estimate(seconds, what, trains=1 if seconds > 0 else 0)
+    entry = MODELS.get(spec.model)
+    rate, area = _seconds_per_image(spec.model), _area(spec)
+    name = entry.title if entry is not None else spec.model
+    if entry is not None and entry.kind != "classifier":
+        seconds = rate * train_images * area
+        return Estimate(seconds, f"trains the {name} model on {train_images:,} images", trains=1 if seconds > 0 else 0)
     epochs = spec.training.epochs
-    seconds = (CLASSIFIER_S_PER_IMAGE_EPOCH * CLASSIFIER_COST.get(spec.model, 1.0) * train_images * epochs * area)
-    return Estimate(seconds, f"trains 1 network: {_plural(epochs, 'epoch')} over {train_images:,} images", trains=1)
+    return Estimate(rate * train_images * epochs * area,
+                    f"trains 1 network ({name}): {_plural(epochs, 'epoch')} over {train_images:,} images", trains=1)
 
 
 def _scored_images(exp, splits: Optional[Iterable[str]] = None) -> int:
