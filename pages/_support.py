@@ -32,6 +32,7 @@ from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.device import describe_device
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
+from ood_core.models.registry import model_title
 from ood_core.pipeline import Experiment
 from ood_core.presets import PRESETS
 from ood_core.report import METRIC_COLUMNS, OSCR_COLUMN
@@ -268,7 +269,7 @@ def _trained_experiment(spec: Spec, retrain: bool = False, requested: bool = Fal
             return _experiment_store(key, blob)
     est = training_estimate(spec)
     data = DATASETS[spec.dataset].title if spec.dataset in DATASETS else spec.dataset
-    title = f"Training the model of this experiment ({data}, {spec.model.replace('_', ' ')}, seed {spec.seed})"
+    title = f"Training the model of this experiment ({data}, {model_title(spec.model, short=True)}, seed {spec.seed})"
     # asked for: start now; opened by a link or a page: start at once only when quick, else estimate + button first
     job, exp = run_job(jkey, title, _training_work(spec, retrain, jkey), est, start_label="Train the model",
                        auto_start=requested or est.seconds <= estimates.SLOW_S, button_key=f"train-start-{key}")
