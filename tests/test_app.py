@@ -129,6 +129,9 @@ def test_a_training_can_be_cancelled_and_keeps_nothing(app, land):
     no_exception(app)
     assert app.session_state[ui.SPEC_KEY].key() == spec.key()
     (job,) = ui.jobs.runner().jobs()
+    app.selectbox(key="dataset-picker").set_value("mnist-sample").run()  # the page answers while it trains
+    no_exception(app)
+    assert job.active and next(n for n in app.number_input if n.label == "Epochs").value == 15
     job.cancel()  # what the panel's Cancel button does
     land(app)
     no_exception(app)
