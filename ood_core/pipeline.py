@@ -80,6 +80,25 @@ class Experiment:
         logits, feats = self.adapter.forward(x)
         return Outputs(logits, feats, np.full(len(x), -1), x)
 
+    def with_ood_sets(self, names: Iterable[str], ood_fraction: float = 0.2) -> "Experiment":
+        """A copy of this experiment with more registered OOD sets (e.g. a user's upload, registry.register_user_ood_set)
+        built at its image size and channels, normalised alike and run through the model once; this experiment is not
+        changed (it may be shared). Each set has a fifth of the ID test size, as build_benchmark's, drawn by the seed."""
+        from .data.registry import make_ood_set
+        from .data.benchmark import Split
+
+        names = [n for n in dict.fromkeys(names) if n not in self.bench.ood]
+        if not names:
+            return self
+        pixels = self.bench.to_pixels(self.bench.test.x)
+        n = max(1, int(round(ood_fraction * len(pixels))))
+        ood, outputs = dict(self.bench.ood), dict(self.outputs)
+        for name in names:
+            x = self.bench.normalise(make_ood_set(name, pixels, n, self.spec.seed))  # fewer when the set is smaller
+            ood[name] = split = Split(x, np.full(len(x), -1, dtype=np.int64))
+            outputs[name] = run_inference(self.model, split.x, split.y, self.device)
+        return dataclasses.replace(self, bench=dataclasses.replace(self.bench, ood=ood), outputs=outputs)
+
     def member_spec(self, i: int) -> Spec:
         """The spec of ensemble member i: this one with another initialisation and batch order (training.member)."""
         return dataclasses.replace(self.spec, training=dataclasses.replace(self.spec.training, member=i))

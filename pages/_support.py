@@ -29,6 +29,7 @@ from ood_core import (Spec, activation_stats, compare, embedding, explain, figur
                       settings)
 from ood_core import costs, estimates, jobs
 from ood_core.data import DATASETS, Benchmark, build_benchmark
+from ood_core.data.registry import OOD_SETS
 from ood_core.device import describe_device
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
@@ -176,6 +177,7 @@ def experiment_id(exp: Experiment) -> str:
     test = exp.outputs["test"]
     h = hashlib.sha1(np.ascontiguousarray(test.logits).tobytes())
     h.update(np.ascontiguousarray(test.features).tobytes())
+    h.update(",".join(exp.ood_names).encode())  # an experiment with the user's own OOD sets added is another one
     fp = h.hexdigest()[:12]
     return f"{exp.spec.key()}-{fp}"
 
@@ -217,6 +219,12 @@ def get_experiment(retrain: bool = False, requested: bool = False) -> Optional[E
         st.error(f"Could not prepare the experiment: {text}")
         st.session_state.pop(INFO_KEY, None)
         return None
+    extra = user_ood_sets()
+    if extra:
+        try:
+            exp = _with_user_ood(experiment_id(exp), tuple(extra), exp)
+        except Exception as e:  # a set that cannot be built at this size: say so, keep the experiment without it
+            st.error(f"Your OOD sets could not be added to this experiment: {brief(str(e))}")
     note = exp.training.note
     shown = st.session_state.setdefault("cache_notes_shown", set())
     if note and writable and (key, note) not in shown:  # once per session; unwritable: said above already
@@ -314,6 +322,20 @@ def _training_work(spec: Spec, retrain: bool, jkey: str):
                 return pipeline.prepare(spec, cancel=cancel)
             return pipeline.prepare(spec, progress=on_epoch, retrain=retrain, on_wait=on_wait, cancel=cancel)
     return work
+
+
+USER_OOD_KEY = "user_ood_sets"  # session_state: the names of the OOD sets this session uploaded, in order
+
+
+def user_ood_sets() -> list[str]:
+    """The OOD sets this session uploaded that are still registered (the server may have restarted)."""
+    return [n for n in st.session_state.get(USER_OOD_KEY, []) if n in OOD_SETS]
+
+
+@st.cache_resource(show_spinner="Running the model on your OOD images…", max_entries=8)
+def _with_user_ood(exp_id: str, names: tuple, _exp: Experiment) -> Experiment:
+    """The experiment with the session's uploaded OOD sets added (a copy: the shared one is not changed)."""
+    return _exp.with_ood_sets(names)
 
 
 @st.cache_data(show_spinner=False, ttl=30)

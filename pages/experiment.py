@@ -9,6 +9,7 @@ from ood_core import figures, serving, settings
 from ood_core.data import DATASETS, OOD_SETS, DataError, data_root, datasets, sources
 from ood_core.data.auxiliary import AUX_RECIPES
 from ood_core.data.benchmark import known_classes_for
+from ood_core.data.registry import register_user_ood_set
 from ood_core.models.registry import MODELS, unfit_reasons
 from ood_core.spec import CLASSIFIER_SETTINGS, REGIME_TITLES, SETTING_TITLES, SETTINGS
 from pages import _support as ui
@@ -141,6 +142,47 @@ def own_dataset_box() -> None:
                       on_click=lambda: st.session_state.__setitem__("dataset-picker", name))
 
 
+def read_ood_upload(up) -> Optional[str]:
+    """Register an uploaded file as a natural OOD set (once per file content); its name, or None after an error."""
+    import hashlib
+
+    data = up.getvalue()
+    wanted = f"upload-{Path(up.name).stem[:24]}-{hashlib.sha256(data).hexdigest()[:6]}"
+    read = st.session_state.setdefault("own-ood-read", {})  # file name -> the name it was registered under
+    if wanted not in read or read[wanted] not in OOD_SETS:
+        with st.spinner(f"Reading {up.name}…"):
+            try:
+                read[wanted] = register_user_ood_set(wanted, data, filename=up.name)
+            except (DataError, ValueError) as e:
+                st.error(f"{up.name} cannot be used: {e}")
+                return None
+    return read[wanted]
+
+
+def own_ood_box() -> None:
+    """Upload a .zip or .npz of unlabelled images as an extra OOD set of every page's experiment (this session)."""
+    names = ui.user_ood_sets()
+    with st.expander("Add your own images as an OOD set", expanded=bool(names)):
+        st.markdown("A **.zip** of images (any folders) or an **.npz** with an array `images` (n, h, w[, c]): "
+                    "images your model should flag as unfamiliar. They are converted to the experiment's size and "
+                    "channels, run through the model once, and offered as an OOD set on every page (a fifth of the "
+                    "ID test size is drawn, as for the other sets). The same checks as for datasets apply.")
+        up = st.file_uploader("OOD images (.zip / .npz)", type=["zip", "npz"],
+                              key=f"own-ood-{st.session_state.get('own-ood-n', 0)}")
+        name = read_ood_upload(up) if up is not None else None
+        if name is not None:
+            if name not in names:
+                st.session_state[ui.USER_OOD_KEY] = names = [*names, name]
+            st.success(f"Added **{name}** ({OOD_SETS[name].description}) as an OOD set.")
+        for name in names:
+            c1, c2 = st.columns([4, 1], vertical_alignment="center")
+            c1.caption(f"OOD set `{name}`: {OOD_SETS[name].description}")
+            if c2.button("Remove", key=f"remove-ood-{name}"):
+                st.session_state[ui.USER_OOD_KEY] = [n for n in names if n != name]
+                st.session_state["own-ood-n"] = st.session_state.get("own-ood-n", 0) + 1  # an empty uploader
+                st.rerun()
+
+
 def experiment_form(setting: str, dataset: str, size: int):
     """The spec form for `dataset` at `size` px; returns (the new Spec or None when not submitted or invalid, retrain
     flag)."""
@@ -259,6 +301,7 @@ def main() -> None:
         size = size_picker(dataset)
         new_spec, retrain = experiment_form(setting, dataset, size)
         own_dataset_box()
+        own_ood_box()
         if new_spec is not None:  # the form trains or loads the spec's own model, not an upload
             ui.reset_upload()
         upload_box()

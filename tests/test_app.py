@@ -212,6 +212,51 @@ def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experimen
     assert ui.USER_MODEL_KEY not in app.session_state
 
 
+def _npz(images: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, images=images)
+    return buf.getvalue()
+
+
+def test_an_uploaded_ood_set_joins_every_page_and_can_be_removed(app, default_experiment):
+    from ood_core.data.registry import OOD_SETS
+
+    white = np.full((40, 12, 12), 255, dtype=np.uint8)  # blank white squares: far from any digit
+    ood_uploader = next(u for u in app.file_uploader if u.label.startswith("OOD images"))
+    ood_uploader.upload("white.npz", _npz(white)).run()
+    no_exception(app)
+    (name,) = app.session_state[ui.USER_OOD_KEY]
+    assert name.startswith("upload-white-") and OOD_SETS[name].kind == "natural"
+    assert any(f"Added **{name}**" in s.value for s in app.success)
+    exp = default_experiment.with_ood_sets([name])
+    assert name not in default_experiment.outputs  # the shared experiment is not changed
+    # a fifth of the ID test size, and no more than the 40 images uploaded; white pixels, normalised alike
+    assert len(exp.outputs[name]) == min(40, round(0.2 * len(exp.bench.test)))
+    np.testing.assert_allclose(exp.bench.to_pixels(exp.bench.ood[name].x), 1.0, atol=1e-6)
+    scores = app.switch_page("pages/scores.py").run()
+    no_exception(scores)
+    assert name in scores.multiselect(key="scores-sets").options
+    scores.multiselect(key="scores-sets").set_value(["gaussian", name]).run()
+    no_exception(scores)
+    sc = exp.score(exp.fit_detector("msp"))
+    expected = metrics.all_metrics(sc["test"], sc[name])
+    assert scores.dataframe[0].value.loc[name, "AUROC ↑"] == pytest.approx(100 * expected.auroc)
+    at = scores.switch_page("pages/experiment.py").run()
+    next(b for b in at.button if b.label == "Remove").click().run()
+    no_exception(at)
+    assert at.session_state[ui.USER_OOD_KEY] == []
+    assert name not in at.switch_page("pages/scores.py").run().multiselect(key="scores-sets").options
+
+
+def test_an_ood_upload_that_is_not_images_says_so_and_keeps_the_experiment(app):
+    ood_uploader = next(u for u in app.file_uploader if u.label.startswith("OOD images"))
+    ood_uploader.upload("bad.npz", b"not an npz at all").run()
+    no_exception(app)
+    assert any(e.value.startswith("bad.npz cannot be used:") for e in app.error), [e.value for e in app.error]
+    assert ui.USER_OOD_KEY not in app.session_state or not app.session_state[ui.USER_OOD_KEY]
+    assert any(m.label == "ID test accuracy" for m in app.metric)  # the experiment is still there
+
+
 def test_upload_handler_directly():
     with pytest.raises(ValueError, match="empty"):
         ui.load_uploaded_model(b"", Spec())
