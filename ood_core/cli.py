@@ -85,13 +85,32 @@ def _pct(m, sd, n) -> str:
     return f"{100 * m:.1f}±{100 * sd:.1f}" if n > 1 else f"{100 * m:.1f}"
 
 
+def tuned_table(rows: list[dict], unit: str) -> str:
+    """The parameters chosen on validation data, one line per (detector, seed or split), as a Markdown table."""
+    lines = ["\nParameters tuned on OOD validation data (mean validation AUROC %: default -> tuned)\n",
+             f"| detector | {unit} | chosen (differs from the default) | validation AUROC |", "|---|---|---|---|"]
+    seen = set()
+    for r in rows:
+        key = (r["detector"], r.get(unit))
+        if "tuned" not in r or key in seen:
+            continue
+        seen.add(key)
+        chosen = ", ".join(f"{k}={v}" for k, v in r["tuned"].items()) or "the defaults"
+        v = r["val_auroc"]
+        fmt = (lambda x: "-" if x is None else f"{100 * x:.1f}")
+        lines.append(f"| {r['detector']} | {r.get(unit)} | {chosen} | {fmt(v['default'])} -> {fmt(v['tuned'])} |")
+    if len(lines) == 3:
+        lines.append("| (no detector with parameters that score the cached outputs) | | | |")
+    return "\n".join(lines)
+
+
 def run_osr(args, base: Spec) -> int:
     from . import protocols
 
     base = base.replace(setting="osr", known_classes=args.known)
     synthetic = parse_synthetic(args.synthetic)
     res = protocols.run_osr(base, args.splits, args.detectors, synthetic, cache_dir=args.cache_dir, device=args.device,
-                            on_progress=None if args.quiet else _stderr_progress)
+                            on_progress=None if args.quiet else _stderr_progress, tune=args.tune_on_validation)
     summ = protocols.summarise_by(res.rows, ("detector", "ood_set"), ("auroc", "fpr95", "oscr", "aupr_in", "aupr_out"))
     accs = np.array(res.accuracies, dtype=float)
     print(f"OSR on {base.dataset}: {base.known_classes} known classes, {args.splits} split(s); closed-set accuracy "
@@ -104,6 +123,8 @@ def run_osr(args, base: Spec) -> int:
                   f"{_pct(s['fpr95_mean'], s['fpr95_std'], s['n'])} | {_pct(s['oscr_mean'], s['oscr_std'], s['n'])} |")
     if synthetic:
         print(synthetic_table(summ, "detector", synthetic))
+    if args.tune_on_validation:
+        print(tuned_table(res.rows, "split"))
     print(f"\n({res.seconds:.1f} s)")
     if args.json:
         _write_json(args.json, res.as_json(base, {"splits": args.splits, "summary": summ}))
@@ -205,7 +226,7 @@ APPLIES = {
     "detectors": ("ood", "osr"), "seeds": ("ood",), "epochs": ("ood", "osr"), "regime": ("ood", "osr"),
     "known": ("osr",), "splits": ("osr",), "contamination": ("ad",), "normal_class": ("nd", "ad"),
     "curve": ("ad",), "synthetic": ("osr", "nd", "ad"), "save_outputs": ("ood",), "save_scores": ("ood",),
-    "ood_preset": ("ood",), "model": ("ood", "osr"),
+    "ood_preset": ("ood",), "model": ("ood", "osr"), "tune_on_validation": ("ood", "osr"),
 }
 DEFAULTS = {"detectors": "all", "seeds": 1, "regime": "ce", "known": 6, "splits": 5, "contamination": 0.05,
             "synthetic": ""}
@@ -399,7 +420,7 @@ def run(args) -> int:
 
     # "all" = every detector that applies to each seed's experiment; named ones are checked before any training
     all_rows, accs = run_seeds(get_experiment, seeds, args.detectors, all_splits=bool(args.save_scores),
-                               on_seed=on_seed)
+                               on_seed=on_seed, tune=args.tune_on_validation)
     ood_sets = list(dict.fromkeys(r["ood_set"] for r in all_rows))
     summary = summarise(all_rows)
     acc_txt = f"{100 * np.mean(accs):.2f}%" + (f" ± {100 * metrics.sample_std(accs):.2f}" if len(accs) > 1 else "")
@@ -410,6 +431,8 @@ def run(args) -> int:
     if near_far:
         print("\nThe survey's near- and far-OOD averages (AUROC %, mean over the sets of each group that ran)\n")
         print(near_far)
+    if args.tune_on_validation:
+        print(tuned_table(all_rows, "seed"))
     errors = [(s["detector"], e) for s in summary for e in s["errors"]]
     for det, e in dict.fromkeys(errors):
         print(f"\n{det} failed: {e}")
@@ -446,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OOD: the survey's near/far benchmark sets for the dataset (absent ones skipped)")
     r.add_argument("--setting", default="ood", choices=SETTINGS)
     r.add_argument("--detectors", default=None, help="OOD/OSR: 'all' (default) or a comma-separated list of names")
+    r.add_argument("--tune-on-validation", action="store_true",
+                   help="OOD/OSR: choose each detector's parameters from its sweep list by the AUROC on held-out OOD "
+                        "validation data (the validation split's unknowns; synthetic and transformed sets drawn again "
+                        "from the validation images), never on a test set; the chosen values are printed")
     r.add_argument("--seed", type=int, default=0, help="first seed")
     r.add_argument("--seeds", type=int, default=None, help="OOD: number of seeds (each a freshly trained model; default 1)")
     r.add_argument("--epochs", type=int, default=None,

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import metrics
+from . import metrics, tuning
 from .data import Benchmark, build_benchmark
 from .device import default_device, resolve_device
 from .jobs import check_cancelled
@@ -226,8 +226,12 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
 def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
              params: Optional[Mapping[str, Mapping]] = None,
              on_progress: Optional[Callable[[int, int, str], None]] = None,
-             all_splits: bool = False, cancel=None) -> tuple[list[dict], dict[str, dict]]:
+             all_splits: bool = False, cancel=None, tune: bool = False) -> tuple[list[dict], dict[str, dict]]:
     """Score every detector on ID test and every OOD set; one detector failing never stops the others.
+
+    `tune`: each detector given no `params` and tunable (tuning.is_tunable) has its parameters chosen first on the
+    experiment's OOD *validation* sets (tuning.tune; never a test set); its rows then carry `tuned` (the parameters
+    that differ from the defaults) and `val_auroc` (mean validation AUROC at the default and the chosen values).
 
     Returns (rows, scores): rows are dicts with detector, ood_set, the metrics (fractions) and `error`
     (None or a message); scores[detector][split] are the score arrays of ID test and the OOD sets, plus
@@ -246,8 +250,13 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
             on_progress(i, len(names), name)
         check_cancelled(cancel)
         t0 = time.perf_counter()
+        tuned = None
         try:
-            det = exp.fit_detector(name, params.get(name), cancel=cancel)
+            chosen = params.get(name)
+            if tune and chosen is None and tuning.is_tunable(name):
+                tuned = tuning.tune(exp, name, cancel=cancel)
+                chosen = tuned.params
+            det = exp.fit_detector(name, chosen, cancel=cancel)
             sc = exp.score(det, [*(("train", "val") if all_splits else ()), "test", *exp.ood_names], cancel)
             bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))]
             if bad:
@@ -264,6 +273,9 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
                    "fpr95": None, "detection_error": None, "error": err, "seconds": seconds}
             if osr:
                 row["oscr"] = None
+            if tuned is not None:
+                row.update(tuned=tuned.changed(), val_auroc={"default": tuned.default_val_auroc,
+                                                             "tuned": tuned.val_auroc})
             if sc is not None:
                 row.update(metrics.all_metrics(sc["test"], sc[ood]).as_dict())
                 if osr:

@@ -70,8 +70,9 @@ def _progress(cb: Optional[ProgressFn], frac: float, msg: str) -> None:
 
 def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
             synthetic: Iterable[str] = (), cache_dir=None, device: Optional[str] = None,
-            on_progress: Optional[ProgressFn] = None, cancel=None) -> ProtocolResult:
+            on_progress: Optional[ProgressFn] = None, cancel=None, tune: bool = False) -> ProtocolResult:
     """K known of N classes, `splits` random splits (split i uses seed base.seed + i). Rows gain `split`.
+    `tune`: each split's detectors are tuned first on its own validation unknowns (pipeline.evaluate).
 
     The test unknowns are the other classes of the dataset (OOD set "unknown"); `synthetic` names the
     synthetic and transformed OOD sets to score as well (none by default: the protocol does not need them,
@@ -88,7 +89,7 @@ def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
         _progress(on_progress, i / splits, f"split {i + 1}/{splits}: model")
         exp = prepare(spec, cache_dir=cache_dir, device=device, ood_sets=synthetic, cancel=cancel)
         _progress(on_progress, (i + 0.5) / splits, f"split {i + 1}/{splits}: detectors")
-        r, _ = evaluate(exp, detectors, cancel=cancel)
+        r, _ = evaluate(exp, detectors, cancel=cancel, tune=tune)
         known = exp.bench.meta["known_classes"]
         for row in r:
             row.update(split=i, seed=spec.seed, known_classes=known)
