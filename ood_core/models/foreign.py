@@ -186,6 +186,10 @@ class _Recorder:
         finally:
             self.local.record = before
 
+    def wants(self, key: str) -> bool:
+        record = getattr(self.local, "record", None)
+        return record is not None and key in record
+
     def put(self, key: str, value) -> None:
         record = getattr(self.local, "record", None)
         if record is not None and key in record and isinstance(value, torch.Tensor):
@@ -193,15 +197,18 @@ class _Recorder:
 
 
 class _Catch:
-    """A forward hook storing a module's first input or its output under `key` (a callable object, so that a deep
-    copy of the model copies it along with its recorder)."""
+    """A forward hook storing a module's first input or a copy of its output under `key` (a copy, since a later
+    in-place op may change the output, as DenseNet's F.relu(features, inplace=True) does). A callable object, so
+    that a deep copy of the model copies it along with its recorder."""
 
     def __init__(self, recorder: _Recorder, key: str, what: str):
         self.recorder, self.key, self.what = recorder, key, what
 
     def __call__(self, module, inputs, output):
-        value = (inputs[0] if inputs else None) if self.what == "input" else output
-        self.recorder.put(self.key, value)
+        if self.what == "input":
+            self.recorder.put(self.key, inputs[0] if inputs else None)
+        elif self.recorder.wants(self.key) and isinstance(output, torch.Tensor):
+            self.recorder.put(self.key, output.detach().clone())
 
 
 @dataclass
@@ -341,7 +348,7 @@ class ForeignClassifier(nn.Module):
     def activation_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The 4-d ReLU outputs of one pass, in call order (Gram matrices' layers), each (n, C_l, h_l, w_l)."""
         self.require("activation_maps")
-        return [t.detach().clone() for t in self._run(x, ("relu",))[1]["relu"] if t.dim() == 4]
+        return [t.detach() for t in self._run(x, ("relu",))[1]["relu"] if t.dim() == 4]
 
     def describe(self) -> dict:
         """What was found, what the model can do and why not, in plain values (the info dict's model part)."""

@@ -384,7 +384,8 @@ def load_model(source, *, bench=None, input_shape: Optional[tuple[int, int, int]
         net = load_factory(source, k, data_channels)
     else:
         if not hasattr(source, "read") and not Path(source).is_file():
-            raise ModelLoadError(f"No model file at {source}.")
+            raise ModelLoadError(f"No model file at {source} (nor is it torchvision weights' name such as "
+                                 "ResNet50_Weights.IMAGENET1K_V2).")
         label = getattr(source, "name", None) or str(source)
         kind = detect_format(source)
         if kind == "state_dict":
@@ -417,10 +418,11 @@ def load_model(source, *, bench=None, input_shape: Optional[tuple[int, int, int]
     except AdapterError as e:
         raise ModelLoadError(str(e)) from None
     wrapped = _wrap(kind, net, prep, probe, head, conv, contract)
-    if k is not None and wrapped.num_classes != k:
-        what = f"dataset {bench.spec.dataset!r}" if bench is not None else "the data"
-        raise ModelLoadError(f"The model gives {wrapped.num_classes} logits per image but {what} has {k} classes; "
-                             "bring a model trained on these classes (or give num_classes for a state_dict).")
+    expected = bench.num_classes if bench is not None else num_classes
+    if expected is not None and wrapped.num_classes != expected:
+        what = f"dataset {bench.spec.dataset!r}" if bench is not None else "num_classes"
+        raise ModelLoadError(f"The model gives {wrapped.num_classes} logits per image but {what} has {expected} "
+                             "classes; bring a model trained on these classes.")
     wrapped.found.notes[:0] = notes
     info = {"source": label, "format": FORMATS[kind], "architecture": arch or details.get("architecture") or
             ("graph" if kind == "exported" else getattr(net, "original_name", None) or type(net).__name__),
