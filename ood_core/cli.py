@@ -280,7 +280,7 @@ def parse_input_norm(text: Optional[str]):
     return mean, std
 
 
-def load_brought(args, spec: Spec, bench):
+def load_brought(args, bench):
     """The model of --model-file / --pretrained / --model-factory, wrapped and checked on the benchmark; its
     account goes to stderr (what was found, the input transform, the detectors it cannot serve and why)."""
     from .models.loading import load_model, summary_lines
@@ -464,7 +464,7 @@ def run(args) -> int:
     brought = None
     if brought_source(args):  # checked on the benchmark before any scoring
         bench = build_benchmark(base) if sets is None else build_benchmark(base, sets)
-        brought = load_brought(args, base, bench)
+        brought = load_brought(args, bench)
 
     def get_experiment(seed: int):
         started[seed] = time.perf_counter()

@@ -100,7 +100,7 @@ def end_to_end(n: int) -> dict:
     import torchvision
 
     from ood_core.detectors import REGISTRY, FitContext, create
-    from ood_core.inference import ModelAdapter, Outputs, run_inference
+    from ood_core.inference import ModelAdapter, run_inference
     from ood_core.models.loading import load_model
     from ood_core.settings import detectors_for
 

@@ -556,9 +556,9 @@ class ExportedClassifier(HookedClassifier):
         super().__init__(gm, prep, probe, self.HEAD if hasattr(gm, self.HEAD) else None,
                          self.CONV if hasattr(gm, self.CONV) else None, batch)
         if self.found.head:
-            self.found.head = f"{names['head']} (the program's last linear op)"
+            self.found.head = f"{names['head']}, the program's last linear op"
         if self.found.conv:
-            self.found.conv = f"{names['conv']} (the end of the chain after the program's last convolution)"
+            self.found.conv = f"node {names['conv']}, the end of the chain after the program's last convolution"
         self.found.notes += notes
         if batch is not None:
             self.found.notes.append(f"the program was exported for batches of exactly {batch} image(s): inputs "
