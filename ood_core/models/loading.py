@@ -33,8 +33,9 @@ import torch
 from torch import nn
 
 from .checkpoint import ModelLoadError, copy_state_dict, read_state_dict, state_dict_mismatches
-from .foreign import (NORMALISATIONS, AdapterError, ExportedClassifier, ForeignClassifier, HookedClassifier,
-                      InputContract, InputTransform, ScriptClassifier, describe_failure, unavailable_detectors)
+from .foreign import (NORMALISATIONS, AdapterError, ForeignClassifier, HookedClassifier, InputContract, InputTransform,
+                      describe_failure, unavailable_detectors)
+from .graphs import ExportedClassifier, ScriptClassifier
 
 FORMATS = {"exported": "exported program (torch.export)", "torchscript": "TorchScript (torch.jit)",
            "state_dict": "state_dict", "pretrained": "torchvision weights", "factory": "model factory",
