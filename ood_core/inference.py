@@ -37,7 +37,9 @@ class Outputs:
 class ModelAdapter:
     """The one way detectors reach the network: features, head weights, logits and input gradients.
 
-    Wraps a model with `features(x)`, `head` (a Linear layer) and optionally `feature_maps(x)`.
+    Wraps a model with `features(x)`, `head` (a Linear layer) and optionally `feature_maps(x)`; or a model brought
+    by the user (models.foreign.ForeignClassifier), whose `logits_and_features(x)` gives both from one pass and
+    features of width 0 when it has no linear head, and whose `activation_maps(x)` gives its ReLU outputs.
     """
 
     def __init__(self, model: nn.Module, device: Optional[str] = None, batch_size: int = 256, input_std=1.0):
@@ -72,13 +74,21 @@ class ModelAdapter:
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, features) in eval mode, batched."""
         self.model.eval()
+        both = getattr(self.model, "logits_and_features", None)
         logits, feats = [], []
         for xb in self.batches(x):
-            h = self.model.features(xb)
-            logits.append(self.model.head(h).cpu().numpy())
+            if both is not None:
+                z, h = both(xb)
+            else:
+                h = self.model.features(xb)
+                z = self.model.head(h)
+            logits.append(z.cpu().numpy())
             feats.append(h.cpu().numpy())
         if not logits:
-            k, d = self.model.head.weight.shape
+            if both is not None:
+                k, d = self.model.num_classes, self.model.found.feature_dim
+            else:
+                k, d = self.model.head.weight.shape
             return np.zeros((0, k), np.float32), np.zeros((0, d), np.float32)
         return np.concatenate(logits), np.concatenate(feats)
 
@@ -95,6 +105,9 @@ class ModelAdapter:
         (n, C_l, h_l, w_l), in the order the modules are declared, caught by forward hooks during one ordinary forward
         pass, for Gram-style methods (any architecture whose activations are nn.ReLU modules)."""
         self.model.eval()
+        if hasattr(self.model, "activation_maps"):  # a brought model catches its own (in call order)
+            per_call = [[a.cpu().numpy() for a in self.model.activation_maps(xb)] for xb in self.batches(x)]
+            return [np.concatenate(layer) for layer in zip(*per_call)]
         relus = [m for m in self.model.modules() if isinstance(m, nn.ReLU)]
         caught: dict[int, list[np.ndarray]] = {id(m): [] for m in relus}
 
@@ -113,6 +126,8 @@ class ModelAdapter:
         return [np.concatenate(p) for p in per_layer]
 
     def logits_tensor(self, xb: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "logits_and_features"):  # a brought model: its own forward gives the logits
+            return self.model(xb)
         return self.model.head(self.model.features(xb))
 
 

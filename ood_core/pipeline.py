@@ -48,6 +48,13 @@ class Experiment:
             self._adapter = ModelAdapter(self.model, self.device, input_std=self.bench.std)
         return self._adapter
 
+    def unavailable_detectors(self, names: Optional[Iterable[str]] = None) -> dict[str, str]:
+        """{detector: why this experiment's model cannot serve it} among `names` (default: all): a brought model
+        may lack features, a head, feature maps or dropout (models.foreign); the project's models lack nothing."""
+        from .models.foreign import unavailable_detectors
+
+        return unavailable_detectors(list(REGISTRY) if names is None else list(names), self.model)
+
     @property
     def ood_names(self) -> list[str]:
         return list(self.bench.ood)
@@ -206,7 +213,8 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
 
     if isinstance(names, str):
         if names.strip() == "all":
-            names = detectors_for(exp.spec.setting, exp.spec.model, exp.bench.num_classes) if exp else list(REGISTRY)
+            names = (detectors_for(exp.spec.setting, exp.spec.model, exp.bench.num_classes, net=exp.model) if exp
+                     else list(REGISTRY))
         else:
             names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(names)
@@ -218,6 +226,9 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
         if bad:
             raise ValueError(f"detector(s) {', '.join(bad)} do not apply to setting {exp.spec.setting!r} "
                              f"with model {exp.spec.model!r}")
+        missing = exp.unavailable_detectors(names)
+        if missing:
+            raise ValueError("; ".join(f"{n} does not apply to this model: {why}" for n, why in missing.items()))
     if not names:
         raise ValueError("no detector chosen")
     return names

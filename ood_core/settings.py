@@ -71,8 +71,15 @@ def is_applicable(name: str, setting: str, model: str, num_classes: int) -> bool
     return num_classes >= cls.min_classes
 
 
-def detectors_for(setting: str, model: str, num_classes: int) -> list[str]:
-    return [n for n in REGISTRY if is_applicable(n, setting, model, num_classes)]
+def detectors_for(setting: str, model: str, num_classes: int, net=None) -> list[str]:
+    """The detectors that apply; with `net` (the model itself), only those it can serve: a brought model without a
+    linear head, say, has no features (models.foreign.detector_unavailable says why)."""
+    names = [n for n in REGISTRY if is_applicable(n, setting, model, num_classes)]
+    if net is None:
+        return names
+    from .models.foreign import detector_unavailable
+
+    return [n for n in names if detector_unavailable(n, net) is None]
 
 
 NEAR_FAR_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) OOD set

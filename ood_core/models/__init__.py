@@ -11,6 +11,7 @@ from .cnn import SmallCNN
 from .train import Progress, TrainResult, train_model
 from .checkpoint import (DEFAULT_CACHE_DIR, ModelLoadError, cache_status, checkpoint_path, file_lock, get_model,
                          is_cached, load_checkpoint, load_user_model, read_checkpoint, save_checkpoint)
+from .loading import load_model  # a user's model from a file, torchvision weights or a factory
 
 for _module in pkgutil.iter_modules(__path__):  # registers every architecture (resnet, lenet, oneclass, ...)
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -18,4 +19,4 @@ for _module in pkgutil.iter_modules(__path__):  # registers every architecture (
 __all__ = ["MODELS", "InputContract", "ModelEntry", "SmallCNN", "build_model", "get_entry", "model_title",
            "register_model", "DEFAULT_CACHE_DIR", "ModelLoadError", "Progress", "TrainResult", "cache_status",
            "checkpoint_path", "file_lock", "get_model", "is_cached", "load_checkpoint", "load_user_model",
-           "read_checkpoint", "save_checkpoint", "train_model"]
+           "read_checkpoint", "save_checkpoint", "train_model", "load_model"]
