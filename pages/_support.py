@@ -33,6 +33,7 @@ from ood_core.data.registry import OOD_SETS
 from ood_core.device import describe_device
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
+from ood_core.models import loading
 from ood_core.models.registry import model_title
 from ood_core.pipeline import Experiment
 from ood_core.presets import PRESETS
@@ -153,11 +154,11 @@ def _experiment_store(spec_key: str, spec_blob: str, _exp: Optional[Experiment] 
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _user_experiment(spec_key: str, spec_blob: str, digest: str, _data: bytes) -> Experiment:
-    """The Experiment of an uploaded state_dict (keyed by the file's SHA-256)."""
+def _user_experiment(spec_key: str, spec_blob: str, digest: str, arch: str, norm: str, _data: bytes) -> Experiment:
+    """The Experiment of an uploaded model (keyed by the file's SHA-256 and how it is read)."""
     spec = _spec_from_json(spec_blob)
-    model = load_user_model(io.BytesIO(_data), spec, _benchmark(spec_key, spec_blob))
-    return pipeline.prepare(spec, model=model)
+    model, _ = load_uploaded_model(_data, spec, arch, norm)
+    return pipeline.prepare(spec, model=model, bench=_benchmark(spec_key, spec_blob))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -206,7 +207,8 @@ def get_experiment(retrain: bool = False, requested: bool = False) -> Optional[E
     try:
         if user is not None:
             with st.spinner("Running your model on every split…"):
-                exp = _user_experiment(key, blob, user["digest"], user["data"])
+                exp = _user_experiment(key, blob, user["digest"], user.get("arch", OWN_ARCH),
+                                       user.get("norm", "dataset"), user["data"])
             source = f"your upload {user['name']}"
         else:
             exp = _trained_experiment(spec, retrain, requested)
@@ -472,27 +474,41 @@ def fitted_detector(exp_id: str, name: str, params_blob: str, _exp: Experiment):
 
 # --- an uploaded model ------------------------------------------------------------------------------
 
-def load_uploaded_model(data: bytes, spec: Spec):
-    """Check an uploaded state_dict against the spec's model and data; ValueError with a clear message if bad."""
+OWN_ARCH = ""  # the upload's architecture when it is a state_dict of the experiment's own model
+INPUT_NORMS = {"dataset": "the dataset's own (as the project's models)", "imagenet": "ImageNet mean and std",
+               "pixels": "pixels in [0, 1]", "half": "pixels in [-1, 1] (mean 0.5, std 0.5)"}
+
+
+def load_uploaded_model(data: bytes, spec: Spec, arch: str = OWN_ARCH, norm: str = "dataset"):
+    """An uploaded model for the spec's data, checked: a state_dict of the spec's own model (arch OWN_ARCH), of a
+    named architecture (the registry's or torchvision's), an exported program (.pt2) or a TorchScript file (found
+    from the file). Returns (model, info or None); ValueError (ModelLoadError) with a clear message if bad."""
     if not data:
         raise ValueError("the uploaded file is empty")
-    return load_user_model(io.BytesIO(data), spec, _benchmark(spec.key(), spec_json(spec)))
+    bench = _benchmark(spec.key(), spec_json(spec))
+    kind = loading.detect_format(io.BytesIO(data))
+    if kind == "state_dict" and arch in (OWN_ARCH, spec.model):
+        return load_user_model(io.BytesIO(data), spec, bench), None
+    return loading.load_model(io.BytesIO(data), bench=bench, arch=arch or None,
+                              normalisation=None if norm == "dataset" else norm)
 
 
-def use_uploaded_model(name: str, data: bytes) -> Optional[str]:
-    """Use an uploaded state_dict for the current spec; returns an error message, or None on success."""
+def use_uploaded_model(name: str, data: bytes, arch: str = OWN_ARCH, norm: str = "dataset") -> Optional[str]:
+    """Use an uploaded model for the current spec (see load_uploaded_model); an error message, or None on success."""
     spec = current_spec()
     digest = hashlib.sha256(data).hexdigest()
     current = st.session_state.get(USER_MODEL_KEY)
-    if current and current["digest"] == digest and current["spec_key"] == spec.key():
+    if current and (current["digest"], current["spec_key"], current.get("arch"), current.get("norm")) == (
+            digest, spec.key(), arch, norm):
         return None
     try:
-        load_uploaded_model(data, spec)
+        _, info = load_uploaded_model(data, spec, arch, norm)
     except ModelLoadError as e:  # complete sentences naming keys and sizes: shown whole, never cut
         return f"Could not use {name}: {e}"
     except ValueError as e:
         return f"Could not use {name}: {brief(str(e))}"
-    st.session_state[USER_MODEL_KEY] = {"name": name, "digest": digest, "data": data, "spec_key": spec.key()}
+    st.session_state[USER_MODEL_KEY] = {"name": name, "digest": digest, "data": data, "spec_key": spec.key(),
+                                        "arch": arch, "norm": norm, "info": info}
     return None
 
 
@@ -720,7 +736,7 @@ def reference_line(name: str) -> str:
 def detector_options(exp: Experiment) -> list[str]:
     """The detectors that apply to the experiment's setting and model, in the survey's family order."""
     spec = exp.spec
-    names = settings.detectors_for(spec.setting, spec.model, exp.bench.num_classes) or list(REGISTRY)
+    names = settings.detectors_for(spec.setting, spec.model, exp.bench.num_classes, net=exp.model) or list(REGISTRY)
     order = {f: i for i, f in enumerate(FAMILIES)}
     return sorted(names, key=lambda n: order.get(REGISTRY[n].family, len(order)))
 

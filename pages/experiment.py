@@ -10,6 +10,7 @@ from ood_core.data import DATASETS, OOD_SETS, DataError, data_root, datasets, so
 from ood_core.data.auxiliary import AUX_RECIPES
 from ood_core.data.benchmark import known_classes_for
 from ood_core.data.registry import register_user_ood_set
+from ood_core.models import loading
 from ood_core.models.registry import MODELS, unfit_reasons
 from ood_core.spec import CLASSIFIER_SETTINGS, REGIME_TITLES, SETTING_TITLES, SETTINGS
 from pages import _support as ui
@@ -251,20 +252,41 @@ def experiment_form(setting: str, dataset: str, size: int):
 
 
 def upload_box() -> None:
-    """'Use your own model': upload a state_dict for the current spec's model and data."""
+    """'Use your own model': a state_dict (of this experiment's model or a named architecture), an exported program
+    (.pt2) or a TorchScript file, scored on the current data on every page instead of the trained model."""
     with st.expander("Use your own model"):
         spec = ui.current_spec()
-        st.markdown(f"Upload a PyTorch **state_dict** (`.pt`, saved with `torch.save(model.state_dict(), path)`) "
-                    f"for model `{spec.model}` on `{spec.dataset}`. It is loaded with `weights_only=True` and "
-                    "replaces the trained model on every page.")
-        up = st.file_uploader("Model weights (.pt / .pth)", type=["pt", "pth"], key=ui.upload_widget_key())
+        st.markdown(
+            "Upload a classifier for these images and classes. An **exported program** (`torch.export.save`, `.pt2`) "
+            "or a **TorchScript** file (`torch.jit.save`) needs nothing else: the penultimate features, the linear "
+            "head and the Grad-CAM layer are found in its graph. A **state_dict** (`torch.save(model.state_dict(), "
+            f"path)`) needs its architecture: this experiment's `{spec.model}` or any torchvision classifier. Weights "
+            "are read with `weights_only=True` (a file that would run code is refused).")
+        archs = [ui.OWN_ARCH, *[a for a in loading.architectures() if a != spec.model]]
+        c1, c2 = st.columns(2)
+        arch = c1.selectbox("Architecture (state_dict only)", archs, key="upload-arch",
+                            format_func=lambda a: f"this experiment's ({spec.model})" if a == ui.OWN_ARCH else a,
+                            help="Ignored for .pt2 and TorchScript files, which carry their network.")
+        norm = c2.selectbox("Input normalisation the model expects", list(ui.INPUT_NORMS), key="upload-norm",
+                            format_func=ui.INPUT_NORMS.get,
+                            help="How the model's training normalised its inputs; the images are converted to its "
+                                 "channels and size inside the forward pass, so gradients (ODIN, Grad-CAM) see it.")
+        up = st.file_uploader("Model file (.pt / .pth / .pt2)", type=["pt", "pth", "pt2"], key=ui.upload_widget_key())
         if up is not None:
-            error = ui.use_uploaded_model(up.name, up.getvalue())
+            with st.spinner(f"Checking {up.name} on these images…"):
+                error = ui.use_uploaded_model(up.name, up.getvalue(), arch, norm)
             if error:
                 st.error(error)
         user = ui.active_user_model(spec)
         if user:
             st.success(f"Using your model `{user['name']}` on every page.")
+            info = user.get("info")
+            if info:
+                st.caption(" · ".join(loading.summary_lines(info)[:3]))
+                skipped = info.get("detectors", {}).get("unavailable", {})
+                if skipped:
+                    st.caption("Detectors this model cannot serve: " + "; ".join(
+                        f"**{name}** ({why})" for name, why in skipped.items()))
             st.button("Use the trained model again", on_click=ui.reset_upload)
 
 

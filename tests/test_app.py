@@ -50,7 +50,7 @@ def percent(text: str) -> float:
 
 def model_uploader(at: AppTest):
     """The Experiment page's model upload (the page also has one for the user's own images)."""
-    return next(u for u in at.file_uploader if u.label.startswith("Model weights"))
+    return next(u for u in at.file_uploader if u.label.startswith("Model file"))
 
 
 def no_exception(at: AppTest) -> None:
@@ -749,3 +749,52 @@ def test_a_link_to_an_uncached_model_trains_it_when_quick_and_asks_first_when_sl
     start.click().run()
     (job,) = [j for j in fresh_runner.jobs() if j.active]
     job.cancel()
+
+
+class _TutorialNet(torch.nn.Module):
+    """The PyTorch CIFAR-10 tutorial's network, for 1-channel 16 px images: conv-pool-conv-pool-fc-fc-fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, 6, 3), torch.nn.Conv2d(6, 16, 3)
+        self.pool = torch.nn.MaxPool2d(2, 2)
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(16 * 2 * 2, 60), torch.nn.Linear(60, 42), torch.nn.Linear(42, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_an_exported_program_and_a_torchvision_state_dict_run_on_every_page(app, default_experiment):
+    import torchvision
+
+    torch.manual_seed(0)
+    net = _TutorialNet().eval()
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 1, 16, 16),)), buf)
+    model_uploader(app).upload("tutorial.pt2", buf.getvalue()).run()
+    no_exception(app)
+    assert any("Using your model `tutorial.pt2`" in s.value for s in app.success), [e.value for e in app.error]
+    x = torch.from_numpy(default_experiment.bench.test.x)
+    with torch.no_grad():
+        expected = (net(x).argmax(1).numpy() == default_experiment.bench.test.y).mean()
+    acc = next(m for m in app.metric if m.label == "ID test accuracy")
+    assert acc.value == f"{expected:.1%}"  # the uploaded network's own predictions
+    for page in ("pages/scores.py", "pages/explanations.py"):
+        at = app.switch_page(page).run()
+        no_exception(at)
+    app.switch_page("pages/experiment.py").run()
+    next(b for b in app.button if b.label == "Use the trained model again").click().run()
+    resnet = torchvision.models.resnet18(num_classes=10)
+    buf = io.BytesIO()
+    torch.save(resnet.state_dict(), buf)
+    app.selectbox(key="upload-arch").set_value("resnet18").run()
+    model_uploader(app).upload("resnet18.pt", buf.getvalue()).run()
+    no_exception(app)
+    assert any("Using your model `resnet18.pt`" in s.value for s in app.success), [e.value for e in app.error]
+    assert any("resnet18" in c.value and "head" in c.value for c in app.caption)  # what the adapter found
+    scores = app.switch_page("pages/scores.py").run()
+    no_exception(scores)
+    assert scores.dataframe[0].value.shape[0] >= 1
