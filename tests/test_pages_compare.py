@@ -164,6 +164,35 @@ def test_csv_and_json_downloads(default_experiment, downloads, tmp_path, cache_d
             assert [r[m] for m in compare.METRIC_KEYS] == pytest.approx([page[m] for m in compare.METRIC_KEYS], abs=1e-12)
 
 
+def test_tuning_on_validation_replaces_the_tunable_rows_and_shows_the_chosen_values(compare_page, default_experiment,
+                                                                                   fresh_runner, land):
+    from ood_core import tuning
+
+    at, exp = compare_page, default_experiment
+    at.multiselect(key="compare-families").set_value(["distance"]).run()  # a few detectors: a short job
+    at.checkbox(key="compare-tune").check().run()
+    no_exception(at)
+    assert "1" in at.query_params["tune"]
+    land(at)
+    no_exception(at)
+    fast = [n for n in pipeline.resolve_detectors("all", exp) if not REGISTRY[n].runs_network]
+    tunable = [n for n in fast if tuning.is_tunable(n) and REGISTRY[n].family == "distance"]
+    assert "knn" in tunable
+    rows, _ = pipeline.evaluate(exp, tunable, tune=True)
+    (box,) = [e for e in at.expander if e.label.startswith("Parameters tuned on validation data")]
+    table = box.dataframe[0].value
+    assert list(table["detector"]) == [REGISTRY[n].title for n in tunable]
+    knn = next(r for r in rows if r["detector"] == "knn")
+    chosen = ", ".join(f"{k} = {v}" for k, v in knn["tuned"].items()) or "the defaults"
+    assert table.set_index("detector").loc[REGISTRY["knn"].title, "chosen (differs from the default)"] == chosen
+    # the heatmap's KNN row is the test AUROC at the tuned parameters
+    heat = figure(at, "compare-heatmap")["data"][0]
+    row = values(heat["z"])[heat["y"].index(REGISTRY["knn"].title)]
+    expected = [100 * next(r["auroc"] for r in rows if r["detector"] == "knn" and r["ood_set"] == s)
+                for s in heat["x"]]
+    np.testing.assert_allclose(row, expected, atol=0.05)
+
+
 class _Raising(Detector):
     name, title, family = "raising_for_test", "Raising (test only)", "output"
     latex = r"S(x) = \bot"
