@@ -171,24 +171,46 @@ class Experiment:
         return out
 
 
-def compute_outputs(model, bench: Benchmark, device: Optional[str] = None) -> dict[str, Outputs]:
+FORWARD_CHUNK = 4096  # images per piece of the one forward pass between progress reports and cancel checks
+
+
+def compute_outputs(model, bench: Benchmark, device: Optional[str] = None,
+                    progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> dict[str, Outputs]:
     """The single forward pass of every split (ID train/val/test and each OOD set), on `device` (default:
-    device.default_device())."""
+    device.default_device()), in pieces of FORWARD_CHUNK images: `progress(fraction, message)` after each piece,
+    jobs.Cancelled between pieces when `cancel` is set. The same numbers as one pass per split."""
     device = resolve_device(device)
-    return {name: run_inference(model, split.x, split.y, device) for name, split in bench.splits().items()}
+    splits = bench.splits()
+    total, done = max(1, sum(len(s) for s in splits.values())), 0
+    out = {}
+    for name, split in splits.items():
+        pieces = []
+        for i in range(0, max(len(split), 1), FORWARD_CHUNK):
+            check_cancelled(cancel)
+            pieces.append(run_inference(model, split.x[i:i + FORWARD_CHUNK], split.y[i:i + FORWARD_CHUNK], device,
+                                        keep_inputs=False))
+            done += len(pieces[-1])
+            if progress:
+                progress(done / total, f"running the model on {name} ({done:,} of {total:,} images)")
+        out[name] = Outputs(np.concatenate([p.logits for p in pieces]), np.concatenate([p.features for p in pieces]),
+                            np.concatenate([p.labels for p in pieces]), split.x,
+                            {k: np.concatenate([p.extras[k] for p in pieces]) for k in pieces[0].extras})
+    return out
 
 
 def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, cache_dir: Path | str | None = None,
             device: Optional[str] = None, retrain: bool = False, model=None,
             ood_sets: Optional[Iterable[str]] = None, bench: Optional[Benchmark] = None,
-            on_wait: Optional[Callable[[int], None]] = None, cancel=None) -> Experiment:
+            on_wait: Optional[Callable[[int], None]] = None, cancel=None,
+            on_forward: Optional[Callable[[float, str], None]] = None) -> Experiment:
     """Build the benchmark, get the model (cache, training, or the user's `model`) and run inference once.
 
     `ood_sets`: the synthetic and transformed OOD sets to build (default: all of them). The setting's own
     test set ("unknown" in OSR, "novel"/"anomalous" in ND/AD) is always there; `ood_sets=()` keeps it alone.
     `bench`: the spec's benchmark when the caller already built it (it does not depend on the model).
     `on_wait(place)`: called while a training waits for a slot of the training queue (models.get_model).
-    `cancel` (an Event): a training stops with jobs.Cancelled when it is set, and caches nothing.
+    `cancel` (an Event): a training stops with jobs.Cancelled when it is set, and caches nothing; so does the forward
+    pass. `on_forward(fraction, message)`: the forward pass's progress (compute_outputs).
     """
     device = resolve_device(device)
     if bench is None:
@@ -200,7 +222,8 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
                              cancel=cancel)
     check_cancelled(cancel)
     training.model.to(device).eval()
-    return Experiment(spec, bench, training, compute_outputs(training.model, bench, device), device, cache_dir)
+    outputs = compute_outputs(training.model, bench, device, on_forward, cancel)
+    return Experiment(spec, bench, training, outputs, device, cache_dir)
 
 
 def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = None) -> list[str]:

@@ -153,12 +153,23 @@ def _experiment_store(spec_key: str, spec_blob: str, _exp: Optional[Experiment] 
     return _exp if _exp is not None else pipeline.prepare(_spec_from_json(spec_blob))
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _user_experiment(spec_key: str, spec_blob: str, digest: str, arch: str, norm: str, _data: bytes) -> Experiment:
-    """The Experiment of an uploaded model (keyed by the file's SHA-256 and how it is read)."""
-    spec = _spec_from_json(spec_blob)
-    model, _ = load_uploaded_model(_data, spec, arch, norm)
-    return pipeline.prepare(spec, model=model, bench=_benchmark(spec_key, spec_blob))
+def _user_experiment(spec: Spec, user: dict) -> Optional[Experiment]:
+    """The Experiment of an uploaded model: its forward pass over every split runs as a job (estimate, progress
+    bar, Cancel), kept by the file's SHA-256 and how it is read; None until it lands (its panel is drawn)."""
+    key, blob = spec.key(), spec_json(spec)
+    arch, norm = user.get("arch", OWN_ARCH), user.get("norm", "dataset")
+    bench = _benchmark(key, blob)
+    n = sum(len(s) for s in bench.splits().values())
+    est = jobs.Estimate(estimates.FORWARD_S_PER_IMAGE * n * (spec.image_size / estimates.REFERENCE_SIDE) ** 2,
+                        f"runs your model once on {n:,} images (every split)")
+
+    def work(progress, cancel) -> Experiment:
+        model, _ = load_uploaded_model(user["data"], spec, arch, norm)
+        return pipeline.prepare(spec, model=model, bench=bench, cancel=cancel, on_forward=progress)
+
+    _, exp = run_job(job_key("user-model", key, user["digest"], arch, norm), f"Running your model {user['name']}",
+                     work, est, start_label="Run it", auto_start=True)
+    return exp
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -206,9 +217,9 @@ def get_experiment(retrain: bool = False, requested: bool = False) -> Optional[E
     t0 = time.perf_counter()
     try:
         if user is not None:
-            with st.spinner("Running your model on every split…"):
-                exp = _user_experiment(key, blob, user["digest"], user.get("arch", OWN_ARCH),
-                                       user.get("norm", "dataset"), user["data"])
+            exp = _user_experiment(spec, user)
+            if exp is None:
+                return None
             source = f"your upload {user['name']}"
         else:
             exp = _trained_experiment(spec, retrain, requested)
@@ -322,7 +333,8 @@ def _training_work(spec: Spec, retrain: bool, jkey: str):
             jobs.check_cancelled(cancel)
             if not retrain and is_cached(spec):  # another session trained it while we waited
                 return pipeline.prepare(spec, cancel=cancel)
-            return pipeline.prepare(spec, progress=on_epoch, retrain=retrain, on_wait=on_wait, cancel=cancel)
+            return pipeline.prepare(spec, progress=on_epoch, retrain=retrain, on_wait=on_wait, cancel=cancel,
+                                    on_forward=lambda f, m: progress(0.95 + 0.05 * f, m))
     return work
 
 

@@ -199,8 +199,12 @@ def test_wrong_shape_upload_says_it_does_not_match(app):
     assert any("does not match" in e.value for e in app.error)
 
 
-def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experiment):
+def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experiment, fresh_runner, land):
     model_uploader(app).upload("mine.pt", ui.state_dict_bytes(default_experiment)).run()
+    no_exception(app)
+    (job,) = fresh_runner.jobs()  # its forward pass over every split is a job, with a progress bar and Cancel
+    assert job.title == "Running your model mine.pt" and "runs your model once on" in job.estimate.what
+    land(app)
     no_exception(app)
     assert any("Using your model `mine.pt`" in s.value for s in app.success)
     # (AppTest drops app.py's sidebar after the first run, so check the state the sidebar reads)
@@ -767,7 +771,7 @@ class _TutorialNet(torch.nn.Module):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-def test_an_exported_program_and_a_torchvision_state_dict_run_on_every_page(app, default_experiment):
+def test_an_exported_program_and_a_torchvision_state_dict_run_on_every_page(app, default_experiment, land):
     import torchvision
 
     torch.manual_seed(0)
@@ -775,6 +779,7 @@ def test_an_exported_program_and_a_torchvision_state_dict_run_on_every_page(app,
     buf = io.BytesIO()
     torch.export.save(torch.export.export(net, (torch.zeros(2, 1, 16, 16),)), buf)
     model_uploader(app).upload("tutorial.pt2", buf.getvalue()).run()
+    land(app)
     no_exception(app)
     assert any("Using your model `tutorial.pt2`" in s.value for s in app.success), [e.value for e in app.error]
     x = torch.from_numpy(default_experiment.bench.test.x)
@@ -792,6 +797,7 @@ def test_an_exported_program_and_a_torchvision_state_dict_run_on_every_page(app,
     torch.save(resnet.state_dict(), buf)
     app.selectbox(key="upload-arch").set_value("resnet18").run()
     model_uploader(app).upload("resnet18.pt", buf.getvalue()).run()
+    land(app)
     no_exception(app)
     assert any("Using your model `resnet18.pt`" in s.value for s in app.success), [e.value for e in app.error]
     assert any("resnet18" in c.value and "head" in c.value for c in app.caption)  # what the adapter found
