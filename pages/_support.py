@@ -159,12 +159,17 @@ def _user_experiment(spec: Spec, user: dict) -> Optional[Experiment]:
     key, blob = spec.key(), spec_json(spec)
     arch, norm = user.get("arch", OWN_ARCH), user.get("norm", "dataset")
     bench = _benchmark(key, blob)
+    if user.get("pretrained"):  # torchvision's weights, in its cache since the user asked for them
+        arch, norm = user["pretrained"], "weights"
     n = sum(len(s) for s in bench.splits().values())
     est = jobs.Estimate(estimates.FORWARD_S_PER_IMAGE * n * (spec.image_size / estimates.REFERENCE_SIDE) ** 2,
                         f"runs your model once on {n:,} images (every split)")
 
     def work(progress, cancel) -> Experiment:
-        model, _ = load_uploaded_model(user["data"], spec, arch, norm)
+        if user.get("pretrained"):
+            model, _ = loading.load_model(user["pretrained"], bench=bench)
+        else:
+            model, _ = load_uploaded_model(user["data"], spec, arch, norm)
         return pipeline.prepare(spec, model=model, bench=bench, cancel=cancel, on_forward=progress)
 
     _, exp = run_job(job_key("user-model", key, user["digest"], arch, norm), f"Running your model {user['name']}",
@@ -521,6 +526,19 @@ def use_uploaded_model(name: str, data: bytes, arch: str = OWN_ARCH, norm: str =
         return f"Could not use {name}: {brief(str(e))}"
     st.session_state[USER_MODEL_KEY] = {"name": name, "digest": digest, "data": data, "spec_key": spec.key(),
                                         "arch": arch, "norm": norm, "info": info}
+    return None
+
+
+def use_pretrained(name: str, fetch: bool) -> Optional[str]:
+    """Use torchvision's weights `name` (downloaded into torchvision's cache first when `fetch`: the user asked) on
+    the current spec's data; an error message, or None on success."""
+    spec = current_spec()
+    try:
+        _, info = loading.load_model(name, bench=_benchmark(spec.key(), spec_json(spec)), fetch=fetch)
+    except ValueError as e:  # ModelLoadError: whole sentences (class count, not in the cache, ...)
+        return f"Could not use {name}: {e}"
+    st.session_state[USER_MODEL_KEY] = {"name": name, "digest": name, "data": b"", "spec_key": spec.key(),
+                                        "arch": name, "norm": "weights", "info": info, "pretrained": name}
     return None
 
 

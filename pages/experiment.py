@@ -277,6 +277,7 @@ def upload_box() -> None:
                 error = ui.use_uploaded_model(up.name, up.getvalue(), arch, norm)
             if error:
                 st.error(error)
+        pretrained_box(spec)
         user = ui.active_user_model(spec)
         if user:
             st.success(f"Using your model `{user['name']}` on every page.")
@@ -288,6 +289,37 @@ def upload_box() -> None:
                     st.caption("Detectors this model cannot serve: " + "; ".join(
                         f"**{name}** ({why})" for name, why in skipped.items()))
             st.button("Use the trained model again", on_click=ui.reset_upload)
+
+
+def pretrained_box(spec) -> None:
+    """Torchvision's pretrained weights by their enum name: what they are (size, classes, input) before anything is
+    downloaded, and a button that downloads them (into torchvision's own cache) only when clicked."""
+    name = st.text_input("…or torchvision's pretrained weights", key="pretrained-name",
+                         placeholder="e.g. ResNet18_Weights.IMAGENET1K_V1",
+                         help="The enum name as torchvision writes it. Nothing is downloaded until you click; the "
+                              "weights' own transforms set the input size and normalisation. Their classes must be "
+                              "the dataset's (e.g. ImageNet weights with an image folder of ImageNet classes).").strip()
+    if not name:
+        return
+    try:
+        info = loading.weights_info(name)
+    except ValueError as e:
+        st.error(str(e))
+        return
+    where = "in torchvision's cache" if info["cached"] else "not downloaded yet"
+    st.caption(f"**{name}**: {info['architecture']}, {info['parameters']:,} parameters, {info['classes']:,} classes, "
+               f"input {info['input']}, {info['size_mb']:.1f} MB, {where}.")
+    n_classes = DATASETS[spec.dataset].num_classes
+    if info["classes"] and info["classes"] != n_classes:
+        st.warning(f"These weights give {info['classes']:,} classes and `{spec.dataset}` has {n_classes}: use them "
+                   "with a dataset of the same classes (an image folder of ImageNet classes, say).")
+        return
+    label = "Use these weights" if info["cached"] else f"Download ({info['size_mb']:.0f} MB) and use these weights"
+    if st.button(label, key="use-pretrained"):
+        with st.spinner("Downloading the weights into torchvision's cache…" if not info["cached"] else "Loading…"):
+            error = ui.use_pretrained(name, fetch=not info["cached"])
+        if error:
+            st.error(error)
 
 
 def show_examples(exp) -> None:

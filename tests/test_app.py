@@ -804,3 +804,18 @@ def test_an_exported_program_and_a_torchvision_state_dict_run_on_every_page(app,
     scores = app.switch_page("pages/scores.py").run()
     no_exception(scores)
     assert scores.dataframe[0].value.shape[0] >= 1
+
+
+def test_torchvision_weights_say_what_they_are_before_any_download(app):
+    weights = app.text_input(key="pretrained-name")
+    weights.set_value("ResNet18_Weights.IMAGENET1K_V1").run()
+    no_exception(app)
+    caption = next(c.value for c in app.caption if "ResNet18_Weights.IMAGENET1K_V1" in c.value)
+    assert "resnet18" in caption and "11,689,512 parameters" in caption and "44.7 MB" in caption
+    assert "1,000 classes" in caption
+    # ImageNet's 1,000 classes are not the digits' 10: said, and nothing is offered to download
+    assert any("give 1,000 classes" in w.value for w in app.warning)
+    assert not [b for b in app.button if (b.key or "") == "use-pretrained"]
+    app.text_input(key="pretrained-name").set_value("ResNet18_Weights.NOPE").run()
+    no_exception(app)
+    assert any("Torchvision has no weights named" in e.value for e in app.error)
