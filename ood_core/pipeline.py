@@ -10,13 +10,15 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import metrics, tuning
+from . import metrics, outputs_cache, tuning
 from .data import Benchmark, build_benchmark
 from .device import default_device, resolve_device
 from .jobs import check_cancelled
 from .detectors import REGISTRY, Detector, FitContext, create
 from .inference import ModelAdapter, Outputs, run_inference
 from .models import Progress, TrainResult, get_model
+from .models.checkpoint import state_dict_sha256
+from .models import checkpoint as _checkpoint
 from .spec import Spec
 
 ID_SPLITS = ("train", "val", "test")
@@ -211,6 +213,9 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
     `on_wait(place)`: called while a training waits for a slot of the training queue (models.get_model).
     `cancel` (an Event): a training stops with jobs.Cancelled when it is set, and caches nothing; so does the forward
     pass. `on_forward(fraction, message)`: the forward pass's progress (compute_outputs).
+    The forward pass is kept on disk (outputs_cache) and read back by the next run of the same model (the SHA-256 of
+    its weights and buffers) on the same data.
+    Features of 1,024 dimensions or more are kept as float16 values, fresh or read back alike (outputs_cache).
     """
     device = resolve_device(device)
     if bench is None:
@@ -222,7 +227,13 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
                              cancel=cancel)
     check_cancelled(cancel)
     training.model.to(device).eval()
-    outputs = compute_outputs(training.model, bench, device, on_forward, cancel)
+    model_id = state_dict_sha256(training.model.state_dict())
+    root = cache_dir or _checkpoint.DEFAULT_CACHE_DIR  # read now: tests and servers may point it elsewhere
+    key = outputs_cache.outputs_key(model_id, bench)
+    outputs = outputs_cache.load(root, key, bench)
+    if outputs is None:
+        outputs = outputs_cache.as_stored(compute_outputs(training.model, bench, device, on_forward, cancel))
+        outputs_cache.save(root, key, outputs)  # nothing is written where the cache cannot be
     return Experiment(spec, bench, training, outputs, device, cache_dir)
 
 
