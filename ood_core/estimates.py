@@ -2,22 +2,22 @@
 
 A training is estimated from the experiment's own model when it was trained here (its checkpoint keeps the
 training's seconds, and an ensemble member or another seed of the same spec trains as long), else from the rates
-below. The rates were measured on the default experiment (digits at 16 px, small CNN, 2 CPU cores) and scale with
-the number of images and the image area. Estimates count what is not cached yet: a model on disk costs nothing.
+below and each model's `train_seconds` in the model registry (models.registry). The rates were measured on the
+default experiment (digits at 16 px, small CNN, 2 CPU cores) and scale with the number of images and the image area.
+Estimates count what is not cached yet: a model on disk costs nothing.
 """
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional
 
 from .jobs import Estimate
-from .models import is_cached
+from .models import MODELS, is_cached
 from .spec import Spec
 
 REFERENCE_SIDE = 16  # the image side the rates were measured at
-# seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s)
+# seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s): the rate of a model
+# the registry does not know (a user's classifier)
 CLASSIFIER_S_PER_IMAGE_EPOCH = 5e-4
-# seconds per training image of a whole one-class training with its fixed epochs (one digit: 107 images)
-ONE_CLASS_S_PER_IMAGE = {"deep_svdd": 0.013, "autoencoder": 0.006, "geotrans": 0.030, "pixels": 0.0}
 # seconds per scored image of the detectors that run the network again, at their default parameters
 NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026}
 NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
@@ -52,7 +52,28 @@ def training_seconds(exp) -> float:
     measured = float(getattr(exp.training, "seconds", 0.0) or 0.0)
     if measured > 0 and exp.training.history:
         return measured
-    return CLASSIFIER_S_PER_IMAGE_EPOCH * len(exp.bench.train) * exp.spec.training.epochs * _area(exp.spec)
+    return _seconds_per_image(exp.spec.model) * len(exp.bench.train) * exp.spec.training.epochs * _area(exp.spec)
+
+
+def _seconds_per_image(model: str) -> float:
+    """The registry's training rate of `model` at 16 px (per epoch for a classifier, the whole training for a
+    one-class model); the small CNN's rate for a model the registry does not know."""
+    entry = MODELS.get(model)
+    return entry.train_seconds if entry is not None else CLASSIFIER_S_PER_IMAGE_EPOCH
+
+
+def training(spec: Spec, train_images: int) -> Estimate:
+    """One training of `spec`'s own model on `train_images` ID training images, from the registry's rates: a
+    classifier's epochs, or a one-class model's whole training (its epochs are fixed by the method)."""
+    entry = MODELS.get(spec.model)
+    rate, area = _seconds_per_image(spec.model), _area(spec)
+    name = entry.title if entry is not None else spec.model
+    if entry is not None and entry.kind != "classifier":
+        seconds = rate * train_images * area
+        return Estimate(seconds, f"trains the {name} model on {train_images:,} images", trains=1 if seconds > 0 else 0)
+    epochs = spec.training.epochs
+    return Estimate(rate * train_images * epochs * area,
+                    f"trains 1 network ({name}): {_plural(epochs, 'epoch')} over {train_images:,} images", trains=1)
 
 
 def _scored_images(exp, splits: Optional[Iterable[str]] = None) -> int:
@@ -186,7 +207,7 @@ def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[
     """The one-vs-all protocol (protocols.run_one_class): the one-class models not cached are trained (one per
     class and model), then every method is scored on every class. `train_size`: training images of one class."""
     classes, methods = list(classes), list(methods)
-    models = list(dict.fromkeys(m for m, _, _ in methods if ONE_CLASS_S_PER_IMAGE.get(m, 1.0) > 0))
+    models = list(dict.fromkeys(m for m, _, _ in methods if _seconds_per_image(m) > 0))  # the pixels learn nothing
     todo = []
     for c in classes:
         for m in models:
@@ -194,7 +215,7 @@ def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[
                                 contamination=contamination if setting == "ad" else base.contamination)
             if not is_cached(spec, cache_dir):
                 todo.append(m)
-    seconds = sum(ONE_CLASS_S_PER_IMAGE.get(m, 0.01) * train_size * _area(base) for m in todo)
+    seconds = sum(_seconds_per_image(m) * train_size * _area(base) for m in todo)
     seconds += ONE_CLASS_METHOD_S * len(classes) * len(methods)
     what = f"scores {_plural(len(methods), 'method')} on {_plural(len(classes), 'normal class')}"
     if todo:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ood_core import compare, estimates, figures, jobs, metrics, pipeline, protocols, report
+from ood_core import compare, estimates, figures, jobs, metrics, pipeline, protocols, report, tuning
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY
 from ood_core.spec import ONE_CLASS_SETTINGS
@@ -87,7 +87,7 @@ def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
     return rows, time.perf_counter() - t0, len(todo)
 
 
-def multi_seed_work(exp, names: list[str], seeds: list[int]):
+def multi_seed_work(exp, names: list[str], seeds: list[int], tune: bool = False):
     """The job's work `fn(progress, cancel)`: compare.run_seeds over `seeds`; the current seed is `exp`, the others
     are prepared (trained or loaded). No Streamlit inside: it runs in a background thread."""
     spec = exp.spec
@@ -110,9 +110,53 @@ def multi_seed_work(exp, names: list[str], seeds: list[int]):
                 return pipeline.prepare(spec.with_seed(seed), progress=on_epoch, cancel=cancel)
 
         t0 = time.perf_counter()
-        rows, accs = compare.run_seeds(get_experiment, seeds, names, on_progress=progress, cancel=cancel)
+        rows, accs = compare.run_seeds(get_experiment, seeds, names, on_progress=progress, cancel=cancel, tune=tune)
         return {"rows": rows, "seeds": seeds, "accuracies": accs, "seconds": time.perf_counter() - t0}
     return work
+
+
+def tuned_rows(exp, names: list[str]) -> Optional[list[dict]]:
+    """The rows of the tunable `names` with their parameters chosen on OOD validation data (tuning.py), as a job;
+    None until it lands (its panel is drawn)."""
+    if not names:
+        return []
+    key = ui.job_key("tune", ui.experiment_id(exp), names)
+    values = sum(len(v) for n in names for v in tuning.candidates(n).values())
+
+    def estimate() -> jobs.Estimate:
+        seconds = sum(len(v) * (ui.detector_cost(exp, n) or 0.05) for n in names for v in tuning.candidates(n).values())
+        return jobs.Estimate(seconds, f"fits {len(names)} detectors at {values} parameter values in all, scored on "
+                                      "the OOD validation sets")
+
+    def work(progress, cancel):
+        return pipeline.evaluate(exp, names, on_progress=lambda i, n, name: progress(i / max(n, 1), name),
+                                 cancel=cancel, tune=True)[0]
+
+    _, rows = ui.run_job(key, f"Tuning {len(names)} detectors on validation data", work, estimate,
+                         start_label="Tune them")
+    return rows
+
+
+def show_tuned(rows: list[dict]) -> None:
+    """The parameters chosen on validation data and what they gained there, one row per detector (and seed)."""
+    seen, table = set(), []
+    for r in rows:
+        key = (r["detector"], r.get("seed"))
+        if "tuned" not in r or key in seen:
+            continue
+        seen.add(key)
+        v = r["val_auroc"]
+        table.append({"detector": REGISTRY[r["detector"]].title, **({"seed": r["seed"]} if "seed" in r else {}),
+                      "chosen (differs from the default)": ", ".join(f"{k} = {x}" for k, x in r["tuned"].items())
+                      or "the defaults",
+                      "validation AUROC, default (%)": None if v["default"] is None else 100 * v["default"],
+                      "validation AUROC, tuned (%)": None if v["tuned"] is None else 100 * v["tuned"]})
+    if table:
+        with st.expander(f"Parameters tuned on validation data ({len(table)})", expanded=True):
+            st.caption(TUNE_HELP)
+            st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch",
+                         column_config={c: st.column_config.NumberColumn(format="%.1f") for c in table[0]
+                                        if c.startswith("validation")})
 
 
 def summarise(rows: list[dict], osr: bool) -> list[dict]:
@@ -392,8 +436,15 @@ def metric_picker(spec, where=st) -> str:
     return metric
 
 
-def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool]:
-    """Families, OOD sets and the network opt-in; returns them."""
+TUNE_HELP = ("Each detector's parameters are chosen from its sweep list by the mean AUROC of ID validation images "
+             "against OOD *validation* sets: the validation split's own unknowns (open-set and one-class settings) and "
+             "the synthetic and transformed sets drawn again from the validation images. No test image is ever used "
+             "to choose; the table then scores the test sets with the chosen values. Methods that run the network "
+             "again, and natural sets from other datasets or your folders, are not used for tuning.")
+
+
+def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool, bool]:
+    """Families, OOD sets, the network opt-in and tuning on validation; returns them."""
     present = [f for f in FAMILIES if any(REGISTRY[n].family == f for n in options)]
     c2, c3 = st.columns(2)
     families = c2.multiselect("Families", present, default=ui.url_choices("families", present, present),
@@ -413,7 +464,10 @@ def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool]:
                               f"{', '.join(REGISTRY[n].title for n in slow)})", value=ui.url_flag("network", False),
                               key="compare-network", help=NETWORK_HELP)
         ui.remember_in_url("network", network, default=False)
-    return families, sets, network
+    tune = st.checkbox("Tune parameters on validation data (never on the test sets)", value=ui.url_flag("tune", False),
+                       key="compare-tune", help=TUNE_HELP)
+    ui.remember_in_url("tune", tune, default=False)
+    return families, sets, network, tune
 
 
 def main() -> None:
@@ -428,7 +482,7 @@ def main() -> None:
     spec = exp.spec
     top = ui.chart_first()
     options = ui.detector_options(exp)
-    families, sets, network = controls(exp, options)
+    families, sets, network, tune = controls(exp, options)
     if not network and any(REGISTRY[n].slow() for n in options):
         st.caption("Methods that run the network again or train one are left out (tick the box to include them); "
                    "all others score the cached outputs of one forward pass.")
@@ -449,7 +503,7 @@ def main() -> None:
                               step=1, key="compare-seeds", disabled=uploaded, help=help_text)
     ui.remember_in_url("seeds", int(n_seeds), default=DEFAULT_SPLITS if osr else DEFAULT_SEEDS)
     seeds = list(range(spec.seed, spec.seed + int(n_seeds)))
-    key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names])
+    key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names, tune])
     multi = None if uploaded else ui.results_store().get(key)
     job = None if uploaded or multi is not None else jobs.runner().get(key)
     busy = uploaded or multi is not None or (job is not None and job.active)
@@ -466,7 +520,7 @@ def main() -> None:
     if not uploaded and multi is None:
         title = f"Comparison over {len(seeds)} {u}s"
         if start:
-            job = ui.start_job(key, title, multi_seed_work(exp, names, seeds), est)
+            job = ui.start_job(key, title, multi_seed_work(exp, names, seeds, tune), est)
         elif job is not None and job.active:
             ui.job_panel(key)
         elif job is not None and job.state == jobs.DONE:
@@ -481,6 +535,7 @@ def main() -> None:
                    f"{len(names)} detectors, "
                    f"{multi['seconds']:.0f} s).")
         show_comparison(exp, multi["rows"], seeds, multi["accuracies"], families, sets, top)
+        show_tuned(multi["rows"])
     elif not chosen or not sets:
         st.info("Choose at least one family and one OOD set.")
     else:
@@ -491,7 +546,17 @@ def main() -> None:
         if more is None:
             st.caption("The table shows the other detectors meanwhile; the slow ones join it when their job lands.")
         rows += [r for r in more or [] if r["detector"] in chosen]
+        if tune:
+            tuned = tuned_rows(exp, [n for n in chosen if tuning.is_tunable(n)])
+            if tuned is None:
+                st.caption("The table shows the default parameters meanwhile; the tuned ones replace them when the "
+                           "job lands.")
+            else:
+                done = {r["detector"] for r in tuned}
+                rows = [r for r in rows if r["detector"] not in done] + tuned
         show_comparison(exp, rows, [spec.seed], [ui.id_accuracy(exp)], families, sets, top)
+        if tune:
+            show_tuned(rows)
     if spec.setting in ONE_CLASS_SETTINGS:
         one_class_section(exp)
 

@@ -35,8 +35,9 @@ def choose_detector(exp) -> Optional[str]:
         st.info("No detector with parameters applies to this experiment.")
         return None
     default = ui.url_choice("detector", options, next((d for d in DEFAULT_DETECTORS if d in options), options[0]))
-    name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
-                        key="sens-detector", help="Only detectors with parameters are listed. " + ui.SLOW_HELP)
+    name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_format(exp),
+                        key="sens-detector",
+                        help="Only detectors with parameters are listed. " + ui.SLOW_HELP + " " + ui.COST_HELP)
     ui.remember_in_url("detector", name)
     return name
 
