@@ -25,6 +25,7 @@ def no_exception(at: AppTest) -> None:
 def rpl_app() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = RPL_SPEC
+    pipeline.prepare(RPL_SPEC, device="cpu")  # trained first (the pages' training job has tests of its own)
     return at.run()
 
 
@@ -41,7 +42,7 @@ def test_the_regime_picker_offers_reciprocal_points_and_the_rpl_score_matches_th
     assert ui.detector_label("rpl") in picker.options  # offered for a classifier trained with reciprocal points
     picker.set_value("rpl").run()
     no_exception(at)
-    exp = pipeline.prepare(RPL_SPEC, device="cpu")  # cached by the app's run
+    exp = pipeline.prepare(RPL_SPEC, device="cpu")  # the cached model the app uses
     sc = exp.score(exp.fit_detector("rpl"))
     table = at.dataframe[0].value
     assert table.loc["unknown", "AUROC ↑"] == pytest.approx(100 * metrics.auroc(sc["test"], sc["unknown"]))

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
+from ..device import resolve_device
 from ..models.openset import FeatureScaler, train_c2ae, train_opengan
 from ..models.reproducible import training_threads
 from .base import Detector, FitContext, NotFittedError, Param, Reference, logsumexp, register, row_reduce
@@ -171,8 +172,8 @@ class ReciprocalPointScore(Detector):
 
 
 def _device(ctx: FitContext) -> str:
-    """Where a detector's own small networks train: the classifier's device, else the CPU."""
-    return ctx.model.device if ctx.model is not None else "cpu"
+    """Where a detector's own small networks train: the classifier's device, else the default one."""
+    return resolve_device(ctx.model.device if ctx.model is not None else None)
 
 
 def _fit_generator(ctx: FitContext, salt: int) -> torch.Generator:

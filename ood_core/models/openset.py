@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import resolve_device
 from ..jobs import check_cancelled
 from .reproducible import seeded_init_
 
@@ -174,7 +175,7 @@ class OpenGANDiscriminator(nn.Module):
 
 
 def train_opengan(real: torch.Tensor, steps: int, width: int, noise_dim: int, lr: float, batch_size: int,
-                  gen: torch.Generator, device: str = "cpu", report: ReportFn = None, cancel=None,
+                  gen: torch.Generator, device: Optional[str] = None, report: ReportFn = None, cancel=None,
                   box_fakes: float = 0.0, outliers: Optional[torch.Tensor] = None) -> OpenGANDiscriminator:
     """The OpenGAN game on features, for `steps` updates of each network: D learns real (ID training features, label 1)
     against G(z) (label 0) with binary cross-entropy; G learns to make D say 1. Adam (lr, betas 0.5 / 0.999) for
@@ -187,6 +188,7 @@ def train_opengan(real: torch.Tensor, steps: int, width: int, noise_dim: int, lr
     generator's, which stay close to them, and elsewhere (far from the data) its answer is an extrapolation that may
     call features "real". Every random number (weights, batch order, noise) comes from `gen`; `cancel` is checked
     between steps, `report(fraction, message)` called about 20 times. Returns the discriminator, in eval mode."""
+    device = resolve_device(device)
     n, dim = real.shape
     if n < 2:
         raise ValueError(f"OpenGAN needs at least two ID training samples, found {n}")
@@ -265,18 +267,19 @@ class ConditionedAutoencoder(nn.Module):
         """Mean absolute reconstruction error (n, K) of each row of `h` under each class's condition."""
         z = self.encoder(h)
         n, k = len(h), self.num_classes
-        classes = torch.arange(k).repeat(n)
+        classes = torch.arange(k, device=h.device).repeat(n)
         rec = self.reconstruct(z.repeat_interleave(k, dim=0), classes)
         return (rec - h.repeat_interleave(k, dim=0)).abs().mean(1).view(n, k)
 
 
 def train_c2ae(h: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, width: int, latent: int,
-               alpha: float, lr: float, batch_size: int, gen: torch.Generator, device: str = "cpu",
+               alpha: float, lr: float, batch_size: int, gen: torch.Generator, device: Optional[str] = None,
                report: ReportFn = None, cancel=None) -> ConditionedAutoencoder:
     """C2AE's conditional training (Oza & Patel 2019): L = alpha * |h - dec(z, l_y)|_1 + (1 - alpha) * |h_nm -
     dec(z, l_c)|_1, with c != y a random non-match condition and h_nm a random training sample of another class than y.
 
     Adam; every random number (weights, batch order, non-match draws) from `gen`; `cancel` checked between batches."""
+    device = resolve_device(device)
     n, dim = h.shape
     model = seeded_init_(ConditionedAutoencoder(dim, num_classes, width, latent), gen).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
