@@ -787,9 +787,11 @@ def test_an_exported_program_and_a_torchvision_state_dict_run_on_every_page(app,
         expected = (net(x).argmax(1).numpy() == default_experiment.bench.test.y).mean()
     acc = next(m for m in app.metric if m.label == "ID test accuracy")
     assert acc.value == f"{expected:.1%}"  # the uploaded network's own predictions
-    for page in ("pages/scores.py", "pages/explanations.py"):
+    for page in ("pages/scores.py", "pages/compare.py", "pages/sensitivity.py", "pages/methods.py",
+                 "pages/embeddings.py", "pages/activations.py", "pages/explanations.py"):  # every page works on it
         at = app.switch_page(page).run()
         no_exception(at)
+        assert at.get("plotly_chart") or at.get("imgs") or page.endswith("methods.py"), page
     app.switch_page("pages/experiment.py").run()
     next(b for b in app.button if b.label == "Use the trained model again").click().run()
     resnet = torchvision.models.resnet18(num_classes=10)
