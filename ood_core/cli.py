@@ -23,7 +23,7 @@ from . import metrics, report
 from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
 from .device import ENV_VAR, check_device
 from .models.registry import MODELS, model_names
-from .spec import REGIMES, SETTINGS, Spec, TrainConfig
+from .spec import REGIME_EPOCHS, REGIMES, SETTINGS, Spec, TrainConfig, default_epochs
 
 def _fmt_param(name, p) -> str:
     rng = "" if p.kind == "choice" else f" [{p.low:g}..{p.high:g}{', log' if p.scale == 'log' else ''}]"
@@ -441,7 +441,8 @@ def run(args) -> int:
     extra_sets = resolve_ood_sets(args, dataset)
     if extra_sets and args.setting != "ood":  # the protocols score them beside their own unknowns
         args.synthetic = ",".join(dict.fromkeys([*filter(None, args.synthetic.split(",")), *extra_sets]))
-    training = TrainConfig(epochs=args.epochs or dataset.default_epochs, regime=args.regime)
+    training = TrainConfig(epochs=args.epochs or default_epochs(dataset.default_epochs, args.regime),
+                           regime=args.regime)
     from .models.loading import SPEC_MODEL
 
     model_name = SPEC_MODEL if brought_source(args) else args.model or Spec.model
@@ -554,9 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="first seed")
     r.add_argument("--seeds", type=int, default=None, help="OOD: number of seeds (each a freshly trained model; default 1)")
     r.add_argument("--epochs", type=int, default=None,
-                   help="OOD/OSR: classifier training epochs, 1..500 (default: the dataset's, 30 for digits, 15 for the others)")
+                   help="OOD/OSR: classifier training epochs, 1..500 (default: the dataset's, 30 for digits, 15 for the "
+                        "others; " + ", ".join(f"{n} with --regime {r}" for r, n in REGIME_EPOCHS.items()) + ")")
     r.add_argument("--regime", default=None, choices=list(REGIMES),
-                   help="classifier training: cross-entropy, outlier exposure, LogitNorm, closedset (Vaze et al. 2022: label smoothing 0.1, per-image shifts of up to 2 px), or rpl / arpl (reciprocal points, Chen et al. 2020 / 2021; score them with the rpl detector)")
+                   help="classifier training: cross-entropy, outlier exposure, LogitNorm, closedset (Vaze et al. "
+                        "2022: longer training, warm-up and cosine schedule, label smoothing 0.1, random shifts, "
+                        "rotations and zooms), or rpl / arpl (reciprocal points, Chen et al. 2020 / 2021; score them "
+                        "with the rpl detector)")
     r.add_argument("--known", type=int, default=None, help="OSR: number of known classes K (2..N-1; default 6)")
     r.add_argument("--splits", type=int, default=None, help="OSR: number of random known/unknown splits (default 5)")
     r.add_argument("--contamination", type=float, default=None, help="AD: contamination ratio in [0, 0.5) (default 0.05)")

@@ -1,7 +1,8 @@
 """The test protocols of the four settings (survey, section 2): OSR splits, ND one-vs-all, AD contamination.
 
 Every protocol returns result rows in the CLI's JSON layout: one dict per (method, OOD set, split or normal
-class) with the metrics as fractions, `error` None or a message, and the protocol's own keys (`split`,
+class) with the metrics as fractions, `error` None or a message, `train_seconds` (how long the row's model took to
+train, as recorded when it was trained, also when it now comes from the cache) and the protocol's own keys (`split`,
 `normal_class`, `contamination`, `model`). Each takes `cancel` (a threading.Event, or None): when set, the run stops
 with jobs.Cancelled between splits, classes and methods (and inside a training, between batches or epochs); the
 models trained whole before that stay cached, the one interrupted is not saved, and no rows are returned.
@@ -33,6 +34,7 @@ ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
     ("pixels", "knn", {"k": 1}),
     ("pixels", "knn", {"k": 10}),
     ("pixels", "ocsvm", {}),
+    ("pixels", "ocsvm", {"scaling": "gcn_minmax"}),  # Ruff et al.'s OC-SVM baseline: their preprocessing, then RBF
     ("pixels", "iforest", {}),
     ("pixels", "lof", {}),
     ("deep_svdd", "knn", {"k": 1}),
@@ -92,7 +94,7 @@ def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
         r, _ = evaluate(exp, detectors, cancel=cancel, tune=tune)
         known = exp.bench.meta["known_classes"]
         for row in r:
-            row.update(split=i, seed=spec.seed, known_classes=known)
+            row.update(split=i, seed=spec.seed, known_classes=known, train_seconds=exp.training.seconds)
             rows.append(row)
         accs.append(exp.id_accuracy)
     _progress(on_progress, 1.0, "done")
@@ -147,7 +149,8 @@ def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
                 raise ValueError(f"{det} does not apply to model {model} in setting {setting}")
             r, _ = evaluate(exp, [det], {det: params}, cancel=cancel)
             for row in r:
-                row.update(normal_class=c, model=model, method=method_label(model, det, params), params=dict(params))
+                row.update(normal_class=c, model=model, method=method_label(model, det, params), params=dict(params),
+                           train_seconds=exp.training.seconds)
                 if setting == "ad":
                     row["contamination"] = float(contamination)
                 rows.append(row)

@@ -21,9 +21,17 @@ ONE_CLASS_SETTINGS = ("nd", "ad")
 REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl")
 REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al. 2019)",
                  "logitnorm": "LogitNorm (Wei et al. 2022)",
-                 "closedset": "Good closed-set classifier (Vaze et al. 2022): label smoothing, per-image shifts",
+                 "closedset": "Good closed-set classifier (Vaze et al. 2022): longer training, cosine schedule, "
+                              "label smoothing, random shifts, rotations and zooms",
                  "rpl": "RPL (Chen et al. 2020): logits are distances to learned reciprocal points",
                  "arpl": "ARPL (Chen et al. 2021): reciprocal points with a bounded open space (margin term)"}
+# a regime's own number of epochs, where it needs more than the dataset's default (the recipe trains longer)
+REGIME_EPOCHS: dict[str, int] = {"closedset": 160}
+
+
+def default_epochs(dataset_epochs: int, regime: str) -> int:
+    """The epochs a training starts from: the regime's own (REGIME_EPOCHS) if it has them, else the dataset's."""
+    return REGIME_EPOCHS.get(regime, int(dataset_epochs))
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,18 @@ class Spec:
         if self.setting == "ad" and self.contamination == 0:
             d["setting"] = "nd"
             d.pop("contamination")
+        recipe = self.recipe_versions()
+        if recipe:
+            d["recipe"] = recipe
         return _short_hash(d)
+
+    def recipe_versions(self) -> dict[str, int]:
+        """The versions of the changed training recipes this spec's model is trained with (RECIPE_VERSIONS), e.g.
+        {"regime:closedset": 2}; empty when none applies, so the keys of every other model stay as they were."""
+        names = [f"model:{self.model}"]
+        if self.setting in CLASSIFIER_SETTINGS:
+            names.append(f"regime:{self.training.regime}")
+        return {n: RECIPE_VERSIONS[n] for n in names if n in RECIPE_VERSIONS}
 
     def key(self) -> str:
         """A short stable hash of the relevant fields (sorted JSON, SHA-256)."""
@@ -189,6 +208,12 @@ def _get(spec: Spec, path: tuple[str, ...]):
 
 # fields added after caches existed: dropped from the key at their default, so older cached models stay valid
 LATER_FIELDS = {"train_per_class": 0}
+
+# training recipes whose defaults changed after models of them were cached: the version joins the model key
+# (Spec.model_key), so a cached model of an older recipe is never reused. Raise a version when a recipe changes.
+# closedset 2: cosine schedule with warm-up and random affine augmentation (models/recipes.py);
+# deep_svdd 2: Ruff et al.'s preprocessing (GCN + min-max) inside the model, LeakyReLU(0.01), no random shifts.
+RECIPE_VERSIONS: dict[str, int] = {"regime:closedset": 2, "model:deep_svdd": 2}
 
 # query key -> (path in the Spec, type): what a link to a view carries about its experiment
 QUERY_FIELDS: dict[str, tuple[tuple[str, ...], type]] = {

@@ -12,7 +12,7 @@ from ood_core.data.benchmark import known_classes_for
 from ood_core.data.registry import register_user_ood_set
 from ood_core.models import loading
 from ood_core.models.registry import MODELS, unfit_reasons
-from ood_core.spec import CLASSIFIER_SETTINGS, REGIME_TITLES, SETTING_TITLES, SETTINGS
+from ood_core.spec import CLASSIFIER_SETTINGS, REGIME_EPOCHS, REGIME_TITLES, SETTING_TITLES, SETTINGS
 from pages import _support as ui
 
 N_ID_EXAMPLES = 16
@@ -209,9 +209,13 @@ def experiment_form(setting: str, dataset: str, size: int):
                     f"{limits.min_batch_size}." if shared else "")
             epochs = c2.number_input("Epochs", min_value=1, max_value=limits.max_epochs if shared else 500,
                                      value=min(epochs, limits.max_epochs) if shared else epochs,
-                                     step=1, help="Passes over the training split." + note)
+                                     step=1, help="Passes over the training split. The closed-set recipe trains longer: "
+                                     + ", ".join(f"{n} epochs for {REGIME_TITLES[r].split(' (')[0]}"
+                                                 for r, n in REGIME_EPOCHS.items()) + " (the CLI's default)." + note)
             lr = c1.number_input("Learning rate", min_value=0.0, max_value=10.0, value=float(spec.training.lr),
-                                 step=0.0005, format="%.4f", help="Peak learning rate of AdamW with a one-cycle schedule.")
+                                 step=0.0005, format="%.4f",
+                                 help="Peak learning rate of AdamW: a one-cycle schedule, or in the closed-set recipe a "
+                                      "linear warm-up then a cosine decay.")
             batch = c2.number_input("Batch size", min_value=limits.min_batch_size if shared else 1, max_value=4096,
                                     value=max(spec.training.batch_size, limits.min_batch_size) if shared
                                     else spec.training.batch_size, step=16, help="Images per training step." + note)

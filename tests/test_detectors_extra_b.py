@@ -413,6 +413,30 @@ def test_classic_detectors_equal_negated_sklearn(toy, l2):
         np.testing.assert_allclose(create(name, l2_normalise=l2).fit(ctx).score(q), r, rtol=1e-7, atol=1e-9)
 
 
+def test_classic_detectors_with_ruff_scaling_equal_sklearn_on_gcn_min_max_features(toy):
+    # scaling="gcn_minmax": each sample centred and divided by its mean absolute deviation, then (g - lo) / (hi - lo)
+    # with lo, hi the extremes over the ID train features only (the scored set does not move them)
+    ctx, q = toy["ctx"], _concat(toy["test"], toy["ood"]["off_subspace"])
+
+    def gcn(h):
+        h = h.astype(np.float64) - h.astype(np.float64).mean(axis=1, keepdims=True)
+        return h / np.abs(h).mean(axis=1, keepdims=True)
+
+    g_tr = gcn(ctx.train.features)
+    lo, hi = g_tr.min(), g_tr.max()
+    x_tr, x_q = (g_tr - lo) / (hi - lo), (gcn(q.features) - lo) / (hi - lo)
+    assert x_tr.min() == pytest.approx(0.0) and x_tr.max() == pytest.approx(1.0)
+    ref = {
+        "ocsvm": -OneClassSVM(nu=0.1, gamma="scale").fit(x_tr).decision_function(x_q),
+        "lof": -LocalOutlierFactor(n_neighbors=20, novelty=True).fit(x_tr).score_samples(x_q),
+    }
+    for name, r in ref.items():
+        det = create(name, scaling="gcn_minmax").fit(ctx)
+        # the bounds are kept as float32 buffers (as in Deep SVDD's checkpoint): equal to ~1e-8
+        np.testing.assert_allclose(det.transform(q.features), x_q, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(det.score(q), r, rtol=1e-5, atol=1e-6)
+
+
 def test_iforest_follows_the_seed(toy):
     ctx, q = toy["ctx"], toy["test"]
     a = create("iforest").fit(ctx).score(q)

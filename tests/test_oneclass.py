@@ -101,13 +101,28 @@ def test_deep_svdd_score_is_squared_distance_to_centre(bench8, trained8):
     net = trained8["deep_svdd"].model
     x = _x(bench8)
     with torch.no_grad():
-        phi = net.encoder(x).numpy().astype(np.float64)
+        # phi(x) = the encoder of Ruff et al.'s preprocessing: GCN, then min-max with the training data's bounds
+        g = x.flatten(1).double() - x.flatten(1).double().mean(1, keepdim=True)
+        g = g / g.abs().mean(1, keepdim=True)
+        scaled = ((g - float(net.scaling.lo)) / (float(net.scaling.hi) - float(net.scaling.lo))).float().view_as(x)
+        phi = net.encoder(scaled).numpy().astype(np.float64)
         got = net.anomaly_score(x).numpy()
     want = ((phi - net.c.numpy().astype(np.float64)) ** 2).sum(axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     out = run_inference(net, bench8.test.x, bench8.test.y)
     assert out.logits.shape == (len(bench8.test), 0) and out.features.shape == (len(bench8.test), 32)
     np.testing.assert_allclose(out.extras["model_score"][:16], want, rtol=1e-5, atol=1e-6)
+
+
+def test_deep_svdd_preprocessing_is_fitted_on_the_normal_training_data_only(bench8, trained8):
+    from ood_core.models.preprocess import ContrastMinMax
+
+    net = trained8["deep_svdd"].model
+    own = ContrastMinMax().fit(torch.from_numpy(bench8.train.x))
+    assert float(net.scaling.lo) == pytest.approx(float(own.lo)) and float(net.scaling.hi) == pytest.approx(float(own.hi))
+    # the novel test images would have moved the bounds: they were not seen
+    seen_all = ContrastMinMax().fit(torch.from_numpy(np.concatenate([bench8.train.x, bench8.ood["novel"].x])))
+    assert (float(seen_all.lo), float(seen_all.hi)) != (float(net.scaling.lo), float(net.scaling.hi))
 
 
 def test_deep_svdd_centre_survives_a_checkpoint_round_trip(bench8, trained8, tmp_path):
@@ -118,6 +133,7 @@ def test_deep_svdd_centre_survives_a_checkpoint_round_trip(bench8, trained8, tmp
     loaded = load_checkpoint(path, spec, bench8)
     assert loaded is not None and loaded.from_cache and not loaded.model.training
     assert torch.equal(loaded.model.c, res.model.c)
+    assert torch.equal(loaded.model.scaling.hi, res.model.scaling.hi) and float(res.model.scaling.hi) != 1.0
     assert _same_weights(loaded.model, res.model)
     with torch.no_grad():
         assert torch.equal(loaded.model.anomaly_score(_x(bench8)), res.model.anomaly_score(_x(bench8)))

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .base import Detector, Param, Reference, register
 
 _L2 = Param(False, kind="choice", choices=(False, True), sweep=(False, True),
-            help="L2-normalise the features before standardising them")
+            help="L2-normalise the features before scaling them")
+_SCALING = Param("standard", kind="choice", choices=("standard", "gcn_minmax"), sweep=("standard", "gcn_minmax"),
+                 help="standard: each feature to zero mean and unit variance over the ID train features; gcn_minmax: "
+                      "Ruff et al.'s preprocessing for raw pixels, global contrast normalisation (L1) of each sample, "
+                      "then min-max scaling with the extremes of the ID train features")
 
 
 class _SklearnOnFeatures(Detector):
-    """Shared plumbing: optionally L2-normalise, standardise with ID train statistics, fit an estimator."""
+    """Shared plumbing: optionally L2-normalise, scale with ID train statistics (`scaling`), fit an estimator."""
 
     family = "classic"
     needs = ("features",)
@@ -22,25 +27,41 @@ class _SklearnOnFeatures(Detector):
         return h
 
     def _fit(self, ctx):
-        from sklearn.preprocessing import StandardScaler
-
         h = self._prepare(ctx.train.features)
-        self.scaler_ = StandardScaler().fit(h)
+        if self.scaling == "gcn_minmax":
+            from ..models.preprocess import ContrastMinMax
+
+            self.scaler_ = _TorchScaler(ContrastMinMax().fit(torch.from_numpy(h)))
+        else:
+            from sklearn.preprocessing import StandardScaler
+
+            self.scaler_ = StandardScaler().fit(h)
         self.estimator_ = self._estimator(ctx, len(h)).fit(self.scaler_.transform(h))
 
     def _estimator(self, ctx, n_train: int):
         raise NotImplementedError
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """The features as the estimator sees them (normalised, standardised)."""
+        """The features as the estimator sees them (normalised, scaled)."""
         return self.scaler_.transform(self._prepare(features))
+
+
+class _TorchScaler:
+    """A fitted torch preprocessing module used like a scikit-learn scaler: transform(float64 array) -> array."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def transform(self, h: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.module(torch.from_numpy(np.asarray(h, dtype=np.float64))).numpy()
 
 
 @register
 class OneClassSVMDetector(_SklearnOnFeatures):
     name = "ocsvm"
     title = "One-class SVM"
-    formula = "S(x) = -(sum_i alpha_i k(z_i, z) - rho),  RBF kernel on standardised features z"
+    formula = "S(x) = -(sum_i alpha_i k(z_i, z) - rho),  RBF kernel on scaled features z"
     latex = r"S(x) = -\Big(\sum_i \alpha_i\, k(z_i, z(x)) - \rho\Big),\quad k(a,b) = e^{-\gamma\lVert a-b\rVert^2}"
     intuition = ("Find the smallest smooth region of feature space that holds all but a fraction nu of the ID "
                  "training features. The further outside it a feature lies, the more unfamiliar the input.")
@@ -53,6 +74,7 @@ class OneClassSVMDetector(_SklearnOnFeatures):
         "gamma": Param("scale", kind="choice", choices=("scale", "auto"), sweep=("scale", "auto"),
                        help="RBF width: 'scale' = 1 / (D var(z)), 'auto' = 1 / D (scikit-learn)"),
         "l2_normalise": _L2,
+        "scaling": _SCALING,
     }
 
     def _estimator(self, ctx, n_train):
@@ -78,6 +100,7 @@ class IsolationForestDetector(_SklearnOnFeatures):
         "n_estimators": Param(100, 10, 2000, "log", kind="int", sweep=(50, 100, 200, 500),
                               help="number of trees, seeded by the experiment seed (paper and scikit-learn: 100)"),
         "l2_normalise": _L2,
+        "scaling": _SCALING,
     }
 
     def _estimator(self, ctx, n_train):
@@ -104,6 +127,7 @@ class LOFDetector(_SklearnOnFeatures):
         "n_neighbors": Param(20, 1, 500, "log", kind="int", sweep=(5, 10, 20, 50, 100),
                              help="k, the neighbourhood size (scikit-learn default 20)"),
         "l2_normalise": _L2,
+        "scaling": _SCALING,
     }
 
     def _estimator(self, ctx, n_train):

@@ -14,6 +14,7 @@ from ..device import grad_scaler, resolve_device, training_autocast
 from ..jobs import check_cancelled
 from ..spec import Spec
 from .openset import RECIPROCAL_REGIMES, ReciprocalPoints
+from .recipes import cosine_warmup_schedule, random_affine
 from .registry import build_model, get_entry
 from .reproducible import seeded_init_, training_threads, use_generator
 
@@ -68,8 +69,7 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: Optional[st
 
 OE_WEIGHT = 0.5  # lambda of Hendrycks et al. 2019
 LOGITNORM_TAU = 0.04  # tau of Wei et al. 2022 (their CIFAR-10 value)
-CLOSEDSET_SMOOTHING = 0.1  # label smoothing of the closed-set recipe (Vaze et al. 2022 use it on MNIST-size sets)
-CLOSEDSET_SHIFT = 2  # pixels: each image shifted on its own by up to this much (the default regimes: 1, per batch)
+CLOSEDSET_SMOOTHING = 0.1  # label smoothing of the closed-set recipe (its other pieces: recipes.py)
 
 
 def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
@@ -119,8 +119,9 @@ def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progr
 
 def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
                      device: Optional[str] = None, cancel=None) -> TrainResult:
-    """AdamW with a one-cycle schedule and 1-pixel shift augmentation, in the regime of spec.training: the trainer
-    of every registered classifier.
+    """AdamW in the regime of spec.training, the trainer of every registered classifier: a one-cycle schedule and
+    1-pixel shifts of each batch; in the closedset regime a linear warm-up then cosine decay, and each image's own
+    random shift, rotation and zoom (recipes.py).
 
     On CUDA the forward pass and loss run in mixed precision (device.training_autocast); on the CPU in float32.
     rpl / arpl train the reciprocal points and radius instead of the head, and keep the head equal to the points'
@@ -140,7 +141,9 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = grad_scaler(device)  # float16 on CUDA needs loss scaling; disabled otherwise (a plain step)
     steps_per_epoch = int(np.ceil(len(bench.train) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    closedset = cfg.regime == "closedset"
+    sched = (cosine_warmup_schedule(opt, cfg.epochs * steps_per_epoch) if closedset else
+             torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch))
     x_all = torch.from_numpy(bench.train.x)
     y_all = torch.from_numpy(bench.train.y)
     history: list[dict] = []
@@ -152,7 +155,7 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
         for i in range(0, len(perm), cfg.batch_size):
             check_cancelled(cancel)
             idx = perm[i:i + cfg.batch_size]
-            xb = _augment_each(x_all[idx], gen, CLOSEDSET_SHIFT) if cfg.regime == "closedset" else _augment(x_all[idx], gen)
+            xb = random_affine(x_all[idx], gen) if closedset else _augment(x_all[idx], gen)
             xb, yb = xb.to(device), y_all[idx].to(device)
             opt.zero_grad(set_to_none=True)
             with training_autocast(device):
@@ -192,17 +195,3 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
     return xp[:, :, dy:dy + h, dx:dx + w].contiguous()
 
-
-def _augment_each(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
-    """Each image shifted by its own random offset of up to `pad` pixels per axis (background padding), seeded."""
-    bg = float(x.amin())
-    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=bg)
-    n, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
-    out = torch.empty_like(x)
-    for dy in range(2 * pad + 1):
-        for dx in range(2 * pad + 1):
-            sel = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().flatten()
-            if len(sel):
-                out[sel] = xp[sel, :, dy:dy + h, dx:dx + w]
-    return out
