@@ -6,6 +6,8 @@
     python -m ood_core run --dataset digits --setting ood --detectors all --seed 0 --json out.json
     python -m ood_core run --dataset mnist-sample --setting osr --known 6 --splits 5
     python -m ood_core run --dataset cifar10 --data-root DIR --ood-preset survey
+    python -m ood_core run --dataset cifar10 --model-file net.pt2          # a brought model: scored, not trained
+    python -m ood_core run --dataset cifar10 --model-file r18.pt --arch resnet18 --input-norm imagenet
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from . import metrics, report
 from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
+from .device import ENV_VAR, check_device
+from .models.registry import MODELS, model_names
 from .spec import REGIME_EPOCHS, REGIMES, SETTINGS, Spec, TrainConfig, default_epochs
 
 def _fmt_param(name, p) -> str:
@@ -84,13 +87,32 @@ def _pct(m, sd, n) -> str:
     return f"{100 * m:.1f}±{100 * sd:.1f}" if n > 1 else f"{100 * m:.1f}"
 
 
+def tuned_table(rows: list[dict], unit: str) -> str:
+    """The parameters chosen on validation data, one line per (detector, seed or split), as a Markdown table."""
+    lines = ["\nParameters tuned on OOD validation data (mean validation AUROC %: default -> tuned)\n",
+             f"| detector | {unit} | chosen (differs from the default) | validation AUROC |", "|---|---|---|---|"]
+    seen = set()
+    for r in rows:
+        key = (r["detector"], r.get(unit))
+        if "tuned" not in r or key in seen:
+            continue
+        seen.add(key)
+        chosen = ", ".join(f"{k}={v}" for k, v in r["tuned"].items()) or "the defaults"
+        v = r["val_auroc"]
+        fmt = (lambda x: "-" if x is None else f"{100 * x:.1f}")
+        lines.append(f"| {r['detector']} | {r.get(unit)} | {chosen} | {fmt(v['default'])} -> {fmt(v['tuned'])} |")
+    if len(lines) == 3:
+        lines.append("| (no detector with parameters that score the cached outputs) | | | |")
+    return "\n".join(lines)
+
+
 def run_osr(args, base: Spec) -> int:
     from . import protocols
 
     base = base.replace(setting="osr", known_classes=args.known)
     synthetic = parse_synthetic(args.synthetic)
     res = protocols.run_osr(base, args.splits, args.detectors, synthetic, cache_dir=args.cache_dir, device=args.device,
-                            on_progress=None if args.quiet else _stderr_progress)
+                            on_progress=None if args.quiet else _stderr_progress, tune=args.tune_on_validation)
     summ = protocols.summarise_by(res.rows, ("detector", "ood_set"), ("auroc", "fpr95", "oscr", "aupr_in", "aupr_out"))
     accs = np.array(res.accuracies, dtype=float)
     print(f"OSR on {base.dataset}: {base.known_classes} known classes, {args.splits} split(s); closed-set accuracy "
@@ -103,6 +125,8 @@ def run_osr(args, base: Spec) -> int:
                   f"{_pct(s['fpr95_mean'], s['fpr95_std'], s['n'])} | {_pct(s['oscr_mean'], s['oscr_std'], s['n'])} |")
     if synthetic:
         print(synthetic_table(summ, "detector", synthetic))
+    if args.tune_on_validation:
+        print(tuned_table(res.rows, "split"))
     print(f"\n({res.seconds:.1f} s)")
     if args.json:
         _write_json(args.json, res.as_json(base, {"splits": args.splits, "summary": summ}))
@@ -204,14 +228,19 @@ APPLIES = {
     "detectors": ("ood", "osr"), "seeds": ("ood",), "epochs": ("ood", "osr"), "regime": ("ood", "osr"),
     "known": ("osr",), "splits": ("osr",), "contamination": ("ad",), "normal_class": ("nd", "ad"),
     "curve": ("ad",), "synthetic": ("osr", "nd", "ad"), "save_outputs": ("ood",), "save_scores": ("ood",),
-    "ood_preset": ("ood",), "model": ("ood", "osr"),
+    "ood_preset": ("ood",), "model": ("ood", "osr"), "tune_on_validation": ("ood", "osr"), "model_file": ("ood",),
+    "pretrained": ("ood",), "model_factory": ("ood",),
 }
+# options of a brought model (--model-file, --pretrained, --model-factory) and those of training, which it skips
+BROUGHT_OPTIONS = ("arch", "num_classes", "head_layer", "conv_layer", "input_norm", "input_size", "fetch_weights")
+TRAINING_OPTIONS = ("model", "epochs", "regime", "seeds")
 DEFAULTS = {"detectors": "all", "seeds": 1, "regime": "ce", "known": 6, "splits": 5, "contamination": 0.05,
             "synthetic": ""}
 
 
 def check_options(args) -> None:
     """Refuse options that do not apply to the chosen setting, and bad values, before any work; fill defaults."""
+    check_brought_options(args)  # before the defaults: a training option the user gave is refused
     for name, settings in APPLIES.items():
         value = getattr(args, name)
         if value not in (None, False) and args.setting not in settings:
@@ -229,27 +258,65 @@ def check_options(args) -> None:
         raise ValueError("--splits must be at least 1")
     if args.per_class is not None and args.per_class < 1:
         raise ValueError(f"--per-class must be at least 1 (leave it out for every training image), got {args.per_class}")
-    args.device = check_device(args.device)
+    args.device = None if args.device is None else check_device(args.device)  # None: device.default_device()
 
 
-def check_device(device: Optional[str]) -> Optional[str]:
-    """'cpu', 'cuda' or 'cuda:N' that this machine has; a clear ValueError otherwise (None: the default device)."""
-    if device is None:
-        return None
-    import torch
+def brought_source(args) -> Optional[str]:
+    """The one model source given (--model-file, --pretrained or --model-factory), or None (train one)."""
+    given = [v for v in (args.model_file, args.pretrained, args.model_factory) if v]
+    if len(given) > 1:
+        raise ValueError("give one of --model-file, --pretrained and --model-factory, not several")
+    return given[0] if given else None
 
-    d = device.strip().lower()
-    if d == "cpu":
-        return d
-    if d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: this machine has no usable CUDA device; use --device cpu")
-        index = int(d[5:]) if ":" in d else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                             f"numbered from 0")
-        return d
-    raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+
+def check_brought_options(args) -> None:
+    """A brought model is scored as it is: the training options do not apply to it, and its own options need it."""
+    source = brought_source(args)
+    if source is None:
+        given = [o for o in BROUGHT_OPTIONS if getattr(args, o) not in (None, False)]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to a brought model: give --model-file, "
+                             "--pretrained or --model-factory")
+        return
+    trained = [o for o in TRAINING_OPTIONS if getattr(args, o) is not None]
+    if trained:
+        raise ValueError(f"--{trained[0]} does not apply to a brought model: it is scored as it is, not trained")
+    if args.arch and not args.model_file:
+        raise ValueError("--arch names the architecture of a state_dict given with --model-file")
+    if args.fetch_weights and not args.pretrained:
+        raise ValueError("--fetch-weights downloads the weights named by --pretrained")
+    args.input_norm = parse_input_norm(args.input_norm)
+
+
+def parse_input_norm(text: Optional[str]):
+    """--input-norm: dataset, imagenet, pixels, half, or MEAN/STD (comma-separated per channel, or one value)."""
+    from .models.foreign import NORMALISATIONS
+
+    if text is None or text in ("dataset", *NORMALISATIONS):
+        return text
+    try:
+        mean, std = ([float(v) for v in part.split(",")] for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--input-norm must be dataset, {', '.join(NORMALISATIONS)} or MEAN/STD such as "
+                         f"0.5,0.5,0.5/0.25,0.25,0.25; got {text!r}") from None
+    return mean, std
+
+
+def load_brought(args, bench):
+    """The model of --model-file / --pretrained / --model-factory, wrapped and checked on the benchmark; its
+    account goes to stderr (what was found, the input transform, the detectors it cannot serve and why)."""
+    from .models.loading import load_model, summary_lines
+
+    source = brought_source(args)
+    if args.model_file:
+        source = str(Path(args.model_file).expanduser())
+    model, info = load_model(source, bench=bench, arch=args.arch, num_classes=args.num_classes, head=args.head_layer,
+                             conv=args.conv_layer, normalisation=args.input_norm, input_size=args.input_size,
+                             fetch=args.fetch_weights, allow_code=bool(args.model_factory))
+    if not args.quiet:
+        for line in summary_lines(info):
+            print(line, file=sys.stderr)
+    return model, info
 
 
 def check_output_paths(args) -> None:
@@ -374,8 +441,12 @@ def run(args) -> int:
     extra_sets = resolve_ood_sets(args, dataset)
     if extra_sets and args.setting != "ood":  # the protocols score them beside their own unknowns
         args.synthetic = ",".join(dict.fromkeys([*filter(None, args.synthetic.split(",")), *extra_sets]))
-    training = TrainConfig(epochs=args.epochs or default_epochs(dataset.default_epochs, args.regime), regime=args.regime)
-    base = Spec(setting=args.setting, dataset=dataset.name, model=args.model or Spec.model, training=training, seed=args.seed,
+    training = TrainConfig(epochs=args.epochs or default_epochs(dataset.default_epochs, args.regime),
+                           regime=args.regime)
+    from .models.loading import SPEC_MODEL
+
+    model_name = SPEC_MODEL if brought_source(args) else args.model or Spec.model
+    base = Spec(setting=args.setting, dataset=dataset.name, model=model_name, training=training, seed=args.seed,
                 image_size=args.image_size or dataset.default_size, train_per_class=args.per_class or 0,
                 contamination=args.contamination if args.setting == "ad" else Spec.contamination)
     if not args.quiet:
@@ -390,22 +461,31 @@ def run(args) -> int:
         return run_one_class(args, base)
     seeds = list(range(args.seed, args.seed + args.seeds))
     started: dict[int, float] = {}
+    from .data import DEFAULT_OOD_SETS, build_benchmark
+
+    sets = None if not extra_sets else tuple(dict.fromkeys([*DEFAULT_OOD_SETS, *extra_sets]))
+    brought = None
+    if brought_source(args):  # checked on the benchmark before any scoring
+        bench = build_benchmark(base) if sets is None else build_benchmark(base, sets)
+        brought = load_brought(args, bench)
 
     def get_experiment(seed: int):
         started[seed] = time.perf_counter()
+        if brought is not None:
+            return pipeline.prepare(base.with_seed(seed), device=args.device, model=brought[0], bench=bench)
 
         def progress(p):
             if not args.quiet:
                 acc = f" val acc {100 * p.val_accuracy:.1f}%" if np.isfinite(p.val_accuracy) else ""
                 print(f"[seed {seed}] epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}{acc}", file=sys.stderr)
 
-        sets = None if not extra_sets else tuple(dict.fromkeys([*DEFAULT_OOD_SETS, *extra_sets]))
         return pipeline.prepare(base.with_seed(seed), progress=progress, cache_dir=args.cache_dir, device=args.device,
                                 ood_sets=sets)
 
     def on_seed(seed: int, exp, rows: list[dict], scores: dict) -> None:
         if not args.quiet:
-            print(f"[seed {seed}] model {'from cache' if exp.training.from_cache else 'trained'}, "
+            how = "brought" if brought is not None else "from cache" if exp.training.from_cache else "trained"
+            print(f"[seed {seed}] model {how}, "
                   f"ID accuracy {100 * exp.id_accuracy:.2f}%, {time.perf_counter() - started[seed]:.1f} s",
                   file=sys.stderr)
         suffix = f"seed{seed}" if len(seeds) > 1 else ""
@@ -414,11 +494,9 @@ def run(args) -> int:
         if args.save_scores:
             _save_scores(scores, Path(args.save_scores) / suffix)
 
-    from .data import DEFAULT_OOD_SETS
-
     # "all" = every detector that applies to each seed's experiment; named ones are checked before any training
     all_rows, accs = run_seeds(get_experiment, seeds, args.detectors, all_splits=bool(args.save_scores),
-                               on_seed=on_seed)
+                               on_seed=on_seed, tune=args.tune_on_validation)
     ood_sets = list(dict.fromkeys(r["ood_set"] for r in all_rows))
     summary = summarise(all_rows)
     acc_txt = f"{100 * np.mean(accs):.2f}%" + (f" ± {100 * metrics.sample_std(accs):.2f}" if len(accs) > 1 else "")
@@ -429,11 +507,16 @@ def run(args) -> int:
     if near_far:
         print("\nThe survey's near- and far-OOD averages (AUROC %, mean over the sets of each group that ran)\n")
         print(near_far)
+    if args.tune_on_validation:
+        print(tuned_table(all_rows, "seed"))
     errors = [(s["detector"], e) for s in summary for e in s["errors"]]
     for det, e in dict.fromkeys(errors):
         print(f"\n{det} failed: {e}")
     if args.json:
-        _write_json(args.json, report.seeds_doc(base, seeds, all_rows, summary, accs))
+        doc = report.seeds_doc(base, seeds, all_rows, summary, accs)
+        if brought is not None:
+            doc["model"] = brought[1]
+        _write_json(args.json, doc)
     return 0
 
 
@@ -452,8 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with images and labels (default digits)")
     r.add_argument("--data-root", default=None, help="where registered datasets are read (default $OOD_DATA_ROOT, "
                                                      "else data/), in torchvision's layouts")
-    r.add_argument("--model", default=None, choices=["small_cnn", "resnet18_cifar"],
-                   help="OOD/OSR classifier: the small CNN (default) or a CIFAR-style ResNet-18 (3x3 stem, no max-pool)")
+    r.add_argument("--model", default=None, choices=model_names(kind="classifier"),
+                   help="OOD/OSR classifier (default small_cnn): " + "; ".join(
+                       f"{n}: {MODELS[n].title}, {MODELS[n].contract.describe()}" for n in model_names(kind="classifier")))
     r.add_argument("--image-size", type=int, default=None, help="image side in px, a multiple of 4 in 8..64 "
                                                                 "(default: the dataset's own; digits 16)")
     r.add_argument("--per-class", type=int, default=None, help="at most this many training images per class "
@@ -464,15 +548,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OOD: the survey's near/far benchmark sets for the dataset (absent ones skipped)")
     r.add_argument("--setting", default="ood", choices=SETTINGS)
     r.add_argument("--detectors", default=None, help="OOD/OSR: 'all' (default) or a comma-separated list of names")
+    r.add_argument("--tune-on-validation", action="store_true",
+                   help="OOD/OSR: choose each detector's parameters from its sweep list by the AUROC on held-out OOD "
+                        "validation data (the validation split's unknowns; synthetic and transformed sets drawn again "
+                        "from the validation images), never on a test set; the chosen values are printed")
     r.add_argument("--seed", type=int, default=0, help="first seed")
     r.add_argument("--seeds", type=int, default=None, help="OOD: number of seeds (each a freshly trained model; default 1)")
     r.add_argument("--epochs", type=int, default=None,
                    help="OOD/OSR: classifier training epochs, 1..500 (default: the dataset's, 30 for digits, 15 for the "
                         "others; " + ", ".join(f"{n} with --regime {r}" for r, n in REGIME_EPOCHS.items()) + ")")
     r.add_argument("--regime", default=None, choices=list(REGIMES),
-                   help="classifier training: cross-entropy, outlier exposure, LogitNorm, or closedset (Vaze et al. "
+                   help="classifier training: cross-entropy, outlier exposure, LogitNorm, closedset (Vaze et al. "
                         "2022: longer training, warm-up and cosine schedule, label smoothing 0.1, random shifts, "
-                        "rotations and zooms)")
+                        "rotations and zooms), or rpl / arpl (reciprocal points, Chen et al. 2020 / 2021; score them "
+                        "with the rpl detector)")
     r.add_argument("--known", type=int, default=None, help="OSR: number of known classes K (2..N-1; default 6)")
     r.add_argument("--splits", type=int, default=None, help="OSR: number of random known/unknown splits (default 5)")
     r.add_argument("--contamination", type=float, default=None, help="AD: contamination ratio in [0, 0.5) (default 0.05)")
@@ -485,8 +574,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-outputs", help="folder for one .npz per split (logits, features, labels)")
     r.add_argument("--save-scores", help="folder for one .npz per detector (one array per split)")
     r.add_argument("--cache-dir", default=None, help="model checkpoint cache (default data/cache)")
-    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    r.add_argument("--device", default=None,
+                   help=f"cpu, cuda or cuda:N (default: ${ENV_VAR} when set, else cuda when available, else cpu)")
     r.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    b = r.add_argument_group("a brought model (OOD setting): scored as it is, not trained")
+    b.add_argument("--model-file", default=None, metavar="PATH",
+                   help="an exported program (torch.export.save, .pt2), a TorchScript file (torch.jit.save) or a "
+                        "state_dict (with --arch)")
+    b.add_argument("--arch", default=None, help="the state_dict's architecture: small_cnn, resnet18_cifar or a "
+                                                "torchvision classifier (resnet18, resnet50, densenet121, vit_b_16, ...)")
+    b.add_argument("--num-classes", type=int, default=None, help="classes of --arch (default: the dataset's)")
+    b.add_argument("--pretrained", default=None, metavar="WEIGHTS",
+                   help="torchvision weights by enum name, e.g. ResNet50_Weights.IMAGENET1K_V2 (from torchvision's "
+                        "cache; see --fetch-weights); their transforms set the input size and normalisation")
+    b.add_argument("--fetch-weights", action="store_true", help="download --pretrained weights into torchvision's "
+                                                                "cache when they are not there")
+    b.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
+                   help="your own code: package.module:function returning the nn.Module (given num_classes / "
+                        "in_channels when it takes them)")
+    b.add_argument("--head-layer", default=None, help="name of the final linear layer (default: found by a dry run)")
+    b.add_argument("--conv-layer", default=None, help="name of the Grad-CAM layer (default: the last convolutional "
+                                                      "block, found by a dry run)")
+    b.add_argument("--input-norm", default=None,
+                   help="the normalisation the model expects: dataset (default), imagenet, pixels ([0, 1]), half "
+                        "([-1, 1]) or MEAN/STD per channel, e.g. 0.49,0.48,0.45/0.25,0.24,0.26")
+    b.add_argument("--input-size", type=int, default=None,
+                   help="the model's input side in px, images are resized to it (default: the model's own when it "
+                        "says, else the dataset's)")
     return p
 
 

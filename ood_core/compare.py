@@ -52,14 +52,15 @@ def run_seeds(get_experiment: Callable[[int], Experiment], seeds: Iterable[int],
               detectors: str | Iterable[str] = "all", params: Optional[Mapping[str, Mapping]] = None,
               on_progress: Optional[Callable[[float, str], None]] = None, all_splits: bool = False,
               on_seed: Optional[Callable[[int, Experiment, list[dict], dict], None]] = None,
-              cancel=None) -> tuple[list[dict], list[float]]:
+              cancel=None, tune: bool = False) -> tuple[list[dict], list[float]]:
     """Evaluate the detectors on each seed's experiment; rows gain a `seed` field. Returns (rows, ID accuracies).
 
     `detectors`: "all" means every detector that applies to each seed's experiment; named detectors are
     checked before any experiment is prepared. `on_seed(seed, exp, rows, scores)` is called after each seed
     with that seed's rows and scores (train and val scores too when `all_splits`), e.g. to save them.
     `cancel` (an Event): jobs.Cancelled between seeds and detectors when set (get_experiment checks it too if
-    the caller passes it on to pipeline.prepare).
+    the caller passes it on to pipeline.prepare). `tune`: each seed's detectors are tuned on its OOD validation
+    sets first (pipeline.evaluate).
     """
     seeds = list(seeds)
     if not (isinstance(detectors, str) and detectors.strip() == "all"):
@@ -75,7 +76,8 @@ def run_seeds(get_experiment: Callable[[int], Experiment], seeds: Iterable[int],
             if on_progress and name:
                 on_progress((i + j / max(n, 1)) / len(seeds), f"seed {seed}: {name}")
 
-        r, scores = evaluate(exp, detectors, params, on_progress=inner, all_splits=all_splits, cancel=cancel)
+        r, scores = evaluate(exp, detectors, params, on_progress=inner, all_splits=all_splits, cancel=cancel,
+                             tune=tune)
         for row in r:
             row["seed"] = seed
         if on_seed:

@@ -2,28 +2,35 @@
 
 A training is estimated from the experiment's own model when it was trained here (its checkpoint keeps the
 training's seconds, and an ensemble member or another seed of the same spec trains as long), else from the rates
-below. The rates were measured on the default experiment (digits at 16 px, small CNN, 2 CPU cores) and scale with
-the number of images and the image area. Estimates count what is not cached yet: a model on disk costs nothing.
+below and each model's `train_seconds` in the model registry (models.registry). The rates were measured on the
+default experiment (digits at 16 px, small CNN, 2 CPU cores) and scale with the number of images and the image area.
+Estimates count what is not cached yet: a model on disk costs nothing.
 """
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional
 
 from .jobs import Estimate
-from .models import is_cached
+from .models import MODELS, is_cached
 from .spec import Spec
 
 REFERENCE_SIDE = 16  # the image side the rates were measured at
-# seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s)
+# seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s): the rate of a model
+# the registry does not know (a user's classifier)
 CLASSIFIER_S_PER_IMAGE_EPOCH = 5e-4
-# seconds per training image of a whole one-class training with its fixed epochs (one digit: 107 images)
-ONE_CLASS_S_PER_IMAGE = {"deep_svdd": 0.013, "autoencoder": 0.006, "geotrans": 0.030, "pixels": 0.0}
 # seconds per scored image of the detectors that run the network again, at their default parameters
 NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026}
 NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
                 "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too"}
+# the detectors that train small networks on the cached features (measured on 128-d features, one core, a busy
+# machine): OpenGAN per step (batches of 128, default width; the cost grows with the square of the width), C2AE per ID
+# training sample and epoch
+OPENGAN_S_PER_STEP = 0.01
+C2AE_S_PER_SAMPLE_EPOCH = 2.5e-5
+FIT_WHAT = {"opengan": "trains OpenGAN's generator and discriminator for {steps} steps",
+            "c2ae": "trains C2AE's conditioned autoencoder for {epochs} epochs"}
 FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
 POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
 ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol, its model there: inference + scoring
@@ -45,7 +52,28 @@ def training_seconds(exp) -> float:
     measured = float(getattr(exp.training, "seconds", 0.0) or 0.0)
     if measured > 0 and exp.training.history:
         return measured
-    return CLASSIFIER_S_PER_IMAGE_EPOCH * len(exp.bench.train) * exp.spec.training.epochs * _area(exp.spec)
+    return _seconds_per_image(exp.spec.model) * len(exp.bench.train) * exp.spec.training.epochs * _area(exp.spec)
+
+
+def _seconds_per_image(model: str) -> float:
+    """The registry's training rate of `model` at 16 px (per epoch for a classifier, the whole training for a
+    one-class model); the small CNN's rate for a model the registry does not know."""
+    entry = MODELS.get(model)
+    return entry.train_seconds if entry is not None else CLASSIFIER_S_PER_IMAGE_EPOCH
+
+
+def training(spec: Spec, train_images: int) -> Estimate:
+    """One training of `spec`'s own model on `train_images` ID training images, from the registry's rates: a
+    classifier's epochs, or a one-class model's whole training (its epochs are fixed by the method)."""
+    entry = MODELS.get(spec.model)
+    rate, area = _seconds_per_image(spec.model), _area(spec)
+    name = entry.title if entry is not None else spec.model
+    if entry is not None and entry.kind != "classifier":
+        seconds = rate * train_images * area
+        return Estimate(seconds, f"trains the {name} model on {train_images:,} images", trains=1 if seconds > 0 else 0)
+    epochs = spec.training.epochs
+    return Estimate(rate * train_images * epochs * area,
+                    f"trains 1 network ({name}): {_plural(epochs, 'epoch')} over {train_images:,} images", trains=1)
 
 
 def _scored_images(exp, splits: Optional[Iterable[str]] = None) -> int:
@@ -83,7 +111,41 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
         images = n + (len(exp.outputs["train"]) + len(exp.outputs["val"]) if name == "gram" else 0)
         how = NETWORK_WHAT[name].format(**p)
         return Estimate(rate * images * area, f"runs the network again on {n:,} images ({how})")
+    if name in FIT_WHAT:
+        n_train = len(exp.outputs["train"])
+        return Estimate(fit_seconds(name, n_train, p), f"{FIT_WHAT[name].format(**p)} on {n_train:,} ID training "
+                                                       "features, then scores the cached outputs")
     return Estimate(0.0, "scores the cached outputs")
+
+
+def fit_seconds(name: str, n_train: int, params: Mapping) -> float:
+    """Seconds that fitting `name` (a detector that trains a network on the cached features) takes with `params`."""
+    if name == "opengan":
+        return OPENGAN_S_PER_STEP * int(params["steps"]) * max(1.0, (int(params["width"]) / 32) ** 2)
+    if name == "c2ae":
+        return C2AE_S_PER_SAMPLE_EPOCH * n_train * int(params["epochs"])
+    raise KeyError(f"{name} trains no network of its own")
+
+
+def cost_words(name: str) -> str:
+    """What a detector costs, in words, before any experiment is chosen (its Methods card): the cached outputs alone,
+    a small network trained on them (seconds per 1,000 ID training samples on one core), a training regime of the
+    classifier, or the network run again."""
+    from .detectors import REGISTRY, default_params
+
+    cls = REGISTRY[name]
+    if name in FIT_WHAT:
+        p = default_params(name)
+        per_thousand, per_ten = fit_seconds(name, 1000, p), fit_seconds(name, 10_000, p)
+        how = (f"about {per_thousand:.0f} s on one core" if per_thousand == per_ten else
+               f"about {per_thousand:.0f} s per 1,000 ID training samples on one core")
+        return f"{FIT_WHAT[name].format(**p)} on the cached features ({how}), then scores the cached outputs"
+    if cls.regimes:
+        return (f"needs a classifier trained in the {' or '.join(cls.regimes)} regime (one training, as long as "
+                "cross-entropy's, cached like it), then scores its cached outputs (fast)")
+    if cls.runs_network:
+        return "**runs the network again** (slower)"
+    return "scores the cached outputs of one forward pass (fast)"
 
 
 def sweep(exp, name: str, param: str, values: Iterable, sets: Iterable[str], fixed: Optional[Mapping] = None
@@ -107,15 +169,19 @@ def fit_share(exp, name: str, params: Optional[Mapping] = None) -> float:
     if name == "ensemble":
         total = detector(exp, name, params)
         return 0.9 if total.trains and total.seconds > 0 else 0.1
+    if name in FIT_WHAT:
+        return 0.9
     return 0.5 if name == "gram" else 0.05
 
 
 def detectors(exp, names: Iterable[str], params: Optional[Mapping[str, Mapping]] = None) -> Estimate:
-    """Scoring several detectors on `exp`: the network-running ones each, every post-hoc one together."""
+    """Scoring several detectors on `exp`: the network-running and network-training ones each, every other post-hoc
+    one together."""
     names = list(names)
-    total = Estimate(POST_HOC_S if any(n not in NETWORK_S_PER_IMAGE and n != "ensemble" for n in names) else 0.0)
+    own_cost = {*NETWORK_S_PER_IMAGE, *FIT_WHAT, "ensemble"}
+    total = Estimate(POST_HOC_S if any(n not in own_cost for n in names) else 0.0)
     for n in names:
-        if n in NETWORK_S_PER_IMAGE or n == "ensemble":
+        if n in own_cost:
             e = detector(exp, n, (params or {}).get(n))
             total = Estimate(total.seconds + e.seconds, total.what, total.trains + e.trains)
     what = [f"scores {_plural(len(names), 'detector')} on {_scored_images(exp):,} images"]
@@ -141,7 +207,7 @@ def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[
     """The one-vs-all protocol (protocols.run_one_class): the one-class models not cached are trained (one per
     class and model), then every method is scored on every class. `train_size`: training images of one class."""
     classes, methods = list(classes), list(methods)
-    models = list(dict.fromkeys(m for m, _, _ in methods if ONE_CLASS_S_PER_IMAGE.get(m, 1.0) > 0))
+    models = list(dict.fromkeys(m for m, _, _ in methods if _seconds_per_image(m) > 0))  # the pixels learn nothing
     todo = []
     for c in classes:
         for m in models:
@@ -149,7 +215,7 @@ def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[
                                 contamination=contamination if setting == "ad" else base.contamination)
             if not is_cached(spec, cache_dir):
                 todo.append(m)
-    seconds = sum(ONE_CLASS_S_PER_IMAGE.get(m, 0.01) * train_size * _area(base) for m in todo)
+    seconds = sum(_seconds_per_image(m) * train_size * _area(base) for m in todo)
     seconds += ONE_CLASS_METHOD_S * len(classes) * len(methods)
     what = f"scores {_plural(len(methods), 'method')} on {_plural(len(classes), 'normal class')}"
     if todo:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .detectors.base import max_softmax
+from .device import resolve_device
 
 EPS = 1e-12
 _ATTRIBUTION_LOCK = threading.RLock()
@@ -30,7 +31,7 @@ def _device_of(model: nn.Module, device: Optional[str]) -> torch.device:
     if device is not None:
         return torch.device(device)
     p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return p.device if p is not None else torch.device(resolve_device(None))
 
 
 def _as_batch(x) -> np.ndarray:
@@ -98,6 +99,8 @@ def _run(model: nn.Module, x, target, device, batch_size: int, fn) -> np.ndarray
     """Batch x through fn(xb, tb) -> tensor (b, ...) with the model in eval mode and in-place ReLUs off."""
     xs = _as_batch(x)
     dev = _device_of(model, device)
+    # a program exported for a fixed batch runs in chunks, and captum's layer hooks need one call per batch
+    batch_size = min(batch_size, getattr(model, "max_batch", None) or batch_size)
     model.eval()
     outs = []
     # captum hooks the shared (cached) model's modules: one attribution at a time per process
@@ -115,7 +118,8 @@ def default_layer(model: nn.Module, layer: Optional[nn.Module]) -> nn.Module:
     if layer is not None:
         return layer
     if not hasattr(model, "last_conv"):
-        raise ValueError("the model has no `last_conv` layer: pass layer= (a convolutional block's module)")
+        reason = getattr(model, "reasons", {}).get("feature_maps")  # a brought model says why it has none
+        raise ValueError(reason or "the model has no `last_conv` layer: pass layer= (a convolutional block's module)")
     return model.last_conv
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import resolve_device
+
 
 @dataclass
 class Outputs:
@@ -35,10 +37,13 @@ class Outputs:
 class ModelAdapter:
     """The one way detectors reach the network: features, head weights, logits and input gradients.
 
-    Wraps a model with `features(x)`, `head` (a Linear layer) and optionally `feature_maps(x)`.
+    Wraps a model with `features(x)`, `head` (a Linear layer) and optionally `feature_maps(x)`; or a model brought
+    by the user (models.foreign.ForeignClassifier), whose `logits_and_features(x)` gives both from one pass and
+    features of width 0 when it has no linear head, and whose `activation_maps(x)` gives its ReLU outputs.
     """
 
-    def __init__(self, model: nn.Module, device: str = "cpu", batch_size: int = 256, input_std=1.0):
+    def __init__(self, model: nn.Module, device: Optional[str] = None, batch_size: int = 256, input_std=1.0):
+        device = resolve_device(device)  # the model moves there (default: device.default_device())
         self.model = model.eval().to(device)
         self.device = device
         self.batch_size = batch_size
@@ -69,13 +74,21 @@ class ModelAdapter:
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, features) in eval mode, batched."""
         self.model.eval()
+        both = getattr(self.model, "logits_and_features", None)
         logits, feats = [], []
         for xb in self.batches(x):
-            h = self.model.features(xb)
-            logits.append(self.model.head(h).cpu().numpy())
+            if both is not None:
+                z, h = both(xb)
+            else:
+                h = self.model.features(xb)
+                z = self.model.head(h)
+            logits.append(z.cpu().numpy())
             feats.append(h.cpu().numpy())
         if not logits:
-            k, d = self.model.head.weight.shape
+            if both is not None:
+                k, d = self.model.num_classes, self.model.found.feature_dim
+            else:
+                k, d = self.model.head.weight.shape
             return np.zeros((0, k), np.float32), np.zeros((0, d), np.float32)
         return np.concatenate(logits), np.concatenate(feats)
 
@@ -92,6 +105,9 @@ class ModelAdapter:
         (n, C_l, h_l, w_l), in the order the modules are declared, caught by forward hooks during one ordinary forward
         pass, for Gram-style methods (any architecture whose activations are nn.ReLU modules)."""
         self.model.eval()
+        if hasattr(self.model, "activation_maps"):  # a brought model catches its own (in call order)
+            per_call = [[a.cpu().numpy() for a in self.model.activation_maps(xb)] for xb in self.batches(x)]
+            return [np.concatenate(layer) for layer in zip(*per_call)]
         relus = [m for m in self.model.modules() if isinstance(m, nn.ReLU)]
         caught: dict[int, list[np.ndarray]] = {id(m): [] for m in relus}
 
@@ -110,6 +126,8 @@ class ModelAdapter:
         return [np.concatenate(p) for p in per_layer]
 
     def logits_tensor(self, xb: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "logits_and_features"):  # a brought model: its own forward gives the logits
+            return self.model(xb)
         return self.model.head(self.model.features(xb))
 
 
@@ -120,7 +138,7 @@ def is_one_class(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def _one_class_forward(model: nn.Module, x: np.ndarray, device: str, batch_size: int):
-    model.eval()
+    model.eval().to(device)
     feats, scores = [], []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
@@ -133,9 +151,11 @@ def _one_class_forward(model: nn.Module, x: np.ndarray, device: str, batch_size:
     return f, extras
 
 
-def run_inference(model: nn.Module, x: np.ndarray, labels: np.ndarray, device: str = "cpu",
+def run_inference(model: nn.Module, x: np.ndarray, labels: np.ndarray, device: Optional[str] = None,
                   batch_size: int = 256, keep_inputs: bool = True) -> Outputs:
-    """The single forward pass of a split (classifiers: logits and features; one-class models: features and score)."""
+    """The single forward pass of a split (classifiers: logits and features; one-class models: features and score),
+    on `device` (default: device.default_device()), where the model is moved."""
+    device = resolve_device(device)
     if is_one_class(model):
         feats, extras = _one_class_forward(model, x, device, batch_size)
         return Outputs(np.zeros((len(x), 0), np.float32), feats.astype(np.float32), labels.copy(),

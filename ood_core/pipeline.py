@@ -9,21 +9,19 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
-import torch
 
-from . import metrics
+from . import metrics, outputs_cache, tuning
 from .data import Benchmark, build_benchmark
+from .device import default_device, resolve_device
 from .jobs import check_cancelled
 from .detectors import REGISTRY, Detector, FitContext, create
 from .inference import ModelAdapter, Outputs, run_inference
 from .models import Progress, TrainResult, get_model
+from .models.checkpoint import state_dict_sha256
+from .models import checkpoint as _checkpoint
 from .spec import Spec
 
 ID_SPLITS = ("train", "val", "test")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -34,7 +32,7 @@ class Experiment:
     bench: Benchmark
     training: TrainResult
     outputs: dict[str, Outputs]
-    device: str = "cpu"
+    device: str = field(default_factory=default_device)
     cache_dir: Optional[Path | str] = None
     _adapter: Optional[ModelAdapter] = field(default=None, repr=False)
     _members: dict = field(default_factory=dict, repr=False)
@@ -51,6 +49,13 @@ class Experiment:
         if self._adapter is None:
             self._adapter = ModelAdapter(self.model, self.device, input_std=self.bench.std)
         return self._adapter
+
+    def unavailable_detectors(self, names: Optional[Iterable[str]] = None) -> dict[str, str]:
+        """{detector: why this experiment's model cannot serve it} among `names` (default: all): a brought model
+        may lack features, a head, feature maps or dropout (models.foreign); the project's models lack nothing."""
+        from .models.foreign import unavailable_detectors
+
+        return unavailable_detectors(list(REGISTRY) if names is None else list(names), self.model)
 
     @property
     def ood_names(self) -> list[str]:
@@ -83,6 +88,25 @@ class Experiment:
         x = np.ascontiguousarray(x, dtype=np.float32)
         logits, feats = self.adapter.forward(x)
         return Outputs(logits, feats, np.full(len(x), -1), x)
+
+    def with_ood_sets(self, names: Iterable[str], ood_fraction: float = 0.2) -> "Experiment":
+        """A copy of this experiment with more registered OOD sets (e.g. a user's upload, registry.register_user_ood_set)
+        built at its image size and channels, normalised alike and run through the model once; this experiment is not
+        changed (it may be shared). Each set has a fifth of the ID test size, as build_benchmark's, drawn by the seed."""
+        from .data.registry import make_ood_set
+        from .data.benchmark import Split
+
+        names = [n for n in dict.fromkeys(names) if n not in self.bench.ood]
+        if not names:
+            return self
+        pixels = self.bench.to_pixels(self.bench.test.x)
+        n = max(1, int(round(ood_fraction * len(pixels))))
+        ood, outputs = dict(self.bench.ood), dict(self.outputs)
+        for name in names:
+            x = self.bench.normalise(make_ood_set(name, pixels, n, self.spec.seed))  # fewer when the set is smaller
+            ood[name] = split = Split(x, np.full(len(x), -1, dtype=np.int64))
+            outputs[name] = run_inference(self.model, split.x, split.y, self.device)
+        return dataclasses.replace(self, bench=dataclasses.replace(self.bench, ood=ood), outputs=outputs)
 
     def member_spec(self, i: int) -> Spec:
         """The spec of ensemble member i: this one with another initialisation and batch order (training.member)."""
@@ -149,24 +173,51 @@ class Experiment:
         return out
 
 
-def compute_outputs(model, bench: Benchmark, device: str = "cpu") -> dict[str, Outputs]:
-    """The single forward pass of every split (ID train/val/test and each OOD set)."""
-    return {name: run_inference(model, split.x, split.y, device) for name, split in bench.splits().items()}
+FORWARD_CHUNK = 4096  # images per piece of the one forward pass between progress reports and cancel checks
+
+
+def compute_outputs(model, bench: Benchmark, device: Optional[str] = None,
+                    progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> dict[str, Outputs]:
+    """The single forward pass of every split (ID train/val/test and each OOD set), on `device` (default:
+    device.default_device()), in pieces of FORWARD_CHUNK images: `progress(fraction, message)` after each piece,
+    jobs.Cancelled between pieces when `cancel` is set. The same numbers as one pass per split."""
+    device = resolve_device(device)
+    splits = bench.splits()
+    total, done = max(1, sum(len(s) for s in splits.values())), 0
+    out = {}
+    for name, split in splits.items():
+        pieces = []
+        for i in range(0, max(len(split), 1), FORWARD_CHUNK):
+            check_cancelled(cancel)
+            pieces.append(run_inference(model, split.x[i:i + FORWARD_CHUNK], split.y[i:i + FORWARD_CHUNK], device,
+                                        keep_inputs=False))
+            done += len(pieces[-1])
+            if progress:
+                progress(done / total, f"running the model on {name} ({done:,} of {total:,} images)")
+        out[name] = Outputs(np.concatenate([p.logits for p in pieces]), np.concatenate([p.features for p in pieces]),
+                            np.concatenate([p.labels for p in pieces]), split.x,
+                            {k: np.concatenate([p.extras[k] for p in pieces]) for k in pieces[0].extras})
+    return out
 
 
 def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, cache_dir: Path | str | None = None,
             device: Optional[str] = None, retrain: bool = False, model=None,
             ood_sets: Optional[Iterable[str]] = None, bench: Optional[Benchmark] = None,
-            on_wait: Optional[Callable[[int], None]] = None, cancel=None) -> Experiment:
+            on_wait: Optional[Callable[[int], None]] = None, cancel=None,
+            on_forward: Optional[Callable[[float, str], None]] = None) -> Experiment:
     """Build the benchmark, get the model (cache, training, or the user's `model`) and run inference once.
 
     `ood_sets`: the synthetic and transformed OOD sets to build (default: all of them). The setting's own
     test set ("unknown" in OSR, "novel"/"anomalous" in ND/AD) is always there; `ood_sets=()` keeps it alone.
     `bench`: the spec's benchmark when the caller already built it (it does not depend on the model).
     `on_wait(place)`: called while a training waits for a slot of the training queue (models.get_model).
-    `cancel` (an Event): a training stops with jobs.Cancelled when it is set, and caches nothing.
+    `cancel` (an Event): a training stops with jobs.Cancelled when it is set, and caches nothing; so does the forward
+    pass. `on_forward(fraction, message)`: the forward pass's progress (compute_outputs).
+    The forward pass is kept on disk (outputs_cache) and read back by the next run of the same model (the SHA-256 of
+    its weights and buffers) on the same data.
+    Features of 1,024 dimensions or more are kept as float16 values, fresh or read back alike (outputs_cache).
     """
-    device = device or default_device()
+    device = resolve_device(device)
     if bench is None:
         bench = build_benchmark(spec) if ood_sets is None else build_benchmark(spec, tuple(ood_sets))
     if model is not None:
@@ -176,7 +227,14 @@ def prepare(spec: Spec, progress: Optional[Callable[[Progress], None]] = None, c
                              cancel=cancel)
     check_cancelled(cancel)
     training.model.to(device).eval()
-    return Experiment(spec, bench, training, compute_outputs(training.model, bench, device), device, cache_dir)
+    model_id = state_dict_sha256(training.model.state_dict())
+    root = cache_dir or _checkpoint.DEFAULT_CACHE_DIR  # read now: tests and servers may point it elsewhere
+    key = outputs_cache.outputs_key(model_id, bench)
+    outputs = outputs_cache.load(root, key, bench)
+    if outputs is None:
+        outputs = outputs_cache.as_stored(compute_outputs(training.model, bench, device, on_forward, cancel))
+        outputs_cache.save(root, key, outputs)  # nothing is written where the cache cannot be
+    return Experiment(spec, bench, training, outputs, device, cache_dir)
 
 
 def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = None) -> list[str]:
@@ -189,7 +247,8 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
 
     if isinstance(names, str):
         if names.strip() == "all":
-            names = detectors_for(exp.spec.setting, exp.spec.model, exp.bench.num_classes) if exp else list(REGISTRY)
+            names = (detectors_for(exp.spec.setting, exp.spec.model, exp.bench.num_classes, net=exp.model,
+                                   regime=exp.spec.training.regime) if exp else list(REGISTRY))
         else:
             names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(names)
@@ -197,10 +256,16 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
     if unknown:
         raise ValueError(f"unknown detector(s): {', '.join(unknown)}; run `python -m ood_core list-detectors`")
     if exp is not None:
-        bad = [n for n in names if not is_applicable(n, exp.spec.setting, exp.spec.model, exp.bench.num_classes)]
+        bad = [n for n in names if not is_applicable(n, exp.spec.setting, exp.spec.model, exp.bench.num_classes,
+                                                     exp.spec.training.regime)]
         if bad:
+            needs = list(dict.fromkeys(r for n in bad for r in REGISTRY[n].regimes))
+            hint = f" (they score a classifier trained in the regime {' or '.join(needs)})" if needs else ""
             raise ValueError(f"detector(s) {', '.join(bad)} do not apply to setting {exp.spec.setting!r} "
-                             f"with model {exp.spec.model!r}")
+                             f"with model {exp.spec.model!r} trained in regime {exp.spec.training.regime!r}{hint}")
+        missing = exp.unavailable_detectors(names)
+        if missing:
+            raise ValueError("; ".join(f"{n} does not apply to this model: {why}" for n, why in missing.items()))
     if not names:
         raise ValueError("no detector chosen")
     return names
@@ -209,8 +274,12 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
 def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
              params: Optional[Mapping[str, Mapping]] = None,
              on_progress: Optional[Callable[[int, int, str], None]] = None,
-             all_splits: bool = False, cancel=None) -> tuple[list[dict], dict[str, dict]]:
+             all_splits: bool = False, cancel=None, tune: bool = False) -> tuple[list[dict], dict[str, dict]]:
     """Score every detector on ID test and every OOD set; one detector failing never stops the others.
+
+    `tune`: each detector given no `params` and tunable (tuning.is_tunable) has its parameters chosen first on the
+    experiment's OOD *validation* sets (tuning.tune; never a test set); its rows then carry `tuned` (the parameters
+    that differ from the defaults) and `val_auroc` (mean validation AUROC at the default and the chosen values).
 
     Returns (rows, scores): rows are dicts with detector, ood_set, the metrics (fractions) and `error`
     (None or a message); scores[detector][split] are the score arrays of ID test and the OOD sets, plus
@@ -229,8 +298,13 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
             on_progress(i, len(names), name)
         check_cancelled(cancel)
         t0 = time.perf_counter()
+        tuned = None
         try:
-            det = exp.fit_detector(name, params.get(name), cancel=cancel)
+            chosen = params.get(name)
+            if tune and chosen is None and tuning.is_tunable(name):
+                tuned = tuning.tune(exp, name, cancel=cancel)
+                chosen = tuned.params
+            det = exp.fit_detector(name, chosen, cancel=cancel)
             sc = exp.score(det, [*(("train", "val") if all_splits else ()), "test", *exp.ood_names], cancel)
             bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))]
             if bad:
@@ -247,6 +321,9 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
                    "fpr95": None, "detection_error": None, "error": err, "seconds": seconds}
             if osr:
                 row["oscr"] = None
+            if tuned is not None:
+                row.update(tuned=tuned.changed(), val_auroc={"default": tuned.default_val_auroc,
+                                                             "tuned": tuned.val_auroc})
             if sc is not None:
                 row.update(metrics.all_metrics(sc["test"], sc[ood]).as_dict())
                 if osr:

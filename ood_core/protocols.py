@@ -18,6 +18,7 @@ from . import report
 from .compare import summarise_by  # noqa: F401  (re-exported: the protocols' tables)
 from .data import build_benchmark
 from .jobs import check_cancelled
+from .models.registry import model_title
 from .pipeline import Experiment, evaluate, prepare
 from .settings import detectors_for
 from .spec import Spec
@@ -41,16 +42,15 @@ ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
     ("geotrans", "knn", {"k": 1}),
     ("geotrans", "ocsvm", {}),
 )
-MODEL_TITLES = {"deep_svdd": "Deep SVDD", "autoencoder": "Autoencoder", "geotrans": "GeoTrans", "pixels": "raw pixels",
-                "small_cnn": "small CNN", "resnet18_cifar": "ResNet-18 (CIFAR-style)"}
 
 
 def method_label(model: str, detector: str, params: dict) -> str:
-    """A readable name for a (model, detector, params) method, e.g. 'raw pixels · knn (k=1)'."""
+    """A readable name for a (model, detector, params) method, e.g. 'raw pixels · knn (k=1)' (the model's short
+    title from the model registry)."""
     if detector == "model_score":
-        return MODEL_TITLES.get(model, model)
+        return model_title(model, short=True)
     p = ", ".join(f"{k}={v}" for k, v in params.items())
-    return f"{MODEL_TITLES.get(model, model)} · {detector}" + (f" ({p})" if p else "")
+    return f"{model_title(model, short=True)} · {detector}" + (f" ({p})" if p else "")
 
 
 @dataclass
@@ -72,8 +72,9 @@ def _progress(cb: Optional[ProgressFn], frac: float, msg: str) -> None:
 
 def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
             synthetic: Iterable[str] = (), cache_dir=None, device: Optional[str] = None,
-            on_progress: Optional[ProgressFn] = None, cancel=None) -> ProtocolResult:
+            on_progress: Optional[ProgressFn] = None, cancel=None, tune: bool = False) -> ProtocolResult:
     """K known of N classes, `splits` random splits (split i uses seed base.seed + i). Rows gain `split`.
+    `tune`: each split's detectors are tuned first on its own validation unknowns (pipeline.evaluate).
 
     The test unknowns are the other classes of the dataset (OOD set "unknown"); `synthetic` names the
     synthetic and transformed OOD sets to score as well (none by default: the protocol does not need them,
@@ -90,7 +91,7 @@ def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
         _progress(on_progress, i / splits, f"split {i + 1}/{splits}: model")
         exp = prepare(spec, cache_dir=cache_dir, device=device, ood_sets=synthetic, cancel=cancel)
         _progress(on_progress, (i + 0.5) / splits, f"split {i + 1}/{splits}: detectors")
-        r, _ = evaluate(exp, detectors, cancel=cancel)
+        r, _ = evaluate(exp, detectors, cancel=cancel, tune=tune)
         known = exp.bench.meta["known_classes"]
         for row in r:
             row.update(split=i, seed=spec.seed, known_classes=known, train_seconds=exp.training.seconds)

@@ -1,9 +1,12 @@
 """What each of the survey's four settings offers: its models, its detectors, its metrics, in words."""
 from __future__ import annotations
 
+from typing import Optional
+
 from .data.registry import OOD_SETS
 from .detectors import REGISTRY
-from .spec import ONE_CLASS_SETTINGS, SETTINGS
+from .models.registry import MODELS, model_names, models_fitting
+from .spec import SETTINGS
 
 EXPLANATIONS = {
     "ood": ("The model is trained on every class of the dataset; at test time it meets inputs from other "
@@ -24,9 +27,6 @@ SEEN = {
     "ad": ("one normal class + unlabelled anomalies", "normal + all other classes"),
 }
 
-CLASSIFIER_MODELS = ("small_cnn", "resnet18_cifar")
-ONE_CLASS_MODELS = ("deep_svdd", "autoencoder", "geotrans", "pixels")
-
 METRICS = {
     "ood": ("id_accuracy", "auroc", "aupr_in", "aupr_out", "fpr95", "detection_error"),
     "osr": ("id_accuracy", "auroc", "fpr95", "oscr", "aupr_in", "aupr_out", "detection_error"),
@@ -35,29 +35,54 @@ METRICS = {
 }
 
 
-def models_for(setting: str) -> tuple[str, ...]:
+def __getattr__(name: str) -> tuple[str, ...]:
+    """CLASSIFIER_MODELS and ONE_CLASS_MODELS: the registered models of each kind, read from the model registry
+    whenever asked (so a model registered later is in them too)."""
+    kinds = {"CLASSIFIER_MODELS": "classifier", "ONE_CLASS_MODELS": "one_class"}
+    if name in kinds:
+        return model_names(kind=kinds[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def models_for(setting: str, channels: Optional[int] = None, side: Optional[int] = None) -> tuple[str, ...]:
+    """The registered models that serve `setting`; with `channels` and `side`, only those whose input contract
+    accepts such images (models.registry)."""
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}")
-    return ONE_CLASS_MODELS if setting in ONE_CLASS_SETTINGS else CLASSIFIER_MODELS
+    if channels is None or side is None:
+        return model_names(setting=setting)
+    return models_fitting(setting, channels, side)
 
 
-def is_applicable(name: str, setting: str, model: str, num_classes: int) -> bool:
-    """Whether detector `name` can score a `model` in `setting` with `num_classes` ID classes."""
+def is_applicable(name: str, setting: str, model: str, num_classes: int, regime: str = "ce") -> bool:
+    """Whether detector `name` can score a `model` trained in `regime` in `setting` with `num_classes` ID classes (a
+    model not in the registry is taken for a classifier)."""
     cls = REGISTRY[name]
     needs = set(cls.needs)
-    if model in ONE_CLASS_MODELS:
+    entry = MODELS.get(model)
+    if cls.regimes and ((entry is not None and entry.kind == "one_class") or regime not in cls.regimes):
+        return False  # a method that scores what a training regime learned (RPL's reciprocal points)
+    if entry is not None and entry.kind == "one_class":
         # one-class models give features (and maybe their own score): no logits, no classifier head
         if needs - {"features", "model_score"}:
             return False
-        if "model_score" in needs and model == "pixels":
+        if "model_score" in needs and not entry.own_score:
             return False
     elif "model_score" in needs:
         return False
     return num_classes >= cls.min_classes
 
 
-def detectors_for(setting: str, model: str, num_classes: int) -> list[str]:
-    return [n for n in REGISTRY if is_applicable(n, setting, model, num_classes)]
+def detectors_for(setting: str, model: str, num_classes: int, net=None, regime: str = "ce") -> list[str]:
+    """The detectors that apply to a `model` trained in `regime`; with `net` (the model itself), only those it can
+    serve: a brought model without a linear head, say, has no features (models.foreign.detector_unavailable says
+    why)."""
+    names = [n for n in REGISTRY if is_applicable(n, setting, model, num_classes, regime)]
+    if net is None:
+        return names
+    from .models.foreign import detector_unavailable
+
+    return [n for n in names if detector_unavailable(n, net) is None]
 
 
 NEAR_FAR_OOD = ("rotated", "gaussian")  # one near (transformed ID) and one far (noise) OOD set

@@ -18,11 +18,13 @@ SETTING_TITLES = {
 }
 CLASSIFIER_SETTINGS = ("ood", "osr")
 ONE_CLASS_SETTINGS = ("nd", "ad")
-REGIMES = ("ce", "oe", "logitnorm", "closedset")
+REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl")
 REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al. 2019)",
                  "logitnorm": "LogitNorm (Wei et al. 2022)",
                  "closedset": "Good closed-set classifier (Vaze et al. 2022): longer training, cosine schedule, "
-                              "label smoothing, random shifts, rotations and zooms"}
+                              "label smoothing, random shifts, rotations and zooms",
+                 "rpl": "RPL (Chen et al. 2020): logits are distances to learned reciprocal points",
+                 "arpl": "ARPL (Chen et al. 2021): reciprocal points with a bounded open space (margin term)"}
 # a regime's own number of epochs, where it needs more than the dataset's default (the recipe trains longer)
 REGIME_EPOCHS: dict[str, int] = {"closedset": 160}
 
@@ -41,7 +43,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     member: int = 0  # ensemble member index: changes only the initialisation and batch order, not the data split
-    regime: str = "ce"  # classifiers only: "ce", "oe" (outlier exposure) or "logitnorm"
+    regime: str = "ce"  # classifiers only: one of REGIMES
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.epochs) <= 500:

@@ -27,10 +27,14 @@ import streamlit as st
 
 from ood_core import (Spec, activation_stats, compare, embedding, explain, figures, metrics, pipeline, report, serving,
                       settings)
-from ood_core import estimates, jobs
+from ood_core import costs, estimates, jobs
 from ood_core.data import DATASETS, Benchmark, build_benchmark
+from ood_core.data.registry import OOD_SETS
+from ood_core.device import describe_device
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
+from ood_core.models import loading
+from ood_core.models.registry import model_title
 from ood_core.pipeline import Experiment
 from ood_core.presets import PRESETS
 from ood_core.report import METRIC_COLUMNS, OSCR_COLUMN
@@ -144,17 +148,33 @@ def _experiment_store(spec_key: str, spec_blob: str, _exp: Optional[Experiment] 
     """The prepared Experiment of one spec, shared by all sessions: `_exp` when just trained, else loaded.
 
     Training never runs in here: elements drawn from inside a cached function cannot target
-    containers made outside it, so the progress bar lives in `_train_with_progress`.
+    containers made outside it; trainings are jobs (`_trained_experiment`).
     """
     return _exp if _exp is not None else pipeline.prepare(_spec_from_json(spec_blob))
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _user_experiment(spec_key: str, spec_blob: str, digest: str, _data: bytes) -> Experiment:
-    """The Experiment of an uploaded state_dict (keyed by the file's SHA-256)."""
-    spec = _spec_from_json(spec_blob)
-    model = load_user_model(io.BytesIO(_data), spec, _benchmark(spec_key, spec_blob))
-    return pipeline.prepare(spec, model=model)
+def _user_experiment(spec: Spec, user: dict) -> Optional[Experiment]:
+    """The Experiment of an uploaded model: its forward pass over every split runs as a job (estimate, progress
+    bar, Cancel), kept by the file's SHA-256 and how it is read; None until it lands (its panel is drawn)."""
+    key, blob = spec.key(), spec_json(spec)
+    arch, norm = user.get("arch", OWN_ARCH), user.get("norm", "dataset")
+    bench = _benchmark(key, blob)
+    if user.get("pretrained"):  # torchvision's weights, in its cache since the user asked for them
+        arch, norm = user["pretrained"], "weights"
+    n = sum(len(s) for s in bench.splits().values())
+    est = jobs.Estimate(estimates.FORWARD_S_PER_IMAGE * n * (spec.image_size / estimates.REFERENCE_SIDE) ** 2,
+                        f"runs your model once on {n:,} images (every split)")
+
+    def work(progress, cancel) -> Experiment:
+        if user.get("pretrained"):
+            model, _ = loading.load_model(user["pretrained"], bench=bench)
+        else:
+            model, _ = load_uploaded_model(user["data"], spec, arch, norm)
+        return pipeline.prepare(spec, model=model, bench=bench, cancel=cancel, on_forward=progress)
+
+    _, exp = run_job(job_key("user-model", key, user["digest"], arch, norm), f"Running your model {user['name']}",
+                     work, est, start_label="Run it", auto_start=True)
+    return exp
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -174,15 +194,22 @@ def experiment_id(exp: Experiment) -> str:
     test = exp.outputs["test"]
     h = hashlib.sha1(np.ascontiguousarray(test.logits).tobytes())
     h.update(np.ascontiguousarray(test.features).tobytes())
+    h.update(",".join(exp.ood_names).encode())  # an experiment with the user's own OOD sets added is another one
     fp = h.hexdigest()[:12]
     return f"{exp.spec.key()}-{fp}"
 
 
 # --- getting the current experiment ---------------------------------------------------------------
 
-def get_experiment(retrain: bool = False) -> Optional[Experiment]:
-    """The current experiment, trained with a progress bar and live curve if its model is not on disk.
+def get_experiment(retrain: bool = False, requested: bool = False) -> Optional[Experiment]:
+    """The current experiment: loaded when its model is cached, else trained as a background job.
 
+    The training job draws its panel (estimate, progress bar with the live curve, Cancel) and this returns None
+    until it lands; the rest of the page stays usable meanwhile, and the page reruns when the job is done.
+    `requested`: the user asked for this experiment just now (the Experiment page's form), so its training starts at
+    once; a view opened by link or navigation starts a training on its own only when it is quick
+    (estimates.is_slow), else it shows the estimate and a start button first. `retrain`: train again even when
+    cached (a new job each time it is asked).
     Returns None (after showing an st.error) when the library refuses the spec or the model.
     """
     spec = current_spec()
@@ -195,30 +222,139 @@ def get_experiment(retrain: bool = False) -> Optional[Experiment]:
     t0 = time.perf_counter()
     try:
         if user is not None:
-            with st.spinner("Running your model on every split…"):
-                exp = _user_experiment(key, blob, user["digest"], user["data"])
+            exp = _user_experiment(spec, user)
+            if exp is None:
+                return None
             source = f"your upload {user['name']}"
-        elif retrain or not is_cached(spec):
-            exp, source = _train_with_progress(spec, retrain)
         else:
-            with st.spinner("Loading the cached model and running it on every split…"):
-                exp = _experiment_store(key, blob)
-            source = "on-disk cache" if exp.training.from_cache else "trained earlier on this server"
+            exp = _trained_experiment(spec, retrain, requested)
+            if exp is None:
+                return None
+            source = ("trained just now" if _landed_now(spec) else
+                      "on-disk cache" if exp.training.from_cache else "trained earlier on this server")
     except Exception as e:  # the library's messages are written for users; show them, not a traceback
         text = str(e) if isinstance(e, ModelLoadError) else brief(str(e))  # the loader's messages are whole
         st.error(f"Could not prepare the experiment: {text}")
         st.session_state.pop(INFO_KEY, None)
         return None
+    extra = user_ood_sets()
+    if extra:
+        try:
+            exp = _with_user_ood(experiment_id(exp), tuple(extra), exp)
+        except Exception as e:  # a set that cannot be built at this size: say so, keep the experiment without it
+            st.error(f"Your OOD sets could not be added to this experiment: {brief(str(e))}")
     note = exp.training.note
     shown = st.session_state.setdefault("cache_notes_shown", set())
     if note and writable and (key, note) not in shown:  # once per session; unwritable: said above already
         shown.add((key, note))
         st.warning(note)
     from_cache = source in ("on-disk cache", "trained earlier on this server")
+    seconds = float(exp.training.seconds or 0.0) if source == "trained just now" else time.perf_counter() - t0
     st.session_state[INFO_KEY] = {"spec_key": key, "accuracy": id_accuracy(exp), "source": source,
-                                  "from_cache": from_cache, "seconds": time.perf_counter() - t0,
+                                  "from_cache": from_cache, "seconds": seconds,
                                   "provenance": None if user is not None else dict(exp.training.provenance or {})}
     return exp
+
+
+# session_state: {spec key: (job key, shared)} of the trainings this session started or waits for (shared: the one
+# job of a spec every session uses; else a retraining of this session's own)
+TRAINING_JOBS_KEY = "training_jobs"
+LANDED_KEY = "training_landed"  # session_state: the spec keys whose training landed in this run
+# live training curves of running training jobs, by job key (the job panel draws them)
+_LIVE_CURVES: dict[str, list[dict]] = {}
+
+
+def _landed_now(spec: Spec) -> bool:
+    return spec.key() in st.session_state.get(LANDED_KEY, ())
+
+
+def training_estimate(spec: Spec) -> jobs.Estimate:
+    """What training the spec's model costs (reference rates times its benchmark's training images)."""
+    return estimates.training(spec, len(_benchmark(spec.key(), spec_json(spec)).train))
+
+
+def _trained_experiment(spec: Spec, retrain: bool = False, requested: bool = False) -> Optional[Experiment]:
+    """The spec's experiment from the cache, or from its training job once that has landed (None meanwhile, after
+    drawing the job's estimate and start button or its panel)."""
+    key, blob = spec.key(), spec_json(spec)
+    landed = st.session_state.setdefault(LANDED_KEY, set())
+    landed.discard(key)
+    pending = st.session_state.setdefault(TRAINING_JOBS_KEY, {})
+    if retrain:  # a job of its own each time it is asked
+        pending[key] = (job_key("train", key, time.time_ns()), False)
+        requested = True
+    elif key not in pending:
+        if is_cached(spec):
+            with st.spinner("Loading the cached model and running it on every split…"):
+                return _experiment_store(key, blob)
+        pending[key] = (job_key("train", key), True)
+    jkey, shared = pending[key]
+    if shared and jobs.runner().get(jkey) is None and is_cached(spec):
+        pending.pop(key)  # another session's training of this spec landed and was collected: the model is on disk
+        with st.spinner("Loading the model just trained…"):
+            return _experiment_store(key, blob)
+    est = training_estimate(spec)
+    data = DATASETS[spec.dataset].title if spec.dataset in DATASETS else spec.dataset
+    title = f"Training the model of this experiment ({data}, {model_title(spec.model, short=True)}, seed {spec.seed})"
+    # asked for: start now; opened by a link or a page: start at once only when quick, else estimate + button first
+    job, exp = run_job(jkey, title, _training_work(spec, retrain, jkey), est, start_label="Train the model",
+                       auto_start=requested or est.seconds <= estimates.SLOW_S, button_key=f"train-start-{key}")
+    if exp is None:
+        if job is not None and job.state in (jobs.FAILED, jobs.CANCELLED) and is_cached(spec):
+            pending.pop(key)  # a retraining that did not finish: the cached model stays, and is shown
+            return _experiment_store(key, blob)
+        return None
+    pending.pop(key)
+    _LIVE_CURVES.pop(jkey, None)
+    _experiment_store.clear(key, blob)
+    _experiment_store(key, blob, _exp=exp)
+    if is_cached(spec):  # on disk now: the cached resource and the disk keep it, the job need not
+        jobs.runner().forget(jkey)
+    landed.add(key)
+    return exp
+
+
+def _training_work(spec: Spec, retrain: bool, jkey: str):
+    """The training job's work `fn(progress, cancel)`: prepare the spec's experiment, training its model (or loading
+    it when another session's training of the same spec finished first). No Streamlit inside: it runs in a thread."""
+    def work(progress, cancel) -> Experiment:
+        history = _LIVE_CURVES.setdefault(jkey, [])
+
+        def on_epoch(p) -> None:
+            history.append(dict(p.__dict__))
+            acc = f" · validation accuracy {p.val_accuracy:.1%}" if np.isfinite(p.val_accuracy) else ""
+            done = " · running the model on every split…" if p.epoch == p.epochs else ""
+            progress(0.95 * p.epoch / p.epochs, f"epoch {p.epoch}/{p.epochs} · loss {p.loss:.3f}{acc}{done}")
+
+        def on_wait(place: int) -> None:  # the training queue is full: say where this training stands
+            progress(0.0, f"waiting for a free training slot: number {place} in line "
+                          f"({serving.training_slots()} trainings run at once on this server)…")
+
+        progress(0.0, "preparing the data…")
+        lock = training_lock(spec)
+        if lock.locked():
+            progress(0.0, "another session is training this model right now; waiting for it…")
+        with lock:
+            jobs.check_cancelled(cancel)
+            if not retrain and is_cached(spec):  # another session trained it while we waited
+                return pipeline.prepare(spec, cancel=cancel)
+            return pipeline.prepare(spec, progress=on_epoch, retrain=retrain, on_wait=on_wait, cancel=cancel,
+                                    on_forward=lambda f, m: progress(0.95 + 0.05 * f, m))
+    return work
+
+
+USER_OOD_KEY = "user_ood_sets"  # session_state: the names of the OOD sets this session uploaded, in order
+
+
+def user_ood_sets() -> list[str]:
+    """The OOD sets this session uploaded that are still registered (the server may have restarted)."""
+    return [n for n in st.session_state.get(USER_OOD_KEY, []) if n in OOD_SETS]
+
+
+@st.cache_resource(show_spinner="Running the model on your OOD images…", max_entries=8)
+def _with_user_ood(exp_id: str, names: tuple, _exp: Experiment) -> Experiment:
+    """The experiment with the session's uploaded OOD sets added (a copy: the shared one is not changed)."""
+    return _exp.with_ood_sets(names)
 
 
 @st.cache_data(show_spinner=False, ttl=30)
@@ -238,45 +374,6 @@ def id_accuracy(exp: Experiment) -> Optional[float]:
 def last_preparation() -> dict:
     """What the last get_experiment() did: source ("trained just now", "on-disk cache", ...) and seconds."""
     return dict(st.session_state.get(INFO_KEY) or {})
-
-
-def _train_with_progress(spec: Spec, retrain: bool) -> tuple[Experiment, str]:
-    """Train (or, if another session just did, load) the spec's model while drawing a progress bar."""
-    key, blob = spec.key(), spec_json(spec)
-    box = st.empty()
-    with box.container(border=True):
-        st.markdown(f"**Training the model for this experiment** — {spec.dataset}, {spec.training.epochs} epochs, "
-                    f"seed {spec.seed}. This happens once; the model is then cached on disk.")
-        bar = st.progress(0.0, text="preparing the data…")
-        chart = st.empty()
-    history: list[dict] = []
-
-    def on_epoch(p) -> None:
-        history.append(dict(p.__dict__))
-        done = p.epoch == p.epochs
-        acc = f" · validation accuracy {p.val_accuracy:.1%}" if np.isfinite(p.val_accuracy) else ""
-        bar.progress(p.epoch / p.epochs,
-                     text=f"epoch {p.epoch}/{p.epochs} · loss {p.loss:.3f}{acc} · {p.seconds:.0f} s"
-                          + (" · running the model on every split…" if done else ""))
-        chart.plotly_chart(figures.training_curve(history), key=f"training-curve-live-{p.epoch}")
-
-    lock = training_lock(spec)
-    if lock.locked():
-        bar.progress(0.0, text="another session is training this model right now; waiting for it…")
-    with lock:
-        if not retrain and is_cached(spec):  # another session trained it while we waited
-            exp, source = _experiment_store(key, blob), "on-disk cache"
-        else:
-            def on_wait(place: int) -> None:  # the training queue is full: say where this training stands
-                bar.progress(0.0, text=f"waiting for a free training slot: number {place} in line "
-                                       f"({serving.training_slots()} trainings run at once on this server)…")
-
-            exp = pipeline.prepare(spec, progress=on_epoch, retrain=retrain, on_wait=on_wait)
-            _experiment_store.clear(key, blob)
-            _experiment_store(key, blob, _exp=exp)
-            source = "trained just now"
-    box.empty()
-    return exp, source
 
 
 def training_lock(spec: Spec) -> threading.Lock:
@@ -394,27 +491,54 @@ def fitted_detector(exp_id: str, name: str, params_blob: str, _exp: Experiment):
 
 # --- an uploaded model ------------------------------------------------------------------------------
 
-def load_uploaded_model(data: bytes, spec: Spec):
-    """Check an uploaded state_dict against the spec's model and data; ValueError with a clear message if bad."""
+OWN_ARCH = ""  # the upload's architecture when it is a state_dict of the experiment's own model
+INPUT_NORMS = {"dataset": "the dataset's own (as the project's models)", "imagenet": "ImageNet mean and std",
+               "pixels": "pixels in [0, 1]", "half": "pixels in [-1, 1] (mean 0.5, std 0.5)"}
+
+
+def load_uploaded_model(data: bytes, spec: Spec, arch: str = OWN_ARCH, norm: str = "dataset"):
+    """An uploaded model for the spec's data, checked: a state_dict of the spec's own model (arch OWN_ARCH), of a
+    named architecture (the registry's or torchvision's), an exported program (.pt2) or a TorchScript file (found
+    from the file). Returns (model, info or None); ValueError (ModelLoadError) with a clear message if bad."""
     if not data:
         raise ValueError("the uploaded file is empty")
-    return load_user_model(io.BytesIO(data), spec, _benchmark(spec.key(), spec_json(spec)))
+    bench = _benchmark(spec.key(), spec_json(spec))
+    kind = loading.detect_format(io.BytesIO(data))
+    if kind == "state_dict" and arch in (OWN_ARCH, spec.model):
+        return load_user_model(io.BytesIO(data), spec, bench), None
+    return loading.load_model(io.BytesIO(data), bench=bench, arch=arch or None,
+                              normalisation=None if norm == "dataset" else norm)
 
 
-def use_uploaded_model(name: str, data: bytes) -> Optional[str]:
-    """Use an uploaded state_dict for the current spec; returns an error message, or None on success."""
+def use_uploaded_model(name: str, data: bytes, arch: str = OWN_ARCH, norm: str = "dataset") -> Optional[str]:
+    """Use an uploaded model for the current spec (see load_uploaded_model); an error message, or None on success."""
     spec = current_spec()
     digest = hashlib.sha256(data).hexdigest()
     current = st.session_state.get(USER_MODEL_KEY)
-    if current and current["digest"] == digest and current["spec_key"] == spec.key():
+    if current and (current["digest"], current["spec_key"], current.get("arch"), current.get("norm")) == (
+            digest, spec.key(), arch, norm):
         return None
     try:
-        load_uploaded_model(data, spec)
+        _, info = load_uploaded_model(data, spec, arch, norm)
     except ModelLoadError as e:  # complete sentences naming keys and sizes: shown whole, never cut
         return f"Could not use {name}: {e}"
     except ValueError as e:
         return f"Could not use {name}: {brief(str(e))}"
-    st.session_state[USER_MODEL_KEY] = {"name": name, "digest": digest, "data": data, "spec_key": spec.key()}
+    st.session_state[USER_MODEL_KEY] = {"name": name, "digest": digest, "data": data, "spec_key": spec.key(),
+                                        "arch": arch, "norm": norm, "info": info}
+    return None
+
+
+def use_pretrained(name: str, fetch: bool) -> Optional[str]:
+    """Use torchvision's weights `name` (downloaded into torchvision's cache first when `fetch`: the user asked) on
+    the current spec's data; an error message, or None on success."""
+    spec = current_spec()
+    try:
+        _, info = loading.load_model(name, bench=_benchmark(spec.key(), spec_json(spec)), fetch=fetch)
+    except ValueError as e:  # ModelLoadError: whole sentences (class count, not in the cache, ...)
+        return f"Could not use {name}: {e}"
+    st.session_state[USER_MODEL_KEY] = {"name": name, "digest": name, "data": b"", "spec_key": spec.key(),
+                                        "arch": name, "norm": "weights", "info": info, "pretrained": name}
     return None
 
 
@@ -500,10 +624,10 @@ def detector_scores_job(exp: Experiment, name: str, params: Mapping[str, Any]) -
 
 def detector_scores_nowait(exp: Experiment, name: str, params: Mapping[str, Any],
                            start: bool = True) -> tuple[Optional[dict], Optional[str]]:
-    """Any detector's scores without blocking the page: quick ones at once (detector_scores); those that run the
-    network again through their job (detector_scores_job: (None, None) until it lands) when `start`, else only the
-    result of a job that has finished already."""
-    if not REGISTRY[name].runs_network:
+    """Any detector's scores without blocking the page: quick ones at once (detector_scores); the slow ones (they run
+    or train a network) through their job (detector_scores_job: (None, None) until it lands) when `start`, else only
+    the result of a job that has finished already."""
+    if not REGISTRY[name].slow():
         return detector_scores(exp, name, params)
     if start:
         return detector_scores_job(exp, name, params)
@@ -606,6 +730,9 @@ def job_panel(key: str) -> None:
         else:
             text = f"{job.message or 'starting…'} · {_minutes(job.elapsed())}"
         bar.progress(job.progress, text=text)
+        curve = _LIVE_CURVES.get(key)
+        if curve:  # a training: its loss and validation accuracy so far
+            st.plotly_chart(figures.training_curve(list(curve)), key=f"job-curve-{_job_id(key)}")
         c2.caption("This runs in the background: the rest of the page stays usable, and the result appears here "
                    "when it lands (then cached for everyone on this server).")
 
@@ -637,23 +764,75 @@ def reference_line(name: str) -> str:
 
 
 def detector_options(exp: Experiment) -> list[str]:
-    """The detectors that apply to the experiment's setting and model, in the survey's family order."""
+    """The detectors that apply to the experiment's setting, model and training regime, in the survey's family
+    order."""
     spec = exp.spec
-    names = settings.detectors_for(spec.setting, spec.model, exp.bench.num_classes) or list(REGISTRY)
+    names = settings.detectors_for(spec.setting, spec.model, exp.bench.num_classes, net=exp.model,
+                                   regime=spec.training.regime) or list(REGISTRY)
     order = {f: i for i, f in enumerate(FAMILIES)}
     return sorted(names, key=lambda n: order.get(REGISTRY[n].family, len(order)))
 
 
 SLOW_MARK = "⏳"
 SLOW_HELP = (f"{SLOW_MARK} marks the slow methods, which run the network again (ODIN and Mahalanobis with input "
-             "pre-processing, Gram matrices, MC dropout) or train more networks first (the deep ensemble). They run as "
-             "a background job with an estimate, a progress bar and a Cancel button; the page stays usable meanwhile.")
+             "pre-processing, Gram matrices, MC dropout) or train networks first (the deep ensemble; OpenGAN and C2AE "
+             "on the cached features). They run as a background job with an estimate, a progress bar and a Cancel "
+             "button; the page stays usable meanwhile.")
 
 
 def detector_label(name: str) -> str:
-    """'Family · Title', with SLOW_MARK after the methods that run the network again (from the registry)."""
+    """'Family · Title', with SLOW_MARK after the methods that run or train a network (from the registry)."""
     cls = REGISTRY[name]
-    return f"{family_label(cls.family)} · {cls.title or name}" + (f" {SLOW_MARK}" if cls.runs_network else "")
+    return f"{family_label(cls.family)} · {cls.title or name}" + (f" {SLOW_MARK}" if cls.slow() else "")
+
+
+COST_HELP = ("The time after each name is what fitting and scoring that detector is expected to take on this "
+             "experiment's data (ID training bank, scored images, feature size), from the measured curves of "
+             "`scripts/bench_scaling.py` rescaled to this machine; the slow ones' from their measured rates.")
+
+
+@st.cache_resource(show_spinner=False)
+def _cost_factor() -> float:
+    """costs.calibrate() once per server process (one small matrix product)."""
+    return costs.calibrate()
+
+
+def seconds_words(seconds: float) -> str:
+    """An expected time, short: '<0.1 s', '~0.4 s', '~12 s', '~4 min'."""
+    if seconds < 0.1:
+        return "<0.1 s"
+    if seconds < 10:
+        return f"~{seconds:.1f} s"
+    if seconds < 90:
+        return f"~{seconds:.0f} s"
+    return f"~{seconds / 60:.0f} min"
+
+
+def detector_cost(exp: Experiment, name: str) -> Optional[float]:
+    """Expected seconds of fitting and scoring `name` on `exp` with its default parameters (None when unknown)."""
+    if REGISTRY[name].slow():
+        return estimates.detector(exp, name).seconds
+    _cost_factor()
+    n_bank = len(exp.outputs["train"])
+    n_query = sum(len(exp.outputs[s]) for s in ("test", *exp.ood_names))
+    return costs.expected_seconds(name, n_bank, n_query, exp.outputs["train"].features.shape[1])
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _shown_cost(exp_id: str, name: str, _exp: Experiment) -> Optional[float]:
+    """detector_cost, once per (experiment, detector): a picker's labels must not change between reruns (a widget
+    whose option labels change loses its value), so the ensemble keeps its first estimate once its members train."""
+    return detector_cost(_exp, name)
+
+
+def detector_format(exp: Experiment):
+    """A format_func for detector pickers: detector_label plus the expected time on this experiment's data."""
+    exp_id = experiment_id(exp)
+
+    def label(name: str) -> str:
+        t = _shown_cost(exp_id, name, exp)
+        return detector_label(name) + (f" · {seconds_words(t)}" if t is not None else "")
+    return label
 
 
 def param_widget(pname: str, p: Param, key: str, value: Any = None) -> Any:
@@ -907,11 +1086,10 @@ def _preset_lesson(name: str, exp_id: str, companion_ids: tuple, _exp: Experimen
 
 
 def prepared(spec: Spec) -> Optional[Experiment]:
-    """The experiment of `spec` (not the current one), trained with a progress bar if not cached; None on error."""
+    """The experiment of `spec` (not the current one): loaded when cached, else trained as a job (None until it
+    lands, after drawing its panel; None after an st.error too)."""
     try:
-        if is_cached(spec):
-            return _experiment_store(spec.key(), spec_json(spec))
-        return _train_with_progress(spec, False)[0]
+        return _trained_experiment(spec)
     except Exception as e:
         st.error(f"Could not prepare the experiment {spec.key()}: {brief(str(e))}")
         return None
@@ -927,6 +1105,8 @@ def preset_banner(slot, page) -> None:
         forget_in_url(PRESET_KEY)
         return
     remember_in_url(PRESET_KEY, name)
+    if not is_cached(p.spec) and active_user_model(p.spec) is None:
+        return  # its training is the page's own job (drawn there, once); the lesson shows when it has landed
     with slot.container():
         exp = prepared(p.spec)
         companions = tuple(prepared(s) for s in p.companions)
@@ -1006,6 +1186,14 @@ def no_accuracy_note(spec: Spec) -> str:
             "other class): AUROC and the detection metrics.")
 
 
+def device_line() -> str:
+    """Where this server trains and runs models (ood_core.device), in one line; a wrong OOD_DEVICE says what is wrong."""
+    try:
+        return f"Device: {describe_device()}"
+    except ValueError as e:
+        return f"Device: {e}"
+
+
 def render_sidebar(slot) -> None:
     """The shared sidebar: the current experiment, read from session_state."""
     spec = current_spec()
@@ -1035,6 +1223,7 @@ def render_sidebar(slot) -> None:
         if prov:
             st.caption(f"Model provenance: {prov}")
         st.caption((ds.description + " · " if ds else "") + f"spec key `{spec.key()}`")
+        st.caption(device_line())
         sync_query_params(spec)
         st.caption("Link to this view (the experiment is in the address; opened elsewhere it trains the model if "
                    "that machine has not cached it):")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ood_core import compare, estimates, figures, jobs, metrics, pipeline, protocols, report
+from ood_core import compare, estimates, figures, jobs, metrics, pipeline, protocols, report, tuning
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY
 from ood_core.spec import ONE_CLASS_SETTINGS
@@ -38,17 +38,18 @@ ERROR_STYLE = "color: #b00020; font-style: italic"
 NETWORK_HELP = ("These methods run the network again instead of scoring the cached outputs of the one forward "
                 "pass: ODIN and Mahalanobis with input pre-processing (a backward pass per image), Gram matrices "
                 "(feature maps), MC dropout (many stochastic passes) and the deep ensemble (which trains 4 extra "
-                "models the first time). Together they add about 15 s on a CPU, more on a busy machine, the "
-                "ensemble's first training minutes; all other detectors together take about 3 s, once. They run as "
-                "one background job (an estimate first, then a progress bar and a Cancel button) and join the "
-                "table when it lands.")
+                "models the first time); OpenGAN and C2AE first train a small network on the cached features "
+                "(seconds on the sample datasets, minutes on 60,000 images). Together they add about 15 s on a CPU, "
+                "more on a busy machine, the ensemble's first training minutes; all other detectors together take "
+                "about 3 s, once. They run as one background job (an estimate first, then a progress bar and a "
+                "Cancel button) and join the table when it lands.")
 
 
 # --- computing --------------------------------------------------------------------------------------
 
 def network_rows(exp, network: list[str]) -> Optional[list[dict]]:
-    """Rows of the detectors that run the network again (all of them that apply, whatever the family filter), as
-    one background job: the rows once it has landed, else None (its estimate, panel or outcome is drawn)."""
+    """Rows of the slow detectors, which run or train a network (all of them that apply, whatever the family filter),
+    as one background job: the rows once it has landed, else None (its estimate, panel or outcome is drawn)."""
     if not network:
         return []
     key = ui.job_key("compare-network", ui.experiment_id(exp), network)
@@ -59,7 +60,7 @@ def network_rows(exp, network: list[str]) -> Optional[list[dict]]:
                 progress(i / max(n, 1), f"{REGISTRY[name].title} ({i + 1}/{n})")
         return pipeline.evaluate(exp, network, on_progress=on_detector, cancel=cancel)[0]
 
-    _, rows = ui.run_job(key, f"Scoring {len(network)} methods that run the network again", work,
+    _, rows = ui.run_job(key, f"Scoring {len(network)} methods that run the network again or train one", work,
                          lambda: estimates.detectors(exp, network), start_label="Score them")
     return rows
 
@@ -68,7 +69,7 @@ def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
     """Rows of the current model for `names`; a progress bar shows while detectors not yet cached run.
 
     Returns (rows, seconds, how many detectors were computed now rather than read from the cache). Only quick
-    (post-hoc) detectors belong here: those that run the network again go through `network_rows`, a job.
+    (post-hoc) detectors belong here: those that run or train a network go through `network_rows`, a job.
     """
     exp_id = ui.experiment_id(exp)
     seen = st.session_state.setdefault("compare-computed", set())
@@ -86,7 +87,7 @@ def single_seed(exp, names: list[str]) -> tuple[list[dict], float, int]:
     return rows, time.perf_counter() - t0, len(todo)
 
 
-def multi_seed_work(exp, names: list[str], seeds: list[int]):
+def multi_seed_work(exp, names: list[str], seeds: list[int], tune: bool = False):
     """The job's work `fn(progress, cancel)`: compare.run_seeds over `seeds`; the current seed is `exp`, the others
     are prepared (trained or loaded). No Streamlit inside: it runs in a background thread."""
     spec = exp.spec
@@ -109,9 +110,53 @@ def multi_seed_work(exp, names: list[str], seeds: list[int]):
                 return pipeline.prepare(spec.with_seed(seed), progress=on_epoch, cancel=cancel)
 
         t0 = time.perf_counter()
-        rows, accs = compare.run_seeds(get_experiment, seeds, names, on_progress=progress, cancel=cancel)
+        rows, accs = compare.run_seeds(get_experiment, seeds, names, on_progress=progress, cancel=cancel, tune=tune)
         return {"rows": rows, "seeds": seeds, "accuracies": accs, "seconds": time.perf_counter() - t0}
     return work
+
+
+def tuned_rows(exp, names: list[str]) -> Optional[list[dict]]:
+    """The rows of the tunable `names` with their parameters chosen on OOD validation data (tuning.py), as a job;
+    None until it lands (its panel is drawn)."""
+    if not names:
+        return []
+    key = ui.job_key("tune", ui.experiment_id(exp), names)
+    values = sum(len(v) for n in names for v in tuning.candidates(n).values())
+
+    def estimate() -> jobs.Estimate:
+        seconds = sum(len(v) * (ui.detector_cost(exp, n) or 0.05) for n in names for v in tuning.candidates(n).values())
+        return jobs.Estimate(seconds, f"fits {len(names)} detectors at {values} parameter values in all, scored on "
+                                      "the OOD validation sets")
+
+    def work(progress, cancel):
+        return pipeline.evaluate(exp, names, on_progress=lambda i, n, name: progress(i / max(n, 1), name),
+                                 cancel=cancel, tune=True)[0]
+
+    _, rows = ui.run_job(key, f"Tuning {len(names)} detectors on validation data", work, estimate,
+                         start_label="Tune them")
+    return rows
+
+
+def show_tuned(rows: list[dict]) -> None:
+    """The parameters chosen on validation data and what they gained there, one row per detector (and seed)."""
+    seen, table = set(), []
+    for r in rows:
+        key = (r["detector"], r.get("seed"))
+        if "tuned" not in r or key in seen:
+            continue
+        seen.add(key)
+        v = r["val_auroc"]
+        table.append({"detector": REGISTRY[r["detector"]].title, **({"seed": r["seed"]} if "seed" in r else {}),
+                      "chosen (differs from the default)": ", ".join(f"{k} = {x}" for k, x in r["tuned"].items())
+                      or "the defaults",
+                      "validation AUROC, default (%)": None if v["default"] is None else 100 * v["default"],
+                      "validation AUROC, tuned (%)": None if v["tuned"] is None else 100 * v["tuned"]})
+    if table:
+        with st.expander(f"Parameters tuned on validation data ({len(table)})", expanded=True):
+            st.caption(TUNE_HELP)
+            st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch",
+                         column_config={c: st.column_config.NumberColumn(format="%.1f") for c in table[0]
+                                        if c.startswith("validation")})
 
 
 def summarise(rows: list[dict], osr: bool) -> list[dict]:
@@ -391,8 +436,15 @@ def metric_picker(spec, where=st) -> str:
     return metric
 
 
-def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool]:
-    """Families, OOD sets and the network opt-in; returns them."""
+TUNE_HELP = ("Each detector's parameters are chosen from its sweep list by the mean AUROC of ID validation images "
+             "against OOD *validation* sets: the validation split's own unknowns (open-set and one-class settings) and "
+             "the synthetic and transformed sets drawn again from the validation images. No test image is ever used "
+             "to choose; the table then scores the test sets with the chosen values. Methods that run the network "
+             "again, and natural sets from other datasets or your folders, are not used for tuning.")
+
+
+def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool, bool]:
+    """Families, OOD sets, the network opt-in and tuning on validation; returns them."""
     present = [f for f in FAMILIES if any(REGISTRY[n].family == f for n in options)]
     c2, c3 = st.columns(2)
     families = c2.multiselect("Families", present, default=ui.url_choices("families", present, present),
@@ -405,14 +457,17 @@ def controls(exp, options: list[str]) -> tuple[list[str], list[str], bool]:
                                          if s in OOD_SETS) or None)
     ui.remember_in_url("families", families, default=present)
     ui.remember_in_url("sets", sets, default=exp.ood_names)
-    slow = [n for n in options if REGISTRY[n].runs_network]
+    slow = [n for n in options if REGISTRY[n].slow()]
     network = False
     if slow:
-        network = st.checkbox(f"Include methods that run the network again (slower: "
+        network = st.checkbox(f"Include methods that run the network again or train one (slower: "
                               f"{', '.join(REGISTRY[n].title for n in slow)})", value=ui.url_flag("network", False),
                               key="compare-network", help=NETWORK_HELP)
         ui.remember_in_url("network", network, default=False)
-    return families, sets, network
+    tune = st.checkbox("Tune parameters on validation data (never on the test sets)", value=ui.url_flag("tune", False),
+                       key="compare-tune", help=TUNE_HELP)
+    ui.remember_in_url("tune", tune, default=False)
+    return families, sets, network, tune
 
 
 def main() -> None:
@@ -427,11 +482,11 @@ def main() -> None:
     spec = exp.spec
     top = ui.chart_first()
     options = ui.detector_options(exp)
-    families, sets, network = controls(exp, options)
-    if not network and any(REGISTRY[n].runs_network for n in options):
-        st.caption("Methods that run the network again are left out (tick the box to include them); all others "
-                   "score the cached outputs of one forward pass.")
-    names = [n for n in options if network or not REGISTRY[n].runs_network]
+    families, sets, network, tune = controls(exp, options)
+    if not network and any(REGISTRY[n].slow() for n in options):
+        st.caption("Methods that run the network again or train one are left out (tick the box to include them); "
+                   "all others score the cached outputs of one forward pass.")
+    names = [n for n in options if network or not REGISTRY[n].slow()]
 
     uploaded = ui.active_user_model(spec) is not None
     s1, s2, s3 = st.columns([1, 1.3, 3], vertical_alignment="bottom")
@@ -448,7 +503,7 @@ def main() -> None:
                               step=1, key="compare-seeds", disabled=uploaded, help=help_text)
     ui.remember_in_url("seeds", int(n_seeds), default=DEFAULT_SPLITS if osr else DEFAULT_SEEDS)
     seeds = list(range(spec.seed, spec.seed + int(n_seeds)))
-    key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names])
+    key = json.dumps(["seeds", ui.experiment_id(exp), ui.spec_json(spec), seeds, names, tune])
     multi = None if uploaded else ui.results_store().get(key)
     job = None if uploaded or multi is not None else jobs.runner().get(key)
     busy = uploaded or multi is not None or (job is not None and job.active)
@@ -465,7 +520,7 @@ def main() -> None:
     if not uploaded and multi is None:
         title = f"Comparison over {len(seeds)} {u}s"
         if start:
-            job = ui.start_job(key, title, multi_seed_work(exp, names, seeds), est)
+            job = ui.start_job(key, title, multi_seed_work(exp, names, seeds, tune), est)
         elif job is not None and job.active:
             ui.job_panel(key)
         elif job is not None and job.state == jobs.DONE:
@@ -480,17 +535,28 @@ def main() -> None:
                    f"{len(names)} detectors, "
                    f"{multi['seconds']:.0f} s).")
         show_comparison(exp, multi["rows"], seeds, multi["accuracies"], families, sets, top)
+        show_tuned(multi["rows"])
     elif not chosen or not sets:
         st.info("Choose at least one family and one OOD set.")
     else:
-        rows, seconds, computed = single_seed(exp, [n for n in chosen if not REGISTRY[n].runs_network])
+        rows, seconds, computed = single_seed(exp, [n for n in chosen if not REGISTRY[n].slow()])
         if computed:
             st.caption(f"Scored {computed} detector(s) in {seconds:.1f} s; they now come from the cache.")
-        more = network_rows(exp, [n for n in names if REGISTRY[n].runs_network])
+        more = network_rows(exp, [n for n in names if REGISTRY[n].slow()])
         if more is None:
             st.caption("The table shows the other detectors meanwhile; the slow ones join it when their job lands.")
         rows += [r for r in more or [] if r["detector"] in chosen]
+        if tune:
+            tuned = tuned_rows(exp, [n for n in chosen if tuning.is_tunable(n)])
+            if tuned is None:
+                st.caption("The table shows the default parameters meanwhile; the tuned ones replace them when the "
+                           "job lands.")
+            else:
+                done = {r["detector"] for r in tuned}
+                rows = [r for r in rows if r["detector"] not in done] + tuned
         show_comparison(exp, rows, [spec.seed], [ui.id_accuracy(exp)], families, sets, top)
+        if tune:
+            show_tuned(rows)
     if spec.setting in ONE_CLASS_SETTINGS:
         one_class_section(exp)
 

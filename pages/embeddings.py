@@ -31,10 +31,10 @@ READY_KEY = "embeddings-ready"  # session_state: reducer keys this session has a
 
 # --- widgets ----------------------------------------------------------------------------------------
 
-def choose_detector(options: list[str], key: str, label: str = "Detector") -> str:
+def choose_detector(exp, options: list[str], key: str, label: str = "Detector") -> str:
     default = ui.url_choice("detector", options, DEFAULT_DETECTOR if DEFAULT_DETECTOR in options else options[0])
-    name = st.selectbox(label, options, index=options.index(default), format_func=ui.detector_label, key=key,
-                        help="Scores with the detector's default parameters; higher = more unfamiliar.")
+    name = st.selectbox(label, options, index=options.index(default), format_func=ui.detector_format(exp), key=key,
+                        help="Scores with the detector's default parameters; higher = more unfamiliar. " + ui.COST_HELP)
     ui.remember_in_url("detector", name)
     return name
 
@@ -66,7 +66,7 @@ def controls(exp) -> dict:
                                 format_func=COLOR_LABELS.get, key="emb-color")
         detector = None
         if color_by == "score":
-            detector = choose_detector(ui.detector_options(exp), key="emb-color-detector")
+            detector = choose_detector(exp, ui.detector_options(exp), key="emb-color-detector")
         else:
             ui.forget_in_url("detector")
     max_per_set = None
@@ -167,7 +167,7 @@ def selection_section(exp, frame: pd.DataFrame, event, colour_detector: Optional
     options = ui.detector_options(exp)
     default = [colour_detector] if colour_detector else [d for d in (DEFAULT_DETECTOR, "energy") if d in options]
     dets = st.multiselect("Detector scores to show", options, default=default or options[:1], key="emb-sel-detectors",
-                          format_func=ui.detector_label)
+                          format_func=ui.detector_format(exp))
     table = pd.DataFrame({
         "set": rows["set"].to_numpy(), "index": rows["index"].to_numpy(), "true label": rows["label_name"].to_numpy(),
         "prediction": rows["pred_name"].to_numpy(), "confidence": rows["confidence"].to_numpy()})

@@ -1,6 +1,7 @@
 """Experiment page: what the data and model are, a form to train / load another, examples of ID and OOD images."""
 import time
 from pathlib import Path
+from typing import Optional
 
 import streamlit as st
 
@@ -8,8 +9,10 @@ from ood_core import figures, serving, settings
 from ood_core.data import DATASETS, OOD_SETS, DataError, data_root, datasets, sources
 from ood_core.data.auxiliary import AUX_RECIPES
 from ood_core.data.benchmark import known_classes_for
-from ood_core.models.registry import ONE_CLASS_TITLES
-from ood_core.spec import REGIME_EPOCHS, REGIME_TITLES, SETTING_TITLES, SETTINGS
+from ood_core.data.registry import register_user_ood_set
+from ood_core.models import loading
+from ood_core.models.registry import MODELS, unfit_reasons
+from ood_core.spec import CLASSIFIER_SETTINGS, REGIME_EPOCHS, REGIME_TITLES, SETTING_TITLES, SETTINGS
 from pages import _support as ui
 
 N_ID_EXAMPLES = 16
@@ -73,6 +76,45 @@ def dataset_picker() -> str:
     return dataset
 
 
+def size_picker(dataset: str) -> int:
+    """The image side, outside the form (like the dataset) so that the form offers only the models that accept it;
+    another dataset starts from its own default size."""
+    spec = ui.current_spec()
+    info = DATASETS[dataset]
+    sizes = list(datasets.SIZES)
+    size = spec.image_size if dataset == spec.dataset else info.default_size
+    return int(st.selectbox(
+        "Image size (px)", sizes, index=sizes.index(size) if size in sizes else sizes.index(info.default_size),
+        key=f"image-size-{dataset}",
+        help=f"Images are resized to this side (bilinear, antialiased when shrinking); {info.title} is "
+             f"{info.native_size} px. Larger costs more time per epoch. The models offered below are those that "
+             "accept this size."))
+
+
+def model_picker(setting: str, channels: int, side: int) -> Optional[str]:
+    """The models of the registry that serve `setting` and accept (channels, side) images; the help lists each with
+    what it is, and says which models are not offered here and why. None (with the reasons) when no model fits."""
+    spec = ui.current_spec()
+    models = settings.models_for(setting, channels, side)
+    left_out = unfit_reasons(setting, channels, side)
+    if not models:
+        st.error(f"No model for {SETTING_TITLES[setting].lower()} takes {channels}-channel {side} px images: "
+                 + "; ".join(f"{MODELS[n].short}: {reason}" for n, reason in left_out.items()) + ".")
+        return None
+    why_not = "".join(f"\n- **{MODELS[n].title}**: {reason}." for n, reason in left_out.items())
+    help_text = "\n".join(f"- **{MODELS[n].title}** ({MODELS[n].contract.describe()}): {MODELS[n].description}"
+                          for n in models)
+    if why_not:
+        help_text += f"\n\nNot offered for {channels}-channel {side} px images:" + why_not
+    label = "Classifier" if setting in CLASSIFIER_SETTINGS else "One-class model"
+    choice = st.selectbox(label, models, index=models.index(spec.model) if spec.model in models else 0,
+                          format_func=lambda m: MODELS[m].title, help=help_text)
+    if left_out:
+        st.caption(f"Not offered at {side} px: " + "; ".join(
+            f"{MODELS[n].short} ({MODELS[n].contract.sides_text()})" for n in left_out) + ".")
+    return choice
+
+
 def own_dataset_box() -> None:
     """Upload a .zip of class folders or an .npz (images, labels) as the ID dataset."""
     with st.expander("Use your own images as the ID dataset"):
@@ -101,23 +143,58 @@ def own_dataset_box() -> None:
                       on_click=lambda: st.session_state.__setitem__("dataset-picker", name))
 
 
-def experiment_form(setting: str, dataset: str):
-    """The spec form; returns (the new Spec or None when not submitted or invalid, retrain flag)."""
+def read_ood_upload(up) -> Optional[str]:
+    """Register an uploaded file as a natural OOD set (once per file content); its name, or None after an error."""
+    import hashlib
+
+    data = up.getvalue()
+    wanted = f"upload-{Path(up.name).stem[:24]}-{hashlib.sha256(data).hexdigest()[:6]}"
+    read = st.session_state.setdefault("own-ood-read", {})  # file name -> the name it was registered under
+    if wanted not in read or read[wanted] not in OOD_SETS:
+        with st.spinner(f"Reading {up.name}…"):
+            try:
+                read[wanted] = register_user_ood_set(wanted, data, filename=up.name)
+            except (DataError, ValueError) as e:
+                st.error(f"{up.name} cannot be used: {e}")
+                return None
+    return read[wanted]
+
+
+def own_ood_box() -> None:
+    """Upload a .zip or .npz of unlabelled images as an extra OOD set of every page's experiment (this session)."""
+    names = ui.user_ood_sets()
+    with st.expander("Add your own images as an OOD set", expanded=bool(names)):
+        st.markdown("A **.zip** of images (any folders) or an **.npz** with an array `images` (n, h, w[, c]): "
+                    "images your model should flag as unfamiliar. They are converted to the experiment's size and "
+                    "channels, run through the model once, and offered as an OOD set on every page (a fifth of the "
+                    "ID test size is drawn, as for the other sets). The same checks as for datasets apply.")
+        up = st.file_uploader("OOD images (.zip / .npz)", type=["zip", "npz"],
+                              key=f"own-ood-{st.session_state.get('own-ood-n', 0)}")
+        name = read_ood_upload(up) if up is not None else None
+        if name is not None:
+            if name not in names:
+                st.session_state[ui.USER_OOD_KEY] = names = [*names, name]
+            st.success(f"Added **{name}** ({OOD_SETS[name].description}) as an OOD set.")
+        for name in names:
+            c1, c2 = st.columns([4, 1], vertical_alignment="center")
+            c1.caption(f"OOD set `{name}`: {OOD_SETS[name].description}")
+            if c2.button("Remove", key=f"remove-ood-{name}"):
+                st.session_state[ui.USER_OOD_KEY] = [n for n in names if n != name]
+                st.session_state["own-ood-n"] = st.session_state.get("own-ood-n", 0) + 1  # an empty uploader
+                st.rerun()
+
+
+def experiment_form(setting: str, dataset: str, size: int):
+    """The spec form for `dataset` at `size` px; returns (the new Spec or None when not submitted or invalid, retrain
+    flag)."""
     spec = ui.current_spec()
     info = DATASETS[dataset]
     n_classes = info.num_classes
     same = dataset == spec.dataset  # the current spec's values; another dataset starts from its own defaults
-    extra: dict = {"setting": setting}
+    extra: dict = {"setting": setting, "image_size": size}
     with st.form("experiment-form"):
-        st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]} · {info.title}")
-        c0, c00 = st.columns(2)
-        sizes = list(datasets.SIZES)
-        size = spec.image_size if same else info.default_size
-        extra["image_size"] = int(c0.selectbox(
-            "Image size (px)", sizes, index=sizes.index(size) if size in sizes else sizes.index(info.default_size),
-            help=f"Images are resized to this side (bilinear, antialiased when shrinking); {info.title} is "
-                 f"{info.native_size} px. Larger costs more time per epoch."))
-        extra["train_per_class"] = int(c00.number_input(
+        st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]} · {info.title} · {size} px")
+        extra["train_per_class"] = int(st.number_input(
             "Training images per class (0 = all)", min_value=0, value=spec.train_per_class if same else 0, step=100,
             help="A seeded draw of at most this many training images of each class: trains faster on a CPU."))
         c1, c2 = st.columns(2)
@@ -145,25 +222,17 @@ def experiment_form(setting: str, dataset: str):
         else:
             c2.caption("Each one-class model trains with its own fixed, documented hyper-parameters "
                        "(see ood_core/models/oneclass.py).")
-        models = settings.models_for(setting)
+        extra["model"] = model_picker(setting, info.channels, size)
         if setting in ("ood", "osr"):
-            from ood_core.protocols import MODEL_TITLES
-
-            extra["model"] = st.selectbox("Classifier", models, index=models.index(spec.model) if spec.model in models else 0,
-                                          format_func=lambda m: MODEL_TITLES.get(m, m),
-                                          help="The small CNN trains in seconds on a CPU; the CIFAR-style ResNet-18 "
-                                               "(11 M parameters, the network of OpenOOD's benchmarks) is meant for "
-                                               "32 px colour data and a GPU, or a per-class subsample on a CPU.")
             regimes = list(REGIME_TITLES)
             extra["regime"] = st.selectbox("Training regime", regimes, index=regimes.index(spec.training.regime),
                                            format_func=lambda r: REGIME_TITLES[r],
                                            help="Outlier exposure trains with auxiliary outliers made from ID "
                                                 "training images only — " + "; ".join(AUX_RECIPES.values()) +
-                                                " — disjoint from every test OOD set.")
-        else:
-            model = spec.model if spec.model in models else models[0]
-            extra["model"] = st.selectbox("One-class model", models, index=models.index(model),
-                                          format_func=lambda m: ONE_CLASS_TITLES.get(m, m))
+                                                " — disjoint from every test OOD set. RPL and ARPL learn one "
+                                                "reciprocal point per class and use the distances to them as "
+                                                "logits (the head stays linear, up to a shift shared by all "
+                                                "classes); their own score is the detector 'RPL / ARPL'.")
         if setting == "osr":
             extra["known_classes"] = int(st.number_input("Known classes K", min_value=2, max_value=max(2, n_classes - 1),
                                                          value=min(spec.known_classes, max(2, n_classes - 1)), step=1,
@@ -180,7 +249,7 @@ def experiment_form(setting: str, dataset: str):
                                                           "the other classes."))
         retrain = st.checkbox("Retrain even if a cached model exists", key="retrain-anyway")
         submitted = st.form_submit_button("Train / load model", type="primary")
-    if not submitted:
+    if not submitted or extra["model"] is None:
         return None, False
     try:
         return ui.make_spec(spec, dataset, seed, epochs, lr, batch, **extra), retrain
@@ -190,21 +259,74 @@ def experiment_form(setting: str, dataset: str):
 
 
 def upload_box() -> None:
-    """'Use your own model': upload a state_dict for the current spec's model and data."""
+    """'Use your own model': a state_dict (of this experiment's model or a named architecture), an exported program
+    (.pt2) or a TorchScript file, scored on the current data on every page instead of the trained model."""
     with st.expander("Use your own model"):
         spec = ui.current_spec()
-        st.markdown(f"Upload a PyTorch **state_dict** (`.pt`, saved with `torch.save(model.state_dict(), path)`) "
-                    f"for model `{spec.model}` on `{spec.dataset}`. It is loaded with `weights_only=True` and "
-                    "replaces the trained model on every page.")
-        up = st.file_uploader("Model weights (.pt / .pth)", type=["pt", "pth"], key=ui.upload_widget_key())
+        st.markdown(
+            "Upload a classifier for these images and classes. An **exported program** (`torch.export.save`, `.pt2`) "
+            "or a **TorchScript** file (`torch.jit.save`) needs nothing else: the penultimate features, the linear "
+            "head and the Grad-CAM layer are found in its graph. A **state_dict** (`torch.save(model.state_dict(), "
+            f"path)`) needs its architecture: this experiment's `{spec.model}` or any torchvision classifier. Weights "
+            "are read with `weights_only=True` (a file that would run code is refused).")
+        archs = [ui.OWN_ARCH, *[a for a in loading.architectures() if a != spec.model]]
+        c1, c2 = st.columns(2)
+        arch = c1.selectbox("Architecture (state_dict only)", archs, key="upload-arch",
+                            format_func=lambda a: f"this experiment's ({spec.model})" if a == ui.OWN_ARCH else a,
+                            help="Ignored for .pt2 and TorchScript files, which carry their network.")
+        norm = c2.selectbox("Input normalisation the model expects", list(ui.INPUT_NORMS), key="upload-norm",
+                            format_func=ui.INPUT_NORMS.get,
+                            help="How the model's training normalised its inputs; the images are converted to its "
+                                 "channels and size inside the forward pass, so gradients (ODIN, Grad-CAM) see it.")
+        up = st.file_uploader("Model file (.pt / .pth / .pt2)", type=["pt", "pth", "pt2"], key=ui.upload_widget_key())
         if up is not None:
-            error = ui.use_uploaded_model(up.name, up.getvalue())
+            with st.spinner(f"Checking {up.name} on these images…"):
+                error = ui.use_uploaded_model(up.name, up.getvalue(), arch, norm)
             if error:
                 st.error(error)
+        pretrained_box(spec)
         user = ui.active_user_model(spec)
         if user:
             st.success(f"Using your model `{user['name']}` on every page.")
+            info = user.get("info")
+            if info:
+                st.caption(" · ".join(loading.summary_lines(info)[:3]))
+                skipped = info.get("detectors", {}).get("unavailable", {})
+                if skipped:
+                    st.caption("Detectors this model cannot serve: " + "; ".join(
+                        f"**{name}** ({why})" for name, why in skipped.items()))
             st.button("Use the trained model again", on_click=ui.reset_upload)
+
+
+def pretrained_box(spec) -> None:
+    """Torchvision's pretrained weights by their enum name: what they are (size, classes, input) before anything is
+    downloaded, and a button that downloads them (into torchvision's own cache) only when clicked."""
+    name = st.text_input("…or torchvision's pretrained weights", key="pretrained-name",
+                         placeholder="e.g. ResNet18_Weights.IMAGENET1K_V1",
+                         help="The enum name as torchvision writes it. Nothing is downloaded until you click; the "
+                              "weights' own transforms set the input size and normalisation. Their classes must be "
+                              "the dataset's (e.g. ImageNet weights with an image folder of ImageNet classes).").strip()
+    if not name:
+        return
+    try:
+        info = loading.weights_info(name)
+    except ValueError as e:
+        st.error(str(e))
+        return
+    where = "in torchvision's cache" if info["cached"] else "not downloaded yet"
+    st.caption(f"**{name}**: {info['architecture']}, {info['parameters']:,} parameters, {info['classes']:,} classes, "
+               f"input {info['input']}, {info['size_mb']:.1f} MB, {where}.")
+    n_classes = DATASETS[spec.dataset].num_classes
+    if info["classes"] and info["classes"] != n_classes:
+        st.warning(f"These weights give {info['classes']:,} classes and `{spec.dataset}` has {n_classes}: use them "
+                   "with a dataset of the same classes (an image folder of ImageNet classes, say).")
+        return
+    label = "Use these weights" if info["cached"] else f"Download ({info['size_mb']:.0f} MB) and use these weights"
+    if st.button(label, key="use-pretrained"):
+        with st.spinner("Downloading the weights into torchvision's cache…" if not info["cached"] else "Loading…"):
+            error = ui.use_pretrained(name, fetch=not info["cached"])
+        if error:
+            st.error(error)
 
 
 def show_examples(exp) -> None:
@@ -237,8 +359,10 @@ def main() -> None:
     left, right = st.columns([2, 3], gap="large")
     with left:
         dataset = dataset_picker()
-        new_spec, retrain = experiment_form(setting, dataset)
+        size = size_picker(dataset)
+        new_spec, retrain = experiment_form(setting, dataset, size)
         own_dataset_box()
+        own_ood_box()
         if new_spec is not None:  # the form trains or loads the spec's own model, not an upload
             ui.reset_upload()
         upload_box()
@@ -246,17 +370,17 @@ def main() -> None:
         t0 = time.perf_counter()
         if new_spec is not None:
             ui.set_spec(new_spec)
-        exp = ui.get_experiment(retrain=retrain)
+        exp = ui.get_experiment(retrain=retrain, requested=new_spec is not None)
         if exp is None:
             return
-        if new_spec is not None:
-            source, seconds = ui.last_preparation().get("source", ""), time.perf_counter() - t0
-            if source == "trained just now":
-                epochs = exp.spec.training.epochs
-                st.success(f"Trained a new model: {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s. "
-                           "It is cached on disk for next time.")
-            else:
-                st.info(f"Reused the cached model for this setting ({source}) — ready in {seconds:.1f} s, no training needed.")
+        source = ui.last_preparation().get("source", "")
+        if source == "trained just now":  # its training job landed in this run
+            epochs, seconds = exp.spec.training.epochs, float(exp.training.seconds or 0.0)
+            st.success(f"Trained a new model: {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s. "
+                       "It is cached on disk for next time.")
+        elif new_spec is not None:
+            seconds = time.perf_counter() - t0
+            st.info(f"Reused the cached model for this setting ({source}) — ready in {seconds:.1f} s, no training needed.")
         a1, a2 = st.columns(2)
         acc = ui.id_accuracy(exp)
         if acc is None:  # one-class model: no classifier; say what the setting reports instead of an empty metric

@@ -153,8 +153,8 @@ def galleries(exp, samples: Samples, opts: dict) -> None:
     c1, c2 = st.columns([3, 1])
     with c1:
         default = ui.url_choice("detector", options, DEFAULT_DETECTOR if DEFAULT_DETECTOR in options else options[0])
-        name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
-                            key="expl-gal-detector")
+        name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_format(exp),
+                            key="expl-gal-detector", help=ui.COST_HELP)
     with c2:
         k = st.slider("Images per gallery", 2, 10, ui.url_number("k", 2, 10, 5, int), key="expl-gal-k")
     ui.remember_in_url("detector", name)
@@ -251,12 +251,13 @@ def detector_table(exp, out: Outputs, opts: dict) -> None:
     st.markdown("**Its score under every detector**, placed among the ID test and "
                 f"{opts['ood_set']} scores of that detector")
     options = ui.detector_options(exp)
-    # detectors that run the network again (or train more models) to score are opt-in
-    slow = [n for n in options if REGISTRY[n].runs_network]
-    extra = st.multiselect("Add slow detectors", slow, default=[], key="expl-try-slow", format_func=ui.detector_label,
+    # detectors that run the network again (or train models) to score are opt-in
+    slow = [n for n in options if REGISTRY[n].slow()]
+    extra = st.multiselect("Add slow detectors", slow, default=[], key="expl-try-slow", format_func=ui.detector_format(exp),
                            help="These run the network again to score (ODIN, Gram matrices, MC dropout, ...): about "
                                 "ten seconds each the first time; the deep ensemble trains extra models first "
-                                "(minutes). Each runs as a background job with a progress bar and a Cancel button.")
+                                "(minutes), OpenGAN and C2AE a small network on the cached features (seconds). Each "
+                                "runs as a background job with a progress bar and a Cancel button.")
     names = [n for n in options if n not in slow] + extra
     ood = opts["ood_set"]
     sample, id_ref, ood_ref, failed = {}, {}, {}, []

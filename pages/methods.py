@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ood_core import settings
+from ood_core import estimates, settings
 from ood_core.detectors import FAMILIES, REGISTRY, Param
 from ood_core.spec import ONE_CLASS_SETTINGS, SETTING_TITLES
 from pages import _support as ui
@@ -28,12 +28,12 @@ def matches(name: str, query: str) -> bool:
 
 
 def applies_now(name: str) -> bool:
-    """Whether the detector can score the current experiment (its setting and model)."""
+    """Whether the detector can score the current experiment (its setting, model and training regime)."""
     spec = ui.current_spec()
     # class-relative methods need at least two ID classes: OSR has K known, ND/AD one normal class, and a
     # classifier in the OOD setting has at least two by definition
     n = spec.known_classes if spec.setting == "osr" else 1 if spec.setting in ONE_CLASS_SETTINGS else 2
-    return settings.is_applicable(name, spec.setting, spec.model, n)
+    return settings.is_applicable(name, spec.setting, spec.model, n, spec.training.regime)
 
 
 def param_line(pname: str, p: Param) -> str:
@@ -70,13 +70,13 @@ def card(name: str) -> None:
             else:
                 st.markdown("**Parameters:** none.")
             needs = ", ".join(NEEDS_WORDS.get(n, n) for n in cls.needs)
-            again = ("**runs the network again** (slower)" if cls.runs_network
-                     else "scores the cached outputs of one forward pass (fast)")
-            st.markdown(f"**Needs:** {needs}  \n**Cost:** {again}")
+            st.markdown(f"**Needs:** {needs}  \n**Cost:** {estimates.cost_words(name)}")
             ok = applies_now(name)
             spec = ui.current_spec()
+            regime = (f", training regime {spec.training.regime}; it needs {' or '.join(cls.regimes)}"
+                      if cls.regimes else "")
             why = None if ok else (f"{cls.title} does not apply to the current experiment "
-                                   f"({SETTING_TITLES.get(spec.setting, spec.setting)}, model {spec.model}).")
+                                   f"({SETTING_TITLES.get(spec.setting, spec.setting)}, model {spec.model}{regime}).")
             if st.button("See its scores →", key=f"methods-jump-{name}", disabled=not ok, help=why):
                 st.session_state[SCORES_DETECTOR_KEY] = name
                 st.switch_page(SCORES_PAGE)

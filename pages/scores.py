@@ -17,9 +17,10 @@ def choose_detector(exp) -> str:
     """Detector selectbox, each labelled with its family; returns the registry name."""
     options = ui.detector_options(exp)
     default = ui.url_choice("detector", options, DEFAULT_DETECTOR if DEFAULT_DETECTOR in options else options[0])
-    name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
+    name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_format(exp),
                         key="scores-detector",
-                        help="Grouped by the survey's taxonomy (Salehi et al. 2022): family · method. " + ui.SLOW_HELP)
+                        help="Grouped by the survey's taxonomy (Salehi et al. 2022): family · method. " + ui.SLOW_HELP
+                             + " " + ui.COST_HELP)
     ui.remember_in_url("detector", name)
     return name
 
@@ -118,7 +119,7 @@ def main() -> None:
     if not sets:
         st.info("Pick at least one OOD set above to see the scores.")
         return
-    if REGISTRY[name].runs_network:  # seconds to minutes: a background job; the widgets above stay usable
+    if REGISTRY[name].slow():  # seconds to minutes: a background job; the widgets above stay usable
         scores, error = ui.detector_scores_job(exp, name, params)
         if scores is None and error is None:
             return  # waiting to start, running (its panel is drawn) or cancelled

@@ -35,8 +35,9 @@ def choose_detector(exp) -> Optional[str]:
         st.info("No detector with parameters applies to this experiment.")
         return None
     default = ui.url_choice("detector", options, next((d for d in DEFAULT_DETECTORS if d in options), options[0]))
-    name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_label,
-                        key="sens-detector", help="Only detectors with parameters are listed. " + ui.SLOW_HELP)
+    name = st.selectbox("Detector", options, index=options.index(default), format_func=ui.detector_format(exp),
+                        key="sens-detector",
+                        help="Only detectors with parameters are listed. " + ui.SLOW_HELP + " " + ui.COST_HELP)
     ui.remember_in_url("detector", name)
     return name
 
@@ -80,7 +81,7 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
                 + (" (log axis)" if p.scale == "log" and p.kind != "choice" else ""))
     fixed = {k: v for k, v in held.items() if k != pname}
     moved = {k: v for k, v in fixed.items() if v != REGISTRY[name].params[k].default}
-    if REGISTRY[name].runs_network:  # seconds per value, minutes for the ensemble: a job, asked for first
+    if REGISTRY[name].slow():  # seconds per value, minutes for the ensemble: a job, asked for first
         key = ui.job_key("sweep", ui.experiment_id(exp), name, pname, values, sets, fixed)
 
         def work(progress, cancel):
@@ -145,8 +146,9 @@ def main() -> None:
     if not sets:
         st.info("Pick at least one OOD set above to see the sweeps.")
         return
-    if cls.runs_network:
-        st.info(f"{cls.title} runs the network again for every value, so each sweep starts on request: it runs in "
+    if cls.slow():
+        what = "runs the network again" if cls.runs_network else "trains a network"
+        st.info(f"{cls.title} {what} for every value, so each sweep starts on request: it runs in "
                 "the background with a progress bar and a Cancel button, and is kept once done.",
                 icon=":material/hourglass_top:")
     for i, (pname, p) in enumerate(cls.params.items()):

@@ -84,9 +84,10 @@ def case_b(args) -> None:
     from ood_core import Spec, TrainConfig, pipeline
     from ood_core.data import build_benchmark
     from ood_core.detectors import REGISTRY
+    from ood_core.device import default_device
     from ood_core.settings import detectors_for
 
-    device = args.device or pipeline.default_device()
+    device = args.device or default_device()
     spec = Spec(dataset="mnist", image_size=28, training=TrainConfig(epochs=max(1, args.warm_epochs)))
     t0 = time.perf_counter()
     bench = build_benchmark(spec)  # reads the idx files: the first use of the data in this process
@@ -120,8 +121,9 @@ def case_b(args) -> None:
 def case_c(args) -> None:
     from ood_core import Spec, pipeline
     from ood_core.data import build_benchmark
+    from ood_core.device import default_device
 
-    device = args.device or pipeline.default_device()
+    device = args.device or default_device()
     spec = Spec(dataset="cifar10", image_size=32)
     t0 = time.perf_counter()
     bench = build_benchmark(spec)

@@ -22,6 +22,7 @@ import torch
 
 from ood_core import Spec, TrainConfig
 from ood_core.data.benchmark import Benchmark, Split
+from ood_core.device import default_device
 from ood_core.inference import run_inference
 from ood_core.models.train import train_classifier
 
@@ -71,7 +72,7 @@ def forward_case(n: int, device: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=default_device(), help="default: ood_core.device.default_device()")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script only")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()

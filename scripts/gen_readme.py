@@ -37,9 +37,14 @@ def methods_section() -> str:
 
     families = {cls.family for cls in REGISTRY.values()}
     rerun = [cls.title for cls in REGISTRY.values() if cls.runs_network]
+    train = [cls.title for cls in REGISTRY.values() if cls.trains_network]
+    regime = [f"{cls.title}, regime {' or '.join(cls.regimes)}" for cls in REGISTRY.values() if cls.regimes]
     lines = [
         f"{len(REGISTRY)} detectors in {len(families)} families. Post-hoc methods score the cached outputs of one "
-        f"forward pass; {len(rerun)} run the network again (batched): {', '.join(rerun)}.",
+        f"forward pass; {len(rerun)} run the network again (batched): {', '.join(rerun)}. "
+        f"{len(train)} train{'s' if len(train) == 1 else ''} a small network on the cached features first: "
+        f"{', '.join(train)}. {len(regime)} score{'s' if len(regime) == 1 else ''} a classifier trained in a regime "
+        f"of its own: {'; '.join(regime)}.",
         "",
         "| name | family | decision score (higher = more unfamiliar) | reference |",
         "|---|---|---|---|",

@@ -82,3 +82,18 @@ def land(fresh_runner):
             assert job.wait(timeout), f"job {job.title!r} did not finish"
         return at.run()
     return wait_and_rerun
+
+
+@pytest.fixture
+def ready():
+    """ready(at): run the AppTest; if that started jobs (the experiment's training), wait for them and run it again,
+    so the page shows the prepared experiment. Returns the AppTest."""
+    def run(at, timeout: float = 300):
+        from ood_core import jobs
+
+        at.run()
+        pending = [j for j in jobs.runner().jobs() if j.active]
+        for job in pending:
+            assert job.wait(timeout), f"job {job.title!r} did not finish"
+        return at.run() if pending else at
+    return run

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from ood_core import Spec, metrics
 from ood_core.detectors import REGISTRY, Detector, Param
 from ood_core.models import checkpoint_path
+from ood_core.spec import TrainConfig
 from pages import _support as ui
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def percent(text: str) -> float:
 
 def model_uploader(at: AppTest):
     """The Experiment page's model upload (the page also has one for the user's own images)."""
-    return next(u for u in at.file_uploader if u.label.startswith("Model weights"))
+    return next(u for u in at.file_uploader if u.label.startswith("Model file"))
 
 
 def no_exception(at: AppTest) -> None:
@@ -89,7 +90,7 @@ def test_submitting_the_default_form_reuses_the_cached_model(app):
     assert not app.success  # nothing was trained
 
 
-def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
+def test_a_new_spec_trains_as_a_job_and_retrain_anyway_trains_again(app, land):
     base = Spec()
     one_epoch = ui.make_spec(base, base.dataset, base.seed, 1, base.training.lr, base.training.batch_size)
     checkpoint_path(one_epoch).unlink(missing_ok=True)  # cold, whatever ran before
@@ -97,7 +98,14 @@ def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
     next(n for n in app.number_input if n.label == "Epochs").set_value(1)
     form_button.click().run()
     no_exception(app)
+    # the run that started the training ended at once: the form is still there, the training runs in a job
+    assert "Train / load model" in [b.label for b in app.button]
+    (job,) = ui.jobs.runner().jobs()
+    assert job.title.startswith("Training the model of this experiment") and job.estimate.trains == 1
+    land(app)
+    no_exception(app)
     assert any("Trained a new model: 1 epoch in" in s.value for s in app.success), [i.value for i in app.info]
+    assert checkpoint_path(one_epoch).exists()
     assert app.session_state[ui.SPEC_KEY].training.epochs == 1
     # the setting diagram, then the training curve of the new model
     figs = figures_of(app)
@@ -105,12 +113,35 @@ def test_a_new_spec_trains_and_retrain_anyway_trains_again(app):
     form_button = next(b for b in app.button if b.label == "Train / load model")
     app.checkbox(key="retrain-anyway").check()
     form_button.click().run()
+    land(app)
     no_exception(app)
     assert any("Trained a new model" in s.value for s in app.success)
+    assert len(ui.jobs.runner().jobs()) <= 1  # collected jobs of models on disk are forgotten
+
+
+def test_a_training_can_be_cancelled_and_keeps_nothing(app, land):
+    base = Spec()
+    spec = ui.make_spec(base, base.dataset, 7, 40, base.training.lr, base.training.batch_size)
+    checkpoint_path(spec).unlink(missing_ok=True)
+    next(n for n in app.number_input if n.label == "Epochs").set_value(40)
+    next(n for n in app.number_input if n.label == "Seed").set_value(7)
+    next(b for b in app.button if b.label == "Train / load model").click().run()
+    no_exception(app)
+    assert app.session_state[ui.SPEC_KEY].key() == spec.key()
+    (job,) = ui.jobs.runner().jobs()
+    app.selectbox(key="dataset-picker").set_value("mnist-sample").run()  # the page answers while it trains
+    no_exception(app)
+    assert job.active and next(n for n in app.number_input if n.label == "Epochs").value == 15
+    job.cancel()  # what the panel's Cancel button does
+    land(app)
+    no_exception(app)
+    assert job.state == ui.jobs.CANCELLED and not checkpoint_path(spec).exists()
+    assert any("cancelled after" in i.value and "nothing of it was kept" in i.value for i in app.info)
+    assert any(b.label.startswith("Run again") for b in app.button)  # the estimate and a button to try again
 
 
 def test_a_real_dataset_picked_on_the_experiment_page_trains_at_its_size_and_reaches_scores(app, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, land):
     monkeypatch.setattr("ood_core.models.checkpoint.DEFAULT_CACHE_DIR", tmp_path)  # cold, whatever ran before
     app.selectbox(key="dataset-picker").set_value("mnist-sample").run()
     no_exception(app)
@@ -121,6 +152,7 @@ def test_a_real_dataset_picked_on_the_experiment_page_trains_at_its_size_and_rea
     epochs.set_value(1)
     next(n for n in app.number_input if n.label.startswith("Training images per class")).set_value(30)
     next(b for b in app.button if b.label == "Train / load model").click().run()
+    land(app)
     no_exception(app)
     spec = app.session_state[ui.SPEC_KEY]
     assert (spec.dataset, spec.image_size, spec.train_per_class, spec.training.epochs) == ("mnist-sample", 16, 30, 1)
@@ -167,8 +199,12 @@ def test_wrong_shape_upload_says_it_does_not_match(app):
     assert any("does not match" in e.value for e in app.error)
 
 
-def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experiment):
+def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experiment, fresh_runner, land):
     model_uploader(app).upload("mine.pt", ui.state_dict_bytes(default_experiment)).run()
+    no_exception(app)
+    (job,) = fresh_runner.jobs()  # its forward pass over every split is a job, with a progress bar and Cancel
+    assert job.title == "Running your model mine.pt" and "runs your model once on" in job.estimate.what
+    land(app)
     no_exception(app)
     assert any("Using your model `mine.pt`" in s.value for s in app.success)
     # (AppTest drops app.py's sidebar after the first run, so check the state the sidebar reads)
@@ -178,6 +214,51 @@ def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experimen
     next(b for b in app.button if b.label == "Use the trained model again").click().run()
     no_exception(app)
     assert ui.USER_MODEL_KEY not in app.session_state
+
+
+def _npz(images: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, images=images)
+    return buf.getvalue()
+
+
+def test_an_uploaded_ood_set_joins_every_page_and_can_be_removed(app, default_experiment):
+    from ood_core.data.registry import OOD_SETS
+
+    white = np.full((40, 12, 12), 255, dtype=np.uint8)  # blank white squares: far from any digit
+    ood_uploader = next(u for u in app.file_uploader if u.label.startswith("OOD images"))
+    ood_uploader.upload("white.npz", _npz(white)).run()
+    no_exception(app)
+    (name,) = app.session_state[ui.USER_OOD_KEY]
+    assert name.startswith("upload-white-") and OOD_SETS[name].kind == "natural"
+    assert any(f"Added **{name}**" in s.value for s in app.success)
+    exp = default_experiment.with_ood_sets([name])
+    assert name not in default_experiment.outputs  # the shared experiment is not changed
+    # a fifth of the ID test size, and no more than the 40 images uploaded; white pixels, normalised alike
+    assert len(exp.outputs[name]) == min(40, round(0.2 * len(exp.bench.test)))
+    np.testing.assert_allclose(exp.bench.to_pixels(exp.bench.ood[name].x), 1.0, atol=1e-6)
+    scores = app.switch_page("pages/scores.py").run()
+    no_exception(scores)
+    assert name in scores.multiselect(key="scores-sets").options
+    scores.multiselect(key="scores-sets").set_value(["gaussian", name]).run()
+    no_exception(scores)
+    sc = exp.score(exp.fit_detector("msp"))
+    expected = metrics.all_metrics(sc["test"], sc[name])
+    assert scores.dataframe[0].value.loc[name, "AUROC ↑"] == pytest.approx(100 * expected.auroc)
+    at = scores.switch_page("pages/experiment.py").run()
+    next(b for b in at.button if b.label == "Remove").click().run()
+    no_exception(at)
+    assert at.session_state[ui.USER_OOD_KEY] == []
+    assert name not in at.switch_page("pages/scores.py").run().multiselect(key="scores-sets").options
+
+
+def test_an_ood_upload_that_is_not_images_says_so_and_keeps_the_experiment(app):
+    ood_uploader = next(u for u in app.file_uploader if u.label.startswith("OOD images"))
+    ood_uploader.upload("bad.npz", b"not an npz at all").run()
+    no_exception(app)
+    assert any(e.value.startswith("bad.npz cannot be used:") for e in app.error), [e.value for e in app.error]
+    assert ui.USER_OOD_KEY not in app.session_state or not app.session_state[ui.USER_OOD_KEY]
+    assert any(m.label == "ID test accuracy" for m in app.metric)  # the experiment is still there
 
 
 def test_upload_handler_directly():
@@ -233,6 +314,7 @@ def test_open_set_recognition_adds_oscr_to_the_table_and_draws_its_curve(default
     spec = Spec(setting="osr", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
+    pipeline.prepare(spec, device="cpu")  # trained first (the pages' training job has tests of its own)
     at.run()
     no_exception(at)
     experiment_acc = next(m for m in at.metric if m.label == "Closed-set accuracy").value  # known classes only
@@ -376,11 +458,13 @@ def test_shared_mode_bounds_the_experiment_form(default_experiment, monkeypatch)
 
 
 def test_one_class_pages_say_what_they_report_instead_of_an_empty_accuracy(default_experiment):
+    from ood_core import pipeline
     from ood_core.spec import TrainConfig
 
     spec = Spec(setting="nd", model="deep_svdd", normal_class=3, training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
+    pipeline.prepare(spec, device="cpu")  # trained first (the pages' training job has tests of its own)
     at.run()
     no_exception(at)
     side = " ".join(m.value for m in at.sidebar.markdown)
@@ -609,6 +693,7 @@ def test_the_deep_ensemble_says_how_long_first_then_trains_its_member_as_a_job(f
     from ood_core.spec import TrainConfig
 
     spec = Spec(training=TrainConfig(epochs=1))
+    pipeline.prepare(spec, device="cpu")  # its own model first: the job below trains the ensemble's member only
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
     at.run().switch_page("pages/scores.py").run()
@@ -636,3 +721,103 @@ def test_the_deep_ensemble_says_how_long_first_then_trains_its_member_as_a_job(f
     at.selectbox(key="param-ensemble-measure").set_value("mutual_info").run()
     no_exception(at)
     assert len(fresh_runner.jobs()) == 2 and fresh_runner.jobs()[-1].estimate.trains == 0
+
+
+def test_a_link_to_an_uncached_model_trains_it_when_quick_and_asks_first_when_slow(fresh_runner, land):
+    from ood_core import estimates
+    from ood_core.data import build_benchmark
+
+    quick = Spec(seed=21, training=TrainConfig(epochs=1))
+    checkpoint_path(quick).unlink(missing_ok=True)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update(quick.to_query())
+    at.run()
+    no_exception(at)
+    (job,) = fresh_runner.jobs()  # quick (estimates.SLOW_S or less): it started on its own
+    assert job.estimate == estimates.training(quick, len(build_benchmark(quick).train))
+    assert job.estimate.seconds <= estimates.SLOW_S
+    land(at)
+    no_exception(at)
+    assert checkpoint_path(quick).exists() and any(m.label == "ID test accuracy" for m in at.metric)
+    slow = Spec(seed=21, training=TrainConfig(epochs=400))
+    est = estimates.training(slow, len(build_benchmark(slow).train))
+    assert est.seconds > estimates.SLOW_S
+    other = AppTest.from_file(APP, default_timeout=300)
+    other.query_params.update(slow.to_query())
+    other.run()
+    no_exception(other)
+    assert len(fresh_runner.jobs()) <= 1  # nothing new started: it says how long first
+    assert any("takes " + est.words() in i.value for i in other.info), [i.value for i in other.info]
+    start = next(b for b in other.button if b.label.startswith("Train the model"))
+    assert start.label == f"Train the model ({ui.jobs.duration_words(est.seconds)})"
+    start.click().run()
+    (job,) = [j for j in fresh_runner.jobs() if j.active]
+    job.cancel()
+
+
+class _TutorialNet(torch.nn.Module):
+    """The PyTorch CIFAR-10 tutorial's network, for 1-channel 16 px images: conv-pool-conv-pool-fc-fc-fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, 6, 3), torch.nn.Conv2d(6, 16, 3)
+        self.pool = torch.nn.MaxPool2d(2, 2)
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(16 * 2 * 2, 60), torch.nn.Linear(60, 42), torch.nn.Linear(42, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_an_exported_program_and_a_torchvision_state_dict_run_on_every_page(app, default_experiment, land):
+    import torchvision
+
+    torch.manual_seed(0)
+    net = _TutorialNet().eval()
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 1, 16, 16),)), buf)
+    model_uploader(app).upload("tutorial.pt2", buf.getvalue()).run()
+    land(app)
+    no_exception(app)
+    assert any("Using your model `tutorial.pt2`" in s.value for s in app.success), [e.value for e in app.error]
+    x = torch.from_numpy(default_experiment.bench.test.x)
+    with torch.no_grad():
+        expected = (net(x).argmax(1).numpy() == default_experiment.bench.test.y).mean()
+    acc = next(m for m in app.metric if m.label == "ID test accuracy")
+    assert acc.value == f"{expected:.1%}"  # the uploaded network's own predictions
+    for page in ("pages/scores.py", "pages/compare.py", "pages/sensitivity.py", "pages/methods.py",
+                 "pages/embeddings.py", "pages/activations.py", "pages/explanations.py"):  # every page works on it
+        at = app.switch_page(page).run()
+        no_exception(at)
+        assert at.get("plotly_chart") or at.get("imgs") or page.endswith("methods.py"), page
+    app.switch_page("pages/experiment.py").run()
+    next(b for b in app.button if b.label == "Use the trained model again").click().run()
+    resnet = torchvision.models.resnet18(num_classes=10)
+    buf = io.BytesIO()
+    torch.save(resnet.state_dict(), buf)
+    app.selectbox(key="upload-arch").set_value("resnet18").run()
+    model_uploader(app).upload("resnet18.pt", buf.getvalue()).run()
+    land(app)
+    no_exception(app)
+    assert any("Using your model `resnet18.pt`" in s.value for s in app.success), [e.value for e in app.error]
+    assert any("resnet18" in c.value and "head" in c.value for c in app.caption)  # what the adapter found
+    scores = app.switch_page("pages/scores.py").run()
+    no_exception(scores)
+    assert scores.dataframe[0].value.shape[0] >= 1
+
+
+def test_torchvision_weights_say_what_they_are_before_any_download(app):
+    weights = app.text_input(key="pretrained-name")
+    weights.set_value("ResNet18_Weights.IMAGENET1K_V1").run()
+    no_exception(app)
+    caption = next(c.value for c in app.caption if "ResNet18_Weights.IMAGENET1K_V1" in c.value)
+    assert "resnet18" in caption and "11,689,512 parameters" in caption and "44.7 MB" in caption
+    assert "1,000 classes" in caption
+    # ImageNet's 1,000 classes are not the digits' 10: said, and nothing is offered to download
+    assert any("give 1,000 classes" in w.value for w in app.warning)
+    assert not [b for b in app.button if (b.key or "") == "use-pretrained"]
+    app.text_input(key="pretrained-name").set_value("ResNet18_Weights.NOPE").run()
+    no_exception(app)
+    assert any("Torchvision has no weights named" in e.value for e in app.error)

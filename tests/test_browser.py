@@ -248,3 +248,54 @@ def test_a_preset_button_opens_its_view_and_the_sidebar_links_to_it(server):
             page.get_by_text("A detector gives every image").wait_for(state="detached", timeout=60_000)
         finally:
             browser.close()
+
+
+def _class_folder_zip(path: Path, per_class: int = 40, side: int = 12) -> Path:
+    """A .zip of three class folders of PNGs: a bright top half, a bright left half, a bright centre (noisy)."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    masks = {"top": np.s_[: side // 2, :], "left": np.s_[:, : side // 2], "centre": np.s_[3:-3, 3:-3]}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, where in masks.items():
+            for i in range(per_class):
+                img = rng.integers(0, 60, (side, side)).astype(np.uint8)
+                img[where] = 255 - img[where]
+                buf = io.BytesIO()
+                Image.fromarray(img, "L").save(buf, format="PNG")
+                z.writestr(f"shapes/{name}/{i:03d}.png", buf.getvalue())
+    return path
+
+
+def test_an_uploaded_zip_becomes_the_id_dataset_and_reaches_scores_in_chromium(server, tmp_path):
+    """The user's own images in a real browser: upload a .zip of class folders on the Experiment page, use it as
+    the ID dataset, train, and see the Scores page draw on it."""
+    archive = _class_folder_zip(tmp_path / "shapes.zip")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 2000})
+            page.goto(f"{server}/")
+            page.get_by_text("Use your own images as the ID dataset").click()
+            page.get_by_label("Images (.zip / .npz)", exact=True).get_by_test_id(
+                "stFileUploaderDropzoneInput").set_input_files(str(archive))
+            page.get_by_text("Read shapes.zip").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Use upload-shapes-").click()
+            page.locator('[data-testid="stForm"]', has_text="upload-shapes-").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Train / load model").click()
+            page.get_by_text("Trained a new model").wait_for(timeout=COLD_START_S * 1000)
+            _assert_no_exception(page)
+            assert page.get_by_text("3 classes").count() >= 1 or page.get_by_text("centre").count() >= 1
+            assert "dataset=upload-shapes-" in page.url  # the link to this view names the dataset
+            page.get_by_role("link", name="Scores").first.click()  # in the same session, as a user does
+            page.wait_for_function(f"document.querySelectorAll('{CHART}').length >= 3", timeout=120_000)
+            _assert_no_exception(page)
+            page.get_by_text("Current experiment").wait_for(timeout=60_000)
+            assert "dataset=upload-shapes-" in page.url and page.get_by_text("ID test accuracy").count() >= 1
+            page.screenshot(path=str(SHOTS / "own-dataset-scores.png"), full_page=True)
+        finally:
+            browser.close()

@@ -478,7 +478,7 @@ def test_the_app_shows_the_loaders_message_whole(monkeypatch):
     assert "extra.layer19.weight and 5 more." in message and len(message) > 240  # longer than brief() keeps
 
 
-def test_the_app_warns_once_when_the_cache_is_not_writable(unwritable, monkeypatch):
+def test_the_app_warns_once_when_the_cache_is_not_writable(unwritable, monkeypatch, ready):
     from streamlit.testing.v1 import AppTest
     from pages import _support as ui
 
@@ -488,7 +488,7 @@ def test_the_app_warns_once_when_the_cache_is_not_writable(unwritable, monkeypat
     try:
         at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
         at.session_state[ui.SPEC_KEY] = TINY
-        at.run()
+        ready(at)  # the model trains as a job, then the page draws it
         assert not at.exception, [e.value for e in at.exception]
         warnings = [w.value for w in at.warning]
         assert warnings == [f"The model cache {unwritable} is not writable (Not a directory): models are kept "

@@ -40,3 +40,21 @@ def test_expected_seconds_is_none_where_the_table_says_nothing():
 def test_every_detector_term_is_a_known_term():
     for name, terms in costs.DETECTOR_TERMS.items():
         assert name in REGISTRY and set(terms) <= set(costs.TERMS)
+
+
+def test_detector_pickers_show_the_expected_time_on_the_experiments_data(default_experiment):
+    """The pickers' label is the detector's label plus costs.expected_seconds at the experiment's own sizes (bank =
+    ID train outputs, queries = ID test + every OOD set, D = feature size); network-running ones use estimates."""
+    from ood_core import estimates
+    from pages import _support as ui
+
+    exp = default_experiment
+    label = ui.detector_format(exp)
+    shown = label("knn")  # calibrates the table to this machine once (costs.calibrate)
+    n_bank, dim = exp.outputs["train"].features.shape
+    n_query = sum(len(exp.outputs[s]) for s in ("test", *exp.ood_names))
+    expected = costs.expected_seconds("knn", n_bank, n_query, dim)
+    assert shown == f"{ui.detector_label('knn')} · {ui.seconds_words(expected)}"
+    odin = estimates.detector(exp, "odin").seconds
+    assert label("odin") == f"{ui.detector_label('odin')} · {ui.seconds_words(odin)}"
+    assert [ui.seconds_words(s) for s in (0.05, 0.42, 12.4, 300)] == ["<0.1 s", "~0.4 s", "~12 s", "~5 min"]

@@ -12,7 +12,7 @@ from ood_core.data import build_benchmark
 from ood_core.inference import run_inference
 from ood_core.models import build_model, checkpoint_path, get_model, load_checkpoint, save_checkpoint
 from ood_core.models import oneclass as oc
-from ood_core.models.registry import ONE_CLASS_BUILDERS, ONE_CLASS_TRAINERS
+from ood_core.models.registry import MODELS
 from ood_core.settings import ONE_CLASS_MODELS, detectors_for
 
 # tiny and fast: 8 px digits, normal class 0, a few epochs
@@ -50,12 +50,13 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 # --- registry ------------------------------------------------------------------------------------------
 
 def test_every_one_class_model_is_registered_and_built_by_name():
-    assert set(ONE_CLASS_MODELS) <= set(ONE_CLASS_TRAINERS) == set(ONE_CLASS_BUILDERS)
     kinds = {"deep_svdd": oc.DeepSVDD, "autoencoder": oc.ConvAutoencoder, "geotrans": oc.GeoTrans,
              "pixels": oc.PixelIdentity}
+    assert set(ONE_CLASS_MODELS) == set(kinds)
     for name, cls in kinds.items():
         m = build_model(name, 1, 1, 16)
         assert isinstance(m, cls) and m.kind == "one_class"
+        assert MODELS[name].settings == ("nd", "ad") and MODELS[name].own_score == (name != "pixels")
 
 
 # --- Deep SVDD -----------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def compare_page(app) -> AppTest:
 def test_compare_heatmap_has_a_cell_per_detector_and_set_and_stars_the_best(compare_page, default_experiment):
     at, exp = compare_page, default_experiment
     no_exception(at)
-    fast = [n for n in pipeline.resolve_detectors("all", exp) if not REGISTRY[n].runs_network]
+    fast = [n for n in pipeline.resolve_detectors("all", exp) if not REGISTRY[n].slow()]
     heat = figure(at, "compare-heatmap")["data"][0]
     z = values(heat["z"])
     assert z.shape == (len(fast), len(exp.ood_names)) and heat["x"] == exp.ood_names
@@ -120,7 +120,7 @@ def test_family_filter_reduces_the_rows(compare_page, default_experiment):
     no_exception(at)
     table = at.dataframe[0].value
     distance = [n for n in pipeline.resolve_detectors("all", default_experiment)
-                if REGISTRY[n].family == "distance" and not REGISTRY[n].runs_network]
+                if REGISTRY[n].family == "distance" and not REGISTRY[n].slow()]
     assert len(table) == len(distance) < before
     assert set(table["Family"]) == {"Distance"}
     assert len(figure(at, "compare-heatmap")["data"][0]["y"]) == len(distance)
@@ -164,6 +164,35 @@ def test_csv_and_json_downloads(default_experiment, downloads, tmp_path, cache_d
             assert [r[m] for m in compare.METRIC_KEYS] == pytest.approx([page[m] for m in compare.METRIC_KEYS], abs=1e-12)
 
 
+def test_tuning_on_validation_replaces_the_tunable_rows_and_shows_the_chosen_values(compare_page, default_experiment,
+                                                                                   fresh_runner, land):
+    from ood_core import tuning
+
+    at, exp = compare_page, default_experiment
+    at.multiselect(key="compare-families").set_value(["distance"]).run()  # a few detectors: a short job
+    at.checkbox(key="compare-tune").check().run()
+    no_exception(at)
+    assert "1" in at.query_params["tune"]
+    land(at)
+    no_exception(at)
+    fast = [n for n in pipeline.resolve_detectors("all", exp) if not REGISTRY[n].runs_network]
+    tunable = [n for n in fast if tuning.is_tunable(n) and REGISTRY[n].family == "distance"]
+    assert "knn" in tunable
+    rows, _ = pipeline.evaluate(exp, tunable, tune=True)
+    (box,) = [e for e in at.expander if e.label.startswith("Parameters tuned on validation data")]
+    table = box.dataframe[0].value
+    assert list(table["detector"]) == [REGISTRY[n].title for n in tunable]
+    knn = next(r for r in rows if r["detector"] == "knn")
+    chosen = ", ".join(f"{k} = {v}" for k, v in knn["tuned"].items()) or "the defaults"
+    assert table.set_index("detector").loc[REGISTRY["knn"].title, "chosen (differs from the default)"] == chosen
+    # the heatmap's KNN row is the test AUROC at the tuned parameters
+    heat = figure(at, "compare-heatmap")["data"][0]
+    row = values(heat["z"])[heat["y"].index(REGISTRY["knn"].title)]
+    expected = [100 * next(r["auroc"] for r in rows if r["detector"] == "knn" and r["ood_set"] == s)
+                for s in heat["x"]]
+    np.testing.assert_allclose(row, expected, atol=0.05)
+
+
 class _Raising(Detector):
     name, title, family = "raising_for_test", "Raising (test only)", "output"
     latex = r"S(x) = \bot"
@@ -194,10 +223,10 @@ def test_a_failing_detector_shows_an_error_cell_and_the_others_still_show(raisin
     assert any("Errors" in e.label for e in at.expander)
 
 
-def test_open_set_recognition_offers_oscr_and_closed_set_accuracy(default_experiment):
+def test_open_set_recognition_offers_oscr_and_closed_set_accuracy(default_experiment, ready):
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = Spec(setting="osr", training=TrainConfig(epochs=1))
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     no_exception(at)
     metric = at.radio(key="compare-metric")
     assert "OSCR" in metric.options  # the radio lists labels
@@ -281,12 +310,12 @@ def test_methods_jump_button_selects_the_detector_on_the_scores_page(app):
     assert at.selectbox(key="scores-detector").value == "energy"  # we are on the Scores page now
 
 
-def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment, downloads, land):
+def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_experiment, downloads, land, ready):
 
     spec = Spec(setting="ad", model="deep_svdd", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     no_exception(at)
     assert "anomalous" in figure(at, "compare-heatmap")["data"][0]["x"]
     # RMD's constant 50% is explained right under the table: one AD class, so its two Gaussians coincide
@@ -325,11 +354,11 @@ def test_anomaly_detection_runs_one_vs_all_and_the_contamination_curve(default_e
     assert [t["name"] for t in curve] == [pixels_knn] and list(curve[0]["x"]) == [0.0, 10.0]
 
 
-def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, downloads, land):
+def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, downloads, land, ready):
     spec = Spec(training=TrainConfig(epochs=1))  # two quick models: seeds 0 and 1
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     at.number_input(key="compare-seeds").set_value(2).run()
     at.button(key="compare-start").click().run()
     land(at)
@@ -350,11 +379,12 @@ def test_start_comparison_reports_mean_and_std_over_seeds(default_experiment, do
                                      for j in range(len(heat["x"]))], atol=1e-9)
 
 
-def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default_experiment, downloads, land):
+def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default_experiment, downloads, land,
+                                                                         ready):
     spec = Spec(setting="osr", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     splits = at.number_input(key="compare-seeds")
     assert splits.label == "Splits" and splits.value == 5 and "known classes" in splits.help
     splits.set_value(2).run()
@@ -378,7 +408,7 @@ def test_open_set_comparison_runs_over_splits_and_exports_the_cli_layout(default
 # --- long work as jobs on the Compare page ----------------------------------------------------------------
 
 def test_one_vs_all_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no_table(default_experiment, fresh_runner,
-                                                                                  land, monkeypatch):
+                                                                                  land, monkeypatch, ready):
     import threading
 
     from ood_core import jobs
@@ -395,7 +425,7 @@ def test_one_vs_all_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no_tabl
     spec = Spec(setting="nd", model="deep_svdd", training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     pixels_knn = protocols.method_label("pixels", "knn", {"k": 1})
     at.multiselect(key="compare-oc-classes").set_value([0, 1])
     at.multiselect(key="compare-oc-methods").set_value([pixels_knn]).run()
@@ -431,13 +461,14 @@ def test_one_vs_all_runs_as_a_job_the_page_stays_usable_and_cancel_keeps_no_tabl
                                [100 * r["auroc"] for r in rows], atol=1e-9)
 
 
-def test_methods_that_run_the_network_join_the_table_when_their_job_lands(default_experiment, fresh_runner, land):
+def test_methods_that_run_the_network_join_the_table_when_their_job_lands(default_experiment, fresh_runner, land,
+                                                                          ready):
     spec = Spec(training=TrainConfig(epochs=1), seed=7)  # a seed of its own: no ensemble member of it is cached
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/compare.py").run()
+    ready(at).switch_page("pages/compare.py").run()
     heat = figure(at, "compare-heatmap")["data"][0]
-    slow = [REGISTRY[n].title for n in REGISTRY if REGISTRY[n].runs_network]
+    slow = [REGISTRY[n].title for n in REGISTRY if REGISTRY[n].runs_network]  # and OpenGAN, C2AE (they train one)
     assert not set(slow) & set(heat["y"])
     at.checkbox(key="compare-network").check().run()
     no_exception(at)
@@ -459,11 +490,11 @@ def test_methods_that_run_the_network_join_the_table_when_their_job_lands(defaul
     np.testing.assert_allclose(values(after["z"])[row], [100 * expected[o] for o in after["x"]], atol=1e-9)
 
 
-def test_a_sweep_of_a_network_method_starts_on_request_as_a_job(default_experiment, fresh_runner, land):
+def test_a_sweep_of_a_network_method_starts_on_request_as_a_job(default_experiment, fresh_runner, land, ready):
     spec = Spec(training=TrainConfig(epochs=1))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
-    at.run().switch_page("pages/sensitivity.py").run()
+    ready(at).switch_page("pages/sensitivity.py").run()
     assert ui.SLOW_MARK in at.selectbox(key="sens-detector").help
     at.selectbox(key="sens-detector").set_value("mc_dropout").run()
     at.multiselect(key="sens-sets").set_value(["gaussian"]).run()

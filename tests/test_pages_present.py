@@ -200,6 +200,8 @@ def shown_inequality(name: str, at: AppTest, prepare) -> tuple[float, float]:
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_a_preset_link_opens_its_page_with_the_lesson_visible(name, prepare):
     p = PRESETS[name]
+    for spec in (p.spec, *p.companions):  # trained first: a link to an uncached model trains it as a job (test_app)
+        prepare(spec)
     at = AppTest.from_file(APP, default_timeout=300)
     at.query_params["preset"] = name
     at.run()  # the default page: the link switches to the preset's page

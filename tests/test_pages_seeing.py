@@ -330,10 +330,10 @@ def test_explanations_side_by_side_galleries_and_sample(explanations, exp):
     assert explanations.metric[0].value == f"class {pred}"
     table = explanations.dataframe[0].value
     assert len(table) >= 20 and set(table.columns) == {"detector", "score", "ID %ile", "rotated %ile", "flagged"}
-    # the slow detectors are opt-in: those that run the network again; GradNorm (closed form) is scored at once
-    slow = [ui.detector_label(n) for n in ui.detector_options(exp) if REGISTRY[n].runs_network]
-    assert explanations.multiselect(key="expl-try-slow").options == slow and slow
-    assert ui.detector_label("gradnorm") in set(table["detector"]) and not set(slow) & set(table["detector"])
+    # the slow detectors are opt-in: those that run or train a network; GradNorm (closed form) is scored at once
+    slow = [n for n in ui.detector_options(exp) if REGISTRY[n].slow()]
+    assert explanations.multiselect(key="expl-try-slow").options == list(map(ui.detector_format(exp), slow)) and slow
+    assert ui.detector_label("gradnorm") in set(table["detector"]) and not set(map(ui.detector_label, slow)) & set(table["detector"])
     energy_row = table[table["detector"] == ui.detector_label("energy")].iloc[0]
     e0 = -logsumexp(exp.outputs["test"].logits[0].astype(np.float64))
     assert energy_row["score"] == pytest.approx(e0, rel=1e-5)

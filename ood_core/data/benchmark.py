@@ -46,6 +46,9 @@ class Benchmark:
     # setting details: known/unknown classes (OSR), normal class and contamination (ND, AD), ...
     meta: dict = field(default_factory=dict)
     fingerprint: str = ""
+    # the setting's natural OOD set drawn from the validation split (OSR's unknown classes, ND/AD's other classes):
+    # OOD *validation* data for tuning parameters (tuning.py), never a test image
+    val_ood: dict[str, Split] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -143,6 +146,7 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
     meta: dict = {"setting": spec.setting, "n_dataset_classes": n_classes, "dataset_source": data.source,
                   "official_split": data.is_train is not None}
     extra_ood: dict[str, np.ndarray] = {}  # name -> dataset indices of a natural OOD set
+    val_ood: dict[str, np.ndarray] = {}  # name -> dataset indices of its validation draw (from the validation split)
     class_names = names
     remap = np.arange(n_classes)
     if spec.setting == "osr":
@@ -155,6 +159,7 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         remap[known] = np.arange(len(known))
         class_names = [names[c] for c in known]
         extra_ood["unknown"] = te[~is_known[te]]
+        val_ood["unknown"] = va[~is_known[va]]
         tr, va, te = tr[is_known[tr]], va[is_known[va]], te[is_known[te]]
     elif spec.setting in ("nd", "ad"):
         c = spec.normal_class
@@ -166,6 +171,7 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         class_names = [names[c]]
         name = "novel" if spec.setting == "nd" else "anomalous"
         extra_ood[name] = te[~normal[te]]
+        val_ood[name] = va[~normal[va]]
         tr_normal = tr[normal[tr]]
         contaminants = np.zeros(0, dtype=int)
         if spec.setting == "ad" and spec.contamination > 0:
@@ -216,6 +222,8 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         ood=ood,
         meta={**meta, "skipped_ood_sets": skipped},
         fingerprint=data.fingerprint,
+        val_ood={name: Split(norm(pixels[idx]), np.full(len(idx), -1, dtype=np.int64))
+                 for name, idx in val_ood.items()},
     )
 
 

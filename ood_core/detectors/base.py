@@ -20,7 +20,8 @@ FAMILIES: dict[str, str] = {
     "activation": "Classification-based, activation shaping: rectify or prune penultimate activations, then score.",
     "distance": "Distance-based: distance of the sample's features to the ID training features or class statistics.",
     "density": "Density-based: likelihood of the features under a model of the ID feature distribution.",
-    "open_set": "Open-set recognition: recalibrate the classifier with an explicit unknown class.",
+    "open_set": "Open-set recognition: an explicit unknown class (OpenMax), distances to learned reciprocal points, "
+                "a discriminator of known features, or class-conditioned reconstruction.",
     "uncertainty": "Uncertainty: disagreement between stochastic passes or between models.",
     "classic": "Classic outlier detectors (scikit-learn) on the network's features.",
     "one_class": "One-class models: the score a model trained on normal data alone gives (hypersphere distance, "
@@ -171,8 +172,18 @@ class Detector:
     # True only for methods that must run the network again (input gradients, stochastic passes, other
     # models, feature maps); all others score from the cached Outputs of the one forward pass
     runs_network: ClassVar[bool] = False
+    # True for methods whose fit trains a network of their own on the cached outputs (seconds on small data,
+    # minutes on large): pages run them as jobs, as they do the methods that run the network again
+    trains_network: ClassVar[bool] = False
     # the fewest ID classes the method is meaningful for (e.g. 2 for class-relative scores)
     min_classes: ClassVar[int] = 1
+    # the training regimes (spec.REGIMES) whose classifiers the method scores; empty: any model
+    regimes: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def slow(cls) -> bool:
+        """Whether the method runs the network again or trains one: pages run it as a job (progress, cancel)."""
+        return cls.runs_network or cls.trains_network
 
     @classmethod
     def references(cls) -> tuple[Reference, ...]:

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from .. import serving
+from ..device import resolve_device
 from ..data import Benchmark
 from ..spec import Spec
-from .cnn import build_model
+from .registry import build_model
 from .train import Progress, TrainResult
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("OOD_EXPLORER_CACHE", Path(__file__).resolve().parents[2] / "data" / "cache"))
@@ -232,7 +233,7 @@ def remove_orphan_temp_files(path: Path) -> list[Path]:
 # --- the cache ------------------------------------------------------------------------------------------
 
 def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
-              cache_dir: Path | str | None = None, device: str = "cpu", retrain: bool = False,
+              cache_dir: Path | str | None = None, device: Optional[str] = None, retrain: bool = False,
               on_wait: Optional[Callable[[int], None]] = None, cancel=None) -> TrainResult:
     """The trained model for `spec`: from the checkpoint cache when valid, else trained and cached.
 
@@ -243,8 +244,10 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
     trainings as cores); on_wait(place) is called meanwhile. With a cache cap (OOD_EXPLORER_CACHE_MB) the least
     recently used checkpoints are removed after a save.
     `cancel` (a threading.Event): when set, waiting for a slot or training stops with jobs.Cancelled, and nothing
-    is saved — no checkpoint, no temp file, nothing in memory.
+    is saved — no checkpoint, no temp file, nothing in memory. `device`: where a training runs (default:
+    device.default_device()); a loaded model stays on the CPU until the caller moves it.
     """
+    device = resolve_device(device)
     from ..jobs import check_cancelled
     from . import train  # at call time: tests and tools may replace train.train_model
 
@@ -426,12 +429,11 @@ def _shape(s) -> str:
     return "(" + ", ".join(map(str, s)) + ")"
 
 
-def load_user_model(path_or_file, spec: Spec, bench: Benchmark) -> nn.Module:
-    """Load a user's state_dict (weights only) into spec.model; ModelLoadError (a ValueError) with a complete
-    message when the file is too large for the model, holds code, is not a checkpoint, has NaN/Inf weights
-    or does not match the architecture."""
-    model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
-    _check_archive(path_or_file, model, spec.model)
+def read_state_dict(path_or_file, model: nn.Module, model_name: str) -> dict[str, torch.Tensor]:
+    """A user's state_dict (weights only: torch.load(weights_only=True)), from a file of tensors for `model` or a
+    checkpoint dict holding one under "state_dict"; ModelLoadError with a complete message when the file is too
+    large for the model, holds code, is not a checkpoint or has NaN/Inf weights."""
+    _check_archive(path_or_file, model, model_name)
     try:
         payload = torch.load(path_or_file, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -444,33 +446,53 @@ def load_user_model(path_or_file, spec: Spec, bench: Benchmark) -> nn.Module:
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
             kind = "NaN" if bool(torch.isnan(t).any()) else "infinite values"
             raise ModelLoadError(f"The checkpoint's weights are not all finite: tensor {name!r} holds {kind}.")
+    return state
+
+
+def state_dict_mismatches(state: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
+    """The differences between a state_dict and a model's, as sentences: missing keys, unexpected keys, shape
+    mismatches (the first few listed); empty when the state_dict fits."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_listed(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
-        if shapes:
-            listed = "; ".join(f"{k}: checkpoint {_shape(state[k].shape)} vs model {_shape(own[k].shape)}"
-                               for k in shapes[:SHAPE_LIMIT])
-            more = f"; and {len(shapes) - SHAPE_LIMIT} more" if len(shapes) > SHAPE_LIMIT else ""
-            parts.append(f"shape mismatches ({len(shapes)}): {listed}{more}")
-        raise ModelLoadError(f"The checkpoint does not match model {spec.model!r} with {bench.input_shape[0]} "
-                             f"input channel(s) and {bench.num_classes} classes. " + ". ".join(
-                                 p[0].upper() + p[1:] for p in parts) + ".")
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+    if shapes:
+        listed = "; ".join(f"{k}: checkpoint {_shape(state[k].shape)} vs model {_shape(own[k].shape)}"
+                           for k in shapes[:SHAPE_LIMIT])
+        more = f"; and {len(shapes) - SHAPE_LIMIT} more" if len(shapes) > SHAPE_LIMIT else ""
+        parts.append(f"shape mismatches ({len(shapes)}): {listed}{more}")
+    return [p[0].upper() + p[1:] for p in parts]
+
+
+def copy_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module, what: str) -> nn.Module:
+    """Load a state_dict that fits into `model` (described by `what`); ModelLoadError naming the cause otherwise."""
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # e.g. a dtype that cannot be copied: name it, complete
         first = (str(e).strip().splitlines() or [""])[0].strip().rstrip(".")
-        raise ModelLoadError(f"The checkpoint's weights could not be copied into model {spec.model!r} "
-                             f"({first}).") from None
+        raise ModelLoadError(f"The checkpoint's weights could not be copied into {what} ({first}).") from None
     return model.eval()
 
 
+def load_user_model(path_or_file, spec: Spec, bench: Benchmark) -> nn.Module:
+    """Load a user's state_dict (weights only) into spec.model; ModelLoadError (a ValueError) with a complete
+    message when the file is too large for the model, holds code, is not a checkpoint, has NaN/Inf weights
+    or does not match the architecture."""
+    model = build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1])
+    state = read_state_dict(path_or_file, model, spec.model)
+    problems = state_dict_mismatches(state, model)
+    if problems:
+        raise ModelLoadError(f"The checkpoint does not match model {spec.model!r} with {bench.input_shape[0]} "
+                             f"input channel(s) and {bench.num_classes} classes. " + ". ".join(problems) + ".")
+    return copy_state_dict(state, model, f"model {spec.model!r}")
+
+
 __all__ = ["DEFAULT_CACHE_DIR", "CheckpointRead", "ModelLoadError", "cache_status", "checkpoint_path", "file_lock",
-           "get_model", "is_cached", "load_checkpoint", "load_user_model", "move_aside", "read_checkpoint",
+           "copy_state_dict", "get_model", "is_cached", "load_checkpoint", "load_user_model", "move_aside",
+           "read_checkpoint", "read_state_dict", "state_dict_mismatches",
            "remove_orphan_temp_files", "save_checkpoint", "state_dict_sha256"]

@@ -1,10 +1,13 @@
-"""A small CNN whose penultimate features and last convolutional layer are exposed."""
+"""A small CNN whose penultimate features and last convolutional layer are exposed (registered as "small_cnn")."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..spec import CLASSIFIER_SETTINGS
+from .registry import InputContract, ModelEntry, register_model
 from .reproducible import SeededDropout
+from .train import train_classifier
 
 
 class SmallCNN(nn.Module):
@@ -52,21 +55,8 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-def _resnet18_cifar(in_channels: int = 1, num_classes: int = 10):
-    from .resnet import ResNet18Cifar
-
-    return ResNet18Cifar(in_channels=in_channels, num_classes=num_classes)
-
-
-MODELS = {"small_cnn": SmallCNN, "resnet18_cifar": _resnet18_cifar}
-
-
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int = 16) -> nn.Module:
-    """A fresh model by name: a classifier (MODELS) or a one-class model (models.registry)."""
-    from .registry import ONE_CLASS_BUILDERS
-
-    if name in MODELS:
-        return MODELS[name](in_channels=in_channels, num_classes=num_classes)
-    if name in ONE_CLASS_BUILDERS:
-        return ONE_CLASS_BUILDERS[name](in_channels, image_size)
-    raise ValueError(f"unknown model {name!r}; available: {', '.join([*MODELS, *ONE_CLASS_BUILDERS])}")
+register_model(ModelEntry(
+    name="small_cnn", title="Small CNN (4 convolutions, 128-d features)", short="small CNN",
+    description="Trains in seconds on a CPU at any image size: the default classifier of every lesson.",
+    kind="classifier", settings=CLASSIFIER_SETTINGS, contract=InputContract(min_side=8),
+    build=lambda c, k, side: SmallCNN(in_channels=c, num_classes=k), train=train_classifier, train_seconds=5e-4))

@@ -3,11 +3,13 @@ geometric-transformation classification (GeoTrans) and the raw-pixel identity.
 
 Each is an nn.Module with `kind = "one_class"`, `features(x) -> (n, D)` and `anomaly_score(x) -> (n,)`
 (higher = more anomalous; None for the pixel identity). Everything needed at scoring time (the Deep SVDD
-centre and its preprocessing's bounds) is a registered buffer, so the checkpoint cache (state_dict) restores it. Each trainer
-`(spec, bench, progress, device) -> TrainResult` draws every random number (initial weights, dropout, batch order, shifts) from
-a generator seeded by spec.seed + 10007 * member, and has its own
+centre and its preprocessing's bounds) is a registered buffer, so the checkpoint cache (state_dict) restores it. Each
+trainer `(spec, bench, progress, device) -> TrainResult` (device None: device.default_device()) draws every random
+number (initial weights, dropout, batch order, shifts) from a generator seeded by spec.seed + 10007 * member, and has
+its own
 fixed hyper-parameters (the module constants below): the Spec's TrainConfig defaults are tuned for the
-classifier, so a one-class trainer uses spec.training only for `member` (and the seed).
+classifier, so a one-class trainer uses spec.training only for `member` (and the seed). The bottom of the module
+registers each model (models.registry), its trainer checking a cancel event after every epoch.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ import torch
 from torch import nn
 
 from ..data import Benchmark
-from ..spec import Spec
+from ..device import grad_scaler, resolve_device, training_autocast
+from ..spec import ONE_CLASS_SETTINGS, Spec
 from .cnn import SmallCNN
 from .preprocess import ContrastMinMax
-from .registry import register_one_class
+from .registry import InputContract, ModelEntry, epochwise, register_model
 from .reproducible import seeded_init_, use_generator
 from .train import Progress, TrainResult, training_generator
 
@@ -74,12 +77,13 @@ def _fit(model: nn.Module, loss_fn: Callable[[torch.Tensor, Optional[torch.Tenso
          progress: ProgressFn, epoch_end: Callable[[], tuple[float, float, dict]], params=None,
          t0: Optional[float] = None, history: Optional[list] = None) -> list[dict]:
     """Adam with weight decay (optionally a one-cycle schedule), seeded batch order and random shifts of up to
-    hp["shift"] pixels; a Progress after every epoch.
+    hp["shift"] pixels; a Progress after every epoch. On CUDA each step's loss runs in mixed precision.
 
     loss_fn(xb, yb) -> scalar loss; epoch_end() -> (train accuracy or nan, val accuracy or nan, extra history keys).
     """
     opt = torch.optim.Adam(params if params is not None else model.parameters(), lr=hp["lr"],
                            weight_decay=hp["weight_decay"])
+    scaler = grad_scaler(device)  # float16 on CUDA needs loss scaling; disabled otherwise (a plain step)
     steps = hp["epochs"] * -(-len(x) // hp["batch_size"])
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps)
              if hp.get("schedule") == "onecycle" else None)
@@ -96,9 +100,11 @@ def _fit(model: nn.Module, loss_fn: Callable[[torch.Tensor, Optional[torch.Tenso
             xb = random_shift(x[idx], gen, hp.get("shift", 0)).to(device)
             yb = None if y is None else y[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(xb, yb)
-            loss.backward()
-            opt.step()
+            with training_autocast(device):
+                loss = loss_fn(xb, yb)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             if sched is not None:
                 sched.step()
             loss_sum += float(loss.detach()) * len(idx)
@@ -173,20 +179,22 @@ class _SVDDDecoder(nn.Module):
 
 
 @torch.no_grad()
-def init_center(net: nn.Module, x: torch.Tensor, device: str = "cpu", eps: float = SVDD_CENTER_EPS) -> torch.Tensor:
+def init_center(net: nn.Module, x: torch.Tensor, device: Optional[str] = None, eps: float = SVDD_CENTER_EPS
+                ) -> torch.Tensor:
     """c = mean of phi(x) over the training data (eval mode); entries with |c_i| < eps set to -eps or +eps by sign."""
     net.eval()
-    c = _batched(net.features, x, device).double().mean(dim=0).float()
+    c = _batched(net.features, x, resolve_device(device)).double().mean(dim=0).float()
     small = c.abs() < eps
     c[small & (c < 0)] = -eps
     c[small & (c >= 0)] = eps
     return c
 
 
-def deep_svdd_initial(spec: Spec, bench: Benchmark, device: str = "cpu", hp: Optional[dict] = None,
+def deep_svdd_initial(spec: Spec, bench: Benchmark, device: Optional[str] = None, hp: Optional[dict] = None,
                       progress: ProgressFn = None, history: Optional[list] = None):
     """The seeded Deep SVDD network before the one-class objective (after autoencoder pretraining, if any): (net, gen)."""
     hp = {**SVDD_HP, **(hp or {})}
+    device = resolve_device(device)
     gen = training_generator(spec)
     c_in, side = bench.input_shape[0], bench.input_shape[-1]
     net = _init(DeepSVDD(c_in, side), gen, device)
@@ -213,7 +221,7 @@ def deep_svdd_initial(spec: Spec, bench: Benchmark, device: str = "cpu", hp: Opt
     return net, gen
 
 
-def train_deep_svdd(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: str = "cpu",
+def train_deep_svdd(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: Optional[str] = None,
                     hp: Optional[dict] = None) -> TrainResult:
     """Deep SVDD: fix c from an initial forward pass, then minimise mean ||phi(x) - c||^2 with Adam + weight decay.
 
@@ -225,6 +233,7 @@ def train_deep_svdd(spec: Spec, bench: Benchmark, progress: ProgressFn = None, d
     on the (normal) validation split.
     """
     hp = {**SVDD_HP, **(hp or {})}
+    device = resolve_device(device)
     t0 = time.perf_counter()
     history: list[dict] = []
     net, gen = deep_svdd_initial(spec, bench, device, hp, progress, history)
@@ -286,7 +295,7 @@ class ConvAutoencoder(nn.Module):
         return ((self(x) - x) ** 2).flatten(1).mean(dim=1)
 
 
-def train_autoencoder(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: str = "cpu",
+def train_autoencoder(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: Optional[str] = None,
                       hp: Optional[dict] = None) -> TrainResult:
     """Minimise the mean squared reconstruction error on the normal training data (Adam + weight decay).
 
@@ -294,6 +303,7 @@ def train_autoencoder(spec: Spec, bench: Benchmark, progress: ProgressFn = None,
     Progress: loss = train MSE; val_accuracy = nan; history also holds "val_loss" = MSE on the validation split.
     """
     hp = {**AE_HP, **(hp or {})}
+    device = resolve_device(device)
     t0 = time.perf_counter()
     gen = training_generator(spec)
     model = _init(ConvAutoencoder(bench.input_shape[0], bench.input_shape[-1]), gen, device)
@@ -378,7 +388,7 @@ class GeoTrans(nn.Module):
         return -own.mean(dim=0)
 
 
-def train_geotrans(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: str = "cpu",
+def train_geotrans(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: Optional[str] = None,
                    hp: Optional[dict] = None) -> TrainResult:
     """Cross-entropy of predicting t from T_t(x) over every normal training image and every transformation.
 
@@ -389,6 +399,7 @@ def train_geotrans(spec: Spec, bench: Benchmark, progress: ProgressFn = None, de
     epoch's training batches (running, in train mode); val_accuracy = the same on the transformed validation images.
     """
     hp = {**GEO_HP, **(hp or {})}
+    device = resolve_device(device)
     t0 = time.perf_counter()
     gen = training_generator(spec)
     model = _init(GeoTrans(bench.input_shape[0], bench.input_shape[-1]), gen, device)
@@ -441,12 +452,33 @@ class PixelIdentity(nn.Module):
         return None
 
 
-def train_pixels(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: str = "cpu") -> TrainResult:
+def train_pixels(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: Optional[str] = None
+                 ) -> TrainResult:
     """Nothing to learn: returns the identity at once, with an empty history."""
-    return TrainResult(PixelIdentity(bench.input_shape[0], bench.input_shape[-1]).to(device).eval(), [], 0.0, False)
+    model = PixelIdentity(bench.input_shape[0], bench.input_shape[-1]).to(resolve_device(device)).eval()
+    return TrainResult(model, [], 0.0, False)
 
 
-register_one_class("deep_svdd", "Deep SVDD (Ruff et al. 2018)", DeepSVDD, train_deep_svdd)
-register_one_class("autoencoder", "Convolutional autoencoder (reconstruction error)", ConvAutoencoder, train_autoencoder)
-register_one_class("geotrans", "Geometric transformations (Golan & El-Yaniv 2018)", GeoTrans, train_geotrans)
-register_one_class("pixels", "Raw pixels (identity)", PixelIdentity, train_pixels)
+def _one_class(name: str, title: str, short: str, description: str, cls: type, trainer: Callable, seconds: float,
+               own_score: bool = True, multiple_of: int = 1) -> None:
+    """Register a one-class model of this module: it serves ND and AD, takes any channel count, and is built for the
+    side it is given (its constructor is (in_channels, image_size); no classes)."""
+    register_model(ModelEntry(
+        name=name, title=title, short=short, description=description, kind="one_class", settings=ONE_CLASS_SETTINGS,
+        contract=InputContract(min_side=8, multiple_of=multiple_of), build=lambda c, k, side: cls(c, side),
+        train=epochwise(trainer), train_seconds=seconds, own_score=own_score))
+
+
+# train_seconds: a whole training per normal training image at 16 px (one digit: 107 images), 2 CPU cores
+_one_class("deep_svdd", "Deep SVDD (Ruff et al. 2018)", "Deep SVDD",
+           "Maps the normal class into a small hypersphere; the score is the distance to its centre.",
+           DeepSVDD, train_deep_svdd, 0.013, multiple_of=4)  # two 2x poolings, then a linear map of side/4
+_one_class("autoencoder", "Convolutional autoencoder (reconstruction error)", "Autoencoder",
+           "Learns to reconstruct normal images; the score is the reconstruction error.",
+           ConvAutoencoder, train_autoencoder, 0.006, multiple_of=4)  # decodes side/4 back up by two 2x steps
+_one_class("geotrans", "Geometric transformations (Golan & El-Yaniv 2018)", "GeoTrans",
+           "Learns which of 12 rotations and translations was applied to a normal image; unfamiliar images make "
+           "that prediction uncertain.", GeoTrans, train_geotrans, 0.030)
+_one_class("pixels", "Raw pixels (identity)", "raw pixels",
+           "No learning: the flattened pixels are the features, for the raw-pixel baselines (k-NN, OCSVM, ...).",
+           PixelIdentity, train_pixels, 0.0, own_score=False)

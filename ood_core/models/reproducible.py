@@ -19,6 +19,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from ..device import is_cuda, resolve_device
+
 # One thread: bit-identical weights whatever OMP_NUM_THREADS says or how many cores the machine has, and on a
 # shared server each training takes one core (the training queue runs at most as many as there are cores).
 TRAIN_THREADS = 1
@@ -78,7 +80,7 @@ _threads_before = 0
 
 
 @contextlib.contextmanager
-def training_threads(device: str = "cpu") -> Iterator[int]:
+def training_threads(device: Optional[str] = None) -> Iterator[int]:
     """Run the body with TRAIN_THREADS intra-op threads (deterministic kernels on CUDA); yields the count.
 
     The count is partly per thread (OpenMP's setting belongs to the calling thread) and partly per process, so
@@ -92,7 +94,7 @@ def training_threads(device: str = "cpu") -> Iterator[int]:
             _threads_before = torch.get_num_threads()
         _threads_users += 1
         torch.set_num_threads(TRAIN_THREADS)
-    if str(device).startswith("cuda"):
+    if is_cuda(resolve_device(device)):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     try:

@@ -4,6 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..spec import CLASSIFIER_SETTINGS
+from .registry import InputContract, ModelEntry, register_model
+from .train import train_classifier
+
 
 class BasicBlock(nn.Module):
     """conv3×3-BN-ReLU-conv3×3-BN plus the shortcut (a 1×1 conv and BN when the shape changes), then ReLU."""
@@ -65,3 +69,14 @@ class ResNet18Cifar(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+register_model(ModelEntry(
+    name="resnet18_cifar", title="ResNet-18, CIFAR-style (3×3 stem, no max-pool; 11 M parameters)",
+    short="ResNet-18 (CIFAR-style)",
+    description="The network of OpenOOD's CIFAR benchmarks: meant for 32 px colour data and a GPU, or a per-class "
+                "subsample on a CPU (a training step costs about 23 small-CNN steps).",
+    kind="classifier", settings=CLASSIFIER_SETTINGS,
+    contract=InputContract(min_side=8),  # strides 1, 2, 2, 2: the last stage sees 1 x 1 at 8 px
+    build=lambda c, k, side: ResNet18Cifar(in_channels=c, num_classes=k), train=train_classifier,
+    train_seconds=23 * 5e-4))

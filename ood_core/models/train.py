@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from ..data import Benchmark
+from ..device import grad_scaler, resolve_device, training_autocast
 from ..jobs import check_cancelled
 from ..spec import Spec
-from .cnn import build_model
+from .openset import RECIPROCAL_REGIMES, ReciprocalPoints
 from .recipes import cosine_warmup_schedule, random_affine
+from .registry import build_model, get_entry
 from .reproducible import seeded_init_, training_threads, use_generator
 
 
@@ -44,15 +46,19 @@ def training_generator(spec: Spec) -> torch.Generator:
     return torch.Generator().manual_seed(spec.seed + 10007 * spec.training.member)
 
 
-def new_model(spec: Spec, bench: Benchmark, gen: torch.Generator, device: str = "cpu") -> nn.Module:
-    """spec.model built for the benchmark's input and classes, its weights drawn from `gen`, its dropout seeded by it."""
+def new_model(spec: Spec, bench: Benchmark, gen: torch.Generator, device: Optional[str] = None) -> nn.Module:
+    """spec.model built for the benchmark's input and classes, its weights drawn from `gen`, its dropout seeded by it,
+    on `device` (default: device.default_device())."""
     model = seeded_init_(build_model(spec.model, bench.input_shape[0], bench.num_classes, bench.input_shape[-1]), gen)
     use_generator(model, gen)
-    return model.to(device)
+    return model.to(resolve_device(device))
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str = "cpu", batch_size: int = 512) -> float:
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: Optional[str] = None,
+             batch_size: int = 512) -> float:
+    """The fraction of (x, y) the model classifies right, in eval mode (the model must be on `device`)."""
+    device = resolve_device(device)
     model.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
@@ -67,12 +73,19 @@ CLOSEDSET_SMOOTHING = 0.1  # label smoothing of the closed-set recipe (its other
 
 
 def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
-                aux_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+                aux_logits: Optional[torch.Tensor] = None,
+                reciprocal: Optional[ReciprocalPoints] = None) -> torch.Tensor:
     """The training loss of a classifier regime.
 
     ce: cross-entropy. logitnorm: cross-entropy of f / (tau ||f||). oe: cross-entropy on ID plus
     OE_WEIGHT times the cross-entropy from the auxiliary outliers' softmax to the uniform distribution.
+    rpl / arpl: cross-entropy on the distances to the reciprocal points plus the open-space term
+    (models.openset.reciprocal_loss), from the features `reciprocal` caught in the model's last forward pass.
     """
+    if regime in RECIPROCAL_REGIMES:
+        if reciprocal is None:
+            raise ValueError(f"the {regime} regime needs its reciprocal points (models.openset.ReciprocalPoints)")
+        return reciprocal.loss(targets)
     if regime == "logitnorm":
         norms = logits.norm(p=2, dim=1, keepdim=True) + 1e-7
         return nn.functional.cross_entropy(logits / (norms * LOGITNORM_TAU), targets)
@@ -87,43 +100,33 @@ def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
 
 
 def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
-                device: str = "cpu", cancel=None) -> TrainResult:
-    """Train spec.model on bench.train: classifiers here, one-class models by their own trainer.
+                device: Optional[str] = None, cancel=None) -> TrainResult:
+    """Train spec.model on bench.train with the trainer of its registry entry (models.registry), on `device`
+    (default: device.default_device()).
 
     `cancel` (a threading.Event, or None): when set, training stops with jobs.Cancelled — a classifier between
     batches, a one-class model after its current epoch — and returns nothing to cache. Checking it draws no random
     number, so a training that is not cancelled gives the same weights with or without it.
     """
-    from .registry import ONE_CLASS_TRAINERS
-
+    entry = get_entry(spec.model)
+    device = resolve_device(device)
     with training_threads(device):
         check_cancelled(cancel)
-        if spec.model in ONE_CLASS_TRAINERS:
-            result = ONE_CLASS_TRAINERS[spec.model](spec, bench, _cancelling(progress, cancel), device)
-        else:
-            result = train_classifier(spec, bench, progress, device, cancel)
+        result = entry.train(spec, bench, progress, device, cancel)
     use_generator(result.model, None)  # later dropout (MC dropout) brings its own generator
     return result
 
 
-def _cancelling(progress: Optional[Callable[[Progress], None]], cancel) -> Optional[Callable[[Progress], None]]:
-    """`progress`, checking `cancel` after each epoch: how a trainer without a cancel argument of its own stops."""
-    if cancel is None:
-        return progress
-
-    def report(p: Progress) -> None:
-        if progress is not None:
-            progress(p)
-        check_cancelled(cancel)
-    return report
-
-
 def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
-                     device: str = "cpu", cancel=None) -> TrainResult:
-    """AdamW in the regime of spec.training: a one-cycle schedule and 1-pixel shifts of each batch; in the closedset
-    regime a linear warm-up then cosine decay, and each image's own random shift, rotation and zoom (recipes.py).
+                     device: Optional[str] = None, cancel=None) -> TrainResult:
+    """AdamW in the regime of spec.training, the trainer of every registered classifier: a one-cycle schedule and
+    1-pixel shifts of each batch; in the closedset regime a linear warm-up then cosine decay, and each image's own
+    random shift, rotation and zoom (recipes.py).
 
-    `cancel` is checked before every batch (jobs.Cancelled when set)."""
+    On CUDA the forward pass and loss run in mixed precision (device.training_autocast); on the CPU in float32.
+    rpl / arpl train the reciprocal points and radius instead of the head, and keep the head equal to the points'
+    linear form (models.openset). `cancel` is checked before every batch (jobs.Cancelled when set)."""
+    device = resolve_device(device)
     cfg = spec.training
     gen = training_generator(spec)
     model = new_model(spec, bench, gen, device)
@@ -133,7 +136,10 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
 
         aux_pixels = make_auxiliary(bench.to_pixels(bench.train.x), bench.train.y, len(bench.train), spec.seed)
         aux = torch.from_numpy(bench.normalise(aux_pixels))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    reciprocal = ReciprocalPoints(model, cfg.regime, gen) if cfg.regime in RECIPROCAL_REGIMES else None
+    trained = [p for p in model.parameters() if p.requires_grad] + (reciprocal.parameters() if reciprocal else [])
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = grad_scaler(device)  # float16 on CUDA needs loss scaling; disabled otherwise (a plain step)
     steps_per_epoch = int(np.ceil(len(bench.train) / cfg.batch_size))
     closedset = cfg.regime == "closedset"
     sched = (cosine_warmup_schedule(opt, cfg.epochs * steps_per_epoch) if closedset else
@@ -152,16 +158,20 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
             xb = random_affine(x_all[idx], gen) if closedset else _augment(x_all[idx], gen)
             xb, yb = xb.to(device), y_all[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            if aux is not None:
-                aux_idx = torch.randint(0, len(aux), (len(idx),), generator=gen)
-                both = model(torch.cat([xb, aux[aux_idx].to(device)]))
-                out, aux_out = both[:len(idx)], both[len(idx):]
-            else:
-                out, aux_out = model(xb), None
-            loss = regime_loss(cfg.regime, out, yb, aux_out)
-            loss.backward()
-            opt.step()
+            with training_autocast(device):
+                if aux is not None:
+                    aux_idx = torch.randint(0, len(aux), (len(idx),), generator=gen)
+                    both = model(torch.cat([xb, aux[aux_idx].to(device)]))
+                    out, aux_out = both[:len(idx)], both[len(idx):]
+                else:
+                    out, aux_out = model(xb), None
+                loss = regime_loss(cfg.regime, out, yb, aux_out, reciprocal)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
+            if reciprocal is not None:
+                reciprocal.write_head()
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             total += len(idx)
@@ -170,6 +180,8 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
         history.append(p.__dict__.copy())
         if progress is not None:
             progress(p)
+    if reciprocal is not None:
+        reciprocal.detach()
     model.eval()
     return TrainResult(model, history, time.perf_counter() - t0, False)
 
