@@ -717,10 +717,11 @@ def job_panel(key: str) -> None:
     with st.container(border=True):
         st.markdown(f"**{job.title or 'Working'}** — estimated {job.estimate.words()}")
         bar = st.empty()
-        c1, c2 = st.columns([1, 5], vertical_alignment="center")
-        if c1.button("Cancel", key=f"job-cancel-{_job_id(key)}", icon=":material/cancel:", disabled=job.cancelling,
-                     help="Stops the work at its next step (an epoch's batch, an ensemble member, a split, a class); "
-                          "nothing half-done is kept."):
+        # the button keeps its natural width beside the note (a narrow column would cut its label)
+        row = st.container(horizontal=True, vertical_alignment="center")
+        if row.button("Cancel", key=f"job-cancel-{_job_id(key)}", icon=":material/cancel:", disabled=job.cancelling,
+                      help="Stops the work at its next step (an epoch's batch, an ensemble member, a split, a class); "
+                           "nothing half-done is kept."):
             job.cancel()
         if job.state == jobs.QUEUED:
             text = (f"waiting for a free slot: number {job.place or 1} in line ({jobs.runner().slots} jobs run at once "
@@ -733,8 +734,8 @@ def job_panel(key: str) -> None:
         curve = _LIVE_CURVES.get(key)
         if curve:  # a training: its loss and validation accuracy so far
             st.plotly_chart(figures.training_curve(list(curve)), key=f"job-curve-{_job_id(key)}")
-        c2.caption("This runs in the background: the rest of the page stays usable, and the result appears here "
-                   "when it lands (then cached for everyone on this server).")
+        row.caption("This runs in the background: the rest of the page stays usable, and the result appears here "
+                    "when it lands (then cached for everyone on this server).")
 
 
 # detector scores in tables: one fixed format, so a narrow column never shows "%g"'s shortest form (".0006867")
