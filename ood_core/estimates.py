@@ -52,7 +52,7 @@ def training_seconds(exp) -> float:
     measured = float(getattr(exp.training, "seconds", 0.0) or 0.0)
     if measured > 0 and exp.training.history:
         return measured
-    return _seconds_per_image(exp.spec.model) * len(exp.bench.train) * exp.spec.training.epochs * _area(exp.spec)
+    return training(exp.spec, len(exp.bench.train)).seconds
 
 
 def _seconds_per_image(model: str) -> float:
