@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import sources
+from . import sources, tinyimagenet
 from .sources import DataError, RawData
 
 SIZES = tuple(range(8, 65, 4))  # image sides an experiment may use (multiples of 4: the one-class models pool twice)
@@ -33,7 +33,8 @@ def data_root(root: Path | str | None = None) -> Path:
 @dataclass(frozen=True)
 class DatasetInfo:
     """One ID dataset. `read(root) -> RawData` decodes it at its native size (uint8, or float in [0, 1] for
-    bundled sets); `kind` is "bundled", "packaged", "torchvision" or "user" (a folder, zip or npz)."""
+    bundled sets); `kind` is "bundled", "packaged", "torchvision", "folder" (a dataset's own folder layout under the
+    data root, found when `present(root)` says so) or "user" (a folder, zip or npz)."""
 
     name: str
     title: str
@@ -48,8 +49,11 @@ class DatasetInfo:
     files: Callable[[Path], list[Path]] = field(default=lambda root: [])
     max_value: float = 255.0  # the uint8 value that means white in `read`'s images (digits: 16)
     default_epochs: int = 15  # classifier epochs the CLI and the Experiment page start from (2 CPU cores in mind)
+    present: Optional[Callable[[Path], bool]] = None  # kind "folder": whether its files are under the data root
 
     def found(self, root: Path | str | None = None) -> bool:
+        if self.present is not None:
+            return bool(self.present(data_root(root)))
         if self.kind != "torchvision":
             return True
         return sources.is_present(self.name, data_root(root))
@@ -272,6 +276,14 @@ for _name, _title, _desc, _c, _s, _k in (
     ("svhn", "SVHN", "street-view house numbers (32×32 colour, 73,257 + 26,032, 10 classes)", 3, 32, 10),
 ):
     register_dataset(_name, "", info=_torchvision_entry(_name, _title, _desc, _c, _s, _k))
+
+
+register_dataset("tinyimagenet", "", info=DatasetInfo(
+    "tinyimagenet", "TinyImageNet",
+    "200 ImageNet classes (64×64 colour, 100,000 train + 10,000 validation as the test split) from the folder "
+    "tiny-imagenet-200/ as the official zip unpacks; OSR 20 known / 180 unknown",
+    tinyimagenet.read_tiny_imagenet, kind="folder", channels=3, native_size=64, num_classes=200, default_size=32,
+    files=tinyimagenet.expected_files, present=tinyimagenet.is_present))
 
 
 def register_user_dataset(name: str, path_or_bytes, filename: Optional[str] = None, size: Optional[int] = None) -> DatasetInfo:

@@ -243,3 +243,11 @@ def describe(spec: Spec) -> str:
     how = ("the published splits of the OSR literature (Neal et al. 2018; seed i = split i)"
            if spec.osr_splits == "literature" else "random splits drawn by the seed")
     return f"{PROTOCOL_TITLES[spec.osr_protocol]}; {how}"
+
+
+def fixed_known(dataset: str, mode: str, protocol: str = "standard") -> Optional[int]:
+    """K when the protocol fixes it (the published lists' length; 4 in CIFAR+N), else None (the user's choice)."""
+    key = literature_key(dataset, protocol)
+    if mode == "literature" and key is not None:
+        return len(LITERATURE_SPLITS[key][0])
+    return 4 if protocol in CIFAR_PLUS else None
