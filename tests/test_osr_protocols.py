@@ -236,6 +236,14 @@ def test_random_splits_and_keys_are_those_of_before():
     assert lit.key() != Spec(setting="osr").key() and lit.replace(setting="ood").key() == Spec().key()
 
 
+def test_a_link_carries_the_osr_protocol_and_splits():
+    spec = Spec(setting="osr", dataset="cifar10", known_classes=4, osr_splits="literature", osr_protocol="cifar+50")
+    query = spec.to_query()
+    assert query["osr_splits"] == "literature" and query["osr_protocol"] == "cifar+50"
+    assert Spec.from_query(query) == spec
+    assert "osr_splits" not in Spec(setting="osr").to_query()  # the defaults keep old links as they were
+
+
 # --- CIFAR+10 / CIFAR+50 ----------------------------------------------------------------------------------------------
 
 def test_cifar_plus_10_knows_the_four_vehicles_and_draws_ten_cifar100_animals_per_split(root):
