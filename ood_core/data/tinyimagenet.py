@@ -14,6 +14,8 @@ ImageFolder, which the OSR literature's TinyImageNet splits index (osr_splits.LI
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +110,9 @@ def read_tiny_imagenet(root: Path | str) -> RawData:
         raise DataError(f"{base}: found {n_train} training and {len(files) - n_train} validation images; both are "
                         f"needed")
     images = np.empty((len(files), 3, SIDE, SIDE), np.uint8)
-    for i, p in enumerate(files):
-        images[i] = _decode(p)
+    # Pillow decodes JPEGs outside the GIL: threads use every core on the 110,000 files
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, image in enumerate(pool.map(_decode, files)):
+            images[i] = image
     return RawData(images, np.asarray(labels, np.int64), _class_names(base, wnids),
                    np.arange(len(files)) < n_train, str(base))
