@@ -5,6 +5,7 @@
     python -m ood_core fetch-data mnist cifar10 [--data-root DIR]
     python -m ood_core run --dataset digits --setting ood --detectors all --seed 0 --json out.json
     python -m ood_core run --dataset mnist-sample --setting osr --known 6 --splits 5
+    python -m ood_core run --dataset cifar10 --setting osr --osr-protocol cifar+10 --osr-splits literature
     python -m ood_core run --dataset cifar10 --data-root DIR --ood-preset survey
     python -m ood_core run --dataset cifar10 --model-file net.pt2          # a brought model: scored, not trained
     python -m ood_core run --dataset cifar10 --model-file r18.pt --arch resnet18 --input-norm imagenet
@@ -23,7 +24,8 @@ from . import metrics, report
 from .compare import METRIC_KEYS, run_seeds, summarise  # noqa: F401  (re-exported)
 from .device import ENV_VAR, check_device
 from .models.registry import MODELS, model_names
-from .spec import REGIME_EPOCHS, REGIMES, SETTINGS, Spec, TrainConfig, default_epochs
+from .data import osr_splits
+from .spec import OSR_PROTOCOLS, OSR_SPLIT_MODES, REGIME_EPOCHS, REGIMES, SETTINGS, Spec, TrainConfig, default_epochs
 
 def _fmt_param(name, p) -> str:
     rng = "" if p.kind == "choice" else f" [{p.low:g}..{p.high:g}{', log' if p.scale == 'log' else ''}]"
@@ -109,12 +111,15 @@ def tuned_table(rows: list[dict], unit: str) -> str:
 def run_osr(args, base: Spec) -> int:
     from . import protocols
 
-    base = base.replace(setting="osr", known_classes=args.known)
+    base = base.replace(setting="osr", known_classes=args.known, osr_splits=args.osr_splits,
+                        osr_protocol=args.osr_protocol)
+    check_osr_protocol(base, args.splits)
     synthetic = parse_synthetic(args.synthetic)
     res = protocols.run_osr(base, args.splits, args.detectors, synthetic, cache_dir=args.cache_dir, device=args.device,
                             on_progress=None if args.quiet else _stderr_progress, tune=args.tune_on_validation)
     summ = protocols.summarise_by(res.rows, ("detector", "ood_set"), ("auroc", "fpr95", "oscr", "aupr_in", "aupr_out"))
     accs = np.array(res.accuracies, dtype=float)
+    print(f"OSR protocol: {osr_splits.describe(base)}")
     print(f"OSR on {base.dataset}: {base.known_classes} known classes, {args.splits} split(s); closed-set accuracy "
           f"{_pct(accs.mean(), metrics.sample_std(accs), len(accs))}%  (mean ± sample std over {len(accs)} splits, in %)\n")
     over = f" (mean ± sample std over {len(accs)} splits)" if len(accs) > 1 else ""
@@ -131,6 +136,19 @@ def run_osr(args, base: Spec) -> int:
     if args.json:
         _write_json(args.json, res.as_json(base, {"splits": args.splits, "summary": summ}))
     return 0
+
+
+def check_osr_protocol(base: Spec, splits: int) -> None:
+    """Before any training: the protocol fits the dataset, every split's known classes exist (the literature's lists
+    are as many as they are), and CIFAR+N finds CIFAR-100, where its unknowns come from."""
+    from .data import DATASETS, load_dataset
+
+    n = load_dataset(base.dataset, base.image_size).num_classes
+    for i in range(splits):
+        osr_splits.known_classes_of(base.with_seed(base.seed + i), n)
+    if base.osr_protocol in osr_splits.CIFAR_PLUS and not DATASETS["cifar100"].found():
+        raise ValueError(f"--osr-protocol {base.osr_protocol} takes its unknowns from CIFAR-100, which is "
+                         f"{DATASETS['cifar100'].status()}")
 
 
 def run_one_class(args, base: Spec) -> int:
@@ -226,7 +244,7 @@ def _write_json(path: str, doc: dict) -> None:
 # which settings each setting-specific option applies to; giving one elsewhere is an error, not silently ignored
 APPLIES = {
     "detectors": ("ood", "osr"), "seeds": ("ood",), "epochs": ("ood", "osr"), "regime": ("ood", "osr"),
-    "known": ("osr",), "splits": ("osr",), "contamination": ("ad",), "normal_class": ("nd", "ad"),
+    "known": ("osr",), "splits": ("osr",), "osr_splits": ("osr",), "osr_protocol": ("osr",), "contamination": ("ad",), "normal_class": ("nd", "ad"),
     "curve": ("ad",), "synthetic": ("osr", "nd", "ad"), "save_outputs": ("ood",), "save_scores": ("ood",),
     "ood_preset": ("ood",), "model": ("ood", "osr"), "tune_on_validation": ("ood", "osr"), "model_file": ("ood",),
     "pretrained": ("ood",), "model_factory": ("ood",),
@@ -234,8 +252,8 @@ APPLIES = {
 # options of a brought model (--model-file, --pretrained, --model-factory) and those of training, which it skips
 BROUGHT_OPTIONS = ("arch", "num_classes", "head_layer", "conv_layer", "input_norm", "input_size", "fetch_weights")
 TRAINING_OPTIONS = ("model", "epochs", "regime", "seeds")
-DEFAULTS = {"detectors": "all", "seeds": 1, "regime": "ce", "known": 6, "splits": 5, "contamination": 0.05,
-            "synthetic": ""}
+DEFAULTS = {"detectors": "all", "seeds": 1, "regime": "ce", "contamination": 0.05, "synthetic": "",
+            "osr_splits": "random", "osr_protocol": "standard"}
 
 
 def check_options(args) -> None:
@@ -250,6 +268,10 @@ def check_options(args) -> None:
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
+    if args.known is None:  # the protocol's own K and number of splits (CIFAR+N 4; TinyImageNet 20 over 10 trials)
+        args.known = osr_splits.default_known(args.dataset, args.osr_protocol)
+    if args.splits is None:
+        args.splits = osr_splits.default_splits(args.dataset, args.osr_splits, args.osr_protocol)
     if args.epochs is not None and not 1 <= args.epochs <= 500:
         raise ValueError(f"--epochs must be in 1..500, got {args.epochs}")
     if args.seeds < 1:
@@ -562,8 +584,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "2022: longer training, warm-up and cosine schedule, label smoothing 0.1, random shifts, "
                         "rotations and zooms), or rpl / arpl (reciprocal points, Chen et al. 2020 / 2021; score them "
                         "with the rpl detector)")
-    r.add_argument("--known", type=int, default=None, help="OSR: number of known classes K (2..N-1; default 6)")
-    r.add_argument("--splits", type=int, default=None, help="OSR: number of random known/unknown splits (default 5)")
+    r.add_argument("--known", type=int, default=None,
+                   help="OSR: number of known classes K (2..N-1; default 6, 4 in CIFAR+N, 20 on tinyimagenet)")
+    r.add_argument("--splits", type=int, default=None,
+                   help="OSR: number of known/unknown splits (default 5; 10 trials on tinyimagenet, the survey's "
+                        "Table 8; with --osr-splits literature, the published ones)")
+    r.add_argument("--osr-splits", default=None, choices=list(OSR_SPLIT_MODES),
+                   help="OSR: random (default: split i draws its known classes with seed i) or literature (the fixed "
+                        "splits shared since Neal et al. 2018, as in ARPL's and Vaze et al.'s code: mnist, svhn, "
+                        "cifar10, cifar+10/+50, tinyimagenet)")
+    r.add_argument("--osr-protocol", default=None, choices=list(OSR_PROTOCOLS),
+                   help="OSR: standard (default: K known classes of the dataset, its others unknown) or cifar+10 / "
+                        "cifar+50 (--dataset cifar10: 4 CIFAR-10 classes known, 10 or 50 CIFAR-100 animal classes "
+                        "unknown; needs CIFAR-100 in the data root)")
     r.add_argument("--contamination", type=float, default=None, help="AD: contamination ratio in [0, 0.5) (default 0.05)")
     r.add_argument("--normal-class", type=int, default=None, help="ND/AD: only this normal class (default: all)")
     r.add_argument("--curve", action="store_true", help="AD: the whole contamination curve 0-20%%")

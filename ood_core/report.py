@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .data.benchmark import known_classes_for
+from .data.osr_splits import known_classes_of
 from .spec import Spec
 
 METRIC_COLUMNS = {  # metric key -> column label; arrows say which direction is better
@@ -126,7 +126,7 @@ def seeds_doc(spec: Spec, seeds: Sequence[int], rows: list[dict], summary: list[
             raise ValueError("an open-set export needs the dataset's number of classes")
         for r in results:
             r.update(split=seeds.index(r["seed"]),
-                     known_classes=known_classes_for(r["seed"], n_dataset_classes, spec.known_classes))
+                     known_classes=known_classes_of(spec.with_seed(r["seed"]), n_dataset_classes))
         doc.update(setting="osr", splits=len(seeds))
         per.append("split")
     doc.update(accuracy_fields(accuracies, per))

@@ -25,6 +25,9 @@ REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al
                               "label smoothing, random shifts, rotations and zooms",
                  "rpl": "RPL (Chen et al. 2020): logits are distances to learned reciprocal points",
                  "arpl": "ARPL (Chen et al. 2021): reciprocal points with a bounded open space (margin term)"}
+# OSR: how the known classes of each split are chosen, and the protocol (data/osr_splits.py)
+OSR_SPLIT_MODES = ("random", "literature")
+OSR_PROTOCOLS = ("standard", "cifar+10", "cifar+50")
 # a regime's own number of epochs, where it needs more than the dataset's default (the recipe trains longer)
 REGIME_EPOCHS: dict[str, int] = {"closedset": 160}
 
@@ -70,7 +73,9 @@ class Spec:
     """What an experiment is: setting, dataset, model, training and seed.
 
     The same Spec gives the same numbers; `key()` names its cached artefacts. Setting-specific fields:
-    `known_classes` (OSR: K known of N, drawn by `seed`), `normal_class` (ND and AD), `contamination`
+    `known_classes` (OSR: K known of N, drawn by `seed`), `osr_splits` (OSR: "random" splits drawn by the seed, or
+    the "literature"'s published ones, seed i = split i), `osr_protocol` (OSR: "standard", or "cifar+10" /
+    "cifar+50": 4 CIFAR-10 classes known, CIFAR-100 classes unknown), `normal_class` (ND and AD), `contamination`
     (AD: fraction of the training set drawn from the other classes, unlabelled).
     """
 
@@ -84,6 +89,8 @@ class Spec:
     normal_class: int = 0
     contamination: float = 0.05
     train_per_class: int = 0  # at most this many training images per class (seeded draw); 0 = all
+    osr_splits: str = "random"
+    osr_protocol: str = "standard"
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -105,6 +112,13 @@ class Spec:
             raise ValueError(f"known classes K must be an integer >= 2, got {self.known_classes!r}")
         if not isinstance(self.normal_class, int) or self.normal_class < 0:
             raise ValueError(f"normal class must be a non-negative integer, got {self.normal_class!r}")
+        if self.osr_splits not in OSR_SPLIT_MODES:
+            raise ValueError(f"OSR splits must be one of {', '.join(OSR_SPLIT_MODES)}, got {self.osr_splits!r}")
+        if self.osr_protocol not in OSR_PROTOCOLS:
+            raise ValueError(f"unknown OSR protocol {self.osr_protocol!r}; choose one of {', '.join(OSR_PROTOCOLS)}")
+        if self.osr_protocol != "standard" and self.known_classes != 4:
+            raise ValueError(f"the {self.osr_protocol.upper()} protocol has 4 known classes; set K = 4, "
+                             f"not {self.known_classes}")
         c = self.contamination
         if not (isinstance(c, (int, float)) and math.isfinite(c) and 0 <= c < 0.5):
             raise ValueError(f"contamination ratio must be in [0, 0.5), got {c!r}")
@@ -122,7 +136,8 @@ class Spec:
         """The fields that affect results in this setting (others are dropped, so they never split caches)."""
         d = self.to_dict()
         if self.setting != "osr":
-            d.pop("known_classes")
+            for name in ("known_classes", "osr_splits", "osr_protocol"):
+                d.pop(name)
         if self.setting not in ONE_CLASS_SETTINGS:
             d.pop("normal_class")
         if self.setting != "ad":
@@ -207,7 +222,7 @@ def _get(spec: Spec, path: tuple[str, ...]):
 
 
 # fields added after caches existed: dropped from the key at their default, so older cached models stay valid
-LATER_FIELDS = {"train_per_class": 0}
+LATER_FIELDS = {"train_per_class": 0, "osr_splits": "random", "osr_protocol": "standard"}
 
 # training recipes whose defaults changed after models of them were cached: the version joins the model key
 # (Spec.model_key), so a cached model of an older recipe is never reused. Raise a version when a recipe changes.
@@ -222,4 +237,5 @@ QUERY_FIELDS: dict[str, tuple[tuple[str, ...], type]] = {
     "batch": (("training", "batch_size"), int), "regime": (("training", "regime"), str),
     "known": (("known_classes",), int), "normal": (("normal_class",), int), "contamination": (("contamination",), float),
     "size": (("image_size",), int), "per_class": (("train_per_class",), int),
+    "osr_splits": (("osr_splits",), str), "osr_protocol": (("osr_protocol",), str),
 }

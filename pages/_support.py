@@ -1142,7 +1142,7 @@ def predicted_names(exp: Experiment, split: str, n: int) -> Optional[list[str]]:
 
 def setting_lines(spec: Spec) -> list[str]:
     """The setting-specific part of the sidebar: regime, known classes, normal class, contamination."""
-    from ood_core.data.benchmark import known_classes_for
+    from ood_core.data.osr_splits import describe, known_classes_of
     from ood_core.spec import REGIME_TITLES
 
     lines = []
@@ -1151,10 +1151,12 @@ def setting_lines(spec: Spec) -> list[str]:
     if spec.setting == "osr":
         try:
             n = DATASETS[spec.dataset].num_classes if spec.dataset in DATASETS else 10
-            known = ", ".join(map(str, known_classes_for(spec.seed, n, spec.known_classes)))
+            known = ", ".join(map(str, known_classes_of(spec, n)))
         except ValueError:
             known = "?"
         lines.append(f"**Known classes (K={spec.known_classes}):** {known}")
+        if spec.osr_splits != "random" or spec.osr_protocol != "standard":
+            lines.append(f"**OSR protocol:** {describe(spec)}")
     if spec.setting in ("nd", "ad"):
         lines.append(f"**Normal class:** {spec.normal_class}")
     if spec.setting == "ad":

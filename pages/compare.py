@@ -498,6 +498,10 @@ def main() -> None:
         help_text = (f"The open-set protocol's random splits: split i uses seed {spec.seed} + i, which draws its own "
                      f"{spec.known_classes} known classes (the others are the unknowns) and trains a fresh model on "
                      "them, as `python -m ood_core run --setting osr --splits N` does.")
+        if spec.osr_splits == "literature":
+            help_text = (f"The published splits of the OSR literature: split i uses seed {spec.seed} + i, which picks "
+                         "published split i (five per dataset) and trains a fresh model on its known classes, as "
+                         "`python -m ood_core run --setting osr --osr-splits literature` does.")
     n_seeds = s1.number_input(f"{u.capitalize()}s", min_value=2, max_value=10,
                               value=ui.url_number("seeds", 2, 10, DEFAULT_SPLITS if osr else DEFAULT_SEEDS, int),
                               step=1, key="compare-seeds", disabled=uploaded, help=help_text)

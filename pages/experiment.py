@@ -8,11 +8,11 @@ import streamlit as st
 from ood_core import figures, serving, settings
 from ood_core.data import DATASETS, OOD_SETS, DataError, data_root, datasets, sources
 from ood_core.data.auxiliary import AUX_RECIPES
-from ood_core.data.benchmark import known_classes_for
+from ood_core.data import osr_splits
 from ood_core.data.registry import register_user_ood_set
 from ood_core.models import loading
 from ood_core.models.registry import MODELS, unfit_reasons
-from ood_core.spec import CLASSIFIER_SETTINGS, REGIME_EPOCHS, REGIME_TITLES, SETTING_TITLES, SETTINGS
+from ood_core.spec import CLASSIFIER_SETTINGS, OSR_SPLIT_MODES, REGIME_EPOCHS, REGIME_TITLES, SETTING_TITLES, SETTINGS
 from pages import _support as ui
 
 N_ID_EXAMPLES = 16
@@ -37,7 +37,10 @@ def setting_picker() -> str:
                             "training data? — and differ in what the model sees at training and at test.")
     ui.tutorial(settings.EXPLANATIONS[setting])
     n = DATASETS[spec.dataset].num_classes if spec.dataset in DATASETS else 10
-    known = known_classes_for(spec.seed, n, spec.known_classes) if setting == "osr" else None
+    try:
+        known = osr_splits.known_classes_of(spec, n) if setting == "osr" else None
+    except ValueError:  # a protocol that does not fit the current dataset: the diagram shows no known classes
+        known = None
     st.plotly_chart(figures.setting_diagram(setting, n, known=known, normal=spec.normal_class,
                                             contamination=spec.contamination if setting == "ad" else 0.0),
                     width="stretch", key=f"setting-diagram-{setting}", config={"displayModeBar": False})
@@ -184,9 +187,40 @@ def own_ood_box() -> None:
                 st.rerun()
 
 
-def experiment_form(setting: str, dataset: str, size: int):
-    """The spec form for `dataset` at `size` px; returns (the new Spec or None when not submitted or invalid, retrain
-    flag)."""
+def osr_protocol_picker(dataset: str) -> tuple[str, str]:
+    """OSR only, outside the form (K follows from it): the protocol (CIFAR+10 / +50 on CIFAR-10, when CIFAR-100 is
+    there) and the splits (random, or the literature's published ones where they exist). Returns (splits, protocol)."""
+    spec = ui.current_spec()
+    protocols = ["standard"]
+    if dataset == "cifar10":
+        if DATASETS["cifar100"].found():
+            protocols += list(osr_splits.CIFAR_PLUS)
+        else:
+            st.caption(f"CIFAR+10 / CIFAR+50 take their unknowns from CIFAR-100, which is "
+                       f"{DATASETS['cifar100'].status()}.")
+    protocol = "standard"
+    if len(protocols) > 1:
+        protocol = st.selectbox("OSR protocol", protocols, key="osr-protocol",
+                                index=protocols.index(spec.osr_protocol) if spec.osr_protocol in protocols else 0,
+                                format_func=lambda p: osr_splits.PROTOCOL_TITLES[p],
+                                help="CIFAR+N (Neal et al. 2018): train on 4 CIFAR-10 classes; the unknowns are "
+                                     "CIFAR-100 test images of 10 or 50 animal classes.")
+    if not osr_splits.has_literature_splits(dataset, protocol):
+        st.caption("Splits: random (the seed draws the known classes); the OSR literature shares no fixed splits "
+                   "for this dataset.")
+        return "random", protocol
+    modes = list(OSR_SPLIT_MODES)
+    mode = st.radio("Splits", modes, index=modes.index(spec.osr_splits), horizontal=True, key="osr-splits",
+                    format_func=lambda m: {"random": "Random (seeded)", "literature": "Literature (fixed)"}[m],
+                    help="Random: the seed draws the known classes. Literature: the fixed splits shared since Neal "
+                         "et al. 2018 (ARPL's and Vaze et al.'s code), for numbers comparable with the papers; "
+                         "seed i is published split i.")
+    return mode, protocol
+
+
+def experiment_form(setting: str, dataset: str, size: int, osr: tuple[str, str] = ("random", "standard")):
+    """The spec form for `dataset` at `size` px (`osr`: the OSR splits and protocol picked above it); returns (the
+    new Spec or None when not submitted or invalid, retrain flag)."""
     spec = ui.current_spec()
     info = DATASETS[dataset]
     n_classes = info.num_classes
@@ -234,10 +268,19 @@ def experiment_form(setting: str, dataset: str, size: int):
                                                 "logits (the head stays linear, up to a shift shared by all "
                                                 "classes); their own score is the detector 'RPL / ARPL'.")
         if setting == "osr":
-            extra["known_classes"] = int(st.number_input("Known classes K", min_value=2, max_value=max(2, n_classes - 1),
-                                                         value=min(spec.known_classes, max(2, n_classes - 1)), step=1,
-                                                         help=f"K of the {n_classes} classes are known; the seed draws "
-                                                              "which."))
+            extra.update(osr_splits=osr[0], osr_protocol=osr[1])
+            fixed = osr_splits.fixed_known(dataset, *osr)
+            if fixed is not None:
+                st.caption(f"Known classes K = {fixed}, fixed by the protocol.")
+                extra["known_classes"] = fixed
+            else:
+                k = spec.known_classes if same or dataset not in osr_splits.DEFAULT_KNOWN \
+                    else osr_splits.default_known(dataset)
+                extra["known_classes"] = int(st.number_input("Known classes K", min_value=2,
+                                                             max_value=max(2, n_classes - 1),
+                                                             value=min(k, max(2, n_classes - 1)), step=1,
+                                                             help=f"K of the {n_classes} classes are known; the seed "
+                                                                  "draws which."))
         if setting in ("nd", "ad"):
             extra["normal_class"] = int(st.number_input("Normal class", min_value=0, max_value=n_classes - 1,
                                                         value=min(spec.normal_class, n_classes - 1), step=1,
@@ -252,7 +295,10 @@ def experiment_form(setting: str, dataset: str, size: int):
     if not submitted or extra["model"] is None:
         return None, False
     try:
-        return ui.make_spec(spec, dataset, seed, epochs, lr, batch, **extra), retrain
+        new = ui.make_spec(spec, dataset, seed, epochs, lr, batch, **extra)
+        if setting == "osr":
+            osr_splits.known_classes_of(new, n_classes)  # a seed with no published split is refused here, in words
+        return new, retrain
     except ValueError as e:
         st.error(f"Invalid setting: {e}")
         return None, False
@@ -360,7 +406,8 @@ def main() -> None:
     with left:
         dataset = dataset_picker()
         size = size_picker(dataset)
-        new_spec, retrain = experiment_form(setting, dataset, size)
+        osr = osr_protocol_picker(dataset) if setting == "osr" else ("random", "standard")
+        new_spec, retrain = experiment_form(setting, dataset, size, osr)
         own_dataset_box()
         own_ood_box()
         if new_spec is not None:  # the form trains or loads the spec's own model, not an upload

@@ -1,6 +1,7 @@
 """Build a Benchmark from a Spec: ID train/val/test splits and named OOD test sets, normalised alike."""
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -10,6 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from ..spec import Spec
 from .datasets import load_dataset
+from .osr_splits import known_classes_for, known_classes_of, unknown_classes_of  # noqa: F401  (re-exported)
 from .sources import DataError
 from .registry import DEFAULT_OOD_SETS, OOD_SETS, make_ood_set, ood_set_available
 
@@ -118,19 +120,12 @@ def subsample_per_class(idx: np.ndarray, labels: np.ndarray, per_class: int, see
     return np.sort(np.concatenate(keep))
 
 
-def known_classes_for(seed: int, n_classes: int, k: int) -> list[int]:
-    """The K known classes of an OSR split, drawn by `seed` (sorted)."""
-    if not 2 <= k <= n_classes - 1:
-        raise ValueError(f"known classes K must be in 2..{n_classes - 1} for a dataset with {n_classes} classes, got {k}")
-    rng = np.random.default_rng([seed, 104729])
-    return sorted(int(c) for c in rng.choice(n_classes, size=k, replace=False))
-
-
 def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, ood_fraction: float = 0.2) -> Benchmark:
     """ID splits of `spec.dataset` for the spec's setting, plus the OOD sets (a fifth of the ID test size each).
 
     - ood: ID = all classes; OOD = the synthetic and transformed sets.
-    - osr: ID = K known classes (labels remapped to 0..K-1); OOD set "unknown" = test samples of the other classes.
+    - osr: ID = K known classes (labels remapped to 0..K-1); OOD set "unknown" = test samples of the other classes,
+      or in CIFAR+N CIFAR-100 test images of the split's unknown classes (osr_splits.py says which classes).
     - nd: ID = the normal class alone (label 0); OOD set "novel" = test samples of every other class.
     - ad: as nd, but the training split is contaminated with unlabelled samples of the other classes.
     The synthetic and transformed sets are built from the ID test images and join every setting.
@@ -149,17 +144,35 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
     val_ood: dict[str, np.ndarray] = {}  # name -> dataset indices of its validation draw (from the validation split)
     class_names = names
     remap = np.arange(n_classes)
+    foreign: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (pixels, original labels) of another dataset
+    foreign_val: dict[str, np.ndarray] = {}  # name -> pixels of its validation draw
+    fingerprint = data.fingerprint
     if spec.setting == "osr":
-        known = known_classes_for(spec.seed, n_classes, spec.known_classes)
-        unknown_cls = [c for c in range(n_classes) if c not in known]
-        meta.update(known_classes=known, unknown_classes=unknown_cls,
-                    known_names=[names[c] for c in known], unknown_names=[names[c] for c in unknown_cls])
+        known = known_classes_of(spec, n_classes)
+        source, unknown_cls = unknown_classes_of(spec, n_classes)
         is_known = np.isin(labels, known)
         remap = np.full(n_classes, -1)
         remap[known] = np.arange(len(known))
         class_names = [names[c] for c in known]
-        extra_ood["unknown"] = te[~is_known[te]]
-        val_ood["unknown"] = va[~is_known[va]]
+        if source == spec.dataset:
+            unknown_names = [names[c] for c in unknown_cls]
+            extra_ood["unknown"] = te[~is_known[te]]
+            val_ood["unknown"] = va[~is_known[va]]
+        else:  # CIFAR+N: the unknowns are another dataset's images (its test split; validation from its train split)
+            other = load_dataset(source, spec.image_size)
+            unknown_names = [other.class_names[c] for c in unknown_cls]
+            is_unknown = np.isin(other.labels, unknown_cls)
+            official = other.is_train if other.is_train is not None else np.zeros(len(other.labels), bool)
+            test_idx = np.flatnonzero(is_unknown & ~official)
+            pool = np.flatnonzero(is_unknown & official)
+            val_idx = _stratified(pool, other.labels, math.ceil(OFFICIAL_VAL_FRACTION * len(pool)), spec.seed)[0] \
+                if len(pool) else pool
+            foreign["unknown"] = (other.pixels[test_idx], other.labels[test_idx])
+            foreign_val["unknown"] = other.pixels[np.sort(val_idx)]
+            fingerprint = hashlib.sha256(f"{data.fingerprint}:{other.fingerprint}".encode()).hexdigest()[:16]
+        meta.update(known_classes=known, unknown_classes=unknown_cls, known_names=class_names,
+                    unknown_names=unknown_names, unknown_source=source, osr_splits=spec.osr_splits,
+                    osr_protocol=spec.osr_protocol)
         tr, va, te = tr[is_known[tr]], va[is_known[va]], te[is_known[te]]
     elif spec.setting in ("nd", "ad"):
         c = spec.normal_class
@@ -203,6 +216,9 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         # natural OOD sets keep their original class in meta, label -1 like every OOD sample
         ood[name] = Split(norm(pixels[idx]), np.full(len(idx), -1, dtype=np.int64))
         meta[f"{name}_original_labels"] = labels[idx].tolist()
+    for name, (p, original) in foreign.items():
+        ood[name] = Split(norm(p), np.full(len(p), -1, dtype=np.int64))
+        meta[f"{name}_original_labels"] = original.tolist()
     n_ood = max(1, int(round(ood_fraction * len(te))))
     skipped = []
     for name in ood_sets:
@@ -221,9 +237,10 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         test=Split(norm(pixels[te]), id_labels(te)),
         ood=ood,
         meta={**meta, "skipped_ood_sets": skipped},
-        fingerprint=data.fingerprint,
-        val_ood={name: Split(norm(pixels[idx]), np.full(len(idx), -1, dtype=np.int64))
-                 for name, idx in val_ood.items()},
+        fingerprint=fingerprint,
+        val_ood={**{name: Split(norm(pixels[idx]), np.full(len(idx), -1, dtype=np.int64))
+                    for name, idx in val_ood.items()},
+                 **{name: Split(norm(p), np.full(len(p), -1, dtype=np.int64)) for name, p in foreign_val.items()}},
     )
 
 

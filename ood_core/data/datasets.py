@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import sources
+from . import sources, tinyimagenet
 from .sources import DataError, RawData
 
 SIZES = tuple(range(8, 65, 4))  # image sides an experiment may use (multiples of 4: the one-class models pool twice)
@@ -33,7 +33,8 @@ def data_root(root: Path | str | None = None) -> Path:
 @dataclass(frozen=True)
 class DatasetInfo:
     """One ID dataset. `read(root) -> RawData` decodes it at its native size (uint8, or float in [0, 1] for
-    bundled sets); `kind` is "bundled", "packaged", "torchvision" or "user" (a folder, zip or npz)."""
+    bundled sets); `kind` is "bundled", "packaged", "torchvision", "folder" (a dataset's own folder layout under the
+    data root, found when `present(root)` says so) or "user" (a folder, zip or npz)."""
 
     name: str
     title: str
@@ -48,8 +49,11 @@ class DatasetInfo:
     files: Callable[[Path], list[Path]] = field(default=lambda root: [])
     max_value: float = 255.0  # the uint8 value that means white in `read`'s images (digits: 16)
     default_epochs: int = 15  # classifier epochs the CLI and the Experiment page start from (2 CPU cores in mind)
+    present: Optional[Callable[[Path], bool]] = None  # kind "folder": whether its files are under the data root
 
     def found(self, root: Path | str | None = None) -> bool:
+        if self.present is not None:
+            return bool(self.present(data_root(root)))
         if self.kind != "torchvision":
             return True
         return sources.is_present(self.name, data_root(root))
@@ -173,7 +177,20 @@ def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
 
 def to_float(raw: RawData, max_value: float = 255.0) -> np.ndarray:
     """The raw uint8 images as float32 in [0, 1] (`max_value` means white)."""
-    return np.minimum(raw.images.astype(np.float32) / np.float32(max_value), np.float32(1.0))
+    return _as_float(raw.images, max_value)
+
+
+def _as_float(images: np.ndarray, max_value: float) -> np.ndarray:
+    return np.minimum(images.astype(np.float32) / np.float32(max_value), np.float32(1.0))
+
+
+def float_resized(images: np.ndarray, max_value: float, side: int) -> np.ndarray:
+    """resize(to_float(...), side) a chunk at a time: the same values without a float copy of the whole set at its
+    native size (TinyImageNet at 64 px would take 5.4 GB before shrinking to 32 px)."""
+    out = np.empty((len(images), images.shape[1], side, side), np.float32)
+    for i in range(0, len(images), 4096):
+        out[i:i + 4096] = resize(_as_float(images[i:i + 4096], max_value), side)
+    return out
 
 
 def get_info(name: str) -> DatasetInfo:
@@ -215,7 +232,7 @@ def load_dataset(name: str, image_size: int, root: Path | str | None = None) -> 
     if len(raw.labels) != len(raw.images):
         raise DataError(f"dataset {name!r} gave {len(raw.images)} images but {len(raw.labels)} labels")
     fp = fingerprint(raw)
-    pixels = resize(to_float(raw, info.max_value), int(image_size))
+    pixels = float_resized(raw.images, info.max_value, int(image_size))
     data = LoadedData(name, pixels, np.asarray(raw.labels, np.int64), list(raw.class_names),
                       None if raw.is_train is None else np.asarray(raw.is_train, bool), fp, raw.source)
     with _LOCK:
@@ -272,6 +289,14 @@ for _name, _title, _desc, _c, _s, _k in (
     ("svhn", "SVHN", "street-view house numbers (32×32 colour, 73,257 + 26,032, 10 classes)", 3, 32, 10),
 ):
     register_dataset(_name, "", info=_torchvision_entry(_name, _title, _desc, _c, _s, _k))
+
+
+register_dataset("tinyimagenet", "", info=DatasetInfo(
+    "tinyimagenet", "TinyImageNet",
+    "200 ImageNet classes (64×64 colour, 100,000 train + 10,000 validation as the test split) from the folder "
+    "tiny-imagenet-200/ as the official zip unpacks; OSR 20 known / 180 unknown",
+    tinyimagenet.read_tiny_imagenet, kind="folder", channels=3, native_size=64, num_classes=200, default_size=32,
+    files=tinyimagenet.expected_files, present=tinyimagenet.is_present))
 
 
 def register_user_dataset(name: str, path_or_bytes, filename: Optional[str] = None, size: Optional[int] = None) -> DatasetInfo:
