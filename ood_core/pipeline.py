@@ -180,7 +180,9 @@ def compute_outputs(model, bench: Benchmark, device: Optional[str] = None,
                     progress: Optional[Callable[[float, str], None]] = None, cancel=None) -> dict[str, Outputs]:
     """The single forward pass of every split (ID train/val/test and each OOD set), on `device` (default:
     device.default_device()), in pieces of FORWARD_CHUNK images: `progress(fraction, message)` after each piece,
-    jobs.Cancelled between pieces when `cancel` is set. The same numbers as one pass per split."""
+    jobs.Cancelled between pieces when `cancel` is set. The same numbers as one pass per split. Only the piece being
+    run exists as float inputs; each Outputs keeps its split's compact `images` for the methods that run the network
+    again."""
     device = resolve_device(device)
     splits = bench.splits()
     total, done = max(1, sum(len(s) for s in splits.values())), 0
@@ -189,13 +191,13 @@ def compute_outputs(model, bench: Benchmark, device: Optional[str] = None,
         pieces = []
         for i in range(0, max(len(split), 1), FORWARD_CHUNK):
             check_cancelled(cancel)
-            pieces.append(run_inference(model, split.x[i:i + FORWARD_CHUNK], split.y[i:i + FORWARD_CHUNK], device,
-                                        keep_inputs=False))
+            pieces.append(run_inference(model, split.images[i:i + FORWARD_CHUNK], split.y[i:i + FORWARD_CHUNK],
+                                        device, keep_inputs=False))
             done += len(pieces[-1])
             if progress:
                 progress(done / total, f"running the model on {name} ({done:,} of {total:,} images)")
         out[name] = Outputs(np.concatenate([p.logits for p in pieces]), np.concatenate([p.features for p in pieces]),
-                            np.concatenate([p.labels for p in pieces]), split.x,
+                            np.concatenate([p.labels for p in pieces]), split.images,
                             {k: np.concatenate([p.extras[k] for p in pieces]) for k in pieces[0].extras})
     return out
 
