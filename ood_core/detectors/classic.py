@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from .base import Detector, Param, Reference, register
+from .base import REGISTRY, Detector, Param, Reference, register
 
 _L2 = Param(False, kind="choice", choices=(False, True), sweep=(False, True),
             help="L2-normalise the features before scaling them")
@@ -21,8 +21,6 @@ _SCALING = Param("standard", kind="choice", choices=("standard", "gcn_minmax"), 
                  help="standard: each feature to zero mean and unit variance over the ID train features; gcn_minmax: "
                       "Ruff et al.'s preprocessing for raw pixels, global contrast normalisation (L1) of each sample, "
                       "then min-max scaling with the extremes of the ID train features")
-
-
 SCORE_CHUNK = 8192  # rows scored at a time (a multiple of scikit-learn's 256-row neighbour-search chunks)
 
 
@@ -45,8 +43,6 @@ def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 def fit_bank_note(name: str, params: Optional[Mapping[str, Any]], n_bank: int) -> Optional[str]:
     """"fit on N of M ID training features ..." for a detector with a `max_fit` cap (None for the others), from
     its parameters (defaults filled in) and the size M of the ID training bank: what the card and the app show."""
-    from .base import REGISTRY
-
     spec = REGISTRY[name].params.get("max_fit") if name in REGISTRY else None
     if spec is None:
         return None
@@ -57,11 +53,10 @@ def fit_bank_note(name: str, params: Optional[Mapping[str, Any]], n_bank: int) -
             f"(max_fit = {cap:,}; scores use every image).")
 
 
-def _max_fit(default: int) -> Param:
-    return Param(default, 100, 1_000_000, "log", kind="int", sweep=(1000, 2000, default),
+_MAX_FIT = Param(5000, 100, 1_000_000, "log", kind="int", sweep=(1000, 2000, 5000),
                  help="fit on at most this many ID train features: a seeded subsample stratified by class (all of "
-                      "them when there are fewer; the card says \"fit on N of M\"). The fit's cost grows about as "
-                      "the square of this number")
+                      "them when there are fewer; the app says \"fit on N of M\"). The fit's cost grows about as "
+                      "the square of this number; every image is still scored")
 
 
 class _SklearnOnFeatures(Detector):
@@ -138,7 +133,7 @@ class OneClassSVMDetector(_SklearnOnFeatures):
                        help="RBF width: 'scale' = 1 / (D var(z)), 'auto' = 1 / D (scikit-learn)"),
         "l2_normalise": _L2,
         "scaling": _SCALING,
-        "max_fit": _max_fit(5000),
+        "max_fit": _MAX_FIT,
     }
 
     def _estimator(self, ctx, n_train):
@@ -192,7 +187,7 @@ class LOFDetector(_SklearnOnFeatures):
                              help="k, the neighbourhood size (scikit-learn default 20)"),
         "l2_normalise": _L2,
         "scaling": _SCALING,
-        "max_fit": _max_fit(10000),
+        "max_fit": _MAX_FIT,
     }
 
     def _estimator(self, ctx, n_train):
