@@ -247,7 +247,7 @@ def run_child(case: str, args, env: dict, extra: list[str]) -> dict:
     events = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
     result = next((e for e in events if e.get("event") == "result"), None)
     return {"case": case, "events": events, "result": result, "timed_out": timed_out, "returncode": proc.returncode,
-            "stderr_tail": "" if result else err[-2000:]}
+            "stderr_tail": "" if result else err[-2000:], "load_average": os.getloadavg()}
 
 
 def fmt_s(s) -> str:
@@ -371,6 +371,7 @@ def main(argv=None) -> int:
         ap.error(f"--only: unknown case(s) {', '.join(bad)}; choose from {', '.join(CASES)}")
 
     runs, info = {}, {}
+    load_start = os.getloadavg()  # the machine's load is part of every figure (a shared 2-core machine)
     with tempfile.TemporaryDirectory(prefix="bench-datasets-") as tmp:
         tmp = Path(tmp)
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -393,18 +394,22 @@ def main(argv=None) -> int:
             print(f"[{case}] running ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             runs[case] = run_child(case, args, env, extra)
-            print(f"[{case}] done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            print(f"[{case}] done in {time.perf_counter() - t0:.1f} s, load average "
+                  f"{runs[case]['load_average'][0]:.1f}", file=sys.stderr, flush=True)
 
     rows = table_rows(runs, info, args)
     load = os.getloadavg()
     quick = " (--quick: reduced sizes; the verdicts do not speak for the issue's figures)" if args.quick else ""
-    print(f"Datasets benchmark{quick} — {os.cpu_count()} CPU cores, load average {load[0]:.1f} at the end\n")
+    per_case = ", ".join(f"{c} {r['load_average'][0]:.1f}" for c, r in runs.items())
+    print(f"Datasets benchmark{quick} — {os.cpu_count()} CPU cores, load average (1 min) {load_start[0]:.1f} at the "
+          f"start, after each case {per_case}, {load[0]:.1f} at the end\n")
     print("| figure | target | measured | met? |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     if args.json:
         doc = {"quick": args.quick, "sizes": {k: getattr(args, k) for k in FULL}, "warm_per_class": args.warm_per_class,
-               "cpu_count": os.cpu_count(), "load_average": load, "data": info, "runs": runs,
+               "cpu_count": os.cpu_count(), "load_average": load, "load_average_start": load_start, "data": info,
+               "runs": runs,
                "table": [dict(zip(("figure", "target", "measured", "met"), r)) for r in rows]}
         text = json.dumps(doc, indent=2)
         if args.json == "-":
