@@ -120,6 +120,21 @@ def test_outputs_keep_compact_inputs_and_subsets_stay_compact():
     assert isinstance(sub.inputs, Images) and same_bits(sub.inputs.materialise(), bench.train.x[idx])
 
 
+def test_the_forward_pass_in_large_batches_equals_the_detectors_batches_bit_for_bit():
+    # compute_outputs runs 1,024 images at a time (pipeline.forward_batch); run_inference's default is 256
+    from ood_core.inference import run_inference
+    from ood_core.models.cnn import SmallCNN
+    from ood_core.pipeline import compute_outputs, forward_batch
+
+    bench = build_benchmark(Spec(image_size=12), ood_sets=())
+    assert forward_batch(bench.input_shape) == 1024 and forward_batch((3, 64, 64)) == 192
+    model = SmallCNN(1, 10, width=4, feature_dim=8).eval()
+    out = compute_outputs(model, bench, "cpu")
+    for name, split in bench.splits().items():
+        ref = run_inference(model, split.x, split.y, "cpu", batch_size=100)
+        assert same_bits(out[name].logits, ref.logits) and same_bits(out[name].features, ref.features)
+
+
 def test_training_on_uint8_batches_gives_the_weights_of_the_float_copy():
     # the training reads each batch from the compact split; the same Spec on float copies of the splits must give
     # the same weights, bit for bit (the same batches, the same values)
