@@ -64,7 +64,9 @@ class Images:
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, tuple):  # rows first, then the other axes on the converted values
-            return self[key[0]][(slice(None),) + key[1:]] if key else self[:]
+            if not key or key[0] is Ellipsis:
+                return self.materialise()[key]
+            return self[key[0]][(slice(None),) + key[1:]]
         if isinstance(key, (int, np.integer)):
             return self._convert(self.stored[[int(key)]])[0]
         return self._convert(self.stored[key])
@@ -100,7 +102,7 @@ class Images:
     def _to_pixels(self, block: np.ndarray) -> np.ndarray:
         from .datasets import resize
 
-        if self.max_value is not None:
+        if self.max_value is not None:  # datasets.to_float's formula
             block = np.minimum(block.astype(np.float32) / np.float32(self.max_value), np.float32(1.0))
         return resize(block, self.side)
 
