@@ -120,14 +120,15 @@ def test_outputs_keep_compact_inputs_and_subsets_stay_compact():
     assert isinstance(sub.inputs, Images) and same_bits(sub.inputs.materialise(), bench.train.x[idx])
 
 
-def test_the_forward_pass_in_large_batches_equals_the_detectors_batches_bit_for_bit():
-    # compute_outputs runs 1,024 images at a time (pipeline.forward_batch); run_inference's default is 256
+def test_the_forward_pass_batch_size_leaves_the_outputs_bit_for_bit():
+    # compute_outputs runs batches sized by pipeline.forward_batch (512 at 12 px); run_inference's default is 256
     from ood_core.inference import run_inference
     from ood_core.models.cnn import SmallCNN
     from ood_core.pipeline import compute_outputs, forward_batch
 
     bench = build_benchmark(Spec(image_size=12), ood_sets=())
-    assert forward_batch(bench.input_shape) == 1024 and forward_batch((3, 64, 64)) == 192
+    assert forward_batch(bench.input_shape) == 512 and forward_batch((1, 28, 28)) == 128
+    assert forward_batch((3, 64, 64)) == 16
     model = SmallCNN(1, 10, width=4, feature_dim=8).eval()
     out = compute_outputs(model, bench, "cpu")
     for name, split in bench.splits().items():
