@@ -250,7 +250,7 @@ def frame_from_outputs(outputs: Mapping[str, Any], sets: Sequence[str], class_na
         else:
             if out.inputs is None:
                 raise ValueError(f"set {s!r} has no stored inputs, so it cannot be embedded in pixel space")
-            x = np.asarray(out.inputs)[idx]
+            x = np.asarray(out.inputs[idx])  # only these rows (compact inputs convert them alone)
             M = (to_pixels(x) if to_pixels is not None else x).reshape(len(idx), -1)
         labels = np.asarray(out.labels)[idx].astype(np.int64)
         logits = np.asarray(out.logits)[idx]
@@ -287,7 +287,7 @@ def embedding_frame(exp, sets: Iterable[str] = (), space: str = "features", max_
     for s in sets:  # inputs are normally kept in Outputs; fall back to the benchmark's tensors
         if s in outputs and outputs[s].inputs is None and s in exp.bench.splits():
             o = outputs[s]
-            outputs[s] = type(o)(o.logits, o.features, o.labels, exp.bench.splits()[s].x)
+            outputs[s] = type(o)(o.logits, o.features, o.labels, exp.bench.splits()[s].images)
     return frame_from_outputs(outputs, sets, exp.bench.class_names, space, max_per_set, seed,
                               to_pixels=exp.bench.to_pixels)
 
@@ -302,7 +302,7 @@ def frame_inputs(exp, rows: pd.DataFrame) -> np.ndarray:
         return np.zeros((0, *exp.bench.input_shape), np.float32)
     out = []
     for s, i in zip(rows["set"], rows["index"]):
-        src = exp.outputs[s].inputs if s in exp.outputs and exp.outputs[s].inputs is not None else splits[s].x
+        src = exp.outputs[s].inputs if s in exp.outputs and exp.outputs[s].inputs is not None else splits[s].images
         out.append(src[int(i)])
     return np.stack(out)
 

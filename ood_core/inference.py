@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .data.images import Images
 from .device import resolve_device
 
 
@@ -15,13 +16,14 @@ from .device import resolve_device
 class Outputs:
     """What one forward pass gives for a split: logits (n, K), penultimate features (n, D), labels (n,).
 
-    `inputs` keeps the normalised images for the few detectors that must run the network again.
+    `inputs` keeps the normalised images for the few detectors that must run the network again: an array, or the
+    split's compact data.images.Images (read like an array: `inputs[idx]`, `inputs[a:b]` give float32 arrays).
     """
 
     logits: np.ndarray
     features: np.ndarray
     labels: np.ndarray
-    inputs: Optional[np.ndarray] = None
+    inputs: Optional[Any] = None
     # per-sample arrays a model gives besides logits and features, e.g. "model_score" of a one-class model
     extras: dict = field(default_factory=dict)
 
@@ -29,8 +31,9 @@ class Outputs:
         return len(self.labels)
 
     def subset(self, idx) -> "Outputs":
-        return Outputs(self.logits[idx], self.features[idx], self.labels[idx],
-                       None if self.inputs is None else self.inputs[idx],
+        inputs = (None if self.inputs is None else self.inputs.take(idx) if isinstance(self.inputs, Images)
+                  else self.inputs[idx])  # compact inputs stay compact
+        return Outputs(self.logits[idx], self.features[idx], self.labels[idx], inputs,
                        {k: v[idx] for k, v in self.extras.items()})
 
 

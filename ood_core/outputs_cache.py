@@ -58,7 +58,7 @@ def load(cache_dir: Path | str, key: str, bench) -> Optional[dict[str, Outputs]]
             for name, split in bench.splits().items():
                 extras = {k.split("/", 2)[2]: z[k] for k in z.files if k.startswith(f"{name}/extra/")}
                 o = Outputs(z[f"{name}/logits"], z[f"{name}/features"].astype(np.float32), z[f"{name}/labels"],
-                            split.x, extras)
+                            split.images, extras)
                 if len(o) != len(split):
                     return None
                 out[name] = o

@@ -383,7 +383,7 @@ def show_examples(exp) -> None:
     preds = ui.predicted_names(exp, "test", n)
     truth = [bench.class_names[int(y)] for y in bench.test.y[:n]]
     st.markdown(f"**ID test images** ({exp.spec.dataset})" + (" — caption: true label → predicted class" if preds else ""))
-    st.image(figures.upscale(bench.to_pixels(bench.test.x[:n])), width=64,
+    st.image(figures.upscale(bench.to_pixels(bench.test.images[:n])), width=64,
              caption=[f"{t} → {p}" for t, p in zip(truth, preds)] if preds else truth)
     st.markdown("**OOD sets**" + (" — caption: the class the network predicts anyway" if preds else ""))
     names = exp.ood_names
@@ -394,7 +394,7 @@ def show_examples(exp) -> None:
                 st.markdown(f"**{name}**" + (f" · {info.kind}" if info else ""))
                 st.caption(info.description if info else "samples of classes never seen in training")
                 k = min(N_OOD_EXAMPLES, len(bench.ood[name]))
-                st.image(figures.upscale(bench.to_pixels(bench.ood[name].x[:k]), 3), width=44,
+                st.image(figures.upscale(bench.to_pixels(bench.ood[name].images[:k]), 3), width=44,
                          caption=ui.predicted_names(exp, name, k))
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 from ood_core import figures, metrics, report
 from ood_core.data import OOD_SETS
 from ood_core.detectors import FAMILIES, REGISTRY
+from ood_core.detectors.classic import fit_bank_note
 from ood_core.settings import default_ood_sets
 from pages import _support as ui
 
@@ -116,6 +117,9 @@ def main() -> None:
     with c2:
         sets = choose_sets(exp.ood_names)
     params = detector_card(name)
+    fit_note = fit_bank_note(name, params, len(exp.outputs["train"]))  # OC-SVM, LOF: a capped fit bank
+    if fit_note:
+        st.caption(fit_note)
     if not sets:
         st.info("Pick at least one OOD set above to see the scores.")
         return

@@ -358,6 +358,13 @@ def test_changing_a_parameter_rescores(scores, default_experiment):
     assert after.loc["rotated", "AUROC ↑"] == pytest.approx(100 * metrics.auroc(sc["test"], sc["rotated"]))
 
 
+def test_a_capped_detector_says_how_many_training_features_it_was_fit_on(scores, default_experiment):
+    scores.selectbox(key="scores-detector").set_value("ocsvm").run()
+    no_exception(scores)
+    n = len(default_experiment.outputs["train"])  # under OC-SVM's max_fit: all of them
+    assert any(f"Fit on all {n:,} ID training features" in c.value for c in scores.caption)
+
+
 def test_threshold_slider_updates_the_counts(scores):
     slider = scores.slider(key=next(s.key for s in scores.slider if s.key.startswith("threshold-")))
     slider.set_value(slider.max).run()

@@ -20,7 +20,7 @@ def test_pieces_give_the_same_outputs_and_report_progress_to_the_end(default_exp
         np.testing.assert_array_equal(pieces[name].logits, whole[name].logits)
         np.testing.assert_array_equal(pieces[name].features, whole[name].features)
         np.testing.assert_array_equal(pieces[name].labels, whole[name].labels)
-        assert pieces[name].inputs is exp.bench.splits()[name].x  # the inputs are the split's, not a copy
+        assert pieces[name].inputs is exp.bench.splits()[name].images  # the split's compact inputs, not a copy
     n = sum(len(s) for s in exp.bench.splits().values())
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= n // 256
 

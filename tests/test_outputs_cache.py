@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ood_core import Spec, TrainConfig, outputs_cache, pipeline
+from ood_core.data import Split
 from ood_core.inference import Outputs
 from ood_core.models.checkpoint import state_dict_sha256
 
@@ -23,7 +24,7 @@ class _Bench:
 
     def __init__(self, n: int = 6):
         self.spec, self.fingerprint = Spec(), "fp"
-        self._split = type("S", (), {"x": np.zeros((n, 1, 2, 2), np.float32), "__len__": lambda s: n})()
+        self._split = Split(np.zeros((n, 1, 2, 2), np.float32), np.zeros(n, np.int64))
 
     def splits(self):
         return {"test": self._split}
@@ -42,7 +43,7 @@ def test_save_and_load_round_trip_with_float16_from_1024_dimensions(tmp_path, di
     np.testing.assert_array_equal(back.features, stored.features)
     np.testing.assert_array_equal(back.logits, outs["test"].logits)
     np.testing.assert_array_equal(back.extras["model_score"], outs["test"].extras["model_score"])
-    assert back.features.dtype == np.float32 and back.inputs is bench.splits()["test"].x
+    assert back.features.dtype == np.float32 and back.inputs is bench.splits()["test"].images
     if dim < outputs_cache.FLOAT16_FROM_DIM:
         np.testing.assert_array_equal(stored.features, outs["test"].features)  # unchanged below 1,024
     else:
@@ -70,7 +71,7 @@ def test_the_second_prepare_reads_the_forward_pass_and_a_retrained_model_does_no
     for name in first.outputs:
         np.testing.assert_array_equal(second.outputs[name].logits, first.outputs[name].logits)
         np.testing.assert_array_equal(second.outputs[name].features, first.outputs[name].features)
-    assert second.outputs["test"].inputs is second.bench.test.x
+    assert second.outputs["test"].inputs is second.bench.test.images
     monkeypatch.undo()
     other = TINY.replace(seed=6)  # other weights on other data: another file
     pipeline.prepare(other, cache_dir=tmp_path, device="cpu")

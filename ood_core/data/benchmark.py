@@ -4,13 +4,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ..spec import Spec
 from .datasets import load_dataset
+from .images import Images
 from .osr_splits import known_classes_for, known_classes_of, unknown_classes_of  # noqa: F401  (re-exported)
 from .sources import DataError
 from .registry import DEFAULT_OOD_SETS, OOD_SETS, make_ood_set, ood_set_available
@@ -21,15 +22,33 @@ VAL_FRACTION = 0.1
 OFFICIAL_VAL_FRACTION = 0.1  # of the official train split, when the dataset has one
 
 
-@dataclass
 class Split:
-    """One set of samples: normalised inputs `x` (n, c, h, w) float32 and integer labels (-1 for OOD)."""
+    """One set of samples: normalised inputs (n, c, h, w) float32 and integer labels `y` (-1 for OOD).
 
-    x: np.ndarray
-    y: np.ndarray
+    The inputs live in `images` (data.images.Images): the benchmark's ID splits keep the decoded uint8 pixels and
+    the normalisation, so a batch read from them (`images[a:b]`, `images[idx]`, `batches`) is converted alone; `x`
+    is the whole float32 array, made on each read (a split built from an array returns that array itself), for
+    callers that want everything at once. Both give the same float32 numbers, bit for bit."""
+
+    def __init__(self, x, y: np.ndarray):
+        self.images = x if isinstance(x, Images) else Images(np.asarray(x, dtype=np.float32))
+        self.y = y
+
+    @property
+    def x(self) -> np.ndarray:
+        """All the normalised inputs (n, c, h, w) float32 (converted now unless stored as such)."""
+        return self.images.materialise()
+
+    def batches(self, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(inputs, labels) of consecutive batches of `batch_size` samples."""
+        for i in range(0, len(self), batch_size):
+            yield self.images[i:i + batch_size], self.y[i:i + batch_size]
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def __repr__(self) -> str:
+        return f"Split({self.images!r}, {len(self.y)} labels)"
 
 
 @dataclass
@@ -58,7 +77,7 @@ class Benchmark:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])
+        return tuple(self.train.images.shape[1:])
 
     def splits(self) -> dict[str, Split]:
         """All splits by name: train, val, test, then the OOD sets."""
@@ -134,7 +153,7 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
     if unknown:
         raise ValueError(f"unknown OOD set(s) {', '.join(unknown)}; available: {', '.join(OOD_SETS)}")
     data = load_dataset(spec.dataset, spec.image_size)
-    pixels, labels, names = data.pixels, data.labels, data.class_names
+    labels, names = data.labels, data.class_names
     n_classes = len(names)
     tr, va, te = split_indices(labels, spec.seed, data.is_train)
     tr = subsample_per_class(tr, labels, spec.train_per_class, spec.seed)
@@ -144,8 +163,9 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
     val_ood: dict[str, np.ndarray] = {}  # name -> dataset indices of its validation draw (from the validation split)
     class_names = names
     remap = np.arange(n_classes)
-    foreign: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (pixels, original labels) of another dataset
-    foreign_val: dict[str, np.ndarray] = {}  # name -> pixels of its validation draw
+    # name -> (another dataset, its indices) for the test set and for the validation draw of a natural OOD set
+    foreign: dict[str, tuple] = {}
+    foreign_val: dict[str, tuple] = {}
     fingerprint = data.fingerprint
     if spec.setting == "osr":
         known = known_classes_of(spec, n_classes)
@@ -167,8 +187,8 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
             pool = np.flatnonzero(is_unknown & official)
             val_idx = _stratified(pool, other.labels, math.ceil(OFFICIAL_VAL_FRACTION * len(pool)), spec.seed)[0] \
                 if len(pool) else pool
-            foreign["unknown"] = (other.pixels[test_idx], other.labels[test_idx])
-            foreign_val["unknown"] = other.pixels[np.sort(val_idx)]
+            foreign["unknown"] = (other, test_idx)
+            foreign_val["unknown"] = (other, np.sort(val_idx))
             fingerprint = hashlib.sha256(f"{data.fingerprint}:{other.fingerprint}".encode()).hexdigest()[:16]
         meta.update(known_classes=known, unknown_classes=unknown_cls, known_names=class_names,
                     unknown_names=unknown_names, unknown_source=source, osr_splits=spec.osr_splits,
@@ -200,10 +220,13 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
         tr = np.r_[tr_normal, contaminants]
         va, te = va[normal[va]], te[normal[te]]
     # normalisation statistics per channel from the (ID) training pixels only
-    mean, std = channel_stats(pixels, tr)
+    mean, std = channel_stats(data.images, tr)
 
     def norm(p: np.ndarray) -> np.ndarray:
         return ((p - mean) / std).astype(np.float32)
+
+    def stored(idx: np.ndarray, source=data) -> Images:  # a dataset's uint8 rows, normalised batch by batch when read
+        return Images(source.stored[idx], source.side, source.max_value, mean, std)
 
     def id_labels(idx: np.ndarray) -> np.ndarray:
         y = remap[labels[idx]].astype(np.int64)
@@ -214,44 +237,55 @@ def build_benchmark(spec: Spec, ood_sets: tuple[str, ...] = DEFAULT_OOD_SETS, oo
     ood = {}
     for name, idx in extra_ood.items():
         # natural OOD sets keep their original class in meta, label -1 like every OOD sample
-        ood[name] = Split(norm(pixels[idx]), np.full(len(idx), -1, dtype=np.int64))
+        ood[name] = Split(stored(idx), np.full(len(idx), -1, dtype=np.int64))
         meta[f"{name}_original_labels"] = labels[idx].tolist()
-    for name, (p, original) in foreign.items():
-        ood[name] = Split(norm(p), np.full(len(p), -1, dtype=np.int64))
-        meta[f"{name}_original_labels"] = original.tolist()
+    for name, (other, idx) in foreign.items():
+        ood[name] = Split(stored(idx, other), np.full(len(idx), -1, dtype=np.int64))
+        meta[f"{name}_original_labels"] = other.labels[idx].tolist()
     n_ood = max(1, int(round(ood_fraction * len(te))))
     skipped = []
+    test_pixels = None  # float pixels of the ID test split, made once for the sets that need them
     for name in ood_sets:
         if not ood_set_available(name):
             skipped.append(name)  # a natural set whose files are absent: noted, not an error
             continue
-        p = make_ood_set(name, pixels[te], n_ood, spec.seed)
+        if test_pixels is None:
+            test_pixels = data.images[te]
+        p = make_ood_set(name, test_pixels, n_ood, spec.seed)  # a fifth of the test size: kept as float inputs
         ood[name] = Split(norm(p), np.full(len(p), -1, dtype=np.int64))
+    del test_pixels
     return Benchmark(
         spec=spec,
         class_names=class_names,
         mean=mean,
         std=std,
-        train=Split(norm(pixels[tr]), id_labels(tr)),
-        val=Split(norm(pixels[va]), id_labels(va)),
-        test=Split(norm(pixels[te]), id_labels(te)),
+        train=Split(stored(tr), id_labels(tr)),
+        val=Split(stored(va), id_labels(va)),
+        test=Split(stored(te), id_labels(te)),
         ood=ood,
         meta={**meta, "skipped_ood_sets": skipped},
         fingerprint=fingerprint,
-        val_ood={**{name: Split(norm(pixels[idx]), np.full(len(idx), -1, dtype=np.int64))
-                    for name, idx in val_ood.items()},
-                 **{name: Split(norm(p), np.full(len(p), -1, dtype=np.int64)) for name, p in foreign_val.items()}},
+        val_ood={**{name: Split(stored(idx), np.full(len(idx), -1, dtype=np.int64)) for name, idx in val_ood.items()},
+                 **{name: Split(stored(idx, other), np.full(len(idx), -1, dtype=np.int64))
+                    for name, (other, idx) in foreign_val.items()}},
     )
 
 
-def channel_stats(pixels: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def channel_stats(pixels, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of pixels[idx] as float32 arrays of shape (c, 1, 1) (numpy's float32 pairwise
-    sums, one channel at a time: for one channel exactly the statistics of all the pixels)."""
+    sums, one channel at a time: for one channel exactly the statistics of all the pixels).
+
+    `pixels`: a float array (n, c, h, w) in [0, 1], or an Images of pixels (uint8 stored): then one channel of the
+    rows is converted at a time (every image and channel converts on its own: the same values as the whole array)."""
     c = pixels.shape[1]
     mean = np.empty((c, 1, 1), np.float32)
     std = np.empty((c, 1, 1), np.float32)
     for ch in range(c):
-        block = pixels[idx, ch]
+        if isinstance(pixels, Images):
+            one = Images(pixels.stored[idx, ch:ch + 1], pixels.side, pixels.max_value)
+            block = one.materialise()[:, 0]
+        else:
+            block = pixels[idx, ch]
         mean[ch] = float(block.mean())
         std[ch] = float(block.std()) or 1.0
     return mean, std

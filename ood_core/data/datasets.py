@@ -1,10 +1,12 @@
 """ID datasets: one registry entry each, read from disk (or a package) and served as pixels in [0, 1].
 
 An entry knows its classes, channels, native size, where its files live and whether torchvision can fetch it.
-`load_dataset(name, image_size)` returns float32 pixels (n, channels, side, side) at the experiment's size, the
-labels, the class names, the official train/test split when the source has one, and a fingerprint of the data
-(SHA-256 of the decoded images and labels): every cache key that depends on the data includes it, so a changed
-file or another loader under the same name can never reuse a model trained on other data.
+`load_dataset(name, image_size)` returns the decoded images as stored (uint8 at their native size: a quarter of a
+float32 copy, and no resized copy), served as float32 pixels in [0, 1] at the experiment's size batch by batch
+(`LoadedData.images`) or whole (`LoadedData.pixels`), the labels, the class names, the official train/test split when
+the source has one, and a fingerprint of the data (SHA-256 of the decoded images and labels): every cache key that
+depends on the data includes it, so a changed file or another loader under the same name can never reuse a model
+trained on other data.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import sources, tinyimagenet
+from .images import Images
 from .sources import DataError, RawData
 
 SIZES = tuple(range(8, 65, 4))  # image sides an experiment may use (multiples of 4: the one-class models pool twice)
@@ -107,20 +110,34 @@ def _from_loader(name: str, description: str, load: Callable) -> DatasetInfo:
 
 @dataclass
 class LoadedData:
-    """A dataset at one image size: float32 pixels (n, c, s, s) in [0, 1], labels, class names, the official
-    train split (None when the source has none) and the fingerprint of the decoded data."""
+    """A dataset at one image size `side`: the decoded images `stored` (n, c, h, w) at their native size (uint8;
+    `max_value` means white), labels, class names, the official train split (None when the source has none) and the
+    fingerprint of the decoded data. `images` serves them as float32 pixels in [0, 1] at `side`, batch by batch;
+    `pixels` is the whole float32 array (made on each call: large sets should read `images` instead)."""
 
     name: str
-    pixels: np.ndarray
+    stored: np.ndarray
     labels: np.ndarray
     class_names: list[str]
     is_train: Optional[np.ndarray]
     fingerprint: str
     source: str
+    side: int
+    max_value: float = 255.0
+
+    @property
+    def images(self) -> Images:
+        """Pixels in [0, 1] at `side`, converted (to_float, then resize) for the rows read only."""
+        return Images(self.stored, self.side, self.max_value)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """All the pixels (n, c, side, side), float32 in [0, 1]: to_float then resize, as `images` gives them."""
+        return self.images.materialise()
 
     @property
     def channels(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.stored.shape[1])
 
     @property
     def num_classes(self) -> int:
@@ -184,15 +201,6 @@ def _as_float(images: np.ndarray, max_value: float) -> np.ndarray:
     return np.minimum(images.astype(np.float32) / np.float32(max_value), np.float32(1.0))
 
 
-def float_resized(images: np.ndarray, max_value: float, side: int) -> np.ndarray:
-    """resize(to_float(...), side) a chunk at a time: the same values without a float copy of the whole set at its
-    native size (TinyImageNet at 64 px would take 5.4 GB before shrinking to 32 px)."""
-    out = np.empty((len(images), images.shape[1], side, side), np.float32)
-    for i in range(0, len(images), 4096):
-        out[i:i + 4096] = resize(_as_float(images[i:i + 4096], max_value), side)
-    return out
-
-
 def get_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
@@ -232,9 +240,9 @@ def load_dataset(name: str, image_size: int, root: Path | str | None = None) -> 
     if len(raw.labels) != len(raw.images):
         raise DataError(f"dataset {name!r} gave {len(raw.images)} images but {len(raw.labels)} labels")
     fp = fingerprint(raw)
-    pixels = float_resized(raw.images, info.max_value, int(image_size))
-    data = LoadedData(name, pixels, np.asarray(raw.labels, np.int64), list(raw.class_names),
-                      None if raw.is_train is None else np.asarray(raw.is_train, bool), fp, raw.source)
+    data = LoadedData(name, np.ascontiguousarray(raw.images), np.asarray(raw.labels, np.int64),
+                      list(raw.class_names), None if raw.is_train is None else np.asarray(raw.is_train, bool), fp,
+                      raw.source, int(image_size), float(info.max_value))
     with _LOCK:
         _LOADED[key] = data
         while len(_LOADED) > _KEEP:

@@ -76,8 +76,9 @@ def make_ood_set(name: str, id_test_pixels: np.ndarray, n: int, seed: int) -> np
 
 # --- natural OOD sets: another dataset's test images, or an unlabelled folder / zip / npz of the user's ----------
 
-def natural_from_pixels(pixels: np.ndarray) -> Callable:
-    """A natural set's `make` over float pixels (n, c, h, w) in [0, 1]: n drawn by rng, at the ID channels/size."""
+def natural_from_pixels(pixels) -> Callable:
+    """A natural set's `make` over float pixels (n, c, h, w) in [0, 1] (an array, or data.images.Images of pixels):
+    n drawn by rng, at the ID channels/size."""
 
     def make(n: int, channels: int, side: int, rng: np.random.Generator) -> np.ndarray:
         from .datasets import resize, to_channels
@@ -95,8 +96,8 @@ def natural_from_dataset(dataset: str) -> Callable:
         from .datasets import load_dataset
 
         d = load_dataset(dataset, side)
-        pixels = d.pixels if d.is_train is None else d.pixels[~d.is_train]
-        return natural_from_pixels(pixels)(n, channels, side, rng)
+        images = d.images if d.is_train is None else d.images.take(~d.is_train)  # uint8: only the drawn rows convert
+        return natural_from_pixels(images)(n, channels, side, rng)
 
     return make
 

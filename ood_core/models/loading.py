@@ -347,7 +347,7 @@ def _exported_shape(gm) -> tuple[Optional[int], Optional[int]]:
 def _probe(bench, input_shape) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """A few benchmark-normalised images for the dry run, and the data's per-channel mean and std."""
     if bench is not None:
-        x = torch.from_numpy(np.ascontiguousarray(bench.train.x[:PROBE_IMAGES], dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(bench.train.images[:PROBE_IMAGES], dtype=np.float32))
         return x, np.asarray(bench.mean).reshape(-1), np.asarray(bench.std).reshape(-1)
     if input_shape is None:
         raise ValueError("load_model needs the benchmark (bench=) or the data's input_shape=(C, H, W)")

@@ -55,9 +55,9 @@ def new_model(spec: Spec, bench: Benchmark, gen: torch.Generator, device: Option
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: Optional[str] = None,
-             batch_size: int = 512) -> float:
-    """The fraction of (x, y) the model classifies right, in eval mode (the model must be on `device`)."""
+def accuracy(model: nn.Module, x, y: np.ndarray, device: Optional[str] = None, batch_size: int = 512) -> float:
+    """The fraction of (x, y) the model classifies right, in eval mode (the model must be on `device`); `x` an array
+    or a split's compact data.images.Images (read a batch at a time)."""
     device = resolve_device(device)
     model.eval()
     correct = 0
@@ -144,18 +144,19 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
     closedset = cfg.regime == "closedset"
     sched = (cosine_warmup_schedule(opt, cfg.epochs * steps_per_epoch) if closedset else
              torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch))
-    x_all = torch.from_numpy(bench.train.x)
+    images = bench.train.images  # compact: each batch is converted to normalised float32 when drawn
     y_all = torch.from_numpy(bench.train.y)
     history: list[dict] = []
     t0 = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        perm = torch.randperm(len(x_all), generator=gen)
+        perm = torch.randperm(len(images), generator=gen)
         total, correct, loss_sum = 0, 0, 0.0
         for i in range(0, len(perm), cfg.batch_size):
             check_cancelled(cancel)
             idx = perm[i:i + cfg.batch_size]
-            xb = random_affine(x_all[idx], gen) if closedset else _augment(x_all[idx], gen)
+            xb = torch.from_numpy(images[idx.numpy()])
+            xb = random_affine(xb, gen) if closedset else _augment(xb, gen)
             xb, yb = xb.to(device), y_all[idx].to(device)
             opt.zero_grad(set_to_none=True)
             with training_autocast(device):
@@ -176,7 +177,7 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
             correct += int((out.argmax(1) == yb).sum())
             total += len(idx)
         p = Progress(epoch, cfg.epochs, loss_sum / total, correct / total,
-                     accuracy(model, bench.val.x, bench.val.y, device), time.perf_counter() - t0)
+                     accuracy(model, bench.val.images, bench.val.y, device), time.perf_counter() - t0)
         history.append(p.__dict__.copy())
         if progress is not None:
             progress(p)
