@@ -339,6 +339,9 @@ KEY_CHANGES = {
     "training.member": (Spec(), Spec(training=TrainConfig(member=1))),
     "training.regime": (Spec(), Spec(training=TrainConfig(regime="oe"))),
     "train_per_class": (Spec(), Spec(train_per_class=100)),
+    "osr_splits": (Spec(setting="osr"), Spec(setting="osr", osr_splits="literature")),
+    "osr_protocol": (Spec(setting="osr", dataset="cifar10", known_classes=4),
+                     Spec(setting="osr", dataset="cifar10", known_classes=4, osr_protocol="cifar+10")),
 }
 
 
