@@ -374,3 +374,27 @@ def test_exact_percentile_equals_numpy_in_float64():
         assert exact_percentile(a, 90) == np.percentile(a64, 90)
     a[0, 0] = np.nan
     assert np.isnan(exact_percentile(a, 50))
+
+
+@pytest.mark.parametrize("case", ["data", "ill"])
+@pytest.mark.parametrize("combine", ["mixture", "max"])
+def test_gmm_float32_screening_keeps_scores(case, combine, request, monkeypatch):
+    """With float32 screening of the classes (on from density.SCREEN_DIM dimensions, lowered here to the test's
+    48/40), the scores equal the float64 formula; the ill-conditioned covariances are noticed and not screened."""
+    from ood_core.detectors import density
+
+    d = request.getfixturevalue(case)
+    monkeypatch.setattr(density, "SCREEN_DIM", 8)
+    params = dict(n_components=1, covariance="full", dim=4096, combine=combine)
+    det = create("gmm", **params).fit(FitContext(train=d[0], model=d[2], num_classes=K, seed=0))
+    got = det.score(d[1])
+    if combine == "mixture":
+        _close(got, ref_gmm_one_gaussian(d[0], d[1]))
+    monkeypatch.setattr(density, "SCREEN_DIM", 10**6)
+    plain = create("gmm", **params).fit(FitContext(train=d[0], model=d[2], num_classes=K, seed=0))
+    assert not plain._screens()
+    _close(got, plain.score(d[1]))
+    if case == "data":  # screening ran and left most classes out (the classes are well separated)
+        assert det._screens()
+        ll = det.class_log_likelihoods(d[1].features, det.log_prior_)
+        assert np.isinf(ll).mean() > 0.5
