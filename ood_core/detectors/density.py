@@ -17,7 +17,7 @@ SCREEN_MARGIN = 40.0
 # the error bound: SCREEN_SAFETY times the largest relative error of the float32 squared distances measured at fit
 # time on ID train features (at least SCREEN_MIN_REL), plus SCREEN_ABS nats; a class whose measured error exceeds
 # SCREEN_MAX_REL (an ill-conditioned covariance) is never screened
-SCREEN_SAFETY, SCREEN_MIN_REL, SCREEN_MAX_REL, SCREEN_ABS = 100.0, 1e-4, 1e-4, 1e-3
+SCREEN_SAFETY, SCREEN_MIN_REL, SCREEN_MAX_REL, SCREEN_ABS = 100.0, 1e-4, 1e-5, 1e-3
 SCREEN_PROBES = 512
 
 
