@@ -623,7 +623,8 @@ def report(path: Path = RESULTS) -> str:
                 notes[r["detector"]] = r["note"]
     lines.append("")
     for size, (o, t, n, rate, loads, o_cpu, t_cpu) in totals.items():
-        # CPU seconds (all threads) beside the wall times: rows measured at different loads add up fairly in them
+        # CPU seconds (all threads) beside the wall times: less sensitive to the load than wall time, not immune (a
+        # loaded machine also inflates spinning threads and cache misses)
         lines.append(f"- all {n} shared detectors at {SIZES[size][0]:,} x {SIZES[size][1]}: ours {o:.2f} s, "
                      f"pytorch-ood {t:.2f} s ({t / o:.2f}x); CPU seconds {o_cpu:.2f} / {t_cpu:.2f} "
                      f"({t_cpu / o_cpu:.2f}x); best matmul rate {rate:.0f} GFLOP/s; load average "
