@@ -28,8 +28,6 @@ CHUNK_BYTES = 32 * 2**20
 # a large input is cut into at least this many chunks (if each keeps MIN_VALUES values), so every core gets work;
 # the cut depends on the data's shape alone, never on the machine, so sums come out the same everywhere
 MIN_CHUNKS, MIN_VALUES = 8, 2**19
-# below this dimension a factorisation runs on one BLAS thread (threads cost more than they save there)
-SMALL_DIM = 1024
 
 
 def chunk_rows(dim: int, budget: int | None = None) -> int:
@@ -129,9 +127,10 @@ def map_chunks(fn: Callable[[slice], object], slices: list[slice]):
                 f.cancel()
 
 
-def factorisation_threads(dim: int):
-    """The BLAS threads for a factorisation of a dim x dim matrix: one below SMALL_DIM, all above."""
-    return one_blas_thread() if dim < SMALL_DIM else contextlib.nullcontext()
+# Factorisations (Cholesky, eigendecompositions) run on one BLAS thread, whatever their size: threaded LAPACK gains
+# little on them (a 2048-d Cholesky takes ~0.1 s on one core; the tridiagonal reduction of ?syevr is memory-bound)
+# and loses badly on a loaded machine: with two BLAS threads on two busy cores a 2048-d Cholesky was measured at
+# 3.5-4 s against 0.5 s on one thread, and ?syevr's top 64 of 2048 at 7-62 s against 1.6-1.9 s.
 
 
 def class_means(x: np.ndarray, labels: np.ndarray, chunk: int | None = None):
@@ -199,7 +198,7 @@ def add_ridge(cov: np.ndarray, shrink: float) -> np.ndarray:
 def cholesky(cov: np.ndarray, what: str = "covariance of the ID features") -> np.ndarray:
     """Lower Cholesky factor L of cov = L L'; a clear LinAlgError when cov is not positive definite."""
     try:
-        with factorisation_threads(len(cov)):
+        with one_blas_thread():
             chol = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
         raise np.linalg.LinAlgError(f"{what} is singular") from None
@@ -266,7 +265,7 @@ def residual_basis(sym: np.ndarray, count: int) -> tuple[np.ndarray, bool]:
     count = int(min(max(count, 0), d))
     if count == 0:
         return np.eye(d), True
-    with factorisation_threads(d):
+    with one_blas_thread():
         if 4 * count <= 2 * (d - count):  # the explicit residual through the leading subspace costs less
             _, vec = eigh(sym, subset_by_index=[d - count, d - 1], driver="evr", check_finite=False)
             return np.ascontiguousarray(vec[:, ::-1]), False

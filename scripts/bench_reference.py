@@ -612,17 +612,22 @@ def report(path: Path = RESULTS) -> str:
                          f"{r['ref_s'] / r['ours_s']:.2f}x | " + (f"{r['ours_s'] / floor_s:.2f}" if floor_s else "—"))
             lines[-1] += (f" | {_t(floor_s)} | " if floor_s else " | — | ") + (
                 f"{r['auroc_ours']:.4f} / {r['auroc_ref']:.4f} | {r['ours_peak_mib']:.0f} / {r['ref_peak_mib']:.0f} |")
-            t = totals.setdefault(size, [0.0, 0.0, 0, rate, []])
+            t = totals.setdefault(size, [0.0, 0.0, 0, rate, [], 0.0, 0.0])
             t[0] += r["ours_s"]
             t[1] += r["ref_s"]
             t[2] += 1
             t[4].append(r["load"])
+            t[5] += r["ours_cpu_s"]
+            t[6] += r["ref_cpu_s"]
             if r.get("note"):
                 notes[r["detector"]] = r["note"]
     lines.append("")
-    for size, (o, t, n, rate, loads) in totals.items():
+    for size, (o, t, n, rate, loads, o_cpu, t_cpu) in totals.items():
+        # CPU seconds (all threads) beside the wall times: less sensitive to the load than wall time, not immune (a
+        # loaded machine also inflates spinning threads and cache misses)
         lines.append(f"- all {n} shared detectors at {SIZES[size][0]:,} x {SIZES[size][1]}: ours {o:.2f} s, "
-                     f"pytorch-ood {t:.2f} s ({t / o:.2f}x); best matmul rate {rate:.0f} GFLOP/s; load average "
+                     f"pytorch-ood {t:.2f} s ({t / o:.2f}x); CPU seconds {o_cpu:.2f} / {t_cpu:.2f} "
+                     f"({t_cpu / o_cpu:.2f}x); best matmul rate {rate:.0f} GFLOP/s; load average "
                      f"{min(loads):.1f}..{max(loads):.1f} on {os.cpu_count()} cores")
     knn = [r for r in rows if r.get("size") == "large" and r.get("detector") == "knn"]
     if knn:

@@ -374,3 +374,73 @@ def test_exact_percentile_equals_numpy_in_float64():
         assert exact_percentile(a, 90) == np.percentile(a64, 90)
     a[0, 0] = np.nan
     assert np.isnan(exact_percentile(a, 50))
+
+
+@pytest.mark.parametrize("case", ["data", "ill"])
+@pytest.mark.parametrize("combine", ["mixture", "max"])
+def test_gmm_float32_screening_keeps_scores(case, combine, request, monkeypatch):
+    """With float32 screening of the classes (on from density.SCREEN_DIM dimensions, lowered here to the test's
+    48/40), the scores equal the float64 formula; nearly singular covariances are noticed and not screened."""
+    from ood_core.detectors import density
+
+    d = request.getfixturevalue(case)
+    monkeypatch.setattr(density, "SCREEN_DIM", 8)
+    # on the nearly singular features, the smallest ridge leaves the covariances nearly singular too
+    reg = 1e-3 if case == "data" else 1e-8
+    params = dict(n_components=1, covariance="full", dim=4096, combine=combine, reg_covar=reg)
+    det = create("gmm", **params).fit(FitContext(train=d[0], model=d[2], num_classes=K, seed=0))
+    got = det.score(d[1])
+    if combine == "mixture":
+        _close(got, ref_gmm_one_gaussian(d[0], d[1], reg))
+    monkeypatch.setattr(density, "SCREEN_DIM", 10**6)
+    plain = create("gmm", **params).fit(FitContext(train=d[0], model=d[2], num_classes=K, seed=0))
+    assert not plain._screens()
+    _close(got, plain.score(d[1]))
+    if case == "data":  # screening ran and left most classes out (the classes are well separated)
+        assert det._screens()
+        ll = det.class_log_likelihoods(d[1].features, det.log_prior_)
+        assert np.isinf(ll).mean() > 0.5
+        monkeypatch.setattr(linalg, "CHUNK_BYTES", 1)  # screened by chunks of 64 rows: the same scores
+        np.testing.assert_allclose(det.score(d[1]), got, rtol=1e-12)
+    else:  # the nearly singular covariances: float32 distances are too far off, so no class is screened
+        assert not det._screens()
+
+
+def _old_row_reduce(ufunc, z, keepdims=False):
+    """row_reduce as it was before the transposed logsumexp (the column loop from a copy of the first column)."""
+    if z.ndim != 2 or not 1 <= z.shape[1] <= 32 or len(z) < 256:
+        return ufunc.reduce(z, axis=1, keepdims=keepdims)
+    out = z[:, 0].copy()
+    for j in range(1, z.shape[1]):
+        ufunc(out, z[:, j], out=out)
+    return out[:, None] if keepdims else out
+
+
+def _old_logsumexp(z):
+    z = np.asarray(z, dtype=np.float64)
+    m = _old_row_reduce(np.maximum, z, keepdims=True)
+    return (m + np.log(_old_row_reduce(np.add, np.exp(z - m), keepdims=True)))[:, 0]
+
+
+@pytest.mark.parametrize("k", [1, 2, 10, 32, 33, 100])
+@pytest.mark.parametrize("n", [100, 3000])
+def test_logsumexp_and_row_reduce_unchanged(k, n):
+    """The transposed logsumexp of short rows gives the old row-by-row result bit for bit (longer rows: to 1e-15),
+    and max logit / energy / entropy are built on it."""
+    from ood_core.detectors.base import logsumexp, row_reduce
+
+    rng = np.random.default_rng(k)
+    for dtype in (np.float32, np.float64):
+        z = (rng.normal(size=(n, k)) * 6).astype(dtype)
+        if k > 1:
+            z[::7, 0] = -np.inf  # a class with probability 0 in some rows
+        got, old = logsumexp(z), _old_logsumexp(z)
+        if k <= 32:
+            np.testing.assert_array_equal(got, old)
+        else:
+            np.testing.assert_allclose(got, old, rtol=1e-15)
+        for ufunc in (np.maximum, np.minimum, np.add):
+            np.testing.assert_array_equal(row_reduce(ufunc, z), _old_row_reduce(ufunc, z))
+    zz = rng.normal(size=(n, k)).astype(np.float32)
+    max_logit = create("max_logit").fit(FitContext(train=Outputs(zz, zz, np.zeros(n, int)))).score(Outputs(zz, zz, np.zeros(n, int)))
+    np.testing.assert_array_equal(max_logit, -_old_row_reduce(np.maximum, zz).astype(np.float64))

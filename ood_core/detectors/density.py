@@ -2,9 +2,23 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import blas
 
 from .. import linalg
 from .base import Detector, Param, Reference, logsumexp, register, softmax
+
+# Scoring a full Gaussian per class costs one float64 triangular solve per class and query: K n D^2 flops. From
+# SCREEN_DIM dimensions on, every class is first scored in float32 (a solve at twice the float64 rate), and only the
+# classes that can still matter are scored again in float64: those within SCREEN_MARGIN nats of the best by their
+# float32 log-likelihoods widened by an error bound. A class further below adds less than e^-40 (4e-18) of the best
+# class's term to the mixture, so the scores are today's float64 ones (the others count as -inf).
+SCREEN_DIM = 256
+SCREEN_MARGIN = 40.0
+# the error bound: SCREEN_SAFETY times the largest relative error of the float32 squared distances measured at fit
+# time on ID train features (at least SCREEN_MIN_REL), plus SCREEN_ABS nats; a class whose measured error exceeds
+# SCREEN_MAX_REL (an ill-conditioned covariance) is never screened
+SCREEN_SAFETY, SCREEN_MIN_REL, SCREEN_MAX_REL, SCREEN_ABS = 100.0, 1e-4, 1e-5, 1e-3
+SCREEN_PROBES = 512
 
 
 class OneGaussian:
@@ -16,7 +30,7 @@ class OneGaussian:
     score_samples: log N(z; mean, Sigma), the full case by a Cholesky triangular solve per chunk of rows.
     """
 
-    def __init__(self, z: np.ndarray, covariance: str, reg: float):
+    def __init__(self, z: np.ndarray, covariance: str, reg: float, probes: np.ndarray | None = None):
         _, means, _ = linalg.class_means(z, np.zeros(len(z), dtype=np.int64))
         self.means_ = means  # (1, D), as GaussianMixture.means_
         self.diag = covariance == "diag"
@@ -32,6 +46,22 @@ class OneGaussian:
             self.gaussian_ = linalg.Whitened(means, cov, origin=means[0], what="covariance of a class's ID features")
             log_det = self.gaussian_.log_det()
         self.constant_ = -0.5 * (dim * np.log(2.0 * np.pi) + log_det)
+        self.screen_rel_ = None  # the relative error bound of screen_sq_distances, None: no float32 screening
+        if not self.diag and probes is not None and dim >= SCREEN_DIM:
+            self.chol32_ = np.asfortranarray(self.gaussian_.chol.astype(np.float32))
+            exact = self.gaussian_.chunk_sq_distances(probes)[:, 0]
+            err = float(np.max(np.abs(self.screen_sq_distances(probes) - exact) / np.maximum(exact, 1e-300)))
+            if err <= SCREEN_MAX_REL:
+                self.screen_rel_ = max(SCREEN_MIN_REL, SCREEN_SAFETY * err)
+
+    def screen_sq_distances(self, z: np.ndarray) -> np.ndarray:
+        """The squared Mahalanobis distances to the mean in float32 (float64 sums): for screening classes only.
+
+        The rows are centred in float64 and rounded once, so the only float32 errors are that rounding and the
+        triangular solve's."""
+        c = np.subtract(z, self.means_[0], dtype=np.float64).astype(np.float32)
+        w = blas.strsm(1.0, self.chol32_, c.T, lower=1, overwrite_b=1).T
+        return np.square(w).sum(axis=1, dtype=np.float64)
 
     def score_samples(self, z: np.ndarray) -> np.ndarray:
         """log N(z; mean, Sigma) per row."""
@@ -93,11 +123,14 @@ class ClassGMM(Detector):
         self.classes_ = np.unique(y)
         self.log_prior_ = np.log(np.array([(y == c).mean() for c in self.classes_]))
         self.gmms_ = []
+        # rows spread over all ID train features (every class, so near and far points), on which each class's float32
+        # screening error is measured
+        probes = z[np.linspace(0, len(z) - 1, min(SCREEN_PROBES, len(z))).astype(np.int64)]
         for c in self.classes_:
             zc = z[y == c]
             m = int(min(self.n_components, len(zc)))
             if m == 1:  # closed form, equal to what GaussianMixture(1) converges to
-                self.gmms_.append(OneGaussian(zc, self.covariance, self.reg_covar * scale))
+                self.gmms_.append(OneGaussian(zc, self.covariance, self.reg_covar * scale, probes))
                 continue
             gmm = GaussianMixture(n_components=m, covariance_type=self.covariance, reg_covar=self.reg_covar * scale,
                                   random_state=ctx.seed, max_iter=200)
@@ -107,23 +140,44 @@ class ClassGMM(Detector):
         h = np.asarray(h, dtype=np.float64)
         return self.pca_.transform(h) if self.pca_ is not None else h
 
-    def class_log_likelihoods(self, features: np.ndarray) -> np.ndarray:
-        """log p(h | c) for every class, shape (n, K), by chunks of rows."""
+    def _screens(self) -> bool:
+        """Whether scoring screens the classes in float32 first (one full Gaussian per class, see SCREEN_DIM)."""
+        return len(self.gmms_) > 1 and all(isinstance(g, OneGaussian) and g.screen_rel_ is not None
+                                           for g in self.gmms_)
+
+    def class_log_likelihoods(self, features: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+        """log p(h | c) for every class, shape (n, K), by chunks of rows.
+
+        With `offsets` (K,) and float32 screening available, only the classes whose log p(h | c) + offsets_c can
+        come within SCREEN_MARGIN nats of the row's best are computed; the others are -inf."""
         out = np.empty((len(features), len(self.gmms_)))
+        screen = offsets is not None and self._screens()
 
         def chunk_ll(sl):
             z = self._reduce(features[sl])
-            out[sl] = np.stack([g.score_samples(z) for g in self.gmms_], axis=1)
+            if not screen:
+                out[sl] = np.stack([g.score_samples(z) for g in self.gmms_], axis=1)
+                return
+            d32 = np.stack([g.screen_sq_distances(z) for g in self.gmms_], axis=1)
+            rel = np.array([g.screen_rel_ for g in self.gmms_])
+            approx = np.array([g.constant_ for g in self.gmms_]) + offsets - 0.5 * d32
+            tol = 0.5 * rel * d32 + SCREEN_ABS
+            keep = approx + tol >= (approx - tol).max(axis=1, keepdims=True) - SCREEN_MARGIN
+            block = np.full(d32.shape, -np.inf)
+            for c, g in enumerate(self.gmms_):
+                rows = np.flatnonzero(keep[:, c])
+                if rows.size:
+                    block[rows, c] = g.score_samples(z[rows])
+            out[sl] = block
 
         for _ in linalg.map_chunks(chunk_ll, linalg.row_chunks(len(features), features.shape[1])):
             pass
         return out
 
     def _score(self, out):
-        ll = self.class_log_likelihoods(out.features)
         if self.combine == "max":
-            return -ll.max(axis=1)
-        return -logsumexp(ll + self.log_prior_[None, :])
+            return -self.class_log_likelihoods(out.features, np.zeros(len(self.gmms_))).max(axis=1)
+        return -logsumexp(self.class_log_likelihoods(out.features, self.log_prior_) + self.log_prior_[None, :])
 
 
 def gram_row_sums(fmap: np.ndarray, powers) -> np.ndarray:

@@ -42,7 +42,8 @@ class MaxLogit(Detector):
 
     def _score(self, out):
         z = np.asarray(out.logits)
-        return -row_reduce(np.maximum, z if z.dtype.kind == "f" else z.astype(np.float64)).astype(np.float64)
+        # the maximum in the logits' own dtype (exact), negated and widened to float64 in one pass
+        return np.negative(row_reduce(np.maximum, z if z.dtype.kind == "f" else z.astype(np.float64)), dtype=np.float64)
 
 
 @register
