@@ -4,6 +4,7 @@ test set (every other class), through the library's protocol (protocols.run_one_
 
     PYTHONPATH=. nice -n 10 .venv/bin/python scripts/bench_oneclass_gen.py [--dataset mnist-sample] [--size 28]
         [--classes 0,1,...] [--methods lsa,ocgan,anogan,autoencoder] [--cache-dir DIR] [--json out.json]
+    python scripts/bench_oneclass_gen.py --table out.json [more.json ...]   (the table of finished or partial runs)
 
 AUROC: mean ± sample std over the normal classes. Training seconds: per class (median), as recorded when each model
 was trained; "run s" is the method's whole protocol (trainings, AnoGAN's latent search over every split, scoring).
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -35,33 +37,40 @@ SURVEY_MNIST = {"ocgan": 97.5, "lsa": 97.5, "anogan": 91.3}  # AUROC %, Salehi e
 METHODS = ("lsa", "ocgan", "anogan", "autoencoder")
 
 
-def run(dataset: str, size: int, classes: list[int], models: list[str], cache_dir: str) -> dict:
-    """One protocol per model (so each has its own wall time): summary rows and per-class training seconds."""
+def run(dataset: str, size: int, classes: list[int], models: list[str], cache_dir: str,
+        json_path: Optional[str] = None) -> dict:
+    """Each model on each normal class (one protocol call per class, so a long run can be stopped and still report
+    the classes done: the JSON is rewritten after every class): summaries and per-class training seconds."""
     base = Spec(setting="nd", dataset=dataset, image_size=size)
     out: dict = {"dataset": dataset, "image_size": size, "classes": classes, "methods": {}}
     for model in models:
         t0 = time.perf_counter()
-        res = protocols.run_one_class(base, "nd", classes=classes, methods=[(model, "model_score", {})],
-                                      cache_dir=cache_dir, device="cpu")
-        rows = [r for r in res.rows if r["ood_set"] == "novel"]
-        (summary,) = summarise_by(rows, ("method",))
-        per_class = {r["normal_class"]: r["train_seconds"] for r in rows}
-        out["methods"][model] = {"summary": summary, "train_seconds": [per_class[c] for c in classes],
-                                 "auroc_per_class": {r["normal_class"]: r["auroc"] for r in rows},
-                                 "run_seconds": round(time.perf_counter() - t0, 1)}
-        print(f"{model}: {100 * summary['auroc_mean']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        rows: list[dict] = []
+        for c in classes:
+            res = protocols.run_one_class(base, "nd", classes=[c], methods=[(model, "model_score", {})],
+                                          cache_dir=cache_dir, device="cpu")
+            rows += [r for r in res.rows if r["ood_set"] == "novel"]
+            (summary,) = summarise_by(rows, ("method",))
+            out["methods"][model] = {"summary": summary, "classes": [r["normal_class"] for r in rows],
+                                     "train_seconds": [r["train_seconds"] for r in rows],
+                                     "auroc_per_class": {r["normal_class"]: r["auroc"] for r in rows},
+                                     "run_seconds": round(time.perf_counter() - t0, 1)}
+            print(f"{model}, normal class {c}: AUROC {100 * rows[-1]['auroc']:.1f}, trained in "
+                  f"{rows[-1]['train_seconds']:.0f} s ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+            if json_path:
+                Path(json_path).write_text(json.dumps(out, indent=1, default=float))
     return out
 
 
 def table(r: dict) -> str:
-    lines = [f"ND one-vs-all on {r['dataset']} at {r['image_size']} px, normal classes {r['classes']}", "",
-             "| method | AUROC % (mean ± std over classes) | survey, full MNIST | training s per class (median) | "
-             "run s |", "|---|---|---|---|---|"]
+    lines = [f"ND one-vs-all on {r['dataset']} at {r['image_size']} px", "",
+             "| method | AUROC % (mean ± std over classes) | classes | survey, full MNIST | "
+             "training s per class (median) | run s |", "|---|---|---|---|---|---|"]
     for model, m in r["methods"].items():
         s = m["summary"]
         std = f" ± {100 * s['auroc_std']:.1f}" if s["auroc_std"] is not None else ""
         survey = f"{SURVEY_MNIST[model]:.1f}" if model in SURVEY_MNIST else "-"
-        lines.append(f"| {MODELS[model].short} | {100 * s['auroc_mean']:.1f}{std} | {survey} | "
+        lines.append(f"| {MODELS[model].short} | {100 * s['auroc_mean']:.1f}{std} | {len(m['classes'])} | {survey} | "
                      f"{np.median(m['train_seconds']):.0f} | {m['run_seconds']:.0f} |")
     lines += ["", "per class AUROC %:"]
     for model, m in r["methods"].items():
@@ -77,8 +86,14 @@ def main() -> int:
     ap.add_argument("--classes", default=None, help="comma-separated normal classes (default: all of the dataset)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--cache-dir", default=None, help="model cache (default: a fresh temporary folder)")
-    ap.add_argument("--json", help="write the summaries and per-class numbers here too")
+    ap.add_argument("--json", help="write the summaries and per-class numbers here too (after every class)")
+    ap.add_argument("--table", nargs="+", help="print the table of these --json files (merged) and exit")
     args = ap.parse_args()
+    if args.table:
+        docs = [json.loads(Path(f).read_text()) for f in args.table]
+        merged = {**docs[0], "methods": {k: v for d in docs for k, v in d["methods"].items()}}
+        print(table(merged))
+        return 0
     models = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in models if m not in METHODS]
     if not models or unknown:
@@ -89,10 +104,8 @@ def main() -> int:
     else:
         classes = [int(c) for c in args.classes.split(",")]
     with tempfile.TemporaryDirectory(prefix="ood-bench-oneclass-gen-") as tmp:
-        r = run(args.dataset, args.size, classes, models, args.cache_dir or tmp)
+        r = run(args.dataset, args.size, classes, models, args.cache_dir or tmp, args.json)
     print("\n" + table(r), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=1, default=float))
     return 0
 
 
