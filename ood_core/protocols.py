@@ -36,6 +36,7 @@ ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
     ("anogan", "model_score", {}),
     ("pixels", "knn", {"k": 1}),
     ("pixels", "knn", {"k": 10}),
+    ("pixels_smooth", "knn", {"k": 1}),  # nearest neighbour on blurred pixels (forgives small shifts)
     ("pixels", "ocsvm", {}),
     ("pixels", "ocsvm", {"scaling": "gcn_minmax"}),  # Ruff et al.'s OC-SVM baseline: their preprocessing, then RBF
     ("pixels", "iforest", {}),

@@ -51,12 +51,12 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 def test_every_one_class_model_is_registered_and_built_by_name():
     kinds = {"deep_svdd": oc.DeepSVDD, "autoencoder": oc.ConvAutoencoder, "geotrans": oc.GeoTrans,
-             "pixels": oc.PixelIdentity}
+             "pixels": oc.PixelIdentity, "pixels_smooth": oc.SmoothedPixels}
     assert set(kinds) <= set(ONE_CLASS_MODELS)  # with the generative ones of oneclass_gen.py
     for name, cls in kinds.items():
         m = build_model(name, 1, 1, 16)
         assert isinstance(m, cls) and m.kind == "one_class"
-        assert MODELS[name].settings == ("nd", "ad") and MODELS[name].own_score == (name != "pixels")
+        assert MODELS[name].settings == ("nd", "ad") and MODELS[name].own_score == (not name.startswith("pixels"))
 
 
 # --- Deep SVDD -----------------------------------------------------------------------------------------
@@ -223,6 +223,25 @@ def test_pixels_is_the_identity_without_a_score(bench8, cache_dir):
     assert "model_score" not in detectors_for("nd", "pixels", 1)
 
 
+@pytest.mark.parametrize("side", [16, 28])
+def test_smoothed_pixels_equal_scipy_gaussian_filter_of_the_raw_pixels(side, tmp_path):
+    from scipy.ndimage import gaussian_filter
+
+    bench = build_benchmark(_spec("pixels_smooth", size=side), ood_sets=())
+    res = get_model(_spec("pixels_smooth", size=side), bench, cache_dir=tmp_path, device="cpu")
+    assert res.history == [] and not list(res.model.parameters()) and res.model.anomaly_score(_x(bench)) is None
+    raw = bench.test.x[:8] * bench.std + bench.mean  # the pixels in [0, 1] again
+    assert raw.min() > -1e-6 and raw.max() < 1 + 1e-6
+    sigma = side / 28  # 1 px at 28 px
+    want = gaussian_filter(raw.astype(np.float64), (0, 0, sigma, sigma), mode="constant", truncate=4.0)
+    got = res.model.features(torch.from_numpy(bench.test.x[:8])).numpy()
+    np.testing.assert_allclose(got, want.reshape(8, -1), atol=1e-6)
+    # the normalisation travels with the checkpoint: a model read back from the cache gives the same features
+    again = get_model(_spec("pixels_smooth", size=side), bench, cache_dir=tmp_path, device="cpu")
+    assert again.from_cache
+    np.testing.assert_array_equal(again.model.features(torch.from_numpy(bench.test.x[:8])).numpy(), got)
+
+
 # --- determinism and an easy case ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(TRAINERS))
@@ -248,6 +267,15 @@ def test_easy_case_separates_digit_0_from_digit_1(name, hp, bench16):
     s_id = run_inference(res.model, bench16.test.x, bench16.test.y).extras["model_score"]
     s_ood = run_inference(res.model, bench16.ood["novel"].x[ones], bench16.ood["novel"].y[ones]).extras["model_score"]
     assert metrics.auroc(s_id, s_ood) > 0.9  # higher score = more anomalous
+
+
+def test_smoothed_pixel_nearest_neighbour_separates_digit_0_from_digit_1(cache_dir):
+    spec = _spec("pixels_smooth", size=16)
+    exp = pipeline.prepare(spec, cache_dir=cache_dir, device="cpu")
+    rows, scores = pipeline.evaluate(exp, ["knn"], {"knn": {"k": 1}})
+    ones = np.asarray(exp.bench.meta["novel_original_labels"]) == 1
+    s_id, s_ood = scores["knn"]["test"], scores["knn"]["novel"][ones]
+    assert metrics.auroc(s_id, s_ood) > 0.95
 
 
 # --- through the pipeline -------------------------------------------------------------------------------

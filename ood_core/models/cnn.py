@@ -10,7 +10,20 @@ from .reproducible import SeededDropout
 from .train import train_classifier
 
 
-class SmallCNN(nn.Module):
+class FeatureClassifier(nn.Module):
+    """The contract every classifier of the registry keeps: logits = head(dropout(features(x))), with
+    features(x) = features_from_maps(feature_maps(x)). A subclass defines `feature_maps` (the maps Grad-CAM reads),
+    `features_from_maps` (pooling and the layers up to the penultimate activations h), a `head` (nn.Linear), a
+    `dropout` module (nn.Identity where the network has none) and the `last_conv` property."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_from_maps(self.feature_maps(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+class SmallCNN(FeatureClassifier):
     """conv(32)-conv(32)-pool-conv(64)-conv(64)-GAP-fc(128, ReLU)-dropout-fc(K).
 
     `features(x)` returns the non-negative penultimate activations h (what ReAct, KNN,
@@ -47,12 +60,6 @@ class SmallCNN(nn.Module):
 
     def features_from_maps(self, maps: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.fc1(self.pool(maps).flatten(1)))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features_from_maps(self.feature_maps(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
 
 
 register_model(ModelEntry(

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..spec import CLASSIFIER_SETTINGS
+from .cnn import FeatureClassifier
 from .registry import InputContract, ModelEntry, register_model
 from .reproducible import SeededDropout
 from .train import train_classifier
@@ -18,8 +19,8 @@ from .train import train_classifier
 SIDE = 28
 
 
-class LeNet5(nn.Module):
-    """LeNet-5 with the classifier contract of cnn.SmallCNN.
+class LeNet5(FeatureClassifier):
+    """LeNet-5 with the classifier contract (cnn.FeatureClassifier).
 
     `features(x)` = the 84 non-negative activations of the second fully connected layer (what ReAct, KNN and
     Mahalanobis use), `head` = the last linear layer (logits = W h + b), `last_conv` = the second convolution's
@@ -51,12 +52,6 @@ class LeNet5(nn.Module):
 
     def features_from_maps(self, maps: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.fc2(torch.relu(self.fc1(self.pool(maps).flatten(1)))))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features_from_maps(self.feature_maps(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
 
 
 register_model(ModelEntry(

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..data import Benchmark
 from ..device import grad_scaler, resolve_device, training_autocast
@@ -459,6 +460,59 @@ def train_pixels(spec: Spec, bench: Benchmark, progress: ProgressFn = None, devi
     return TrainResult(model, [], 0.0, False)
 
 
+SMOOTH_SIGMA_AT_28 = 1.0  # the blur's standard deviation in pixels at 28 px (scaled with the side)
+SMOOTH_TRUNCATE = 4.0  # the kernel reaches 4 standard deviations, as scipy.ndimage.gaussian_filter's default
+
+
+class SmoothedPixels(nn.Module):
+    """Raw pixels in [0, 1], blurred by a Gaussian of standard deviation side/28 pixels, as features.
+
+    Template matching on blurred images tolerates the small shifts and stroke-width changes that separate two
+    drawings of one digit, which plain pixel distances punish (the idea behind tangent distance and blurred nearest
+    neighbours in handwriting recognition). The pixels are un-normalised first (the benchmark's mean and std, kept as
+    buffers), so a cosine distance compares the strokes themselves rather than deviations from the mean image's
+    level. The standard deviation (1 px at 28 px) was chosen on the MNIST sample's one-vs-all validation splits
+    (validation AUROC of cosine 1-NN for 0, 0.5, 1, 1.5 and 2 px: 96.6, 97.2, 97.8, 97.6, 97.0%), never on test data.
+    """
+
+    kind = "one_class"
+
+    def __init__(self, in_channels: int = 1, image_size: int = 16):
+        super().__init__()
+        sigma = SMOOTH_SIGMA_AT_28 * image_size / 28
+        radius = max(1, int(SMOOTH_TRUNCATE * sigma + 0.5))
+        t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        g = torch.exp(-0.5 * (t / sigma) ** 2)
+        g = g / g.sum()
+        self.in_channels = in_channels
+        self.radius = radius
+        self.register_buffer("kernel", (g[:, None] * g[None, :]).expand(in_channels, 1, -1, -1).contiguous())
+        self.register_buffer("mean", torch.zeros(in_channels, 1, 1))
+        self.register_buffer("std", torch.ones(in_channels, 1, 1))
+
+    def set_normalisation(self, mean: np.ndarray, std: np.ndarray) -> "SmoothedPixels":
+        """Remember the benchmark's per-channel normalisation, to recover pixels in [0, 1]."""
+        self.mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32).reshape(self.mean.shape))
+        self.std.copy_(torch.as_tensor(np.asarray(std), dtype=torch.float32).reshape(self.std.shape))
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raw = x * self.std + self.mean
+        return F.conv2d(raw, self.kernel, padding=self.radius, groups=self.in_channels).reshape(len(x), -1)
+
+    forward = features
+
+    def anomaly_score(self, x: torch.Tensor) -> None:
+        return None
+
+
+def train_smoothed_pixels(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device: Optional[str] = None
+                          ) -> TrainResult:
+    """Nothing to learn but the benchmark's normalisation: returns the blur at once, with an empty history."""
+    model = SmoothedPixels(bench.input_shape[0], bench.input_shape[-1]).set_normalisation(bench.mean, bench.std)
+    return TrainResult(model.to(resolve_device(device)).eval(), [], 0.0, False)
+
+
 def _one_class(name: str, title: str, short: str, description: str, cls: type, trainer: Callable, seconds: float,
                own_score: bool = True, multiple_of: int = 1) -> None:
     """Register a one-class model of this module: it serves ND and AD, takes any channel count, and is built for the
@@ -482,3 +536,6 @@ _one_class("geotrans", "Geometric transformations (Golan & El-Yaniv 2018)", "Geo
 _one_class("pixels", "Raw pixels (identity)", "raw pixels",
            "No learning: the flattened pixels are the features, for the raw-pixel baselines (k-NN, OCSVM, ...).",
            PixelIdentity, train_pixels, 0.0, own_score=False)
+_one_class("pixels_smooth", "Smoothed pixels (Gaussian blur of side/28 px)", "smoothed pixels",
+           "No learning: pixels in [0, 1] blurred by a small Gaussian, so nearest-neighbour baselines forgive small "
+           "shifts and stroke widths.", SmoothedPixels, train_smoothed_pixels, 0.0, own_score=False)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..spec import CLASSIFIER_SETTINGS
+from .cnn import FeatureClassifier
 from .registry import InputContract, ModelEntry, register_model
 from .train import train_classifier
 
@@ -29,7 +30,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class ResNet18Cifar(nn.Module):
+class ResNet18Cifar(FeatureClassifier):
     """ResNet-18 (He et al. 2016) for 32×32 inputs: 3×3 stem (64), four stages of two basic blocks (64, 128, 256,
     512 channels; strides 1, 2, 2, 2), global average pooling, one linear head. About 11.2 M parameters.
 
@@ -49,6 +50,7 @@ class ResNet18Cifar(nn.Module):
         self.body = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(cin, num_classes)
+        self.dropout = nn.Identity()  # none in ResNet-18; the contract's forward passes through it
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.feature_dim = cin
@@ -63,12 +65,6 @@ class ResNet18Cifar(nn.Module):
 
     def features_from_maps(self, maps: torch.Tensor) -> torch.Tensor:
         return self.pool(maps).flatten(1)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features_from_maps(self.feature_maps(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 register_model(ModelEntry(
