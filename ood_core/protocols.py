@@ -31,6 +31,9 @@ ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
     ("deep_svdd", "model_score", {}),
     ("autoencoder", "model_score", {}),
     ("geotrans", "model_score", {}),
+    ("lsa", "model_score", {}),  # the generative ones (models/oneclass_gen.py): AnoGAN's score is a latent search
+    ("ocgan", "model_score", {}),
+    ("anogan", "model_score", {}),
     ("pixels", "knn", {"k": 1}),
     ("pixels", "knn", {"k": 10}),
     ("pixels_smooth", "knn", {"k": 1}),  # nearest neighbour on blurred pixels (forgives small shifts)

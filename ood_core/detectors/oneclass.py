@@ -1,4 +1,4 @@
-"""The score of a one-class model itself (Deep SVDD, autoencoder, geometric transformations)."""
+"""The score of a one-class model itself (Deep SVDD, autoencoder, geometric transformations, LSA, OC-GAN, AnoGAN)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,19 +12,34 @@ class ModelScore(Detector):
     title = "The one-class model's own score"
     family = "one_class"
     formula = ("S(x) = the model's anomaly score: ||phi(x) - c||^2 (Deep SVDD), (1/d) ||x - D(E(x))||^2 "
-               "(autoencoder), -(1/T) sum_t log p(t | T_t(x)) (GeoTrans)")
+               "(autoencoder), -(1/T) sum_t log p(t | T_t(x)) (GeoTrans), REC~(x) + NLL~(z) (LSA), "
+               "(1/d) ||x - De(En(x))||^2 (OC-GAN), "
+               "min_z (1-lambda) ||x - G(z)||_1 + lambda ||f(x) - f(G(z))||_1 (AnoGAN)")
     # one line per model (cases), so the formula wraps inside a card instead of running off its edge
     latex = (r"S(x) = \begin{cases} \lVert \phi(x) - c\rVert^2 & \text{Deep SVDD} \\ "
              r"\tfrac{1}{d}\lVert x - D(E(x))\rVert^2 & \text{autoencoder} \\ "
-             r"-\tfrac{1}{T}\textstyle\sum_t \log p(t \mid T_t(x)) & \text{GeoTrans} \end{cases}")
+             r"-\tfrac{1}{T}\textstyle\sum_t \log p(t \mid T_t(x)) & \text{GeoTrans} \\ "
+             r"\widetilde{\mathrm{REC}}(x) + \widetilde{\mathrm{NLL}}(z) & \text{LSA} \\ "
+             r"\tfrac{1}{d}\lVert x - De(En(x))\rVert^2 & \text{OC-GAN} \\ "
+             r"\min_z (1-\lambda)\lVert x - G(z)\rVert_1 + \lambda\lVert f(x) - f(G(z))\rVert_1 & \text{AnoGAN} "
+             r"\end{cases}")
     intuition = ("A one-class model is trained on normal data alone and defines its own notion of unusual: "
-                 "far from the learnt centre, badly reconstructed, or hard to recognise transformations of.")
+                 "far from the learnt centre, badly reconstructed, hard to recognise transformations of, an "
+                 "unlikely latent code (LSA; both terms min-max normalised on the normal training data), or out of "
+                 "reach of a generator of normal images (AnoGAN).")
     reference = (
         Reference("Lukas Ruff, Robert Vandermeulen, Nico Görnitz, Lucas Deecke, Shoaib Ahmed Siddiqui, Alexander "
                   "Binder, Emmanuel Müller, Marius Kloft", "Deep One-Class Classification", "ICML", 2018,
                   "https://proceedings.mlr.press/v80/ruff18a.html"),
         Reference("Izhak Golan, Ran El-Yaniv", "Deep Anomaly Detection Using Geometric Transformations", "NeurIPS",
                   2018, "https://arxiv.org/abs/1805.10917"),
+        Reference("Davide Abati, Angelo Porrello, Simone Calderara, Rita Cucchiara", "Latent Space Autoregression "
+                  "for Novelty Detection", "CVPR", 2019, "https://arxiv.org/abs/1807.01653"),
+        Reference("Pramuditha Perera, Ramesh Nallapati, Bing Xiang", "OCGAN: One-Class Novelty Detection Using GANs "
+                  "With Constrained Latent Representations", "CVPR", 2019, "https://arxiv.org/abs/1903.08550"),
+        Reference("Thomas Schlegl, Philipp Seeböck, Sebastian M. Waldstein, Ursula Schmidt-Erfurth, Georg Langs",
+                  "Unsupervised Anomaly Detection with Generative Adversarial Networks to Guide Marker Discovery",
+                  "IPMI", 2017, "https://arxiv.org/abs/1703.05921"),
     )
     needs = ("model_score",)
 
