@@ -52,7 +52,7 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 def test_every_one_class_model_is_registered_and_built_by_name():
     kinds = {"deep_svdd": oc.DeepSVDD, "autoencoder": oc.ConvAutoencoder, "geotrans": oc.GeoTrans,
              "pixels": oc.PixelIdentity}
-    assert set(ONE_CLASS_MODELS) == set(kinds)
+    assert set(kinds) <= set(ONE_CLASS_MODELS)  # oneclass_ssl.py's models are tested in test_oneclass_ssl.py
     for name, cls in kinds.items():
         m = build_model(name, 1, 1, 16)
         assert isinstance(m, cls) and m.kind == "one_class"

@@ -76,8 +76,9 @@ def _fit(model: nn.Module, loss_fn: Callable[[torch.Tensor, Optional[torch.Tenso
          x: torch.Tensor, y: Optional[torch.Tensor], hp: dict, gen: torch.Generator, device: str,
          progress: ProgressFn, epoch_end: Callable[[], tuple[float, float, dict]], params=None,
          t0: Optional[float] = None, history: Optional[list] = None) -> list[dict]:
-    """Adam with weight decay (optionally a one-cycle schedule), seeded batch order and random shifts of up to
-    hp["shift"] pixels; a Progress after every epoch. On CUDA each step's loss runs in mixed precision.
+    """Adam with weight decay (optionally a one-cycle schedule, or the learning rate divided by 10 at each epoch of
+    hp["milestones"] as Ruff et al.'s code), seeded batch order and random shifts of up to hp["shift"] pixels; a
+    Progress after every epoch. On CUDA each step's loss runs in mixed precision.
 
     loss_fn(xb, yb) -> scalar loss; epoch_end() -> (train accuracy or nan, val accuracy or nan, extra history keys).
     """
@@ -87,6 +88,7 @@ def _fit(model: nn.Module, loss_fn: Callable[[torch.Tensor, Optional[torch.Tenso
     steps = hp["epochs"] * -(-len(x) // hp["batch_size"])
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps)
              if hp.get("schedule") == "onecycle" else None)
+    milestones = tuple(hp.get("milestones", ()))
     history = [] if history is None else history
     t0 = time.perf_counter() if t0 is None else t0
     for epoch in range(1, hp["epochs"] + 1):
@@ -109,6 +111,9 @@ def _fit(model: nn.Module, loss_fn: Callable[[torch.Tensor, Optional[torch.Tenso
                 sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             total += len(idx)
+        if epoch in milestones:
+            for group in opt.param_groups:
+                group["lr"] *= 0.1
         model.eval()
         train_acc, val_q, extra = epoch_end()
         p = Progress(epoch, hp["epochs"], loss_sum / max(1, total), train_acc, val_q, time.perf_counter() - t0)
@@ -215,8 +220,9 @@ def deep_svdd_initial(spec: Spec, bench: Benchmark, device: Optional[str] = None
             return float("nan"), float("nan"), {"phase": "pretrain", "val_loss": v}
 
         # both modules switch between train and eval mode together (their BatchNorm statistics)
-        _fit(nn.ModuleList([net, dec]), loss_fn, x, None, {**hp, "epochs": hp["pretrain_epochs"]}, gen, device,
-             progress, epoch_end, history=history)
+        pre = {**hp, "epochs": hp["pretrain_epochs"], "lr": hp.get("pretrain_lr", hp["lr"]),
+               "milestones": hp.get("pretrain_milestones", ())}
+        _fit(nn.ModuleList([net, dec]), loss_fn, x, None, pre, gen, device, progress, epoch_end, history=history)
     net.eval()
     return net, gen
 
