@@ -28,8 +28,8 @@ TRAINERS = {"csi": ssl.train_csi, "ustd": ssl.train_ustd, "mkd": ssl.train_mkd}
 EASY = {"csi": dict(epochs=4), "ustd": dict(epochs=4), "mkd": dict(epochs=4)}
 
 
-def _spec(model: str, size: int = 16, **kw) -> Spec:
-    return Spec(setting="nd", model=model, normal_class=0, image_size=size, **kw)
+def _spec(model: str, size: int = 16, normal: int = 0) -> Spec:
+    return Spec(setting="nd", model=model, normal_class=normal, image_size=size)
 
 
 @pytest.fixture(scope="module")
@@ -164,15 +164,23 @@ def test_a_pretrained_teacher_is_never_downloaded_by_training(bench16, tmp_path,
 
 # --- an easy separable case, normal data only ----------------------------------------------------------------------
 
+# (normal digit, anomalous digit): CSI learns which rotation was applied, so its normal class must look different
+# when turned (a 0 hardly does); the students of U-std and MKD need no such thing
+EASY_PAIRS = {"csi": (7, 0), "ustd": (0, 1), "mkd": (0, 1)}
+
+
 @pytest.mark.parametrize("name", list(TRAINERS))
-def test_easy_case_separates_digit_0_from_digit_1_training_on_normal_data_only(name, bench16):
+def test_easy_case_separates_two_digits_training_on_normal_data_only(name):
+    normal, anomalous = EASY_PAIRS[name]
+    spec = _spec(name, normal=normal)
+    bench = build_benchmark(spec, ood_sets=())
     # the trainer gets a benchmark without test or OOD images: fitting can only see normal data
-    assert set(np.unique(bench16.train.y)) == {0} and set(np.unique(bench16.val.y)) == {0}
-    blind = dataclasses.replace(bench16, test=None, ood={}, val_ood={})
-    res = TRAINERS[name](_spec(name), blind, None, "cpu", hp=EASY[name])
-    ones = np.asarray(bench16.meta["novel_original_labels"]) == 1
-    s_id = run_inference(res.model, bench16.test.x, bench16.test.y).extras["model_score"]
-    s_ood = run_inference(res.model, bench16.ood["novel"].x[ones], bench16.ood["novel"].y[ones]).extras["model_score"]
+    assert set(np.unique(bench.train.y)) == {0} and set(np.unique(bench.val.y)) == {0}
+    blind = dataclasses.replace(bench, test=None, ood={}, val_ood={})
+    res = TRAINERS[name](spec, blind, None, "cpu", hp=EASY[name])
+    other = np.asarray(bench.meta["novel_original_labels"]) == anomalous
+    s_id = run_inference(res.model, bench.test.x, bench.test.y).extras["model_score"]
+    s_ood = run_inference(res.model, bench.ood["novel"].x[other], bench.ood["novel"].y[other]).extras["model_score"]
     assert metrics.auroc(s_id, s_ood) > 0.9  # higher score = more anomalous
 
 
