@@ -31,6 +31,9 @@ ONE_CLASS_METHODS: tuple[tuple[str, str, dict], ...] = (
     ("deep_svdd", "model_score", {}),
     ("autoencoder", "model_score", {}),
     ("geotrans", "model_score", {}),
+    ("csi", "model_score", {}),  # models/oneclass_ssl.py: minutes per class on 2 cores (the estimate says so first)
+    ("ustd", "model_score", {}),
+    ("mkd", "model_score", {}),
     ("pixels", "knn", {"k": 1}),
     ("pixels", "knn", {"k": 10}),
     ("pixels", "ocsvm", {}),

@@ -3,6 +3,7 @@ beside GeoTrans and Deep SVDD, and the choice of Deep SVDD's autoencoder pretrai
 
     PYTHONPATH=. nice -n 10 .venv/bin/python scripts/bench_oneclass_ssl.py [--only nd,svdd] [--classes 0,1,...]
         [--models csi,ustd,mkd,geotrans,deep_svdd] [--cache-dir DIR] [--json out.json]
+    ... --merge a.json,b.json --json all.json   (runs over disjoint classes, run side by side, as one table)
 
 - nd: ND one-vs-all on the packaged MNIST sample (`mnist-sample`, 28 px): each class in turn the normal one
   (protocols.run_one_class, the model's own score `model_score`); AUROC on the novel test set, mean ± sample std over
@@ -74,6 +75,16 @@ def nd(classes: list[int], models: list[str], cache_dir: str) -> dict:
             "rows": rows}
 
 
+def merge_nd(parts: list[dict]) -> dict:
+    """nd results of runs over disjoint normal classes (run side by side) as one: rows, summary, seconds."""
+    rows = [row for p in parts for row in p["rows"]]
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    return {"command": [p["command"] for p in parts], "classes": sorted(c for p in parts for c in p["classes"]),
+            "seconds": max(p["seconds"] for p in parts), "summary": summarise_by(rows, ("model",)),
+            "train_seconds_per_class": {m: [row["train_seconds"] for row in rows if row["model"] == m]
+                                        for m in models}, "rows": rows}
+
+
 def nd_table(r: dict) -> str:
     lines = [f"ND one-vs-all on {DATASET} at {SIZE} px, normal classes {r['classes']}; whole run {r['seconds']:.0f} s",
              "", "| model | AUROC % | survey (full MNIST) | training s per class (median) |", "|---|---|---|---|"]
@@ -120,6 +131,8 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(MODELS), help="nd: comma-separated one-class models")
     ap.add_argument("--cache-dir", default=None, help="model cache (default: a fresh temporary folder)")
     ap.add_argument("--json", help="write the summaries and rows here too")
+    ap.add_argument("--merge", help="comma-separated --json files of nd runs over disjoint classes: print their "
+                                    "combined table and write it to --json (nothing is trained)")
     args = ap.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     if not names or any(n not in ("nd", "svdd") for n in names):
@@ -128,6 +141,12 @@ def main() -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     torch.set_num_threads(2)
     report: dict = {"dataset": DATASET, "image_size": SIZE}
+    if args.merge:
+        report["nd"] = merge_nd([json.loads(Path(p).read_text())["nd"] for p in args.merge.split(",")])
+        print(nd_table(report["nd"]))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1, default=float))
+        return 0
     with tempfile.TemporaryDirectory(prefix="ood-bench-ocssl-") as tmp:
         for name in names:
             if name == "nd":
