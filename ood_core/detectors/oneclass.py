@@ -12,8 +12,9 @@ class ModelScore(Detector):
     title = "The one-class model's own score"
     family = "one_class"
     formula = ("S(x) = the model's anomaly score: ||phi(x) - c||^2 (Deep SVDD), (1/d) ||x - D(E(x))||^2 "
-               "(autoencoder), -(1/T) sum_t log p(t | T_t(x)) (GeoTrans), -(1/K) sum_k [w_k max_m cos(z_k(x), z_k(x_m)) "
-               "||z_k(x)|| + v_k l_k(x)] (CSI), mean_p [e~(p) + v~(p)] (U-std), sum_l [L_val^l + lambda L_dir^l] (MKD)")
+               "(autoencoder), -(1/T) sum_t log p(t | T_t(x)) (GeoTrans), "
+               "-(1/K) sum_k [w_k max_m cos(z_k(x), z_k(x_m)) ||z_k(x)|| + v_k l_k(x)] (CSI), "
+               "mean_p [e~(p) + v~(p)] (U-std), sum_l [L_val^l + lambda L_dir^l] (MKD)")
     # one line per model (cases), so the formula wraps inside a card instead of running off its edge
     latex = (r"S(x) = \begin{cases} \lVert \phi(x) - c\rVert^2 & \text{Deep SVDD} \\ "
              r"\tfrac{1}{d}\lVert x - D(E(x))\rVert^2 & \text{autoencoder} \\ "
@@ -33,7 +34,8 @@ class ModelScore(Detector):
         Reference("Izhak Golan, Ran El-Yaniv", "Deep Anomaly Detection Using Geometric Transformations", "NeurIPS",
                   2018, "https://arxiv.org/abs/1805.10917"),
         Reference("Jihoon Tack, Sangwoo Mo, Jongheon Jeong, Jinwoo Shin", "CSI: Novelty Detection via Contrastive "
-                  "Learning on Distributionally Shifted Instances", "NeurIPS", 2020, "https://arxiv.org/abs/2007.08176"),
+                  "Learning on Distributionally Shifted Instances", "NeurIPS", 2020,
+                  "https://arxiv.org/abs/2007.08176"),
         Reference("Paul Bergmann, Michael Fauser, David Sattlegger, Carsten Steger", "Uninformed Students: "
                   "Student-Teacher Anomaly Detection with Discriminative Latent Embeddings", "CVPR", 2020,
                   "https://arxiv.org/abs/1911.02357"),

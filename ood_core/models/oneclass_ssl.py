@@ -83,9 +83,9 @@ def init_teacher_(teacher: nn.Sequential, mode: str, gen: torch.Generator) -> nn
         info = weights_info(VGG16_WEIGHTS)
         if not info["cached"]:
             raise ModelLoadError(f"The pretrained teacher (VGG-16's ImageNet weights, {info['size_mb']:.0f} MB) is not "
-                                 f"in torchvision's cache ({info['cache_path']}); download it once with "
-                                 "`python -c \"from ood_core.models.oneclass_ssl import fetch_teacher; fetch_teacher()\"` "
-                                 "or pick the model with a random teacher.")
+                                 f"in torchvision's cache ({info['cache_path']}); download it once with `python -c "
+                                 "\"from ood_core.models.oneclass_ssl import fetch_teacher; fetch_teacher()\"` or "
+                                 "pick the model with a random teacher.")
         state = fetch_teacher(fetch=False)
         teacher.load_state_dict({k: v for k, v in state.items() if k in teacher.state_dict()})
     for p in teacher.parameters():
@@ -275,8 +275,9 @@ def train_csi(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device:
     Each batch of B normal images becomes 4B rotated ones, each seen in two SimCLR views (simclr_augment); loss =
     NT-Xent(temperature 0.5) over the 8B projections + lambda_cls * cross-entropy of the shift head on every view.
     Defaults (CSI_HP): 15 epochs, batch 32 images (256 views), Adam lr 1e-3, weight decay 1e-6, crop area >= 0.8,
-    jitter 0.2 (milder than 0.5 and 0.4, which gave a lower validation AUROC on digits), lambda_cls = 1 (a CPU-sized version of the paper's ResNet-18, trained far longer there with LARS, batch
-    32 x 4 shifts x 2 views). After training, the bank and weights come from the unaugmented training images.
+    jitter 0.2 (milder than 0.5 and 0.4, which gave a lower validation AUROC on digits), lambda_cls = 1: a CPU-sized
+    version of the paper's ResNet-18, trained far longer there with LARS, batch 32 x 4 shifts x 2 views. After
+    training, the bank and weights come from the unaugmented training images.
     Progress: loss = training loss; train_accuracy = rotation accuracy on the training views; val_accuracy = rotation
     accuracy on the validation images (unaugmented).
     """
