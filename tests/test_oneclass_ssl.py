@@ -85,6 +85,16 @@ def test_csi_balancing_weights_are_the_inverse_training_means():
     assert torch.allclose(con, z.norm(dim=2), rtol=1e-5)
 
 
+def test_csi_bank_survives_a_checkpoint_round_trip():
+    model = ssl.CSINet(1, 8).eval()
+    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    ssl.csi_fit_bank(model, x, "cpu")
+    fresh = build_model("csi", 1, 1, 8).eval()  # its bank is a placeholder of one entry
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert fresh.bank.shape == (4, 7, ssl.CSI_PROJ) and torch.equal(fresh.anomaly_score(x), model.anomaly_score(x))
+
+
 def test_nt_xent_is_low_when_views_agree_and_high_when_they_do_not():
     z = torch.eye(4).repeat(2, 1)  # rows i and i + 4 identical, the pairs orthogonal to each other
     agree = float(ssl.nt_xent(z, 0.5))
