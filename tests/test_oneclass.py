@@ -16,7 +16,7 @@ from ood_core.models.registry import MODELS
 from ood_core.settings import ONE_CLASS_MODELS, detectors_for
 
 # tiny and fast: 8 px digits, normal class 0, a few epochs
-SMALL = {"deep_svdd": dict(epochs=3), "autoencoder": dict(epochs=3), "geotrans": dict(epochs=1)}
+SMALL = {"deep_svdd": dict(epochs=3, pretrain_epochs=0), "autoencoder": dict(epochs=3), "geotrans": dict(epochs=1)}
 TRAINERS = {"deep_svdd": oc.train_deep_svdd, "autoencoder": oc.train_autoencoder, "geotrans": oc.train_geotrans}
 
 
