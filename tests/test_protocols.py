@@ -206,7 +206,7 @@ def test_cli_osr_prints_the_table_and_writes_split_rows(tmp_path, capsys, cache_
 
 
 def test_cli_novelty_table_has_a_column_per_class(tmp_path, capsys, cache_dir, monkeypatch):
-    monkeypatch.setattr(protocols, "ONE_CLASS_METHODS", (("pixels", "knn", {"k": 1}),))
+    monkeypatch.setattr(protocols, "DEFAULT_ONE_CLASS_METHODS", (("pixels", "knn", {"k": 1}),))
     out = tmp_path / "nd.json"
     assert cli.main(["run", "--setting", "nd", "--normal-class", "4", "--json", str(out), "--cache-dir",
                      str(cache_dir), "--quiet"]) == 0
@@ -237,3 +237,32 @@ def test_synthetic_option_rejects_an_unknown_set(capsys):
 def test_curve_options_that_do_not_fit_are_refused(argv, message, capsys):
     assert cli.main(argv + ["--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_protocol_run_leaves_the_slow_one_class_models_out_unless_asked():
+    # the default methods are every offered method but those of the models that take minutes per class
+    slow = set(protocols.SLOW_ONE_CLASS_MODELS)
+    assert {m[0] for m in protocols.ONE_CLASS_METHODS} >= slow
+    assert protocols.DEFAULT_ONE_CLASS_METHODS == tuple(m for m in protocols.ONE_CLASS_METHODS if m[0] not in slow)
+    assert not slow & {m[0] for m in protocols.DEFAULT_ONE_CLASS_METHODS}
+    import inspect
+    for fn in (protocols.run_one_class, protocols.contamination_curve):
+        assert inspect.signature(fn).parameters["methods"].default == protocols.DEFAULT_ONE_CLASS_METHODS
+
+
+def test_cli_runs_every_one_class_method_when_asked(tmp_path, cache_dir, monkeypatch):
+    seen = {}
+
+    def fake_run(base, setting, contamination, classes, methods, **kw):
+        seen["methods"] = tuple(methods)
+        raise SystemExit(0)  # the methods are all this test needs
+
+    monkeypatch.setattr(protocols, "run_one_class", fake_run)
+    for flag, want in ((["--one-class-methods", "all"], protocols.ONE_CLASS_METHODS),
+                       ([], protocols.DEFAULT_ONE_CLASS_METHODS)):
+        with pytest.raises(SystemExit):
+            cli.main(["run", "--setting", "nd", "--normal-class", "4", "--cache-dir", str(cache_dir), "--quiet",
+                      *flag])
+        assert seen.pop("methods") == want
+    # an ND/AD option: refused in another setting, with a one-line message
+    assert cli.main(["run", "--setting", "ood", "--one-class-methods", "all"]) == 2
