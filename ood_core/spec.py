@@ -18,13 +18,19 @@ SETTING_TITLES = {
 }
 CLASSIFIER_SETTINGS = ("ood", "osr")
 ONE_CLASS_SETTINGS = ("nd", "ad")
-REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl")
+REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl", "arpl_cs", "crosr", "osrci")
 REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al. 2019)",
                  "logitnorm": "LogitNorm (Wei et al. 2022)",
                  "closedset": "Good closed-set classifier (Vaze et al. 2022): longer training, cosine schedule, "
                               "label smoothing, random shifts, rotations and zooms",
                  "rpl": "RPL (Chen et al. 2020): logits are distances to learned reciprocal points",
-                 "arpl": "ARPL (Chen et al. 2021): reciprocal points with a bounded open space (margin term)"}
+                 "arpl": "ARPL (Chen et al. 2021): reciprocal points with a bounded open space (margin term)",
+                 "arpl_cs": "ARPL+CS (Chen et al. 2021): ARPL, plus a small GAN whose confusing samples the classifier "
+                            "learns to be unsure about",
+                 "crosr": "CROSR (Yoshihashi et al. 2019): the classifier also reconstructs its input from every "
+                          "convolutional layer; score with the detector 'CROSR'",
+                 "osrci": "OSRCI (Neal et al. 2018): a GAN's counterfactual images near the known classes become an "
+                          "extra 'unknown' class; score with the detector 'OSRCI'"}
 # a regime's own number of epochs, where it needs more than the dataset's default (the recipe trains longer)
 REGIME_EPOCHS: dict[str, int] = {"closedset": 160}
 

@@ -1,14 +1,16 @@
 """The survey's open-set methods on the OSR protocol: AUROC and OSCR over random known/unknown splits.
 
     PYTHONPATH=. nice -n 10 .venv/bin/python scripts/bench_openset.py --dataset mnist-sample --known 6 --splits 5 \
-        [--epochs N] [--regimes ce,rpl,arpl] [--json docs/bench/openset.json] [--cache-dir DIR]
+        [--epochs N] [--regimes ce,rpl,arpl,arpl_cs,crosr,osrci] [--json docs/bench/openset.json] [--cache-dir DIR]
 
 Split i uses seed i (as `python -m ood_core run --setting osr` does): it draws the K known classes, and one small CNN
 is trained per split and regime (cached on disk, so a rerun only scores). The methods:
 - cross-entropy classifier: MSP (the baseline), OpenGAN (also with box_fakes=0, the paper's game alone, and with the
   auxiliary outliers of outlier exposure) and C2AE on its penultimate features;
-- the rpl and arpl regimes: their own score (`rpl`, minus the largest distance to the reciprocal points) and MSP on
-  the same network.
+- the rpl, arpl and arpl_cs regimes: their own score (`rpl`, minus the largest distance to the reciprocal points) and
+  MSP on the same network;
+- the crosr regime: CROSR (OpenMax on logits and latents), OpenMax on its logits alone and MSP on the same network;
+- the osrci regime: OSRCI's unknown-class probability, its max-known-logit form and MSP on the same network.
 Reported per method: AUROC and OSCR (%, mean ± sample std over the splits, unknowns = the other classes), closed-set
 accuracy of its network, the seconds to train the network per split (from the checkpoint when cached) and the
 seconds to fit the detector (OpenGAN and C2AE train their own small networks). The survey's MNIST numbers
@@ -34,8 +36,15 @@ METHODS: dict[str, list[tuple[str, str, dict]]] = {
            ("C2AE on features", "c2ae", {})],
     "rpl": [("RPL", "rpl", {}), ("MSP of the RPL network", "msp", {})],
     "arpl": [("ARPL (no confusing samples)", "rpl", {}), ("MSP of the ARPL network", "msp", {})],
+    "arpl_cs": [("ARPL+CS", "rpl", {}), ("MSP of the ARPL+CS network", "msp", {})],
+    "crosr": [("CROSR", "crosr", {}), ("OpenMax on the CROSR network's logits alone", "openmax", {}),
+              ("MSP of the CROSR network", "msp", {})],
+    "osrci": [("OSRCI", "osrci", {}), ("OSRCI, max known logit", "osrci", {"form": "max_known_logit"}),
+              ("MSP of the OSRCI network", "msp", {})],
 }
-SURVEY_MNIST = {"MSP (cross-entropy)": 97.8, "OpenGAN on features": 99.9, "C2AE on features": 98.9, "RPL": 99.6}
+# the survey's Table 8 has no ARPL+CS row
+SURVEY_MNIST = {"MSP (cross-entropy)": 97.8, "OpenGAN on features": 99.9, "C2AE on features": 98.9, "RPL": 99.6,
+                "CROSR": 99.2, "OSRCI": 98.8}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--known", type=int, default=6)
     p.add_argument("--splits", type=int, default=5)
     p.add_argument("--epochs", type=int, default=0, help="classifier epochs (default: the dataset's, 15 for the sample)")
-    p.add_argument("--regimes", default="ce,rpl,arpl", type=lambda s: [r for r in s.split(",") if r])
+    p.add_argument("--regimes", default=",".join(METHODS), type=lambda s: [r for r in s.split(",") if r])
     p.add_argument("--cache-dir", default=None, help="model cache (default: the project's)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
