@@ -232,7 +232,9 @@ def experiment_form(setting: str, dataset: str, size: int):
                                                 " — disjoint from every test OOD set. RPL and ARPL learn one "
                                                 "reciprocal point per class and use the distances to them as "
                                                 "logits (the head stays linear, up to a shift shared by all "
-                                                "classes); their own score is the detector 'RPL / ARPL'.")
+                                                "classes); their own score is the detector 'RPL / ARPL'. ARPL+CS, "
+                                                "CROSR and OSRCI also train a small GAN or decoder beside the "
+                                                "classifier (slower; the estimate says how much).")
         if setting == "osr":
             extra["known_classes"] = int(st.number_input("Known classes K", min_value=2, max_value=max(2, n_classes - 1),
                                                          value=min(spec.known_classes, max(2, n_classes - 1)), step=1,
