@@ -18,7 +18,7 @@ SETTING_TITLES = {
 }
 CLASSIFIER_SETTINGS = ("ood", "osr")
 ONE_CLASS_SETTINGS = ("nd", "ad")
-REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl", "arpl_cs", "crosr", "osrci")
+REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl", "arpl_cs", "crosr", "osrci", "gopenmax")
 REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al. 2019)",
                  "logitnorm": "LogitNorm (Wei et al. 2022)",
                  "closedset": "Good closed-set classifier (Vaze et al. 2022): longer training, cosine schedule, "
@@ -30,7 +30,9 @@ REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al
                  "crosr": "CROSR (Yoshihashi et al. 2019): the classifier also reconstructs its input from every "
                           "convolutional layer; score with the detector 'CROSR'",
                  "osrci": "OSRCI (Neal et al. 2018): a GAN's counterfactual images near the known classes become an "
-                          "extra 'unknown' class; score with the detector 'OSRCI'"}
+                          "extra 'unknown' class; score with the detector 'OSRCI'",
+                 "gopenmax": "G-OpenMax (Ge et al. 2017): a conditional GAN's mixtures of known classes become an extra "
+                             "'unknown' class; score with the detector 'G-OpenMax'"}
 # a regime's own number of epochs, where it needs more than the dataset's default (the recipe trains longer)
 REGIME_EPOCHS: dict[str, int] = {"closedset": 160}
 

@@ -62,7 +62,7 @@ def run(args) -> dict:
     per: dict[tuple[str, str], dict[str, list]] = {}
     trainings: dict[str, list[dict]] = {}
     for regime in args.regimes:
-        for split in range(args.splits):
+        for split in range(args.first_split, args.first_split + args.splits):
             spec = Spec(setting="osr", dataset=args.dataset, image_size=size, known_classes=args.known, seed=split,
                         training=TrainConfig(epochs=epochs, regime=regime))
             t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def run(args) -> dict:
             "survey_mnist_auroc": SURVEY_MNIST.get(label),
             "auroc_per_split": [100 * a for a in got["auroc"]]})
     return {"command": " ".join(sys.argv), "dataset": args.dataset, "image_size": size, "known": args.known,
-            "splits": args.splits, "epochs": epochs, "methods": methods, "trainings": trainings}
+            "splits": args.splits, "first_split": args.first_split, "epochs": epochs, "methods": methods, "trainings": trainings}
 
 
 def table(doc: dict) -> str:
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=0, help="pixels (default: the dataset's)")
     p.add_argument("--known", type=int, default=6)
     p.add_argument("--splits", type=int, default=5)
+    p.add_argument("--first-split", type=int, default=0,
+                   help="the first split's seed (default 0): several processes can each train some splits into one "
+                        "cache, and a last run over all of them only scores")
     p.add_argument("--epochs", type=int, default=0, help="classifier epochs (default: the dataset's, 15 for the sample)")
     p.add_argument("--regimes", default=",".join(METHODS), type=lambda s: [r for r in s.split(",") if r])
     p.add_argument("--cache-dir", default=None, help="model cache (default: the project's)")

@@ -1,7 +1,8 @@
-"""The open-set regimes that train extra networks beside the classifier: ARPL+CS, CROSR and OSRCI.
+"""The open-set regimes that train extra networks beside the classifier: ARPL+CS, CROSR, OSRCI and G-OpenMax.
 
 Known answers: ARPL+CS's confusion loss and OSRCI's unknown-class loss on hand-made logits; CROSR's OpenMax on
-[logits, latents] against the OpenMax formula written out on a hand-made case; the counterfactual search lowering the
+[logits, latents] and G-OpenMax's OpenMax beside the generated class against the OpenMax formula written out on
+hand-made cases; the counterfactual search lowering the
 known classes' confidence; the GAN step training the generator alone, never the classifier or its BatchNorm statistics.
 Then a tiny OSR training in each regime: well above chance on the unknown digits, fitted and trained on the known
 classes only, reported epoch by epoch and cancellable.
@@ -23,13 +24,13 @@ from ood_core.jobs import Cancelled
 from ood_core.models import train_model
 from ood_core.models.openset_generative import (CS_BETA, ConfusingSamples, HierarchicalReconstruction,
                                                 confusion_loss, counterfactual_search, extra_epochs, layer_means,
-                                                unknown_logit_loss)
+                                                mixed_conditions, unknown_logit_loss)
 from ood_core.settings import is_applicable
 from ood_core.spec import REGIME_TITLES, REGIMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch and BLAS on one thread
 
-NEW = ("arpl_cs", "crosr", "osrci")
+NEW = ("arpl_cs", "crosr", "osrci", "gopenmax")
 
 
 # --- known answers -----------------------------------------------------------------------------------------------
@@ -74,18 +75,23 @@ class IdentityConvNet(nn.Module):
         return self.head(self.features(x))
 
 
-def _openmax_by_hand(v: np.ndarray, av: np.ndarray, mavs: np.ndarray, weibull: list, alpha: int) -> np.ndarray:
-    """OpenMax written out row by row: rank r of each class, w = 1 - (alpha - r + 1) / alpha * CDF for the top alpha,
-    v^ = v w, v_0 = sum v (1 - w), probability of the unknown class in softmax(v^, v_0)."""
-    scores = []
+def _openmax_logits_by_hand(v: np.ndarray, av: np.ndarray, mavs: np.ndarray, weibull: list, alpha: int) -> np.ndarray:
+    """OpenMax written out row by row: rank r of each class, w = 1 - (alpha - r + 1) / alpha * CDF for the top alpha;
+    returns the rows (v^ = v w, v_0 = sum v (1 - w))."""
+    rows = []
     for row, a in zip(v, av):
         w = np.ones_like(row)
         for rank, c in enumerate(np.argsort(-row, kind="stable")[:alpha], start=1):
             d = av_distance(a[None], mavs[c][None], "eucos")[0, 0]
             w[c] = 1.0 - (alpha - rank + 1) / alpha * float(weibull_high_cdf(np.array([d]), *weibull[c])[0])
-        z = np.concatenate([row * w, [np.sum(row * (1.0 - w))]])
-        scores.append(np.exp(z[-1]) / np.exp(z).sum())
-    return np.array(scores)
+        rows.append(np.concatenate([row * w, [np.sum(row * (1.0 - w))]]))
+    return np.array(rows)
+
+
+def _openmax_by_hand(v: np.ndarray, av: np.ndarray, mavs: np.ndarray, weibull: list, alpha: int) -> np.ndarray:
+    """The unknown class's probability in softmax(v^, v_0)."""
+    z = _openmax_logits_by_hand(v, av, mavs, weibull, alpha)
+    return np.exp(z[:, -1]) / np.exp(z).sum(1)
 
 
 def test_crosr_is_openmax_on_logits_and_latents_on_a_hand_made_case():
@@ -131,6 +137,32 @@ def test_crosr_without_convolutional_layers_is_openmax_on_the_logits():
     np.testing.assert_allclose(create("crosr").fit(ctx).score(out), create("openmax").fit(ctx).score(out), rtol=1e-12)
     with pytest.raises(ValueError, match="input images"):
         create("crosr").fit(ctx).score(Outputs(logits, out.features, y, None))
+
+
+def test_gopenmax_is_openmax_with_the_generated_class_counted_as_unknown():
+    rng = np.random.default_rng(2)
+    y = np.arange(40) % 2
+    logits = (np.eye(2)[y] * 3.0 + 0.5 * rng.normal(size=(40, 2))).astype(np.float32)
+    out = Outputs(logits, np.zeros((40, 1), np.float32), y)
+    det = create("gopenmax", tail_size=5, alpha=2).fit(FitContext(train=out))
+    v = logits.astype(np.float64)
+    correct = v.argmax(1) == y
+    mavs = np.stack([v[correct & (y == c)].mean(0) for c in range(2)])
+    weibull = [fit_weibull_high(av_distance(v[correct & (y == c)], mavs[c][None], "eucos")[:, 0], 5) for c in range(2)]
+    test = rng.normal(size=(6, 2)).astype(np.float32)
+    z = _openmax_logits_by_hand(test.astype(np.float64), test.astype(np.float64), mavs, weibull, alpha=2)
+    # softmax over (v^_1, v^_2, 0, v_0): the generated class's e^0 and OpenMax's e^v_0 are both unknown mass
+    expected = (1.0 + np.exp(z[:, -1])) / (np.exp(z).sum(1) + 1.0)
+    t_out = Outputs(test, np.zeros((6, 1), np.float32), np.zeros(6, int))
+    np.testing.assert_allclose(det.score(t_out), expected, rtol=1e-9)
+    assert np.all(det.score(t_out) > create("openmax", tail_size=5, alpha=2).fit(FitContext(train=out)).score(t_out))
+
+
+def test_mixed_conditions_blend_two_distinct_classes():
+    cond, dominant = mixed_conditions(5, 200, torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(cond.sum(1).numpy(), 1.0, rtol=1e-6)
+    assert torch.all((cond > 0).sum(1) <= 2) and torch.all(cond.max(1).values >= 0.5)
+    assert torch.equal(cond.argmax(1), dominant)
 
 
 def test_the_counterfactual_search_lowers_the_known_classes_confidence():
@@ -189,7 +221,7 @@ def test_the_reconstruction_hooks_every_convolutional_layer_and_lets_go():
     x = torch.randn(4, 1, 8, 8)
     model(x)
     expected = (rec.decoder([model.body[:i + 1](x) for i in (2, 5, 9, 12)]) - x).pow(2).mean()
-    assert float(rec.loss(x)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(rec.loss(x).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     rec.detach()
     assert not any(m._forward_hooks for m in model.modules())
     with pytest.raises(ValueError, match="no nn.ReLU"):
@@ -202,9 +234,9 @@ def test_the_reconstruction_hooks_every_convolutional_layer_and_lets_go():
 def test_the_new_regimes_are_offered_with_their_scores():
     assert set(NEW) <= set(REGIMES) and set(NEW) <= set(REGIME_TITLES)
     for regime in REGIMES:
-        assert is_applicable("crosr", "osr", "small_cnn", 6, regime) == (regime == "crosr")
-        assert is_applicable("osrci", "osr", "small_cnn", 6, regime) == (regime == "osrci")
-    for name in ("crosr", "osrci"):
+        for name in ("crosr", "osrci", "gopenmax"):
+            assert is_applicable(name, "osr", "small_cnn", 6, regime) == (regime == name)
+    for name in ("crosr", "osrci", "gopenmax"):
         cls = REGISTRY[name]
         assert cls.family == "open_set" and cls.references() and cls.formula and cls.latex
     assert REGISTRY["crosr"].runs_network and not REGISTRY["osrci"].runs_network
@@ -216,7 +248,7 @@ def test_the_regimes_cost_is_said_before_training():
         est = estimates.training(Spec(setting="osr", training=TrainConfig(epochs=10, regime=regime)), 1000)
         assert est.seconds == pytest.approx(base * estimates.regime_epochs(regime, 10) / 10) and est.trains == 1
         assert est.seconds > base and "extra networks" in est.what
-    assert extra_epochs("osrci") > 0 == extra_epochs("crosr")
+    assert extra_epochs("osrci") == extra_epochs("gopenmax") > 0 == extra_epochs("crosr")
     assert "min on 2 cores" in estimates.cost_words("osrci") and "GAN" in estimates.cost_words("osrci")
     assert "crosr regime" in estimates.cost_words("crosr")
 
@@ -233,7 +265,8 @@ def experiments(tmp_path_factory):
                                 cache_dir=cache, device="cpu", ood_sets=()) for r in NEW}
 
 
-@pytest.mark.parametrize("regime, name", [("arpl_cs", "rpl"), ("crosr", "crosr"), ("osrci", "osrci")])
+@pytest.mark.parametrize("regime, name", [("arpl_cs", "rpl"), ("crosr", "crosr"), ("osrci", "osrci"),
+                                          ("gopenmax", "gopenmax")])
 def test_each_regime_beats_chance_on_the_unknown_digits(experiments, regime, name):
     exp = experiments[regime]
     assert set(np.unique(exp.bench.train.y)) == {0, 1, 2}  # trained on the known classes only
@@ -244,12 +277,13 @@ def test_each_regime_beats_chance_on_the_unknown_digits(experiments, regime, nam
     assert exp.id_accuracy > 0.7 and auroc > 0.7, f"{regime}: accuracy {exp.id_accuracy:.2f}, AUROC {auroc:.3f}"
 
 
-def test_osrci_reports_its_extra_passes_and_stops_when_cancelled(experiments):
-    spec = TINY.replace(training=TrainConfig(epochs=1, batch_size=64, lr=5e-3, regime="osrci"))
-    bench = experiments["osrci"].bench
+@pytest.mark.parametrize("regime", ["osrci", "gopenmax"])
+def test_the_generative_stages_report_their_passes_and_stop_when_cancelled(experiments, regime):
+    spec = TINY.replace(training=TrainConfig(epochs=1, batch_size=64, lr=5e-3, regime=regime))
+    bench = experiments[regime].bench
     seen = []
     result = train_model(spec, bench, progress=seen.append, device="cpu")
-    total = 1 + extra_epochs("osrci")
+    total = 1 + extra_epochs(regime)
     assert [p.epoch for p in seen] == list(range(1, total + 1)) and {p.epochs for p in seen} == {total}
     assert len(result.history) == total
     cancel = threading.Event()

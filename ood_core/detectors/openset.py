@@ -1,6 +1,7 @@
 """Open-set recognition detectors: OpenMax's explicit unknown class, the reciprocal-point distances of an RPL / ARPL
 classifier, OpenGAN's discriminator and C2AE's class-conditioned reconstruction on the penultimate features, CROSR's
-OpenMax on logits and latents, and OSRCI's counterfactual-trained unknown class."""
+OpenMax on logits and latents, OSRCI's counterfactual-trained unknown class and G-OpenMax's OpenMax beside a generated
+unknown class."""
 from __future__ import annotations
 
 import numpy as np
@@ -135,11 +136,11 @@ def fit_openmax(av: np.ndarray, logits: np.ndarray, labels: np.ndarray, tail_siz
     return np.stack(mavs), np.array(weibulls)
 
 
-def openmax_unknown(av: np.ndarray, logits: np.ndarray, mavs: np.ndarray, weibull: np.ndarray, alpha: int,
-                    distance: str) -> np.ndarray:
-    """OpenMax's unknown probability: the Weibull CDFs of the distances of `av` to the class MAVs recalibrate the
-    alpha top-ranked `logits` v (n, K): w_c = 1 - ((alpha - r + 1) / alpha) CDF_c, v^_c = v_c w_c, v_0 = sum_c v_c (1 -
-    w_c), and the result is softmax(v^, v_0)_0."""
+def openmax_recalibrate(av: np.ndarray, logits: np.ndarray, mavs: np.ndarray, weibull: np.ndarray, alpha: int,
+                        distance: str) -> np.ndarray:
+    """OpenMax's recalibrated logits (n, K + 1): the Weibull CDFs of the distances of `av` to the class MAVs recalibrate
+    the alpha top-ranked `logits` v (n, K): w_c = 1 - ((alpha - r + 1) / alpha) CDF_c, v^_c = v_c w_c, and the last
+    column is the unknown logit v_0 = sum_c v_c (1 - w_c)."""
     n, k = logits.shape
     cdf = weibull_high_cdf(av_distance(av, mavs, distance), *weibull.T)
     alpha = min(int(alpha), k)
@@ -147,7 +148,13 @@ def openmax_unknown(av: np.ndarray, logits: np.ndarray, mavs: np.ndarray, weibul
     omega = np.zeros_like(logits)
     np.put_along_axis(omega, ranked, np.broadcast_to((alpha - np.arange(alpha)) / alpha, (n, alpha)), axis=1)
     w = 1.0 - omega * cdf
-    z = np.concatenate([logits * w, (logits * (1.0 - w)).sum(axis=1, keepdims=True)], axis=1)
+    return np.concatenate([logits * w, (logits * (1.0 - w)).sum(axis=1, keepdims=True)], axis=1)
+
+
+def openmax_unknown(av: np.ndarray, logits: np.ndarray, mavs: np.ndarray, weibull: np.ndarray, alpha: int,
+                    distance: str) -> np.ndarray:
+    """OpenMax's unknown probability softmax(v^, v_0)_0 (openmax_recalibrate)."""
+    z = openmax_recalibrate(av, logits, mavs, weibull, alpha, distance)
     return np.exp(z[:, -1] - logsumexp(z))
 
 
@@ -440,3 +447,42 @@ class OSRCI(Detector):
         if self.form == "max_known_logit":
             return -row_reduce(np.maximum, z)
         return np.exp(-logsumexp(np.concatenate([z, np.zeros((len(z), 1))], axis=1)))
+
+
+@register
+class GOpenMax(Detector):
+    """G-OpenMax: OpenMax on a classifier fine-tuned with generated unknowns, both unknown outputs summed.
+
+    The classifier comes from the gopenmax regime (models.openset_generative): a class-conditional GAN's mixtures of two
+    known classes that the classifier does not assign to the dominant one become a (K+1)th class with its logit fixed at
+    0. OpenMax as in the `openmax` detector, fitted on the fine-tuned K logits; softmax runs over the recalibrated known
+    logits, the generated class's 0 and OpenMax's unknown logit v_0, and the score is the mass of the last two.
+    """
+
+    name = "gopenmax"
+    title = "G-OpenMax (OpenMax with a generated unknown class)"
+    family = "open_set"
+    formula = ("S(x) = softmax(v^_1..v^_K, 0, v_0)_{K+1} + softmax(...)_{0},  v^, v_0: OpenMax's recalibration of the "
+               "logits of a classifier fine-tuned with GAN mixtures of known classes as class K+1 (logit 0)")
+    latex = (r"S(x) = \frac{e^{0} + e^{\hat v_0}}{\sum_c e^{\hat v_c} + e^{0} + e^{\hat v_0}},\quad \hat v_c = f_c(x)"
+             r"\,w_c,\ \hat v_0 = \sum_c f_c(x)(1 - w_c)")
+    intuition = ("A conditional GAN blends known classes into images that look like none of them; the classifier "
+                 "learns them as an explicit unknown class. OpenMax then also moves mass from logits far from every "
+                 "class's mean to the unknown.")
+    reference = Reference("ZongYuan Ge, Sergey Demyanov, Zetao Chen, Rahil Garnavi",
+                          "Generative OpenMax for Multi-Class Open Set Classification", "BMVC", 2017, "")
+    needs = ("logits",)
+    regimes = ("gopenmax",)
+    min_classes = 2
+    params = dict(OpenMax.params)
+
+    def _fit(self, ctx):
+        v = np.asarray(ctx.train.logits, dtype=np.float64)
+        self.mavs_, self.weibull_ = fit_openmax(v, v, np.asarray(ctx.train.labels), self.tail_size, self.distance,
+                                                "G-OpenMax")
+
+    def _score(self, out):
+        v = np.asarray(out.logits, dtype=np.float64)
+        z = openmax_recalibrate(v, v, self.mavs_, self.weibull_, self.alpha, self.distance)
+        z = np.concatenate([z[:, :-1], np.zeros((len(z), 1)), z[:, -1:]], axis=1)
+        return np.exp(logsumexp(z[:, -2:]) - logsumexp(z))

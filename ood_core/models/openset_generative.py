@@ -19,6 +19,13 @@ CROSR's hierarchical reconstruction and OSRCI's counterfactual images.
   at 0 (softmax is shift-invariant, so a K+1-way classifier can always be written so): its cross-entropy is
   log(1 + sum_k exp C_k(x*)). The checkpoint keeps the K-class head; the `osrci` detector scores the (K+1)th class.
 
+- G-OpenMax (Ge et al., BMVC 2017; the regime gopenmax). After the usual training: a class-conditional DCGAN on the
+  known classes; images generated from mixtures of two classes' conditions that the classifier does not assign to the
+  mixture's dominant class become a (K+1)th class (logit fixed at 0, the fine-tuning of OSRCI); the `gopenmax`
+  detector then runs OpenMax on the fine-tuned classifier, the generated class counting as unknown too. (The paper
+  trains a new K+1 classifier and keeps the samples its pre-trained classifier rejects; here the classifier is
+  fine-tuned and the selection rule is the dominant-class one stated.)
+
 Every weight and random number comes from the training call's generator; `cancel` is checked between batches.
 """
 from __future__ import annotations
@@ -45,11 +52,12 @@ OSRCI_SEARCH_STEPS = 30  # Adam steps of the counterfactual search in latent spa
 OSRCI_SEARCH_LR = 0.05
 OSRCI_FINETUNE_EPOCHS = 5  # passes of the classifier over training images + counterfactuals
 OSRCI_FINETUNE_LR_SCALE = 0.1  # fine-tuning learning rate: this times the regime's peak learning rate
+GOPENMAX_ROUNDS = 5  # G-OpenMax: rounds of n / K generated candidates at most, until n / K unknowns are kept
 
 
 def extra_epochs(regime: str) -> int:
-    """Passes a regime makes after the classifier's own epochs (OSRCI: the GAN's, then the fine-tuning's)."""
-    return OSRCI_GAN_EPOCHS + OSRCI_FINETUNE_EPOCHS if regime == "osrci" else 0
+    """Passes a regime makes after the classifier's own epochs (OSRCI, G-OpenMax: the GAN's, then the fine-tuning's)."""
+    return OSRCI_GAN_EPOCHS + OSRCI_FINETUNE_EPOCHS if regime in ("osrci", "gopenmax") else 0
 
 
 class ImageGenerator(nn.Module):
@@ -320,7 +328,17 @@ def osrci_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: np.nd
         z_star = counterfactual_search(model, g_net, z0)
         with torch.no_grad():
             found.append(g_net(z_star).cpu())
-    counterfactuals = torch.cat(found)
+    yield from finetune_with_unknowns(model, x, y, torch.cat(found), gen, device, lr, weight_decay, batch_size,
+                                      "fine-tuning with counterfactuals", cancel)
+
+
+def finetune_with_unknowns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, unknowns: torch.Tensor,
+                           gen: torch.Generator, device: str, lr: float, weight_decay: float, batch_size: int,
+                           stage: str, cancel=None) -> Iterator[tuple[str, float]]:
+    """OSRCI_FINETUNE_EPOCHS passes of AdamW (lr * OSRCI_FINETUNE_LR_SCALE) over the known training images, each batch
+    with a draw of the generated `unknowns` in proportion (len(unknowns) / len(x) of its size): cross-entropy on the
+    known images plus unknown_logit_loss on the generated ones. One yield (stage, mean loss) per pass."""
+    n, count = len(x), len(unknowns)
     opt = torch.optim.AdamW(model.parameters(), lr=lr * OSRCI_FINETUNE_LR_SCALE, weight_decay=weight_decay)
     cf_batch = max(1, round(batch_size * count / n))
     for _ in range(OSRCI_FINETUNE_EPOCHS):
@@ -329,7 +347,7 @@ def osrci_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: np.nd
         for i in range(0, n, batch_size):
             check_cancelled(cancel)
             idx = perm[i:i + batch_size]
-            cf = counterfactuals[torch.randint(0, count, (cf_batch,), generator=gen)]
+            cf = unknowns[torch.randint(0, count, (cf_batch,), generator=gen)]
             both = model(torch.cat([x[idx], cf]).to(device))
             loss = (nn.functional.cross_entropy(both[:len(idx)], y[idx].to(device))
                     + unknown_logit_loss(both[len(idx):]))
@@ -337,5 +355,80 @@ def osrci_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: np.nd
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-        yield "fine-tuning with counterfactuals", total / n
+        yield stage, total / n
     model.eval()
+
+
+class ConditionalCritic(nn.Module):
+    """G-OpenMax's conditional discriminator: ImageCritic on the image with the class vector c as K constant planes."""
+
+    def __init__(self, channels: int, side: int, width: int, num_classes: int):
+        super().__init__()
+        self.critic = ImageCritic(channels + num_classes, side, width, 1)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.critic(torch.cat([x, c[:, :, None, None].expand(-1, -1, *x.shape[-2:])], dim=1))
+
+
+def mixed_conditions(num_classes: int, count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` class vectors l e_a + (1 - l) e_b of two distinct classes a, b drawn uniformly, l ~ U(0, 1), and each
+    vector's dominant class (a when l >= 1/2)."""
+    a = torch.randint(0, num_classes, (count,), generator=gen)
+    b = (a + torch.randint(1, num_classes, (count,), generator=gen)) % num_classes
+    lam = torch.rand(count, generator=gen)
+    eye = torch.eye(num_classes)
+    return lam[:, None] * eye[a] + (1 - lam[:, None]) * eye[b], torch.where(lam >= 0.5, a, b)
+
+
+def gopenmax_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: np.ndarray, std: np.ndarray,
+                    gen: torch.Generator, device: str, lr: float, weight_decay: float, batch_size: int,
+                    cancel=None) -> Iterator[tuple[str, float]]:
+    """G-OpenMax after the classifier's own training, one yield (stage, mean loss) per pass: OSRCI_GAN_EPOCHS passes of
+    a class-conditional GAN on the known training images; then mixtures of two known classes' conditions are generated
+    (GOPENMAX_ROUNDS rounds of n / K candidates at most), and a candidate whose class the classifier does not find, its
+    top class not the mixture's dominant one, is kept as an unknown; then the fine-tuning of `finetune_with_unknowns`
+    with them as the (K+1)th class. When no candidate is kept, the last round's candidates serve."""
+    channels, side = x.shape[1], x.shape[-1]
+    k = int(y.max()) + 1
+    g_net = seeded_init_(ImageGenerator(GAN_NOISE_DIM + k, channels, side, GAN_WIDTH, mean, std), gen).to(device)
+    d_net = seeded_init_(ConditionalCritic(channels, side, GAN_WIDTH, k), gen).to(device)
+    opt_g, opt_d = _adam(g_net), _adam(d_net)
+    eye = torch.eye(k)
+    n = len(x)
+    for _ in range(OSRCI_GAN_EPOCHS):
+        g_net.train(), d_net.train()
+        perm, total = torch.randperm(n, generator=gen), 0.0
+        for i in range(0, n, batch_size):
+            check_cancelled(cancel)
+            idx = perm[i:i + batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            xb, cb = x[idx].to(device), eye[y[idx]].to(device)
+            fake = g_net(torch.cat([torch.randn(len(idx), GAN_NOISE_DIM, generator=gen).to(device), cb], dim=1))
+            loss_d = _bce(d_net(xb, cb), True) + _bce(d_net(fake.detach(), cb), False)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            loss_g = _bce(d_net(fake, cb), True)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            total += float(loss_g.detach()) * len(idx)
+        yield "conditional GAN", total / n
+    g_net.eval()
+    model.eval()
+    count = max(1, math.ceil(n / k))
+    kept: list[torch.Tensor] = []
+    for _ in range(GOPENMAX_ROUNDS):
+        check_cancelled(cancel)
+        cond, dominant = mixed_conditions(k, count, gen)
+        with torch.no_grad():
+            cand = torch.cat([g_net(torch.cat([torch.randn(len(c), GAN_NOISE_DIM, generator=gen), c], dim=1)
+                                    .to(device)).cpu() for c in cond.split(batch_size)])
+            top = torch.cat([model(c.to(device)).argmax(1).cpu() for c in cand.split(batch_size)])
+        kept.append(cand[top != dominant])
+        if sum(len(t) for t in kept) >= count:
+            break
+    unknowns = torch.cat(kept)[:count]
+    yield from finetune_with_unknowns(model, x, y, unknowns if len(unknowns) else cand, gen, device, lr, weight_decay,
+                                      batch_size, "fine-tuning with generated unknowns", cancel)

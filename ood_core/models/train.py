@@ -14,7 +14,8 @@ from ..device import grad_scaler, resolve_device, training_autocast
 from ..jobs import check_cancelled
 from ..spec import Spec
 from .openset import RECIPROCAL_REGIMES, ReciprocalPoints
-from .openset_generative import ConfusingSamples, HierarchicalReconstruction, extra_epochs, osrci_stages
+from .openset_generative import (ConfusingSamples, HierarchicalReconstruction, extra_epochs, gopenmax_stages,
+                                 osrci_stages)
 from .recipes import cosine_warmup_schedule, random_affine
 from .registry import build_model, get_entry
 from .reproducible import seeded_init_, training_threads, use_generator
@@ -82,8 +83,8 @@ def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
     OE_WEIGHT times the cross-entropy from the auxiliary outliers' softmax to the uniform distribution.
     rpl / arpl / arpl_cs: cross-entropy on the distances to the reciprocal points plus the open-space term
     (models.openset.reciprocal_loss), from the features `reciprocal` caught in the model's last forward pass.
-    crosr, osrci: cross-entropy here; their other terms come from models.openset_generative (the reconstruction,
-    added by train_classifier; the counterfactuals, in OSRCI's stages after the epochs).
+    crosr, osrci, gopenmax: cross-entropy here; their other terms come from models.openset_generative (the
+    reconstruction, added by train_classifier; the generated unknowns, in the stages after the epochs).
     """
     if regime in RECIPROCAL_REGIMES:
         if reciprocal is None:
@@ -129,8 +130,9 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
     On CUDA the forward pass and loss run in mixed precision (device.training_autocast); on the CPU in float32.
     rpl / arpl / arpl_cs train the reciprocal points and radius instead of the head, and keep the head equal to the
     points' linear form (models.openset); arpl_cs also trains the confusing samples' GAN, one step per batch, crosr
-    a reconstruction decoder beside the classifier, and osrci runs its GAN, counterfactual search and fine-tuning
-    after the epochs (models.openset_generative), each of its passes reported as one more epoch.
+    a reconstruction decoder beside the classifier; osrci runs its GAN, counterfactual search and fine-tuning after
+    the epochs, gopenmax its conditional GAN and fine-tuning (models.openset_generative), each of their passes
+    reported as one more epoch.
     `cancel` is checked before every batch (jobs.Cancelled when set)."""
     device = resolve_device(device)
     cfg = spec.training
@@ -204,9 +206,10 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
         reciprocal.detach()
     if reconstruction is not None:
         reconstruction.detach()
-    if cfg.regime == "osrci":
-        for epoch, (_, stage_loss) in enumerate(osrci_stages(model, x_all, y_all, bench.mean, bench.std, gen, device,
-                                                             cfg.lr, cfg.weight_decay, cfg.batch_size, cancel),
+    if cfg.regime in ("osrci", "gopenmax"):
+        stages = osrci_stages if cfg.regime == "osrci" else gopenmax_stages
+        for epoch, (_, stage_loss) in enumerate(stages(model, x_all, y_all, bench.mean, bench.std, gen, device,
+                                                       cfg.lr, cfg.weight_decay, cfg.batch_size, cancel),
                                                 start=cfg.epochs + 1):
             p = Progress(epoch, total_epochs, stage_loss, history[-1]["train_accuracy"],
                          accuracy(model, bench.val.x, bench.val.y, device), time.perf_counter() - t0)
