@@ -1,7 +1,8 @@
 """The survey's open-set methods on the OSR protocol: AUROC and OSCR over random known/unknown splits.
 
     PYTHONPATH=. nice -n 10 .venv/bin/python scripts/bench_openset.py --dataset mnist-sample --known 6 --splits 5 \
-        [--epochs N] [--regimes ce,rpl,arpl,arpl_cs,crosr,osrci] [--json docs/bench/openset.json] [--cache-dir DIR]
+        [--epochs N] [--regimes ce,rpl,arpl,arpl_cs,crosr,osrci,gopenmax] [--first-split S] \
+        [--json docs/bench/openset.json] [--cache-dir DIR]
 
 Split i uses seed i (as `python -m ood_core run --setting osr` does): it draws the K known classes, and one small CNN
 is trained per split and regime (cached on disk, so a rerun only scores). The methods:
@@ -10,7 +11,8 @@ is trained per split and regime (cached on disk, so a rerun only scores). The me
 - the rpl, arpl and arpl_cs regimes: their own score (`rpl`, minus the largest distance to the reciprocal points) and
   MSP on the same network;
 - the crosr regime: CROSR (OpenMax on logits and latents), OpenMax on its logits alone and MSP on the same network;
-- the osrci regime: OSRCI's unknown-class probability, its max-known-logit form and MSP on the same network.
+- the osrci regime: OSRCI's unknown-class probability, its max-known-logit form and MSP on the same network;
+- the gopenmax regime: G-OpenMax, plain OpenMax and MSP on the same network.
 Reported per method: AUROC and OSCR (%, mean ± sample std over the splits, unknowns = the other classes), closed-set
 accuracy of its network, the seconds to train the network per split (from the checkpoint when cached) and the
 seconds to fit the detector (OpenGAN and C2AE train their own small networks). The survey's MNIST numbers
@@ -41,6 +43,8 @@ METHODS: dict[str, list[tuple[str, str, dict]]] = {
               ("MSP of the CROSR network", "msp", {})],
     "osrci": [("OSRCI", "osrci", {}), ("OSRCI, max known logit", "osrci", {"form": "max_known_logit"}),
               ("MSP of the OSRCI network", "msp", {})],
+    "gopenmax": [("G-OpenMax", "gopenmax", {}), ("OpenMax of the G-OpenMax network", "openmax", {}),
+                 ("MSP of the G-OpenMax network", "msp", {})],
 }
 # the survey's Table 8 has no ARPL+CS row
 SURVEY_MNIST = {"MSP (cross-entropy)": 97.8, "OpenGAN on features": 99.9, "C2AE on features": 98.9, "RPL": 99.6,
@@ -97,7 +101,8 @@ def run(args) -> dict:
             "survey_mnist_auroc": SURVEY_MNIST.get(label),
             "auroc_per_split": [100 * a for a in got["auroc"]]})
     return {"command": " ".join(sys.argv), "dataset": args.dataset, "image_size": size, "known": args.known,
-            "splits": args.splits, "first_split": args.first_split, "epochs": epochs, "methods": methods, "trainings": trainings}
+            "splits": args.splits, "first_split": args.first_split, "epochs": epochs, "methods": methods,
+            "trainings": trainings}
 
 
 def table(doc: dict) -> str:
