@@ -21,11 +21,16 @@ REFERENCE_SIDE = 16  # the image side the rates were measured at
 CLASSIFIER_S_PER_IMAGE_EPOCH = 5e-4
 DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digits), for the Methods cards' cost lines
 # seconds per scored image of the detectors that run the network again, at their default parameters
-NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026}
+NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026,
+                       "crosr": 5e-4}
 NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
-                "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too"}
+                "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too",
+                "crosr": "a forward pass per image for the layers' latents, fitted on the ID training images too"}
+# the images a detector's fit runs the network on besides the scored ones: Gram's ID training and validation
+# statistics, CROSR's ID training latents
+FIT_SPLITS = {"gram": ("train", "val"), "crosr": ("train",)}
 # the detectors that train small networks on the cached features (measured on 128-d features, one core, a busy
 # machine): OpenGAN per step (batches of 128, default width; the cost grows with the square of the width), C2AE per ID
 # training sample and epoch
@@ -35,9 +40,10 @@ FIT_WHAT = {"opengan": "trains OpenGAN's generator and discriminator for {steps}
             "c2ae": "trains C2AE's conditioned autoencoder for {epochs} epochs"}
 # the regimes that train more than the classifier, as a multiple of a cross-entropy epoch (small CNN, digits at 16 px,
 # OSR 6/4, the faster of two 2-epoch trainings on 2 busy cores): ARPL+CS's GAN step per batch, CROSR's decoder; OSRCI's
-# extra passes (models.openset_generative.extra_epochs: the GAN's and the fine-tuning's) each cost OSRCI_PASS epochs
+# and G-OpenMax's extra passes (models.openset_generative.extra_epochs: the GAN's and the fine-tuning's) each cost
+# GENERATIVE_PASS epochs
 REGIME_EPOCH_COST = {"arpl_cs": 2.4, "crosr": 2.3}
-OSRCI_PASS = 1.3
+GENERATIVE_PASS = 1.3
 FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
 POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
 ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol, its model there: inference + scoring
@@ -88,7 +94,7 @@ def training(spec: Spec, train_images: int) -> Estimate:
 
 def regime_epochs(regime: str, epochs: int) -> float:
     """What `epochs` of a classifier in `regime` cost, in cross-entropy epochs (REGIME_EPOCH_COST, OSRCI's passes)."""
-    return epochs * REGIME_EPOCH_COST.get(regime, 1.0) + OSRCI_PASS * extra_epochs(regime)
+    return epochs * REGIME_EPOCH_COST.get(regime, 1.0) + GENERATIVE_PASS * extra_epochs(regime)
 
 
 def _scored_images(exp, splits: Optional[Iterable[str]] = None) -> int:
@@ -123,7 +129,7 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
                         trains=len(todo))
     if name in NETWORK_S_PER_IMAGE:
         rate = NETWORK_S_PER_IMAGE[name]
-        images = n + (len(exp.outputs["train"]) + len(exp.outputs["val"]) if name == "gram" else 0)
+        images = n + sum(len(exp.outputs[s]) for s in FIT_SPLITS.get(name, ()))
         how = NETWORK_WHAT[name].format(**p)
         return Estimate(rate * images * area, f"runs the network again on {n:,} images ({how})")
     if name in FIT_WHAT:
@@ -164,7 +170,7 @@ def cost_words(name: str) -> str:
                f"{min(costs):.1f}x to {max(costs):.1f}x cross-entropy's")
         extra = max(extra_epochs(r) for r in cls.regimes)
         if extra:
-            how += f" plus about {OSRCI_PASS * extra:.0f} epochs' worth for its GAN and fine-tuning"
+            how += f" plus about {GENERATIVE_PASS * extra:.0f} epochs' worth for its GAN and fine-tuning"
         slowest = max(training(Spec(training=TrainConfig(regime=r)), DEFAULT_TRAIN_IMAGES).seconds
                       for r in cls.regimes)
         how += f"; about {slowest / 60:.1f} min on 2 cores for the default experiment"

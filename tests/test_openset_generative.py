@@ -302,3 +302,13 @@ def test_a_new_regime_is_deterministic(experiments, tmp_path):
     again = get_model(exp.spec, exp.bench, cache_dir=tmp_path, device="cpu", retrain=True)
     sa, sb = exp.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_crosr_says_it_runs_the_network_on_the_training_images_too(experiments):
+    exp = experiments["crosr"]
+    scored = len(exp.outputs["test"]) + len(exp.outputs["unknown"])
+    est = estimates.detector(exp, "crosr", splits=["test", "unknown"])
+    area = (exp.spec.image_size / estimates.REFERENCE_SIDE) ** 2
+    assert est.seconds == pytest.approx(estimates.NETWORK_S_PER_IMAGE["crosr"] * (scored + len(exp.outputs["train"]))
+                                        * area)
+    assert "latents" in est.what and REGISTRY["crosr"].slow()
