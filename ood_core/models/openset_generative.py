@@ -255,7 +255,7 @@ def layer_means(model: nn.Module, x: np.ndarray, device: str, batch_size: int = 
 
 
 def unknown_logit_loss(logits: torch.Tensor) -> torch.Tensor:
-    """OSRCI's open-set term: mean log(1 + sum_k exp z_k), the cross-entropy towards a (K+1)th class whose logit is 0."""
+    """OSRCI's open-set term: mean log(1 + sum_k exp z_k), the cross-entropy towards a (K+1)th class of logit 0."""
     z = logits.float()
     return torch.logsumexp(torch.cat([z, torch.zeros_like(z[:, :1])], dim=1), dim=1).mean()
 
