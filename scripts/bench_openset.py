@@ -3,6 +3,7 @@
     PYTHONPATH=. nice -n 10 .venv/bin/python scripts/bench_openset.py --dataset mnist-sample --known 6 --splits 5 \
         [--epochs N] [--regimes ce,rpl,arpl,arpl_cs,crosr,osrci,gopenmax] [--first-split S] \
         [--json docs/bench/openset.json] [--cache-dir DIR]
+    PYTHONPATH=. .venv/bin/python scripts/bench_openset.py --merge a.json b.json ... [--json merged.json]
 
 Split i uses seed i (as `python -m ood_core run --setting osr` does): it draws the K known classes, and one small CNN
 is trained per split and regime (cached on disk, so a rerun only scores). The methods:
@@ -89,6 +90,13 @@ def run(args) -> dict:
             print(f"{regime} split {split}: accuracy {100 * exp.id_accuracy:.1f}%, trained in "
                   f"{exp.training.seconds:.0f} s{' (cached)' if exp.training.from_cache else ''}; " + ", ".join(found),
                   file=sys.stderr, flush=True)
+    return {"command": " ".join(sys.argv), "dataset": args.dataset, "image_size": size, "known": args.known,
+            "splits": args.splits, "first_split": args.first_split, "epochs": epochs,
+            "methods": summarise(per, trainings), "trainings": trainings}
+
+
+def summarise(per: dict[tuple[str, str], dict[str, list]], trainings: dict[str, list[dict]]) -> list[dict]:
+    """One row per (regime, method): mean ± std over the splits, medians of seconds, the per-split values."""
     methods = []
     for (regime, label), got in per.items():
         acc = [t["id_accuracy"] for t in trainings[regime]]
@@ -99,10 +107,39 @@ def run(args) -> dict:
             "train_seconds_median": statistics.median(t["train_seconds"] for t in trainings[regime]),
             "fit_seconds_median": statistics.median(got["fit_seconds"]),
             "survey_mnist_auroc": SURVEY_MNIST.get(label),
-            "auroc_per_split": [100 * a for a in got["auroc"]]})
-    return {"command": " ".join(sys.argv), "dataset": args.dataset, "image_size": size, "known": args.known,
-            "splits": args.splits, "first_split": args.first_split, "epochs": epochs, "methods": methods,
-            "trainings": trainings}
+            "auroc_per_split": [100 * a for a in got["auroc"]], "oscr_per_split": [100 * a for a in got["oscr"]],
+            "fit_seconds_per_split": list(got["fit_seconds"])})
+    return methods
+
+
+def merge(paths: list[str]) -> dict:
+    """The results of several runs over disjoint splits (say, one process per split with --first-split) as one: the
+    per-split values of each run, summarised again. A run of one split may come from before the per-split OSCR and fit
+    seconds were written (its mean is that split's value)."""
+    per: dict[tuple[str, str], dict[str, list]] = {}
+    trainings: dict[str, list[dict]] = {}
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    for path, doc in zip(paths, docs):
+        for regime, runs in doc["trainings"].items():
+            trainings.setdefault(regime, []).extend(runs)
+        for m in doc["methods"]:
+            single = len(m["auroc_per_split"]) == 1
+            if "oscr_per_split" not in m and not single:
+                raise SystemExit(f"{path}: no per-split OSCR for {m['label']}; merge runs of one split each, or runs "
+                                 "written by this version of the script")
+            got = per.setdefault((m["regime"], m["label"]), {"auroc": [], "oscr": [], "fit_seconds": []})
+            got["auroc"] += [a / 100 for a in m["auroc_per_split"]]
+            got["oscr"] += [a / 100 for a in m.get("oscr_per_split", [m["oscr"][0]])]
+            got["fit_seconds"] += m.get("fit_seconds_per_split", [m["fit_seconds_median"]])
+    for regime, runs in trainings.items():
+        splits = [t["split"] for t in runs]
+        if len(set(splits)) != len(splits):
+            raise SystemExit(f"the merged runs repeat a split of the {regime} regime: {sorted(splits)}")
+    head = docs[0]
+    return {"command": " ".join(sys.argv), "merged": [d["command"] for d in docs], "dataset": head["dataset"],
+            "image_size": head["image_size"], "known": head["known"],
+            "splits": len({t["split"] for runs in trainings.values() for t in runs}), "epochs": head["epochs"],
+            "methods": summarise(per, trainings), "trainings": trainings}
 
 
 def table(doc: dict) -> str:
@@ -129,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regimes", default=",".join(METHODS), type=lambda s: [r for r in s.split(",") if r])
     p.add_argument("--cache-dir", default=None, help="model cache (default: the project's)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="instead of running: merge these results of runs over disjoint splits into one table")
     args = p.parse_args(argv)
     bad = [r for r in args.regimes if r not in METHODS]
     if bad:
         p.error(f"unknown regime(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
-    doc = run(args)
+    doc = merge(args.merge) if args.merge else run(args)
     print(table(doc))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
