@@ -312,3 +312,34 @@ def test_crosr_says_it_runs_the_network_on_the_training_images_too(experiments):
     assert est.seconds == pytest.approx(estimates.NETWORK_S_PER_IMAGE["crosr"] * (scored + len(exp.outputs["train"]))
                                         * area)
     assert "latents" in est.what and REGISTRY["crosr"].slow()
+
+
+def test_the_bench_merges_runs_over_disjoint_splits(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_openset.py"
+    spec = importlib.util.spec_from_file_location("bench_openset", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def one_split(split: int, auroc: float, oscr: float, acc: float) -> str:
+        doc = {"command": f"split {split}", "dataset": "mnist-sample", "image_size": 28, "known": 6, "splits": 1,
+               "epochs": 15, "trainings": {"crosr": [{"split": split, "train_seconds": 10.0 * (split + 1),
+                                                      "id_accuracy": acc}]},
+               "methods": [{"regime": "crosr", "label": "CROSR", "auroc": [auroc, 0.0], "oscr": [oscr, 0.0],
+                            "auroc_per_split": [auroc], "fit_seconds_median": 2.0}]}
+        file = tmp_path / f"{split}.json"
+        file.write_text(json.dumps(doc))
+        return str(file)
+
+    merged = bench.merge([one_split(0, 80.0, 78.0, 0.9), one_split(1, 90.0, 86.0, 1.0)])
+    (row,) = merged["methods"]
+    assert merged["splits"] == 2 and row["auroc_per_split"] == pytest.approx([80.0, 90.0])
+    assert row["auroc"] == pytest.approx([85.0, np.std([80.0, 90.0], ddof=1)])
+    assert row["oscr"] == pytest.approx([82.0, np.std([78.0, 86.0], ddof=1)])
+    assert row["id_accuracy"][0] == pytest.approx(95.0) and row["train_seconds_median"] == 15.0
+    assert row["survey_mnist_auroc"] == 99.2
+    with pytest.raises(SystemExit, match="repeat a split"):
+        bench.merge([one_split(0, 80.0, 78.0, 0.9), one_split(0, 80.0, 78.0, 0.9)])
