@@ -12,18 +12,25 @@ from typing import Iterable, Mapping, Optional
 
 from .jobs import Estimate
 from .models import MODELS, is_cached
-from .spec import Spec
+from .models.openset_generative import extra_epochs
+from .spec import REGIME_TITLES, Spec, TrainConfig
 
 REFERENCE_SIDE = 16  # the image side the rates were measured at
 # seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s): the rate of a model
 # the registry does not know (a user's classifier)
 CLASSIFIER_S_PER_IMAGE_EPOCH = 5e-4
+DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digits), for the Methods cards' cost lines
 # seconds per scored image of the detectors that run the network again, at their default parameters
-NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026}
+NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026,
+                       "crosr": 5e-4}
 NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
-                "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too"}
+                "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too",
+                "crosr": "a forward pass per image for the layers' latents, fitted on the ID training images too"}
+# the images a detector's fit runs the network on besides the scored ones: Gram's ID training and validation
+# statistics, CROSR's ID training latents
+FIT_SPLITS = {"gram": ("train", "val"), "crosr": ("train",)}
 # the detectors that train small networks on the cached features (measured on 128-d features, one core, a busy
 # machine): OpenGAN per step (batches of 128, default width; the cost grows with the square of the width), C2AE per ID
 # training sample and epoch
@@ -31,6 +38,12 @@ OPENGAN_S_PER_STEP = 0.01
 C2AE_S_PER_SAMPLE_EPOCH = 2.5e-5
 FIT_WHAT = {"opengan": "trains OpenGAN's generator and discriminator for {steps} steps",
             "c2ae": "trains C2AE's conditioned autoencoder for {epochs} epochs"}
+# the regimes that train more than the classifier, as a multiple of a cross-entropy epoch (small CNN, digits at 16 px,
+# OSR 6/4, the faster of two 2-epoch trainings on 2 busy cores): ARPL+CS's GAN step per batch, CROSR's decoder; OSRCI's
+# and G-OpenMax's extra passes (models.openset_generative.extra_epochs: the GAN's and the fine-tuning's) each cost
+# GENERATIVE_PASS epochs
+REGIME_EPOCH_COST = {"arpl_cs": 2.4, "crosr": 2.3}
+GENERATIVE_PASS = 1.3
 FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
 POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
 ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol, its model there: inference + scoring
@@ -72,8 +85,16 @@ def training(spec: Spec, train_images: int) -> Estimate:
         seconds = rate * train_images * area
         return Estimate(seconds, f"trains the {name} model on {train_images:,} images", trains=1 if seconds > 0 else 0)
     epochs = spec.training.epochs
-    return Estimate(rate * train_images * epochs * area,
-                    f"trains 1 network ({name}): {_plural(epochs, 'epoch')} over {train_images:,} images", trains=1)
+    what = f"trains 1 network ({name}): {_plural(epochs, 'epoch')} over {train_images:,} images"
+    regime = spec.training.regime
+    if regime in REGIME_EPOCH_COST or extra_epochs(regime):
+        what += f", {REGIME_TITLES[regime].split(' (')[0]}'s extra networks beside it"
+    return Estimate(rate * train_images * regime_epochs(regime, epochs) * area, what, trains=1)
+
+
+def regime_epochs(regime: str, epochs: int) -> float:
+    """What `epochs` of a classifier in `regime` cost, in cross-entropy epochs (REGIME_EPOCH_COST, OSRCI's passes)."""
+    return epochs * REGIME_EPOCH_COST.get(regime, 1.0) + GENERATIVE_PASS * extra_epochs(regime)
 
 
 def _scored_images(exp, splits: Optional[Iterable[str]] = None) -> int:
@@ -108,7 +129,7 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
                         trains=len(todo))
     if name in NETWORK_S_PER_IMAGE:
         rate = NETWORK_S_PER_IMAGE[name]
-        images = n + (len(exp.outputs["train"]) + len(exp.outputs["val"]) if name == "gram" else 0)
+        images = n + sum(len(exp.outputs[s]) for s in FIT_SPLITS.get(name, ()))
         how = NETWORK_WHAT[name].format(**p)
         return Estimate(rate * images * area, f"runs the network again on {n:,} images ({how})")
     if name in FIT_WHAT:
@@ -141,8 +162,20 @@ def cost_words(name: str) -> str:
                f"about {per_thousand:.0f} s per 1,000 ID training samples on one core")
         return f"{FIT_WHAT[name].format(**p)} on the cached features ({how}), then scores the cached outputs"
     if cls.regimes:
-        return (f"needs a classifier trained in the {' or '.join(cls.regimes)} regime (one training, as long as "
-                "cross-entropy's, cached like it), then scores its cached outputs (fast)")
+        names = " or ".join(cls.regimes) if len(cls.regimes) < 3 else ", ".join(cls.regimes[:-1]) + \
+            f" or {cls.regimes[-1]}"
+        costs = [REGIME_EPOCH_COST.get(r, 1.0) for r in cls.regimes]
+        how = ("as long as cross-entropy's" if max(costs) == 1.0 else
+               f"about {min(costs):.1f}x cross-entropy's" if min(costs) == max(costs) else
+               f"{min(costs):.1f}x to {max(costs):.1f}x cross-entropy's")
+        extra = max(extra_epochs(r) for r in cls.regimes)
+        if extra:
+            how += f" plus about {GENERATIVE_PASS * extra:.0f} epochs' worth for its GAN and fine-tuning"
+        slowest = max(training(Spec(training=TrainConfig(regime=r)), DEFAULT_TRAIN_IMAGES).seconds
+                      for r in cls.regimes)
+        how += f"; about {slowest / 60:.1f} min on 2 cores for the default experiment"
+        runs = "**runs the network again** (slower)" if cls.runs_network else "scores its cached outputs (fast)"
+        return f"needs a classifier trained in the {names} regime (one training, {how}, cached like it), then {runs}"
     if cls.runs_network:
         return "**runs the network again** (slower)"
     return "scores the cached outputs of one forward pass (fast)"

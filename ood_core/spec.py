@@ -18,13 +18,21 @@ SETTING_TITLES = {
 }
 CLASSIFIER_SETTINGS = ("ood", "osr")
 ONE_CLASS_SETTINGS = ("nd", "ad")
-REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl")
+REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl", "arpl_cs", "crosr", "osrci", "gopenmax")
 REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al. 2019)",
                  "logitnorm": "LogitNorm (Wei et al. 2022)",
                  "closedset": "Good closed-set classifier (Vaze et al. 2022): longer training, cosine schedule, "
                               "label smoothing, random shifts, rotations and zooms",
                  "rpl": "RPL (Chen et al. 2020): logits are distances to learned reciprocal points",
-                 "arpl": "ARPL (Chen et al. 2021): reciprocal points with a bounded open space (margin term)"}
+                 "arpl": "ARPL (Chen et al. 2021): reciprocal points with a bounded open space (margin term)",
+                 "arpl_cs": "ARPL+CS (Chen et al. 2021): ARPL, plus a small GAN whose confusing samples the classifier "
+                            "learns to be unsure about",
+                 "crosr": "CROSR (Yoshihashi et al. 2019): the classifier also reconstructs its input from every "
+                          "convolutional layer; score with the detector 'CROSR'",
+                 "osrci": "OSRCI (Neal et al. 2018): a GAN's counterfactual images near the known classes become an "
+                          "extra 'unknown' class; score with the detector 'OSRCI'",
+                 "gopenmax": "G-OpenMax (Ge et al. 2017): a conditional GAN's mixtures of known classes become an extra "
+                             "'unknown' class; score with the detector 'G-OpenMax'"}
 # OSR: how the known classes of each split are chosen, and the protocol (data/osr_splits.py)
 OSR_SPLIT_MODES = ("random", "literature")
 OSR_PROTOCOLS = ("standard", "cifar+10", "cifar+50")

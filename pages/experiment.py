@@ -266,7 +266,9 @@ def experiment_form(setting: str, dataset: str, size: int, osr: tuple[str, str] 
                                                 " — disjoint from every test OOD set. RPL and ARPL learn one "
                                                 "reciprocal point per class and use the distances to them as "
                                                 "logits (the head stays linear, up to a shift shared by all "
-                                                "classes); their own score is the detector 'RPL / ARPL'.")
+                                                "classes); their own score is the detector 'RPL / ARPL'. ARPL+CS, "
+                                                "CROSR and OSRCI also train a small GAN or decoder beside the "
+                                                "classifier (slower; the estimate says how much).")
         if setting == "osr":
             extra.update(osr_splits=osr[0], osr_protocol=osr[1])
             fixed = osr_splits.fixed_known(dataset, *osr)

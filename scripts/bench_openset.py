@@ -1,14 +1,19 @@
 """The survey's open-set methods on the OSR protocol: AUROC and OSCR over random known/unknown splits.
 
     PYTHONPATH=. nice -n 10 .venv/bin/python scripts/bench_openset.py --dataset mnist-sample --known 6 --splits 5 \
-        [--epochs N] [--regimes ce,rpl,arpl] [--json docs/bench/openset.json] [--cache-dir DIR]
+        [--epochs N] [--regimes ce,rpl,arpl,arpl_cs,crosr,osrci,gopenmax] [--first-split S] \
+        [--json docs/bench/openset.json] [--cache-dir DIR]
+    PYTHONPATH=. .venv/bin/python scripts/bench_openset.py --merge a.json b.json ... [--json merged.json]
 
 Split i uses seed i (as `python -m ood_core run --setting osr` does): it draws the K known classes, and one small CNN
 is trained per split and regime (cached on disk, so a rerun only scores). The methods:
 - cross-entropy classifier: MSP (the baseline), OpenGAN (also with box_fakes=0, the paper's game alone, and with the
   auxiliary outliers of outlier exposure) and C2AE on its penultimate features;
-- the rpl and arpl regimes: their own score (`rpl`, minus the largest distance to the reciprocal points) and MSP on
-  the same network.
+- the rpl, arpl and arpl_cs regimes: their own score (`rpl`, minus the largest distance to the reciprocal points) and
+  MSP on the same network;
+- the crosr regime: CROSR (OpenMax on logits and latents), OpenMax on its logits alone and MSP on the same network;
+- the osrci regime: OSRCI's unknown-class probability, its max-known-logit form and MSP on the same network;
+- the gopenmax regime: G-OpenMax, plain OpenMax and MSP on the same network.
 Reported per method: AUROC and OSCR (%, mean ± sample std over the splits, unknowns = the other classes), closed-set
 accuracy of its network, the seconds to train the network per split (from the checkpoint when cached) and the
 seconds to fit the detector (OpenGAN and C2AE train their own small networks). The survey's MNIST numbers
@@ -34,8 +39,17 @@ METHODS: dict[str, list[tuple[str, str, dict]]] = {
            ("C2AE on features", "c2ae", {})],
     "rpl": [("RPL", "rpl", {}), ("MSP of the RPL network", "msp", {})],
     "arpl": [("ARPL (no confusing samples)", "rpl", {}), ("MSP of the ARPL network", "msp", {})],
+    "arpl_cs": [("ARPL+CS", "rpl", {}), ("MSP of the ARPL+CS network", "msp", {})],
+    "crosr": [("CROSR", "crosr", {}), ("OpenMax on the CROSR network's logits alone", "openmax", {}),
+              ("MSP of the CROSR network", "msp", {})],
+    "osrci": [("OSRCI", "osrci", {}), ("OSRCI, max known logit", "osrci", {"form": "max_known_logit"}),
+              ("MSP of the OSRCI network", "msp", {})],
+    "gopenmax": [("G-OpenMax", "gopenmax", {}), ("OpenMax of the G-OpenMax network", "openmax", {}),
+                 ("MSP of the G-OpenMax network", "msp", {})],
 }
-SURVEY_MNIST = {"MSP (cross-entropy)": 97.8, "OpenGAN on features": 99.9, "C2AE on features": 98.9, "RPL": 99.6}
+# the survey's Table 8 has no ARPL+CS row
+SURVEY_MNIST = {"MSP (cross-entropy)": 97.8, "OpenGAN on features": 99.9, "C2AE on features": 98.9, "RPL": 99.6,
+                "CROSR": 99.2, "OSRCI": 98.8}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -53,7 +67,7 @@ def run(args) -> dict:
     per: dict[tuple[str, str], dict[str, list]] = {}
     trainings: dict[str, list[dict]] = {}
     for regime in args.regimes:
-        for split in range(args.splits):
+        for split in range(args.first_split, args.first_split + args.splits):
             spec = Spec(setting="osr", dataset=args.dataset, image_size=size, known_classes=args.known, seed=split,
                         training=TrainConfig(epochs=epochs, regime=regime))
             t0 = time.perf_counter()
@@ -76,6 +90,13 @@ def run(args) -> dict:
             print(f"{regime} split {split}: accuracy {100 * exp.id_accuracy:.1f}%, trained in "
                   f"{exp.training.seconds:.0f} s{' (cached)' if exp.training.from_cache else ''}; " + ", ".join(found),
                   file=sys.stderr, flush=True)
+    return {"command": " ".join(sys.argv), "dataset": args.dataset, "image_size": size, "known": args.known,
+            "splits": args.splits, "first_split": args.first_split, "epochs": epochs,
+            "methods": summarise(per, trainings), "trainings": trainings}
+
+
+def summarise(per: dict[tuple[str, str], dict[str, list]], trainings: dict[str, list[dict]]) -> list[dict]:
+    """One row per (regime, method): mean ± std over the splits, medians of seconds, the per-split values."""
     methods = []
     for (regime, label), got in per.items():
         acc = [t["id_accuracy"] for t in trainings[regime]]
@@ -86,9 +107,39 @@ def run(args) -> dict:
             "train_seconds_median": statistics.median(t["train_seconds"] for t in trainings[regime]),
             "fit_seconds_median": statistics.median(got["fit_seconds"]),
             "survey_mnist_auroc": SURVEY_MNIST.get(label),
-            "auroc_per_split": [100 * a for a in got["auroc"]]})
-    return {"command": " ".join(sys.argv), "dataset": args.dataset, "image_size": size, "known": args.known,
-            "splits": args.splits, "epochs": epochs, "methods": methods, "trainings": trainings}
+            "auroc_per_split": [100 * a for a in got["auroc"]], "oscr_per_split": [100 * a for a in got["oscr"]],
+            "fit_seconds_per_split": list(got["fit_seconds"])})
+    return methods
+
+
+def merge(paths: list[str]) -> dict:
+    """The results of several runs over disjoint splits (say, one process per split with --first-split) as one: the
+    per-split values of each run, summarised again. A run of one split may come from before the per-split OSCR and fit
+    seconds were written (its mean is that split's value)."""
+    per: dict[tuple[str, str], dict[str, list]] = {}
+    trainings: dict[str, list[dict]] = {}
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    for path, doc in zip(paths, docs):
+        for regime, runs in doc["trainings"].items():
+            trainings.setdefault(regime, []).extend(runs)
+        for m in doc["methods"]:
+            single = len(m["auroc_per_split"]) == 1
+            if "oscr_per_split" not in m and not single:
+                raise SystemExit(f"{path}: no per-split OSCR for {m['label']}; merge runs of one split each, or runs "
+                                 "written by this version of the script")
+            got = per.setdefault((m["regime"], m["label"]), {"auroc": [], "oscr": [], "fit_seconds": []})
+            got["auroc"] += [a / 100 for a in m["auroc_per_split"]]
+            got["oscr"] += [a / 100 for a in m.get("oscr_per_split", [m["oscr"][0]])]
+            got["fit_seconds"] += m.get("fit_seconds_per_split", [m["fit_seconds_median"]])
+    for regime, runs in trainings.items():
+        splits = [t["split"] for t in runs]
+        if len(set(splits)) != len(splits):
+            raise SystemExit(f"the merged runs repeat a split of the {regime} regime: {sorted(splits)}")
+    head = docs[0]
+    return {"command": " ".join(sys.argv), "merged": [d["command"] for d in docs], "dataset": head["dataset"],
+            "image_size": head["image_size"], "known": head["known"],
+            "splits": len({t["split"] for runs in trainings.values() for t in runs}), "epochs": head["epochs"],
+            "methods": summarise(per, trainings), "trainings": trainings}
 
 
 def table(doc: dict) -> str:
@@ -108,15 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=0, help="pixels (default: the dataset's)")
     p.add_argument("--known", type=int, default=6)
     p.add_argument("--splits", type=int, default=5)
+    p.add_argument("--first-split", type=int, default=0,
+                   help="the first split's seed (default 0): several processes can each train some splits into one "
+                        "cache, and a last run over all of them only scores")
     p.add_argument("--epochs", type=int, default=0, help="classifier epochs (default: the dataset's, 15 for the sample)")
-    p.add_argument("--regimes", default="ce,rpl,arpl", type=lambda s: [r for r in s.split(",") if r])
+    p.add_argument("--regimes", default=",".join(METHODS), type=lambda s: [r for r in s.split(",") if r])
     p.add_argument("--cache-dir", default=None, help="model cache (default: the project's)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="instead of running: merge these results of runs over disjoint splits into one table")
     args = p.parse_args(argv)
     bad = [r for r in args.regimes if r not in METHODS]
     if bad:
         p.error(f"unknown regime(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
-    doc = run(args)
+    doc = merge(args.merge) if args.merge else run(args)
     print(table(doc))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

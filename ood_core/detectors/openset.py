@@ -1,5 +1,7 @@
 """Open-set recognition detectors: OpenMax's explicit unknown class, the reciprocal-point distances of an RPL / ARPL
-classifier, OpenGAN's discriminator and C2AE's class-conditioned reconstruction on the penultimate features."""
+classifier, OpenGAN's discriminator and C2AE's class-conditioned reconstruction on the penultimate features, CROSR's
+OpenMax on logits and latents, OSRCI's counterfactual-trained unknown class and G-OpenMax's OpenMax beside a generated
+unknown class."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +10,7 @@ from scipy.optimize import brentq
 
 from ..device import resolve_device
 from ..models.openset import FeatureScaler, train_c2ae, train_opengan
+from ..models.openset_generative import layer_means
 from ..models.reproducible import training_threads
 from .base import Detector, FitContext, NotFittedError, Param, Reference, logsumexp, register, row_reduce
 
@@ -107,39 +110,60 @@ class OpenMax(Detector):
 
     def _fit(self, ctx):
         v = np.asarray(ctx.train.logits, dtype=np.float64)
-        y = np.asarray(ctx.train.labels)
-        k = v.shape[1]
-        correct = v.argmax(axis=1) == y
-        mavs, weibulls = [], []
-        for c in range(k):
-            av = v[correct & (y == c)]
-            if len(av) < 2:
-                raise ValueError(f"OpenMax needs at least two correctly classified ID train samples of class {c}, "
-                                 f"found {len(av)}")
-            mav = av.mean(axis=0)
-            mavs.append(mav)
-            weibulls.append(fit_weibull_high(av_distance(av, mav[None], self.distance)[:, 0], self.tail_size))
-        self.mavs_ = np.stack(mavs)
-        self.weibull_ = np.array(weibulls)  # (K, 3): shape, log scale, small score
+        self.mavs_, self.weibull_ = fit_openmax(v, v, np.asarray(ctx.train.labels), self.tail_size, self.distance)
 
     def _score(self, out):
         v = np.asarray(out.logits, dtype=np.float64)
-        n, k = v.shape
-        cdf = weibull_high_cdf(av_distance(v, self.mavs_, self.distance), *self.weibull_.T)
-        alpha = min(int(self.alpha), k)
-        ranked = np.argsort(-v, axis=1, kind="stable")[:, :alpha]
-        omega = np.zeros_like(v)
-        np.put_along_axis(omega, ranked, np.broadcast_to((alpha - np.arange(alpha)) / alpha, (n, alpha)), axis=1)
-        w = 1.0 - omega * cdf
-        z = np.concatenate([v * w, (v * (1.0 - w)).sum(axis=1, keepdims=True)], axis=1)
-        return np.exp(z[:, -1] - logsumexp(z))
+        return openmax_unknown(v, v, self.mavs_, self.weibull_, self.alpha, self.distance)
+
+
+def fit_openmax(av: np.ndarray, logits: np.ndarray, labels: np.ndarray, tail_size: int, distance: str,
+                method: str = "OpenMax") -> tuple[np.ndarray, np.ndarray]:
+    """OpenMax's fit on activation vectors `av` (n, M): per class c, the MAV of the ID train samples of class c that
+    `logits` classify correctly and libMR's FitHigh Weibull of their `distance`s to it. Returns (MAVs (K, M), Weibull
+    parameters (K, 3): shape, log scale, small score)."""
+    y = np.asarray(labels)
+    correct = logits.argmax(axis=1) == y
+    mavs, weibulls = [], []
+    for c in range(logits.shape[1]):
+        v = av[correct & (y == c)]
+        if len(v) < 2:
+            raise ValueError(f"{method} needs at least two correctly classified ID train samples of class {c}, "
+                             f"found {len(v)}")
+        mav = v.mean(axis=0)
+        mavs.append(mav)
+        weibulls.append(fit_weibull_high(av_distance(v, mav[None], distance)[:, 0], tail_size))
+    return np.stack(mavs), np.array(weibulls)
+
+
+def openmax_recalibrate(av: np.ndarray, logits: np.ndarray, mavs: np.ndarray, weibull: np.ndarray, alpha: int,
+                        distance: str) -> np.ndarray:
+    """OpenMax's recalibrated logits (n, K + 1): the Weibull CDFs of the distances of `av` to the class MAVs recalibrate
+    the alpha top-ranked `logits` v (n, K): w_c = 1 - ((alpha - r + 1) / alpha) CDF_c, v^_c = v_c w_c, and the last
+    column is the unknown logit v_0 = sum_c v_c (1 - w_c)."""
+    n, k = logits.shape
+    cdf = weibull_high_cdf(av_distance(av, mavs, distance), *weibull.T)
+    alpha = min(int(alpha), k)
+    ranked = np.argsort(-logits, axis=1, kind="stable")[:, :alpha]
+    omega = np.zeros_like(logits)
+    np.put_along_axis(omega, ranked, np.broadcast_to((alpha - np.arange(alpha)) / alpha, (n, alpha)), axis=1)
+    w = 1.0 - omega * cdf
+    return np.concatenate([logits * w, (logits * (1.0 - w)).sum(axis=1, keepdims=True)], axis=1)
+
+
+def openmax_unknown(av: np.ndarray, logits: np.ndarray, mavs: np.ndarray, weibull: np.ndarray, alpha: int,
+                    distance: str) -> np.ndarray:
+    """OpenMax's unknown probability softmax(v^, v_0)_0 (openmax_recalibrate)."""
+    z = openmax_recalibrate(av, logits, mavs, weibull, alpha, distance)
+    return np.exp(z[:, -1] - logsumexp(z))
 
 
 @register
 class ReciprocalPointScore(Detector):
     """RPL / ARPL: minus the largest distance of the features to the classes' reciprocal points.
 
-    A classifier trained in the rpl or arpl regime (models.openset) keeps the linear form of its distance logits in
+    A classifier trained in the rpl, arpl or arpl_cs regime (models.openset; ARPL+CS is ARPL trained beside a GAN's
+    confusing samples, models.openset_generative) keeps the linear form of its distance logits in
     its head: d(h, P_k) = (W h + b)_k + ||h||^2 / D. The score adds the class-independent ||h||^2 / D back to the
     largest logit, so it is the authors' max-distance score exactly (their code scores by the largest logit; RPL's
     also by the largest softmax, which is MSP on the same model, since softmax ignores the shift).
@@ -162,7 +186,7 @@ class ReciprocalPointScore(Detector):
                            "Adversarial Reciprocal Points Learning for Open Set Recognition", "IEEE TPAMI", 2021,
                            "https://arxiv.org/abs/2103.00953"))
     needs = ("logits", "features")
-    regimes = ("rpl", "arpl")
+    regimes = ("rpl", "arpl", "arpl_cs")
     min_classes = 2
 
     def _score(self, out):
@@ -333,3 +357,132 @@ class C2AE(Detector):
 
     def _score(self, out):
         return self.errors(out).min(axis=1)
+
+
+
+@register
+class CROSR(Detector):
+    """CROSR: OpenMax on the joint activation vector [logits, latents] of a classifier trained with reconstruction.
+
+    The classifier comes from the crosr regime (models.openset_generative): trained jointly with a top-down decoder that
+    reconstructs the input from every convolutional layer, so those layers keep what the input looked like, not only
+    what separates the known classes. The latents are the spatial means of those layers' activations (the paper's are
+    their bottleneck outputs, which the checkpoint does not keep). OpenMax as in the `openmax` detector: per class the
+    mean of the correctly classified ID training vectors and a Weibull of their distances to it, the top-alpha logits
+    recalibrated by the CDF of the joint vector's distance; the score is the unknown class's probability.
+    """
+
+    name = "crosr"
+    title = "CROSR (OpenMax on reconstruction latents)"
+    family = "open_set"
+    formula = ("S(x) = OpenMax unknown probability with the activation vector [f(x), z_1..z_L(x)], z_l = spatial "
+               "mean of layer l of a classifier trained to classify and reconstruct x")
+    latex = (r"S(x) = \mathrm{softmax}(\hat v_1..\hat v_K, \hat v_0)_0,\ w_c = 1 - \tfrac{\alpha - r_c + 1}{\alpha}"
+             r"F_c\big(d([f(x), z(x)], \mu_c)\big),\ \hat v_c = f_c(x)\,w_c")
+    intuition = ("Training to reconstruct the input makes every layer keep what the image looked like, not just what "
+                 "tells the known classes apart. An unknown sample may fool the logits, but its latent description "
+                 "lies far from every class's mean, so OpenMax hands its mass to the unknown class.")
+    reference = Reference("Ryota Yoshihashi, Wen Shao, Rei Kawakami, Shaodi You, Makoto Iida, Takeshi Naemura",
+                          "Classification-Reconstruction Learning for Open-Set Recognition", "CVPR", 2019, "")
+    needs = ("logits", "model")
+    runs_network = True
+    regimes = ("crosr",)
+    min_classes = 2
+    params = dict(OpenMax.params)
+
+    def activation_vectors(self, out, model=None) -> np.ndarray:
+        """[logits, latents] (n, K + sum C_l) of a split: the latents from one more pass of the network."""
+        adapter = model if model is not None else self.model_
+        if out.inputs is None:
+            raise ValueError("CROSR needs the input images of this split to read the latents; they were not kept")
+        latents = layer_means(adapter.model, out.inputs, adapter.device, adapter.batch_size)
+        return np.concatenate([np.asarray(out.logits, dtype=np.float64), latents], axis=1)
+
+    def _fit(self, ctx):
+        if ctx.model is None:
+            raise ValueError("CROSR needs the model to read its latent representations")
+        self.model_ = ctx.model
+        logits = np.asarray(ctx.train.logits, dtype=np.float64)
+        self.mavs_, self.weibull_ = fit_openmax(self.activation_vectors(ctx.train), logits, ctx.train.labels,
+                                                self.tail_size, self.distance, "CROSR")
+
+    def _score(self, out):
+        return openmax_unknown(self.activation_vectors(out), np.asarray(out.logits, dtype=np.float64), self.mavs_,
+                               self.weibull_, self.alpha, self.distance)
+
+
+@register
+class OSRCI(Detector):
+    """OSRCI: the probability of the (K+1)th, 'unknown' class learned from generated counterfactual images.
+
+    The classifier comes from the osrci regime (models.openset_generative): after its usual training, a GAN with an
+    encoder learns the known classes' images, counterfactuals G(z*) are searched near each real image's code where no
+    known class claims them, and the classifier is fine-tuned with them as a (K+1)th class whose logit is fixed at 0
+    (softmax is shift-invariant, so the K-class head keeps it implicitly). form="unknown_probability" (default):
+    1 / (1 + sum_k exp f_k(x)), that class's softmax probability; form="max_known_logit": -max_k f_k(x), the form
+    Neal et al. report, which ignores the extra class at test time.
+    """
+
+    name = "osrci"
+    title = "OSRCI (counterfactual unknown class)"
+    family = "open_set"
+    formula = ("S(x) = softmax(f_1..f_K, 0)_{K+1} = 1 / (1 + sum_k exp f_k(x)),  f fine-tuned with counterfactual "
+               "images G(z*) as class K+1,  z* = argmin ||z - E(x)||^2 + log(1 + sum_k exp f_k(G(z)))")
+    latex = (r"S(x) = \frac{1}{1 + \sum_k e^{f_k(x)}},\quad z^* = \arg\min_z \lVert z - E(x)\rVert^2 + "
+             r"\log\Big(1 + \sum_k e^{f_k(G(z))}\Big)")
+    intuition = ("A generator learns what the known classes look like; for each real image it searches a nearby image "
+                 "that no known class claims, a counterfactual just across the boundary. Trained to call those "
+                 "'unknown', the classifier hands real unknowns to that class too.")
+    reference = Reference("Lawrence Neal, Matthew Olson, Xiaoli Fern, Weng-Keen Wong, Fuxin Li",
+                          "Open Set Learning with Counterfactual Images", "ECCV", 2018,
+                          "")
+    needs = ("logits",)
+    regimes = ("osrci",)
+    params = {"form": Param("unknown_probability", kind="choice", choices=("unknown_probability", "max_known_logit"),
+                             help="unknown_probability: the (K+1)th class's softmax probability (its logit fixed at "
+                                  "0); max_known_logit: minus the largest known logit (the paper's reported form)")}
+
+    def _score(self, out):
+        z = np.asarray(out.logits, dtype=np.float64)
+        if self.form == "max_known_logit":
+            return -row_reduce(np.maximum, z)
+        return np.exp(-logsumexp(np.concatenate([z, np.zeros((len(z), 1))], axis=1)))
+
+
+@register
+class GOpenMax(Detector):
+    """G-OpenMax: OpenMax on a classifier fine-tuned with generated unknowns, both unknown outputs summed.
+
+    The classifier comes from the gopenmax regime (models.openset_generative): a class-conditional GAN's mixtures of two
+    known classes that the classifier does not assign to the dominant one become a (K+1)th class with its logit fixed at
+    0. OpenMax as in the `openmax` detector, fitted on the fine-tuned K logits; softmax runs over the recalibrated known
+    logits, the generated class's 0 and OpenMax's unknown logit v_0, and the score is the mass of the last two.
+    """
+
+    name = "gopenmax"
+    title = "G-OpenMax (OpenMax with a generated unknown class)"
+    family = "open_set"
+    formula = ("S(x) = softmax(v^_1..v^_K, 0, v_0)_{K+1} + softmax(...)_{0},  v^, v_0: OpenMax's recalibration of the "
+               "logits of a classifier fine-tuned with GAN mixtures of known classes as class K+1 (logit 0)")
+    latex = (r"S(x) = \frac{e^{0} + e^{\hat v_0}}{\sum_c e^{\hat v_c} + e^{0} + e^{\hat v_0}},\quad \hat v_c = f_c(x)"
+             r"\,w_c,\ \hat v_0 = \sum_c f_c(x)(1 - w_c)")
+    intuition = ("A conditional GAN blends known classes into images that look like none of them; the classifier "
+                 "learns them as an explicit unknown class. OpenMax then also moves mass from logits far from every "
+                 "class's mean to the unknown.")
+    reference = Reference("ZongYuan Ge, Sergey Demyanov, Zetao Chen, Rahil Garnavi",
+                          "Generative OpenMax for Multi-Class Open Set Classification", "BMVC", 2017, "")
+    needs = ("logits",)
+    regimes = ("gopenmax",)
+    min_classes = 2
+    params = dict(OpenMax.params)
+
+    def _fit(self, ctx):
+        v = np.asarray(ctx.train.logits, dtype=np.float64)
+        self.mavs_, self.weibull_ = fit_openmax(v, v, np.asarray(ctx.train.labels), self.tail_size, self.distance,
+                                                "G-OpenMax")
+
+    def _score(self, out):
+        v = np.asarray(out.logits, dtype=np.float64)
+        z = openmax_recalibrate(v, v, self.mavs_, self.weibull_, self.alpha, self.distance)
+        z = np.concatenate([z[:, :-1], np.zeros((len(z), 1)), z[:, -1:]], axis=1)
+        return np.exp(logsumexp(z[:, -2:]) - logsumexp(z))

@@ -9,8 +9,8 @@ that stands for "everything that is not class k"; the logit of class k is the di
 
 and the training loss is cross-entropy on these logits (temperature 1) plus lambda times an open-space term on the
 distance to the sample's own class point, d_e = ||h - P_y||^2 / D, with a learnable radius R: (d_e - R)^2 in RPL, the
-margin term max(0, d_e - R + 1) in ARPL (their code's MarginRankingLoss). ARPL's confusing samples (ARPL+CS, a GAN
-that generates samples near the class boundaries) are not included.
+margin term max(0, d_e - R + 1) in ARPL (their code's MarginRankingLoss). ARPL+CS (the regime arpl_cs) is ARPL plus
+the confusing samples of a small GAN trained beside the classifier (models.openset_generative.ConfusingSamples).
 
 Both distances are a linear function of h plus the class-independent term ||h||^2 / D:
 
@@ -32,7 +32,8 @@ from ..device import resolve_device
 from ..jobs import check_cancelled
 from .reproducible import seeded_init_
 
-RECIPROCAL_REGIMES = ("rpl", "arpl")
+RECIPROCAL_REGIMES = ("rpl", "arpl", "arpl_cs")
+ADVERSARIAL_REGIMES = ("arpl", "arpl_cs")  # the ARPL distance (minus h.P_k) and margin term
 RPL_WEIGHT = 0.1  # lambda of the open-space term (the authors' code: weight_pl = 0.1)
 RPL_TEMPERATURE = 1.0  # the authors' code: temp = 1
 ARPL_MARGIN = 1.0  # MarginRankingLoss(margin=1) of the authors' code
@@ -79,7 +80,7 @@ class ReciprocalPoints:
         if not isinstance(head, nn.Linear) or head.bias is None:
             raise ValueError("reciprocal point learning needs a classifier whose head is a linear layer with a bias")
         k, d = head.weight.shape
-        self.adversarial = regime == "arpl"
+        self.adversarial = regime in ADVERSARIAL_REGIMES
         self.head = head
         device = head.weight.device
         self.points = nn.Parameter((POINT_INIT_STD * torch.randn(k, d, generator=gen)).to(device))

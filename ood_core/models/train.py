@@ -14,6 +14,8 @@ from ..device import grad_scaler, resolve_device, training_autocast
 from ..jobs import check_cancelled
 from ..spec import Spec
 from .openset import RECIPROCAL_REGIMES, ReciprocalPoints
+from .openset_generative import (ConfusingSamples, HierarchicalReconstruction, extra_epochs, gopenmax_stages,
+                                 osrci_stages)
 from .recipes import cosine_warmup_schedule, random_affine
 from .registry import build_model, get_entry
 from .reproducible import seeded_init_, training_threads, use_generator
@@ -79,8 +81,10 @@ def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
 
     ce: cross-entropy. logitnorm: cross-entropy of f / (tau ||f||). oe: cross-entropy on ID plus
     OE_WEIGHT times the cross-entropy from the auxiliary outliers' softmax to the uniform distribution.
-    rpl / arpl: cross-entropy on the distances to the reciprocal points plus the open-space term
+    rpl / arpl / arpl_cs: cross-entropy on the distances to the reciprocal points plus the open-space term
     (models.openset.reciprocal_loss), from the features `reciprocal` caught in the model's last forward pass.
+    crosr, osrci, gopenmax: cross-entropy here; their other terms come from models.openset_generative (the
+    reconstruction, added by train_classifier; the generated unknowns, in the stages after the epochs).
     """
     if regime in RECIPROCAL_REGIMES:
         if reciprocal is None:
@@ -124,8 +128,12 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
     random shift, rotation and zoom (recipes.py).
 
     On CUDA the forward pass and loss run in mixed precision (device.training_autocast); on the CPU in float32.
-    rpl / arpl train the reciprocal points and radius instead of the head, and keep the head equal to the points'
-    linear form (models.openset). `cancel` is checked before every batch (jobs.Cancelled when set)."""
+    rpl / arpl / arpl_cs train the reciprocal points and radius instead of the head, and keep the head equal to the
+    points' linear form (models.openset); arpl_cs also trains the confusing samples' GAN, one step per batch, crosr
+    a reconstruction decoder beside the classifier; osrci runs its GAN, counterfactual search and fine-tuning after
+    the epochs, gopenmax its conditional GAN and fine-tuning (models.openset_generative), each of their passes
+    reported as one more epoch.
+    `cancel` is checked before every batch (jobs.Cancelled when set)."""
     device = resolve_device(device)
     cfg = spec.training
     gen = training_generator(spec)
@@ -137,7 +145,13 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
         aux_pixels = make_auxiliary(bench.to_pixels(bench.train.x), bench.train.y, len(bench.train), spec.seed)
         aux = torch.from_numpy(bench.normalise(aux_pixels))
     reciprocal = ReciprocalPoints(model, cfg.regime, gen) if cfg.regime in RECIPROCAL_REGIMES else None
-    trained = [p for p in model.parameters() if p.requires_grad] + (reciprocal.parameters() if reciprocal else [])
+    channels, side = bench.input_shape[0], bench.input_shape[-1]
+    confusing = (ConfusingSamples(channels, side, bench.mean, bench.std, gen, device) if cfg.regime == "arpl_cs"
+                 else None)
+    reconstruction = (HierarchicalReconstruction(model, channels, side, gen, device) if cfg.regime == "crosr"
+                      else None)
+    trained = [p for p in model.parameters() if p.requires_grad] + (reciprocal.parameters() if reciprocal else []) \
+        + (reconstruction.parameters() if reconstruction else [])
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = grad_scaler(device)  # float16 on CUDA needs loss scaling; disabled otherwise (a plain step)
     steps_per_epoch = int(np.ceil(len(bench.train) / cfg.batch_size))
@@ -147,6 +161,7 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
     images = bench.train.images  # compact: each batch is converted to normalised float32 when drawn
     y_all = torch.from_numpy(bench.train.y)
     history: list[dict] = []
+    total_epochs = cfg.epochs + extra_epochs(cfg.regime)
     t0 = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -158,8 +173,11 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
             xb = torch.from_numpy(images[idx.numpy()])
             xb = random_affine(xb, gen) if closedset else _augment(xb, gen)
             xb, yb = xb.to(device), y_all[idx].to(device)
+            fakes = confusing.step(model, xb, gen) if confusing is not None else None
             opt.zero_grad(set_to_none=True)
             with training_autocast(device):
+                # the confusing samples' pass first: the reciprocal points' hook keeps the real batch's features
+                fake_term = confusing.classifier_loss(model, fakes) if confusing is not None else None
                 if aux is not None:
                     aux_idx = torch.randint(0, len(aux), (len(idx),), generator=gen)
                     both = model(torch.cat([xb, aux[aux_idx].to(device)]))
@@ -167,6 +185,10 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
                 else:
                     out, aux_out = model(xb), None
                 loss = regime_loss(cfg.regime, out, yb, aux_out, reciprocal)
+                if fake_term is not None:
+                    loss = loss + fake_term
+                if reconstruction is not None:
+                    loss = loss + reconstruction.loss(xb)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
@@ -176,13 +198,26 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             total += len(idx)
-        p = Progress(epoch, cfg.epochs, loss_sum / total, correct / total,
+        p = Progress(epoch, total_epochs, loss_sum / total, correct / total,
                      accuracy(model, bench.val.images, bench.val.y, device), time.perf_counter() - t0)
         history.append(p.__dict__.copy())
         if progress is not None:
             progress(p)
     if reciprocal is not None:
         reciprocal.detach()
+    if reconstruction is not None:
+        reconstruction.detach()
+    if cfg.regime in ("osrci", "gopenmax"):
+        stages = osrci_stages if cfg.regime == "osrci" else gopenmax_stages
+        x_all = torch.from_numpy(bench.train.x)  # the GAN stages draw from the whole (known-class) training set
+        for epoch, (_, stage_loss) in enumerate(stages(model, x_all, y_all, bench.mean, bench.std, gen, device,
+                                                       cfg.lr, cfg.weight_decay, cfg.batch_size, cancel),
+                                                start=cfg.epochs + 1):
+            p = Progress(epoch, total_epochs, stage_loss, history[-1]["train_accuracy"],
+                         accuracy(model, bench.val.images, bench.val.y, device), time.perf_counter() - t0)
+            history.append(p.__dict__.copy())
+            if progress is not None:
+                progress(p)
     model.eval()
     return TrainResult(model, history, time.perf_counter() - t0, False)
 
