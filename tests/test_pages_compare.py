@@ -468,7 +468,8 @@ def test_methods_that_run_the_network_join_the_table_when_their_job_lands(defaul
     at.session_state["spec"] = spec
     ready(at).switch_page("pages/compare.py").run()
     heat = figure(at, "compare-heatmap")["data"][0]
-    slow = [REGISTRY[n].title for n in REGISTRY if REGISTRY[n].runs_network]  # and OpenGAN, C2AE (they train one)
+    # and OpenGAN, C2AE (they train one); CROSR scores only a classifier of its own regime, not this one
+    slow = [REGISTRY[n].title for n in REGISTRY if REGISTRY[n].runs_network and not REGISTRY[n].regimes]
     assert not set(slow) & set(heat["y"])
     at.checkbox(key="compare-network").check().run()
     no_exception(at)
