@@ -92,6 +92,30 @@ def training(spec: Spec, train_images: int) -> Estimate:
     return Estimate(rate * train_images * regime_epochs(regime, epochs) * area, what, trains=1)
 
 
+SUGGESTED_TRAINING_S = 75.0  # the Experiment page suggests a per-class subsample when a training would take longer
+
+
+def suggested_per_class(spec: Spec, class_counts: Iterable[int], budget_s: float = SUGGESTED_TRAINING_S) -> int:
+    """A per-class cap on the training images so that training `spec`'s model is estimated to take at most
+    `budget_s` (0 = every image, when they all fit): the largest cap that fits, rounded down to a multiple of 50 (of
+    10 below 100; at least 10). `class_counts`: the training images of each class in the training split."""
+    counts = [int(c) for c in class_counts if int(c) > 0]
+    if not counts:
+        return 0
+
+    def seconds(cap: int) -> float:
+        return training(spec, sum(min(c, cap) for c in counts)).seconds
+
+    if seconds(max(counts)) <= budget_s:
+        return 0
+    lo, hi = 1, max(counts)  # the largest cap whose estimate fits: seconds() grows with the cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if seconds(mid) <= budget_s else (lo, mid - 1)
+    step = 50 if lo >= 100 else 10
+    return max(10, lo // step * step)
+
+
 def regime_epochs(regime: str, epochs: int) -> float:
     """What `epochs` of a classifier in `regime` cost, in cross-entropy epochs (REGIME_EPOCH_COST, OSRCI's passes)."""
     return epochs * REGIME_EPOCH_COST.get(regime, 1.0) + GENERATIVE_PASS * extra_epochs(regime)
@@ -144,7 +168,7 @@ def fit_seconds(name: str, n_train: int, params: Mapping) -> float:
     if name == "opengan":
         return OPENGAN_S_PER_STEP * int(params["steps"]) * max(1.0, (int(params["width"]) / 32) ** 2)
     if name == "c2ae":
-        return C2AE_S_PER_SAMPLE_EPOCH * n_train * int(params["epochs"])
+        return C2AE_S_PER_SAMPLE_EPOCH * min(n_train, int(params["max_fit"])) * int(params["epochs"])
     raise KeyError(f"{name} trains no network of its own")
 
 

@@ -38,7 +38,7 @@ from ood_core.models.registry import model_title
 from ood_core.pipeline import Experiment
 from ood_core.presets import PRESETS
 from ood_core.report import METRIC_COLUMNS, OSCR_COLUMN
-from ood_core.spec import CLASSIFIER_SETTINGS, QUERY_FIELDS, SETTING_TITLES
+from ood_core.spec import CLASSIFIER_SETTINGS, QUERY_FIELDS, SETTING_TITLES, TrainConfig
 from ood_core.text import brief, provenance_line
 
 SPEC_KEY = "spec"  # session_state: the current Spec
@@ -271,6 +271,16 @@ def _landed_now(spec: Spec) -> bool:
 def training_estimate(spec: Spec) -> jobs.Estimate:
     """What training the spec's model costs (reference rates times its benchmark's training images)."""
     return estimates.training(spec, len(_benchmark(spec.key(), spec_json(spec)).train))
+
+
+def suggested_per_class(setting: str, dataset: str, size: int, epochs: int) -> int:
+    """The per-class training cap the Experiment form starts from for a classifier on `dataset` (0 = every image):
+    the largest that keeps the estimated training near SUGGESTED_TRAINING_S on this CPU (one-class models: 0)."""
+    if setting not in CLASSIFIER_SETTINGS:
+        return 0
+    spec = Spec(setting=setting, dataset=dataset, image_size=size, training=TrainConfig(epochs=int(epochs)))
+    bench = _benchmark(spec.key(), spec_json(spec))
+    return estimates.suggested_per_class(spec, np.bincount(bench.train.y))
 
 
 def _trained_experiment(spec: Spec, retrain: bool = False, requested: bool = False) -> Optional[Experiment]:

@@ -5,7 +5,7 @@ from typing import Optional
 
 import streamlit as st
 
-from ood_core import figures, serving, settings
+from ood_core import estimates, figures, serving, settings
 from ood_core.data import DATASETS, OOD_SETS, DataError, data_root, datasets, sources
 from ood_core.data.auxiliary import AUX_RECIPES
 from ood_core.data import osr_splits
@@ -228,9 +228,16 @@ def experiment_form(setting: str, dataset: str, size: int, osr: tuple[str, str] 
     extra: dict = {"setting": setting, "image_size": size}
     with st.form("experiment-form"):
         st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]} · {info.title} · {size} px")
+        suggested = 0 if same else ui.suggested_per_class(setting, dataset, size, info.default_epochs)
         extra["train_per_class"] = int(st.number_input(
-            "Training images per class (0 = all)", min_value=0, value=spec.train_per_class if same else 0, step=100,
-            help="A seeded draw of at most this many training images of each class: trains faster on a CPU."))
+            "Training images per class (0 = all)", min_value=0, value=spec.train_per_class if same else suggested,
+            step=50, help="A seeded draw of at most this many training images of each class: trains faster on a CPU."
+                          + (f" {suggested:,} is suggested for {info.title}: training on every image is estimated "
+                             f"to take over {estimates.SUGGESTED_TRAINING_S:.0f} s on this CPU; 0 trains on all."
+                             if suggested else "")))
+        if suggested:
+            st.caption(f"Training on {suggested:,} images per class (a seeded draw) so that it takes about a "
+                       "minute here; set 0 to train on every image.")
         c1, c2 = st.columns(2)
         seed = c1.number_input("Seed", min_value=0, value=spec.seed, step=1,
                                help="Fixes the data split, the initialisation and the batch order.")

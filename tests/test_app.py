@@ -140,6 +140,27 @@ def test_a_training_can_be_cancelled_and_keeps_nothing(app, land):
     assert any(b.label.startswith("Run again") for b in app.button)  # the estimate and a button to try again
 
 
+def test_a_large_upload_starts_from_a_per_class_cap_that_trains_in_about_a_minute(app, monkeypatch):
+    from ood_core import estimates
+    from ood_core.data import datasets
+
+    rng = np.random.default_rng(0)  # 10 classes of 500 colour images at 36 px: 300 of each to train on
+    images = rng.integers(0, 256, (5000, 36, 36, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, images=images, labels=np.repeat(np.arange(10), 500))
+    monkeypatch.setitem(datasets.DATASETS, "upload-cap-test", None)  # undone at the end: the upload leaves too
+    datasets.register_user_dataset("upload-cap-test", buf.getvalue(), filename="cap.npz")
+    app.run()  # the picker lists the datasets registered when it is drawn
+    app.selectbox(key="dataset-picker").set_value("upload-cap-test").run()
+    no_exception(app)
+    cap = next(n for n in app.number_input if n.label.startswith("Training images per class"))
+    spec = Spec(dataset="upload-cap-test", image_size=36, training=TrainConfig(epochs=15))
+    assert cap.value == estimates.suggested_per_class(spec, [300] * 10) == 150  # all 3,000 would take > 75 s
+    assert any("150 images per class" in c.value for c in app.caption)
+    app.selectbox(key="dataset-picker").set_value("mnist-sample").run()  # 28 px: all of it fits
+    assert next(n for n in app.number_input if n.label.startswith("Training images per class")).value == 0
+
+
 def test_a_real_dataset_picked_on_the_experiment_page_trains_at_its_size_and_reaches_scores(app, tmp_path,
                                                                                         monkeypatch, land):
     monkeypatch.setattr("ood_core.models.checkpoint.DEFAULT_CACHE_DIR", tmp_path)  # cold, whatever ran before

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from ood_core import Spec, TrainConfig, metrics, pipeline
+from ood_core import Spec, TrainConfig, estimates, metrics, pipeline
 from ood_core.data import build_benchmark
 from ood_core.detectors import REGISTRY, FitContext, create
+from ood_core.detectors.classic import fit_bank_note, stratified_subsample
 from ood_core.inference import Outputs
 from ood_core.jobs import Cancelled
 from ood_core.models import get_model
@@ -212,6 +213,26 @@ def test_c2ae_reconstructs_best_under_the_matching_condition(toy):
     np.testing.assert_allclose(det.score(toy["test"]), errors.min(axis=1))
 
 
+def test_c2ae_trains_on_a_seeded_stratified_subsample_of_a_large_bank(toy):
+    # under the cap: every training feature, the same model as without one
+    whole = create("c2ae", epochs=3).fit(toy["ctx"])
+    assert whole.n_fit_ == whole.n_bank_ == 600
+    np.testing.assert_array_equal(create("c2ae", epochs=3, max_fit=600).fit(toy["ctx"]).score(toy["unknown"]),
+                                  whole.score(toy["unknown"]))
+    # over it: 150 features, 50 of each class (the shares kept), the same draw again for the same seed
+    capped = create("c2ae", epochs=3, max_fit=150).fit(toy["ctx"])
+    assert (capped.n_fit_, capped.n_bank_) == (150, 600)
+    keep = stratified_subsample(toy["ctx"].train.labels, 150, toy["ctx"].seed)
+    assert np.bincount(toy["ctx"].train.labels[keep]).tolist() == [50, 50, 50]
+    np.testing.assert_array_equal(create("c2ae", epochs=3, max_fit=150).fit(toy["ctx"]).score(toy["unknown"]),
+                                  capped.score(toy["unknown"]))
+    assert not np.array_equal(capped.score(toy["unknown"]), whole.score(toy["unknown"]))
+    assert "Fit on 150 of 600" in fit_bank_note("c2ae", {"max_fit": 150}, 600)
+    # the estimate counts the features it trains on
+    assert estimates.fit_seconds("c2ae", 50_000, {"epochs": 30, "max_fit": 10_000}) == pytest.approx(
+        estimates.fit_seconds("c2ae", 10_000, {"epochs": 30, "max_fit": 10_000}))
+
+
 def test_c2ae_needs_two_labelled_classes():
     one_class = FitContext(train=_outputs(np.random.default_rng(0).normal(size=(20, 4)), np.zeros(20, int)))
     with pytest.raises(ValueError, match="at least two classes"):
@@ -250,7 +271,7 @@ def test_the_methods_that_train_a_network_are_slow_and_their_cost_is_said_first(
     assert est.seconds == pytest.approx(estimates.OPENGAN_S_PER_STEP * 300 * 4)  # width 2x: 4x
     assert "300 steps" in est.what and f"{n:,} ID training features" in est.what
     est = estimates.detector(exp, "c2ae", {"epochs": 20})
-    assert est.seconds == pytest.approx(estimates.C2AE_S_PER_SAMPLE_EPOCH * n * 20) and "20 epochs" in est.what
+    assert n < 10_000 and est.seconds == pytest.approx(estimates.C2AE_S_PER_SAMPLE_EPOCH * n * 20) and "20 epochs" in est.what
     assert estimates.fit_share(exp, "c2ae") == 0.9
     assert "rpl, arpl or arpl_cs regime" in estimates.cost_words("rpl") and "s per 1,000" in estimates.cost_words("c2ae")
     assert "per 1,000" not in estimates.cost_words("opengan")  # a fixed number of steps, whatever the data size
