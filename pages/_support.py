@@ -278,8 +278,11 @@ def suggested_per_class(setting: str, dataset: str, size: int, epochs: int) -> i
     the largest that keeps the estimated training near SUGGESTED_TRAINING_S on this CPU (one-class models: 0)."""
     if setting not in CLASSIFIER_SETTINGS:
         return 0
-    spec = Spec(setting=setting, dataset=dataset, image_size=size, training=TrainConfig(epochs=int(epochs)))
-    bench = _benchmark(spec.key(), spec_json(spec))
+    try:
+        spec = Spec(setting=setting, dataset=dataset, image_size=size, training=TrainConfig(epochs=int(epochs)))
+        bench = _benchmark(spec.key(), spec_json(spec))
+    except ValueError:  # the dataset's files are absent (DataError) or it cannot serve this setting: the page says so
+        return 0
     return estimates.suggested_per_class(spec, np.bincount(bench.train.y))
 
 

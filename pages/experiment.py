@@ -218,6 +218,9 @@ def osr_protocol_picker(dataset: str) -> tuple[str, str]:
     return mode, protocol
 
 
+PER_CLASS_KEY, PER_CLASS_FOR = "experiment-per-class", "experiment-per-class-for"
+
+
 def experiment_form(setting: str, dataset: str, size: int, osr: tuple[str, str] = ("random", "standard")):
     """The spec form for `dataset` at `size` px (`osr`: the OSR splits and protocol picked above it); returns (the
     new Spec or None when not submitted or invalid, retrain flag)."""
@@ -229,13 +232,19 @@ def experiment_form(setting: str, dataset: str, size: int, osr: tuple[str, str] 
     with st.form("experiment-form"):
         st.markdown(f"**Choose the experiment** · {SETTING_TITLES[setting]} · {info.title} · {size} px")
         suggested = 0 if same else ui.suggested_per_class(setting, dataset, size, info.default_epochs)
+        # the field starts from the current spec's cap (or the suggestion for another dataset) and follows the
+        # suggestion when the dataset, setting or size changes, unless the user has typed a value of their own
+        marker, last = (dataset, setting, size), st.session_state.get(PER_CLASS_FOR)
+        if last is None or PER_CLASS_KEY not in st.session_state \
+                or (last[0] != marker and st.session_state[PER_CLASS_KEY] == last[1]):
+            st.session_state[PER_CLASS_KEY] = spec.train_per_class if same else suggested
+        st.session_state[PER_CLASS_FOR] = (marker, st.session_state[PER_CLASS_KEY])
         extra["train_per_class"] = int(st.number_input(
-            "Training images per class (0 = all)", min_value=0, value=spec.train_per_class if same else suggested,
-            step=50, help="A seeded draw of at most this many training images of each class: trains faster on a CPU."
-                          + (f" {suggested:,} is suggested for {info.title}: training on every image is estimated "
-                             f"to take over {estimates.SUGGESTED_TRAINING_S:.0f} s on this CPU; 0 trains on all."
-                             if suggested else "")))
-        if suggested:
+            "Training images per class (0 = all)", min_value=0, step=50, key=PER_CLASS_KEY,
+            help="A seeded draw of at most this many training images of each class: trains faster on a CPU."
+                 + (f" {suggested:,} is suggested for {info.title}: training on every image is estimated to take "
+                    f"over {estimates.SUGGESTED_TRAINING_S:.0f} s on this CPU; 0 trains on all." if suggested else "")))
+        if suggested and extra["train_per_class"] == suggested:
             st.caption(f"Training on {suggested:,} images per class (a seeded draw) so that it takes about a "
                        "minute here; set 0 to train on every image.")
         c1, c2 = st.columns(2)

@@ -155,9 +155,9 @@ def test_a_large_upload_starts_from_a_per_class_cap_that_trains_in_about_a_minut
     no_exception(app)
     cap = next(n for n in app.number_input if n.label.startswith("Training images per class"))
     spec = Spec(dataset="upload-cap-test", image_size=36, training=TrainConfig(epochs=15))
-    assert cap.value == estimates.suggested_per_class(spec, [300] * 10) == 150  # all 3,000 would take > 75 s
-    assert any("150 images per class" in c.value for c in app.caption)
-    app.selectbox(key="dataset-picker").set_value("mnist-sample").run()  # 28 px: all of it fits
+    assert cap.value == estimates.suggested_per_class(spec, [300] * 10) == 130  # all 3,000 would take > 50 s
+    assert any("130 images per class" in c.value for c in app.caption)
+    app.selectbox(key="dataset-picker").set_value("digits").run()  # the default experiment: all of it fits
     assert next(n for n in app.number_input if n.label.startswith("Training images per class")).value == 0
 
 

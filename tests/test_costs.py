@@ -67,13 +67,13 @@ def test_the_suggested_per_class_cap_keeps_a_training_near_the_budget():
     spec = Spec(image_size=36, training=TrainConfig(epochs=15))  # the small CNN
     per_image = estimates.training(spec, 1).seconds  # rate x epochs x area, one image
     assert per_image == pytest.approx(5e-4 * 15 * (36 / 16) ** 2)
-    # 10 classes of 300: all of them would take 3,000 x per_image > 75 s; the largest cap that fits is
-    # floor(75 / (10 x per_image)) = 197, rounded down to a multiple of 50
-    assert 3000 * per_image > estimates.SUGGESTED_TRAINING_S
-    assert int(75 / (10 * per_image)) == 197 and estimates.suggested_per_class(spec, [300] * 10) == 150
+    # 10 classes of 300: all of them would take 3,000 x per_image > 50 s; the largest cap that fits is
+    # floor(50 / (10 x per_image)) = 131, rounded down to a multiple of 10
+    assert 3000 * per_image > estimates.SUGGESTED_TRAINING_S == 50
+    assert int(50 / (10 * per_image)) == 131 and estimates.suggested_per_class(spec, [300] * 10) == 130
     assert estimates.suggested_per_class(spec, [300] * 10, budget_s=3001 * per_image) == 0  # everything fits
-    # uneven classes: a cap only trims the large ones (cap + 50 images must fit: cap <= 75 / per_image - 50)
+    # uneven classes: a cap only trims the large ones (cap + 50 images must fit: cap <= 50 / per_image - 50)
     cap = estimates.suggested_per_class(spec, [5000, 50])
-    assert cap == int(75 / per_image - 50) // 50 * 50
+    assert cap == int(50 / per_image - 50) // 10 * 10
     assert estimates.suggested_per_class(spec, [100] * 2, budget_s=per_image) == 10  # never below 10
     assert estimates.suggested_per_class(spec, []) == 0
