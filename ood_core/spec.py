@@ -76,6 +76,9 @@ def _short_hash(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+DEFAULT_ONE_CLASS_MODEL = "deep_svdd"  # what a link to a one-class setting that names no model trains
+
+
 @dataclass(frozen=True)
 class Spec:
     """What an experiment is: setting, dataset, model, training and seed.
@@ -213,6 +216,8 @@ class Spec:
             except (TypeError, ValueError):
                 raise ValueError(f"the link's {key}={raw!r} is not a valid {kind.__name__}") from None
             (training if path[0] == "training" else fields)[path[-1]] = value
+        if "model" not in fields and fields.get("setting") in ONE_CLASS_SETTINGS:
+            fields["model"] = DEFAULT_ONE_CLASS_MODEL  # the classifier default serves no one-class setting
         return cls(**fields, training=TrainConfig(**training))
 
     def with_seed(self, seed: int) -> "Spec":

@@ -395,3 +395,14 @@ def test_registering_a_name_twice_is_refused():
         register_dataset("digits", "again", load_digits)
     with pytest.raises(ValueError, match="'gaussian' is already registered"):
         register_ood_set("gaussian", "synthetic", "again", synthetic.gaussian_noise)
+
+
+def test_a_link_to_a_one_class_setting_without_a_model_trains_a_one_class_model():
+    # the classifier default (small_cnn) serves no one-class setting: a hand-written link must not train it there
+    from ood_core.settings import models_for
+
+    for setting in ("nd", "ad"):
+        spec = Spec.from_query({"setting": setting})
+        assert spec.model == "deep_svdd" and spec.model in models_for(setting)
+    assert Spec.from_query({"setting": "nd", "model": "autoencoder"}).model == "autoencoder"  # a named one stays
+    assert Spec.from_query({"setting": "osr"}).model == Spec().model == "small_cnn"
