@@ -16,15 +16,16 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ood_core.local_server import free_port, wait_healthy  # noqa: E402
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
@@ -40,31 +41,11 @@ def _writer():
     return mod.write_png_zip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
-
-
 def measure(archive: Path, workdir: Path) -> dict:
     """Start the app on an empty cache, drive the upload in Chromium and return the seconds of each step."""
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, OOD_EXPLORER_CACHE=str(workdir / "cache"))
     log = open(workdir / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -73,7 +54,7 @@ def measure(archive: Path, workdir: Path) -> dict:
     url = f"http://localhost:{port}"
     steps: dict[str, float] = {}
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc, timeout=120)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             try:

@@ -7,14 +7,14 @@ artifacts/screenshots/ (git-ignored).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from ood_core.local_server import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,26 +29,6 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
-
-
 SERVER_CACHE: dict = {}  # server url -> its model cache folder
 
 
@@ -56,7 +36,7 @@ SERVER_CACHE: dict = {}  # server url -> its model cache folder
 def server(tmp_path_factory):
     """A streamlit server on a free port with an empty model cache (shared by this module's tests)."""
     tmp_path = tmp_path_factory.mktemp("browser")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, OOD_EXPLORER_CACHE=str(tmp_path / "cache"))
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -65,7 +45,7 @@ def server(tmp_path_factory):
     url = f"http://localhost:{port}"
     SERVER_CACHE[url] = tmp_path / "cache"
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         yield url
     finally:
         proc.terminate()
