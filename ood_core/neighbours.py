@@ -152,6 +152,106 @@ def _for_each_block(lhs: np.ndarray, rhs: np.ndarray, chunk: int, finish) -> Non
         list(pool.map(run, starts))
 
 
+class Search:
+    """One exact search that a blocked pass of inner products q.b serves (see `shared_search`).
+
+    `m` candidates per query are picked from each float32 block (`pick`); `finish` recomputes what the search
+    returns from those candidates in float64. Several searches of the same queries against the same bank share
+    the blocks: the matrix product, the dominant cost, is then paid once for all of them.
+    """
+
+    m: int = 1
+
+    def prepare(self, n_bank: int) -> None:
+        """Fix the candidate count for a bank of n_bank rows (called once before a pass)."""
+
+    def pick(self, block: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        """Column indices (b, m) of this search's candidates in `block`, nearest first where `finish` needs order;
+        `overwrite`: the block is not needed afterwards and may be used as scratch."""
+        raise NotImplementedError
+
+    def finish(self, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class KthDistance(Search):
+    """The Euclidean distance to the k-th nearest bank row, for banks whose rows have (near) equal norms (e.g.
+    L2-normalised): there q.b alone ranks them. The candidates ranked within EXTRA_CANDIDATES of the k-th by
+    float32 get their distances recomputed in float64, against `bank`."""
+
+    def __init__(self, k: int, bank: np.ndarray):
+        self.k, self.bank = int(k), bank
+
+    def prepare(self, n_bank: int) -> None:
+        self.k = int(max(1, min(self.k, n_bank)))
+        self.m = min(self.k + EXTRA_CANDIDATES, n_bank)
+
+    def pick(self, block: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        cols, vals = _top_columns(block, self.m)
+        return np.take_along_axis(cols, np.argsort(-vals, axis=1), axis=1)
+
+    def finish(self, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return _kth_from_ranked(queries, self.bank, idx, self.k)
+
+
+class TopInnerProducts(Search):
+    """The k largest inner products q.b_i with the rows of `bank`, (n, k) unsorted, exact in float64.
+
+    `scale` (one weight per bank row) lets the search ride on a pass over another bank: when
+    bank_i = scale_i * base_i, the candidates are picked from the blocks of q.base scaled column by column, and
+    only their products with `bank` are recomputed (NNGuide's confidence-weighted bank over KNN's normalised one).
+    """
+
+    def __init__(self, k: int, bank: np.ndarray, scale: np.ndarray | None = None):
+        self.k, self.bank = int(k), bank
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float32)
+
+    def prepare(self, n_bank: int) -> None:
+        self.k = int(max(1, min(self.k, n_bank)))
+        self.m = min(self.k + EXTRA_CANDIDATES, n_bank)
+
+    def pick(self, block: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        if self.scale is not None:
+            block = np.multiply(block, self.scale, out=block if overwrite else None)
+        return _top_columns(block, self.m)[0]
+
+    def finish(self, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        ip = _exact_inner_products(queries, self.bank, idx)
+        return np.partition(ip, self.m - self.k, axis=1)[:, self.m - self.k:]
+
+
+def _kth_from_ranked(queries: np.ndarray, bank: np.ndarray, order_idx: np.ndarray, k: int) -> np.ndarray:
+    """The float64 distance to the k-th nearest among candidates `order_idx` (nearest first by float32): only the
+    ranks within EXTRA_CANDIDATES of the k-th are recomputed."""
+    m = order_idx.shape[1]
+    lo = max(0, k - 1 - EXTRA_CANDIDATES)
+    d2 = _exact_sq_distances(queries, bank, order_idx[:, lo:m])
+    return np.sqrt(np.partition(d2, k - 1 - lo, axis=1)[:, k - 1 - lo])
+
+
+def shared_search(queries: np.ndarray, bank: np.ndarray, searches: list[Search], chunk: int = 2048) -> list:
+    """Every search's result for `queries` from ONE blocked pass of float32 products queries . bank^T.
+
+    Each block (a chunk of queries against the whole bank, never the full matrix) is offered to every search in
+    turn, so k-NN distances, confidence-weighted top-k products, ... of the same queries against the same bank
+    cost one matrix product. A search's result is the same as from a pass of its own.
+    """
+    queries, bank, _ = _check_search(queries, bank, 1)
+    for s in searches:
+        s.prepare(len(bank))
+    if len(queries) == 0:
+        return [s.finish(queries, np.zeros((0, s.m), dtype=np.int64)) for s in searches]
+    parts: list[list] = [[] for _ in searches]
+
+    def finish(block: np.ndarray, i: int) -> None:
+        q = queries[i:i + len(block)]
+        for j, s in enumerate(searches):
+            parts[j].append((i, s.finish(q, s.pick(block, overwrite=j == len(searches) - 1))))
+
+    _for_each_block(queries, bank, chunk, finish)
+    return [np.concatenate([r for _, r in sorted(p, key=lambda t: t[0])]) for p in parts]
+
+
 def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 2048,
                            backend: str = "numpy") -> np.ndarray:
     """Euclidean distance from each query to its k-th nearest row of `bank`: exact (float64 at the k-th rank).
@@ -165,36 +265,33 @@ def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk:
     queries, bank, k = _check_search(queries, bank, k)
     if len(queries) == 0:
         return np.zeros(0)
-    m = min(k + EXTRA_CANDIDATES, len(bank))
-    lo = max(0, k - 1 - EXTRA_CANDIDATES)  # the float64 window: float32 ranks lo .. m-1
-    out = np.empty(len(queries))
-
-    def finish_ranked(order_idx: np.ndarray, i: int) -> None:  # order_idx: candidates, nearest first
-        d2 = _exact_sq_distances(queries[i:i + len(order_idx)], bank, order_idx[:, lo:m])
-        out[i:i + len(order_idx)] = np.sqrt(np.partition(d2, k - 1 - lo, axis=1)[:, k - 1 - lo])
-
     faiss = _faiss_or_none(backend)
     if faiss is not None:
         index = faiss.IndexFlatL2(bank.shape[1])
         index.add(bank)
-        finish_ranked(index.search(queries, m)[1], 0)
-        return out
-    bank_sq = (bank * bank).sum(axis=1)
-    if np.ptp(bank_sq) <= 1e-6 * bank_sq.max():
-        lhs, rhs = queries, bank  # rows of (near) equal norm, e.g. L2-normalised: q.b alone ranks them
-    else:
-        d = bank.shape[1]
-        lhs = np.empty((len(queries), d + 1), dtype=np.float32)
-        lhs[:, :d], lhs[:, d] = queries, -0.5
-        rhs = np.empty((len(bank), d + 1), dtype=np.float32)
-        rhs[:, :d], rhs[:, d] = bank, bank_sq
+        return _kth_from_ranked(queries, bank, index.search(queries, min(k + EXTRA_CANDIDATES, len(bank)))[1], k)
+    if equal_norms(bank):  # e.g. L2-normalised rows: q.b alone ranks them
+        return shared_search(queries, bank, [KthDistance(k, bank)], chunk)[0]
+    d = bank.shape[1]
+    lhs = np.empty((len(queries), d + 1), dtype=np.float32)
+    lhs[:, :d], lhs[:, d] = queries, -0.5
+    rhs = np.empty((len(bank), d + 1), dtype=np.float32)
+    rhs[:, :d], rhs[:, d] = bank, (bank * bank).sum(axis=1)
+    search = KthDistance(k, bank)
+    search.prepare(len(bank))
+    out = np.empty(len(queries))
 
     def finish(block: np.ndarray, i: int) -> None:
-        cols, vals = _top_columns(block, m)
-        finish_ranked(np.take_along_axis(cols, np.argsort(-vals, axis=1), axis=1), i)
+        out[i:i + len(block)] = search.finish(queries[i:i + len(block)], search.pick(block))
 
     _for_each_block(lhs, rhs, chunk, finish)
     return out
+
+
+def equal_norms(bank: np.ndarray) -> bool:
+    """Whether every row of `bank` has (nearly) the same squared norm, so that q.b alone ranks Euclidean neighbours."""
+    bank_sq = (bank * bank).sum(axis=1, dtype=np.float32)
+    return bool(np.ptp(bank_sq) <= 1e-6 * bank_sq.max())
 
 
 def top_k_inner_products(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 2048,
@@ -207,18 +304,11 @@ def top_k_inner_products(queries: np.ndarray, bank: np.ndarray, k: int, chunk: i
     queries, bank, k = _check_search(queries, bank, k)
     if len(queries) == 0:
         return np.zeros((0, k))
-    m = min(k + EXTRA_CANDIDATES, len(bank))
-    out = np.empty((len(queries), k))
-
-    def finish_idx(idx: np.ndarray, i: int) -> None:
-        ip = _exact_inner_products(queries[i:i + len(idx)], bank, idx)
-        out[i:i + len(idx)] = np.partition(ip, m - k, axis=1)[:, m - k:]
-
     faiss = _faiss_or_none(backend)
     if faiss is not None:
+        search = TopInnerProducts(k, bank)
+        search.prepare(len(bank))
         index = faiss.IndexFlatIP(bank.shape[1])
         index.add(bank)
-        finish_idx(index.search(queries, m)[1], 0)
-        return out
-    _for_each_block(queries, bank, chunk, lambda block, i: finish_idx(_top_columns(block, m)[0], i))
-    return out
+        return search.finish(queries, index.search(queries, search.m)[1])
+    return shared_search(queries, bank, [TopInnerProducts(k, bank)], chunk)[0]

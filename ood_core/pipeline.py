@@ -14,7 +14,7 @@ from . import metrics, outputs_cache, tuning
 from .data import Benchmark, build_benchmark
 from .device import default_device, resolve_device
 from .jobs import check_cancelled
-from .detectors import REGISTRY, Detector, FitContext, create
+from .detectors import REGISTRY, Detector, FitContext, create, score_together
 from .inference import ModelAdapter, Outputs, run_inference
 from .models import Progress, TrainResult, get_model
 from .models.checkpoint import state_dict_sha256
@@ -285,6 +285,25 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
     return names
 
 
+def shares_search(name: str) -> bool:
+    """Whether detector `name` can share its neighbour search with others (detectors.score_together)."""
+    cls = REGISTRY.get(name)
+    return cls is not None and cls.neighbour_plan is not Detector.neighbour_plan
+
+
+def _work_units(names: list[str]) -> list[list[str]]:
+    """The detectors in the order they run: each alone, except those that can share a neighbour search (KNN,
+    NNGuide), which run together where the first of them stands."""
+    sharing = [n for n in names if shares_search(n)]
+    units: list[list[str]] = []
+    for n in names:
+        if n not in sharing or len(sharing) < 2:
+            units.append([n])
+        elif n == sharing[0]:
+            units.append(sharing)
+    return units
+
+
 def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
              params: Optional[Mapping[str, Mapping]] = None,
              on_progress: Optional[Callable[[int, int, str], None]] = None,
@@ -295,54 +314,104 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
     experiment's OOD *validation* sets (tuning.tune; never a test set); its rows then carry `tuned` (the parameters
     that differ from the defaults) and `val_auroc` (mean validation AUROC at the default and the chosen values).
 
+    Detectors that search the same normalised ID features (KNN, NNGuide) are fitted one after the other and scored
+    together (detectors.score_together: one matrix product for all of them, the same numbers); each one's `seconds`
+    is then its own tuning and fit plus an equal share of the joint scoring.
+
     Returns (rows, scores): rows are dicts with detector, ood_set, the metrics (fractions) and `error`
-    (None or a message); scores[detector][split] are the score arrays of ID test and the OOD sets, plus
-    train and val when `all_splits` (for exporting them; the metrics never need them). `cancel` (an Event) stops
-    the run with jobs.Cancelled between detectors and splits, never recorded as a detector's error.
+    (None or a message), in the order of the detectors; scores[detector][split] are the score arrays of ID test and
+    the OOD sets, plus train and val when `all_splits` (for exporting them; the metrics never need them). `cancel`
+    (an Event) stops the run with jobs.Cancelled between detectors and splits, never recorded as a detector's error.
     """
     names = resolve_detectors(detector_names, exp)
     params = params or {}
     osr = exp.spec.setting == "osr"
-    if osr:
-        id_correct = exp.id_correct
-    rows: list[dict] = []
+    id_correct = exp.id_correct if osr else None
+    splits = [*(("train", "val") if all_splits else ()), "test", *exp.ood_names]
+    by_name: dict[str, list[dict]] = {}
     all_scores: dict[str, dict] = {}
-    for i, name in enumerate(names):
-        if on_progress:
-            on_progress(i, len(names), name)
-        check_cancelled(cancel)
-        t0 = time.perf_counter()
-        tuned = None
-        try:
-            chosen = params.get(name)
-            if tune and chosen is None and tuning.is_tunable(name):
-                tuned = tuning.tune(exp, name, cancel=cancel)
-                chosen = tuned.params
-            det = exp.fit_detector(name, chosen, cancel=cancel)
-            sc = exp.score(det, [*(("train", "val") if all_splits else ()), "test", *exp.ood_names], cancel)
-            bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))]
-            if bad:
-                raise FloatingPointError(f"non-finite scores on {', '.join(bad)}")
-            err = None
-        except Exception as e:  # isolate: record the message, keep going
-            sc, err = None, f"{type(e).__name__}: {e}"
-            traceback.clear_frames(e.__traceback__)
-        seconds = time.perf_counter() - t0
-        if sc is not None:
-            all_scores[name] = sc
-        for ood in exp.ood_names:
-            row = {"detector": name, "ood_set": ood, "auroc": None, "aupr_in": None, "aupr_out": None,
-                   "fpr95": None, "detection_error": None, "error": err, "seconds": seconds}
-            if osr:
-                row["oscr"] = None
-            if tuned is not None:
-                row.update(tuned=tuned.changed(), val_auroc={"default": tuned.default_val_auroc,
-                                                             "tuned": tuned.val_auroc})
+    started = 0
+
+    def fail(e: Exception) -> str:
+        traceback.clear_frames(e.__traceback__)
+        return f"{type(e).__name__}: {e}"
+
+    for unit in _work_units(names):
+        fitted: dict[str, Detector] = {}
+        errors: dict[str, str] = {}
+        tuned: dict[str, object] = {}
+        seconds: dict[str, float] = {}
+        for name in unit:
+            if on_progress:
+                on_progress(started, len(names), name)
+            started += 1
+            check_cancelled(cancel)
+            t0 = time.perf_counter()
+            try:
+                chosen = params.get(name)
+                if tune and chosen is None and tuning.is_tunable(name):
+                    tuned[name] = tuning.tune(exp, name, cancel=cancel)
+                    chosen = tuned[name].params
+                fitted[name] = exp.fit_detector(name, chosen, cancel=cancel)
+            except Exception as e:  # isolate: record the message, keep going
+                errors[name] = fail(e)
+            seconds[name] = time.perf_counter() - t0
+        scores: dict[str, dict] = {}
+        if len(fitted) > 1:
+            t0 = time.perf_counter()
+            try:
+                dets = list(fitted.values())
+                for s in splits:
+                    check_cancelled(cancel)
+                    for name, sc in zip(fitted, score_together(dets, exp.outputs[s])):
+                        scores.setdefault(name, {})[s] = sc
+            except Exception as e:  # (jobs.Cancelled is not an Exception: it stops the run)
+                traceback.clear_frames(e.__traceback__)
+                scores = {}  # the shared pass failed: score each alone below, so the failure is attributed
+            else:
+                share = (time.perf_counter() - t0) / len(fitted)
+                for name in fitted:
+                    seconds[name] += share
+        for name, det in fitted.items():
+            if name in scores:
+                continue
+            t0 = time.perf_counter()
+            try:
+                scores[name] = exp.score(det, splits, cancel)
+            except Exception as e:
+                errors[name] = fail(e)
+            seconds[name] += time.perf_counter() - t0
+        for name in unit:
+            sc = scores.get(name)
+            if sc is not None and name not in errors:
+                bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))]
+                if bad:
+                    errors[name], sc = f"FloatingPointError: non-finite scores on {', '.join(bad)}", None
+            else:
+                sc = None
             if sc is not None:
-                row.update(metrics.all_metrics(sc["test"], sc[ood]).as_dict())
-                if osr:
-                    row["oscr"] = metrics.oscr(sc["test"], id_correct, sc[ood])
-            rows.append(row)
+                all_scores[name] = sc
+            by_name[name] = _rows(name, exp, sc, errors.get(name), seconds[name], tuned.get(name), osr, id_correct)
     if on_progress:
         on_progress(len(names), len(names), "")
-    return rows, all_scores
+    return [r for name in names for r in by_name[name]], {n: all_scores[n] for n in names if n in all_scores}
+
+
+def _rows(name: str, exp: Experiment, sc: Optional[dict], err: Optional[str], seconds: float, tuned,
+          osr: bool, id_correct) -> list[dict]:
+    """evaluate's rows for one detector: one per OOD set, with the metrics when it has scores."""
+    rows = []
+    for ood in exp.ood_names:
+        row = {"detector": name, "ood_set": ood, "auroc": None, "aupr_in": None, "aupr_out": None,
+               "fpr95": None, "detection_error": None, "error": err, "seconds": seconds}
+        if osr:
+            row["oscr"] = None
+        if tuned is not None:
+            row.update(tuned=tuned.changed(), val_auroc={"default": tuned.default_val_auroc,
+                                                         "tuned": tuned.val_auroc})
+        if sc is not None:
+            row.update(metrics.all_metrics(sc["test"], sc[ood]).as_dict())
+            if osr:
+                row["oscr"] = metrics.oscr(sc["test"], id_correct, sc[ood])
+        rows.append(row)
+    return rows

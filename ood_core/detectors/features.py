@@ -1,11 +1,13 @@
 """Distance-based detectors on penultimate features (the density-based ones live in density.py)."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .. import linalg
-from ..neighbours import kth_neighbour_distance, l2_normalise, top_k_inner_products
-from .base import Detector, Param, Reference, logsumexp, register, row_reduce
+from ..neighbours import KthDistance, TopInnerProducts, kth_neighbour_distance, l2_normalise, top_k_inner_products
+from .base import Detector, NeighbourPlan, Param, Reference, logsumexp, register, row_reduce
 
 SHRINK = 1e-6  # the ridge added to a covariance, relative to its mean variance
 
@@ -71,9 +73,16 @@ class KNN(Detector):
 
     def _fit(self, ctx):
         self.bank_ = l2_normalise(ctx.train.features)
+        self.source_ = weakref.ref(ctx.train.features)
 
     def _score(self, out):
         return kth_neighbour_distance(l2_normalise(out.features), self.bank_, self.k)
+
+    def neighbour_plan(self):
+        return NeighbourPlan(self.source_, KthDistance(self.k, self.bank_), base=self.bank_)
+
+    def _score_from_search(self, out, found):
+        return found
 
 
 def _residual_space(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -271,11 +280,23 @@ class NNGuide(Detector):
         if n_bank < len(h):
             idx = np.sort(np.random.default_rng(ctx.seed).choice(len(h), size=n_bank, replace=False))
             h, z = h[idx], z[idx]
-        self.bank_ = (l2_normalise(h) * logsumexp(z)[:, None]).astype(np.float32)
+        confidence = logsumexp(z)
+        self.bank_ = (l2_normalise(h) * confidence[:, None]).astype(np.float32)
+        # the whole train set as the bank: its rows are the normalised train features scaled by confidence, so
+        # the search can share KNN's pass over them (score_together)
+        self.source_ = weakref.ref(ctx.train.features) if n_bank == len(ctx.train.features) else None
+        self.confidence_ = confidence.astype(np.float32)
 
     def _score(self, out):
-        guidance = top_k_inner_products(l2_normalise(out.features), self.bank_, self.k).mean(axis=1)
-        return -guidance * logsumexp(out.logits)
+        return self._score_from_search(out, top_k_inner_products(l2_normalise(out.features), self.bank_, self.k))
+
+    def neighbour_plan(self):
+        if self.source_ is None:
+            return None
+        return NeighbourPlan(self.source_, TopInnerProducts(self.k, self.bank_, scale=self.confidence_))
+
+    def _score_from_search(self, out, found):
+        return -found.mean(axis=1) * logsumexp(out.logits)
 
 
 @register

@@ -1,0 +1,107 @@
+"""One pass of the query-bank product for several exact searches (neighbours.shared_search), the detectors that
+use it together (detectors.score_together: KNN and NNGuide) and evaluate's grouping of them. Sharing is a speed
+change only: every number must be the one the detector gives alone."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ood_core import neighbours as nb
+from ood_core import pipeline
+from ood_core.detectors import FitContext, create, score_together
+from ood_core.inference import Outputs
+
+
+@pytest.fixture(scope="module")
+def bank_queries():
+    rng = np.random.default_rng(5)
+    bank = nb.l2_normalise(rng.normal(size=(900, 20)) + 1.0)
+    queries = nb.l2_normalise(rng.normal(size=(150, 20)) + 1.0)
+    return bank, queries
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_shared_search_equals_each_search_alone(bank_queries, chunk):
+    bank, queries = bank_queries
+    scale = np.random.default_rng(1).uniform(0.5, 3.0, len(bank))
+    scaled = (bank * scale[:, None]).astype(np.float32)
+    kth, top, top_scaled = nb.shared_search(queries, bank, [
+        nb.KthDistance(12, bank), nb.TopInnerProducts(5, bank), nb.TopInnerProducts(9, scaled, scale=scale)], chunk)
+    np.testing.assert_array_equal(kth, nb.kth_neighbour_distance(queries, bank, 12, chunk))
+    np.testing.assert_array_equal(np.sort(top, 1), np.sort(nb.top_k_inner_products(queries, bank, 5, chunk), 1))
+    np.testing.assert_allclose(np.sort(top_scaled, 1), np.sort(nb.top_k_inner_products(queries, scaled, 9), 1),
+                               rtol=1e-12)
+
+
+def test_shared_search_matches_brute_force(bank_queries):
+    """The known answer, float64 brute force: the 12th distance, and the 9 largest confidence-weighted products."""
+    bank, queries = bank_queries
+    q64, b64 = queries.astype(np.float64), bank.astype(np.float64)
+    scale = np.linspace(0.5, 2.0, len(bank))
+    scaled = (bank * scale[:, None]).astype(np.float32)
+    d = np.sqrt(((q64[:, None, :] - b64[None]) ** 2).sum(-1))
+    ip = q64 @ scaled.astype(np.float64).T
+    kth, top = nb.shared_search(queries, bank, [nb.KthDistance(12, bank), nb.TopInnerProducts(9, scaled, scale)], 13)
+    np.testing.assert_allclose(kth, np.sort(d, 1)[:, 11], rtol=1e-12)
+    np.testing.assert_allclose(np.sort(top, 1), np.sort(ip, 1)[:, -9:], rtol=1e-12)
+
+
+def test_shared_search_of_no_queries_and_k_past_the_bank(bank_queries):
+    bank, queries = bank_queries
+    kth, top = nb.shared_search(queries[:0], bank, [nb.KthDistance(3, bank), nb.TopInnerProducts(4, bank)])
+    assert kth.shape == (0,) and top.shape == (0, 4)
+    (top,) = nb.shared_search(queries[:3], bank[:6], [nb.TopInnerProducts(50, bank[:6])])
+    assert top.shape == (3, 6)  # k is capped at the bank's size, as top_k_inner_products does
+
+
+def _outputs(rng, n, centre, k=4):
+    feats = np.abs(rng.normal(centre, 1.0, size=(n, 16))).astype(np.float32)
+    logits = rng.normal(0, 2, size=(n, k)).astype(np.float32)
+    return Outputs(logits, feats, rng.integers(0, k, n))
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_score_together_gives_each_detector_its_own_scores(fraction):
+    rng = np.random.default_rng(0)
+    train, test = _outputs(rng, 400, 2.0), _outputs(rng, 120, 1.0)
+    ctx = FitContext(train=train, num_classes=4, seed=3)
+    dets = [create("knn", k=7).fit(ctx), create("msp").fit(ctx), create("nnguide", k=5, bank_fraction=fraction).fit(ctx),
+            create("knn", k=1).fit(ctx)]
+    together = score_together(dets, test)
+    for det, got in zip(dets, together):
+        np.testing.assert_array_equal(got, det.score(test))
+    # the whole train set as NNGuide's bank can share KNN's pass; a subset of it cannot
+    assert (dets[2].neighbour_plan() is not None) == (fraction == 1.0)
+
+
+def test_score_together_needs_fitted_detectors():
+    with pytest.raises(Exception, match="not fitted"):
+        score_together([create("knn")], _outputs(np.random.default_rng(0), 5, 1.0))
+
+
+def test_work_units_put_the_sharing_detectors_together():
+    assert pipeline._work_units(["msp", "knn", "energy", "nnguide"]) == [["msp"], ["knn", "nnguide"], ["energy"]]
+    assert pipeline._work_units(["knn", "msp"]) == [["knn"], ["msp"]]
+
+
+def test_evaluate_scores_shared_detectors_as_alone_and_keeps_the_order(default_experiment, monkeypatch):
+    exp = default_experiment
+    names = ["nnguide", "msp", "knn"]
+    rows, scores = pipeline.evaluate(exp, names)
+    assert [r["detector"] for r in rows][::len(exp.ood_names)] == names
+    assert all(r["error"] is None for r in rows)
+    for name in ("knn", "nnguide"):
+        alone = exp.score(exp.fit_detector(name))
+        for split, v in alone.items():
+            np.testing.assert_array_equal(scores[name][split], v)
+
+    # a failure of the shared pass is not fatal: each detector is then scored alone, with the same numbers
+    def broken(dets, out):
+        raise MemoryError("no room for the shared pass")
+
+    monkeypatch.setattr(pipeline, "score_together", broken)
+    rows2, scores2 = pipeline.evaluate(exp, names)
+    assert all(r["error"] is None for r in rows2)
+    for name in names:
+        for split, v in scores[name].items():
+            np.testing.assert_array_equal(scores2[name][split], v)
