@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from ..linalg import one_blas_thread
 from .base import Detector, FitContext, Param, Reference, logsumexp, max_softmax, register, row_reduce, softmax
 
 
@@ -163,22 +164,26 @@ class KLMatching(Detector):
 
     def _fit(self, ctx: FitContext) -> None:
         data = ctx.val if ctx.val is not None and len(ctx.val) else ctx.train
-        logp = log_softmax(data.logits)
-        pred = logp.argmax(axis=1)
+        z = np.asarray(data.logits)
+        pred = z.argmax(axis=1)  # the argmax of the log-softmax: it shifts each row by one constant
         # log of a mean of probabilities: logsumexp over each class's samples minus log n_k, for every class at
-        # once on the samples sorted by predicted class (segment maxima and sums by reduceat)
+        # once on the samples sorted by predicted class (segment maxima and sums by reduceat); the logits are
+        # sorted before the log-softmax (row by row, so the same values) and the rest runs in place
         order = np.argsort(pred, kind="stable")
         classes, starts, counts = np.unique(pred[order], return_index=True, return_counts=True)
-        sorted_logp = logp[order]
+        sorted_logp = log_softmax(z[order])
         m = np.maximum.reduceat(sorted_logp, starts, axis=0)  # (templates, K)
-        sums = np.add.reduceat(np.exp(sorted_logp - np.repeat(m, counts, axis=0)), starts, axis=0)
+        sorted_logp -= np.repeat(m, counts, axis=0)
+        sums = np.add.reduceat(np.exp(sorted_logp, out=sorted_logp), starts, axis=0)
         self.log_templates_ = m + np.log(sums) - np.log(counts)[:, None]
         self.template_classes_ = classes
 
     def _score(self, out):
         logp = log_softmax(out.logits)
         p = np.exp(logp)
-        kl = row_reduce(np.add, p * logp)[:, None] - p @ self.log_templates_.T  # (n, templates)
+        with one_blas_thread():  # an n x K x K product: BLAS threads cost more than it (and stall on a busy machine)
+            cross = p @ self.log_templates_.T
+        kl = row_reduce(np.add, p * logp)[:, None] - cross  # (n, templates)
         return row_reduce(np.minimum, kl)
 
 
