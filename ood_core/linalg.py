@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import itertools
 import os
 import threading
@@ -133,6 +134,38 @@ def map_chunks(fn: Callable[[slice], object], slices: list[slice]):
 # 3.5-4 s against 0.5 s on one thread, and ?syevr's top 64 of 2048 at 7-62 s against 1.6-1.9 s.
 
 
+# --- work shared between the detectors of one evaluation ------------------------------------------------
+
+_memo: contextvars.ContextVar[dict | None] = contextvars.ContextVar("ood_core_shared_work", default=None)
+
+
+@contextlib.contextmanager
+def sharing():
+    """Within this context (one evaluation of many detectors on one experiment), statistics that several detectors
+    compute from the same arrays -- the tied covariance of the ID features, its Cholesky whitening, the whitened
+    distances of a split's queries -- are computed once (`shared`) and handed to each. Outside it nothing is kept.
+    The numbers are those of computing each alone: the same function of the same arrays."""
+    token = _memo.set({}) if _memo.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _memo.reset(token)
+
+
+def shared(kind: str, arrays: tuple, params: tuple, compute: Callable[[], object]):
+    """compute(), or its value from earlier in the same `sharing()` context for the same arrays (by identity: the
+    memo keeps them alive, so an id is never reused within it) and parameters. Values are shared: never mutate them."""
+    memo = _memo.get()
+    if memo is None:
+        return compute()
+    key = (kind, tuple(id(a) for a in arrays), params)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (arrays, compute())
+    return hit[1]
+
+
 def class_means(x: np.ndarray, labels: np.ndarray, chunk: int | None = None):
     """(classes, means (K, D) float64, counts (K,)) of the rows of x per label, accumulated in float64 by chunks."""
     labels = np.asarray(labels)
@@ -232,7 +265,11 @@ class Whitened:
         self.white_sq = np.einsum("kd,kd->k", self.white_means, self.white_means)
 
     def sq_distances(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
-        """(n, K) squared Mahalanobis distances of the rows of x to every centre, chunk by chunk."""
+        """(n, K) squared Mahalanobis distances of the rows of x to every centre, chunk by chunk (computed once per
+        query array within a `sharing()` context: Mahalanobis and RMD whiten the same queries alike)."""
+        return shared("sq_distances", (self, x), (chunk,), lambda: self._sq_distances(x, chunk))
+
+    def _sq_distances(self, x: np.ndarray, chunk: int | None) -> np.ndarray:
         out = np.empty((len(x), len(self.means)))
 
         def chunk_sq(sl):

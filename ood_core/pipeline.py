@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import metrics, outputs_cache, tuning
+from . import linalg, metrics, outputs_cache, tuning
 from .data import Benchmark, build_benchmark
 from .device import default_device, resolve_device
 from .jobs import check_cancelled
@@ -331,70 +331,77 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
     by_name: dict[str, list[dict]] = {}
     all_scores: dict[str, dict] = {}
     started = 0
+    with linalg.sharing():  # statistics several detectors compute alike are computed once (linalg.shared)
+        for unit in _work_units(names):
+            for name in unit:
+                if on_progress:
+                    on_progress(started, len(names), name)
+                started += 1
+            for name, (sc, err, seconds, tuned) in _evaluate_unit(exp, unit, params, tune, splits, cancel).items():
+                if sc is not None:
+                    all_scores[name] = sc
+                by_name[name] = _rows(name, exp, sc, err, seconds, tuned, osr, id_correct)
+    if on_progress:
+        on_progress(len(names), len(names), "")
+    return [r for name in names for r in by_name[name]], {n: all_scores[n] for n in names if n in all_scores}
 
-    def fail(e: Exception) -> str:
-        traceback.clear_frames(e.__traceback__)
-        return f"{type(e).__name__}: {e}"
 
-    for unit in _work_units(names):
-        fitted: dict[str, Detector] = {}
-        errors: dict[str, str] = {}
-        tuned: dict[str, object] = {}
-        seconds: dict[str, float] = {}
-        for name in unit:
-            if on_progress:
-                on_progress(started, len(names), name)
-            started += 1
-            check_cancelled(cancel)
-            t0 = time.perf_counter()
-            try:
-                chosen = params.get(name)
-                if tune and chosen is None and tuning.is_tunable(name):
-                    tuned[name] = tuning.tune(exp, name, cancel=cancel)
-                    chosen = tuned[name].params
-                fitted[name] = exp.fit_detector(name, chosen, cancel=cancel)
-            except Exception as e:  # isolate: record the message, keep going
-                errors[name] = fail(e)
-            seconds[name] = time.perf_counter() - t0
-        scores: dict[str, dict] = {}
-        if len(fitted) > 1:
-            t0 = time.perf_counter()
-            try:
-                dets = list(fitted.values())
-                for s in splits:
-                    check_cancelled(cancel)
-                    for name, sc in zip(fitted, score_together(dets, exp.outputs[s])):
-                        scores.setdefault(name, {})[s] = sc
-            except Exception as e:  # (jobs.Cancelled is not an Exception: it stops the run)
-                traceback.clear_frames(e.__traceback__)
-                scores = {}  # the shared pass failed: score each alone below, so the failure is attributed
-            else:
-                share = (time.perf_counter() - t0) / len(fitted)
-                for name in fitted:
-                    seconds[name] += share
-        for name, det in fitted.items():
-            if name in scores:
-                continue
+def _failure(e: Exception) -> str:
+    traceback.clear_frames(e.__traceback__)
+    return f"{type(e).__name__}: {e}"
+
+
+def _evaluate_unit(exp: Experiment, unit: list[str], params: Mapping, tune: bool, splits: list[str],
+                   cancel) -> dict[str, tuple]:
+    """evaluate's work for one unit of _work_units: each detector tuned (if asked) and fitted, then all of them
+    scored together when they share a search, else each alone. {name: (scores or None, error or None, seconds,
+    tuning result or None)}; one detector failing never stops the others."""
+    fitted: dict[str, Detector] = {}
+    errors: dict[str, str] = {}
+    tuned: dict[str, object] = {}
+    seconds: dict[str, float] = {}
+    for name in unit:
+        check_cancelled(cancel)
+        t0 = time.perf_counter()
+        try:
+            chosen = params.get(name)
+            if tune and chosen is None and tuning.is_tunable(name):
+                tuned[name] = tuning.tune(exp, name, cancel=cancel)
+                chosen = tuned[name].params
+            fitted[name] = exp.fit_detector(name, chosen, cancel=cancel)
+        except Exception as e:  # isolate: record the message, keep going
+            errors[name] = _failure(e)
+        seconds[name] = time.perf_counter() - t0
+    scores: dict[str, dict] = {}
+    if len(fitted) > 1:
+        t0 = time.perf_counter()
+        try:
+            for s in splits:
+                check_cancelled(cancel)
+                for name, sc in zip(fitted, score_together(list(fitted.values()), exp.outputs[s])):
+                    scores.setdefault(name, {})[s] = sc
+        except Exception as e:  # the shared pass failed: each scores alone below, so a failure is attributed
+            traceback.clear_frames(e.__traceback__)  # (jobs.Cancelled is no Exception: it stops the run)
+            scores = {}
+        else:
+            for name in fitted:
+                seconds[name] += (time.perf_counter() - t0) / len(fitted)
+    for name, det in fitted.items():
+        if name not in scores:
             t0 = time.perf_counter()
             try:
                 scores[name] = exp.score(det, splits, cancel)
             except Exception as e:
-                errors[name] = fail(e)
+                errors[name] = _failure(e)
             seconds[name] += time.perf_counter() - t0
-        for name in unit:
-            sc = scores.get(name)
-            if sc is not None and name not in errors:
-                bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))]
-                if bad:
-                    errors[name], sc = f"FloatingPointError: non-finite scores on {', '.join(bad)}", None
-            else:
-                sc = None
-            if sc is not None:
-                all_scores[name] = sc
-            by_name[name] = _rows(name, exp, sc, errors.get(name), seconds[name], tuned.get(name), osr, id_correct)
-    if on_progress:
-        on_progress(len(names), len(names), "")
-    return [r for name in names for r in by_name[name]], {n: all_scores[n] for n in names if n in all_scores}
+    result = {}
+    for name in unit:
+        sc = scores.get(name) if name not in errors else None
+        bad = [s for s, v in sc.items() if not np.all(np.isfinite(v))] if sc is not None else []
+        if bad:
+            errors[name], sc = f"FloatingPointError: non-finite scores on {', '.join(bad)}", None
+        result[name] = (sc, errors.get(name), seconds[name], tuned.get(name))
+    return result
 
 
 def _rows(name: str, exp: Experiment, sc: Optional[dict], err: Optional[str], seconds: float, tuned,

@@ -552,9 +552,11 @@ def test_scores_page_explains_below_chance_and_knn_with_k_above_a_class(scores, 
 
 
 def test_rmd_in_novelty_detection_is_explained_as_carrying_no_information(default_experiment):
+    from ood_core import pipeline
     from ood_core.spec import TrainConfig
 
     spec = Spec(setting="nd", model="deep_svdd", normal_class=3, training=TrainConfig(epochs=1))
+    pipeline.prepare(spec, device="cpu")  # trained first: alone, this test would otherwise see the training job
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["spec"] = spec
     at.run().switch_page("pages/scores.py").run()

@@ -167,6 +167,21 @@ def test_klm_matches_scipy_kl_to_validation_templates():
     np.testing.assert_allclose(got_train, want, rtol=1e-9, atol=1e-12)
 
 
+def test_klm_templates_stay_finite_where_the_mean_softmax_underflows():
+    """Gaps of 800-900 nats: the softmax of the other classes is 0 in float64, so the mean probabilities underflow;
+    KLM's templates are then recomputed in log space and equal log(mean_i p_i) computed by scipy's logsumexp."""
+    from scipy.special import logsumexp as lse, log_softmax as lsm
+
+    val = np.array([[0.0, -800.0, -900.0], [0.0, -850.0, -820.0], [0.0, -1.0, -2.0], [-3.0, 0.0, -900.0]])
+    det = create("klm").fit(FitContext(train=outputs_of(val)))
+    logp = lsm(val, axis=1)
+    pred = val.argmax(1)
+    want = np.stack([lse(logp[pred == k], axis=0) - np.log((pred == k).sum()) for k in (0, 1)])
+    assert np.all(np.isfinite(det.log_templates_))
+    np.testing.assert_allclose(det.log_templates_, want, rtol=1e-12)
+    assert list(det.template_classes_) == [0, 1]
+
+
 def test_gen_by_formula():
     rng = np.random.default_rng(1)
     z = rng.normal(0, 3, (20, 5))

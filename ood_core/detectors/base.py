@@ -345,6 +345,14 @@ def logsumexp(z: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 def softmax(z: np.ndarray, axis: int = 1) -> np.ndarray:
+    if axis == 1 and _short_rows(np.asarray(z)):
+        # short rows: as logsumexp, on one transposed float64 copy, every step a contiguous pass over n values in
+        # place (the same operations in the same order as row by row, so the same bits), then back to rows
+        e = np.array(np.asarray(z).T, dtype=np.float64, order="C")
+        e -= e.max(axis=0)
+        np.exp(e, out=e)
+        e /= e.sum(axis=0)
+        return np.ascontiguousarray(e.T)
     z = np.asarray(z, dtype=np.float64)
     if axis != 1 or z.ndim != 2:
         e = np.exp(z - z.max(axis=axis, keepdims=True))

@@ -1,6 +1,7 @@
 """Distance-based detectors on penultimate features (the density-based ones live in density.py)."""
 from __future__ import annotations
 
+import hashlib
 import weakref
 
 import numpy as np
@@ -18,9 +19,23 @@ def tied_covariance(feats: np.ndarray, labels: np.ndarray):
     One chunked pass for the means and one for the within-class scatter (syrk): no float64 or centred copy
     of the features, no loop over classes.
     """
-    classes, means, counts = linalg.class_means(feats, labels)
-    cov = linalg.scatter(feats, means, np.searchsorted(classes, np.asarray(labels))) / len(feats)
-    return means, counts, cov
+    def compute():
+        classes, means, counts = linalg.class_means(feats, labels)
+        return means, counts, linalg.scatter(feats, means, np.searchsorted(classes, np.asarray(labels))) / len(feats)
+
+    means, counts, cov = linalg.shared("tied_covariance", (feats, labels), (), compute)
+    return means, counts, cov.copy()  # callers add their ridge in place
+
+
+def tied_gaussian(feats: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, linalg.Whitened]:
+    """tied_covariance and the Whitened class Gaussians with the ridge SHRINK (Mahalanobis', RMD's): made once for
+    both within a linalg.sharing() context, and so are the whitened distances of each split's queries."""
+    def compute():
+        means, counts, cov = tied_covariance(feats, labels)
+        return means, counts, cov, linalg.Whitened(means, linalg.add_ridge(cov.copy(), SHRINK))
+
+    means, counts, cov, gaussian = linalg.shared("tied_gaussian", (feats, labels), (SHRINK,), compute)
+    return means, counts, cov.copy(), gaussian
 
 
 def class_means_and_precision(feats: np.ndarray, labels: np.ndarray, shrink: float = SHRINK):
@@ -47,9 +62,8 @@ class Mahalanobis(Detector):
     needs = ("features",)
 
     def _fit(self, ctx):
-        self.means_, _, cov = tied_covariance(ctx.train.features, ctx.train.labels)
         # whitened once (Cholesky); scoring is one triangular solve per chunk of queries for all classes at once
-        self.gaussian_ = linalg.Whitened(self.means_, linalg.add_ridge(cov, SHRINK))
+        self.means_, _, _, self.gaussian_ = tied_gaussian(ctx.train.features, ctx.train.labels)
 
     def _score(self, out):
         return self.gaussian_.sq_distances(out.features).min(axis=1)
@@ -85,18 +99,31 @@ class KNN(Detector):
         return found
 
 
-def _residual_space(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def _residual_space(h: np.ndarray, labels: np.ndarray, w: np.ndarray, b: np.ndarray,
+                    dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """ViM's origin u = -W^+ b and what linalg.residual_norms needs to measure the residual of h - u: the part
     outside the principal subspace, spanned by the eigenvectors of the `dim` largest eigenvalues of the
-    (uncentred) covariance of h - u. Shared by ViM and Residual so that both use the same subspace.
+    (uncentred) covariance of h - u. Shared by ViM and Residual so that both use the same subspace (computed once
+    for both within a linalg.sharing() context).
+
+    That covariance is the tied within-class one plus the scatter of the class means about u (the cross terms
+    vanish), so it reuses tied_covariance, which Mahalanobis and RMD compute too, instead of a pass of its own.
 
     Returns (u, basis, complement): the principal basis (D, dim) when dim is small against D (only those
     eigenvectors are computed), else the residual basis (D, D - dim) (complement=True).
     """
     dim = int(min(dim, h.shape[1] - 1))
-    u = -np.linalg.pinv(w) @ b
-    cov = linalg.scatter(h, u) / len(h)
-    return (u, *linalg.residual_basis(cov, dim))
+    w, b = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
+
+    def compute():
+        u = -np.linalg.pinv(w) @ b
+        means, counts, cov = tied_covariance(h, labels)
+        spread = means - u
+        cov += (spread.T * (counts / len(h))) @ spread
+        return (u, *linalg.residual_basis(cov, dim))
+
+    head = hashlib.sha1(w.tobytes() + b.tobytes()).hexdigest()  # the head's arrays are fresh copies at every call
+    return linalg.shared("residual_space", (h, labels), (dim, head), compute)
 
 
 @register
@@ -118,8 +145,8 @@ class ViM(Detector):
 
     def _fit(self, ctx):
         h = ctx.train.features
-        self.u_, self.basis_, self.complement_ = _residual_space(h, ctx.model.head_weight, ctx.model.head_bias,
-                                                                 self.dim)
+        self.u_, self.basis_, self.complement_ = _residual_space(h, ctx.train.labels, ctx.model.head_weight,
+                                                                 ctx.model.head_bias, self.dim)
         vlogit = linalg.residual_norms(h, self.u_, self.basis_, self.complement_)
         self.alpha_ = float(np.asarray(ctx.train.logits, dtype=np.float64).max(axis=1).mean() / max(vlogit.mean(), 1e-12))
 
@@ -144,14 +171,13 @@ class RelativeMahalanobis(Detector):
     needs = ("features",)
 
     def _fit(self, ctx):
-        self.means_, counts, cov = tied_covariance(ctx.train.features, ctx.train.labels)
+        self.means_, counts, cov, self.gaussian_ = tied_gaussian(ctx.train.features, ctx.train.labels)
         # the background Gaussian: one "class" holding every ID train feature (mean and covariance of all). Its
         # covariance is the within-class one plus the between-class scatter of the means: no second pass
         weights = counts / counts.sum()
         self.mean0_ = weights @ self.means_
         spread = self.means_ - self.mean0_
         cov0 = cov + (spread.T * weights) @ spread
-        self.gaussian_ = linalg.Whitened(self.means_, linalg.add_ridge(cov, SHRINK))
         self.background_ = linalg.Whitened(self.mean0_[None, :], linalg.add_ridge(cov0, SHRINK), origin=self.mean0_,
                                            what="covariance of all ID features")
 
@@ -179,7 +205,8 @@ class Residual(Detector):
                            help="dimension of the principal subspace, as ViM's (paper: D/2 for small feature spaces)")}
 
     def _fit(self, ctx):
-        self.u_, self.basis_, self.complement_ = _residual_space(ctx.train.features, ctx.model.head_weight,
+        self.u_, self.basis_, self.complement_ = _residual_space(ctx.train.features, ctx.train.labels,
+                                                                 ctx.model.head_weight,
                                                                  ctx.model.head_bias, self.dim)
 
     def _score(self, out):

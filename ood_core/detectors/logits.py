@@ -143,7 +143,8 @@ class KLMatching(Detector):
     Template d_k = mean softmax over the ID validation samples (train if there is no validation split) that the
     model *predicts* as k, as in the paper and OpenOOD's klm postprocessor; a class that no sample is predicted as
     has no template (OpenOOD's one-hot fallback gives it an infinite KL, so it never wins the minimum either).
-    KL(p || d_k) = sum_j p_j (log p_j - log d_kj), with log d_k computed in log space so it never underflows.
+    KL(p || d_k) = sum_j p_j (log p_j - log d_kj); log d_k is recomputed in log space where a mean comes near the
+    float64 underflow, so it is always finite and exact.
     """
 
     name = "klm"
@@ -165,17 +166,28 @@ class KLMatching(Detector):
     def _fit(self, ctx: FitContext) -> None:
         data = ctx.val if ctx.val is not None and len(ctx.val) else ctx.train
         z = np.asarray(data.logits)
-        pred = z.argmax(axis=1)  # the argmax of the log-softmax: it shifts each row by one constant
-        # log of a mean of probabilities: logsumexp over each class's samples minus log n_k, for every class at
-        # once on the samples sorted by predicted class (segment maxima and sums by reduceat); the logits are
-        # sorted before the log-softmax (row by row, so the same values) and the rest runs in place
-        order = np.argsort(pred, kind="stable")
-        classes, starts, counts = np.unique(pred[order], return_index=True, return_counts=True)
-        sorted_logp = log_softmax(z[order])
-        m = np.maximum.reduceat(sorted_logp, starts, axis=0)  # (templates, K)
-        sorted_logp -= np.repeat(m, counts, axis=0)
-        sums = np.add.reduceat(np.exp(sorted_logp, out=sorted_logp), starts, axis=0)
-        self.log_templates_ = m + np.log(sums) - np.log(counts)[:, None]
+        pred = z.argmax(axis=1)  # the argmax of the softmax
+        k = z.shape[1]
+        counts = np.bincount(pred, minlength=k)
+        classes = np.flatnonzero(counts)
+        counts = counts[classes]
+        # d_k = the mean softmax of the samples predicted as k: the float64 softmax computed on the transposed
+        # (K, n) logits (contiguous passes over n values, as logsumexp's short rows), then each column's sums per
+        # predicted class by bincount (no sorting or gathering of the samples)
+        e = np.array(z.T, dtype=np.float64, order="C")
+        e -= e.max(axis=0)
+        np.exp(e, out=e)
+        e /= e.sum(axis=0)
+        sums = np.stack([np.bincount(pred, weights=e[j], minlength=k) for j in range(k)], axis=1)[classes]
+        with np.errstate(divide="ignore"):
+            log_templates = np.log(sums) - np.log(counts)[:, None]
+        # a sum near the float64 underflow has lost digits (or is 0): such templates are recomputed in log space
+        # (logsumexp over the class's samples minus log n_k), so log d_k stays finite and exact however small
+        for t in np.flatnonzero((sums < 1e-280).any(axis=1)):
+            logp = log_softmax(z[pred == classes[t]])
+            m = logp.max(axis=0)
+            log_templates[t] = m + np.log(np.exp(logp - m).sum(axis=0)) - np.log(counts[t])
+        self.log_templates_ = log_templates
         self.template_classes_ = classes
 
     def _score(self, out):

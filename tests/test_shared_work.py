@@ -1,13 +1,15 @@
-"""One pass of the query-bank product for several exact searches (neighbours.shared_search), the detectors that
-use it together (detectors.score_together: KNN and NNGuide) and evaluate's grouping of them. Sharing is a speed
-change only: every number must be the one the detector gives alone."""
+"""Work shared between detectors: one pass of the query-bank product for several exact searches
+(neighbours.shared_search), the detectors that use it together (detectors.score_together: KNN and NNGuide),
+evaluate's grouping of them, and the statistics computed once within linalg.sharing() (the tied covariance, its
+whitening and the whitened queries of Mahalanobis and RMD, the residual space of ViM and Residual). Sharing is a
+speed change only: every number must be the one the detector gives alone."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from ood_core import linalg, pipeline
 from ood_core import neighbours as nb
-from ood_core import pipeline
 from ood_core.detectors import FitContext, create, score_together
 from ood_core.inference import Outputs
 
@@ -105,3 +107,70 @@ def test_evaluate_scores_shared_detectors_as_alone_and_keeps_the_order(default_e
     for name in names:
         for split, v in scores[name].items():
             np.testing.assert_array_equal(scores2[name][split], v)
+
+
+class _Head:
+    def __init__(self, w, b):
+        self.head_weight, self.head_bias = w, b
+
+
+def _gaussian_ctx():
+    rng = np.random.default_rng(7)
+    labels = np.arange(600) % 3
+    feats = (rng.normal(size=(600, 12)) + 2.0 * labels[:, None]).astype(np.float32)
+    train = Outputs(rng.normal(size=(600, 3)).astype(np.float32), feats, labels)
+    head = _Head(rng.normal(size=(3, 12)), rng.normal(size=3))
+    test = Outputs(rng.normal(size=(50, 3)).astype(np.float32), (rng.normal(size=(50, 12)) + 1.0).astype(np.float32),
+                   np.full(50, -1))
+    return FitContext(train=train, model=head, num_classes=3), test
+
+
+NAMES = ("mahalanobis", "rmd", "vim", "residual")
+
+
+def test_sharing_computes_the_tied_gaussian_once_with_the_same_scores():
+    ctx, test = _gaussian_ctx()
+    alone = {n: create(n).fit(ctx).score(test) for n in NAMES}
+    with linalg.sharing():
+        dets = {n: create(n).fit(ctx) for n in NAMES}
+        assert dets["mahalanobis"].gaussian_ is dets["rmd"].gaussian_  # one Cholesky for both
+        assert dets["vim"].basis_ is dets["residual"].basis_  # one eigendecomposition for both
+        for n in NAMES:
+            np.testing.assert_array_equal(dets[n].score(test), alone[n])
+    # outside the context nothing is kept
+    assert create("mahalanobis").fit(ctx).gaussian_ is not create("mahalanobis").fit(ctx).gaussian_
+
+
+def test_shared_values_are_not_changed_by_the_callers():
+    """tied_covariance hands out copies (callers add their ridge in place): a second caller sees the same matrix."""
+    from ood_core.detectors.features import tied_covariance
+
+    ctx, _ = _gaussian_ctx()
+    with linalg.sharing():
+        first = tied_covariance(ctx.train.features, ctx.train.labels)[2]
+        want = first.copy()
+        first += 1.0
+        np.testing.assert_array_equal(tied_covariance(ctx.train.features, ctx.train.labels)[2], want)
+
+
+def test_vim_covariance_from_the_tied_one_equals_the_direct_scatter():
+    """sum_i (h_i - u)(h_i - u)' = N (tied within-class covariance) + sum_k n_k (mu_k - u)(mu_k - u)': the residual
+    basis ViM gets through tied_covariance spans the same space as from the direct scatter about u."""
+    from ood_core.detectors.features import _residual_space
+
+    ctx, _ = _gaussian_ctx()
+    h, w, b = ctx.train.features, ctx.model.head_weight, ctx.model.head_bias
+    u, basis, complement = _residual_space(h, ctx.train.labels, w, b, 4)
+    c = h.astype(np.float64) - u
+    vals, vecs = np.linalg.eigh(c.T @ c / len(h))
+    top = vecs[:, np.argsort(vals)[::-1][:4]]
+    assert not complement and basis.shape == (12, 4)
+    np.testing.assert_allclose(basis @ basis.T, top @ top.T, atol=1e-10)  # the same projector
+
+
+def test_evaluate_shares_statistics_and_gives_the_scores_of_each_alone(default_experiment):
+    exp = default_experiment
+    _, scores = pipeline.evaluate(exp, list(NAMES))
+    for n in NAMES:
+        for split, v in exp.score(exp.fit_detector(n)).items():
+            np.testing.assert_array_equal(scores[n][split], v)
