@@ -175,23 +175,46 @@ class Search:
 
 
 class KthDistance(Search):
-    """The Euclidean distance to the k-th nearest bank row, for banks whose rows have (near) equal norms (e.g.
-    L2-normalised): there q.b alone ranks them. The candidates ranked within EXTRA_CANDIDATES of the k-th by
-    float32 get their distances recomputed in float64, against `bank`."""
+    """The Euclidean distance to the k-th nearest bank row, exact in float64.
 
-    def __init__(self, k: int, bank: np.ndarray):
-        self.k, self.bank = int(k), bank
+    The block's values rank the bank rows: q.b for banks whose rows have (near) equal norms (e.g. L2-normalised),
+    or q.b - |b|^2/2 from the augmented rows of kth_neighbour_distance (`augmented`). Only the candidates whose
+    float32 value lies within twice its rounding bound of the k-th value get their distances recomputed in float64:
+    every candidate above that window is surely nearer than the k-th neighbour and every one below surely farther,
+    so the k-th of the recomputed ones, offset by the count above, is the exact k-th neighbour.
+    """
+
+    def __init__(self, k: int, bank: np.ndarray, augmented: bool = False):
+        self.k, self.bank, self.augmented = int(k), bank, augmented
 
     def prepare(self, n_bank: int) -> None:
         self.k = int(max(1, min(self.k, n_bank)))
         self.m = min(self.k + EXTRA_CANDIDATES, n_bank)
+        sq = np.einsum("nd,nd->n", self.bank, self.bank, dtype=np.float64)
+        self.b_max = float(np.sqrt(sq.max()))
+        # float32 products of length D (+1): |error| <= gamma (sum |a_i b_i|), gamma = (D + 1) u / (1 - (D + 1) u)
+        d = self.bank.shape[1] + 2
+        self.gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
+        # ranking by q.b alone ignores the norms' spread, |b|^2 / 2 at most
+        self.spread = 0.0 if self.augmented else float(np.ptp(sq)) / 2
 
-    def pick(self, block: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    def pick(self, block: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
         cols, vals = _top_columns(block, self.m)
-        return np.take_along_axis(cols, np.argsort(-vals, axis=1), axis=1)
+        order = np.argsort(-vals, axis=1)
+        return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
-    def finish(self, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return _kth_from_ranked(queries, self.bank, idx, self.k)
+    def finish(self, queries: np.ndarray, picked) -> np.ndarray:
+        if len(queries) == 0:
+            return np.zeros(0)
+        idx, vals = picked
+        q_norm = np.sqrt(np.einsum("nd,nd->n", queries, queries, dtype=np.float64))
+        bound = self.gamma * (q_norm * self.b_max + (self.b_max ** 2 if self.augmented else 0.0)) + self.spread
+        tol = 2.0 * (2.0 * bound)[:, None]  # two values' errors, and a factor 2 to spare
+        vk = vals[:, self.k - 1:self.k].astype(np.float64)
+        lo = int((vals > vk + tol).sum(axis=1).min())  # ranks before lo: surely nearer, for every row
+        hi = int((vals >= vk - tol).sum(axis=1).max())  # ranks from hi on: surely farther
+        d2 = _exact_sq_distances(queries, self.bank, idx[:, lo:max(hi, self.k)])
+        return np.sqrt(np.partition(d2, self.k - 1 - lo, axis=1)[:, self.k - 1 - lo])
 
 
 class TopInnerProducts(Search):
@@ -277,7 +300,7 @@ def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk:
     lhs[:, :d], lhs[:, d] = queries, -0.5
     rhs = np.empty((len(bank), d + 1), dtype=np.float32)
     rhs[:, :d], rhs[:, d] = bank, (bank * bank).sum(axis=1)
-    search = KthDistance(k, bank)
+    search = KthDistance(k, bank, augmented=True)
     search.prepare(len(bank))
     out = np.empty(len(queries))
 

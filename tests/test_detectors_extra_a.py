@@ -196,6 +196,24 @@ def test_gen_by_formula():
     assert create("gen", gamma=1.0).fit(FitContext(train=outputs_of(z))).score(outputs_of(z))[0] == pytest.approx(0.625)
 
 
+def test_gen_on_many_rows_by_formula():
+    """From 256 rows GEN sums over the classes column by column (softmax_columns, x^gamma as exp(gamma log x)):
+    the formula to 1e-12, saturated rows (p_max = 1.0 in float64) still ranked, and an exact 0 term gives 0."""
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 3, (600, 7))
+    z[0] = [60.0, 0, 0, 0, 0, 0, 0]
+    z[1] = [50.0, 0, 0, 0, 0, 0, 0]
+    z[2] = [0.0, -800, 0, 0, 0, 0, 0]  # p_1 underflows to 0: its term is 0
+    p = softmax_np(z)
+    for gamma in (0.1, 1.0):
+        got = create("gen", gamma=gamma).fit(FitContext(train=outputs_of(z))).score(outputs_of(z))
+        q = 1 - p
+        top = p.argmax(1)
+        q[np.arange(len(p)), top] = np.array([np.delete(r, t).sum() for r, t in zip(p, top)])
+        np.testing.assert_allclose(got, ((p * q) ** gamma).sum(1), rtol=1e-12)
+        assert got[0] < got[1] and got[0] > 0
+
+
 def test_gen_saturated_softmax_keeps_ranking():
     # p_max rounds to 1.0 in float64 for both rows; 1 - p_max must still differ
     z = np.array([[60.0, 0.0, 0.0], [50.0, 0.0, 0.0]])

@@ -5,7 +5,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from ..linalg import one_blas_thread
-from .base import Detector, FitContext, Param, Reference, logsumexp, max_softmax, register, row_reduce, softmax
+from .base import (Detector, FitContext, Param, Reference, _short_rows, logsumexp, max_softmax, register, row_reduce,
+                   softmax, softmax_columns)
 
 
 @register
@@ -229,6 +230,8 @@ class GeneralizedEntropy(Detector):
     }
 
     def _score(self, out):
+        if int(self.M) >= np.shape(out.logits)[1] and _short_rows(np.asarray(out.logits)):
+            return self._score_all_classes(out.logits)
         p = softmax(out.logits)
         rows = np.arange(len(p))
         top = p.argmax(axis=1)
@@ -241,6 +244,23 @@ class GeneralizedEntropy(Detector):
         order = np.argsort(-p, axis=1, kind="stable")[:, :int(self.M)]
         ps, qs = np.take_along_axis(p, order, 1), np.take_along_axis(q, order, 1)
         return (ps ** self.gamma * qs ** self.gamma).sum(axis=1)
+
+    def _score_all_classes(self, logits) -> np.ndarray:
+        """The sum over every class (M >= K) for short rows, on the transposed (K, n) softmax: contiguous passes
+        over n values; x^gamma as exp(gamma log x) (vectorised, unlike float64 pow: equal to rounding)."""
+        p = softmax_columns(logits)
+        cols = np.arange(p.shape[1])
+        top = p.argmax(axis=0)
+        others = p.copy()
+        others[top, cols] = 0.0
+        q = np.subtract(1.0, p)
+        q[top, cols] = others.sum(axis=0)  # 1 - p_max without cancellation
+        q *= p
+        with np.errstate(divide="ignore"):  # p q = 0 gives log 0 = -inf and exp(-inf) = 0 = 0^gamma
+            np.log(q, out=q)
+        q *= self.gamma
+        np.exp(q, out=q)
+        return q.sum(axis=0)
 
 
 @register
