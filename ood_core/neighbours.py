@@ -165,12 +165,13 @@ class Search:
     def prepare(self, n_bank: int) -> None:
         """Fix the candidate count for a bank of n_bank rows (called once before a pass)."""
 
-    def pick(self, block: np.ndarray, overwrite: bool = False) -> np.ndarray:
-        """Column indices (b, m) of this search's candidates in `block`, nearest first where `finish` needs order;
-        `overwrite`: the block is not needed afterwards and may be used as scratch."""
+    def pick(self, block: np.ndarray, overwrite: bool = False):
+        """What `finish` needs of this search's candidates in `block`: their column indices (b, m), with their
+        float32 values where it needs them; `overwrite`: the block is not needed afterwards and may be scratch."""
         raise NotImplementedError
 
-    def finish(self, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    def finish(self, queries: np.ndarray, picked) -> np.ndarray:
+        """The search's result for `queries` (the block's rows) from what `pick` gave."""
         raise NotImplementedError
 
 

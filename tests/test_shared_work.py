@@ -153,21 +153,6 @@ def test_shared_values_are_not_changed_by_the_callers():
         np.testing.assert_array_equal(tied_covariance(ctx.train.features, ctx.train.labels)[2], want)
 
 
-def test_vim_covariance_from_the_tied_one_equals_the_direct_scatter():
-    """sum_i (h_i - u)(h_i - u)' = N (tied within-class covariance) + sum_k n_k (mu_k - u)(mu_k - u)': the residual
-    basis ViM gets through tied_covariance spans the same space as from the direct scatter about u."""
-    from ood_core.detectors.features import _residual_space
-
-    ctx, _ = _gaussian_ctx()
-    h, w, b = ctx.train.features, ctx.model.head_weight, ctx.model.head_bias
-    u, basis, complement = _residual_space(h, ctx.train.labels, w, b, 4)
-    c = h.astype(np.float64) - u
-    vals, vecs = np.linalg.eigh(c.T @ c / len(h))
-    top = vecs[:, np.argsort(vals)[::-1][:4]]
-    assert not complement and basis.shape == (12, 4)
-    np.testing.assert_allclose(basis @ basis.T, top @ top.T, atol=1e-10)  # the same projector
-
-
 def test_evaluate_shares_statistics_and_gives_the_scores_of_each_alone(default_experiment):
     exp = default_experiment
     _, scores = pipeline.evaluate(exp, list(NAMES))

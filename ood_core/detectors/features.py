@@ -99,15 +99,11 @@ class KNN(Detector):
         return found
 
 
-def _residual_space(h: np.ndarray, labels: np.ndarray, w: np.ndarray, b: np.ndarray,
-                    dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def _residual_space(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """ViM's origin u = -W^+ b and what linalg.residual_norms needs to measure the residual of h - u: the part
     outside the principal subspace, spanned by the eigenvectors of the `dim` largest eigenvalues of the
     (uncentred) covariance of h - u. Shared by ViM and Residual so that both use the same subspace (computed once
     for both within a linalg.sharing() context).
-
-    That covariance is the tied within-class one plus the scatter of the class means about u (the cross terms
-    vanish), so it reuses tied_covariance, which Mahalanobis and RMD compute too, instead of a pass of its own.
 
     Returns (u, basis, complement): the principal basis (D, dim) when dim is small against D (only those
     eigenvectors are computed), else the residual basis (D, D - dim) (complement=True).
@@ -117,13 +113,11 @@ def _residual_space(h: np.ndarray, labels: np.ndarray, w: np.ndarray, b: np.ndar
 
     def compute():
         u = -np.linalg.pinv(w) @ b
-        means, counts, cov = tied_covariance(h, labels)
-        spread = means - u
-        cov += (spread.T * (counts / len(h))) @ spread
+        cov = linalg.scatter(h, u) / len(h)
         return (u, *linalg.residual_basis(cov, dim))
 
     head = hashlib.sha1(w.tobytes() + b.tobytes()).hexdigest()  # the head's arrays are fresh copies at every call
-    return linalg.shared("residual_space", (h, labels), (dim, head), compute)
+    return linalg.shared("residual_space", (h,), (dim, head), compute)
 
 
 @register
@@ -145,8 +139,8 @@ class ViM(Detector):
 
     def _fit(self, ctx):
         h = ctx.train.features
-        self.u_, self.basis_, self.complement_ = _residual_space(h, ctx.train.labels, ctx.model.head_weight,
-                                                                 ctx.model.head_bias, self.dim)
+        self.u_, self.basis_, self.complement_ = _residual_space(h, ctx.model.head_weight, ctx.model.head_bias,
+                                                                 self.dim)
         vlogit = linalg.residual_norms(h, self.u_, self.basis_, self.complement_)
         self.alpha_ = float(np.asarray(ctx.train.logits, dtype=np.float64).max(axis=1).mean() / max(vlogit.mean(), 1e-12))
 
@@ -205,8 +199,7 @@ class Residual(Detector):
                            help="dimension of the principal subspace, as ViM's (paper: D/2 for small feature spaces)")}
 
     def _fit(self, ctx):
-        self.u_, self.basis_, self.complement_ = _residual_space(ctx.train.features, ctx.train.labels,
-                                                                 ctx.model.head_weight,
+        self.u_, self.basis_, self.complement_ = _residual_space(ctx.train.features, ctx.model.head_weight,
                                                                  ctx.model.head_bias, self.dim)
 
     def _score(self, out):
