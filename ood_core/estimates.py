@@ -22,15 +22,16 @@ CLASSIFIER_S_PER_IMAGE_EPOCH = 5e-4
 DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digits), for the Methods cards' cost lines
 # seconds per scored image of the detectors that run the network again, at their default parameters
 NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026,
-                       "crosr": 5e-4}
+                       "crosr": 5e-4, "knn_conv": 5e-4}
 NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
                 "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too",
-                "crosr": "a forward pass per image for the layers' latents, fitted on the ID training images too"}
+                "crosr": "a forward pass per image for the layers' latents, fitted on the ID training images too",
+                "knn_conv": "a forward pass per image for the pooled convolutional maps, of the ID training images too"}
 # the images a detector's fit runs the network on besides the scored ones: Gram's ID training and validation
-# statistics, CROSR's ID training latents
-FIT_SPLITS = {"gram": ("train", "val"), "crosr": ("train",)}
+# statistics, CROSR's ID training latents, the convolutional KNN's bank
+FIT_SPLITS = {"gram": ("train", "val"), "crosr": ("train",), "knn_conv": ("train",)}
 # the detectors that train small networks on the cached features (measured on 128-d features, one core, a busy
 # machine): OpenGAN per step (batches of 128, default width; the cost grows with the square of the width), C2AE per ID
 # training sample and epoch
@@ -230,7 +231,7 @@ def fit_share(exp, name: str, params: Optional[Mapping] = None) -> float:
         return 0.9 if total.trains and total.seconds > 0 else 0.1
     if name in FIT_WHAT:
         return 0.9
-    return 0.5 if name == "gram" else 0.05
+    return 0.5 if name in ("gram", "knn_conv") else 0.05
 
 
 def detectors(exp, names: Iterable[str], params: Optional[Mapping[str, Mapping]] = None) -> Estimate:
