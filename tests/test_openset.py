@@ -106,7 +106,8 @@ def test_rpl_detector_on_a_hand_made_case():
 def test_rpl_applies_only_to_classifiers_trained_with_reciprocal_points():
     assert {"rpl", "arpl"} <= set(REGIMES) and {"rpl", "arpl"} <= set(REGIME_TITLES)
     for regime in REGIMES:
-        assert is_applicable("rpl", "osr", "small_cnn", 6, regime) == (regime in ("rpl", "arpl", "arpl_cs"))
+        assert is_applicable("rpl", "osr", "small_cnn", 6, regime) == (
+            regime in ("rpl", "arpl", "arpl_cs", "rpl_closedset", "arpl_closedset"))
     assert "rpl" not in detectors_for("osr", "small_cnn", 6)  # default regime: cross-entropy
     assert not is_applicable("rpl", "nd", "deep_svdd", 1, "rpl")
     assert {"opengan", "c2ae"} <= set(detectors_for("osr", "small_cnn", 6, "rpl"))

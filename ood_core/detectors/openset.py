@@ -187,7 +187,7 @@ class ReciprocalPointScore(Detector):
                            "Adversarial Reciprocal Points Learning for Open Set Recognition", "IEEE TPAMI", 2021,
                            "https://arxiv.org/abs/2103.00953"))
     needs = ("logits", "features")
-    regimes = ("rpl", "arpl", "arpl_cs")
+    regimes = ("rpl", "arpl", "arpl_cs", "rpl_closedset", "arpl_closedset")
     min_classes = 2
 
     def _score(self, out):
