@@ -166,6 +166,19 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
     return Estimate(0.0, "scores the cached outputs")
 
 
+def tuning_seconds(exp, name: str, grid: Mapping[str, list]) -> Optional[float]:
+    """Seconds that tuning a detector which trains a network of its own (FIT_WHAT) costs over `grid`
+    (tuning.candidates): one training per value tried, each at that value, the others at their defaults. None for
+    any other detector (its fit is cheap: the caller counts its scoring cost once per value)."""
+    from .detectors import default_params
+
+    if name not in FIT_WHAT:
+        return None
+    n_train = len(exp.outputs["train"])
+    return float(sum(fit_seconds(name, n_train, {**default_params(name), pname: v})
+                     for pname, values in grid.items() for v in values))
+
+
 def fit_seconds(name: str, n_train: int, params: Mapping) -> float:
     """Seconds that fitting `name` (a detector that trains a network on the cached features) takes with `params`."""
     if name == "opengan":
