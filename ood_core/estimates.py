@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Optional
 from .jobs import Estimate
 from .models import MODELS, is_cached
 from .models.openset_generative import extra_epochs
-from .spec import REGIME_TITLES, Spec, TrainConfig
+from .spec import REGIME_TITLES, Spec, TrainConfig, default_epochs
 
 REFERENCE_SIDE = 16  # the image side the rates were measured at
 # seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s): the rate of a model
@@ -211,8 +211,8 @@ def cost_words(name: str) -> str:
         extra = max(extra_epochs(r) for r in cls.regimes)
         if extra:
             how += f" plus about {GENERATIVE_PASS * extra:.0f} epochs' worth for its GAN and fine-tuning"
-        slowest = max(training(Spec(training=TrainConfig(regime=r)), DEFAULT_TRAIN_IMAGES).seconds
-                      for r in cls.regimes)
+        slowest = max(training(Spec(training=TrainConfig(epochs=default_epochs(TrainConfig().epochs, r), regime=r)),
+                               DEFAULT_TRAIN_IMAGES).seconds for r in cls.regimes)
         how += f"; about {slowest / 60:.1f} min on 2 cores for the default experiment"
         runs = "**runs the network again** (slower)" if cls.runs_network else "scores its cached outputs (fast)"
         return f"needs a classifier trained in the {names} regime (one training, {how}, cached like it), then {runs}"

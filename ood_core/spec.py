@@ -34,11 +34,12 @@ REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al
                           "extra 'unknown' class; score with the detector 'OSRCI'",
                  "gopenmax": "G-OpenMax (Ge et al. 2017): a conditional GAN's mixtures of known classes become an extra "
                              "'unknown' class; score with the detector 'G-OpenMax'",
-                 "rpl_closedset": "RPL with the closed-set recipe: reciprocal points, trained longer with the cosine "
-                                  "schedule and random shifts, rotations and zooms of the closedset regime",
-                 "arpl_closedset": "ARPL with the closed-set recipe: reciprocal points and the margin term, trained "
-                                   "longer with the cosine schedule and random shifts, rotations and zooms of the "
-                                   "closedset regime"}
+                 "rpl_closedset": "RPL + closed-set recipe (Chen et al. 2020; Vaze et al. 2022): reciprocal points, "
+                                  "trained longer with the closedset regime's cosine schedule and random shifts, "
+                                  "rotations and zooms",
+                 "arpl_closedset": "ARPL + closed-set recipe (Chen et al. 2021; Vaze et al. 2022): reciprocal points "
+                                   "and the margin term, trained longer with the closedset regime's cosine schedule "
+                                   "and random shifts, rotations and zooms"}
 # OSR: how the known classes of each split are chosen, and the protocol (data/osr_splits.py)
 OSR_SPLIT_MODES = ("random", "literature")
 OSR_PROTOCOLS = ("standard", "cifar+10", "cifar+50")

@@ -274,7 +274,7 @@ def test_the_methods_that_train_a_network_are_slow_and_their_cost_is_said_first(
     est = estimates.detector(exp, "c2ae", {"epochs": 20})
     assert n < 10_000 and est.seconds == pytest.approx(estimates.C2AE_S_PER_SAMPLE_EPOCH * n * 20) and "20 epochs" in est.what
     assert estimates.fit_share(exp, "c2ae") == 0.9
-    assert "rpl, arpl or arpl_cs regime" in estimates.cost_words("rpl") and "s per 1,000" in estimates.cost_words("c2ae")
+    assert "rpl, arpl, arpl_cs, rpl_closedset or arpl_closedset regime" in estimates.cost_words("rpl") and "s per 1,000" in estimates.cost_words("c2ae")
     assert "per 1,000" not in estimates.cost_words("opengan")  # a fixed number of steps, whatever the data size
 
 
