@@ -98,8 +98,10 @@ class ConvKNN(Detector):
     before its fully connected layer), z = g / ||g||; the score is the distance to the k-th nearest normalised ID
     training z. The pooled maps keep what the fully connected layer and the classification loss squeeze out of h:
     on OSR 6/4 of the packaged MNIST sample (closed-set recipe, splits 0-4) the validation unknowns (never the test
-    ones) rank it first among the post-hoc detectors, and k = 1 first among (1, 2, 3, 5, 10, 20, 50), which is why 1
-    is the default. It runs the network again (for the feature maps) on the ID training images and each scored set.
+    ones) rank it above KNN and Mahalanobis on h and Mahalanobis on each convolutional block's pooled maps (mean
+    validation AUROC 98.6 against 98.0, 97.8, at most 97.0), and k = 1 first among (1, 2, 3, 5, 10, 20, 50), which is
+    why 1 is the default. It runs the network again (for the feature maps) on the ID training images and each scored
+    set.
     """
 
     name = "knn_conv"
