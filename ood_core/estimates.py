@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Optional
 from .jobs import Estimate
 from .models import MODELS, is_cached
 from .models.openset_generative import extra_epochs
-from .spec import REGIME_TITLES, Spec, TrainConfig
+from .spec import REGIME_TITLES, Spec, TrainConfig, default_epochs
 
 REFERENCE_SIDE = 16  # the image side the rates were measured at
 # seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s): the rate of a model
@@ -22,15 +22,16 @@ CLASSIFIER_S_PER_IMAGE_EPOCH = 5e-4
 DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digits), for the Methods cards' cost lines
 # seconds per scored image of the detectors that run the network again, at their default parameters
 NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026,
-                       "crosr": 5e-4}
+                       "crosr": 5e-4, "knn_conv": 5e-4}
 NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
                 "gram": "Gram matrices of every layer's feature maps, fitted on the ID training images too",
-                "crosr": "a forward pass per image for the layers' latents, fitted on the ID training images too"}
+                "crosr": "a forward pass per image for the layers' latents, fitted on the ID training images too",
+                "knn_conv": "a forward pass per image for the pooled convolutional maps, of the ID training images too"}
 # the images a detector's fit runs the network on besides the scored ones: Gram's ID training and validation
-# statistics, CROSR's ID training latents
-FIT_SPLITS = {"gram": ("train", "val"), "crosr": ("train",)}
+# statistics, CROSR's ID training latents, the convolutional KNN's bank
+FIT_SPLITS = {"gram": ("train", "val"), "crosr": ("train",), "knn_conv": ("train",)}
 # the detectors that train small networks on the cached features (measured on 128-d features, one core, a busy
 # machine): OpenGAN per step (batches of 128, default width; the cost grows with the square of the width), C2AE per ID
 # training sample and epoch
@@ -165,6 +166,19 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
     return Estimate(0.0, "scores the cached outputs")
 
 
+def tuning_seconds(exp, name: str, grid: Mapping[str, list]) -> Optional[float]:
+    """Seconds that tuning a detector which trains a network of its own (FIT_WHAT) costs over `grid`
+    (tuning.candidates): one training per value tried, each at that value, the others at their defaults. None for
+    any other detector (its fit is cheap: the caller counts its scoring cost once per value)."""
+    from .detectors import default_params
+
+    if name not in FIT_WHAT:
+        return None
+    n_train = len(exp.outputs["train"])
+    return float(sum(fit_seconds(name, n_train, {**default_params(name), pname: v})
+                     for pname, values in grid.items() for v in values))
+
+
 def fit_seconds(name: str, n_train: int, params: Mapping) -> float:
     """Seconds that fitting `name` (a detector that trains a network on the cached features) takes with `params`."""
     if name == "opengan":
@@ -197,8 +211,8 @@ def cost_words(name: str) -> str:
         extra = max(extra_epochs(r) for r in cls.regimes)
         if extra:
             how += f" plus about {GENERATIVE_PASS * extra:.0f} epochs' worth for its GAN and fine-tuning"
-        slowest = max(training(Spec(training=TrainConfig(regime=r)), DEFAULT_TRAIN_IMAGES).seconds
-                      for r in cls.regimes)
+        slowest = max(training(Spec(training=TrainConfig(epochs=default_epochs(TrainConfig().epochs, r), regime=r)),
+                               DEFAULT_TRAIN_IMAGES).seconds for r in cls.regimes)
         how += f"; about {slowest / 60:.1f} min on 2 cores for the default experiment"
         runs = "**runs the network again** (slower)" if cls.runs_network else "scores its cached outputs (fast)"
         return f"needs a classifier trained in the {names} regime (one training, {how}, cached like it), then {runs}"
@@ -230,7 +244,7 @@ def fit_share(exp, name: str, params: Optional[Mapping] = None) -> float:
         return 0.9 if total.trains and total.seconds > 0 else 0.1
     if name in FIT_WHAT:
         return 0.9
-    return 0.5 if name == "gram" else 0.05
+    return 0.5 if name in ("gram", "knn_conv") else 0.05
 
 
 def detectors(exp, names: Iterable[str], params: Optional[Mapping[str, Mapping]] = None) -> Estimate:

@@ -18,7 +18,8 @@ SETTING_TITLES = {
 }
 CLASSIFIER_SETTINGS = ("ood", "osr")
 ONE_CLASS_SETTINGS = ("nd", "ad")
-REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl", "arpl_cs", "crosr", "osrci", "gopenmax")
+REGIMES = ("ce", "oe", "logitnorm", "closedset", "rpl", "arpl", "arpl_cs", "crosr", "osrci", "gopenmax",
+           "rpl_closedset", "arpl_closedset")
 REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al. 2019)",
                  "logitnorm": "LogitNorm (Wei et al. 2022)",
                  "closedset": "Good closed-set classifier (Vaze et al. 2022): longer training, cosine schedule, "
@@ -32,12 +33,21 @@ REGIME_TITLES = {"ce": "Cross-entropy", "oe": "Outlier exposure (Hendrycks et al
                  "osrci": "OSRCI (Neal et al. 2018): a GAN's counterfactual images near the known classes become an "
                           "extra 'unknown' class; score with the detector 'OSRCI'",
                  "gopenmax": "G-OpenMax (Ge et al. 2017): a conditional GAN's mixtures of known classes become an extra "
-                             "'unknown' class; score with the detector 'G-OpenMax'"}
+                             "'unknown' class; score with the detector 'G-OpenMax'",
+                 "rpl_closedset": "RPL + closed-set recipe (Chen et al. 2020; Vaze et al. 2022): reciprocal points, "
+                                  "trained longer with the closedset regime's cosine schedule and random shifts, "
+                                  "rotations and zooms",
+                 "arpl_closedset": "ARPL + closed-set recipe (Chen et al. 2021; Vaze et al. 2022): reciprocal points "
+                                   "and the margin term, trained longer with the closedset regime's cosine schedule "
+                                   "and random shifts, rotations and zooms"}
 # OSR: how the known classes of each split are chosen, and the protocol (data/osr_splits.py)
 OSR_SPLIT_MODES = ("random", "literature")
 OSR_PROTOCOLS = ("standard", "cifar+10", "cifar+50")
+# the regimes trained with the closed-set recipe's warm-up + cosine schedule and per-image random affine augmentation
+# (models/recipes.py): closedset itself (with label smoothing) and the reciprocal-point regimes with their own loss
+CLOSEDSET_RECIPE_REGIMES = ("closedset", "rpl_closedset", "arpl_closedset")
 # a regime's own number of epochs, where it needs more than the dataset's default (the recipe trains longer)
-REGIME_EPOCHS: dict[str, int] = {"closedset": 160}
+REGIME_EPOCHS: dict[str, int] = {r: 160 for r in CLOSEDSET_RECIPE_REGIMES}
 
 
 def default_epochs(dataset_epochs: int, regime: str) -> int:

@@ -12,6 +12,8 @@ with the test draw.
 parameter; the default always among them), one parameter at a time in declaration order, the others held at their
 best so far, by the mean AUROC of ID validation against each validation OOD set (ties keep the default, then the
 earlier value). Detectors that run the network again are not tuned (each value would cost a pass over the data);
+detectors that train a network of their own on the cached outputs are tuned only in the parameters they name
+(Detector.tune_params: OpenGAN's training length, which its paper picks on validation data), each value one training;
 detectors without parameters keep none.
 """
 from __future__ import annotations
@@ -59,19 +61,25 @@ def validation_outputs(exp) -> dict[str, Outputs]:
 
 
 def candidates(name: str) -> dict[str, list]:
-    """Each parameter's values to try: its sweep list (or its choices) with the default first."""
+    """Each tuned parameter's values to try: its sweep list (or its choices) with the default first. The tuned
+    parameters are all of them, or only Detector.tune_params for a detector that trains a network of its own."""
+    cls = REGISTRY[name]
+    names = cls.tune_params if cls.trains_network else tuple(cls.params)
     out = {}
-    for pname, p in REGISTRY[name].params.items():
+    for pname in names:
+        p = cls.params[pname]
         values = list(p.choices) if p.kind == "choice" else list(p.sweep)
         out[pname] = [p.default, *[v for v in values if v != p.default]]
     return out
 
 
 def is_tunable(name: str) -> bool:
-    """Whether `tune` tunes this detector: it has parameters and scores the cached outputs alone (it neither runs
-    the network again nor trains one of its own for every value tried)."""
+    """Whether `tune` tunes this detector: it has parameters and scores the cached outputs alone, never running the
+    network again; one that trains a network of its own is tuned only when it names parameters to tune (tune_params)."""
     cls = REGISTRY[name]
-    return bool(cls.params) and not cls.slow()
+    if cls.runs_network:
+        return False
+    return bool(cls.tune_params) if cls.trains_network else bool(cls.params)
 
 
 @dataclass

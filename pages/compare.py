@@ -124,7 +124,12 @@ def tuned_rows(exp, names: list[str]) -> Optional[list[dict]]:
     values = sum(len(v) for n in names for v in tuning.candidates(n).values())
 
     def estimate() -> jobs.Estimate:
-        seconds = sum(len(v) * (ui.detector_cost(exp, n) or 0.05) for n in names for v in tuning.candidates(n).values())
+        seconds = 0.0
+        for n in names:
+            grid = tuning.candidates(n)
+            trainings = estimates.tuning_seconds(exp, n, grid)  # OpenGAN: one training per value tried
+            seconds += trainings if trainings is not None else \
+                sum(len(v) for v in grid.values()) * (ui.detector_cost(exp, n) or 0.05)
         return jobs.Estimate(seconds, f"fits {len(names)} detectors at {values} parameter values in all, scored on "
                                       "the OOD validation sets")
 

@@ -106,7 +106,8 @@ def test_rpl_detector_on_a_hand_made_case():
 def test_rpl_applies_only_to_classifiers_trained_with_reciprocal_points():
     assert {"rpl", "arpl"} <= set(REGIMES) and {"rpl", "arpl"} <= set(REGIME_TITLES)
     for regime in REGIMES:
-        assert is_applicable("rpl", "osr", "small_cnn", 6, regime) == (regime in ("rpl", "arpl", "arpl_cs"))
+        assert is_applicable("rpl", "osr", "small_cnn", 6, regime) == (
+            regime in ("rpl", "arpl", "arpl_cs", "rpl_closedset", "arpl_closedset"))
     assert "rpl" not in detectors_for("osr", "small_cnn", 6)  # default regime: cross-entropy
     assert not is_applicable("rpl", "nd", "deep_svdd", 1, "rpl")
     assert {"opengan", "c2ae"} <= set(detectors_for("osr", "small_cnn", 6, "rpl"))
@@ -273,7 +274,7 @@ def test_the_methods_that_train_a_network_are_slow_and_their_cost_is_said_first(
     est = estimates.detector(exp, "c2ae", {"epochs": 20})
     assert n < 10_000 and est.seconds == pytest.approx(estimates.C2AE_S_PER_SAMPLE_EPOCH * n * 20) and "20 epochs" in est.what
     assert estimates.fit_share(exp, "c2ae") == 0.9
-    assert "rpl, arpl or arpl_cs regime" in estimates.cost_words("rpl") and "s per 1,000" in estimates.cost_words("c2ae")
+    assert "rpl, arpl, arpl_cs, rpl_closedset or arpl_closedset regime" in estimates.cost_words("rpl") and "s per 1,000" in estimates.cost_words("c2ae")
     assert "per 1,000" not in estimates.cost_words("opengan")  # a fixed number of steps, whatever the data size
 
 

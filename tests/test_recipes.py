@@ -133,3 +133,50 @@ def test_the_closed_set_regime_starts_from_its_own_epochs_and_the_others_from_th
 
     assert default_epochs(15, "closedset") == REGIME_EPOCHS["closedset"] > 15
     assert default_epochs(15, "ce") == 15 and default_epochs(30, "oe") == 30
+
+
+# --- the reciprocal-point regimes trained with the closed-set recipe ---------------------------------------------
+
+def test_the_reciprocal_closed_set_regimes_start_from_the_recipes_epochs_and_keep_the_other_keys():
+    from ood_core.spec import CLOSEDSET_RECIPE_REGIMES, REGIME_EPOCHS, default_epochs
+
+    for regime in ("rpl_closedset", "arpl_closedset"):
+        assert regime in CLOSEDSET_RECIPE_REGIMES and default_epochs(15, regime) == REGIME_EPOCHS["closedset"]
+        spec = Spec(setting="osr", training=TrainConfig(regime=regime))
+        assert spec.recipe_versions() == {}  # a new regime: no older cached models to keep apart
+    keys = {r: Spec(setting="osr", training=TrainConfig(regime=r)).model_key()
+            for r in ("rpl", "arpl", "rpl_closedset", "arpl_closedset", "closedset")}
+    assert len(set(keys.values())) == 5
+
+
+@pytest.mark.parametrize("regime, adversarial", [("rpl_closedset", False), ("arpl_closedset", True)])
+def test_a_reciprocal_closed_set_training_uses_the_recipes_augmentation_and_the_reciprocal_loss(
+        monkeypatch, tmp_path, regime, adversarial):
+    from ood_core import pipeline
+    from ood_core.models import openset, train
+
+    calls = {"affine": 0, "shift": 0}
+    affine, shift = train.random_affine, train._augment
+
+    def counted_affine(x, gen, *a, **k):
+        calls["affine"] += 1
+        return affine(x, gen, *a, **k)
+
+    def counted_shift(x, gen, *a, **k):
+        calls["shift"] += 1
+        return shift(x, gen, *a, **k)
+
+    monkeypatch.setattr(train, "random_affine", counted_affine)
+    monkeypatch.setattr(train, "_augment", counted_shift)
+    spec = Spec(setting="osr", image_size=8, known_classes=3,
+                training=TrainConfig(epochs=2, batch_size=64, lr=5e-3, regime=regime))
+    exp = pipeline.prepare(spec, cache_dir=tmp_path, device="cpu", ood_sets=())
+    assert calls["affine"] > 0 and calls["shift"] == 0  # each image's own affine move, never the plain 1-px shift
+    assert (regime in openset.RECIPROCAL_REGIMES, regime in openset.ADVERSARIAL_REGIMES) == (True, adversarial)
+    # the head is the reciprocal points' linear form: b_k = ||P_k||^2 / D with P = -W / (2 / D [+ 1 for ARPL])
+    w = exp.model.head.weight.detach().double()
+    d = w.shape[1]
+    points = -w / (2.0 / d + (1.0 if adversarial else 0.0))
+    np.testing.assert_allclose(exp.model.head.bias.detach().double().numpy(), (points ** 2).sum(1).numpy() / d,
+                               rtol=1e-5, atol=1e-6)
+    assert "rpl" in pipeline.resolve_detectors("all", exp)

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ood_core import Spec, metrics, pipeline, tuning
+from ood_core import Spec, estimates, metrics, pipeline, tuning
 from ood_core.data import build_benchmark
 from ood_core.detectors import REGISTRY, Detector, Param
 from ood_core.inference import Outputs
@@ -100,3 +100,30 @@ def test_a_detector_that_runs_the_network_is_not_tuned(default_experiment):
     assert not tuning.is_tunable("odin") and res.val_auroc is None and res.tried == []
     with pytest.raises(ValueError, match="unknown detector"):
         tuning.tune(default_experiment, "no_such_detector")
+
+
+class _TrainsSigned(_Signed):
+    """_Signed as if its fit trained a network of its own: only `sign` is tuned, never `width`."""
+
+    name = "trains_signed_for_test"
+    trains_network = True
+    tune_params = ("sign",)
+    params = {**_Signed.params, "width": Param(8, 1, 64, "log", kind="int", sweep=(1, 64))}
+
+
+def test_a_detector_that_trains_a_network_is_tuned_only_in_the_parameters_it_names(default_experiment, signed,
+                                                                                     monkeypatch):
+    monkeypatch.setitem(REGISTRY, _TrainsSigned.name, _TrainsSigned)
+    exp = default_experiment
+    assert tuning.is_tunable(_TrainsSigned.name) and tuning.candidates(_TrainsSigned.name) == {
+        "sign": ["wrong", "right"]}
+    res = tuning.tune(exp, _TrainsSigned.name)
+    assert {t["param"] for t in res.tried} == {"sign"} and res.params["width"] == 8
+    assert res.params["sign"] == tuning.tune(exp, signed.name).params["sign"]  # the same choice as all-tuned _Signed
+    # OpenGAN: its training length, from its sweep (the default first); C2AE names nothing, so it is not tuned
+    assert tuning.is_tunable("opengan") and not tuning.is_tunable("c2ae")
+    grid = tuning.candidates("opengan")
+    assert grid == {"steps": [150, 50, 100, 300, 1000, 3000]}
+    assert estimates.tuning_seconds(exp, "opengan", grid) == pytest.approx(
+        estimates.OPENGAN_S_PER_STEP * sum(grid["steps"]))
+    assert estimates.tuning_seconds(exp, "knn", tuning.candidates("knn")) is None

@@ -179,6 +179,9 @@ class Detector:
     min_classes: ClassVar[int] = 1
     # the training regimes (spec.REGIMES) whose classifiers the method scores; empty: any model
     regimes: ClassVar[tuple[str, ...]] = ()
+    # for a method that trains a network of its own: the parameters tuning.tune may choose on OOD validation data
+    # (each value tried is one more training); empty: such a method is not tuned. Other methods tune every parameter.
+    tune_params: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def slow(cls) -> bool:

@@ -99,6 +99,68 @@ class KNN(Detector):
         return found
 
 
+def pooled_feature_maps(adapter, inputs) -> np.ndarray:
+    """The global average over space of the last convolutional block's maps, (n, C) float32: the per-layer
+    statistic Lee et al. (2018) score their intermediate layers with. One batch of maps at a time, so a large split
+    never holds its maps whole."""
+    step = max(1, int(getattr(adapter, "batch_size", 256)))
+    parts = []
+    for i in range(0, len(inputs), step):
+        maps = np.asarray(adapter.feature_maps(inputs[i:i + step]))
+        parts.append(maps.mean(axis=tuple(range(2, maps.ndim))) if maps.ndim > 2 else maps)
+    if not parts:
+        raise ValueError("no images to run the network on")
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+@register
+class ConvKNN(Detector):
+    """KNN (Sun et al. 2022) on the pooled maps of the last convolutional block instead of the penultimate features.
+
+    g(x) is the global average pool of the last convolutional block's output (for the small CNN: the 64 channels
+    before its fully connected layer), z = g / ||g||; the score is the distance to the k-th nearest normalised ID
+    training z. The pooled maps keep what the fully connected layer and the classification loss squeeze out of h:
+    on OSR 6/4 of the packaged MNIST sample (closed-set recipe, splits 0-4) the validation unknowns (never the test
+    ones) rank it above KNN and Mahalanobis on h and Mahalanobis on each convolutional block's pooled maps (mean
+    validation AUROC 98.6 against 98.0, 97.8, at most 97.0), and k = 1 first among (1, 2, 3, 5, 10, 20, 50), which is
+    why 1 is the default. It runs the network again (for the feature maps) on the ID training images and each scored
+    set.
+    """
+
+    name = "knn_conv"
+    title = "Deep KNN on pooled convolutional features"
+    family = "distance"
+    formula = ("S(x) = || z(x) - z_(k) ||_2,  z = g / ||g||, g = spatial mean of the last convolutional block's maps, "
+               "z_(k) its k-th nearest normalised ID train g")
+    latex = (r"S(x) = \big\lVert z(x) - z_{(k)}(x) \big\rVert_2,\quad z = g/\lVert g\rVert_2,\quad "
+             r"g_c = \tfrac{1}{HW}\sum_{i,j} F_{c,i,j}(x)")
+    intuition = ("The same nearest-neighbour test as Deep KNN, one layer earlier: the pooled convolutional maps still "
+                 "describe the strokes and shapes of the input, which the last layer partly discards once they no "
+                 "longer help to tell the known classes apart.")
+    reference = (Reference("Yiyou Sun, Yifei Ming, Xiaojin Zhu, Yixuan Li",
+                           "Out-of-Distribution Detection with Deep Nearest Neighbors", "ICML", 2022,
+                           "https://arxiv.org/abs/2204.06507"),
+                 Reference("Kimin Lee, Kibok Lee, Honglak Lee, Jinwoo Shin",
+                           "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial "
+                           "Attacks", "NeurIPS", 2018, "https://arxiv.org/abs/1807.03888"))
+    needs = ("model", "feature_maps")
+    runs_network = True
+    params = {"k": Param(1, 1, 500, "log", kind="int", sweep=(1, 2, 5, 10, 20, 50),
+                         help="which neighbour's distance is the score (1 ranked first on the MNIST sample's "
+                              "validation unknowns)")}
+
+    def _fit(self, ctx):
+        if ctx.train.inputs is None:
+            raise ValueError("knn_conv needs the ID train images to fit; they were not kept")
+        self.model_ = ctx.model
+        self.bank_ = l2_normalise(pooled_feature_maps(ctx.model, ctx.train.inputs))
+
+    def _score(self, out):
+        if out.inputs is None:
+            raise ValueError("knn_conv needs the input images of this split; they were not kept")
+        return kth_neighbour_distance(l2_normalise(pooled_feature_maps(self.model_, out.inputs)), self.bank_, self.k)
+
+
 def _residual_space(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """ViM's origin u = -W^+ b and what linalg.residual_norms needs to measure the residual of h - u: the part
     outside the principal subspace, spanned by the eigenvectors of the `dim` largest eigenvalues of the

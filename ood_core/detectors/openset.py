@@ -187,7 +187,7 @@ class ReciprocalPointScore(Detector):
                            "Adversarial Reciprocal Points Learning for Open Set Recognition", "IEEE TPAMI", 2021,
                            "https://arxiv.org/abs/2103.00953"))
     needs = ("logits", "features")
-    regimes = ("rpl", "arpl", "arpl_cs")
+    regimes = ("rpl", "arpl", "arpl_cs", "rpl_closedset", "arpl_closedset")
     min_classes = 2
 
     def _score(self, out):
@@ -244,7 +244,9 @@ class OpenGAN(Detector):
     The score is -D(h), as D's logit (the same ranking as its sigmoid, without saturating). The paper picks the epoch
     on a validation set with outliers; with ID data alone the training length is a fixed number of steps, since D
     gets worse when trained much longer (mean AUROC on the same MNIST-sample splits: 0.93 after 5 epochs of 15 steps,
-    0.63 after 60).
+    0.63 after 60). "Tune on validation" (tuning.tune) picks `steps` from its sweep as the paper does, by the AUROC
+    on the experiment's OOD validation sets (in OSR: the unknown classes' validation images, never the test ones),
+    one training per value; it tunes no other parameter (tune_params).
     """
 
     name = "opengan"
@@ -261,6 +263,7 @@ class OpenGAN(Detector):
                           2021, "https://arxiv.org/abs/2104.02939")
     needs = ("features",)
     trains_network = True
+    tune_params = ("steps",)
     params = {
         "steps": Param(150, 10, 20000, "log", kind="int", sweep=(50, 100, 150, 300, 1000, 3000),
                        help="updates of each network, batches of 128 (the paper stops where a validation set with "

@@ -32,8 +32,8 @@ from ..device import resolve_device
 from ..jobs import check_cancelled
 from .reproducible import seeded_init_
 
-RECIPROCAL_REGIMES = ("rpl", "arpl", "arpl_cs")
-ADVERSARIAL_REGIMES = ("arpl", "arpl_cs")  # the ARPL distance (minus h.P_k) and margin term
+RECIPROCAL_REGIMES = ("rpl", "arpl", "arpl_cs", "rpl_closedset", "arpl_closedset")
+ADVERSARIAL_REGIMES = ("arpl", "arpl_cs", "arpl_closedset")  # the ARPL distance (minus h.P_k) and margin term
 RPL_WEIGHT = 0.1  # lambda of the open-space term (the authors' code: weight_pl = 0.1)
 RPL_TEMPERATURE = 1.0  # the authors' code: temp = 1
 ARPL_MARGIN = 1.0  # MarginRankingLoss(margin=1) of the authors' code

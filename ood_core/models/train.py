@@ -12,7 +12,7 @@ from torch import nn
 from ..data import Benchmark
 from ..device import grad_scaler, resolve_device, training_autocast
 from ..jobs import check_cancelled
-from ..spec import Spec
+from ..spec import CLOSEDSET_RECIPE_REGIMES, Spec
 from .openset import RECIPROCAL_REGIMES, ReciprocalPoints
 from .openset_generative import (ConfusingSamples, HierarchicalReconstruction, extra_epochs, gopenmax_stages,
                                  osrci_stages)
@@ -81,7 +81,7 @@ def regime_loss(regime: str, logits: torch.Tensor, targets: torch.Tensor,
 
     ce: cross-entropy. logitnorm: cross-entropy of f / (tau ||f||). oe: cross-entropy on ID plus
     OE_WEIGHT times the cross-entropy from the auxiliary outliers' softmax to the uniform distribution.
-    rpl / arpl / arpl_cs: cross-entropy on the distances to the reciprocal points plus the open-space term
+    rpl / arpl / arpl_cs (and rpl_closedset / arpl_closedset): cross-entropy on the distances to the reciprocal points plus the open-space term
     (models.openset.reciprocal_loss), from the features `reciprocal` caught in the model's last forward pass.
     crosr, osrci, gopenmax: cross-entropy here; their other terms come from models.openset_generative (the
     reconstruction, added by train_classifier; the generated unknowns, in the stages after the epochs).
@@ -124,8 +124,8 @@ def train_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progr
 def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progress], None]] = None,
                      device: Optional[str] = None, cancel=None) -> TrainResult:
     """AdamW in the regime of spec.training, the trainer of every registered classifier: a one-cycle schedule and
-    1-pixel shifts of each batch; in the closedset regime a linear warm-up then cosine decay, and each image's own
-    random shift, rotation and zoom (recipes.py).
+    1-pixel shifts of each batch; in the closedset regime (and rpl_closedset, arpl_closedset: spec.CLOSEDSET_RECIPE_REGIMES)
+    a linear warm-up then cosine decay, and each image's own random shift, rotation and zoom (recipes.py).
 
     On CUDA the forward pass and loss run in mixed precision (device.training_autocast); on the CPU in float32.
     rpl / arpl / arpl_cs train the reciprocal points and radius instead of the head, and keep the head equal to the
@@ -155,7 +155,7 @@ def train_classifier(spec: Spec, bench: Benchmark, progress: Optional[Callable[[
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = grad_scaler(device)  # float16 on CUDA needs loss scaling; disabled otherwise (a plain step)
     steps_per_epoch = int(np.ceil(len(bench.train) / cfg.batch_size))
-    closedset = cfg.regime == "closedset"
+    closedset = cfg.regime in CLOSEDSET_RECIPE_REGIMES  # schedule and augmentation; the loss is the regime's
     sched = (cosine_warmup_schedule(opt, cfg.epochs * steps_per_epoch) if closedset else
              torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch))
     images = bench.train.images  # compact: each batch is converted to normalised float32 when drawn
