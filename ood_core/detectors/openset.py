@@ -397,7 +397,8 @@ class CROSR(Detector):
                  "tells the known classes apart. An unknown sample may fool the logits, but its latent description "
                  "lies far from every class's mean, so OpenMax hands its mass to the unknown class.")
     reference = Reference("Ryota Yoshihashi, Wen Shao, Rei Kawakami, Shaodi You, Makoto Iida, Takeshi Naemura",
-                          "Classification-Reconstruction Learning for Open-Set Recognition", "CVPR", 2019, "")
+                          "Classification-Reconstruction Learning for Open-Set Recognition", "CVPR", 2019,
+                          "https://arxiv.org/abs/1812.04246")
     needs = ("logits", "model")
     runs_network = True
     regimes = ("crosr",)
@@ -449,7 +450,7 @@ class OSRCI(Detector):
                  "'unknown', the classifier hands real unknowns to that class too.")
     reference = Reference("Lawrence Neal, Matthew Olson, Xiaoli Fern, Weng-Keen Wong, Fuxin Li",
                           "Open Set Learning with Counterfactual Images", "ECCV", 2018,
-                          "")
+                          "https://doi.org/10.1007/978-3-030-01231-1_38")
     needs = ("logits",)
     regimes = ("osrci",)
     params = {"form": Param("unknown_probability", kind="choice", choices=("unknown_probability", "max_known_logit"),
@@ -484,7 +485,8 @@ class GOpenMax(Detector):
                  "learns them as an explicit unknown class. OpenMax then also moves mass from logits far from every "
                  "class's mean to the unknown.")
     reference = Reference("ZongYuan Ge, Sergey Demyanov, Zetao Chen, Rahil Garnavi",
-                          "Generative OpenMax for Multi-Class Open Set Classification", "BMVC", 2017, "")
+                          "Generative OpenMax for Multi-Class Open Set Classification", "BMVC", 2017,
+                          "https://arxiv.org/abs/1707.07418")
     needs = ("logits",)
     regimes = ("gopenmax",)
     min_classes = 2
