@@ -5,9 +5,17 @@ test set (every other class), through the library's protocol (protocols.run_one_
     PYTHONPATH=. nice -n 10 .venv/bin/python scripts/bench_oneclass_gen.py [--dataset mnist-sample] [--size 28]
         [--classes 0,1,...] [--methods lsa,ocgan,anogan,autoencoder] [--cache-dir DIR] [--json out.json]
     python scripts/bench_oneclass_gen.py --table out.json [more.json ...]   (the table of finished or partial runs)
+    ... --search-val [--classes 3,8] [--cache-dir DIR] [--json out.json]   (AnoGAN's search settings, validation only)
 
 AUROC: mean ± sample std over the normal classes. Training seconds: per class (median), as recorded when each model
 was trained; "run s" is the method's whole protocol (trainings, AnoGAN's latent search over every split, scoring).
+--search-val chooses AnoGAN's latent search on VALIDATION data only (the normal class's validation images against the
+other classes' validation images, Benchmark.val_ood; never a test image): each image's loss is recorded at every step
+of a SEARCH_VAL_STEPS-step search (torch's Adam, as AnoGAN.search), and the validation AUROC is computed for a fixed
+number of steps and for the stopping rule (search_stop_rule: a check every ANOGAN_CHECK_EVERY steps, stop when the
+loss fell by less than tol), with the mean number of steps the rule used. Each image's search is independent of the
+others, so one recorded trajectory gives every setting. Its models are cached like the protocol's (pass the same
+--cache-dir to the later run to reuse them).
 The autoencoder (the project's plain reconstruction model) is the reference both LSA and OC-GAN build on.
 Without --cache-dir the models go to a fresh temporary folder, so every one is trained (and timed) here.
 The survey's numbers (Salehi et al. 2022, Table 7) are on full MNIST (6,000 training images per class, 64-d or larger
@@ -29,12 +37,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ood_core import Spec, protocols  # noqa: E402
+import torch  # noqa: E402
+
+from ood_core import Spec, metrics, protocols  # noqa: E402
 from ood_core.compare import summarise_by  # noqa: E402
+from ood_core.data import build_benchmark  # noqa: E402
+from ood_core.models import get_model  # noqa: E402
+from ood_core.models.oneclass_gen import ANOGAN_CHECK_EVERY, search_stop_rule  # noqa: E402
 from ood_core.models.registry import MODELS  # noqa: E402
 
 SURVEY_MNIST = {"ocgan": 97.5, "lsa": 97.5, "anogan": 91.3}  # AUROC %, Salehi et al. 2022, Table 7
 METHODS = ("lsa", "ocgan", "anogan", "autoencoder")
+SEARCH_VAL_STEPS = 200  # the longest search --search-val records
+SEARCH_VAL_FIXED = (0, 10, 20, 30, 50, 100, 150, 200)  # fixed step counts compared
+SEARCH_VAL_TOLS = (0.05, 0.02, 0.01, 0.005, 0.002)  # stopping-rule tolerances compared (at most SEARCH_VAL_STEPS)
 
 
 def run(dataset: str, size: int, classes: list[int], models: list[str], cache_dir: str,
@@ -60,6 +76,78 @@ def run(dataset: str, size: int, classes: list[int], models: list[str], cache_di
             if json_path:
                 Path(json_path).write_text(json.dumps(out, indent=1, default=float))
     return out
+
+
+def search_trajectory(model, x: torch.Tensor, steps: int) -> np.ndarray:
+    """Each image's search loss after 0..steps Adam steps, (n, steps + 1): torch's Adam on the summed loss, which
+    AnoGAN.search reproduces (tests/test_oneclass_gen.py)."""
+    with torch.enable_grad():
+        fx = model.features(x).detach()
+        z = model.initial_codes(x).requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=model.search_lr)
+        out = []
+        for s in range(steps + 1):
+            loss = model.search_loss(x, z, fx)
+            out.append(loss.detach().numpy().copy())
+            if s == steps:
+                break
+            opt.zero_grad()
+            loss.sum().backward()
+            opt.step()
+    return np.stack(out, axis=1)
+
+
+def stopped(traj: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """(score, steps used) per image under the stopping rule, from recorded trajectories (n, S + 1)."""
+    n, last = traj.shape[0], traj.shape[1] - 1
+    score, used = traj[:, last].copy(), np.full(n, last)
+    active = np.ones(n, bool)
+    for t in range(ANOGAN_CHECK_EVERY, last + 1, ANOGAN_CHECK_EVERY):
+        done = active & search_stop_rule(torch.from_numpy(traj[:, t - ANOGAN_CHECK_EVERY]),
+                                         torch.from_numpy(traj[:, t]), tol).numpy()
+        score[done], used[done] = traj[done, t], t
+        active &= ~done
+    return score, used
+
+
+def search_val(dataset: str, size: int, classes: list[int], cache_dir: str, json_path: Optional[str] = None) -> dict:
+    """AnoGAN's validation AUROC per class for each fixed step count and each stopping-rule tolerance."""
+    base = Spec(setting="nd", dataset=dataset, image_size=size, model="anogan")
+    out: dict = {"dataset": dataset, "image_size": size, "classes": [], "fixed": {}, "rule": {}, "seconds": {}}
+    for c in classes:
+        spec = base.replace(normal_class=c)
+        bench = build_benchmark(spec, ())
+        t0 = time.perf_counter()
+        model = get_model(spec, bench, cache_dir=cache_dir, device="cpu").model.eval()
+        t1 = time.perf_counter()
+        x = torch.cat([torch.from_numpy(bench.val.x), torch.from_numpy(bench.val_ood["novel"].x)])
+        novel = np.r_[np.zeros(len(bench.val.x), bool), np.ones(len(bench.val_ood["novel"].x), bool)]
+        traj = search_trajectory(model, x, SEARCH_VAL_STEPS)
+        out["classes"].append(c)
+        out["seconds"][c] = {"train_or_load": round(t1 - t0, 1), "search": round(time.perf_counter() - t1, 1)}
+        for s in SEARCH_VAL_FIXED:
+            out["fixed"].setdefault(str(s), []).append(metrics.auroc(traj[~novel, s], traj[novel, s]))
+        for tol in SEARCH_VAL_TOLS:
+            score, used = stopped(traj, tol)
+            r = out["rule"].setdefault(str(tol), {"auroc": [], "mean_steps": []})
+            r["auroc"].append(metrics.auroc(score[~novel], score[novel]))
+            r["mean_steps"].append(float(used.mean()))
+        print(f"class {c}: {out['seconds'][c]}", flush=True)
+        if json_path:
+            Path(json_path).write_text(json.dumps(out, indent=1, default=float))
+    return out
+
+
+def search_table(r: dict) -> str:
+    lines = [f"AnoGAN's latent search on {r['dataset']} at {r['image_size']} px, normal classes {r['classes']}: "
+             "VALIDATION AUROC % (normal val vs the other classes' val), mean over the classes", "",
+             "| search | validation AUROC % | mean steps per image |", "|---|---|---|"]
+    for s, a in r["fixed"].items():
+        lines.append(f"| {s} steps | {100 * np.mean(a):.1f} | {s} |")
+    for tol, v in r["rule"].items():
+        lines.append(f"| stop when the loss falls < {100 * float(tol):g}% in {ANOGAN_CHECK_EVERY} steps (max "
+                     f"{SEARCH_VAL_STEPS}) | {100 * np.mean(v['auroc']):.1f} | {np.mean(v['mean_steps']):.0f} |")
+    return "\n".join(lines)
 
 
 def table(r: dict) -> str:
@@ -88,6 +176,7 @@ def main() -> int:
     ap.add_argument("--cache-dir", default=None, help="model cache (default: a fresh temporary folder)")
     ap.add_argument("--json", help="write the summaries and per-class numbers here too (after every class)")
     ap.add_argument("--table", nargs="+", help="print the table of these --json files (merged) and exit")
+    ap.add_argument("--search-val", action="store_true", help="choose AnoGAN's search on validation data (see above)")
     args = ap.parse_args()
     if args.table:
         docs = [json.loads(Path(f).read_text()) for f in args.table]
@@ -103,6 +192,11 @@ def main() -> int:
         classes = list(range(load_dataset(args.dataset, args.size).num_classes))
     else:
         classes = [int(c) for c in args.classes.split(",")]
+    torch.set_num_threads(2)
+    if args.search_val:
+        with tempfile.TemporaryDirectory(prefix="ood-bench-anogan-search-") as tmp:
+            print("\n" + search_table(search_val(args.dataset, args.size, classes, args.cache_dir or tmp, args.json)))
+        return 0
     with tempfile.TemporaryDirectory(prefix="ood-bench-oneclass-gen-") as tmp:
         r = run(args.dataset, args.size, classes, models, args.cache_dir or tmp, args.json)
     print("\n" + table(r), flush=True)

@@ -165,6 +165,63 @@ def test_anogan_loss_is_the_papers_weighted_residual_and_discrimination(trained8
         gen.AnoGAN(1, 8, search_steps=-1)
 
 
+def test_anogan_search_is_torchs_adam_on_the_summed_loss(trained8):
+    """With no tolerance the search is the reference: torch.optim.Adam on z, the loss summed over the images."""
+    model = trained8["anogan"].model.eval()
+    x = torch.randn(5, 1, 8, 8)
+    fx = model.features(x).detach()
+    z = model.initial_codes(x).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=model.search_lr)
+    for _ in range(15):
+        opt.zero_grad()
+        model.search_loss(x, z, fx).sum().backward()
+        opt.step()
+    z_ref = z.detach()
+    z_got, loss_got = model.search(x, steps=15, tol=0.0)
+    torch.testing.assert_close(z_got, z_ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(loss_got, model.search_loss(x, z_ref, fx), atol=1e-4, rtol=1e-5)
+
+
+def test_anogan_stop_rule_stops_a_search_whose_loss_fell_by_less_than_tol():
+    previous = torch.tensor([10.0, 10.0, 10.0, 10.0])
+    current = torch.tensor([9.5, 9.95, 9.9, 11.0])  # fell by 5%, 0.5%, exactly 1%, rose
+    assert gen.search_stop_rule(previous, current, 0.01).tolist() == [False, True, False, True]
+
+
+def test_anogan_search_with_a_tolerance_stops_each_image_at_its_own_check(trained8):
+    model = trained8["anogan"].model.eval()
+    x = torch.randn(6, 1, 8, 8)
+    every = gen.ANOGAN_CHECK_EVERY
+    # a tolerance of 0.99 stops every search at the first check: the same as a search of that many steps
+    z_stop, loss_stop = model.search(x, steps=5 * every, tol=0.99)
+    z_ref, loss_ref = model.search(x, steps=every, tol=0.0)
+    torch.testing.assert_close(z_stop, z_ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(loss_stop, loss_ref, atol=1e-5, rtol=1e-5)
+    # with a stopping rule each image still gets what it would get alone
+    _, loss_all = model.search(x, steps=4 * every, tol=0.02)
+    for i in range(len(x)):
+        torch.testing.assert_close(model.search(x[i:i + 1], steps=4 * every, tol=0.02)[1][0], loss_all[i],
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        gen.AnoGAN(1, 8, search_tol=1.0)
+
+
+def test_anogan_search_setting_joins_the_state_so_cached_outputs_follow_it(trained8):
+    from ood_core.models.checkpoint import state_dict_sha256
+
+    model = trained8["anogan"].model
+    state = model.state_dict()
+    other = gen.AnoGAN(1, 8, search_steps=model.search_steps + 1)
+    other.load_state_dict(state)  # the weights load; the search stays the new model's own
+    assert other.search_setting[0] == model.search_steps + 1
+    assert state_dict_sha256(other.state_dict()) != state_dict_sha256(state)
+    older = {k: v for k, v in state.items() if k != "search_setting"}  # a checkpoint from before the buffer
+    same = gen.AnoGAN(1, 8)
+    same.load_state_dict(older)
+    assert _same_weights(same, model)
+
+
 # --- all three: normal data only, easy case, determinism, progress, cache and cancel ----------------------------
 
 @pytest.mark.parametrize("name", list(TRAINERS))

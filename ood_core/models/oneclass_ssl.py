@@ -137,17 +137,20 @@ class TeacherInput(nn.Module):
 
 # --- CSI ----------------------------------------------------------------------------------------------------------
 
-CSI_HP = dict(epochs=15, batch_size=32, lr=1e-3, weight_decay=1e-6, shift=0, temperature=0.5, crop_scale=0.8,
+CSI_HP = dict(epochs=30, batch_size=32, lr=1e-3, weight_decay=1e-6, shift=0, temperature=0.5, crop_scale=0.8,
               jitter=0.2, lambda_cls=1.0)
 CSI_SHIFTS = 4  # rotations by 0, 90, 180, 270 degrees
 CSI_WIDTHS = (16, 32, 64)
+# the encoder's last feature map is average-pooled to a CSI_POOL x CSI_POOL grid, not to one value per channel: where
+# a stroke lies matters for digits (on validation splits of 4 digits, 30 epochs: 91.9 vs 90.7 mean AUROC)
+CSI_POOL = 2
 CSI_PROJ = 128
 
 
 class CSINet(nn.Module):
     """CSI (Tack et al., NeurIPS 2020): an encoder f, a projection head g (contrastive) and a shift classifier.
 
-    f: three conv3x3-BN-ReLU-maxpool blocks (16, 32, 64 channels), global average pooling -> 64;
+    f: three conv3x3-BN-ReLU-maxpool blocks (16, 32, 64 channels), average pooling to a 2x2 grid -> 256;
     g: linear-ReLU-linear -> 128; shift head: linear -> 4 rotations. The feature bank (the normalised g(f(R_k x_m))
     of every training image under every rotation k) and the balancing weights are buffers, set after training.
 
@@ -167,7 +170,8 @@ class CSINet(nn.Module):
             layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2)]
             c = w
-        self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(CSI_POOL), nn.Flatten())
+        c *= CSI_POOL * CSI_POOL
         self.projection = nn.Sequential(nn.Linear(c, CSI_PROJ), nn.ReLU(inplace=True), nn.Linear(CSI_PROJ, CSI_PROJ))
         self.shift_head = nn.Linear(c, CSI_SHIFTS)
         self.register_buffer("bank", torch.zeros(CSI_SHIFTS, bank_size, CSI_PROJ))
@@ -274,10 +278,13 @@ def train_csi(spec: Spec, bench: Benchmark, progress: ProgressFn = None, device:
 
     Each batch of B normal images becomes 4B rotated ones, each seen in two SimCLR views (simclr_augment); loss =
     NT-Xent(temperature 0.5) over the 8B projections + lambda_cls * cross-entropy of the shift head on every view.
-    Defaults (CSI_HP): 15 epochs, batch 32 images (256 views), Adam lr 1e-3, weight decay 1e-6, crop area >= 0.8,
+    Defaults (CSI_HP): 30 epochs, batch 32 images (256 views), Adam lr 1e-3, weight decay 1e-6, crop area >= 0.8,
     jitter 0.2 (milder than 0.5 and 0.4, which gave a lower validation AUROC on digits), lambda_cls = 1: a CPU-sized
-    version of the paper's ResNet-18, trained far longer there with LARS, batch 32 x 4 shifts x 2 views. After
-    training, the bank and weights come from the unaugmented training images.
+    version of the paper's ResNet-18, trained far longer there with LARS, batch 32 x 4 shifts x 2 views. 30 epochs,
+    not 15: on the validation splits of digits 0, 2, 5, 8 (normal validation images vs the other digits' ones) the
+    mean AUROC went 90.6 -> 91.9 from 15 to 30 epochs (crop area >= 0.5 did not help). After training, the bank and
+    weights come from the unaugmented training images; the paper's test-time ensemble of augmented views is left out
+    (averaging 8 crops changed the same validation AUROC by -0.4).
     Progress: loss = training loss; train_accuracy = rotation accuracy on the training views; val_accuracy = rotation
     accuracy on the validation images (unaugmented).
     """
@@ -547,13 +554,16 @@ def _with_teacher(trainer: Callable, teacher: str) -> Callable:
 
 
 # train_seconds: a whole training per normal training image at 16 px on 2 CPU cores. Measured one after the other on
-# a shared, busy machine (digits, class 0, 107 images): CSI : U-std : MKD took 1 : 1.6 : 2.2, CSI about twice
-# GeoTrans's per-image work (8 views of 4 rotations per image vs 12 transforms); scaled to GeoTrans's 0.030.
+# a shared, busy machine (digits, class 0, 107 images): CSI (at 15 epochs) : U-std : MKD took 1 : 1.6 : 2.2, CSI about
+# twice GeoTrans's per-image work (8 views of 4 rotations per image vs 12 transforms); scaled to GeoTrans's 0.030,
+# and CSI's doubled for its 30 epochs.
 _one_class("csi", "CSI: contrastive learning with shifted instances (Tack et al. 2020)", "CSI",
            "Contrasts each normal image with its own rotations and learns which rotation was applied; the score is "
            "the closest training feature's cosine similarity times the feature norm plus the rotation logit. Scale: "
-           "3-block CNN (16-32-64 channels), 15 epochs, batch 32 images x 4 rotations x 2 views (the paper: ResNet-18, "
-           "far longer training).", CSINet, train_csi, 0.06)
+           "3-block CNN (16-32-64 channels, pooled to 2x2), 30 epochs over the normal training images (about 300 per "
+           "digit on the MNIST sample), batch 32 images x 4 rotations x 2 views; the score is averaged over the 4 "
+           "rotations (the paper: ResNet-18 with LARS, far longer training, and a test-time ensemble of augmented "
+           "views).", CSINet, train_csi, 0.12)
 _one_class("ustd", "U-std: uninformed students (Bergmann et al. 2020), random teacher", "U-std",
            "Three students regress a frozen teacher's descriptors of 14 px patches (VGG-16 to relu2_2); the score is "
            "their regression error plus their disagreement, averaged over the image. The teacher here is random "
