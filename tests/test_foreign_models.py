@@ -465,8 +465,9 @@ def test_the_tutorial_network_scores_the_same_as_a_module_an_exported_program_an
     module, exported, script = (results[k] for k in ("nn.Module", "exported program (torch.export)",
                                                      "TorchScript (torch.jit)"))
     assert module[0].id_accuracy > 0.5
-    # every detector but the two a brought model cannot have; Gram needs ReLU modules, which F.relu calls are not
-    assert set(module[2]["detectors"]["unavailable"]) == {"mc_dropout", "ensemble", "gram"}
+    # every detector but the two a brought model cannot have; Gram and knn_conv need ReLU modules (the maps they
+    # read), which F.relu calls are not
+    assert set(module[2]["detectors"]["unavailable"]) == {"mc_dropout", "ensemble", "gram", "knn_conv"}
     assert set(exported[2]["detectors"]["unavailable"]) == set(script[2]["detectors"]["unavailable"]) == {
         "mc_dropout", "ensemble"}
     for other in (exported, script):
