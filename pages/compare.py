@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from ood_core import compare, estimates, figures, jobs, metrics, pipeline, protocols, report, tuning
-from ood_core.data import OOD_SETS
+from ood_core.data import OOD_SETS, osr_splits
 from ood_core.detectors import FAMILIES, REGISTRY
 from ood_core.spec import ONE_CLASS_SETTINGS
 from pages import _support as ui
@@ -511,8 +511,11 @@ def main() -> None:
             help_text = (f"The published splits of the OSR literature: split i uses seed {spec.seed} + i, which picks "
                          "published split i (five per dataset) and trains a fresh model on its known classes, as "
                          "`python -m ood_core run --setting osr --osr-splits literature` does.")
-    n_seeds = s1.number_input(f"{u.capitalize()}s", min_value=2, max_value=10,
-                              value=ui.url_number("seeds", 2, 10, DEFAULT_SPLITS if osr else DEFAULT_SEEDS, int),
+    left = osr_splits.splits_left(spec) if osr else None  # literature mode: only as many as were published
+    most = 10 if left is None else max(2, min(10, left))
+    n_seeds = s1.number_input(f"{u.capitalize()}s", min_value=2, max_value=most,
+                              value=ui.url_number("seeds", 2, most, min(most, DEFAULT_SPLITS if osr else DEFAULT_SEEDS),
+                                                  int),
                               step=1, key="compare-seeds", disabled=uploaded, help=help_text)
     ui.remember_in_url("seeds", int(n_seeds), default=DEFAULT_SPLITS if osr else DEFAULT_SEEDS)
     seeds = list(range(spec.seed, spec.seed + int(n_seeds)))

@@ -41,8 +41,10 @@ def setting_picker() -> str:
         known = osr_splits.known_classes_of(spec, n) if setting == "osr" else None
     except ValueError:  # a protocol that does not fit the current dataset: the diagram shows no known classes
         known = None
+    plus = osr_splits.CIFAR_PLUS.get(spec.osr_protocol) if setting == "osr" else None
     st.plotly_chart(figures.setting_diagram(setting, n, known=known, normal=spec.normal_class,
-                                            contamination=spec.contamination if setting == "ad" else 0.0),
+                                            contamination=spec.contamination if setting == "ad" else 0.0,
+                                            external_unknowns=f"{plus} CIFAR-100 classes" if plus else None),
                     width="stretch", key=f"setting-diagram-{setting}", config={"displayModeBar": False})
     return setting
 

@@ -390,3 +390,32 @@ def test_cli_refuses_bad_osr_options_in_one_line_before_training(argv, message, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "\n" not in err
     assert not list((tmp_path / "cache").rglob("*.pt"))  # nothing was trained
+
+
+def test_splits_left_counts_the_published_splits_from_the_seed():
+    """Literature mode: seed i picks published split i, so from seed s there are len(lists) - s left (MNIST and
+    CIFAR+10 publish 5); random mode has no limit."""
+    assert osr_splits.splits_left(Spec(dataset="mnist-sample", setting="osr", osr_splits="literature")) == 5
+    assert osr_splits.splits_left(Spec(dataset="mnist-sample", setting="osr", osr_splits="literature", seed=3)) == 2
+    assert osr_splits.splits_left(Spec(dataset="mnist-sample", setting="osr", osr_splits="literature", seed=9)) == 0
+    assert osr_splits.splits_left(Spec(dataset="mnist-sample", setting="osr")) is None
+
+
+def test_the_setting_diagram_draws_cifar_plus_unknowns_as_another_dataset():
+    """CIFAR+N: the unknowns are CIFAR-100 classes, so CIFAR-10's other classes are not used (grey at test too) and
+    the extra tile at test is the unknowns (red, named), not "other data"."""
+    from ood_core import figures
+
+    def fill(fig, x0, y0):
+        return next(s.fillcolor for s in fig.layout.shapes if s.x0 == x0 and s.y0 == y0)
+
+    known = [0, 1, 8, 9]
+    plus = figures.setting_diagram("osr", 10, known=known, external_unknowns="10 CIFAR-100 classes")
+    plain = figures.setting_diagram("osr", 10, known=known)
+    red, grey = "#d62728", "#eeeeee"
+    assert fill(plain, 2, 0) == red and fill(plus, 2, 0) == grey  # class 2 at test
+    assert fill(plus, 0, 0) == fill(plain, 0, 0) != grey  # a known class is known in both
+    assert fill(plus, 10.3, 0) == red and fill(plain, 10.3, 0) != red  # the extra tile at test
+    texts = [a.text for a in plus.layout.annotations]
+    assert "10 CIFAR-100 classes" in texts and "other data" not in texts
+    assert any("CIFAR-100" in (t.name or "") for t in plus.data)

@@ -151,6 +151,15 @@ def default_splits(dataset: str, mode: str = "random", protocol: str = "standard
     return DEFAULT_RANDOM_SPLITS.get(dataset, 5)
 
 
+def splits_left(spec: Spec) -> Optional[int]:
+    """In literature mode, how many published splits there are from the spec's seed on (seed i picks split i), at
+    least 0; None in random mode (any number of seeded splits). What a page offering "N splits" caps N at."""
+    key = literature_key(spec.dataset, spec.osr_protocol)
+    if spec.osr_splits != "literature" or key is None:
+        return None
+    return max(0, len(LITERATURE_SPLITS[key]) - spec.seed)
+
+
 def _literature(key: str, seed: int, what: str) -> list[int]:
     lists = LITERATURE_SPLITS[key]
     if not 0 <= seed < len(lists):

@@ -235,11 +235,14 @@ def contamination_figure(summary: list[dict]) -> go.Figure:
 
 
 def setting_diagram(setting: str, n_classes: int = 10, known: Optional[list[int]] = None,
-                    normal: int = 0, contamination: float = 0.0, class_names: Optional[list[str]] = None) -> go.Figure:
+                    normal: int = 0, contamination: float = 0.0, class_names: Optional[list[str]] = None,
+                    external_unknowns: Optional[str] = None) -> go.Figure:
     """Which classes are seen at training and at test in a setting (after the survey's Fig. 1).
 
     Two rows of class tiles (training, test); colours say known / normal (ID), unknown / novel (at test only),
     contaminant (AD training); an extra tile stands for other distributions (synthetic / transformed sets).
+    `external_unknowns` (OSR only, e.g. "10 CIFAR-100 classes" for CIFAR+10): the unknowns come from another
+    dataset, drawn as the extra tile at test; the dataset's own classes that are not known are then not used.
     """
     names = class_names or [str(c) for c in range(n_classes)]
     known = list(range(n_classes)) if setting == "ood" else (known or [])
@@ -249,7 +252,7 @@ def setting_diagram(setting: str, n_classes: int = 10, known: Optional[list[int]
     for row, y in rows.items():
         for c in range(n_classes):
             if setting in ("ood", "osr"):
-                kind = "id" if c in known else ("unseen" if row == "test" else "absent")
+                kind = "id" if c in known else ("unseen" if row == "test" and not external_unknowns else "absent")
             else:
                 kind = "id" if c == normal else ("unseen" if row == "test" else
                                                  ("contam" if setting == "ad" and contamination > 0 else "absent"))
@@ -258,12 +261,14 @@ def setting_diagram(setting: str, n_classes: int = 10, known: Optional[list[int]
             fig.add_annotation(x=c + 0.45, y=y + 0.4, text=names[c], showarrow=False,
                                font=dict(color="white" if kind != "absent" else "#999", size=13))
         other = row == "test"
+        external = bool(external_unknowns) and setting == "osr"
         fig.add_shape(type="rect", x0=n_classes + 0.3, x1=n_classes + 2.3, y0=y, y1=y + 0.8, line=dict(width=0),
-                      fillcolor=colours["other"] if other else colours["absent"])
-        fig.add_annotation(x=n_classes + 1.3, y=y + 0.4, text="other data" if other else "—", showarrow=False,
-                           font=dict(color="white" if other else "#999", size=11))
+                      fillcolor=(colours["unseen"] if external else colours["other"]) if other else colours["absent"])
+        fig.add_annotation(x=n_classes + 1.3, y=y + 0.4, text=(external_unknowns if external else "other data")
+                           if other else "—", showarrow=False, font=dict(color="white" if other else "#999", size=11))
     legend = {"ood": [("id", "ID classes"), ("other", "OOD: other distributions")],
-              "osr": [("id", "known classes"), ("unseen", "unknown classes (test only)")],
+              "osr": [("id", "known classes"), ("unseen", "unknown classes (test only" +
+                                                        (f": {external_unknowns})" if external_unknowns else ")"))],
               "nd": [("id", "normal class"), ("unseen", "novel classes (test only)")],
               "ad": [("id", "normal class"), ("contam", "unlabelled anomalies in training"),
                      ("unseen", "anomalous classes")]}[setting]
