@@ -42,6 +42,9 @@ def setting_picker() -> str:
     except ValueError:  # a protocol that does not fit the current dataset: the diagram shows no known classes
         known = None
     plus = osr_splits.CIFAR_PLUS.get(spec.osr_protocol) if setting == "osr" else None
+    if plus:
+        st.caption(f"CIFAR+{plus}: the unknowns at test are {plus} CIFAR-100 animal classes, not CIFAR-10's other "
+                   "classes, which this protocol does not use.")
     st.plotly_chart(figures.setting_diagram(setting, n, known=known, normal=spec.normal_class,
                                             contamination=spec.contamination if setting == "ad" else 0.0,
                                             external_unknowns=f"{plus} CIFAR-100 classes" if plus else None),

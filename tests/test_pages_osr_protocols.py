@@ -79,3 +79,6 @@ def test_cifar_plus_10_is_offered_with_cifar100_and_sets_k_to_4(app, tmp_path, l
     spec = app.session_state[ui.SPEC_KEY]
     assert (spec.osr_protocol, spec.osr_splits, spec.known_classes) == ("cifar+10", "random", 4)
     assert "**Known classes (K=4):** 0, 1, 8, 9" in ui.setting_lines(spec)
+    # the setting's explanation says where this protocol's unknowns come from
+    app.run()
+    assert any("the unknowns at test are 10 CIFAR-100 animal classes" in c.value for c in app.caption)
