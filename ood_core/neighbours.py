@@ -187,17 +187,19 @@ class KthDistance(Search):
 
     def __init__(self, k: int, bank: np.ndarray, augmented: bool = False):
         self.k, self.bank, self.augmented = int(k), bank, augmented
+        sq = np.einsum("nd,nd->n", bank, bank, dtype=np.float64)  # one pass over the bank, whatever is asked after
+        self.b_max = float(np.sqrt(sq.max())) if len(sq) else 0.0
+        # rows of (near) equal norms (e.g. L2-normalised): q.b alone ranks them, no augmented rows needed
+        self.equal_norms = bool(len(sq)) and float(np.ptp(sq)) <= 1e-6 * float(sq.max())
+        # float32 products of length D (+1): |error| <= gamma (sum |a_i b_i|), gamma = (D + 1) u / (1 - (D + 1) u)
+        d = bank.shape[1] + 2
+        self.gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
+        # ranking by q.b alone ignores the norms' spread, |b|^2 / 2 at most
+        self.spread = 0.0 if augmented or not len(sq) else float(np.ptp(sq)) / 2
 
     def prepare(self, n_bank: int) -> None:
         self.k = int(max(1, min(self.k, n_bank)))
         self.m = min(self.k + EXTRA_CANDIDATES, n_bank)
-        sq = np.einsum("nd,nd->n", self.bank, self.bank, dtype=np.float64)
-        self.b_max = float(np.sqrt(sq.max()))
-        # float32 products of length D (+1): |error| <= gamma (sum |a_i b_i|), gamma = (D + 1) u / (1 - (D + 1) u)
-        d = self.bank.shape[1] + 2
-        self.gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
-        # ranking by q.b alone ignores the norms' spread, |b|^2 / 2 at most
-        self.spread = 0.0 if self.augmented else float(np.ptp(sq)) / 2
 
     def pick(self, block: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
         cols, vals = _top_columns(block, self.m)
@@ -294,14 +296,15 @@ def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk:
         index = faiss.IndexFlatL2(bank.shape[1])
         index.add(bank)
         return _kth_from_ranked(queries, bank, index.search(queries, min(k + EXTRA_CANDIDATES, len(bank)))[1], k)
-    if equal_norms(bank):  # e.g. L2-normalised rows: q.b alone ranks them
-        return shared_search(queries, bank, [KthDistance(k, bank)], chunk)[0]
+    search = KthDistance(k, bank)
+    if search.equal_norms:
+        return shared_search(queries, bank, [search], chunk)[0]
     d = bank.shape[1]
     lhs = np.empty((len(queries), d + 1), dtype=np.float32)
     lhs[:, :d], lhs[:, d] = queries, -0.5
     rhs = np.empty((len(bank), d + 1), dtype=np.float32)
     rhs[:, :d], rhs[:, d] = bank, (bank * bank).sum(axis=1)
-    search = KthDistance(k, bank, augmented=True)
+    search.augmented, search.spread = True, 0.0  # ranked by q.b - |b|^2 / 2 now: the norms' spread is in the value
     search.prepare(len(bank))
     out = np.empty(len(queries))
 
@@ -310,12 +313,6 @@ def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk:
 
     _for_each_block(lhs, rhs, chunk, finish)
     return out
-
-
-def equal_norms(bank: np.ndarray) -> bool:
-    """Whether every row of `bank` has (nearly) the same squared norm, so that q.b alone ranks Euclidean neighbours."""
-    bank_sq = (bank * bank).sum(axis=1, dtype=np.float32)
-    return bool(np.ptp(bank_sq) <= 1e-6 * bank_sq.max())
 
 
 def top_k_inner_products(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 2048,
