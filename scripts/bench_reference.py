@@ -104,12 +104,12 @@ def _libc():
         return None
 
 
+# The allocator is left as every process has it (glibc's dynamic mmap threshold: memory freed by one call is
+# reused by the next, as in the app or in a user's script). Before each measured call malloc_trim(0) returns every
+# freed page to the system, so the resident set is what is alive, and what the call touches shows in its peak.
+# (Until 2026-11-30 this script set M_MMAP_THRESHOLD to 1 MiB, so every large array was a fresh mapping: that made
+# every call of float64 code pay twice the page faults of float32 code, a cost no real process pays.)
 _LIBC = _libc()
-if _LIBC is not None:
-    # every allocation of 1 MiB or more is its own mapping, returned to the system when freed (glibc would
-    # otherwise raise this threshold after the first large free and keep freed arrays resident, hiding later
-    # allocations from the resident-set measurement below)
-    _LIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 def _reset_peak() -> bool:
@@ -421,7 +421,7 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
             "floor_s": flops / (rate * 1e9),
             # the same floor in CPU seconds: flops at the per-core rate, against our CPU seconds (all threads)
             "core_gflops": per_core, "floor_cpu_s": flops / (per_core * 1e9) if flops else 0.0,
-            "load": os.getloadavg()[0], "note": case.note, "peak_exact": _LIBC is not None,
+            "load": os.getloadavg()[0], "note": case.note, "allocator": "default",
         }
         if before is not None:
             wall, _, _, (b_scores, _) = measure(ours_runner(before, case.name, case.params, train, sets, w, b))
@@ -692,10 +692,10 @@ def report(path: Path = RESULTS) -> str:
     if notes:
         lines += ["", "Notes:"] + [f"- `{k}`: {v}" for k, v in notes.items()]
     lines += ["", "Each row's runs, CPU seconds, fit/score split, load average, matmul rates and the commit it measured "
-              "are in docs/bench/reference.json. Peak MiB is the growth of the resident set during the call; rows "
-              "without `\"peak_exact\": true` there were measured before the benchmark mapped every large "
-              "allocation on its own, so a call that reused memory freed earlier shows less than it used (a lower "
-              "bound). docs/bench/scaling.png has exact peaks."]
+              "are in docs/bench/reference.json. Both libraries run with the process's default allocator. Peak MiB "
+              "is the growth of the resident set during the call, after malloc_trim(0) returned freed memory (rows "
+              "without `\"allocator\"` there were measured with every large allocation a fresh mapping, which "
+              "charged float64 code twice the page faults of float32 code). docs/bench/scaling.png has exact peaks."]
     return "\n".join(lines)
 
 
