@@ -308,3 +308,50 @@ def test_anomaly_detection_without_contamination_reuses_the_novelty_model(tmp_pa
     trained = get_model(nd, build_benchmark(nd, ()), cache_dir=tmp_path)
     again = get_model(ad0, build_benchmark(ad0, ()), cache_dir=tmp_path)
     assert not trained.from_cache and again.from_cache and _same_weights(again.model, trained.model)
+
+
+# --- the trainers' shared loop ------------------------------------------------------------------------------------
+
+def test_epoch_loop_batches_progress_and_modes_are_known():
+    """epoch_loop: the batches are a seeded randperm per epoch cut into batch_size pieces (a last piece of one sample
+    skipped), steps run in train mode and epoch_end in eval mode, and each epoch's loss is the size-weighted mean."""
+    model = nn.BatchNorm1d(2)
+    seen, modes, progress = [], [], []
+
+    def step(idx):
+        seen.append(idx.clone())
+        modes.append(model.training)
+        return float(len(idx))  # loss = batch size: the epoch's weighted mean is sum(b^2) / sum(b)
+
+    def epoch_end(epoch):
+        modes.append(model.training)
+        return 0.5, float(epoch), {"extra": epoch * 10}
+
+    hp = dict(epochs=2, batch_size=4)
+    history = oc.epoch_loop(model, 9, hp, torch.Generator().manual_seed(3), step, epoch_end, progress.append, 0.0)
+    expected_gen = torch.Generator().manual_seed(3)
+    for e in range(2):
+        perm = torch.randperm(9, generator=expected_gen)
+        assert [t.tolist() for t in seen[2 * e:2 * e + 2]] == [perm[:4].tolist(), perm[4:8].tolist()]  # 9th skipped
+    assert len(seen) == 4 and modes == [True, True, False, True, True, False] and not model.training
+    assert [h["loss"] for h in history] == [4.0, 4.0]  # (16 + 16) / 8
+    assert [(h["epoch"], h["epochs"], h["train_accuracy"], h["val_accuracy"], h["extra"]) for h in history] == \
+        [(1, 2, 0.5, 1.0, 10), (2, 2, 0.5, 2.0, 20)]
+    assert [p.epoch for p in progress] == [1, 2]
+
+
+def test_fit_divides_the_learning_rate_by_ten_after_each_milestone_epoch(monkeypatch):
+    """_fit's schedule (Ruff et al.'s milestones): epoch e steps at lr * 0.1^(number of milestones before e)."""
+    model = nn.Linear(2, 1)
+    rates = []
+
+    class Spy(torch.optim.Adam):
+        def step(self, *a, **k):
+            rates.append(self.param_groups[0]["lr"])
+            return super().step(*a, **k)
+
+    monkeypatch.setattr(torch.optim, "Adam", Spy)
+    hp = dict(epochs=4, batch_size=8, lr=1.0, weight_decay=0.0, milestones=(1, 3))
+    oc._fit(model, lambda xb, _: model(xb.flatten(1)).pow(2).mean(), torch.randn(8, 1, 2, 1), None, hp,
+            torch.Generator().manual_seed(0), "cpu", None, lambda: (float("nan"), float("nan"), {}))
+    assert rates == pytest.approx([1.0, 0.1, 0.1, 0.01])  # one step per epoch (8 samples, batch 8)

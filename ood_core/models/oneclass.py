@@ -79,13 +79,43 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device
     return torch.cat([fn(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
+def epoch_loop(model: nn.Module, n: int, hp: dict, gen: torch.Generator, step: Callable[[torch.Tensor], float],
+               epoch_end: Callable[[int], tuple[float, float, dict]], progress: ProgressFn, t0: float,
+               history: Optional[list] = None) -> list[dict]:
+    """The one-class trainers' loop: hp["epochs"] passes over n samples in seeded random batches of
+    hp["batch_size"] (one torch.randperm from gen per epoch; a last batch of a single sample is skipped when there
+    are more, as BatchNorm needs two). step(idx) trains on the batch of those indices and returns its mean loss;
+    after each epoch, in eval mode, epoch_end(epoch) -> (train accuracy or nan, validation quality or nan, extra
+    history keys), and a Progress (loss = the epoch's mean step loss) is appended to history and sent to progress.
+    """
+    history = [] if history is None else history
+    for epoch in range(1, hp["epochs"] + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        loss_sum, total = 0.0, 0
+        for i in range(0, n, hp["batch_size"]):
+            idx = perm[i:i + hp["batch_size"]]
+            if len(idx) < 2 and n > 1:  # BatchNorm needs more than one sample per batch
+                continue
+            loss_sum += step(idx) * len(idx)
+            total += len(idx)
+        model.eval()
+        train_acc, val_q, extra = epoch_end(epoch)
+        p = Progress(epoch, hp["epochs"], loss_sum / max(1, total), train_acc, val_q, time.perf_counter() - t0)
+        history.append({**p.__dict__, **extra})
+        if progress is not None:
+            progress(p)
+    model.eval()
+    return history
+
+
 def _fit(model: nn.Module, loss_fn: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
          x: torch.Tensor, y: Optional[torch.Tensor], hp: dict, gen: torch.Generator, device: str,
          progress: ProgressFn, epoch_end: Callable[[], tuple[float, float, dict]], params=None,
          t0: Optional[float] = None, history: Optional[list] = None) -> list[dict]:
-    """Adam with weight decay (optionally a one-cycle schedule, or the learning rate divided by 10 at each epoch of
-    hp["milestones"] as Ruff et al.'s code), seeded batch order and random shifts of up to hp["shift"] pixels; a
-    Progress after every epoch. On CUDA each step's loss runs in mixed precision.
+    """epoch_loop with Adam and weight decay (optionally a one-cycle schedule, or the learning rate divided by 10 at
+    each epoch of hp["milestones"] as Ruff et al.'s code) and random shifts of up to hp["shift"] pixels. On CUDA
+    each step's loss runs in mixed precision.
 
     loss_fn(xb, yb) -> scalar loss; epoch_end() -> (train accuracy or nan, val accuracy or nan, extra history keys).
     """
@@ -96,39 +126,28 @@ def _fit(model: nn.Module, loss_fn: Callable[[torch.Tensor, Optional[torch.Tenso
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps)
              if hp.get("schedule") == "onecycle" else None)
     milestones = tuple(hp.get("milestones", ()))
-    history = [] if history is None else history
-    t0 = time.perf_counter() if t0 is None else t0
-    for epoch in range(1, hp["epochs"] + 1):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        loss_sum, total = 0.0, 0
-        for i in range(0, len(perm), hp["batch_size"]):
-            idx = perm[i:i + hp["batch_size"]]
-            if len(idx) < 2 and len(perm) > 1:  # BatchNorm needs more than one sample per batch
-                continue
-            xb = random_shift(x[idx], gen, hp.get("shift", 0)).to(device)
-            yb = None if y is None else y[idx].to(device)
-            opt.zero_grad(set_to_none=True)
-            with training_autocast(device):
-                loss = loss_fn(xb, yb)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if sched is not None:
-                sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            total += len(idx)
+
+    def step(idx: torch.Tensor) -> float:
+        xb = random_shift(x[idx], gen, hp.get("shift", 0)).to(device)
+        yb = None if y is None else y[idx].to(device)
+        opt.zero_grad(set_to_none=True)
+        with training_autocast(device):
+            loss = loss_fn(xb, yb)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if sched is not None:
+            sched.step()
+        return float(loss.detach())
+
+    def end(epoch: int) -> tuple[float, float, dict]:
         if epoch in milestones:
             for group in opt.param_groups:
                 group["lr"] *= 0.1
-        model.eval()
-        train_acc, val_q, extra = epoch_end()
-        p = Progress(epoch, hp["epochs"], loss_sum / max(1, total), train_acc, val_q, time.perf_counter() - t0)
-        history.append({**p.__dict__, **extra})
-        if progress is not None:
-            progress(p)
-    model.eval()
-    return history
+        return epoch_end()
+
+    return epoch_loop(model, len(x), hp, gen, step, end, progress,
+                      time.perf_counter() if t0 is None else t0, history)
 
 
 # --- Deep SVDD ----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from torch.nn import functional as F
 from ..data import Benchmark
 from ..device import resolve_device
 from ..spec import Spec
-from .oneclass import ProgressFn, _batched, _fit, _init, _one_class
-from .train import Progress, TrainResult, training_generator
+from .oneclass import ProgressFn, _batched, _fit, _init, _one_class, epoch_loop
+from .train import TrainResult, training_generator
 
 GEN_WIDTHS = (16, 32)  # channels of the two convolutional stages of every encoder, decoder and discriminator
 SLOPE = 0.2  # LeakyReLU slope of the discriminators and encoders (DCGAN's)
@@ -127,33 +127,6 @@ def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
     """Binary cross-entropy of logits against the label 1 (real) or 0 (fake), averaged."""
     target = torch.ones_like(logits) if real else torch.zeros_like(logits)
     return F.binary_cross_entropy_with_logits(logits, target)
-
-
-def _epochs(hp: dict, x: torch.Tensor, gen: torch.Generator, device: str, model: nn.Module,
-            step: Callable[[torch.Tensor], float], epoch_end: Callable[[], dict], progress: ProgressFn,
-            t0: float) -> list[dict]:
-    """hp["epochs"] passes over x in seeded random batches; step(xb) trains on one batch and returns its loss; a
-    Progress (loss = the epoch's mean step loss, no accuracy) after each epoch, with epoch_end()'s keys in history."""
-    history: list[dict] = []
-    for epoch in range(1, hp["epochs"] + 1):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        loss_sum, total = 0.0, 0
-        for i in range(0, len(perm), hp["batch_size"]):
-            idx = perm[i:i + hp["batch_size"]]
-            if len(idx) < 2 and len(perm) > 1:  # BatchNorm needs more than one sample per batch
-                continue
-            loss_sum += step(x[idx].to(device)) * len(idx)
-            total += len(idx)
-        model.eval()
-        extra = epoch_end()
-        p = Progress(epoch, hp["epochs"], loss_sum / max(1, total), float("nan"), float("nan"),
-                     time.perf_counter() - t0)
-        history.append({**p.__dict__, **extra})
-        if progress is not None:
-            progress(p)
-    model.eval()
-    return history
 
 
 # --- LSA -------------------------------------------------------------------------------------------------------
@@ -361,7 +334,8 @@ def train_ocgan(spec: Spec, bench: Benchmark, progress: ProgressFn = None, devic
     def epoch_end() -> dict:
         return {"val_loss": float(_batched(m.anomaly_score, xv, device).mean()) if len(xv) else float("nan")}
 
-    history = _epochs(hp, x, gen, device, m, step, epoch_end, progress, t0)
+    history = epoch_loop(m, len(x), hp, gen, lambda idx: step(x[idx].to(device)),
+                         lambda _: (float("nan"), float("nan"), epoch_end()), progress, t0)
     return TrainResult(m.eval(), history, time.perf_counter() - t0, False)
 
 
@@ -513,7 +487,8 @@ def train_anogan(spec: Spec, bench: Benchmark, progress: ProgressFn = None, devi
         d_losses.clear()
         return out
 
-    history = _epochs(hp, x, gen, device, m, step, epoch_end, progress, t0)
+    history = epoch_loop(m, len(x), hp, gen, lambda idx: step(x[idx].to(device)),
+                         lambda _: (float("nan"), float("nan"), epoch_end()), progress, t0)
     return TrainResult(m.eval(), history, time.perf_counter() - t0, False)
 
 
