@@ -5,10 +5,10 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import metrics
+from . import linalg, metrics
 from .jobs import check_cancelled
 from .metrics import sample_std
-from .detectors import REGISTRY
+from .detectors import REGISTRY, Detector, score_together
 from .pipeline import Experiment, evaluate, resolve_detectors
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
@@ -145,22 +145,66 @@ def sweep(exp: Experiment, detector: str, param: str, values: Optional[Iterable]
     if not values:
         raise ValueError(f"{detector}.{param} has no sweep list")
     oods = list(ood_sets or exp.ood_names)
-    rows = []
+    with linalg.sharing():  # what the values compute alike (ViM's covariance, KNN's normalised bank) is done once
+        if cls.neighbour_plan is not Detector.neighbour_plan:
+            rows = _sweep_search(exp, detector, param, values, oods, fixed, on_progress, cancel)
+        else:
+            rows = []
+            for i, v in enumerate(values):
+                check_cancelled(cancel)
+                if on_progress:
+                    on_progress(i / len(values), f"{param} = {v} ({i + 1}/{len(values)})")
+                try:
+                    det = exp.fit_detector(detector, {**(fixed or {}), param: v}, cancel=cancel)
+                    rows += _sweep_rows(v, oods, exp.score(det, ["test", *oods], cancel))
+                except Exception as e:  # one bad value shows as an error point; the sweep goes on
+                    rows += _sweep_rows(v, oods, error=e)
+    if on_progress:
+        on_progress(1.0, "done")
+    return rows
+
+
+def _sweep_rows(value, oods: list[str], scores: Optional[dict] = None, error: Optional[Exception] = None) -> list[dict]:
+    """sweep's rows of one value: its AUROC and FPR@95 on each OOD set, or the error on each."""
+    if scores is None:
+        msg = f"{type(error).__name__}: {error}"
+        return [{"value": value, "ood_set": o, "auroc": None, "fpr95": None, "error": msg} for o in oods]
+    return [{"value": value, "ood_set": o, "auroc": metrics.auroc(scores["test"], scores[o]),
+             "fpr95": metrics.fpr95(scores["test"], scores[o]), "error": None} for o in oods]
+
+
+def _sweep_search(exp: Experiment, detector: str, param: str, values: list, oods: list[str],
+                  fixed: Optional[Mapping], on_progress, cancel) -> list[dict]:
+    """sweep for a detector whose scores rest on a neighbour search (KNN, NNGuide): every value is fitted first
+    (sharing the normalised bank), then each split is scored for all values at once (detectors.score_together: ONE
+    pass of the query-bank product instead of one per value, the same numbers). If that joint pass fails, each
+    value is scored alone, so an error stays with its value. Progress: fitting a tenth of the bar, then per split."""
+    fitted, errors = {}, {}
     for i, v in enumerate(values):
         check_cancelled(cancel)
         if on_progress:
-            on_progress(i / len(values), f"{param} = {v} ({i + 1}/{len(values)})")
-        p = dict(fixed or {})
-        p[param] = v
+            on_progress(0.1 * i / len(values), f"fitting {param} = {v} ({i + 1}/{len(values)})")
         try:
-            det = exp.fit_detector(detector, p, cancel=cancel)
-            sc = exp.score(det, ["test", *oods], cancel)
-            for o in oods:
-                rows.append({"value": v, "ood_set": o, "auroc": metrics.auroc(sc["test"], sc[o]),
-                             "fpr95": metrics.fpr95(sc["test"], sc[o]), "error": None})
+            fitted[i] = exp.fit_detector(detector, {**(fixed or {}), param: v}, cancel=cancel)
         except Exception as e:  # one bad value shows as an error point; the sweep goes on
-            rows += [{"value": v, "ood_set": o, "auroc": None, "fpr95": None, "error": f"{type(e).__name__}: {e}"}
-                     for o in oods]
-    if on_progress:
-        on_progress(1.0, "done")
+            errors[i] = e
+    splits = ["test", *oods]
+    scores: dict[int, dict] = {i: {} for i in fitted}
+    try:
+        for j, s in enumerate(splits):
+            check_cancelled(cancel)
+            if on_progress:
+                on_progress(0.1 + 0.9 * j / len(splits), f"scoring {s} for all {len(fitted)} values at once")
+            for i, sc in zip(fitted, score_together(list(fitted.values()), exp.outputs[s])):
+                scores[i][s] = sc
+    except Exception:  # the joint pass failed: each value alone, below (jobs.Cancelled is no Exception)
+        scores = {}
+        for i, det in fitted.items():
+            try:
+                scores[i] = exp.score(det, splits, cancel)
+            except Exception as e:
+                errors[i] = e
+    rows = []
+    for i, v in enumerate(values):
+        rows += _sweep_rows(v, oods, error=errors[i]) if i in errors else _sweep_rows(v, oods, scores[i])
     return rows

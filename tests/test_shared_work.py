@@ -159,3 +159,104 @@ def test_evaluate_shares_statistics_and_gives_the_scores_of_each_alone(default_e
     for n in NAMES:
         for split, v in exp.score(exp.fit_detector(n)).items():
             np.testing.assert_array_equal(scores[n][split], v)
+
+
+# --- sweeps (the Sensitivity page): the values of one detector share work too ------------------------------------
+
+def _alone_rows(exp, name, param, values, fixed=None):
+    from ood_core import metrics
+
+    oods = list(exp.ood_names)
+    rows = []
+    for v in values:
+        sc = exp.score(exp.fit_detector(name, {**(fixed or {}), param: v}))
+        rows += [{"value": v, "ood_set": o, "auroc": metrics.auroc(sc["test"], sc[o]),
+                  "fpr95": metrics.fpr95(sc["test"], sc[o]), "error": None} for o in oods]
+    return rows
+
+
+@pytest.mark.parametrize("name, param, values", [("knn", "k", [1, 5, 50]), ("nnguide", "k", [1, 5, 20]),
+                                                 ("nnguide", "bank_fraction", [0.5, 1.0]),
+                                                 ("vim", "dim", [8, 16, 32]), ("mahalanobis", None, None)])
+def test_a_sweep_gives_the_numbers_of_each_value_alone(default_experiment, name, param, values):
+    from ood_core import compare
+
+    if param is None:  # a detector without parameters cannot be swept: a clear error
+        with pytest.raises(ValueError, match="no parameter"):
+            compare.sweep(default_experiment, name, "k")
+        return
+    progress = []
+    rows = compare.sweep(default_experiment, name, param, values, on_progress=lambda f, m: progress.append(f))
+    assert rows == _alone_rows(default_experiment, name, param, values)
+    assert progress == sorted(progress) and progress[-1] == 1.0
+
+
+@pytest.mark.parametrize("name", ["knn", "nnguide"])
+def test_a_k_sweep_shares_one_bank_and_one_search_pass(default_experiment, monkeypatch, name):
+    """Every k of the sweep is fitted on one bank, and each split is searched once for all of them."""
+    from ood_core import compare
+    from ood_core.detectors import base
+
+    calls = []
+    real = nb.shared_search
+
+    def counting(queries, bank, searches, *a, **k):
+        calls.append(len(searches))
+        return real(queries, bank, searches, *a, **k)
+
+    monkeypatch.setattr(nb, "shared_search", counting)
+    banks = []
+    real_fit = base.Detector.fit
+
+    def spy_fit(self, ctx):
+        out = real_fit(self, ctx)
+        banks.append(getattr(self, "bank_", None))
+        return out
+
+    monkeypatch.setattr(base.Detector, "fit", spy_fit)
+    compare.sweep(default_experiment, name, "k", [1, 5, 50])
+    assert len(banks) == 3 and banks[0] is banks[1] is banks[2]
+    assert calls == [3] * (1 + len(default_experiment.ood_names))  # one pass per split, three searches in it
+
+
+def test_a_vim_sweep_computes_the_covariance_once(default_experiment, monkeypatch):
+    from ood_core import compare
+
+    calls = []
+    real = linalg.scatter
+    monkeypatch.setattr(linalg, "scatter", lambda *a, **k: calls.append(1) or real(*a, **k))
+    compare.sweep(default_experiment, "vim", "dim", [8, 16, 32])
+    assert len(calls) == 1
+
+
+def test_a_sweep_value_that_fails_stays_an_error_of_that_value(default_experiment, monkeypatch):
+    """If the joint search pass fails, each value is scored alone: one broken value does not take the others."""
+    from ood_core import compare
+    from ood_core.neighbours import KthDistance
+
+    real = KthDistance.__init__
+
+    def picky(self, k, bank, *a, **kw):
+        if k == 5:
+            raise RuntimeError("k = 5 is broken here")
+        real(self, k, bank, *a, **kw)
+
+    monkeypatch.setattr(KthDistance, "__init__", picky)
+    rows = compare.sweep(default_experiment, "knn", "k", [1, 5, 50])
+    bad = [r for r in rows if r["value"] == 5]
+    assert bad and all(r["auroc"] is None and "k = 5 is broken" in r["error"] for r in bad)
+    good = [r for r in rows if r["value"] != 5]
+    assert good == [r for r in _alone_rows(default_experiment, "knn", "k", [1, 50])]
+
+
+def test_nnguide_keeps_no_normalised_copy_when_alone():
+    """Outside a sharing() context NNGuide holds its weighted bank only: the normalised rows it could share are
+    held weakly, so they are gone after its fit (no second copy of the train features for a detector alone)."""
+    rng = np.random.default_rng(3)
+    train = _outputs(rng, 300, 1.0)
+    det = create("nnguide", k=5).fit(FitContext(train=train, num_classes=4))
+    assert det.base_() is None and det.neighbour_plan().base is None
+    with linalg.sharing():
+        shared = create("nnguide", k=5).fit(FitContext(train=train, num_classes=4))
+        assert shared.neighbour_plan().base is not None
+

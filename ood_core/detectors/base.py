@@ -246,7 +246,8 @@ class Detector:
 class NeighbourPlan:
     """How a fitted detector's score reads one exact search (neighbours.Search) of the L2-normalised query features
     against rows made from the ID train features `source()` (a weak reference: detectors fitted on the same array
-    can share a pass). `base` holds the normalised rows themselves when this detector keeps them (KNN's bank)."""
+    can share a pass). `base` holds the normalised rows themselves when this detector can reach them (KNN's bank;
+    NNGuide's while they are shared), else None: the pass then needs a member that has them."""
 
     source: Callable[[], Optional[np.ndarray]]
     search: Any  # neighbours.Search

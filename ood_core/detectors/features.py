@@ -13,6 +13,12 @@ from .base import Detector, NeighbourPlan, Param, Reference, logsumexp, register
 SHRINK = 1e-6  # the ridge added to a covariance, relative to its mean variance
 
 
+def _normalised(h: np.ndarray) -> np.ndarray:
+    """The L2-normalised float32 rows of h, computed once for every detector fitted on the same h within a
+    linalg.sharing() context (KNN's bank, NNGuide's before its confidence weights, every k of a sweep). Read-only."""
+    return linalg.shared("l2_normalised", (h,), (), lambda: l2_normalise(h))
+
+
 def tied_covariance(feats: np.ndarray, labels: np.ndarray):
     """Class means (K, D), class counts (K,) and the shared (tied) covariance of the ID features, all float64.
 
@@ -86,7 +92,7 @@ class KNN(Detector):
                          help="which neighbour's distance is the score (paper: 50 on CIFAR-10)")}
 
     def _fit(self, ctx):
-        self.bank_ = l2_normalise(ctx.train.features)
+        self.bank_ = _normalised(ctx.train.features)
         self.source_ = weakref.ref(ctx.train.features)
 
     def _score(self, out):
@@ -173,9 +179,13 @@ def _residual_space(h: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int) -> tu
     dim = int(min(dim, h.shape[1] - 1))
     w, b = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
 
-    def compute():
+    def covariance():
         u = -np.linalg.pinv(w) @ b
-        cov = linalg.scatter(h, u) / len(h)
+        return u, linalg.scatter(h, u) / len(h)
+
+    def compute():
+        # the covariance does not depend on dim: one for every dim of a sweep (compare.sweep shares too)
+        u, cov = linalg.shared("residual_covariance", (h,), (head,), covariance)
         return (u, *linalg.residual_basis(cov, dim))
 
     head = hashlib.sha1(w.tobytes() + b.tobytes()).hexdigest()  # the head's arrays are fresh copies at every call
@@ -359,15 +369,25 @@ class NNGuide(Detector):
     def _fit(self, ctx):
         h, z = ctx.train.features, ctx.train.logits
         n_bank = max(1, int(round(self.bank_fraction * len(h))))
-        if n_bank < len(h):
-            idx = np.sort(np.random.default_rng(ctx.seed).choice(len(h), size=n_bank, replace=False))
-            h, z = h[idx], z[idx]
-        confidence = logsumexp(z)
-        self.bank_ = (l2_normalise(h) * confidence[:, None]).astype(np.float32)
-        # the whole train set as the bank: its rows are the normalised train features scaled by confidence, so
-        # the search can share KNN's pass over them (score_together)
-        self.source_ = weakref.ref(ctx.train.features) if n_bank == len(ctx.train.features) else None
-        self.confidence_ = confidence.astype(np.float32)
+        whole = n_bank == len(h)
+
+        def bank():
+            hb, zb = h, z
+            if not whole:
+                idx = np.sort(np.random.default_rng(ctx.seed).choice(len(h), size=n_bank, replace=False))
+                hb, zb = h[idx], z[idx]
+            confidence = logsumexp(zb)
+            normalised = _normalised(hb) if whole else l2_normalise(hb)
+            return ((normalised * confidence[:, None]).astype(np.float32), confidence.astype(np.float32),
+                    normalised if whole else None)
+
+        # one bank for every k of a sweep (within linalg.sharing(); read-only)
+        self.bank_, self.confidence_, normalised = linalg.shared("nnguide_bank", (h, z), (n_bank, ctx.seed), bank)
+        # the whole train set as the bank: its rows are the normalised train features scaled by confidence, so the
+        # search can ride on a pass over those normalised features (score_together), KNN's bank. Held weakly: alive
+        # while shared (in a sharing() context, or as a KNN's bank), never kept for this detector alone
+        self.source_ = weakref.ref(h) if whole else None
+        self.base_ = weakref.ref(normalised) if whole else None
 
     def _score(self, out):
         return self._score_from_search(out, top_k_inner_products(l2_normalise(out.features), self.bank_, self.k))
@@ -375,7 +395,8 @@ class NNGuide(Detector):
     def neighbour_plan(self):
         if self.source_ is None:
             return None
-        return NeighbourPlan(self.source_, TopInnerProducts(self.k, self.bank_, scale=self.confidence_))
+        return NeighbourPlan(self.source_, TopInnerProducts(self.k, self.bank_, scale=self.confidence_),
+                             base=self.base_())
 
     def _score_from_search(self, out, found):
         return -found.mean(axis=1) * logsumexp(out.logits)
