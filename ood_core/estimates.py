@@ -48,6 +48,9 @@ GENERATIVE_PASS = 1.3
 FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
 POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
 ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol, its model there: inference + scoring
+# a KNN or NNGuide sweep scores all its values in one search pass per split (compare.sweep): each value past the
+# dearest adds about this share of it (scripts/bench_sweep.py: 7 values of KNN's k in 9.3 s, one alone 5.1 s)
+SHARED_SWEEP_EXTRA = 0.15
 SLOW_S = 30.0  # longer than this: say so and ask before starting; shorter work starts at once (still as a job)
 
 
@@ -224,13 +227,21 @@ def cost_words(name: str) -> str:
 def sweep(exp, name: str, param: str, values: Iterable, sets: Iterable[str], fixed: Optional[Mapping] = None
           ) -> Estimate:
     """A parameter sweep of a detector (compare.sweep) on ID test and `sets`: one fit and scoring per value; the
-    ensemble's members are trained once (for the largest ensemble) and shared by the smaller ones."""
+    ensemble's members are trained once (for the largest ensemble) and shared by the smaller ones. The values of a
+    neighbour-search detector (KNN, NNGuide) share one search pass per split: the dearest value's cost plus
+    SHARED_SWEEP_EXTRA of it for each other value."""
+    from .detectors import REGISTRY, Detector
+
     values, splits = list(values), ["test", *sets]
     parts = [detector(exp, name, {**dict(fixed or {}), param: v}, splits) for v in values]
     trains = max((p.trains for p in parts), default=0)
     per_training = training_seconds(exp) if trains else 0.0
     train_s = trains * per_training
-    run_s = sum(p.seconds - p.trains * per_training for p in parts)
+    run = [p.seconds - p.trains * per_training for p in parts]
+    if name in REGISTRY and REGISTRY[name].neighbour_plan is not Detector.neighbour_plan and run:
+        run_s = max(run) * (1 + SHARED_SWEEP_EXTRA * (len(run) - 1))
+    else:
+        run_s = sum(run)
     what = f"fits and scores {_plural(len(values), 'value')} of {param} on {_scored_images(exp, splits):,} images"
     if trains:
         what = f"trains {_plural(trains, 'network')} (ensemble members, cached for next time), then " + what

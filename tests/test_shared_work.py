@@ -260,3 +260,16 @@ def test_nnguide_keeps_no_normalised_copy_when_alone():
         shared = create("nnguide", k=5).fit(FitContext(train=train, num_classes=4))
         assert shared.neighbour_plan().base is not None
 
+
+
+def test_the_estimate_of_a_knn_sweep_counts_one_shared_pass(default_experiment):
+    """estimates.sweep: values of a neighbour search share a pass (the dearest value plus 15% per other one);
+    the values of other detectors add up."""
+    from ood_core import estimates
+
+    exp, sets = default_experiment, default_experiment.ood_names
+    one = [estimates.detector(exp, "knn", {"k": k}, ["test", *sets]).seconds for k in (1, 5, 50)]
+    got = estimates.sweep(exp, "knn", "k", [1, 5, 50], sets).seconds
+    assert got == pytest.approx(max(one) * (1 + 2 * estimates.SHARED_SWEEP_EXTRA))
+    each = [estimates.detector(exp, "vim", {"dim": d}, ["test", *sets]).seconds for d in (8, 16)]
+    assert estimates.sweep(exp, "vim", "dim", [8, 16], sets).seconds == pytest.approx(sum(each))
