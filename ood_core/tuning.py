@@ -23,10 +23,10 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import metrics
+from . import linalg, metrics
 from .data.benchmark import Split
 from .data.registry import OOD_SETS, make_ood_set
-from .detectors import REGISTRY, default_params
+from .detectors import REGISTRY, Detector, default_params, score_together
 from .inference import Outputs, run_inference
 from .jobs import check_cancelled
 
@@ -119,27 +119,72 @@ def tune(exp, name: str, progress: Optional[Callable[[float, str], None]] = None
     total, done = sum(len(v) for v in grid.values()), 0
     tried: list[dict] = []
     best_score = default_score = None
-    for pname, values in grid.items():
-        scores = []
-        for v in values:
-            check_cancelled(cancel)
-            if progress:
-                progress(done / total, f"{REGISTRY[name].title}: {pname} = {v}")
-            try:
-                s = validation_auroc(exp, name, {**best, pname: v}, val)
-            except Exception as e:  # a value the detector refuses on this data: skipped, said in `tried`
-                tried.append({"param": pname, "value": v, "val_auroc": None, "error": str(e)})
-                s = -np.inf
+    together = REGISTRY[name].neighbour_plan is not Detector.neighbour_plan
+    with linalg.sharing():  # what the values compute alike (ViM's covariance, KNN's bank) is computed once
+        for pname, values in grid.items():
+            if together:  # a neighbour search: every value of this parameter in one search pass per split
+                check_cancelled(cancel)
+                if progress:
+                    progress(done / total, f"{REGISTRY[name].title}: {pname} = {', '.join(map(str, values))}")
+                results = _validation_aurocs(exp, name, [{**best, pname: v} for v in values], val, cancel)
             else:
-                tried.append({"param": pname, "value": v, "val_auroc": s})
-            if default_score is None and v == best[pname]:
-                default_score = s
-            scores.append(s)
-            done += 1
-        i = int(np.argmax(scores))  # the first of equal scores: the default comes first
-        if np.isfinite(scores[i]):
-            best[pname], best_score = values[i], scores[i]
+                results = []
+                for v in values:
+                    check_cancelled(cancel)
+                    if progress:
+                        progress((done + len(results)) / total, f"{REGISTRY[name].title}: {pname} = {v}")
+                    try:
+                        results.append(validation_auroc(exp, name, {**best, pname: v}, val))
+                    except Exception as e:  # a value the detector refuses on this data: skipped, said in `tried`
+                        results.append(e)
+            scores = []
+            for v, r in zip(values, results):
+                if isinstance(r, Exception):
+                    tried.append({"param": pname, "value": v, "val_auroc": None, "error": str(r)})
+                    r = -np.inf
+                else:
+                    tried.append({"param": pname, "value": v, "val_auroc": r})
+                if default_score is None and v == best[pname]:
+                    default_score = r
+                scores.append(r)
+            done += len(values)
+            i = int(np.argmax(scores))  # the first of equal scores: the default comes first
+            if np.isfinite(scores[i]):
+                best[pname], best_score = values[i], scores[i]
     return Tuned(name, best, best_score, default_score, tried, list(val))
+
+
+def _validation_aurocs(exp, name: str, param_sets: list[dict], val_outputs: Mapping[str, Outputs],
+                       cancel=None) -> list:
+    """validation_auroc of each parameter set (or the exception it raised), the detectors scored together
+    (detectors.score_together: one search pass per split for all of them, the same numbers). If that joint pass
+    fails, each is scored alone, so an error stays with its parameters."""
+    fitted, results = {}, [None] * len(param_sets)
+    for i, params in enumerate(param_sets):
+        try:
+            fitted[i] = exp.fit_detector(name, dict(params))
+        except Exception as e:
+            results[i] = e
+    sets = [exp.outputs["val"], *val_outputs.values()]
+    try:
+        scores = {i: [] for i in fitted}
+        for out in sets:
+            check_cancelled(cancel)
+            for i, sc in zip(fitted, score_together(list(fitted.values()), out)):
+                scores[i].append(sc)
+    except Exception:  # jobs.Cancelled is no Exception: it stops the run
+        scores = {}
+        for i, det in fitted.items():
+            try:
+                scores[i] = [det.score(out) for out in sets]
+            except Exception as e:
+                results[i] = e
+    for i, sc in scores.items():
+        try:
+            results[i] = float(np.mean([metrics.auroc(sc[0], s) for s in sc[1:]]))
+        except Exception as e:
+            results[i] = e
+    return results
 
 
 def tune_all(exp, names: Iterable[str], progress: Optional[Callable[[float, str], None]] = None,

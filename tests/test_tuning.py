@@ -127,3 +127,25 @@ def test_a_detector_that_trains_a_network_is_tuned_only_in_the_parameters_it_nam
     assert estimates.tuning_seconds(exp, "opengan", grid) == pytest.approx(
         estimates.OPENGAN_S_PER_STEP * sum(grid["steps"]))
     assert estimates.tuning_seconds(exp, "knn", tuning.candidates("knn")) is None
+
+
+@pytest.mark.parametrize("name", ["knn", "nnguide"])
+def test_tuning_a_neighbour_search_scores_its_values_together_with_the_numbers_of_each_alone(default_experiment, name,
+                                                                                            monkeypatch):
+    """KNN's and NNGuide's values of k are scored in one search pass per validation split (score_together); the
+    validation AUROC of every value is the one validation_auroc gives it alone."""
+    from ood_core import neighbours
+
+    exp = default_experiment
+    passes = []
+    real = neighbours.shared_search
+    monkeypatch.setattr(neighbours, "shared_search", lambda q, b, searches, *a, **k: passes.append(len(searches))
+                        or real(q, b, searches, *a, **k))
+    result = tuning.tune(exp, name)
+    val = tuning.validation_outputs(exp)
+    k_tried = [t for t in result.tried if t["param"] == "k"]
+    assert passes[:1 + len(val)] == [len(k_tried)] * (1 + len(val))  # ID validation + each OOD validation set
+    monkeypatch.setattr(neighbours, "shared_search", real)
+    defaults = tuning.default_params(name)
+    for t in k_tried:
+        assert t["val_auroc"] == tuning.validation_auroc(exp, name, {**defaults, "k": t["value"]}, val)
