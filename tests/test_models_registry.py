@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ood_core import Spec, TrainConfig, estimates, pipeline, settings
+from ood_core.spec import SETTING_TITLES
 from ood_core.device import (amp_dtype, check_device, default_device, describe_device, grad_scaler, resolve_device,
                              training_autocast)
 from ood_core.inference import ModelAdapter, run_inference
@@ -290,3 +291,21 @@ def test_no_tensor_placement_bypasses_the_device_module():
             if ".cuda(" in line or re.search(r'\bdevice\s*(:\s*[\w\[\], |]+)?=\s*"cpu"', line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("setting, model, serves", [("nd", "small_cnn", "out-of-distribution detection"),
+                                                    ("ad", "lenet5", "open-set recognition"),
+                                                    ("osr", "deep_svdd", "novelty detection"),
+                                                    ("ood", "autoencoder", "anomaly detection")])
+def test_a_model_is_refused_in_a_setting_it_does_not_serve_before_anything_trains(setting, model, serves, tmp_path,
+                                                                                 monkeypatch):
+    """A hand-made link or script may ask a classifier to be a one-class model (or the reverse): a clear error in
+    one sentence that names what the model serves, and no training, no checkpoint."""
+    from ood_core.data import build_benchmark
+    from ood_core.models import get_model, train
+
+    spec = Spec(setting=setting, model=model)
+    monkeypatch.setattr(train, "train_model", lambda *a, **k: pytest.fail("nothing may train"))
+    with pytest.raises(ValueError, match=f"serves .*{serves}.*, not {re.escape(SETTING_TITLES[setting].lower())}"):
+        get_model(spec, build_benchmark(spec, ood_sets=()), cache_dir=tmp_path, device="cpu")
+    assert not any(tmp_path.iterdir())

@@ -31,8 +31,8 @@ from torch import nn
 from .. import serving
 from ..device import resolve_device
 from ..data import Benchmark
-from ..spec import Spec
-from .registry import build_model
+from ..spec import SETTING_TITLES, Spec
+from .registry import build_model, get_entry
 from .train import Progress, TrainResult
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("OOD_EXPLORER_CACHE", Path(__file__).resolve().parents[2] / "data" / "cache"))
@@ -247,6 +247,12 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
     is saved — no checkpoint, no temp file, nothing in memory. `device`: where a training runs (default:
     device.default_device()); a loaded model stays on the CPU until the caller moves it.
     """
+    entry = get_entry(spec.model)
+    if spec.setting not in entry.settings:  # e.g. a classifier asked to be a one-class model by a hand-made link
+        raise ValueError(f"{entry.title} is a {entry.kind.replace('_', '-')} model: it serves "
+                         f"{' and '.join(SETTING_TITLES[s].lower() for s in entry.settings)}, not "
+                         f"{SETTING_TITLES[spec.setting].lower()}; "
+                         "pick a model made for that setting")
     device = resolve_device(device)
     from ..jobs import check_cancelled
     from . import train  # at call time: tests and tools may replace train.train_model
