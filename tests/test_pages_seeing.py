@@ -368,7 +368,9 @@ def _png(side: int = 40) -> bytes:
     return buf.getvalue()
 
 
-def test_an_invalid_upload_shows_an_error_and_a_good_one_is_explained(explanations):
+def test_an_invalid_upload_shows_an_error_and_a_good_one_is_explained(exp):
+    # a page of its own: the upload stays chosen, which the other tests of the shared page must not inherit
+    explanations = run_page(EXPLANATIONS)
     explanations.radio(key="expl-try-source").set_value("upload").run()
     assert any("Upload an image" in i.value for i in explanations.info)
     explanations.file_uploader(key="expl-try-upload").upload("broken.png", b"this is not an image").run()
