@@ -192,6 +192,17 @@ def class_means(x: np.ndarray, labels: np.ndarray, chunk: int | None = None):
     return classes, sums / counts[:, None], counts
 
 
+def feature_mean(x: np.ndarray) -> np.ndarray:
+    """The mean row of x, float64 (D,), read-only: class_means with one class, computed once for every detector that
+    asks for it within a `sharing()` context (fDBD, NCI and DICE all centre on the mean ID train feature)."""
+    def compute():
+        mean = class_means(x, np.zeros(len(x), dtype=np.int64))[1][0]
+        mean.flags.writeable = False
+        return mean
+
+    return shared("feature_mean", (x,), (), compute)
+
+
 def scatter(x: np.ndarray, centres: np.ndarray, index: np.ndarray | None = None, chunk: int | None = None) -> np.ndarray:
     """sum_i (x_i - centres[index_i])(x_i - centres[index_i])' in float64, (D, D); one centre when index is None.
 

@@ -273,3 +273,16 @@ def test_the_estimate_of_a_knn_sweep_counts_one_shared_pass(default_experiment):
     assert got == pytest.approx(max(one) * (1 + 2 * estimates.SHARED_SWEEP_EXTRA))
     each = [estimates.detector(exp, "vim", {"dim": d}, ["test", *sets]).seconds for d in (8, 16)]
     assert estimates.sweep(exp, "vim", "dim", [8, 16], sets).seconds == pytest.approx(sum(each))
+
+
+def test_the_mean_train_feature_is_computed_once_for_fdbd_nci_and_dice():
+    ctx, test = _gaussian_ctx()
+    names = ("fdbd", "nci", "dice")
+    alone = {n: create(n).fit(ctx).score(test) for n in names}
+    with linalg.sharing():
+        dets = {n: create(n).fit(ctx) for n in names}
+        assert dets["fdbd"].mean_ is dets["nci"].mean_ and not dets["fdbd"].mean_.flags.writeable
+        for n in names:
+            np.testing.assert_array_equal(dets[n].score(test), alone[n])
+    np.testing.assert_allclose(linalg.feature_mean(ctx.train.features), ctx.train.features.astype(np.float64).mean(0),
+                               rtol=1e-12)

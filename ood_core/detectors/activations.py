@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..linalg import class_means, map_chunks, row_chunks
+from ..linalg import feature_mean, map_chunks, row_chunks
 from .base import Detector, Param, Reference, logsumexp, register
 
 
@@ -309,7 +309,7 @@ class DICE(Detector):
     def _fit(self, ctx):
         w = ctx.model.head_weight
         h = ctx.train.features
-        contrib = dice_contribution(class_means(h, np.zeros(len(h), dtype=np.int64))[1][0], w)
+        contrib = dice_contribution(feature_mean(h), w)
         self.mask_ = dice_mask(contrib, self.sparsity)
         self.weight_ = w * self.mask_
         self.bias_ = ctx.model.head_bias

@@ -423,7 +423,7 @@ class FDBD(Detector):
     def _fit(self, ctx):
         self.weight_, self.bias_ = ctx.model.head_weight, ctx.model.head_bias
         h = ctx.train.features
-        self.mean_ = linalg.class_means(h, np.zeros(len(h), dtype=np.int64))[1][0]
+        self.mean_ = linalg.feature_mean(h)
         diff = self.weight_[:, None, :] - self.weight_[None, :, :]
         self.wdist_ = np.linalg.norm(diff, axis=2)  # (K, K): ||w_p - w_c||, zero on the diagonal
         self.inv_wdist_ = 1.0 / np.maximum(self.wdist_, 1e-12)
@@ -472,7 +472,7 @@ class NCI(Detector):
     def _fit(self, ctx):
         self.weight_ = ctx.model.head_weight
         h = ctx.train.features
-        self.mean_ = linalg.class_means(h, np.zeros(len(h), dtype=np.int64))[1][0]
+        self.mean_ = linalg.feature_mean(h)
 
     def _score(self, out):
         return _by_chunks(out, self._score_chunk)
