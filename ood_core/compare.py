@@ -8,8 +8,8 @@ import numpy as np
 from . import linalg, metrics
 from .jobs import check_cancelled
 from .metrics import sample_std
-from .detectors import REGISTRY, Detector, score_together
-from .pipeline import Experiment, evaluate, resolve_detectors
+from .detectors import REGISTRY, Detector
+from .pipeline import Experiment, evaluate, resolve_detectors, score_values
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
 OPTIONAL_KEYS = ("oscr",)  # present in open-set recognition rows only
@@ -176,35 +176,13 @@ def _sweep_rows(value, oods: list[str], scores: Optional[dict] = None, error: Op
 def _sweep_search(exp: Experiment, detector: str, param: str, values: list, oods: list[str],
                   fixed: Optional[Mapping], on_progress, cancel) -> list[dict]:
     """sweep for a detector whose scores rest on a neighbour search (KNN, NNGuide): every value is fitted first
-    (sharing the normalised bank), then each split is scored for all values at once (detectors.score_together: ONE
-    pass of the query-bank product instead of one per value, the same numbers). If that joint pass fails, each
-    value is scored alone, so an error stays with its value. Progress: fitting a tenth of the bar, then per split."""
-    fitted, errors = {}, {}
-    for i, v in enumerate(values):
-        check_cancelled(cancel)
-        if on_progress:
-            on_progress(0.1 * i / len(values), f"fitting {param} = {v} ({i + 1}/{len(values)})")
-        try:
-            fitted[i] = exp.fit_detector(detector, {**(fixed or {}), param: v}, cancel=cancel)
-        except Exception as e:  # one bad value shows as an error point; the sweep goes on
-            errors[i] = e
+    (sharing the normalised bank), then each split is scored for all values at once (pipeline.score_values: ONE
+    pass of the query-bank product instead of one per value, the same numbers; an error stays with its value)."""
     splits = ["test", *oods]
-    scores: dict[int, dict] = {i: {} for i in fitted}
-    try:
-        for j, s in enumerate(splits):
-            check_cancelled(cancel)
-            if on_progress:
-                on_progress(0.1 + 0.9 * j / len(splits), f"scoring {s} for all {len(fitted)} values at once")
-            for i, sc in zip(fitted, score_together(list(fitted.values()), exp.outputs[s])):
-                scores[i][s] = sc
-    except Exception:  # the joint pass failed: each value alone, below (jobs.Cancelled is no Exception)
-        scores = {}
-        for i, det in fitted.items():
-            try:
-                scores[i] = exp.score(det, splits, cancel)
-            except Exception as e:
-                errors[i] = e
+    results = score_values(exp, detector, [{**(fixed or {}), param: v} for v in values],
+                           [exp.outputs[s] for s in splits], on_progress, cancel, [f"{param} = {v}" for v in values])
     rows = []
-    for i, v in enumerate(values):
-        rows += _sweep_rows(v, oods, error=errors[i]) if i in errors else _sweep_rows(v, oods, scores[i])
+    for v, r in zip(values, results):
+        failed = isinstance(r, Exception)
+        rows += _sweep_rows(v, oods, error=r) if failed else _sweep_rows(v, oods, dict(zip(splits, r)))
     return rows

@@ -346,6 +346,47 @@ def evaluate(exp: Experiment, detector_names: str | Iterable[str] = "all",
     return [r for name in names for r in by_name[name]], {n: all_scores[n] for n in names if n in all_scores}
 
 
+def score_values(exp: "Experiment", name: str, param_sets: list[Mapping], outs: list[Outputs],
+                 on_progress: Optional[Callable[[float, str], None]] = None, cancel=None,
+                 labels: Optional[list[str]] = None) -> list:
+    """Detector `name` fitted with each of `param_sets` on the experiment's ID data, and scored on every Outputs of
+    `outs` with all the sets together (detectors.score_together: a neighbour search, KNN's or NNGuide's, makes one
+    pass per Outputs for all of them; the same numbers as each alone). Per parameter set: the list of its score
+    arrays (one per Outputs), or the exception its fit or scoring raised. If the joint pass fails, each set is
+    scored alone, so an error stays with its set. on_progress(fraction, message): fitting a tenth of the bar, then
+    one step per Outputs, each fit named by its `labels` entry; `cancel` (an Event): jobs.Cancelled between fits and
+    Outputs."""
+    fitted, results = {}, [None] * len(param_sets)
+    for i, params in enumerate(param_sets):
+        check_cancelled(cancel)
+        if on_progress:
+            what = labels[i] if labels else f"parameter set {i + 1}"
+            on_progress(0.1 * i / len(param_sets), f"fitting {what} ({i + 1}/{len(param_sets)})")
+        try:
+            fitted[i] = exp.fit_detector(name, dict(params), cancel=cancel)
+        except Exception as e:  # one bad set is its own error; the others go on
+            results[i] = e
+    try:
+        scores = {i: [] for i in fitted}
+        for j, out in enumerate(outs):
+            check_cancelled(cancel)
+            if on_progress:
+                on_progress(0.1 + 0.9 * j / len(outs), f"scoring {len(out):,} images for all {len(fitted)} at once")
+            for i, sc in zip(fitted, score_together(list(fitted.values()), out)):
+                scores[i].append(sc)
+    except Exception:  # the joint pass failed: each set alone (jobs.Cancelled is no Exception: it stops the run)
+        scores = {}
+        for i, det in fitted.items():
+            check_cancelled(cancel)
+            try:
+                scores[i] = [det.score(out) for out in outs]
+            except Exception as e:
+                results[i] = e
+    for i, sc in scores.items():
+        results[i] = sc
+    return results
+
+
 def _failure(e: Exception) -> str:
     traceback.clear_frames(e.__traceback__)
     return f"{type(e).__name__}: {e}"

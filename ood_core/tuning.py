@@ -26,7 +26,7 @@ import numpy as np
 from . import linalg, metrics
 from .data.benchmark import Split
 from .data.registry import OOD_SETS, make_ood_set
-from .detectors import REGISTRY, Detector, default_params, score_together
+from .detectors import REGISTRY, Detector, default_params
 from .inference import Outputs, run_inference
 from .jobs import check_cancelled
 
@@ -156,35 +156,18 @@ def tune(exp, name: str, progress: Optional[Callable[[float, str], None]] = None
 
 def _validation_aurocs(exp, name: str, param_sets: list[dict], val_outputs: Mapping[str, Outputs],
                        cancel=None) -> list:
-    """validation_auroc of each parameter set (or the exception it raised), the detectors scored together
-    (detectors.score_together: one search pass per split for all of them, the same numbers). If that joint pass
-    fails, each is scored alone, so an error stays with its parameters."""
-    fitted, results = {}, [None] * len(param_sets)
-    for i, params in enumerate(param_sets):
+    """validation_auroc of each parameter set (or the exception it raised), all of them scored together
+    (pipeline.score_values: one search pass per split for a neighbour search, the same numbers as each alone)."""
+    from .pipeline import score_values  # at call time: pipeline imports this module
+
+    results = score_values(exp, name, param_sets, [exp.outputs["val"], *val_outputs.values()], cancel=cancel)
+    out = []
+    for r in results:
         try:
-            fitted[i] = exp.fit_detector(name, dict(params))
+            out.append(r if isinstance(r, Exception) else float(np.mean([metrics.auroc(r[0], s) for s in r[1:]])))
         except Exception as e:
-            results[i] = e
-    sets = [exp.outputs["val"], *val_outputs.values()]
-    try:
-        scores = {i: [] for i in fitted}
-        for out in sets:
-            check_cancelled(cancel)
-            for i, sc in zip(fitted, score_together(list(fitted.values()), out)):
-                scores[i].append(sc)
-    except Exception:  # jobs.Cancelled is no Exception: it stops the run
-        scores = {}
-        for i, det in fitted.items():
-            try:
-                scores[i] = [det.score(out) for out in sets]
-            except Exception as e:
-                results[i] = e
-    for i, sc in scores.items():
-        try:
-            results[i] = float(np.mean([metrics.auroc(sc[0], s) for s in sc[1:]]))
-        except Exception as e:
-            results[i] = e
-    return results
+            out.append(e)
+    return out
 
 
 def tune_all(exp, names: Iterable[str], progress: Optional[Callable[[float, str], None]] = None,
