@@ -12,6 +12,7 @@ beside GeoTrans and Deep SVDD, and the choice of Deep SVDD's autoencoder pretrai
 - svdd: Deep SVDD with and without autoencoder pretraining (SVDD_VARIANTS), each class in turn normal, scored on the
   *validation* split only: the normal class's validation images against the other classes' validation images
   (Benchmark.val_ood), never a test image. The variant to make the default is chosen on these numbers.
+- csi: CSI at each training length of --csi-epochs (default 30,60), scored on the validation split in the same way.
 The survey's numbers (Salehi et al. 2022, Table 7) are on full MNIST; the sample trains on about 300 images per class.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ood_core.compare import summarise_by  # noqa: E402
 from ood_core.data import build_benchmark  # noqa: E402
 from ood_core.metrics import sample_std  # noqa: E402
 from ood_core.models.oneclass import _batched, train_deep_svdd  # noqa: E402
+from ood_core.models.oneclass_ssl import CSI_HP, train_csi  # noqa: E402
 from ood_core.models.registry import model_title  # noqa: E402
 
 DATASET, SIZE = "mnist-sample", 28
@@ -100,14 +102,24 @@ def nd_table(r: dict) -> str:
 
 def svdd_select(classes: list[int]) -> dict:
     """Each Deep SVDD variant's validation AUROC (normal validation images vs the other classes' ones) per class."""
+    return select(classes, SVDD_VARIANTS, "deep_svdd", train_deep_svdd)
+
+
+def csi_select(classes: list[int], epochs: list[int]) -> dict:
+    """CSI's validation AUROC per class at each training length of `epochs` (the rest of CSI_HP as it is)."""
+    return select(classes, {f"{e} epochs": {**CSI_HP, "epochs": e} for e in epochs}, "csi", train_csi)
+
+
+def select(classes: list[int], variants: dict, model: str, trainer) -> dict:
+    """Each variant's (hp's) validation AUROC (normal validation images vs the other classes' ones) per class."""
     out: dict = {}
-    for name, hp in SVDD_VARIANTS.items():
+    for name, hp in variants.items():
         aucs, secs = [], []
         for c in classes:
-            spec = Spec(setting="nd", dataset=DATASET, image_size=SIZE, normal_class=c, model="deep_svdd")
+            spec = Spec(setting="nd", dataset=DATASET, image_size=SIZE, normal_class=c, model=model)
             bench = build_benchmark(spec, ood_sets=())
             t = time.perf_counter()
-            net = train_deep_svdd(spec, bench, None, "cpu", hp=hp).model
+            net = trainer(spec, bench, None, "cpu", hp=hp).model
             secs.append(time.perf_counter() - t)
             s_in = _batched(net.anomaly_score, torch.from_numpy(bench.val.x), "cpu").numpy()
             s_out = _batched(net.anomaly_score, torch.from_numpy(bench.val_ood["novel"].x), "cpu").numpy()
@@ -119,8 +131,8 @@ def svdd_select(classes: list[int]) -> dict:
     return out
 
 
-def svdd_table(r: dict) -> str:
-    lines = [f"Deep SVDD pretraining on {DATASET} at {SIZE} px, VALIDATION AUROC (normal val vs other classes' val)",
+def svdd_table(r: dict, what: str = "Deep SVDD pretraining") -> str:
+    lines = [f"{what} on {DATASET} at {SIZE} px, VALIDATION AUROC (normal val vs other classes' val)",
              "", "| variant | validation AUROC % | training s per class (median) |", "|---|---|---|"]
     for name, v in r.items():
         lines.append(f"| {name} | {_pct(*v['val_auroc'])} | {v['train_seconds_median']:.0f} |")
@@ -129,7 +141,8 @@ def svdd_table(r: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="nd,svdd", help="comma-separated: nd, svdd")
+    ap.add_argument("--only", default="nd,svdd", help="comma-separated: nd, svdd, csi")
+    ap.add_argument("--csi-epochs", default="30,60", help="csi: the training lengths compared on validation")
     ap.add_argument("--classes", default=None, help="comma-separated normal classes (default all 10)")
     ap.add_argument("--models", default=",".join(MODELS), help="nd: comma-separated one-class models")
     ap.add_argument("--cache-dir", default=None, help="model cache (default: a fresh temporary folder)")
@@ -138,8 +151,8 @@ def main() -> int:
                                     "combined table and write it to --json (nothing is trained)")
     args = ap.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    if not names or any(n not in ("nd", "svdd") for n in names):
-        ap.error("--only takes nd, svdd or both")
+    if not names or any(n not in ("nd", "svdd", "csi") for n in names):
+        ap.error("--only takes some of nd, svdd, csi")
     classes = list(range(10)) if args.classes is None else [int(c) for c in args.classes.split(",")]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     torch.set_num_threads(2)
@@ -155,9 +168,12 @@ def main() -> int:
             if name == "nd":
                 report["nd"] = nd(classes, models, args.cache_dir or tmp)
                 print(nd_table(report["nd"]) + "\n", flush=True)
-            else:
+            elif name == "svdd":
                 report["svdd"] = svdd_select(classes)
                 print(svdd_table(report["svdd"]) + "\n", flush=True)
+            else:
+                report["csi"] = csi_select(classes, [int(e) for e in args.csi_epochs.split(",")])
+                print(svdd_table(report["csi"], "CSI's training length") + "\n", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(report, indent=1, default=float))
     return 0
