@@ -8,7 +8,7 @@ import numpy as np
 from . import linalg, metrics
 from .jobs import check_cancelled
 from .metrics import sample_std
-from .detectors import REGISTRY, Detector
+from .detectors import REGISTRY, shares_search
 from .pipeline import Experiment, evaluate, resolve_detectors, score_values
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
@@ -146,7 +146,7 @@ def sweep(exp: Experiment, detector: str, param: str, values: Optional[Iterable]
         raise ValueError(f"{detector}.{param} has no sweep list")
     oods = list(ood_sets or exp.ood_names)
     with linalg.sharing():  # what the values compute alike (ViM's covariance, KNN's normalised bank) is done once
-        if cls.neighbour_plan is not Detector.neighbour_plan:
+        if shares_search(detector):
             rows = _sweep_search(exp, detector, param, values, oods, fixed, on_progress, cancel)
         else:
             rows = []

@@ -230,7 +230,7 @@ def sweep(exp, name: str, param: str, values: Iterable, sets: Iterable[str], fix
     ensemble's members are trained once (for the largest ensemble) and shared by the smaller ones. The values of a
     neighbour-search detector (KNN, NNGuide) share one search pass per split: the dearest value's cost plus
     SHARED_SWEEP_EXTRA of it for each other value."""
-    from .detectors import REGISTRY, Detector
+    from .detectors import shares_search
 
     values, splits = list(values), ["test", *sets]
     parts = [detector(exp, name, {**dict(fixed or {}), param: v}, splits) for v in values]
@@ -238,7 +238,7 @@ def sweep(exp, name: str, param: str, values: Iterable, sets: Iterable[str], fix
     per_training = training_seconds(exp) if trains else 0.0
     train_s = trains * per_training
     run = [p.seconds - p.trains * per_training for p in parts]
-    if name in REGISTRY and REGISTRY[name].neighbour_plan is not Detector.neighbour_plan and run:
+    if shares_search(name) and run:
         run_s = max(run) * (1 + SHARED_SWEEP_EXTRA * (len(run) - 1))
     else:
         run_s = sum(run)

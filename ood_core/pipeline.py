@@ -14,7 +14,7 @@ from . import linalg, metrics, outputs_cache, tuning
 from .data import Benchmark, build_benchmark
 from .device import default_device, resolve_device
 from .jobs import check_cancelled
-from .detectors import REGISTRY, Detector, FitContext, create, score_together
+from .detectors import REGISTRY, Detector, FitContext, create, score_together, shares_search
 from .inference import ModelAdapter, Outputs, run_inference
 from .models import Progress, TrainResult, get_model
 from .models.checkpoint import state_dict_sha256
@@ -283,12 +283,6 @@ def resolve_detectors(names: str | Iterable[str], exp: Optional["Experiment"] = 
     if not names:
         raise ValueError("no detector chosen")
     return names
-
-
-def shares_search(name: str) -> bool:
-    """Whether detector `name` can share its neighbour search with others (detectors.score_together)."""
-    cls = REGISTRY.get(name)
-    return cls is not None and cls.neighbour_plan is not Detector.neighbour_plan
 
 
 def _work_units(names: list[str]) -> list[list[str]]:

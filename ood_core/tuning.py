@@ -26,7 +26,7 @@ import numpy as np
 from . import linalg, metrics
 from .data.benchmark import Split
 from .data.registry import OOD_SETS, make_ood_set
-from .detectors import REGISTRY, Detector, default_params
+from .detectors import REGISTRY, default_params, shares_search
 from .inference import Outputs, run_inference
 from .jobs import check_cancelled
 
@@ -119,7 +119,7 @@ def tune(exp, name: str, progress: Optional[Callable[[float, str], None]] = None
     total, done = sum(len(v) for v in grid.values()), 0
     tried: list[dict] = []
     best_score = default_score = None
-    together = REGISTRY[name].neighbour_plan is not Detector.neighbour_plan
+    together = shares_search(name)
     with linalg.sharing():  # what the values compute alike (ViM's covariance, KNN's bank) is computed once
         for pname, values in grid.items():
             if together:  # a neighbour search: every value of this parameter in one search pass per split

@@ -1,7 +1,7 @@
 """The detector registry: importing this package registers every family."""
 from . import logits, gradients, activations, features, density, openset, uncertainty, classic, oneclass  # noqa: F401,I001
 from .base import (FAMILIES, REGISTRY, Detector, FitContext, NotFittedError, Param, Reference, create, default_params,
-                   register, score_together)
+                   register, score_together, shares_search)
 
 # list detectors in the survey's taxonomy order (family by family), each family in registration order
 _order = list(FAMILIES)
@@ -10,4 +10,4 @@ for _name, _cls in sorted(REGISTRY.items(), key=lambda kv: _order.index(kv[1].fa
 
 __all__ = ["FAMILIES", "REGISTRY", "Detector", "FitContext", "NotFittedError", "Param", "Reference", "create",
            "default_params",
-           "register", "score_together"]
+           "register", "score_together", "shares_search"]

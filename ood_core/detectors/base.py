@@ -288,6 +288,12 @@ def score_together(dets: "list[Detector]", out: Outputs) -> list[np.ndarray]:
 REGISTRY: dict[str, type[Detector]] = {}
 
 
+def shares_search(name: str) -> bool:
+    """Whether detector `name` can share its neighbour search with others (score_together): it has a neighbour_plan."""
+    cls = REGISTRY.get(name)
+    return cls is not None and cls.neighbour_plan is not Detector.neighbour_plan
+
+
 def register(cls: type[Detector]) -> type[Detector]:
     """Class decorator: add a detector to the registry under its `name`."""
     if not cls.name or cls.family not in FAMILIES:
