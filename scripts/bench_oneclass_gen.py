@@ -6,6 +6,7 @@ test set (every other class), through the library's protocol (protocols.run_one_
         [--classes 0,1,...] [--methods lsa,ocgan,anogan,autoencoder] [--cache-dir DIR] [--json out.json]
     python scripts/bench_oneclass_gen.py --table out.json [more.json ...]   (the table of finished or partial runs)
     ... --search-val [--classes 3,8] [--cache-dir DIR] [--json out.json]   (AnoGAN's search settings, validation only)
+    ... --select ocgan "epochs=100;lr=0.001" [more variants] [--classes 0,2,5,8] [--json out.json]   (validation)
 
 AUROC: mean ± sample std over the normal classes. Training seconds: per class (median), as recorded when each model
 was trained; "run s" is the method's whole protocol (trainings, AnoGAN's latent search over every split, scoring).
@@ -16,6 +17,9 @@ number of steps and for the stopping rule (search_stop_rule: a check every ANOGA
 loss fell by less than tol), with the mean number of steps the rule used. Each image's search is independent of the
 others, so one recorded trajectory gives every setting. Its models are cached like the protocol's (pass the same
 --cache-dir to the later run to reuse them).
+--select MODEL VARIANT... trains one of lsa, ocgan, anogan once per variant and class (its defaults, e.g. OCGAN_HP,
+with the variant's changes) and reports the same validation AUROC (scripts/bench_oneclass_ssl.py's `select`, as
+CSI's training length was chosen); AnoGAN scores with its default search.
 The autoencoder (the project's plain reconstruction model) is the reference both LSA and OC-GAN build on.
 Without --cache-dir the models go to a fresh temporary folder, so every one is trained (and timed) here.
 The survey's numbers (Salehi et al. 2022, Table 7) are on full MNIST (6,000 training images per class, 64-d or larger
@@ -43,6 +47,7 @@ from ood_core import Spec, metrics, protocols  # noqa: E402
 from ood_core.compare import summarise_by  # noqa: E402
 from ood_core.data import build_benchmark  # noqa: E402
 from ood_core.models import get_model  # noqa: E402
+from ood_core.models import oneclass_gen  # noqa: E402
 from ood_core.models.oneclass_gen import ANOGAN_CHECK_EVERY, search_stop_rule  # noqa: E402
 from ood_core.models.registry import MODELS  # noqa: E402
 
@@ -138,6 +143,25 @@ def search_val(dataset: str, size: int, classes: list[int], cache_dir: str, json
     return out
 
 
+# the trainers and default hyper-parameters --select varies
+TRAINERS = {"lsa": (oneclass_gen.train_lsa, oneclass_gen.LSA_HP), "ocgan": (oneclass_gen.train_ocgan,
+            oneclass_gen.OCGAN_HP), "anogan": (oneclass_gen.train_anogan, oneclass_gen.ANOGAN_HP)}
+
+
+def variants(defaults: dict, texts: list[str]) -> dict:
+    """{"epochs=100;lr=0.001": the defaults with those values, ...}: each variant's changes to a model's defaults."""
+    out = {}
+    for text in texts:
+        hp = dict(defaults)
+        for item in filter(None, (t.strip() for t in text.split(";"))):
+            key, _, value = item.partition("=")
+            if key not in defaults or not value:
+                raise SystemExit(f"--select: {item!r} is not key=value with a key of {', '.join(defaults)}")
+            hp[key] = type(defaults[key])(float(value))
+        out[text] = hp
+    return out
+
+
 def search_table(r: dict) -> str:
     lines = [f"AnoGAN's latent search on {r['dataset']} at {r['image_size']} px, normal classes {r['classes']}: "
              "VALIDATION AUROC % (normal val vs the other classes' val), mean over the classes", "",
@@ -177,6 +201,9 @@ def main() -> int:
     ap.add_argument("--json", help="write the summaries and per-class numbers here too (after every class)")
     ap.add_argument("--table", nargs="+", help="print the table of these --json files (merged) and exit")
     ap.add_argument("--search-val", action="store_true", help="choose AnoGAN's search on validation data (see above)")
+    ap.add_argument("--select", nargs="+", metavar="MODEL VARIANT",
+                    help="a model (lsa, ocgan, anogan), then variants of its defaults, e.g. 'epochs=100;lr=0.001': "
+                         "each variant's validation AUROC")
     args = ap.parse_args()
     if args.table:
         docs = [json.loads(Path(f).read_text()) for f in args.table]
@@ -193,6 +220,21 @@ def main() -> int:
     else:
         classes = [int(c) for c in args.classes.split(",")]
     torch.set_num_threads(2)
+    if args.select:
+        from bench_oneclass_ssl import select, svdd_table
+
+        model, *texts = args.select
+        if model not in TRAINERS or not texts:
+            ap.error(f"--select takes one of {', '.join(TRAINERS)}, then one or more variants")
+        if (args.dataset, args.size) != ("mnist-sample", 28):
+            ap.error("--select runs on the MNIST sample at 28 px (bench_oneclass_ssl's data)")
+        trainer, defaults = TRAINERS[model]
+        res = select(classes, variants(defaults, texts), model, trainer)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": model, "classes": classes, "variants": res}, indent=1,
+                                                  default=float))
+        print("\n" + svdd_table(res, f"{MODELS[model].short}'s training"))
+        return 0
     if args.search_val:
         with tempfile.TemporaryDirectory(prefix="ood-bench-anogan-search-") as tmp:
             print("\n" + search_table(search_val(args.dataset, args.size, classes, args.cache_dir or tmp, args.json)))
