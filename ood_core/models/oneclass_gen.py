@@ -512,10 +512,12 @@ _one_class("lsa", "Latent space autoregression (Abati et al. 2019)", "LSA",
 _one_class("ocgan", "OC-GAN (Perera et al. 2019)", "OC-GAN",
            "A denoising autoencoder trained adversarially so that every latent code decodes to a normal-looking "
            "image; the score is the reconstruction error. Scaled for CPUs: a 32-d latent, 16/32-channel networks, "
-           "100 epochs (the paper: a 3x3x32 latent, wider networks, more epochs).", OCGAN, train_ocgan, 0.065,
-           multiple_of=4)  # 100 epochs: 60 s per digit (median) for 300 images at 28 px, alone on the 2 cores
+           "100 epochs (the paper: a 3x3x32 latent, wider networks, more epochs).", OCGAN, train_ocgan, 0.10,
+           multiple_of=4)  # 100 epochs: 30 s for 300 images at 16 px in the app (one thread); 60 s at 28 px in the bench
 _one_class("anogan", "AnoGAN (Schlegl et al. 2017)", "AnoGAN",
            "A GAN of normal images; a query is scored by how well the generator can reproduce it after a search of "
            f"its latent space (slow to score: {ANOGAN_SEARCH_STEPS} Adam steps per image, batched). Scaled for CPUs: "
            "a 32-d latent, 16/32-channel DCGAN, 400 epochs (the paper: a 100-d latent, 500 search steps).",
-           AnoGAN, train_anogan, 0.07, multiple_of=4)  # 400 epochs: 63 s per digit with its searches, 300 images, 28 px
+           AnoGAN, train_anogan, 0.085, multiple_of=4)
+# AnoGAN, 400 epochs: 22 s of training for 300 images at 16 px in the app (one thread), and a few seconds of search;
+# 45 s and 63 s with the searches of every split at 28 px in the bench
