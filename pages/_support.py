@@ -903,6 +903,13 @@ def url_choices(key: str, options: Sequence, default: list) -> list:
     return chosen if chosen or raw == "" else default
 
 
+def slider_format(low: float, high: float) -> str:
+    """The printf format of a slider over [low, high]: four significant digits, in exponent form when the values are
+    large or tiny (Streamlit's slider prints "%.4g" of 5.883e7 as 58830000)."""
+    big = max(abs(float(low)), abs(float(high)))
+    return "%.3e" if big >= 1e5 or 0 < big < 1e-3 else "%.4g"
+
+
 def url_number(key: str, low: float, high: float, default: float, kind: type = float) -> Any:
     """A number from the link (query parameter `key`) when it reads as `kind` and lies in [low, high]; else default."""
     raw = st.query_params.get(key)

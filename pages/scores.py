@@ -77,7 +77,7 @@ def threshold_section(name: str, params: dict, scores: dict, id_scores, ood: dic
         ui.forget_in_url("threshold")                     # the URL was on another score scale
     st.session_state[THRESHOLD_FOR] = key
     t = st.slider("Threshold t (flag as OOD when score > t)", lo, hi, ui.url_number("threshold", lo, hi, t_default),
-                  step=(hi - lo) / 500, format="%.4g", key=key,
+                  step=(hi - lo) / 500, format=ui.slider_format(lo, hi), key=key,
                   help=f"Starts at {t95:.4g}, the threshold that keeps 95% of ID test images (the FPR@95TPR operating point).")
     if t == t_default:
         ui.forget_in_url("threshold")

@@ -851,3 +851,12 @@ def test_torchvision_weights_say_what_they_are_before_any_download(app):
     app.text_input(key="pretrained-name").set_value("ResNet18_Weights.NOPE").run()
     no_exception(app)
     assert any("Torchvision has no weights named" in e.value for e in app.error)
+
+
+def test_slider_format_uses_exponent_form_only_for_large_or_tiny_ranges():
+    assert ui.slider_format(-3.2, 12.5) == "%.4g"
+    assert ui.slider_format(0.001, 0.5) == "%.4g"
+    assert ui.slider_format(0.0, 0.0) == "%.4g"
+    assert ui.slider_format(1.2e7, 5.883e7) == "%.3e"  # printed as 58830000 with %.4g
+    assert ui.slider_format(-2e5, 10.0) == "%.3e"
+    assert ui.slider_format(1e-6, 1.2e-5) == "%.3e"
