@@ -518,6 +518,5 @@ _one_class("anogan", "AnoGAN (Schlegl et al. 2017)", "AnoGAN",
            "A GAN of normal images; a query is scored by how well the generator can reproduce it after a search of "
            f"its latent space (slow to score: {ANOGAN_SEARCH_STEPS} Adam steps per image, batched). Scaled for CPUs: "
            "a 32-d latent, 16/32-channel DCGAN, 400 epochs (the paper: a 100-d latent, 500 search steps).",
-           AnoGAN, train_anogan, 0.085, multiple_of=4)
-# AnoGAN, 400 epochs: 22 s of training for 300 images at 16 px in the app (one thread), and a few seconds of search;
-# 45 s and 63 s with the searches of every split at 28 px in the bench
+           AnoGAN, train_anogan, 0.085, multiple_of=4)  # 400 epochs: 22 s for 300 images at 16 px in the app (one
+# thread) and a few seconds of search; 45 s of training, 63 s with the searches of every split, at 28 px in the bench
