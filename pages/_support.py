@@ -858,9 +858,9 @@ def param_widget(pname: str, p: Param, key: str, value: Any = None) -> Any:
         return st.selectbox(label, list(p.choices), index=list(p.choices).index(start), help=help_, key=key)
     if p.low is None or p.high is None:  # unbounded: a plain number box
         return st.number_input(label, value=start, help=help_, key=key)
-    if p.scale == "log" and p.low > 0:
+    grid = p.slider_options()
+    if grid is not None:  # log-spaced values (a log parameter, or a linear one from 0 spanning decades)
         fmt = (lambda v: f"{v:d}") if p.kind == "int" else (lambda v: f"{v:g}")
-        grid = p.grid()
         start = start if start in grid else p.default  # a select slider only takes its own options
         return st.select_slider(label, options=grid, value=start, format_func=fmt, help=help_, key=key)
     if p.kind == "int":

@@ -379,6 +379,20 @@ def test_changing_a_parameter_rescores(scores, default_experiment):
     assert after.loc["rotated", "AUROC ↑"] == pytest.approx(100 * metrics.auroc(sc["test"], sc["rotated"]))
 
 
+def test_a_parameter_spanning_decades_is_picked_from_log_spaced_values(scores, default_experiment):
+    # NCI's alpha (0 to 10, default 1e-4): a select slider of 0 and five values a decade, not 100,000 steps of 1e-4
+    scores.selectbox(key="scores-detector").set_value("nci").run()
+    no_exception(scores)
+    slider = scores.select_slider(key="param-nci-alpha")
+    assert slider.value == 1e-4 and slider.options[:3] == ["0", "0.0001", "0.00016"] and "0.01" in slider.options
+    slider.set_value(0.01).run()
+    no_exception(scores)
+    exp = default_experiment
+    sc = exp.score(exp.fit_detector("nci", {"alpha": 0.01}))
+    auroc = scores.dataframe[0].value.loc["rotated", "AUROC ↑"]
+    assert auroc == pytest.approx(100 * metrics.auroc(sc["test"], sc["rotated"]))
+
+
 def test_a_capped_detector_says_how_many_training_features_it_was_fit_on(scores, default_experiment):
     scores.selectbox(key="scores-detector").set_value("ocsvm").run()
     no_exception(scores)

@@ -614,6 +614,25 @@ def test_param_slider_step_hits_the_default_and_the_sweep():
     assert Param(0.5, 0.0, 1.0).slider_step() == (pytest.approx(0.01), 2)  # a hundredth of the range
 
 
+def test_param_slider_options_offer_decades_where_a_linear_slider_would_be_unusable():
+    # NCI's alpha: a plain slider over [0, 10] in steps of 1e-4 would take 100,000 steps; offered instead: 0, then
+    # five log-spaced values a decade from the smallest positive default/sweep value (1e-4) up to the bound (10)
+    alpha = Param(1e-4, 0.0, 10.0, sweep=(0.0, 1e-4, 1e-3, 1e-2, 1e-1))
+    assert alpha.slider_options() == [0.0, 1e-4, 1.6e-4, 2.5e-4, 4e-4, 6.3e-4, 1e-3, 1.6e-3, 2.5e-3, 4e-3, 6.3e-3,
+                                      0.01, 0.016, 0.025, 0.04, 0.063, 0.1, 0.16, 0.25, 0.4, 0.63, 1.0, 1.6, 2.5, 4.0,
+                                      6.3, 10.0]
+    assert set(alpha.sweep) <= set(alpha.slider_options())  # every sweep value can be chosen
+    assert REGISTRY["nci"].params["alpha"].slider_options()[:2] == [0.0, 1e-4]
+    # a plain slider where it has at most MAX_SLIDER_STEPS steps (ODIN's epsilon: 1,000 steps of 1e-4)
+    assert Param(0.0014, 0.0, 0.1, sweep=(0.0, 0.0005, 0.001, 0.0014, 0.002)).slider_options() is None
+    assert Param(0.5, 0.0, 1.0).slider_options() is None
+    assert Param(5, 0, 100000, kind="int").slider_options() is None  # ints: a plain integer slider
+    assert Param(0.0, 0.0, 1e6).slider_options() is None  # no positive value to start the decades from
+    log = Param(1000.0, 1.0, 10000.0, scale="log")
+    assert log.slider_options() == log.grid()
+    assert Param("a", kind="choice", choices=("a", "b")).slider_options() is None
+
+
 def test_default_params_are_every_parameter_at_its_default():
     assert default_params("knn") == {"k": REGISTRY["knn"].params["k"].default}
     assert default_params("msp") == {}

@@ -6,7 +6,7 @@ scikit-learn manners: `__init__` only stores parameters, `fit` returns self, lea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
@@ -29,6 +29,8 @@ FAMILIES: dict[str, str] = {
 }
 
 NEEDS = ("logits", "features", "model", "feature_maps", "model_score")
+# a linear slider with more steps than this is offered as a select slider of log-spaced values (Param.slider_options)
+MAX_SLIDER_STEPS = 2000
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,25 @@ class Param:
         values += [self.default, *self.sweep, self.low, self.high]
         values = [int(round(v)) for v in values] if self.kind == "int" else [float(v) for v in values]
         return sorted({v for v in values if self.low <= v <= self.high})
+
+    def slider_options(self) -> Optional[list]:
+        """The values a select slider offers for this parameter, or None when a plain slider serves: the log grid of a
+        log-scale parameter; for a linear float parameter from 0 whose plain slider would take more than
+        MAX_SLIDER_STEPS steps (NCI's alpha: 0, then 1e-4 to 0.1 in [0, 10], 100,000 steps of 1e-4, so a pixel of
+        dragging jumps past every value that matters), 0 and then the log grid from its smallest positive default or
+        sweep value to the upper bound, five values a decade."""
+        if self.kind == "choice" or self.low is None or self.high is None:
+            return None
+        if self.scale == "log" and self.low > 0:
+            return self.grid()
+        if self.kind != "float" or self.low != 0:
+            return None
+        step, _ = self.slider_step()
+        positive = [float(v) for v in (self.default, *self.sweep) if float(v) > 0]
+        if (self.high - self.low) / step <= MAX_SLIDER_STEPS or not positive or min(positive) >= self.high:
+            return None
+        decades = math.log10(self.high / min(positive))
+        return [0.0, *replace(self, low=min(positive), scale="log").grid(max(2, round(5 * decades) + 1))]  # 5 a decade
 
     def slider_step(self) -> tuple[float, int]:
         """(step, decimals) of a linear slider: about a hundredth of the range, fine enough to hit the default
