@@ -2,8 +2,9 @@
 
 A training is estimated from the experiment's own model when it was trained here (its checkpoint keeps the
 training's seconds, and an ensemble member or another seed of the same spec trains as long), else from the rates
-below and each model's `train_seconds` in the model registry (models.registry). The rates were measured on the
-default experiment (digits at 16 px, small CNN, 2 CPU cores) and scale with the number of images and the image area.
+below and each model's `train_seconds` in the model registry (models.registry). The rates were measured at 16 px on
+2 CPU cores and scale with the number of images and with the image size (size_factor: the area, but for a share
+of each model's work that does not grow with the pixels, its registry entry's `size_overhead`).
 Estimates count what is not cached yet: a model on disk costs nothing.
 """
 from __future__ import annotations
@@ -12,13 +13,13 @@ from typing import Iterable, Mapping, Optional
 
 from .jobs import Estimate
 from .models import MODELS, is_cached
+from .models.cnn import SMALL_CNN_S_PER_IMAGE_EPOCH
 from .models.openset_generative import extra_epochs
 from .spec import REGIME_TITLES, Spec, TrainConfig, default_epochs
 
 REFERENCE_SIDE = 16  # the image side the rates were measured at
-# seconds per training image and epoch of the small CNN (30 epochs over 1,078 images: 16 s): the rate of a model
-# the registry does not know (a user's classifier)
-CLASSIFIER_S_PER_IMAGE_EPOCH = 5e-4
+# seconds per training image and epoch of the small CNN at 16 px: the rate of a model the registry does not know
+CLASSIFIER_S_PER_IMAGE_EPOCH = SMALL_CNN_S_PER_IMAGE_EPOCH
 DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digits), for the Methods cards' cost lines
 # seconds per scored image of the detectors that run the network again, at their default parameters
 NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026,
@@ -59,8 +60,17 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}{'es' if word.endswith('s') else 's'}"
 
 
-def _area(spec: Spec) -> float:
-    return (spec.image_size / REFERENCE_SIDE) ** 2
+def size_factor(side: int, overhead: float = 0.0) -> float:
+    """What one image costs at `side` px relative to REFERENCE_SIDE, when a share `overhead` of the work per image
+    does not grow with the pixels (a model's ModelEntry.size_overhead) and the rest grows with the area."""
+    return overhead + (1.0 - overhead) * (side / REFERENCE_SIDE) ** 2
+
+
+def _area(spec: Spec, model: Optional[str] = None) -> float:
+    """The size factor of `model`'s work (default: spec's own model; training it, or running it again) at spec's
+    image size."""
+    entry = MODELS.get(model or spec.model)
+    return size_factor(spec.image_size, entry.size_overhead if entry is not None else 0.0)
 
 
 def training_seconds(exp) -> float:
@@ -98,8 +108,10 @@ def training(spec: Spec, train_images: int) -> Estimate:
 
 # the Experiment page suggests a per-class subsample when a classifier's training is estimated to take longer: with
 # the validation passes, the forward pass of every split and the page's own work, the first Scores page of an
-# uploaded dataset then comes within about a minute (scripts/bench_upload.py)
-SUGGESTED_TRAINING_S = 50.0
+# uploaded dataset then comes within about a minute (scripts/bench_upload.py: 51.5 s for a zip of 5,000 36 px PNGs,
+# capped at 130 images per class). 35 s since the small CNN's rate was measured again (3.5e-4, not 5e-4): the same
+# cap as 50 s gave with the old rate, which overestimated the training by about 40%
+SUGGESTED_TRAINING_S = 35.0
 
 
 def suggested_per_class(spec: Spec, class_counts: Iterable[int], budget_s: float = SUGGESTED_TRAINING_S) -> int:
@@ -299,7 +311,7 @@ def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[
                                 contamination=contamination if setting == "ad" else base.contamination)
             if not is_cached(spec, cache_dir):
                 todo.append(m)
-    seconds = sum(_seconds_per_image(m) * train_size * _area(base) for m in todo)
+    seconds = sum(_seconds_per_image(m) * train_size * _area(base, m) for m in todo)
     seconds += ONE_CLASS_METHOD_S * len(classes) * len(methods)
     what = f"scores {_plural(len(methods), 'method')} on {_plural(len(classes), 'normal class')}"
     if todo:

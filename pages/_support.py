@@ -162,7 +162,7 @@ def _user_experiment(spec: Spec, user: dict) -> Optional[Experiment]:
     if user.get("pretrained"):  # torchvision's weights, in its cache since the user asked for them
         arch, norm = user["pretrained"], "weights"
     n = sum(len(s) for s in bench.splits().values())
-    est = jobs.Estimate(estimates.FORWARD_S_PER_IMAGE * n * (spec.image_size / estimates.REFERENCE_SIDE) ** 2,
+    est = jobs.Estimate(estimates.FORWARD_S_PER_IMAGE * n * estimates.size_factor(spec.image_size),
                         f"runs your model once on {n:,} images (every split)")
 
     def work(progress, cancel) -> Experiment:

@@ -5,7 +5,7 @@
 Each run trains from scratch (an empty temporary cache, get_model(retrain=True)) with the dataset's default recipe
 (cross-entropy, AdamW, one-cycle, batch 64) on the default device (ood_core.device), one training thread as every
 training here. Reported per model: parameters, median training seconds over the runs, the rate the estimates use
-(seconds per training image and epoch, scaled to 16 px by the image area: the registry's `train_seconds`) and the
+(seconds per training image and epoch, scaled to 16 px by estimates.size_factor: the registry's `train_seconds`) and the
 ID test accuracy (the same in every run: same spec, same weights).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 from ood_core import Spec, TrainConfig
 from ood_core.data import build_benchmark
 from ood_core.device import default_device
-from ood_core.estimates import REFERENCE_SIDE
+from ood_core.estimates import size_factor
 from ood_core.models import MODELS, get_model
 from ood_core.models.train import accuracy
 
@@ -35,7 +35,7 @@ def bench(model: str, runs: int, epochs: int, device: str) -> dict:
         seconds.append(res.seconds)
         acc = accuracy(res.model.to(device), data.test.x, data.test.y, device)
     median = statistics.median(seconds)
-    rate = median / (len(data.train) * epochs) / (SIDE / REFERENCE_SIDE) ** 2
+    rate = median / (len(data.train) * epochs) / size_factor(SIDE)
     return {"model": model, "parameters": sum(p.numel() for p in res.model.parameters()), "train_images":
             len(data.train), "epochs": epochs, "runs": runs, "train_seconds": seconds, "train_seconds_median": median,
             "seconds_per_image_epoch_at_16px": rate, "registry_train_seconds": MODELS[model].train_seconds,

@@ -65,15 +65,39 @@ def test_the_suggested_per_class_cap_keeps_a_training_near_the_budget():
     from ood_core.spec import Spec, TrainConfig
 
     spec = Spec(image_size=36, training=TrainConfig(epochs=15))  # the small CNN
-    per_image = estimates.training(spec, 1).seconds  # rate x epochs x area, one image
-    assert per_image == pytest.approx(5e-4 * 15 * (36 / 16) ** 2)
-    # 10 classes of 300: all of them would take 3,000 x per_image > 50 s; the largest cap that fits is
-    # floor(50 / (10 x per_image)) = 131, rounded down to a multiple of 10
-    assert 3000 * per_image > estimates.SUGGESTED_TRAINING_S == 50
-    assert int(50 / (10 * per_image)) == 131 and estimates.suggested_per_class(spec, [300] * 10) == 130
+    per_image = estimates.training(spec, 1).seconds  # rate x epochs x area (the small CNN grows with it alone)
+    assert per_image == pytest.approx(3.5e-4 * 15 * (36 / 16) ** 2)  # 0.02658 s
+    # 10 classes of 300: all of them would take 3,000 x per_image > 35 s; the largest cap that fits is
+    # floor(35 / (10 x per_image)) = 131, rounded down to a multiple of 10
+    assert 3000 * per_image > estimates.SUGGESTED_TRAINING_S == 35
+    assert int(35 / (10 * per_image)) == 131 and estimates.suggested_per_class(spec, [300] * 10) == 130
     assert estimates.suggested_per_class(spec, [300] * 10, budget_s=3001 * per_image) == 0  # everything fits
-    # uneven classes: a cap only trims the large ones (cap + 50 images must fit: cap <= 50 / per_image - 50)
+    # uneven classes: a cap only trims the large ones (cap + 50 images must fit: cap <= 35 / per_image - 50)
     cap = estimates.suggested_per_class(spec, [5000, 50])
-    assert cap == int(50 / per_image - 50) // 10 * 10
+    assert cap == int(35 / per_image - 50) // 10 * 10
     assert estimates.suggested_per_class(spec, [100] * 2, budget_s=per_image) == 10  # never below 10
     assert estimates.suggested_per_class(spec, []) == 0
+
+
+def test_the_size_factor_grows_with_the_area_but_for_a_models_fixed_share(tmp_path):
+    import dataclasses
+
+    from ood_core import estimates
+    from ood_core.models import MODELS
+    from ood_core.spec import Spec
+
+    assert estimates.size_factor(16) == 1.0 and estimates.size_factor(32) == 4.0  # the area alone
+    assert estimates.size_factor(32, 0.25) == pytest.approx(0.25 + 0.75 * 4)  # a quarter does not grow: 3.25
+    assert estimates.size_factor(8, 0.5) == pytest.approx(0.5 + 0.5 / 4)  # nor shrink
+    # a training is scaled by its own model's share
+    spec = Spec(setting="nd", model="lsa", image_size=32)
+    lsa = MODELS["lsa"]
+    assert estimates.training(spec, 100).seconds == pytest.approx(
+        lsa.train_seconds * 100 * estimates.size_factor(32, lsa.size_overhead))
+    # so is each model a one-vs-all protocol trains, whatever the base spec's own model
+    base = spec.replace(model="deep_svdd")
+    est = estimates.one_class(base, "nd", 0.05, [0], [("lsa", "model_score", {})], train_size=100, cache_dir=tmp_path)
+    assert est.seconds == pytest.approx(lsa.train_seconds * 100 * estimates.size_factor(32, lsa.size_overhead)
+                                        + estimates.ONE_CLASS_METHOD_S)
+    with pytest.raises(ValueError, match="size_overhead is a share"):
+        dataclasses.replace(MODELS["small_cnn"], size_overhead=1.5)

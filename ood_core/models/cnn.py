@@ -62,8 +62,14 @@ class SmallCNN(FeatureClassifier):
         return torch.relu(self.fc1(self.pool(maps).flatten(1)))
 
 
+# seconds per training image and epoch at 16 px, one training thread; its time grows with the image area alone
+# (size_overhead 0): scripts/bench_size_cost.py (docs/bench/size_cost.json: 2 epochs over the MNIST sample's 3,000
+# training images took 2.07 s at 16 px, 6.14 s at 28 and 13.3 s at 40, against areas 1 : 3.06 : 6.25)
+SMALL_CNN_S_PER_IMAGE_EPOCH = 3.5e-4
+
 register_model(ModelEntry(
     name="small_cnn", title="Small CNN (4 convolutions, 128-d features)", short="small CNN",
     description="Trains in seconds on a CPU at any image size: the default classifier of every lesson.",
     kind="classifier", settings=CLASSIFIER_SETTINGS, contract=InputContract(min_side=8),
-    build=lambda c, k, side: SmallCNN(in_channels=c, num_classes=k), train=train_classifier, train_seconds=5e-4))
+    build=lambda c, k, side: SmallCNN(in_channels=c, num_classes=k), train=train_classifier,
+    train_seconds=SMALL_CNN_S_PER_IMAGE_EPOCH))

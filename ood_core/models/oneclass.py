@@ -545,29 +545,33 @@ def train_smoothed_pixels(spec: Spec, bench: Benchmark, progress: ProgressFn = N
 
 
 def _one_class(name: str, title: str, short: str, description: str, cls: type, trainer: Callable, seconds: float,
-               own_score: bool = True, multiple_of: int = 1) -> None:
+               own_score: bool = True, multiple_of: int = 1, size_overhead: float = 0.0) -> None:
     """Register a one-class model of this module: it serves ND and AD, takes any channel count, and is built for the
     side it is given (its constructor is (in_channels, image_size); no classes)."""
     register_model(ModelEntry(
         name=name, title=title, short=short, description=description, kind="one_class", settings=ONE_CLASS_SETTINGS,
         contract=InputContract(min_side=8, multiple_of=multiple_of), build=lambda c, k, side: cls(c, side),
-        train=epochwise(trainer), train_seconds=seconds, own_score=own_score))
+        train=epochwise(trainer), train_seconds=seconds, own_score=own_score, size_overhead=size_overhead))
 
 
-# train_seconds: a whole training per normal training image at 16 px (one digit: 107 images), 2 CPU cores
+# train_seconds: a whole training per normal training image at 16 px, one training thread; size_overhead: the share
+# of it that does not grow with the image area. Both from scripts/bench_size_cost.py (docs/bench/size_cost.json: the
+# MNIST sample's digit 0, 300 images, at 16, 28 and 40 px, alone on the 2 cores).
+# multiple_of=4: two 2x poolings, then a linear map of side/4 (Deep SVDD); decodes side/4 back up (the autoencoder)
 _one_class("deep_svdd", "Deep SVDD (Ruff et al. 2018)", "Deep SVDD",
            "Maps the normal class into a small hypersphere; the score is the distance to its centre.",
-           DeepSVDD, train_deep_svdd, 0.013, multiple_of=4)  # two 2x poolings, then a linear map of side/4
+           DeepSVDD, train_deep_svdd, 0.0032, multiple_of=4, size_overhead=0.25)
 _one_class("deep_svdd_pretrained", "Deep SVDD with autoencoder pretraining (Ruff et al. 2018)", "Deep SVDD (pretrained)",
            "Deep SVDD as in the paper's code: an autoencoder is trained first and its encoder starts the hypersphere "
            "mapping (about 6 times the training of plain Deep SVDD).",
-           DeepSVDD, functools.partial(train_deep_svdd, hp=SVDD_PRETRAIN_HP), 0.075, multiple_of=4)
+           DeepSVDD, functools.partial(train_deep_svdd, hp=SVDD_PRETRAIN_HP), 0.019, multiple_of=4,
+           size_overhead=0.3)
 _one_class("autoencoder", "Convolutional autoencoder (reconstruction error)", "Autoencoder",
            "Learns to reconstruct normal images; the score is the reconstruction error.",
-           ConvAutoencoder, train_autoencoder, 0.006, multiple_of=4)  # decodes side/4 back up by two 2x steps
+           ConvAutoencoder, train_autoencoder, 0.0053, multiple_of=4, size_overhead=0.35)
 _one_class("geotrans", "Geometric transformations (Golan & El-Yaniv 2018)", "GeoTrans",
            "Learns which of 12 rotations and translations was applied to a normal image; unfamiliar images make "
-           "that prediction uncertain.", GeoTrans, train_geotrans, 0.030)
+           "that prediction uncertain.", GeoTrans, train_geotrans, 0.014, size_overhead=0.25)
 _one_class("pixels", "Raw pixels (identity)", "raw pixels",
            "No learning: the flattened pixels are the features, for the raw-pixel baselines (k-NN, OCSVM, ...).",
            PixelIdentity, train_pixels, 0.0, own_score=False)

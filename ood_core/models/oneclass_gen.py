@@ -502,23 +502,25 @@ def train_anogan(spec: Spec, bench: Benchmark, progress: ProgressFn = None, devi
     return TrainResult(m.eval(), history, time.perf_counter() - t0, False)
 
 
-# train_seconds: a whole training per normal training image at 16 px, 2 CPU cores (scripts/bench_oneclass_gen.py's
-# training seconds per class divided by the images and the area). AnoGAN's adds its scoring: the latent search runs
-# wherever the model's outputs are computed (every split, about 6 scored images per training image in one-vs-all).
+# train_seconds: a whole training per normal training image at 16 px, one training thread; size_overhead: the share
+# of it that does not grow with the image area (LSA's autoregressive estimator works on the 32-d code). Both from
+# scripts/bench_size_cost.py (docs/bench/size_cost.json). AnoGAN's adds its scoring, since the latent search runs
+# wherever the model's outputs are computed (every split, about 6 scored images per training image in one-vs-all):
+# 0.075 of training, plus 0.059 of search (scripts/bench_oneclass_gen.py --methods anogan: 38 s per digit for the
+# 100-step searches of 300 training images' splits at 28 px, divided by size_factor(28, 0.45) = 2.13).
 _one_class("lsa", "Latent space autoregression (Abati et al. 2019)", "LSA",
            "An autoencoder whose latent code is also modelled by an autoregressive density; the score adds the "
            "reconstruction error and the code's unlikeliness (both min-max normalised on the normal training data). "
            "Scaled for CPUs: a 32-d code, 16/32-channel networks, an estimator of 3 masked layers (16 channels per "
            "dimension, 100 bins), 30 epochs (the paper: a 64-d code, 4 masked layers of 32).",
-           LSA, train_lsa, 0.04, multiple_of=4)
+           LSA, train_lsa, 0.019, multiple_of=4, size_overhead=0.8)
 _one_class("ocgan", "OC-GAN (Perera et al. 2019)", "OC-GAN",
            "A denoising autoencoder trained adversarially so that every latent code decodes to a normal-looking "
            "image; the score is the reconstruction error. Scaled for CPUs: a 32-d latent, 16/32-channel networks, "
            "100 epochs (the paper: a 3x3x32 latent, wider networks, more epochs).", OCGAN, train_ocgan, 0.10,
-           multiple_of=4)  # 100 epochs: 30 s for 300 images at 16 px in the app (one thread); 60 s at 28 px in the bench
+           multiple_of=4, size_overhead=0.4)
 _one_class("anogan", "AnoGAN (Schlegl et al. 2017)", "AnoGAN",
            "A GAN of normal images; a query is scored by how well the generator can reproduce it after a search of "
            f"its latent space (slow to score: {ANOGAN_SEARCH_STEPS} Adam steps per image, batched). Scaled for CPUs: "
            "a 32-d latent, 16/32-channel DCGAN, 400 epochs (the paper: a 100-d latent, 500 search steps).",
-           AnoGAN, train_anogan, 0.085, multiple_of=4)  # 400 epochs: 22 s for 300 images at 16 px in the app (one
-# thread) and a few seconds of search; 45 s of training, 63 s with the searches of every split, at 28 px in the bench
+           AnoGAN, train_anogan, 0.13, multiple_of=4, size_overhead=0.45)

@@ -554,34 +554,33 @@ def _with_teacher(trainer: Callable, teacher: str) -> Callable:
     return train
 
 
-# train_seconds: a whole training per normal training image at 16 px on 2 CPU cores. Measured one after the other on
-# a shared, busy machine (digits, class 0, 107 images): CSI (at 15 epochs) : U-std : MKD took 1 : 1.6 : 2.2, CSI about
-# twice GeoTrans's per-image work (8 views of 4 rotations per image vs 12 transforms); scaled to GeoTrans's 0.030,
-# and CSI's doubled for its 30 epochs, then tripled for its 90.
+# train_seconds: a whole training per normal training image at 16 px, one training thread; size_overhead: the share
+# of it that does not grow with the image area (all of MKD's: it resizes every image to 32 px). Both from
+# scripts/bench_size_cost.py (docs/bench/size_cost.json); the ImageNet teachers cost what the random ones do.
 _one_class("csi", "CSI: contrastive learning with shifted instances (Tack et al. 2020)", "CSI",
            "Contrasts each normal image with its own rotations and learns which rotation was applied; the score is "
            "the closest training feature's cosine similarity times the feature norm plus the rotation logit. Scale: "
            "3-block CNN (16-32-64 channels, pooled to 2x2), 90 epochs over the normal training images (about 300 per "
            "digit on the MNIST sample), batch 32 images x 4 rotations x 2 views; the score is averaged over the 4 "
            "rotations (the paper: ResNet-18 with LARS, far longer training, and a test-time ensemble of augmented "
-           "views).", CSINet, train_csi, 0.36)
+           "views).", CSINet, train_csi, 0.08)
 _one_class("ustd", "U-std: uninformed students (Bergmann et al. 2020), random teacher", "U-std",
            "Three students regress a frozen teacher's descriptors of 14 px patches (VGG-16 to relu2_2); the score is "
            "their regression error plus their disagreement, averaged over the image. The teacher here is random "
            "(offline); the paper's is ImageNet-pretrained (model 'ustd_imagenet'), whose descriptors carry natural-"
            "image structure the students cannot guess on unfamiliar images. 10 epochs.",
-           UninformedStudents, _with_teacher(train_ustd, "random"), 0.1)
+           UninformedStudents, _with_teacher(train_ustd, "random"), 0.014)
 _one_class("mkd", "Multiresolution knowledge distillation (Salehi et al. 2021), random teacher", "MKD",
            "A small student mimics a frozen VGG-16's activations at four depths (value and direction losses) on "
            "normal images resized to 32 px; the score is that loss. The teacher here is random (offline); the "
            "paper's is ImageNet-pretrained (model 'mkd_imagenet'): its knowledge of natural images is what the "
            "student fails to copy on unfamiliar ones. 10 epochs.",
-           MultiresolutionKD, _with_teacher(train_mkd, "random"), 0.13)
+           MultiresolutionKD, _with_teacher(train_mkd, "random"), 0.059, size_overhead=1.0)
 _one_class("ustd_imagenet", "U-std (Bergmann et al. 2020), ImageNet teacher", "U-std (ImageNet)",
            "U-std with VGG-16's ImageNet weights as the teacher, as the paper: read from torchvision's cache, never "
            "downloaded by training (fetch them once with ood_core.models.oneclass_ssl.fetch_teacher()).",
-           UninformedStudents, _with_teacher(train_ustd, "pretrained"), 0.1)
+           UninformedStudents, _with_teacher(train_ustd, "pretrained"), 0.014)
 _one_class("mkd_imagenet", "Multiresolution KD (Salehi et al. 2021), ImageNet teacher", "MKD (ImageNet)",
            "MKD with VGG-16's ImageNet weights as the teacher, as the paper: read from torchvision's cache, never "
            "downloaded by training (fetch them once with ood_core.models.oneclass_ssl.fetch_teacher()).",
-           MultiresolutionKD, _with_teacher(train_mkd, "pretrained"), 0.13)
+           MultiresolutionKD, _with_teacher(train_mkd, "pretrained"), 0.059, size_overhead=1.0)

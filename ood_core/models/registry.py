@@ -74,8 +74,11 @@ class ModelEntry:
     `anomaly_score`, no head). `own_score`: whether a one-class model has a score of its own (the
     `model_score` detector); `short` is the name in tables and method labels; `default_side` is the side
     `build_model` uses when none is given. `train_seconds`: what a training costs on 2 CPU cores at 16 px, in seconds
-    per training image (ood_core/estimates.py scales it by the image area): per epoch for a classifier, whose
-    epochs come from the Spec; for the whole training of a one-class model, whose epochs its method fixes.
+    per training image: per epoch for a classifier, whose epochs come from the Spec; for the whole training of a
+    one-class model, whose epochs its method fixes. `size_overhead`: the share of that time that does not grow with
+    the image's pixels (the optimiser's step, Python, layers after pooling); ood_core/estimates.py scales the rest
+    by the image area (estimates.size_factor). Both from scripts/bench_size_cost.py; a model not measured keeps 0,
+    the area alone, which overestimates at larger sides rather than under.
     """
 
     name: str
@@ -90,6 +93,7 @@ class ModelEntry:
     train_seconds: float
     own_score: bool = False
     default_side: int = 16
+    size_overhead: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -101,6 +105,8 @@ class ModelEntry:
         allowed = CLASSIFIER_SETTINGS if self.kind == "classifier" else ONE_CLASS_SETTINGS
         if set(self.settings) - set(allowed):
             raise ValueError(f"model {self.name!r}: a {self.kind} serves only {', '.join(allowed)}")
+        if not 0.0 <= self.size_overhead <= 1.0:
+            raise ValueError(f"model {self.name!r}: size_overhead is a share in [0, 1], got {self.size_overhead!r}")
         if not self.contract.accepts(self.contract.channels[0] if self.contract.channels else 1, self.default_side):
             raise ValueError(f"model {self.name!r}: its default side {self.default_side} px breaks its own contract "
                              f"({self.contract.describe()})")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..spec import CLASSIFIER_SETTINGS
-from .cnn import FeatureClassifier
+from .cnn import SMALL_CNN_S_PER_IMAGE_EPOCH, FeatureClassifier
 from .registry import InputContract, ModelEntry, register_model
 from .train import train_classifier
 
@@ -75,4 +75,4 @@ register_model(ModelEntry(
     kind="classifier", settings=CLASSIFIER_SETTINGS,
     contract=InputContract(min_side=8),  # strides 1, 2, 2, 2: the last stage sees 1 x 1 at 8 px
     build=lambda c, k, side: ResNet18Cifar(in_channels=c, num_classes=k), train=train_classifier,
-    train_seconds=23 * 5e-4))
+    train_seconds=23 * SMALL_CNN_S_PER_IMAGE_EPOCH))
