@@ -17,9 +17,9 @@ number of steps and for the stopping rule (search_stop_rule: a check every ANOGA
 loss fell by less than tol), with the mean number of steps the rule used. Each image's search is independent of the
 others, so one recorded trajectory gives every setting. Its models are cached like the protocol's (pass the same
 --cache-dir to the later run to reuse them).
---select MODEL VARIANT... trains one of lsa, ocgan, anogan once per variant and class (its defaults, e.g. OCGAN_HP,
-with the variant's changes) and reports the same validation AUROC (scripts/bench_oneclass_ssl.py's `select`, as
-CSI's training length was chosen); AnoGAN scores with its default search.
+--select MODEL VARIANT... trains one of lsa, ocgan, anogan, geotrans, deep_svdd, deep_svdd_pretrained once per
+variant and class (its defaults, e.g. OCGAN_HP, with the variant's changes) and reports the same validation AUROC
+(scripts/bench_oneclass_ssl.py's `select`, as CSI's training length was chosen); AnoGAN scores with its default search.
 The autoencoder (the project's plain reconstruction model) is the reference both LSA and OC-GAN build on.
 Without --cache-dir the models go to a fresh temporary folder, so every one is trained (and timed) here.
 The survey's numbers (Salehi et al. 2022, Table 7) are on full MNIST (6,000 training images per class, 64-d or larger
@@ -47,7 +47,7 @@ from ood_core import Spec, metrics, protocols  # noqa: E402
 from ood_core.compare import summarise_by  # noqa: E402
 from ood_core.data import build_benchmark  # noqa: E402
 from ood_core.models import get_model  # noqa: E402
-from ood_core.models import oneclass_gen  # noqa: E402
+from ood_core.models import oneclass, oneclass_gen  # noqa: E402
 from ood_core.models.oneclass_gen import ANOGAN_CHECK_EVERY, search_stop_rule  # noqa: E402
 from ood_core.models.registry import MODELS  # noqa: E402
 
@@ -143,9 +143,12 @@ def search_val(dataset: str, size: int, classes: list[int], cache_dir: str, json
     return out
 
 
-# the trainers and default hyper-parameters --select varies
+# the trainers and default hyper-parameters --select varies (the generative models here, and oneclass.py's trained
+# models, whose protocol runs are scripts/bench_oneclass_ssl.py's)
 TRAINERS = {"lsa": (oneclass_gen.train_lsa, oneclass_gen.LSA_HP), "ocgan": (oneclass_gen.train_ocgan,
-            oneclass_gen.OCGAN_HP), "anogan": (oneclass_gen.train_anogan, oneclass_gen.ANOGAN_HP)}
+            oneclass_gen.OCGAN_HP), "anogan": (oneclass_gen.train_anogan, oneclass_gen.ANOGAN_HP),
+            "geotrans": (oneclass.train_geotrans, oneclass.GEO_HP), "deep_svdd": (oneclass.train_deep_svdd,
+            oneclass.SVDD_HP), "deep_svdd_pretrained": (oneclass.train_deep_svdd, oneclass.SVDD_PRETRAIN_HP)}
 
 
 def variants(defaults: dict, texts: list[str]) -> dict:
@@ -202,8 +205,8 @@ def main() -> int:
     ap.add_argument("--table", nargs="+", help="print the table of these --json files (merged) and exit")
     ap.add_argument("--search-val", action="store_true", help="choose AnoGAN's search on validation data (see above)")
     ap.add_argument("--select", nargs="+", metavar="MODEL VARIANT",
-                    help="a model (lsa, ocgan, anogan), then variants of its defaults, e.g. 'epochs=100;lr=0.001': "
-                         "each variant's validation AUROC")
+                    help="a model (one of TRAINERS: lsa, ocgan, anogan, geotrans, ...), then variants of its defaults, "
+                         "e.g. 'epochs=100;lr=0.001': each variant's validation AUROC")
     args = ap.parse_args()
     if args.table:
         docs = [json.loads(Path(f).read_text()) for f in args.table]
@@ -221,7 +224,7 @@ def main() -> int:
         classes = [int(c) for c in args.classes.split(",")]
     torch.set_num_threads(2)
     if args.select:
-        from bench_oneclass_ssl import select, svdd_table
+        from bench_oneclass_ssl import select, variants_table
 
         model, *texts = args.select
         if model not in TRAINERS or not texts:
@@ -233,7 +236,7 @@ def main() -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"model": model, "classes": classes, "variants": res}, indent=1,
                                                   default=float))
-        print("\n" + svdd_table(res, f"{MODELS[model].short}'s training"))
+        print("\n" + variants_table(res, f"{MODELS[model].short}'s training"))
         return 0
     if args.search_val:
         with tempfile.TemporaryDirectory(prefix="ood-bench-anogan-search-") as tmp:

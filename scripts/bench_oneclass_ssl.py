@@ -131,7 +131,7 @@ def select(classes: list[int], variants: dict, model: str, trainer) -> dict:
     return out
 
 
-def svdd_table(r: dict, what: str = "Deep SVDD pretraining") -> str:
+def variants_table(r: dict, what: str = "Deep SVDD pretraining") -> str:
     lines = [f"{what} on {DATASET} at {SIZE} px, VALIDATION AUROC (normal val vs other classes' val)",
              "", "| variant | validation AUROC % | training s per class (median) |", "|---|---|---|"]
     for name, v in r.items():
@@ -170,10 +170,10 @@ def main() -> int:
                 print(nd_table(report["nd"]) + "\n", flush=True)
             elif name == "svdd":
                 report["svdd"] = svdd_select(classes)
-                print(svdd_table(report["svdd"]) + "\n", flush=True)
+                print(variants_table(report["svdd"]) + "\n", flush=True)
             else:
                 report["csi"] = csi_select(classes, [int(e) for e in args.csi_epochs.split(",")])
-                print(svdd_table(report["csi"], "CSI's training length") + "\n", flush=True)
+                print(variants_table(report["csi"], "CSI's training length") + "\n", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(report, indent=1, default=float))
     return 0

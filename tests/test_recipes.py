@@ -120,7 +120,7 @@ def test_changed_recipes_get_new_model_keys_and_the_others_keep_theirs():
     svdd = Spec(setting="nd", model="deep_svdd")
     assert svdd.recipe_versions() == {"model:deep_svdd": RECIPE_VERSIONS["model:deep_svdd"]}
     assert svdd.model_key() != old_key(svdd)
-    for spec in (Spec(), Spec(setting="osr"), Spec(setting="nd", model="geotrans"),
+    for spec in (Spec(), Spec(setting="osr"), Spec(setting="nd", model="autoencoder"),
                  Spec(setting="ood", training=TrainConfig(regime="oe"))):
         assert spec.recipe_versions() == {} and spec.model_key() == old_key(spec)
     # a one-class setting never trains a classifier regime: its key ignores the regime's version
