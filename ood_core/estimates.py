@@ -66,7 +66,7 @@ def size_factor(side: int, overhead: float = 0.0) -> float:
     return overhead + (1.0 - overhead) * (side / REFERENCE_SIDE) ** 2
 
 
-def _area(spec: Spec, model: Optional[str] = None) -> float:
+def _size(spec: Spec, model: Optional[str] = None) -> float:
     """The size factor of `model`'s work (default: spec's own model; training it, or running it again) at spec's
     image size."""
     entry = MODELS.get(model or spec.model)
@@ -93,7 +93,7 @@ def training(spec: Spec, train_images: int) -> Estimate:
     """One training of `spec`'s own model on `train_images` ID training images, from the registry's rates: a
     classifier's epochs, or a one-class model's whole training (its epochs are fixed by the method)."""
     entry = MODELS.get(spec.model)
-    rate, area = _seconds_per_image(spec.model), _area(spec)
+    rate, area = _seconds_per_image(spec.model), _size(spec)
     name = entry.title if entry is not None else spec.model
     if entry is not None and entry.kind != "classifier":
         seconds = rate * train_images * area
@@ -156,7 +156,7 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
 
     p = {**default_params(name), **dict(params or {})} if name in REGISTRY else dict(params or {})
     n = _scored_images(exp, splits)
-    area = _area(exp.spec)
+    area = _size(exp.spec)
     if name == "ensemble":
         m = int(p.get("members", 5))
         todo = members_to_train(exp, m)
@@ -311,7 +311,7 @@ def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[
                                 contamination=contamination if setting == "ad" else base.contamination)
             if not is_cached(spec, cache_dir):
                 todo.append(m)
-    seconds = sum(_seconds_per_image(m) * train_size * _area(base, m) for m in todo)
+    seconds = sum(_seconds_per_image(m) * train_size * _size(base, m) for m in todo)
     seconds += ONE_CLASS_METHOD_S * len(classes) * len(methods)
     what = f"scores {_plural(len(methods), 'method')} on {_plural(len(classes), 'normal class')}"
     if todo:

@@ -17,7 +17,7 @@ number of steps and for the stopping rule (search_stop_rule: a check every ANOGA
 loss fell by less than tol), with the mean number of steps the rule used. Each image's search is independent of the
 others, so one recorded trajectory gives every setting. Its models are cached like the protocol's (pass the same
 --cache-dir to the later run to reuse them).
---select MODEL VARIANT... trains one of lsa, ocgan, anogan, geotrans, deep_svdd, deep_svdd_pretrained once per
+--select MODEL VARIANT... trains one of TRAINERS (lsa, ocgan, anogan, geotrans, deep_svdd, csi, ...) once per
 variant and class (its defaults, e.g. OCGAN_HP, with the variant's changes) and reports the same validation AUROC
 (scripts/bench_oneclass_ssl.py's `select`, as CSI's training length was chosen); AnoGAN scores with its default search.
 The autoencoder (the project's plain reconstruction model) is the reference both LSA and OC-GAN build on.
@@ -47,7 +47,7 @@ from ood_core import Spec, metrics, protocols  # noqa: E402
 from ood_core.compare import summarise_by  # noqa: E402
 from ood_core.data import build_benchmark  # noqa: E402
 from ood_core.models import get_model  # noqa: E402
-from ood_core.models import oneclass, oneclass_gen  # noqa: E402
+from ood_core.models import oneclass, oneclass_gen, oneclass_ssl  # noqa: E402
 from ood_core.models.oneclass_gen import ANOGAN_CHECK_EVERY, search_stop_rule  # noqa: E402
 from ood_core.models.registry import MODELS  # noqa: E402
 
@@ -143,12 +143,15 @@ def search_val(dataset: str, size: int, classes: list[int], cache_dir: str, json
     return out
 
 
-# the trainers and default hyper-parameters --select varies (the generative models here, and oneclass.py's trained
-# models, whose protocol runs are scripts/bench_oneclass_ssl.py's)
+# the one-class trainers and their default hyper-parameters, which --select varies (the generative models here, and
+# the other trained ones, whose protocol runs are scripts/bench_oneclass_ssl.py's); bench_size_cost.py times them
 TRAINERS = {"lsa": (oneclass_gen.train_lsa, oneclass_gen.LSA_HP), "ocgan": (oneclass_gen.train_ocgan,
             oneclass_gen.OCGAN_HP), "anogan": (oneclass_gen.train_anogan, oneclass_gen.ANOGAN_HP),
             "geotrans": (oneclass.train_geotrans, oneclass.GEO_HP), "deep_svdd": (oneclass.train_deep_svdd,
-            oneclass.SVDD_HP), "deep_svdd_pretrained": (oneclass.train_deep_svdd, oneclass.SVDD_PRETRAIN_HP)}
+            oneclass.SVDD_HP), "deep_svdd_pretrained": (oneclass.train_deep_svdd, oneclass.SVDD_PRETRAIN_HP),
+            "autoencoder": (oneclass.train_autoencoder, oneclass.AE_HP), "csi": (oneclass_ssl.train_csi,
+            oneclass_ssl.CSI_HP), "ustd": (oneclass_ssl.train_ustd, oneclass_ssl.USTD_HP),
+            "mkd": (oneclass_ssl.train_mkd, oneclass_ssl.MKD_HP)}
 
 
 def variants(defaults: dict, texts: list[str]) -> dict:

@@ -31,58 +31,59 @@ from ood_core import Spec, TrainConfig  # noqa: E402
 from ood_core.data import build_benchmark  # noqa: E402
 from ood_core.estimates import REFERENCE_SIDE  # noqa: E402
 from ood_core.models import MODELS  # noqa: E402
-from ood_core.models import oneclass, oneclass_gen, oneclass_ssl  # noqa: E402
 from ood_core.models.reproducible import training_threads  # noqa: E402
 from ood_core.models.train import train_classifier  # noqa: E402
+
+from bench_oneclass_gen import TRAINERS  # noqa: E402  (this folder: the one-class trainers and their defaults)
 
 DATASET = "mnist-sample"
 
 
-def _one_class(trainer, hp: dict, **short):
-    """A one-class trainer run with `short` epochs instead of its defaults `hp`."""
-    return lambda spec, bench: trainer(spec, bench, None, "cpu", hp={**hp, **short})
+# the epochs each timed run of a one-class model trains instead of its defaults (bench_oneclass_gen.TRAINERS): a few,
+# long enough to time (about a second or more at 16 px); the small CNN trains CLASSIFIER_EPOCHS
+SHORT = {"deep_svdd": {"epochs": 30}, "deep_svdd_pretrained": {"epochs": 5, "pretrain_epochs": 5},
+         "autoencoder": {"epochs": 10}, "geotrans": {"epochs": 2}, "lsa": {"epochs": 10}, "ocgan": {"epochs": 10},
+         "anogan": {"epochs": 20}, "csi": {"epochs": 4}, "ustd": {"epochs": 2}, "mkd": {"epochs": 2}}
+CLASSIFIER = "small_cnn"
+CLASSIFIER_EPOCHS = 2
+MODELS_TIMED = (CLASSIFIER, *SHORT)
 
 
-def _whole(hp: dict, **short) -> float:
-    """How many times the shortened run's epochs a default training's epochs are."""
-    return sum(hp[k] for k in short) / sum(short.values())
+def describe(model: str) -> str:
+    if model == CLASSIFIER:
+        return f"{CLASSIFIER_EPOCHS} epochs"
+    what = " + ".join(f"{v}" for v in SHORT[model].values()) + " epochs"
+    return what + {"anogan": " (no search)", "mkd": " (at 32 px whatever the side)"}.get(model, "")
 
 
-SVDD, SVDD_PRE, AE, GEO = oneclass.SVDD_HP, oneclass.SVDD_PRETRAIN_HP, oneclass.AE_HP, oneclass.GEO_HP
-LSA, OCGAN, ANOGAN, CSI = oneclass_gen.LSA_HP, oneclass_gen.OCGAN_HP, oneclass_gen.ANOGAN_HP, oneclass_ssl.CSI_HP
-USTD, MKD = oneclass_ssl.USTD_HP, oneclass_ssl.MKD_HP
-# model: (setting, trainer(spec, bench), what is trained, what the registry's rate counts as a multiple of it): a few
-# epochs each, long enough to time (about a second or more at 16 px). A classifier's rate is per epoch; a one-class
-# model's is its whole default training
-CASES = {
-    "small_cnn": ("ood", lambda spec, bench: train_classifier(spec, bench, None, "cpu"), "2 epochs", 0.5),
-    "deep_svdd": ("nd", _one_class(oneclass.train_deep_svdd, SVDD, epochs=30), "30 epochs", _whole(SVDD, epochs=30)),
-    "deep_svdd_pretrained": ("nd", _one_class(oneclass.train_deep_svdd, SVDD_PRE, epochs=5, pretrain_epochs=5),
-                             "5 + 5 epochs", _whole(SVDD_PRE, epochs=5, pretrain_epochs=5)),
-    "autoencoder": ("nd", _one_class(oneclass.train_autoencoder, AE, epochs=10), "10 epochs", _whole(AE, epochs=10)),
-    "geotrans": ("nd", _one_class(oneclass.train_geotrans, GEO, epochs=2), "2 epochs", _whole(GEO, epochs=2)),
-    "lsa": ("nd", _one_class(oneclass_gen.train_lsa, LSA, epochs=10), "10 epochs", _whole(LSA, epochs=10)),
-    "ocgan": ("nd", _one_class(oneclass_gen.train_ocgan, OCGAN, epochs=10), "10 epochs", _whole(OCGAN, epochs=10)),
-    "anogan": ("nd", _one_class(oneclass_gen.train_anogan, ANOGAN, epochs=20), "20 epochs (no search)",
-               _whole(ANOGAN, epochs=20)),
-    "csi": ("nd", _one_class(oneclass_ssl.train_csi, CSI, epochs=4), "4 epochs", _whole(CSI, epochs=4)),
-    "ustd": ("nd", _one_class(oneclass_ssl.train_ustd, USTD, epochs=2), "2 epochs", _whole(USTD, epochs=2)),
-    "mkd": ("nd", _one_class(oneclass_ssl.train_mkd, MKD, epochs=2), "2 epochs (at 32 px whatever the side)",
-            _whole(MKD, epochs=2)),
-}
+def rate_multiple(model: str) -> float:
+    """What the registry's rate counts, as a multiple of a timed run: a classifier's one epoch, a one-class model's
+    whole default training."""
+    if model == CLASSIFIER:
+        return 1 / CLASSIFIER_EPOCHS
+    defaults = TRAINERS[model][1]
+    return sum(defaults[k] for k in SHORT[model]) / sum(SHORT[model].values())
+
+
+def train(model: str, spec: Spec, bench) -> None:
+    if model == CLASSIFIER:
+        train_classifier(spec, bench, None, "cpu")
+    else:
+        trainer, defaults = TRAINERS[model]
+        trainer(spec, bench, None, "cpu", hp={**defaults, **SHORT[model]})
 
 
 def seconds(model: str, side: int, runs: int) -> tuple[float, int]:
     """The fastest of `runs` trainings of `model`'s case at `side` px, and its training images."""
-    setting, trainer, _, _ = CASES[model]
-    spec = Spec(setting=setting, dataset=DATASET, image_size=side, model=model, training=TrainConfig(epochs=2),
-                **({"normal_class": 0} if setting == "nd" else {}))
+    one_class = model != CLASSIFIER
+    spec = Spec(setting="nd" if one_class else "ood", dataset=DATASET, image_size=side, model=model,
+                training=TrainConfig(epochs=CLASSIFIER_EPOCHS), **({"normal_class": 0} if one_class else {}))
     bench = build_benchmark(spec, ood_sets=())
     best = np.inf
     for _ in range(runs):
         with training_threads("cpu"):
             t0 = time.perf_counter()
-            trainer(spec, bench)
+            train(model, spec, bench)
             best = min(best, time.perf_counter() - t0)
     return float(best), len(bench.train)
 
@@ -99,7 +100,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sides", default="16,28,40")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--models", default=",".join(CASES))
+    ap.add_argument("--models", default=",".join(MODELS_TIMED))
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     sides = [int(s) for s in a.sides.split(",")]
@@ -111,12 +112,12 @@ def main() -> int:
         seconds(model, REFERENCE_SIDE, 1)  # untimed: the first training in a process also pays torch's warm-up
         for side in sides:
             t[side], n = seconds(model, side, a.runs)
-            print(f"  {model} at {side} px: {t[side]:.2f} s ({CASES[model][2]}, {n} images)", file=sys.stderr,
+            print(f"  {model} at {side} px: {t[side]:.2f} s ({describe(model)}, {n} images)", file=sys.stderr,
                   flush=True)
         ratios = [t[s] / t[REFERENCE_SIDE] for s in sides]
         f = overhead_share(sides, ratios)
-        rate = t[REFERENCE_SIDE] * CASES[model][3] / n  # seconds per training image at 16 px, as the registry's
-        rows.append({"model": model, "what": CASES[model][2], "train_images": n, "seconds": t,
+        rate = t[REFERENCE_SIDE] * rate_multiple(model) / n  # seconds per training image at 16 px, as the registry's
+        rows.append({"model": model, "what": describe(model), "train_images": n, "seconds": t,
                      "ratio_to_16px": dict(zip(sides, ratios)), "overhead_share": f, "rate_16px": rate,
                      "registry_rate": MODELS[model].train_seconds, "registry_overhead": MODELS[model].size_overhead})
     others = [s for s in sides if s != REFERENCE_SIDE]
