@@ -6,11 +6,17 @@ below and each model's `train_seconds` in the model registry (models.registry). 
 2 CPU cores and scale with the number of images and with the image size (size_factor: the area, but for a share
 of each model's work that does not grow with the pixels, its registry entry's `size_overhead`).
 Estimates count what is not cached yet: a model on disk costs nothing.
+On another machine the rates are off by its speed: once use_training_times(cache folder) is called (the dashboard
+does), every training estimate is multiplied by what the trainings timed on this machine say (timings.speed_factor),
+and says so; reference_training is the estimate from the rates alone (the Methods cards' "on 2 cores").
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
+from . import timings
 from .jobs import Estimate
 from .models import MODELS, is_cached
 from .models.cnn import SMALL_CNN_S_PER_IMAGE_EPOCH
@@ -82,6 +88,20 @@ def training_seconds(exp) -> float:
     return training(exp.spec, len(exp.bench.train)).seconds
 
 
+_times_dir: Optional[Path] = None  # where the trainings timed on this machine are recorded; None: rates alone
+
+
+def use_training_times(cache_dir: Optional[Path | str]) -> None:
+    """Correct every training estimate by the trainings timed in `cache_dir` (timings.py); None: the rates alone."""
+    global _times_dir
+    _times_dir = Path(cache_dir) if cache_dir is not None else None
+
+
+def speed(model: str) -> tuple[float, int, bool]:
+    """timings.speed_factor of `model` on this machine: (factor, trainings, own); (1, 0, False) when not in use."""
+    return timings.speed_factor(model, _times_dir)
+
+
 def _seconds_per_image(model: str) -> float:
     """The registry's training rate of `model` at 16 px (per epoch for a classifier, the whole training for a
     one-class model); the small CNN's rate for a model the registry does not know."""
@@ -90,8 +110,21 @@ def _seconds_per_image(model: str) -> float:
 
 
 def training(spec: Spec, train_images: int) -> Estimate:
-    """One training of `spec`'s own model on `train_images` ID training images, from the registry's rates: a
-    classifier's epochs, or a one-class model's whole training (its epochs are fixed by the method)."""
+    """One training of `spec`'s own model on `train_images` ID training images: reference_training, corrected by
+    the trainings timed on this machine (speed) when there are any, which the words then say."""
+    est = reference_training(spec, train_images)
+    factor, n, own = speed(spec.model)
+    if not n:
+        return est
+    whose = "this model" if own else "other models"
+    return replace(est, seconds=est.seconds * factor,
+                   what=f"{est.what} (x{factor:.2g} the reference rates, as {_plural(n, 'training')} of {whose} "
+                        "on this machine took)")
+
+
+def reference_training(spec: Spec, train_images: int) -> Estimate:
+    """One training of `spec`'s own model on `train_images` ID training images, from the registry's rates (2 CPU
+    cores): a classifier's epochs, or a one-class model's whole training (its epochs are fixed by the method)."""
     entry = MODELS.get(spec.model)
     rate, area = _seconds_per_image(spec.model), _size(spec)
     name = entry.title if entry is not None else spec.model
@@ -226,8 +259,9 @@ def cost_words(name: str) -> str:
         extra = max(extra_epochs(r) for r in cls.regimes)
         if extra:
             how += f" plus about {GENERATIVE_PASS * extra:.0f} epochs' worth for its GAN and fine-tuning"
-        slowest = max(training(Spec(training=TrainConfig(epochs=default_epochs(TrainConfig().epochs, r), regime=r)),
-                               DEFAULT_TRAIN_IMAGES).seconds for r in cls.regimes)
+        slowest = max(reference_training(Spec(training=TrainConfig(epochs=default_epochs(TrainConfig().epochs, r),
+                                                                   regime=r)), DEFAULT_TRAIN_IMAGES).seconds
+                      for r in cls.regimes)
         how += f"; about {slowest / 60:.1f} min on 2 cores for the default experiment"
         runs = "**runs the network again** (slower)" if cls.runs_network else "scores its cached outputs (fast)"
         return f"needs a classifier trained in the {names} regime (one training, {how}, cached like it), then {runs}"
@@ -311,7 +345,7 @@ def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[
                                 contamination=contamination if setting == "ad" else base.contamination)
             if not is_cached(spec, cache_dir):
                 todo.append(m)
-    seconds = sum(_seconds_per_image(m) * train_size * _size(base, m) for m in todo)
+    seconds = sum(_seconds_per_image(m) * train_size * _size(base, m) * speed(m)[0] for m in todo)
     seconds += ONE_CLASS_METHOD_S * len(classes) * len(methods)
     what = f"scores {_plural(len(methods), 'method')} on {_plural(len(classes), 'normal class')}"
     if todo:

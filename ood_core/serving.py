@@ -26,6 +26,12 @@ def shared_mode() -> bool:
     return os.environ.get("OOD_EXPLORER_SHARED", "").strip().lower() in _TRUE
 
 
+def rates_only() -> bool:
+    """Whether training estimates use the registry's rates alone, not corrected by the trainings timed on this
+    machine (ood_core/timings.py): OOD_EXPLORER_RATES_ONLY=1 (the tests set it, for exact figures)."""
+    return os.environ.get("OOD_EXPLORER_RATES_ONLY", "").strip().lower() in _TRUE
+
+
 def _env_int(name: str, default: int, low: int = 1) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:

@@ -45,6 +45,11 @@ SPEC_KEY = "spec"  # session_state: the current Spec
 USER_MODEL_KEY = "user_model"  # session_state: {"name", "digest", "data", "spec_key"} of an uploaded model
 INFO_KEY = "experiment_info"  # session_state: what the sidebar shows about the prepared experiment
 
+# training estimates corrected by what trainings took on this machine (ood_core/timings.py), unless
+# OOD_EXPLORER_RATES_ONLY=1
+if not serving.rates_only():
+    estimates.use_training_times(DEFAULT_CACHE_DIR)
+
 # one lock per spec key, so two sessions never train the same model at the same time
 _TRAIN_LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 

@@ -289,6 +289,7 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
                 note = (f"The cached checkpoint {path.name} could not be verified ({found.reason}); "
                         "the model was retrained and the checkpoint replaced.")
         result = queued_training()
+        _record_time(spec, bench, result, device, Path(cache_dir or DEFAULT_CACHE_DIR))
         try:
             result.provenance = save_checkpoint(path, result.model, spec, result.history, result.seconds, device)
             enforce_cache_cap(path.parent, serving.cache_cap_bytes(), keep=path)
@@ -301,6 +302,15 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
         result.from_cache = False
         result.note = note
         return result
+
+
+def _record_time(spec: Spec, bench: Benchmark, result: TrainResult, device: str, folder: Path) -> None:
+    """Note what a CPU training took beside what the rates estimated (timings.py: the estimates' correction)."""
+    if device != "cpu" or result.seconds <= 0:
+        return
+    from .. import estimates, timings
+
+    timings.record(folder, spec.model, estimates.reference_training(spec, len(bench.train)).seconds, result.seconds)
 
 
 def _touch(path: Path) -> None:
