@@ -253,9 +253,10 @@ LATER_FIELDS = {"train_per_class": 0, "osr_splits": "random", "osr_protocol": "s
 # deep_svdd 2: Ruff et al.'s preprocessing (GCN + min-max) inside the model, LeakyReLU(0.01), no random shifts.
 # csi 2: the encoder pooled to a 2x2 grid (a 256-d feature), 30 epochs instead of 15. csi 3: 60 epochs. csi 4: 90.
 # ocgan 2: 100 epochs at lr 1e-3 instead of 25 at 2e-4. anogan 2: 400 epochs at lr 1e-3 instead of 40 at 5e-4.
-# geotrans 2: 30 epochs instead of 14.
-RECIPE_VERSIONS: dict[str, int] = {"regime:closedset": 2, "model:deep_svdd": 2, "model:csi": 4, "model:ocgan": 2,
-                                   "model:anogan": 2, "model:geotrans": 2}
+# geotrans 2: 30 epochs instead of 14. deep_svdd 3: 15 epochs at lr 3e-3 instead of 30 at 1e-3.
+# deep_svdd_pretrained 2: the one-class phase at lr 1e-3 instead of 1e-4.
+RECIPE_VERSIONS: dict[str, int] = {"regime:closedset": 2, "model:deep_svdd": 3, "model:csi": 4, "model:ocgan": 2,
+                                   "model:anogan": 2, "model:geotrans": 2, "model:deep_svdd_pretrained": 2}
 
 # query key -> (path in the Spec, type): what a link to a view carries about its experiment
 QUERY_FIELDS: dict[str, tuple[tuple[str, ...], type]] = {

@@ -120,6 +120,8 @@ def test_changed_recipes_get_new_model_keys_and_the_others_keep_theirs():
     svdd = Spec(setting="nd", model="deep_svdd")
     assert svdd.recipe_versions() == {"model:deep_svdd": RECIPE_VERSIONS["model:deep_svdd"]}
     assert svdd.model_key() != old_key(svdd)
+    pretrained = Spec(setting="nd", model="deep_svdd_pretrained")
+    assert pretrained.recipe_versions() == {"model:deep_svdd_pretrained": RECIPE_VERSIONS["model:deep_svdd_pretrained"]}
     for spec in (Spec(), Spec(setting="osr"), Spec(setting="nd", model="autoencoder"),
                  Spec(setting="ood", training=TrainConfig(regime="oe"))):
         assert spec.recipe_versions() == {} and spec.model_key() == old_key(spec)
