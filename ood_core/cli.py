@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from .device import ENV_VAR, check_device
 from .models.registry import MODELS, model_names
 from .data import osr_splits
 from .spec import OSR_PROTOCOLS, OSR_SPLIT_MODES, REGIME_EPOCHS, REGIMES, SETTINGS, Spec, TrainConfig, default_epochs
+
+if TYPE_CHECKING:
+    from .jobs import Estimate
 
 def _fmt_param(name, p) -> str:
     rng = "" if p.kind == "choice" else f" [{p.low:g}..{p.high:g}{', log' if p.scale == 'log' else ''}]"
@@ -161,6 +164,8 @@ def run_one_class(args, base: Spec) -> int:
     methods = protocols.ONE_CLASS_METHODS if args.one_class_methods == "all" else protocols.DEFAULT_ONE_CLASS_METHODS
     if args.curve and synthetic:
         raise ValueError("--synthetic does not apply to --curve (the curve scores the anomalous test set only)")
+    if not args.quiet:  # before any work: what the one-class models not cached yet will cost
+        print(f"estimate: {one_class_estimate(args, base, classes, methods).words()}", file=sys.stderr)
     if args.setting == "ad" and args.curve:
         res = protocols.contamination_curve(base, classes=classes, methods=methods,
                                             cache_dir=args.cache_dir, device=args.device, on_progress=cb)
@@ -194,6 +199,21 @@ def run_one_class(args, base: Spec) -> int:
     if args.json:
         _write_json(args.json, res.as_json(base, {"summary": summ}))
     return 0
+
+
+def one_class_estimate(args, base: Spec, classes: Optional[list[int]], methods) -> "Estimate":
+    """What a one-vs-all run (or the contamination curve) will take, from estimates.one_class: the models not in the
+    cache yet, each trained on about as many images as the first normal class has (its benchmark's training split)."""
+    from . import estimates, protocols
+    from .data import build_benchmark, load_dataset
+
+    classes = list(range(load_dataset(base.dataset, base.image_size).num_classes) if classes is None else classes)
+    first = base.replace(setting=args.setting, normal_class=classes[0], model=methods[0][0])
+    train_size = len(build_benchmark(first, ood_sets=()).train)
+    if args.setting == "ad" and args.curve:
+        return estimates.contamination_curve(base, protocols.CURVE_RATIOS, classes, methods, train_size,
+                                             args.cache_dir)
+    return estimates.one_class(base, args.setting, base.contamination, classes, methods, train_size, args.cache_dir)
 
 
 def group_means_table(summary: list[dict], ood_sets: list[str], dataset: str) -> str:
@@ -462,6 +482,10 @@ def run(args) -> int:
         print(f"error: the model cache {cache} is not writable ({reason}); pass --cache-dir to a writable folder",
               file=sys.stderr)
         return 2
+    from . import estimates, serving
+
+    if not serving.rates_only():  # estimates corrected by the trainings timed with this cache (ood_core/timings.py)
+        estimates.use_training_times(cache)
     dataset = resolve_dataset(args)
     extra_sets = resolve_ood_sets(args, dataset)
     if extra_sets and args.setting != "ood":  # the protocols score them beside their own unknowns

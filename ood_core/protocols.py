@@ -172,7 +172,10 @@ def run_one_class(base: Spec, setting: str = "nd", contamination: float = 0.05,
     return ProtocolResult(setting, rows, [], time.perf_counter() - t0)
 
 
-def contamination_curve(base: Spec, ratios: Iterable[float] = (0.0, 0.05, 0.1, 0.15, 0.2),
+CURVE_RATIOS = (0.0, 0.05, 0.1, 0.15, 0.2)  # the AD contamination curve's ratios (the CLI's --curve, Compare's)
+
+
+def contamination_curve(base: Spec, ratios: Iterable[float] = CURVE_RATIOS,
                         classes: Optional[Iterable[int]] = None,
                         methods: Iterable[tuple[str, str, dict]] = DEFAULT_ONE_CLASS_METHODS, cache_dir=None,
                         device: Optional[str] = None, on_progress: Optional[ProgressFn] = None,

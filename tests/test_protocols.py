@@ -217,6 +217,32 @@ def test_cli_novelty_table_has_a_column_per_class(tmp_path, capsys, cache_dir, m
     assert row["normal_class"] == 4 and row["auroc"] == pytest.approx(_pixel_knn_auroc(Spec(setting="nd", normal_class=4), 1))
 
 
+def test_cli_one_class_runs_say_what_they_will_cost_before_starting(tmp_path, capsys, cache_dir, monkeypatch):
+    """The estimate line comes first on stderr: the one-class models not cached yet, trained on about as many images
+    as the first normal class has, then every method on every class (estimates.one_class)."""
+    from ood_core import estimates
+    from ood_core.data import build_benchmark
+
+    monkeypatch.setattr(protocols, "DEFAULT_ONE_CLASS_METHODS", (("pixels", "knn", {"k": 1}),))
+    assert cli.main(["run", "--setting", "nd", "--normal-class", "4", "--cache-dir", str(cache_dir)]) == 0
+    err = capsys.readouterr().err
+    expected = estimates.one_class(Spec(setting="nd"), "nd", Spec.contamination, [4], protocols.DEFAULT_ONE_CLASS_METHODS,
+                                   0, cache_dir)
+    assert f"estimate: {expected.words()}\n" in err and "scores 1 method on 1 normal class" in err
+    assert err.index("estimate:") < err.index("normal class 4: raw pixels")  # said before the work starts
+    # a model not cached yet is counted with its training: here on the AD curve, once per ratio
+    methods = (("autoencoder", "model_score", {}), ("pixels", "knn", {"k": 1}))
+    args = cli.build_parser().parse_args(["run", "--setting", "ad", "--curve", "--cache-dir", str(tmp_path)])
+    base = Spec(setting="ad")
+    est = cli.one_class_estimate(args, base, [2, 5], methods)
+    n = len(build_benchmark(base.replace(normal_class=2, model="autoencoder"), ood_sets=()).train)
+    per_training = estimates.reference_training(base.replace(model="autoencoder", normal_class=2), n).seconds
+    ratios = len(protocols.CURVE_RATIOS)
+    assert est.trains == 2 * ratios
+    assert est.seconds == pytest.approx(ratios * (2 * per_training + estimates.ONE_CLASS_METHOD_S * 2 * 2))
+    assert "trains 10 one-class models in all" in est.what
+
+
 @pytest.mark.parametrize("text, expected", [("", ()), ("all", None), ("gaussian, rotated,gaussian", ("gaussian", "rotated"))])
 def test_synthetic_option_parses(text, expected):
     from ood_core.data import DEFAULT_OOD_SETS
