@@ -31,6 +31,7 @@ from .spec import OSR_PROTOCOLS, OSR_SPLIT_MODES, REGIME_EPOCHS, REGIMES, SETTIN
 if TYPE_CHECKING:
     from .jobs import Estimate
 
+
 def _fmt_param(name, p) -> str:
     rng = "" if p.kind == "choice" else f" [{p.low:g}..{p.high:g}{', log' if p.scale == 'log' else ''}]"
     if p.kind == "choice":
