@@ -120,6 +120,9 @@ def run_osr(args, base: Spec) -> int:
                         osr_protocol=args.osr_protocol)
     check_osr_protocol(base, args.splits)
     synthetic = parse_synthetic(args.synthetic)
+    if not args.quiet:  # before any work: what the splits' trainings will cost (split i: seed base.seed + i)
+        splits = [base.replace(seed=base.seed + i) for i in range(args.splits)]
+        print(f"estimate: {classifier_estimate(args, splits, synthetic).words()}", file=sys.stderr)
     res = protocols.run_osr(base, args.splits, args.detectors, synthetic, cache_dir=args.cache_dir, device=args.device,
                             on_progress=None if args.quiet else _stderr_progress, tune=args.tune_on_validation)
     summ = protocols.summarise_by(res.rows, ("detector", "ood_set"), ("auroc", "fpr95", "oscr", "aupr_in", "aupr_out"))
@@ -200,6 +203,24 @@ def run_one_class(args, base: Spec) -> int:
     if args.json:
         _write_json(args.json, res.as_json(base, {"summary": summ}))
     return 0
+
+
+def classifier_estimate(args, specs: list[Spec], ood_sets=None) -> "Estimate":
+    """What a run over seeds or OSR splits will take (estimates.classifier_runs): the networks not in the cache yet,
+    with the ensemble's other members when the detectors include it, and the detectors on every run; sized by the
+    first spec's benchmark (with `ood_sets`, default: the setting's own)."""
+    from . import estimates
+    from .data import build_benchmark
+    from .pipeline import resolve_detectors
+    from .settings import detectors_for
+
+    first = specs[0]
+    bench = build_benchmark(first) if ood_sets is None else build_benchmark(first, ood_sets)
+    names = (detectors_for(first.setting, first.model, bench.num_classes, regime=first.training.regime)
+             if str(args.detectors).strip() == "all" else resolve_detectors(args.detectors))
+    scored = len(bench.test) + sum(len(s) for s in bench.ood.values())
+    return estimates.classifier_runs(specs, names, {"train": len(bench.train), "val": len(bench.val)}, scored,
+                                     args.cache_dir)
 
 
 def one_class_estimate(args, base: Spec, classes: Optional[list[int]], methods) -> "Estimate":
@@ -518,6 +539,9 @@ def run(args) -> int:
     if brought_source(args):  # checked on the benchmark before any scoring
         bench = build_benchmark(base) if sets is None else build_benchmark(base, sets)
         brought = load_brought(args, bench)
+    elif not args.quiet:  # before any work: what the seeds' trainings will cost
+        print(f"estimate: {classifier_estimate(args, [base.with_seed(s) for s in seeds], sets).words()}",
+              file=sys.stderr)
 
     def get_experiment(seed: int):
         started[seed] = time.perf_counter()

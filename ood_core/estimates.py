@@ -27,9 +27,13 @@ REFERENCE_SIDE = 16  # the image side the rates were measured at
 # seconds per training image and epoch of the small CNN at 16 px: the rate of a model the registry does not know
 CLASSIFIER_S_PER_IMAGE_EPOCH = SMALL_CNN_S_PER_IMAGE_EPOCH
 DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digits), for the Methods cards' cost lines
-# seconds per scored image of the detectors that run the network again, at their default parameters
-NETWORK_S_PER_IMAGE = {"odin": 0.011, "mahalanobis_pre": 0.0085, "mc_dropout": 0.005, "gram": 0.0026,
-                       "crosr": 5e-4, "knn_conv": 5e-4}
+# seconds per image at 16 px of the detectors that run the network again, at their default parameters (fit and
+# scoring: the scored images and those of FIT_SPLITS), the larger of two cases of scripts/bench_network_cost.py
+# (digits at 16 px and the MNIST sample at 28 px, the small CNN, 2 threads; docs/bench/network_cost.json). The
+# earlier values (ODIN 0.011, Mahalanobis with pre-processing 0.0085, MC dropout 0.005, Gram 0.0026, CROSR and the
+# convolutional KNN 5e-4) had never been measured this way: 4 to 60 times too high
+NETWORK_S_PER_IMAGE = {"odin": 2.2e-4, "mahalanobis_pre": 2.6e-4, "mc_dropout": 8e-5, "gram": 3.2e-4,
+                       "crosr": 1.2e-4, "knn_conv": 1.3e-4}
 NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
@@ -202,15 +206,22 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
                         f"trains {_plural(len(todo), 'network')} (ensemble member{'s' if len(todo) > 1 else ''} "
                         f"{which} of {m}, {'each ' if len(todo) > 1 else ''}cached for next time), then {runs}",
                         trains=len(todo))
+    return own_cost(name, p, n, {s: len(exp.outputs[s]) for s in ("train", "val")}, area)
+
+
+def own_cost(name: str, params: Mapping, scored: int, split_sizes: Mapping[str, int], area: float) -> Estimate:
+    """What detector `name` (its full `params`) costs beyond scoring the cached outputs, from sizes alone: running the
+    network again on `scored` images (and on the splits its fit reads, FIT_SPLITS, sized by `split_sizes`), or
+    training a network on the ID training features; 0 for every other detector. `area`: the size factor."""
     if name in NETWORK_S_PER_IMAGE:
-        rate = NETWORK_S_PER_IMAGE[name]
-        images = n + sum(len(exp.outputs[s]) for s in FIT_SPLITS.get(name, ()))
-        how = NETWORK_WHAT[name].format(**p)
-        return Estimate(rate * images * area, f"runs the network again on {n:,} images ({how})")
+        images = scored + sum(split_sizes[s] for s in FIT_SPLITS.get(name, ()))
+        how = NETWORK_WHAT[name].format(**params)
+        return Estimate(NETWORK_S_PER_IMAGE[name] * images * area, f"runs the network again on {scored:,} images "
+                                                                   f"({how})")
     if name in FIT_WHAT:
-        n_train = len(exp.outputs["train"])
-        return Estimate(fit_seconds(name, n_train, p), f"{FIT_WHAT[name].format(**p)} on {n_train:,} ID training "
-                                                       "features, then scores the cached outputs")
+        n_train = split_sizes["train"]
+        return Estimate(fit_seconds(name, n_train, params), f"{FIT_WHAT[name].format(**params)} on {n_train:,} ID "
+                                                            "training features, then scores the cached outputs")
     return Estimate(0.0, "scores the cached outputs")
 
 
@@ -330,6 +341,33 @@ def seeds(exp, seed_list: Iterable[int], names: Iterable[str]) -> Estimate:
     if todo:
         what = f"trains {_plural(len(todo), 'network')} (seeds {', '.join(map(str, todo))}), then " + what
     return Estimate(seconds, what, len(todo) + len(seed_list) * per_seed.trains)
+
+
+def classifier_runs(specs: Iterable[Spec], names: Iterable[str], split_sizes: Mapping[str, int], scored: int,
+                    cache_dir=None) -> Estimate:
+    """Runs of classifier `specs` (seeds, or OSR splits: the CLI's `run`) with detectors `names` at their defaults:
+    the networks not cached (each spec's own and, when `names` has the ensemble, its other members; each trains as
+    long as training(spec, train split)), then on every run what `detectors` counts: the post-hoc detectors together,
+    the ensemble's forward passes and each detector's own cost (own_cost) on `scored` images. `split_sizes`: the
+    images of the train and val splits of one run."""
+    from .detectors import default_params
+
+    specs, names = list(specs), list(names)
+    area = _size(specs[0])
+    members = int(default_params("ensemble")["members"]) if "ensemble" in names else 0
+    models = [s for s in specs if not is_cached(s, cache_dir)]
+    extra = [m for m in (s.with_member(i) for s in specs for i in range(1, members)) if not is_cached(m, cache_dir)]
+    train_s = sum(training(s, split_sizes["train"]).seconds for s in models + extra)
+    own = {*NETWORK_S_PER_IMAGE, *FIT_WHAT, "ensemble"}
+    per_run = POST_HOC_S if any(n not in own for n in names) else 0.0
+    per_run += max(0, members - 1) * FORWARD_S_PER_IMAGE * scored * area
+    per_run += sum(own_cost(n, default_params(n), scored, split_sizes, area).seconds for n in names if n != "ensemble")
+    what = f"scores {_plural(len(names), 'detector')} on {scored:,} images per run ({_plural(len(specs), 'run')})"
+    if models or extra:
+        which = [_plural(len(models), "model")] if models else []
+        which += [_plural(len(extra), "ensemble member")] if extra else []
+        what = f"trains {_plural(len(models) + len(extra), 'network')} ({' and '.join(which)}), then " + what
+    return Estimate(train_s + len(specs) * per_run, what, len(models) + len(extra))
 
 
 def one_class(base: Spec, setting: str, contamination: float, classes: Iterable[int],

@@ -110,7 +110,7 @@ class Experiment:
 
     def member_spec(self, i: int) -> Spec:
         """The spec of ensemble member i: this one with another initialisation and batch order (training.member)."""
-        return dataclasses.replace(self.spec, training=dataclasses.replace(self.spec.training, member=i))
+        return self.spec.with_member(i)
 
     def member_adapter(self, i: int, progress: Optional[Callable[[Progress], None]] = None,
                        cancel=None) -> ModelAdapter:

@@ -233,6 +233,10 @@ class Spec:
     def with_seed(self, seed: int) -> "Spec":
         return dataclasses.replace(self, seed=seed)
 
+    def with_member(self, i: int) -> "Spec":
+        """The spec of ensemble member i: another initialisation and batch order (training.member; 0 is this one)."""
+        return dataclasses.replace(self, training=dataclasses.replace(self.training, member=i))
+
     def replace(self, **changes) -> "Spec":
         return dataclasses.replace(self, **changes)
 

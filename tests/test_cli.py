@@ -49,6 +49,70 @@ def test_run_writes_json_outputs_and_scores_that_match_the_library(tmp_path, cap
     assert metrics.auroc(scores["test"], scores["rotated"]) == pytest.approx(rot["auroc"], abs=1e-12)
 
 
+def test_classifier_runs_estimate_equals_the_dashboards_for_a_cached_experiment(cache_dir, default_experiment):
+    """With the network cached, a run costs what the dashboard's estimates.detectors says for the same detectors."""
+    from ood_core import estimates
+    from ood_core.settings import detectors_for
+
+    exp = default_experiment
+    names = [n for n in detectors_for("ood", exp.spec.model, exp.bench.num_classes) if n != "ensemble"]
+    sizes = {s: len(exp.outputs[s]) for s in ("train", "val")}
+    scored = sum(len(exp.outputs[s]) for s in ("test", *exp.ood_names))
+    est = estimates.classifier_runs([exp.spec], names, sizes, scored, cache_dir)
+    assert est.trains == 0 and est.seconds == pytest.approx(estimates.detectors(exp, names).seconds)
+    assert est.what == f"scores {len(names)} detectors on {scored:,} images per run (1 run)"
+
+
+def test_classifier_runs_estimate_counts_every_network_not_cached(tmp_path):
+    """Two seeds from an empty cache with the ensemble (5 members): 2 models and 8 members train; each run then pays
+    the post-hoc detectors, the members' forward passes and ODIN's own passes, by hand."""
+    from ood_core import estimates
+
+    specs = [Spec(seed=0), Spec(seed=1)]
+    sizes, scored = {"train": 900, "val": 100}, 1000
+    est = estimates.classifier_runs(specs, ["msp", "ensemble", "odin"], sizes, scored, tmp_path)
+    area = estimates._size(specs[0])
+    per_run = (estimates.POST_HOC_S + 4 * estimates.FORWARD_S_PER_IMAGE * scored * area
+               + estimates.NETWORK_S_PER_IMAGE["odin"] * scored * area)
+    assert est.trains == 10
+    assert est.seconds == pytest.approx(10 * estimates.training(specs[0], 900).seconds + 2 * per_run)
+    assert est.what.startswith("trains 10 networks (2 models and 8 ensemble members), then scores 3 detectors")
+
+
+def test_osr_estimate_counts_each_split_and_scores_its_unknowns(tmp_path):
+    """OSR split i trains the spec at seed + i on the known classes; every split scores its test and unknown sets."""
+    from ood_core import estimates
+    from ood_core.data import build_benchmark
+
+    args = cli.build_parser().parse_args(["run", "--setting", "osr", "--splits", "2", "--detectors", "msp,ensemble",
+                                          "--cache-dir", str(tmp_path)])
+    base = Spec(setting="osr")
+    splits = [base, base.replace(seed=1)]
+    est = cli.classifier_estimate(args, splits, ())
+    bench = build_benchmark(base, ())
+    assert set(bench.ood) == {"unknown"}
+    scored = len(bench.test) + len(bench.ood["unknown"])
+    assert est == estimates.classifier_runs(splits, ["msp", "ensemble"], {"train": len(bench.train),
+                                                                         "val": len(bench.val)}, scored, tmp_path)
+    assert est.trains == 10 and f"on {scored:,} images per run (2 runs)" in est.what
+
+
+def test_run_says_what_it_will_cost_before_any_work(cache_dir, default_experiment, capsys):
+    """The estimate line comes first: here the default experiment's network is cached, so only the scoring is left."""
+    from ood_core import estimates
+
+    assert cli.main(["run", "--setting", "ood", "--detectors", "msp,energy", "--cache-dir", str(cache_dir),
+                     "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    exp = default_experiment
+    scored = sum(len(exp.outputs[s]) for s in ("test", *exp.ood_names))
+    expected = estimates.classifier_runs([Spec()], ["msp", "energy"], {"train": len(exp.outputs["train"]),
+                                                                       "val": len(exp.outputs["val"])}, scored,
+                                         cache_dir)
+    assert f"estimate: {expected.words()}\n" in err and expected.trains == 0
+    assert err.index("estimate:") < err.index("[seed 0] model from cache")
+
+
 @pytest.mark.slow  # needs the default experiment (30 epochs) unless another test trained it
 def test_all_means_every_detector_that_applies(default_experiment):
     names = pipeline.resolve_detectors("all", default_experiment)
