@@ -50,6 +50,9 @@ OPENGAN_S_PER_STEP = 0.01
 C2AE_S_PER_SAMPLE_EPOCH = 2.5e-5
 FIT_WHAT = {"opengan": "trains OpenGAN's generator and discriminator for {steps} steps",
             "c2ae": "trains C2AE's conditioned autoencoder for {epochs} epochs"}
+# the detectors with a cost of their own (run the network, train one, or the ensemble's members); every other one
+# scores the cached outputs, and all of those together cost POST_HOC_S
+OWN_COST = frozenset({*NETWORK_S_PER_IMAGE, *FIT_WHAT, "ensemble"})
 # the regimes that train more than the classifier, as a multiple of a cross-entropy epoch (small CNN, digits at 16 px,
 # OSR 6/4, the faster of two 2-epoch trainings on 2 busy cores): ARPL+CS's GAN step per batch, CROSR's decoder; OSRCI's
 # and G-OpenMax's extra passes (models.openset_generative.extra_epochs: the GAN's and the fine-tuning's) each cost
@@ -319,10 +322,9 @@ def detectors(exp, names: Iterable[str], params: Optional[Mapping[str, Mapping]]
     """Scoring several detectors on `exp`: the network-running and network-training ones each, every other post-hoc
     one together."""
     names = list(names)
-    own_cost = {*NETWORK_S_PER_IMAGE, *FIT_WHAT, "ensemble"}
-    total = Estimate(POST_HOC_S if any(n not in own_cost for n in names) else 0.0)
+    total = Estimate(POST_HOC_S if any(n not in OWN_COST for n in names) else 0.0)
     for n in names:
-        if n in own_cost:
+        if n in OWN_COST:
             e = detector(exp, n, (params or {}).get(n))
             total = Estimate(total.seconds + e.seconds, total.what, total.trains + e.trains)
     what = [f"scores {_plural(len(names), 'detector')} on {_scored_images(exp):,} images"]
@@ -358,8 +360,7 @@ def classifier_runs(specs: Iterable[Spec], names: Iterable[str], split_sizes: Ma
     models = [s for s in specs if not is_cached(s, cache_dir)]
     extra = [m for m in (s.with_member(i) for s in specs for i in range(1, members)) if not is_cached(m, cache_dir)]
     train_s = sum(training(s, split_sizes["train"]).seconds for s in models + extra)
-    own = {*NETWORK_S_PER_IMAGE, *FIT_WHAT, "ensemble"}
-    per_run = POST_HOC_S if any(n not in own for n in names) else 0.0
+    per_run = POST_HOC_S if any(n not in OWN_COST for n in names) else 0.0
     per_run += max(0, members - 1) * FORWARD_S_PER_IMAGE * scored * area
     per_run += sum(own_cost(n, default_params(n), scored, split_sizes, area).seconds for n in names if n != "ensemble")
     what = f"scores {_plural(len(names), 'detector')} on {scored:,} images per run ({_plural(len(specs), 'run')})"
