@@ -120,7 +120,7 @@ def run_osr(args, base: Spec) -> int:
                         osr_protocol=args.osr_protocol)
     check_osr_protocol(base, args.splits)
     synthetic = parse_synthetic(args.synthetic)
-    if not args.quiet:  # before any work: what the splits' trainings will cost (split i: seed base.seed + i)
+    if not args.quiet:  # before any work: what the splits will cost, trainings and scoring (split i: seed + i)
         splits = [base.replace(seed=base.seed + i) for i in range(args.splits)]
         print(f"estimate: {classifier_estimate(args, splits, synthetic).words()}", file=sys.stderr)
     res = protocols.run_osr(base, args.splits, args.detectors, synthetic, cache_dir=args.cache_dir, device=args.device,
@@ -539,7 +539,7 @@ def run(args) -> int:
     if brought_source(args):  # checked on the benchmark before any scoring
         bench = build_benchmark(base) if sets is None else build_benchmark(base, sets)
         brought = load_brought(args, bench)
-    elif not args.quiet:  # before any work: what the seeds' trainings will cost
+    elif not args.quiet:  # before any work: what the seeds will cost, trainings and scoring
         print(f"estimate: {classifier_estimate(args, [base.with_seed(s) for s in seeds], sets).words()}",
               file=sys.stderr)
 
