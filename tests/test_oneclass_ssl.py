@@ -172,6 +172,34 @@ def test_a_pretrained_teacher_is_never_downloaded_by_training(bench16, tmp_path,
         ssl.train_ustd(_spec("ustd"), bench16, None, "cpu", hp=dict(epochs=1), teacher="imagenet")
 
 
+# --- the random teacher's weights, on any device --------------------------------------------------------------
+
+def test_random_teacher_weights_are_he_normal_draws_from_the_generator_in_order():
+    # drawn on the CPU and copied to the teacher's device: on the CPU the very numbers of an in-place
+    # kaiming_normal_ with the same generator, layer after layer (so CPU trainings did not change with the copy)
+    teacher = ssl.vgg16_layers(9)
+    ssl.init_teacher_(teacher, "random", torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    convs = [m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4
+    for m in convs:
+        expected = torch.nn.init.kaiming_normal_(torch.empty(m.weight.shape), mode="fan_out", nonlinearity="relu",
+                                                 generator=gen)
+        assert torch.equal(m.weight, expected) and not m.bias.any() and not m.weight.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: the teacher's "
+                    "initialisation on a GPU is checked where one is (scripts/bench_gpu_methods.py trained U-std "
+                    "and MKD on an H200)")
+@pytest.mark.parametrize("name", ["ustd", "mkd"])
+def test_a_random_teacher_trains_on_cuda_with_the_seeded_cpu_generator(name, bench16):
+    # the generator is a CPU one; torch refuses it for drawing into a CUDA tensor, which once failed both trainers
+    res = TRAINERS[name](_spec(name), bench16, None, "cuda", hp=dict(epochs=1))
+    cpu = TRAINERS[name](_spec(name), bench16, None, "cpu", hp=dict(epochs=1))
+    t_gpu = res.model.teacher[0].weight.detach().cpu()
+    assert torch.equal(t_gpu, cpu.model.teacher[0].weight.detach())  # the same seeded teacher on either device
+
+
 # --- an easy separable case, normal data only ----------------------------------------------------------------------
 
 # (normal digit, anomalous digit): CSI learns which rotation was applied, so its normal class must look different

@@ -73,8 +73,10 @@ def init_teacher_(teacher: nn.Sequential, mode: str, gen: torch.Generator) -> nn
     if mode == "random":
         for m in teacher.modules():
             if isinstance(m, nn.Conv2d):
-                with torch.no_grad():
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
+                with torch.no_grad():  # drawn on the CPU (the generator's device), then copied to the model's
+                    w = torch.empty(m.weight.shape)
+                    nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu", generator=gen)
+                    m.weight.copy_(w)
                     m.bias.zero_()
     else:
         from .checkpoint import ModelLoadError
