@@ -136,13 +136,20 @@ def run(a) -> dict:
 
 
 def _label(item: dict) -> str:
-    return f"ND {item['model']}" if item["setting"] == "nd" else f"OSR {item['regime']}"
+    """"ND, one class: Deep SVDD" or "OSR, one split: ARPL (no confusing samples)" (the regime's own score)."""
+    from bench_openset import METHODS
+
+    from ood_core.models.registry import model_title
+
+    if item["setting"] == "nd":
+        return f"ND, one class: {model_title(item['model'], short=True)}"
+    return f"OSR, one split: {METHODS[item['regime']][0][0]}"
 
 
 def table(paths: list[str]) -> str:
     """One row per method: each file's training seconds and AUROC (its device in the header)."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
-    head = "| method | " + " | ".join(f"{d['device_name']}: training s, AUROC %" for d in docs) + " |"
+    head = "| method (its own score) | " + " | ".join(f"{d['device_name']}: training s, AUROC %" for d in docs) + " |"
     lines = [head, "|---|" + "---|" * len(docs)]
     keys = list(dict.fromkeys(_label(i) for d in docs for i in d["items"]))
     if len(docs) == 2:
