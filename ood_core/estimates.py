@@ -7,8 +7,8 @@ below and each model's `train_seconds` in the model registry (models.registry). 
 of each model's work that does not grow with the pixels, its registry entry's `size_overhead`).
 Estimates count what is not cached yet: a model on disk costs nothing.
 On another machine the rates are off by its speed: once use_training_times(cache folder) is called (the dashboard
-does), every training estimate is multiplied by what the trainings timed on this machine say (timings.speed_factor),
-and says so; reference_training is the estimate from the rates alone (the Methods cards' "on 2 cores").
+does), every training estimate is multiplied by what the trainings timed on this machine's device (its CPU, or its
+GPU where trainings run on one) say (timings.speed_factor), and says so; reference_training is the estimate from the rates alone (the Methods cards' "on 2 cores").
 """
 from __future__ import annotations
 
@@ -105,8 +105,20 @@ def use_training_times(cache_dir: Optional[Path | str]) -> None:
 
 
 def speed(model: str) -> tuple[float, int, bool]:
-    """timings.speed_factor of `model` on this machine: (factor, trainings, own); (1, 0, False) when not in use."""
-    return timings.speed_factor(model, _times_dir)
+    """timings.speed_factor of `model` on this machine's default device (where trainings run: device.default_device,
+    so OOD_DEVICE too): (factor, trainings, own); (1, 0, False) when not in use."""
+    if _times_dir is None:
+        return 1.0, 0, False
+    return timings.speed_factor(model, _times_dir, _device_kind())
+
+
+def _device_kind() -> str:
+    """timings.device_kind of the default device; "cpu" when $OOD_DEVICE names none this machine has (the training
+    itself then says so, in one sentence: an estimate is not the place)."""
+    try:
+        return timings.device_kind()
+    except ValueError:
+        return "cpu"
 
 
 def _seconds_per_image(model: str) -> float:
@@ -121,12 +133,17 @@ def training(spec: Spec, train_images: int) -> Estimate:
     the trainings timed on this machine (speed) when there are any, which the words then say."""
     est = reference_training(spec, train_images)
     factor, n, own = speed(spec.model)
+    gpu = _times_dir is not None and _device_kind() != "cpu"
     if not n:
+        if gpu:  # no training timed on this GPU yet: the 2 cores' rates, and what they mean here
+            return replace(est, what=f"{est.what} (at the rates of 2 CPU cores: this GPU is likely several times "
+                                     "faster until its own trainings are timed)")
         return est
     whose = "this model" if own else "other models"
+    where = "this GPU" if gpu else "this machine"
     return replace(est, seconds=est.seconds * factor,
                    what=f"{est.what} (x{factor:.2g} the reference rates, as {_plural(n, 'training')} of {whose} "
-                        "on this machine took)")
+                        f"on {where} took)")
 
 
 def reference_training(spec: Spec, train_images: int) -> Estimate:

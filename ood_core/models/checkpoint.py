@@ -305,12 +305,14 @@ def get_model(spec: Spec, bench: Benchmark, progress: Optional[Callable[[Progres
 
 
 def _record_time(spec: Spec, bench: Benchmark, result: TrainResult, device: str, folder: Path) -> None:
-    """Note what a CPU training took beside what the rates estimated (timings.py: the estimates' correction)."""
-    if device != "cpu" or result.seconds <= 0:
+    """Note what a training took on its device beside what the rates estimated (timings.py: the estimates'
+    correction, kept apart per device)."""
+    if result.seconds <= 0:
         return
     from .. import estimates, timings
 
-    timings.record(folder, spec.model, estimates.reference_training(spec, len(bench.train)).seconds, result.seconds)
+    timings.record(folder, spec.model, estimates.reference_training(spec, len(bench.train)).seconds, result.seconds,
+                   timings.device_kind(device))
 
 
 def _touch(path: Path) -> None:
