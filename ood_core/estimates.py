@@ -8,7 +8,8 @@ of each model's work that does not grow with the pixels, its registry entry's `s
 Estimates count what is not cached yet: a model on disk costs nothing.
 On another machine the rates are off by its speed: once use_training_times(cache folder) is called (the dashboard
 does), every training estimate is multiplied by what the trainings timed on this machine's device (its CPU, or its
-GPU where trainings run on one) say (timings.speed_factor), and says so; reference_training is the estimate from the rates alone (the Methods cards' "on 2 cores").
+GPU where trainings run on one) say (timings.speed_factor), and says so; reference_training is the estimate from the
+rates alone (the Methods cards' "on 2 cores").
 """
 from __future__ import annotations
 
