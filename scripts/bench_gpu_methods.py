@@ -81,19 +81,33 @@ def nd_item(model: str, classes: list[int], cache_dir: str, device: str) -> dict
             "wall_seconds": time.perf_counter() - t0}
 
 
-def osr_item(regime: str, split: int, cache_dir: str, device: str) -> dict:
+def _methods(regime: str) -> list[tuple[str, str, dict]]:
+    """The (label, detector, params) a regime's network is scored with: scripts/bench_openset.py's METHODS, or MSP
+    for the regimes it has none for (oe, logitnorm, closedset), after the reciprocal-point score for the closed-set
+    recipe's RPL and ARPL."""
     from bench_openset import METHODS
 
+    from ood_core.spec import REGIME_TITLES
+
+    if regime in METHODS:
+        return METHODS[regime]
+    title = REGIME_TITLES[regime].split(" (")[0]
+    msp = (f"MSP of the {title} network", "msp", {})
+    return [(title, "rpl", {}), msp] if regime.startswith(("rpl", "arpl")) else [msp]
+
+
+def osr_item(regime: str, split: int, cache_dir: str, device: str) -> dict:
     from ood_core import Spec, TrainConfig, pipeline
     from ood_core.data.datasets import get_info
+    from ood_core.spec import default_epochs
 
     spec = Spec(setting="osr", dataset=DATASET, image_size=SIZE, known_classes=KNOWN, seed=split,
-                training=TrainConfig(epochs=get_info(DATASET).default_epochs, regime=regime))
+                training=TrainConfig(epochs=default_epochs(get_info(DATASET).default_epochs, regime), regime=regime))
     t0 = time.perf_counter()
     exp = pipeline.prepare(spec, cache_dir=cache_dir, device=device, ood_sets=())
     _sync(device)
     found = []
-    for label, det, params in METHODS[regime]:
+    for label, det, params in _methods(regime):
         rows, _ = pipeline.evaluate(exp, [det], {det: params})
         (r,) = [r for r in rows if r["ood_set"] == "unknown"]
         if r["error"]:
@@ -137,13 +151,11 @@ def run(a) -> dict:
 
 def _label(item: dict) -> str:
     """"ND, one class: Deep SVDD" or "OSR, one split: ARPL (no confusing samples)" (the regime's own score)."""
-    from bench_openset import METHODS
-
     from ood_core.models.registry import model_title
 
     if item["setting"] == "nd":
         return f"ND, one class: {model_title(item['model'], short=True)}"
-    return f"OSR, one split: {METHODS[item['regime']][0][0]}"
+    return f"OSR, one split: {_methods(item['regime'])[0][0]}"
 
 
 def table(paths: list[str]) -> str:
