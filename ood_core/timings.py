@@ -9,7 +9,7 @@ busy with other work, or a GPU) trains at another speed. So every training that 
 speed_factor(model, device) is the median of measured / estimated over that model's last RECENT records on that
 device, or, for a model not trained there yet, over the last RECENT records of every model on it (the device's speed
 is most of the difference); 1 with no record. Records of one device never correct another's estimates (an H200
-trained the issue-15 models 2 to 16 times faster than 2 CPU cores: README). The median of a few keeps one training
+trained the issue-15 models 2 to 17 times faster than 2 CPU cores: README). The median of a few keeps one training
 that ran beside other work from moving the factor much.
 Trainings the rates put under MIN_SECONDS are not recorded, nor CPU trainings that took less: their time is mostly
 start-up, not training. A GPU's are recorded from MIN_GPU_SECONDS: being short is what a GPU is for.
