@@ -119,7 +119,7 @@ def _device_kind() -> str:
     try:
         return timings.device_kind()
     except ValueError:
-        return "cpu"
+        return timings.CPU
 
 
 def _seconds_per_image(model: str) -> float:
@@ -134,7 +134,7 @@ def training(spec: Spec, train_images: int) -> Estimate:
     the trainings timed on this machine (speed) when there are any, which the words then say."""
     est = reference_training(spec, train_images)
     factor, n, own = speed(spec.model)
-    gpu = _times_dir is not None and _device_kind() != "cpu"
+    gpu = _times_dir is not None and _device_kind() != timings.CPU
     if not n:
         if gpu:  # no training timed on this GPU yet: the 2 cores' rates, and what they mean here
             return replace(est, what=f"{est.what} (at the rates of 2 CPU cores: this GPU is likely several times "

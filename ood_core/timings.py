@@ -31,6 +31,7 @@ from typing import Optional
 TIMES_FILE = "training_times.json"
 KEEP = 200  # records kept in the file, the newest
 RECENT = 10  # records a factor is the median of
+CPU = "cpu"  # the device kind of every CPU (and of the records written before devices were told apart)
 MIN_SECONDS = 2.0  # shorter trainings (estimated, or measured on the CPU) are not recorded
 MIN_GPU_SECONDS = 0.2  # a GPU training measured shorter than this is not recorded
 # a factor outside these is clipped: a clock jump or a suspended laptop is not a speed. A GPU's lower bound is lower:
@@ -72,7 +73,7 @@ def device_kind(device: Optional[str] = None) -> str:
 
     d = resolve_device(device)
     if not is_cuda(d):
-        return "cpu"
+        return CPU
     name = _gpu_names.get(d)
     if name is None:
         import torch
@@ -87,7 +88,7 @@ _gpu_names: dict[str, str] = {}
 
 def _on(row: dict) -> str:
     """The device kind of a record; the records written before devices were told apart are the CPU's."""
-    return str(row.get("device", "cpu"))
+    return str(row.get("device", CPU))
 
 
 def records(cache_dir: Path | str) -> list[dict]:
@@ -95,14 +96,14 @@ def records(cache_dir: Path | str) -> list[dict]:
     return list(_read(_path(cache_dir)))
 
 
-def record(cache_dir: Path | str, model: str, estimated_s: float, measured_s: float, device: str = "cpu") -> bool:
-    """Append one training's times on `device` (a device_kind) to the cache folder's file; False when not recorded
-    (too short to say much, or the folder cannot be written)."""
-    floor = MIN_SECONDS if device == "cpu" else MIN_GPU_SECONDS
+def record(cache_dir: Path | str, model: str, estimated_s: float, measured_s: float, kind: str = CPU) -> bool:
+    """Append one training's times on a device of `kind` (device_kind) to the cache folder's file; False when not
+    recorded (too short to say much, or the folder cannot be written)."""
+    floor = MIN_SECONDS if kind == CPU else MIN_GPU_SECONDS
     if not (estimated_s >= MIN_SECONDS and measured_s >= floor):
         return False
     path = _path(cache_dir)
-    row = {"model": model, "device": device, "estimated_s": round(float(estimated_s), 3),
+    row = {"model": model, "device": kind, "estimated_s": round(float(estimated_s), 3),
            "measured_s": round(float(measured_s), 3), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     tmp = None
     try:
@@ -127,16 +128,16 @@ def record(cache_dir: Path | str, model: str, estimated_s: float, measured_s: fl
         return False
 
 
-def speed_factor(model: str, cache_dir: Optional[Path | str], device: str = "cpu") -> tuple[float, int, bool]:
+def speed_factor(model: str, cache_dir: Optional[Path | str], kind: str = CPU) -> tuple[float, int, bool]:
     """(factor, trainings it rests on, whether they are this model's own): what to multiply the rates' estimate
-    of training `model` on `device` (a device_kind) by; (1.0, 0, False) with no record of that device."""
+    of training `model` on a device of `kind` (device_kind) by; (1.0, 0, False) with no record of that kind."""
     if cache_dir is None:
         return 1.0, 0, False
-    rows = [r for r in _read(_path(cache_dir)) if _on(r) == device]
+    rows = [r for r in _read(_path(cache_dir)) if _on(r) == kind]
     own = [r for r in rows if r["model"] == model][-RECENT:]
     used = own or rows[-RECENT:]
     if not used:
         return 1.0, 0, False
     ratio = statistics.median(float(r["measured_s"]) / float(r["estimated_s"]) for r in used)
-    low, high = BOUNDS if device == "cpu" else GPU_BOUNDS
+    low, high = BOUNDS if kind == CPU else GPU_BOUNDS
     return float(min(max(ratio, low), high)), len(used), bool(own)

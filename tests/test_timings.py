@@ -22,8 +22,8 @@ def times(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _add(folder, model, estimated, measured, device="cpu"):
-    assert timings.record(folder, model, estimated, measured, device)
+def _add(folder, model, estimated, measured, kind=timings.CPU):
+    assert timings.record(folder, model, estimated, measured, kind)
 
 
 GPU = "cuda NVIDIA Test GPU"  # a device_kind as a CUDA machine writes it
