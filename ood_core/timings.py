@@ -6,9 +6,9 @@ busy with other work, or a GPU) trains at another speed. So every training that 
 (device_kind: "cpu", or "cuda" and the GPU's name), the seconds the registry's rates gave for it
 (estimates.reference_training, not corrected) and the seconds it took.
 
-speed_factor(model, device) is the median of measured / estimated over that model's last RECENT records on that
-device, or, for a model not trained there yet, over the last RECENT records of every model on it (the device's speed
-is most of the difference); 1 with no record. Records of one device never correct another's estimates (an H200
+speed_factor(model, kind) is the median of measured / estimated over that model's last RECENT records on devices
+of that kind, or, for a model not trained there yet, over the last RECENT records of every model there (the device's
+speed is most of the difference); 1 with no record. Records of one device never correct another's estimates (an H200
 trained the issue-15 models 2 to 17 times faster than 2 CPU cores: README). The median of a few keeps one training
 that ran beside other work from moving the factor much.
 Trainings the rates put under MIN_SECONDS are not recorded, nor CPU trainings that took less: their time is mostly
