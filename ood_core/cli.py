@@ -120,8 +120,8 @@ def run_osr(args, base: Spec) -> int:
                         osr_protocol=args.osr_protocol)
     check_osr_protocol(base, args.splits)
     synthetic = parse_synthetic(args.synthetic)
-    if not args.quiet:  # before any work: what the splits will cost, trainings and scoring (split i: seed + i)
-        splits = [base.replace(seed=base.seed + i) for i in range(args.splits)]
+    if not args.quiet:  # before any work: what the splits will cost, trainings and scoring
+        splits = [protocols.osr_split_spec(base, i) for i in range(args.splits)]
         print(f"estimate: {classifier_estimate(args, splits, synthetic).words()}", file=sys.stderr)
     res = protocols.run_osr(base, args.splits, args.detectors, synthetic, cache_dir=args.cache_dir, device=args.device,
                             on_progress=None if args.quiet else _stderr_progress, tune=args.tune_on_validation)
@@ -150,10 +150,11 @@ def check_osr_protocol(base: Spec, splits: int) -> None:
     """Before any training: the protocol fits the dataset, every split's known classes exist (the literature's lists
     are as many as they are), and CIFAR+N finds CIFAR-100, where its unknowns come from."""
     from .data import DATASETS, load_dataset
+    from .protocols import osr_split_spec
 
     n = load_dataset(base.dataset, base.image_size).num_classes
     for i in range(splits):
-        osr_splits.known_classes_of(base.with_seed(base.seed + i), n)
+        osr_splits.known_classes_of(osr_split_spec(base, i), n)
     if base.osr_protocol in osr_splits.CIFAR_PLUS and not DATASETS["cifar100"].found():
         raise ValueError(f"--osr-protocol {base.osr_protocol} takes its unknowns from CIFAR-100, which is "
                          f"{DATASETS['cifar100'].status()}")

@@ -105,12 +105,12 @@ def use_training_times(cache_dir: Optional[Path | str]) -> None:
     _times_dir = Path(cache_dir) if cache_dir is not None else None
 
 
-def speed(model: str) -> tuple[float, int, bool]:
-    """timings.speed_factor of `model` on this machine's default device (where trainings run: device.default_device,
-    so OOD_DEVICE too): (factor, trainings, own); (1, 0, False) when not in use."""
+def speed(model: str, kind: Optional[str] = None) -> tuple[float, int, bool]:
+    """timings.speed_factor of `model` on devices of `kind` (default: this machine's default device, where trainings
+    run: device.default_device, so OOD_DEVICE too): (factor, trainings, own); (1, 0, False) when not in use."""
     if _times_dir is None:
         return 1.0, 0, False
-    return timings.speed_factor(model, _times_dir, _device_kind())
+    return timings.speed_factor(model, _times_dir, kind or _device_kind())
 
 
 def _device_kind() -> str:
@@ -133,8 +133,9 @@ def training(spec: Spec, train_images: int) -> Estimate:
     """One training of `spec`'s own model on `train_images` ID training images: reference_training, corrected by
     the trainings timed on this machine (speed) when there are any, which the words then say."""
     est = reference_training(spec, train_images)
-    factor, n, own = speed(spec.model)
-    gpu = _times_dir is not None and _device_kind() != timings.CPU
+    kind = _device_kind() if _times_dir is not None else timings.CPU
+    factor, n, own = speed(spec.model, kind)
+    gpu = kind != timings.CPU
     if not n:
         if gpu:  # no training timed on this GPU yet: the 2 cores' rates, and what they mean here
             return replace(est, what=f"{est.what} (at the rates of 2 CPU cores: this GPU is likely several times "

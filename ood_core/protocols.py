@@ -84,6 +84,11 @@ def _progress(cb: Optional[ProgressFn], frac: float, msg: str) -> None:
         cb(min(max(frac, 0.0), 1.0), msg)
 
 
+def osr_split_spec(base: Spec, i: int) -> Spec:
+    """The spec of OSR split i: seed base.seed + i draws its known classes and initialises its network."""
+    return base.replace(setting="osr", seed=base.seed + i)
+
+
 def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
             synthetic: Iterable[str] = (), cache_dir=None, device: Optional[str] = None,
             on_progress: Optional[ProgressFn] = None, cancel=None, tune: bool = False) -> ProtocolResult:
@@ -100,7 +105,7 @@ def run_osr(base: Spec, splits: int = 5, detectors: str | Iterable[str] = "all",
     t0 = time.perf_counter()
     rows, accs = [], []
     for i in range(splits):
-        spec = base.replace(setting="osr", seed=base.seed + i)
+        spec = osr_split_spec(base, i)
         check_cancelled(cancel)
         _progress(on_progress, i / splits, f"split {i + 1}/{splits}: model")
         exp = prepare(spec, cache_dir=cache_dir, device=device, ood_sets=synthetic, cancel=cancel)

@@ -31,19 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_gpu import sync  # noqa: E402
+
 DATASET, SIZE, KNOWN = "mnist-sample", 28, 6
 # cheapest first (their training seconds per class on 2 CPU cores, docs/bench/oneclass_*.json)
 MODELS = ("deep_svdd", "autoencoder", "ustd", "mkd", "deep_svdd_pretrained", "geotrans", "lsa", "csi", "anogan",
           "ocgan")
 # cheapest first (seconds per split on 2 CPU cores, docs/bench/openset*.json)
 REGIMES = ("arpl", "ce", "rpl", "gopenmax", "arpl_cs", "osrci", "crosr")
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def warm_up(device: str) -> float:
@@ -60,7 +55,7 @@ def warm_up(device: str) -> float:
             loss = conv(torch.randn(4, 1, 28, 28, device=device)).square().mean()
         loss.backward()
         (torch.randn(64, 64, device=device) @ torch.randn(64, 64, device=device)).sum().item()
-        _sync(device)
+        sync(device)
     return time.perf_counter() - t
 
 
@@ -71,7 +66,7 @@ def nd_item(model: str, classes: list[int], cache_dir: str, device: str) -> dict
     t0 = time.perf_counter()
     res = protocols.run_one_class(base, "nd", classes=classes, methods=[(model, "model_score", {})],
                                   cache_dir=cache_dir, device=device)
-    _sync(device)
+    sync(device)
     rows = [r for r in res.rows if r["ood_set"] == "novel"]
     errors = [r["error"] for r in rows if r["error"]]
     if errors:
@@ -105,7 +100,7 @@ def osr_item(regime: str, split: int, cache_dir: str, device: str) -> dict:
                 training=TrainConfig(epochs=default_epochs(get_info(DATASET).default_epochs, regime), regime=regime))
     t0 = time.perf_counter()
     exp = pipeline.prepare(spec, cache_dir=cache_dir, device=device, ood_sets=())
-    _sync(device)
+    sync(device)
     found = []
     for label, det, params in _methods(regime):
         rows, _ = pipeline.evaluate(exp, [det], {det: params})

@@ -32,6 +32,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_reference import max_diff_over_max  # noqa: E402
 
 
 # detectors that train a network of their own at fitting (estimates.FIT_WHAT): on the device they train other
@@ -53,11 +56,8 @@ def _scores(exp) -> tuple[dict, dict]:
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    scale = max(float(np.nanmax(np.abs(b))) if b.size else 0.0, 1e-12)
-    return float(np.nanmax(np.abs(a - b)) / scale) if a.size else 0.0
+    """The largest difference relative to the largest value (bench_reference.max_diff_over_max, on float64)."""
+    return max_diff_over_max([np.asarray(a, np.float64).ravel()], [np.asarray(b, np.float64).ravel()])
 
 
 def run(a) -> dict:
