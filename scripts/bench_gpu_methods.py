@@ -156,11 +156,12 @@ def _label(item: dict) -> str:
 def table(paths: list[str]) -> str:
     """One row per method: each file's training seconds and AUROC (its device in the header)."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
-    head = "| method (its own score) | " + " | ".join(f"{d['device_name']}: training s, AUROC %" for d in docs) + " |"
+    head = "| method (its own score) | " + " | ".join(f"{d['device_name'].split(' (')[0]}: training s, AUROC %"
+                                                    for d in docs) + " |"
     lines = [head, "|---|" + "---|" * len(docs)]
     keys = list(dict.fromkeys(_label(i) for d in docs for i in d["items"]))
     if len(docs) == 2:
-        lines[0] += " first is faster by |"
+        lines[0] += " the first is faster by |"
         lines[1] += "---|"
     for k in keys:
         cells, secs = [], []
