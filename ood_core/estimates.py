@@ -13,7 +13,10 @@ rates alone (the Methods cards' "on 2 cores").
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import threading
+import time
+import weakref
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
@@ -28,13 +31,23 @@ REFERENCE_SIDE = 16  # the image side the rates were measured at
 # seconds per training image and epoch of the small CNN at 16 px: the rate of a model the registry does not know
 CLASSIFIER_S_PER_IMAGE_EPOCH = SMALL_CNN_S_PER_IMAGE_EPOCH
 DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digits), for the Methods cards' cost lines
-# seconds per image at 16 px of the detectors that run the network again, at their default parameters (fit and
-# scoring: the scored images and those of FIT_SPLITS), the larger of two cases of scripts/bench_network_cost.py
-# (digits at 16 px and the MNIST sample at 28 px, the small CNN, 2 threads; docs/bench/network_cost.json). The
-# earlier values (ODIN 0.011, Mahalanobis with pre-processing 0.0085, MC dropout 0.005, Gram 0.0026, CROSR and the
-# convolutional KNN 5e-4) had never been measured this way: 4 to 60 times too high
-NETWORK_S_PER_IMAGE = {"odin": 2.2e-4, "mahalanobis_pre": 2.6e-4, "mc_dropout": 8e-5, "gram": 3.2e-4,
-                       "crosr": 1.2e-4, "knn_conv": 1.3e-4}
+# what the detectors that run the network again cost per image, in plain forward passes of the same model (what
+# model_forward times), at their default parameters (fit and scoring: the scored images and those of FIT_SPLITS):
+# the larger of two cases of scripts/bench_network_cost.py (digits at 16 px and the MNIST sample at 28 px, the small
+# CNN, 2 threads; docs/bench/network_cost.json). The model's own forward pass, timed on its device, turns them into
+# seconds: an uploaded ResNet or a GPU costs what it costs, not what the small CNN does on 2 cores
+NETWORK_FORWARDS = {"odin": 3.9, "mahalanobis_pre": 3.9, "gram": 6.0, "crosr": 1.5, "knn_conv": 2.6}
+# MC dropout: with its shortcut (the model's one dropout layer between features and head:
+# detectors.uncertainty.reruns_head_only) the features once, MC_FEATURES forward passes, then MC_HEAD_PASS per
+# stochastic pass; without it (dropout inside the features) MC_FULL_PASS forward passes per stochastic pass
+MC_FEATURES, MC_HEAD_PASS, MC_FULL_PASS = 1.1, 0.014, 1.1
+# the small CNN's forward pass per image at 16 px on 2 CPU cores (model_forward, the same benchmark): where no model
+# is at hand (the CLI counts runs before it trains), times the size factor and the model's registry weight
+REFERENCE_FORWARD_S = 1.0e-4
+PROBE_IMAGES = 64  # ID test images model_forward times: one batch
+# an uploaded model's forward pass per image at 16 px, before it is loaded: not measured (any model may come); about 6
+# times the small CNN's, so a large upload is more likely said and asked about than started at once
+UNSEEN_MODEL_FORWARD_S = 5e-4
 NETWORK_WHAT = {"odin": "an input-gradient step, then a forward pass, per image",
                 "mahalanobis_pre": "an input-gradient step, then a forward pass, per image",
                 "mc_dropout": "{passes} stochastic passes",
@@ -53,14 +66,13 @@ FIT_WHAT = {"opengan": "trains OpenGAN's generator and discriminator for {steps}
             "c2ae": "trains C2AE's conditioned autoencoder for {epochs} epochs"}
 # the detectors with a cost of their own (run the network, train one, or the ensemble's members); every other one
 # scores the cached outputs, and all of those together cost POST_HOC_S
-OWN_COST = frozenset({*NETWORK_S_PER_IMAGE, *FIT_WHAT, "ensemble"})
+OWN_COST = frozenset({*NETWORK_FORWARDS, "mc_dropout", *FIT_WHAT, "ensemble"})
 # the regimes that train more than the classifier, as a multiple of a cross-entropy epoch (small CNN, digits at 16 px,
 # OSR 6/4, the faster of two 2-epoch trainings on 2 busy cores): ARPL+CS's GAN step per batch, CROSR's decoder; OSRCI's
 # and G-OpenMax's extra passes (models.openset_generative.extra_epochs: the GAN's and the fine-tuning's) each cost
 # GENERATIVE_PASS epochs
 REGIME_EPOCH_COST = {"arpl_cs": 2.4, "crosr": 2.3}
 GENERATIVE_PASS = 1.3
-FORWARD_S_PER_IMAGE = 5e-4  # one plain forward pass (an ensemble member scoring)
 POST_HOC_S = 3.0  # every post-hoc detector together, from the cached outputs of one experiment
 ONE_CLASS_METHOD_S = 0.1  # one (normal class, method) of a one-class protocol, its model there: inference + scoring
 # a KNN or NNGuide sweep scores all its values in one search pass per split (compare.sweep): each value past the
@@ -209,18 +221,79 @@ def members_to_train(exp, members: int) -> list[int]:
             if i not in exp._members and not is_cached(exp.member_spec(i), exp.cache_dir)]
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One plain forward pass of a model, as the estimates of the detectors that run the network again count it."""
+    seconds: float  # per image
+    measured: bool  # timed on the experiment's own model and device (model_forward), else the reference rate
+    head_only: bool = True  # MC dropout's shortcut applies: each pass reruns dropout and head only
+
+
+def reference_forward(spec: Spec) -> Forward:
+    """The forward pass of `spec`'s model before there is one to time: REFERENCE_FORWARD_S at the spec's image size
+    (the size factor), weighted by the model's registry training rate against the small CNN's (ResNet-18: about 23)."""
+    entry = MODELS.get(spec.model)
+    weight = (entry.train_seconds / SMALL_CNN_S_PER_IMAGE_EPOCH
+              if entry is not None and entry.kind == "classifier" and entry.train_seconds > 0 else 1.0)
+    return Forward(REFERENCE_FORWARD_S * _size(spec) * weight, False)
+
+
+_timed: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its Forward, while the model lives
+_timed_lock = threading.Lock()
+
+
+def time_forward(adapter, x) -> float:
+    """Seconds per image of adapter.forward on the images `x` (one batch): the faster of two runs after an untimed
+    one on a few of them (first-call costs: allocations, kernels loaded on a GPU). The outputs come back to the CPU
+    as arrays, so a GPU's work is finished when the clock stops."""
+    adapter.forward(x[:8])
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        adapter.forward(x)
+        best = min(best, time.perf_counter() - t0)
+    return best / len(x)
+
+
+def model_forward(exp) -> Forward:
+    """The forward pass of exp's own model on its device, timed on PROBE_IMAGES ID test images (time_forward) once per
+    model, with whether MC dropout's shortcut applies to it (detectors.uncertainty.reruns_head_only); the reference
+    rate (reference_forward) for a model without a classifier head or one that cannot run here."""
+    if not exp.is_classifier or len(exp.bench.test) == 0:
+        return reference_forward(exp.spec)
+    adapter = exp.adapter
+    with _timed_lock:  # one timing at a time: two at once would slow each other down
+        found = _timed.get(adapter.model)
+        if found is None:
+            from .detectors.uncertainty import reruns_head_only
+
+            x = exp.bench.test.images[:PROBE_IMAGES]
+            try:
+                seconds = time_forward(adapter, x)
+            except (RuntimeError, ValueError):  # the detectors will say why; an estimate is not the place
+                return reference_forward(exp.spec)
+            try:
+                head_only = reruns_head_only(adapter, x)
+            except ValueError:  # no dropout layer: MC dropout does not apply, and says so when asked
+                head_only = True
+            found = _timed[adapter.model] = Forward(seconds, True, head_only)
+    return found
+
+
 def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[Iterable[str]] = None) -> Estimate:
-    """What fitting and scoring detector `name` costs on `exp` (default splits: ID test and every OOD set)."""
+    """What fitting and scoring detector `name` costs on `exp` (default splits: ID test and every OOD set). The
+    detectors that run the network again, and the ensemble's members, are counted in forward passes of exp's own
+    model, timed once (model_forward)."""
     from .detectors import REGISTRY, default_params
 
     p = {**default_params(name), **dict(params or {})} if name in REGISTRY else dict(params or {})
     n = _scored_images(exp, splits)
-    area = _size(exp.spec)
     if name == "ensemble":
         m = int(p.get("members", 5))
         todo = members_to_train(exp, m)
-        run_s = (m - 1) * FORWARD_S_PER_IMAGE * n * area
-        runs = f"runs {_plural(m - 1, 'more network')} on {n:,} images"
+        forward = model_forward(exp)
+        run_s = (m - 1) * forward.seconds * n
+        runs = f"runs {_plural(m - 1, 'more network')} on {n:,} images{_timed_words(forward, ' (', ')')}"
         if not todo:
             return Estimate(run_s, f"{runs} (all {m} members are cached)")
         which = ", ".join(str(i + 1) for i in todo)
@@ -228,18 +301,45 @@ def detector(exp, name: str, params: Optional[Mapping] = None, splits: Optional[
                         f"trains {_plural(len(todo), 'network')} (ensemble member{'s' if len(todo) > 1 else ''} "
                         f"{which} of {m}, {'each ' if len(todo) > 1 else ''}cached for next time), then {runs}",
                         trains=len(todo))
-    return own_cost(name, p, n, {s: len(exp.outputs[s]) for s in ("train", "val")}, area)
+    forward = model_forward(exp) if runs_network_again(name) else reference_forward(exp.spec)
+    return own_cost(name, p, n, {s: len(exp.outputs[s]) for s in ("train", "val")}, forward)
 
 
-def own_cost(name: str, params: Mapping, scored: int, split_sizes: Mapping[str, int], area: float) -> Estimate:
+def runs_network_again(name: str) -> bool:
+    """Whether detector `name`'s cost is counted in forward passes of the model (NETWORK_FORWARDS, MC dropout)."""
+    return name in NETWORK_FORWARDS or name == "mc_dropout"
+
+
+def network_forwards(name: str, params: Mapping, head_only: bool = True) -> float:
+    """Forward passes per image that detector `name` costs with `params` (NETWORK_FORWARDS; MC dropout's from its
+    number of passes, and whether its shortcut applies to the model)."""
+    if name == "mc_dropout":
+        passes = int(params["passes"])
+        return MC_FEATURES + MC_HEAD_PASS * passes if head_only else MC_FULL_PASS * passes
+    return NETWORK_FORWARDS[name]
+
+
+def _timed_words(forward: Forward, before: str = "; ", after: str = "") -> str:
+    """'0.09 ms per forward pass of this model, timed here' between `before` and `after`; nothing for a reference
+    rate."""
+    if not forward.measured:
+        return ""
+    return f"{before}{forward.seconds * 1e3:.2g} ms per forward pass of this model, timed here{after}"
+
+
+def own_cost(name: str, params: Mapping, scored: int, split_sizes: Mapping[str, int], forward: Forward) -> Estimate:
     """What detector `name` (its full `params`) costs beyond scoring the cached outputs, from sizes alone: running the
-    network again on `scored` images (and on the splits its fit reads, FIT_SPLITS, sized by `split_sizes`), or
-    training a network on the ID training features; 0 for every other detector. `area`: the size factor."""
-    if name in NETWORK_S_PER_IMAGE:
+    network again on `scored` images (and on the splits its fit reads, FIT_SPLITS, sized by `split_sizes`), in
+    forward passes (network_forwards) of `forward`'s seconds, or training a network on the ID training features; 0 for
+    every other detector."""
+    if runs_network_again(name):
         images = scored + sum(split_sizes[s] for s in FIT_SPLITS.get(name, ()))
         how = NETWORK_WHAT[name].format(**params)
-        return Estimate(NETWORK_S_PER_IMAGE[name] * images * area, f"runs the network again on {scored:,} images "
-                                                                   f"({how})")
+        if name == "mc_dropout":
+            how += " of dropout and the head, on features computed once" if forward.head_only else \
+                " of the whole network (its dropout sits inside the features)"
+        return Estimate(network_forwards(name, params, forward.head_only) * forward.seconds * images,
+                        f"runs the network again on {scored:,} images ({how}{_timed_words(forward)})")
     if name in FIT_WHAT:
         n_train = split_sizes["train"]
         return Estimate(fit_seconds(name, n_train, params), f"{FIT_WHAT[name].format(**params)} on {n_train:,} ID "
@@ -369,19 +469,21 @@ def classifier_runs(specs: Iterable[Spec], names: Iterable[str], split_sizes: Ma
     """Runs of classifier `specs` (seeds, or OSR splits: the CLI's `run`) with detectors `names` at their defaults:
     the networks not cached (each spec's own and, when `names` has the ensemble, its other members; each trains as
     long as training(spec, train split)), then on every run what `detectors` counts: the post-hoc detectors together,
-    the ensemble's forward passes and each detector's own cost (own_cost) on `scored` images. `split_sizes`: the
-    images of the train and val splits of one run."""
+    the ensemble's forward passes and each detector's own cost (own_cost) on `scored` images, at the reference forward
+    rate (no model to time before it trains: reference_forward). `split_sizes`: the images of the train and val splits
+    of one run."""
     from .detectors import default_params
 
     specs, names = list(specs), list(names)
-    area = _size(specs[0])
+    forward = reference_forward(specs[0])  # no model to time yet: the reference rate, scaled to the spec's model
     members = int(default_params("ensemble")["members"]) if "ensemble" in names else 0
     models = [s for s in specs if not is_cached(s, cache_dir)]
     extra = [m for m in (s.with_member(i) for s in specs for i in range(1, members)) if not is_cached(m, cache_dir)]
     train_s = sum(training(s, split_sizes["train"]).seconds for s in models + extra)
     per_run = POST_HOC_S if any(n not in OWN_COST for n in names) else 0.0
-    per_run += max(0, members - 1) * FORWARD_S_PER_IMAGE * scored * area
-    per_run += sum(own_cost(n, default_params(n), scored, split_sizes, area).seconds for n in names if n != "ensemble")
+    per_run += max(0, members - 1) * forward.seconds * scored
+    per_run += sum(own_cost(n, default_params(n), scored, split_sizes, forward).seconds for n in names
+                   if n != "ensemble")
     what = f"scores {_plural(len(names), 'detector')} on {scored:,} images per run ({_plural(len(specs), 'run')})"
     if models or extra:
         which = [_plural(len(models), "model")] if models else []

@@ -167,7 +167,7 @@ def _user_experiment(spec: Spec, user: dict) -> Optional[Experiment]:
     if user.get("pretrained"):  # torchvision's weights, in its cache since the user asked for them
         arch, norm = user["pretrained"], "weights"
     n = sum(len(s) for s in bench.splits().values())
-    est = jobs.Estimate(estimates.FORWARD_S_PER_IMAGE * n * estimates.size_factor(spec.image_size),
+    est = jobs.Estimate(estimates.UNSEEN_MODEL_FORWARD_S * n * estimates.size_factor(spec.image_size),
                         f"runs your model once on {n:,} images (every split)")
 
     def work(progress, cancel) -> Experiment:

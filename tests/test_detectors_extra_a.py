@@ -526,6 +526,21 @@ def test_mc_dropout_shortcut_equals_full_passes(easy):
             np.testing.assert_allclose(got[t], want.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_the_cost_estimate_knows_which_models_take_mc_dropouts_shortcut(easy):
+    """reruns_head_only answers what mc_dropout_logits does: the shortcut for dropout between features and head, whole
+    passes for dropout inside the features; on a copy of the network (no hook left on the shared one)."""
+    from ood_core.detectors.uncertainty import reruns_head_only
+
+    x = easy["out"]["ood"].inputs[:13]
+    assert reruns_head_only(easy["adapter"], x)
+    torch.manual_seed(0)
+    net = DropoutInsideFeatures(d_in=12, d_feat=5, k=3).eval()
+    assert not reruns_head_only(ModelAdapter(net, batch_size=4), x)
+    assert not net.dropout._forward_hooks and not easy["adapter"].model.dropout._forward_hooks
+    with pytest.raises(ValueError, match="no dropout"):
+        reruns_head_only(ModelAdapter(block_net(dropout=False)), x)
+
+
 def test_mc_dropout_needs_dropout():
     adapter = ModelAdapter(block_net(dropout=False))
     x, y, _ = easy_inputs(3, 0, seed=0)

@@ -89,6 +89,23 @@ def _dropout_acts_after_features(model: nn.Module, layer: nn.Module, xb: torch.T
     return torch.allclose(model(xb), model.head(layer(model.features(xb))), rtol=1e-5, atol=1e-6)
 
 
+def _shortcut_applies(model: nn.Module, layers: list[nn.Module], probe) -> bool:
+    """mc_dropout_logits' shortcut test, with pass 0's masks active: one dropout layer, between features and head."""
+    return probe is not None and len(layers) == 1 and _dropout_acts_after_features(model, layers[0], probe)
+
+
+@torch.no_grad()
+def reruns_head_only(adapter, inputs: np.ndarray) -> bool:
+    """Whether mc_dropout_logits takes its shortcut on this model (the features once, then dropout and head on each
+    pass) rather than running the whole network on every pass: the same test on the same first inputs, on a private
+    copy of the network (estimates.py asks, before the detector runs). ValueError when the model has no dropout."""
+    twin = _private(adapter)
+    layers = dropout_layers(twin.model)
+    with fixed_dropout_masks(twin.model, 0) as start_pass:
+        start_pass(0)
+        return _shortcut_applies(twin.model, layers, next(twin.batches(inputs[:8]), None))
+
+
 @torch.no_grad()
 def mc_dropout_logits(adapter, inputs: np.ndarray, passes: int, seed: int, shortcut: bool = True) -> np.ndarray:
     """Logits (passes, n, K) of the stochastic passes, with the fixed per-pass masks of `fixed_dropout_masks`.
@@ -102,9 +119,7 @@ def mc_dropout_logits(adapter, inputs: np.ndarray, passes: int, seed: int, short
     out = []
     with fixed_dropout_masks(model, seed) as start_pass:
         start_pass(0)
-        probe = next(adapter.batches(inputs[:8]), None)
-        if (shortcut and probe is not None and len(layers) == 1
-                and _dropout_acts_after_features(model, layers[0], probe)):
+        if shortcut and _shortcut_applies(model, layers, next(adapter.batches(inputs[:8]), None)):
             feats = [model.features(xb) for xb in adapter.batches(inputs)]
             for t in range(passes):
                 start_pass(t)
