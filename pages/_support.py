@@ -32,6 +32,7 @@ from ood_core.data import DATASETS, Benchmark, build_benchmark
 from ood_core.data.registry import OOD_SETS
 from ood_core.device import describe_device
 from ood_core.detectors import FAMILIES, REGISTRY, Param
+from ood_core.inference import ModelAdapter
 from ood_core.models import DEFAULT_CACHE_DIR, ModelLoadError, cache_status, is_cached, load_user_model
 from ood_core.models import loading
 from ood_core.models.registry import model_title
@@ -167,8 +168,13 @@ def _user_experiment(spec: Spec, user: dict) -> Optional[Experiment]:
     if user.get("pretrained"):  # torchvision's weights, in its cache since the user asked for them
         arch, norm = user["pretrained"], "weights"
     n = sum(len(s) for s in bench.splits().values())
-    est = jobs.Estimate(estimates.UNSEEN_MODEL_FORWARD_S * n * estimates.size_factor(spec.image_size),
-                        f"runs your model once on {n:,} images (every split)")
+    per_image = user.get("forward_s")  # timed when the model was loaded (timed_forward)
+    if per_image:
+        est = jobs.Estimate(per_image * n, f"runs your model once on {n:,} images (every split; "
+                                           f"{per_image * 1e3:.2g} ms per image, timed when it was loaded)")
+    else:
+        est = jobs.Estimate(estimates.UNSEEN_MODEL_FORWARD_S * n * estimates.size_factor(spec.image_size),
+                            f"runs your model once on {n:,} images (every split)")
 
     def work(progress, cancel) -> Experiment:
         if user.get("pretrained"):
@@ -528,6 +534,18 @@ def load_uploaded_model(data: bytes, spec: Spec, arch: str = OWN_ARCH, norm: str
                               normalisation=None if norm == "dataset" else norm)
 
 
+def timed_forward(model, spec: Spec) -> Optional[float]:
+    """Seconds per image of a model just loaded, on the spec's ID test images and the device its run will use
+    (estimates.time_forward on estimates.PROBE_IMAGES of them): what its first run over every split is estimated
+    from. None when it cannot run here: that run says why, in a sentence."""
+    bench = _benchmark(spec.key(), spec_json(spec))
+    try:
+        return estimates.time_forward(ModelAdapter(model, input_std=bench.std),
+                                      bench.test.images[:estimates.PROBE_IMAGES])
+    except (RuntimeError, ValueError):
+        return None
+
+
 def use_uploaded_model(name: str, data: bytes, arch: str = OWN_ARCH, norm: str = "dataset") -> Optional[str]:
     """Use an uploaded model for the current spec (see load_uploaded_model); an error message, or None on success."""
     spec = current_spec()
@@ -537,13 +555,14 @@ def use_uploaded_model(name: str, data: bytes, arch: str = OWN_ARCH, norm: str =
             digest, spec.key(), arch, norm):
         return None
     try:
-        _, info = load_uploaded_model(data, spec, arch, norm)
+        model, info = load_uploaded_model(data, spec, arch, norm)
     except ModelLoadError as e:  # complete sentences naming keys and sizes: shown whole, never cut
         return f"Could not use {name}: {e}"
     except ValueError as e:
         return f"Could not use {name}: {brief(str(e))}"
     st.session_state[USER_MODEL_KEY] = {"name": name, "digest": digest, "data": data, "spec_key": spec.key(),
-                                        "arch": arch, "norm": norm, "info": info}
+                                        "arch": arch, "norm": norm, "info": info,
+                                        "forward_s": timed_forward(model, spec)}
     return None
 
 
@@ -552,11 +571,12 @@ def use_pretrained(name: str, fetch: bool) -> Optional[str]:
     the current spec's data; an error message, or None on success."""
     spec = current_spec()
     try:
-        _, info = loading.load_model(name, bench=_benchmark(spec.key(), spec_json(spec)), fetch=fetch)
+        model, info = loading.load_model(name, bench=_benchmark(spec.key(), spec_json(spec)), fetch=fetch)
     except ValueError as e:  # ModelLoadError: whole sentences (class count, not in the cache, ...)
         return f"Could not use {name}: {e}"
     st.session_state[USER_MODEL_KEY] = {"name": name, "digest": name, "data": b"", "spec_key": spec.key(),
-                                        "arch": name, "norm": "weights", "info": info, "pretrained": name}
+                                        "arch": name, "norm": "weights", "info": info, "pretrained": name,
+                                        "forward_s": timed_forward(model, spec)}
     return None
 
 

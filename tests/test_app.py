@@ -225,6 +225,11 @@ def test_good_upload_replaces_the_model_and_can_be_undone(app, default_experimen
     no_exception(app)
     (job,) = fresh_runner.jobs()  # its forward pass over every split is a job, with a progress bar and Cancel
     assert job.title == "Running your model mine.pt" and "runs your model once on" in job.estimate.what
+    # estimated from its own forward pass, timed when it was loaded: per image, times every split's images
+    per_image = app.session_state[ui.USER_MODEL_KEY]["forward_s"]
+    n = sum(len(s) for s in default_experiment.bench.splits().values())
+    assert per_image > 0 and job.estimate.seconds == pytest.approx(per_image * n)
+    assert "ms per image, timed when it was loaded" in job.estimate.what
     land(app)
     no_exception(app)
     assert any("Using your model `mine.pt`" in s.value for s in app.success)
