@@ -396,11 +396,34 @@ def cost_words(name: str) -> str:
                                                                    regime=r)), DEFAULT_TRAIN_IMAGES).seconds
                       for r in cls.regimes)
         how += f"; about {slowest / 60:.1f} min on 2 cores for the default experiment"
-        runs = "**runs the network again** (slower)" if cls.runs_network else "scores its cached outputs (fast)"
+        runs = _runs_again_words(name) if cls.runs_network else "scores its cached outputs (fast)"
         return f"needs a classifier trained in the {names} regime (one training, {how}, cached like it), then {runs}"
     if cls.runs_network:
-        return "**runs the network again** (slower)"
+        return _runs_again_words(name)
     return "scores the cached outputs of one forward pass (fast)"
+
+
+def _runs_again_words(name: str) -> str:
+    """'**runs the network again** (slower): about 3.9 forward passes of the model per image' (NETWORK_FORWARDS, MC
+    dropout's at its default passes with and without its shortcut)."""
+    from .detectors import default_params
+
+    words = "**runs the network again** (slower)"
+    if name == "mc_dropout":
+        p = default_params(name)
+        return (f"{words}: about {network_forwards(name, p):.1f} forward passes of the model per image at "
+                f"{p['passes']} passes where its dropout sits just before the head (the features are computed once), "
+                f"{network_forwards(name, p, head_only=False):.0f} where the dropout sits inside the features")
+    if name in NETWORK_FORWARDS:
+        fit = {("train",): " (the scored images and the ID training images its fit reads)",
+               ("train", "val"): " (the scored images and the ID training and validation images its fit reads)"}
+        return (f"{words}: about {NETWORK_FORWARDS[name]:.1f} forward passes of the model per image"
+                f"{fit.get(FIT_SPLITS.get(name, ()), '')}")
+    if name == "ensemble":
+        more = int(default_params(name)["members"]) - 1
+        return (f"{words}: trains {_plural(more, 'more network')} once (cached for next time), then runs each on "
+                "every scored image")
+    return words
 
 
 def sweep(exp, name: str, param: str, values: Iterable, sets: Iterable[str], fixed: Optional[Mapping] = None

@@ -155,3 +155,20 @@ def test_a_model_that_cannot_be_timed_falls_back_on_the_reference_rate(fresh_tim
     assert len(estimates._timed) == 0  # nothing kept: a later estimate tries again
     one_class = types.SimpleNamespace(is_classifier=False, spec=Spec(model="deep_svdd"))
     assert estimates.model_forward(one_class) == estimates.reference_forward(Spec(model="deep_svdd"))
+
+
+def test_the_methods_cards_say_how_many_forward_passes_a_detector_costs():
+    from ood_core.detectors import default_params
+
+    odin = estimates.cost_words("odin")
+    assert odin.startswith("**runs the network again** (slower)")
+    assert f"about {estimates.NETWORK_FORWARDS['odin']:.1f} forward passes of the model per image" in odin
+    assert "ID training and validation images its fit reads" in estimates.cost_words("gram")
+    mc = estimates.cost_words("mc_dropout")
+    passes = default_params("mc_dropout")["passes"]
+    shortcut = estimates.MC_FEATURES + estimates.MC_HEAD_PASS * passes
+    assert f"about {shortcut:.1f} forward passes of the model per image at {passes} passes" in mc
+    assert f"{estimates.MC_FULL_PASS * passes:.0f} where the dropout sits inside the features" in mc
+    more = default_params("ensemble")["members"] - 1
+    assert f"trains {more} more networks once (cached for next time)" in estimates.cost_words("ensemble")
+    assert estimates.cost_words("msp") == "scores the cached outputs of one forward pass (fast)"
