@@ -10,6 +10,9 @@ On another machine the rates are off by its speed: once use_training_times(cache
 does), every training estimate is multiplied by what the trainings timed on this machine's device (its CPU, or its
 GPU where trainings run on one) say (timings.speed_factor), and says so; reference_training is the estimate from the
 rates alone (the Methods cards' "on 2 cores").
+The detectors that run the network again, and an ensemble's other members, are counted in forward passes of the
+experiment's own model (NETWORK_FORWARDS), timed once on its device (model_forward): a large uploaded model, or a GPU,
+is estimated at its own speed, not at the small CNN's on 2 cores.
 """
 from __future__ import annotations
 
@@ -34,17 +37,19 @@ DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digit
 # what the detectors that run the network again cost per image, in plain forward passes of the same model (what
 # model_forward times), at their default parameters (fit and scoring: the scored images and those of FIT_SPLITS):
 # the larger of two cases of scripts/bench_network_cost.py (digits at 16 px and the MNIST sample at 28 px, the small
-# CNN, 2 threads; docs/bench/network_cost.json). The model's own forward pass, timed on its device, turns them into
-# seconds: an uploaded ResNet or a GPU costs what it costs, not what the small CNN does on 2 cores
-NETWORK_FORWARDS = {"odin": 3.9, "mahalanobis_pre": 3.9, "gram": 6.0, "crosr": 1.5, "knn_conv": 2.6}
+# CNN, 2 threads; docs/bench/network_cost.json; this shared machine moved such ratios by up to 30% from run to run). The
+# model's own forward pass, timed on its device, turns them into seconds: an uploaded ResNet or a GPU costs what it
+# costs, not what the small CNN does on 2 cores
+NETWORK_FORWARDS = {"odin": 2.9, "mahalanobis_pre": 3.2, "gram": 6.9, "crosr": 1.8, "knn_conv": 1.6}
 # MC dropout: with its shortcut (the model's one dropout layer between features and head:
 # detectors.uncertainty.reruns_head_only) the features once, MC_FEATURES forward passes, then MC_HEAD_PASS per
 # stochastic pass; without it (dropout inside the features) MC_FULL_PASS forward passes per stochastic pass
-MC_FEATURES, MC_HEAD_PASS, MC_FULL_PASS = 1.1, 0.014, 1.1
+MC_FEATURES, MC_HEAD_PASS, MC_FULL_PASS = 1.6, 0.002, 1.3
 # the small CNN's forward pass per image at 16 px on 2 CPU cores (model_forward, the same benchmark): where no model
 # is at hand (the CLI counts runs before it trains), times the size factor and the model's registry weight
-REFERENCE_FORWARD_S = 1.0e-4
-PROBE_IMAGES = 64  # ID test images model_forward times: one batch
+REFERENCE_FORWARD_S = 1.5e-4
+PROBE_IMAGES = 256  # ID test images model_forward may time: one batch of the detectors' (ModelAdapter's)
+PROBE_SECONDS = 0.2  # about how long each of time_forward's timed runs lasts, for a model too slow for a whole batch
 # an uploaded model's forward pass per image at 16 px, before it is loaded: not measured (any model may come); about 6
 # times the small CNN's, so a large upload is more likely said and asked about than started at once
 UNSEEN_MODEL_FORWARD_S = 5e-4
@@ -243,22 +248,30 @@ _timed_lock = threading.Lock()
 
 
 def time_forward(adapter, x) -> float:
-    """Seconds per image of adapter.forward on the images `x` (one batch): the faster of two runs after an untimed
-    one on a few of them (first-call costs: allocations, kernels loaded on a GPU). The outputs come back to the CPU
-    as arrays, so a GPU's work is finished when the clock stops."""
-    adapter.forward(x[:8])
-    best = float("inf")
-    for _ in range(2):
+    """Seconds per image of adapter.forward on the first images of `x` (at most one batch of the adapter's): the
+    fastest of three runs (a busy machine only ever slows a run down). Two untimed runs on 8 images go first: the
+    first pays first-call costs (allocations, kernels loaded on a GPU), the second sizes the timed runs, as many
+    images as take about PROBE_SECONDS (8 to all of `x`: a large model is timed on fewer images, a small one on the
+    batch its detectors run). The outputs come back to the CPU as arrays, so a GPU's work is done when the clock
+    stops."""
+    few = x[:8]
+    adapter.forward(few)
+    t0 = time.perf_counter()
+    adapter.forward(few)
+    per_image = (time.perf_counter() - t0) / max(len(few), 1)
+    n = int(min(len(x), adapter.batch_size, max(8, PROBE_SECONDS / max(per_image, 1e-9))))
+    xs, best = x[:n], float("inf")
+    for _ in range(3):
         t0 = time.perf_counter()
-        adapter.forward(x)
+        adapter.forward(xs)
         best = min(best, time.perf_counter() - t0)
-    return best / len(x)
+    return best / len(xs)
 
 
 def model_forward(exp) -> Forward:
-    """The forward pass of exp's own model on its device, timed on PROBE_IMAGES ID test images (time_forward) once per
-    model, with whether MC dropout's shortcut applies to it (detectors.uncertainty.reruns_head_only); the reference
-    rate (reference_forward) for a model without a classifier head or one that cannot run here."""
+    """The forward pass of exp's own model on its device, timed on up to PROBE_IMAGES ID test images (time_forward)
+    once per model, with whether MC dropout's shortcut applies to it (detectors.uncertainty.reruns_head_only); the
+    reference rate (reference_forward) for a model without a classifier head or one that cannot run here."""
     if not exp.is_classifier or len(exp.bench.test) == 0:
         return reference_forward(exp.spec)
     adapter = exp.adapter

@@ -127,7 +127,8 @@ def report(data: dict) -> str:
                   f"pass, {c['forward_s'] * 1e3:.2f} ms) | ratio | estimate before (the small CNN's rate) | ratio |",
                   "|---|---|---|---|---|---|"]
         for r in checked:
-            now = estimates.network_forwards(r["detector"], default_params(r["detector"])) * r["forward_s"] * r["images"]
+            forwards = estimates.network_forwards(r["detector"], default_params(r["detector"]))
+            now = forwards * r["forward_s"] * r["images"]
             before = RATES_BEFORE[r["detector"]] * r["size_factor"] * r["images"]
             lines.append(f"| {r['detector']} | {r['seconds']:.2f} s | {now:.2f} s | {now / r['seconds']:.2f} | "
                          f"{before:.2f} s | {before / r['seconds']:.2f} |")

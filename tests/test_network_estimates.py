@@ -75,19 +75,39 @@ def test_network_running_estimates_are_forward_passes_of_the_model(default_exper
     assert "20 ms per forward pass of this model, timed here" in ens.what
 
 
+class Sleepy(nn.Module):
+    """Sleeps `nap` seconds at every call, of any size; records the size of each call."""
+
+    def __init__(self, nap: float):
+        super().__init__()
+        self.head, self.nap, self.sizes = nn.Linear(4, 2), nap, []
+
+    def features(self, x):
+        self.sizes.append(len(x))
+        time.sleep(self.nap)
+        return x.flatten(1)
+
+
 def test_the_timed_forward_pass_is_at_least_what_the_model_sleeps():
-    class Sleepy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = nn.Linear(4, 2)
-
-        def features(self, x):
-            time.sleep(0.02)  # every call, of any size
-            return x.flatten(1)
-
+    net = Sleepy(0.02)
     x = np.zeros((16, 1, 2, 2), np.float32)
-    seconds = estimates.time_forward(ModelAdapter(Sleepy(), "cpu"), x)
-    assert seconds >= 0.02 / 16  # one batch of 16 images: at least one sleep
+    seconds = estimates.time_forward(ModelAdapter(net, "cpu"), x)
+    assert net.sizes[:2] == [8, 8]  # untimed: first-call costs, then the size of the timed runs
+    assert len(net.sizes) == 5 and net.sizes[2] == net.sizes[3] == net.sizes[4]  # three timed runs, the fastest
+    assert seconds >= 0.02 / net.sizes[2]  # each timed run is one call: at least one sleep
+
+
+def test_a_slow_model_is_timed_on_fewer_images_a_fast_one_on_a_whole_batch():
+    """Each timed run lasts about PROBE_SECONDS: a model that takes at least 0.1 s per call (12.5 ms per image of the
+    8 that size the runs) is timed on at most PROBE_SECONDS / 12.5 ms = 16 images; a fast one on all it is given,
+    up to the adapter's batch."""
+    x = np.zeros((300, 1, 2, 2), np.float32)
+    slow = Sleepy(0.1)
+    estimates.time_forward(ModelAdapter(slow, "cpu"), x)
+    assert 8 <= slow.sizes[-1] <= int(estimates.PROBE_SECONDS / (0.1 / 8))
+    fast = Sleepy(0.0)
+    estimates.time_forward(ModelAdapter(fast, "cpu", batch_size=256), x)
+    assert fast.sizes[-1] == 256  # one batch of the adapter's, not all 300
 
 
 class DropoutInside(nn.Module):
