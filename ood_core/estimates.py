@@ -253,7 +253,9 @@ def time_forward(adapter, x) -> float:
     first pays first-call costs (allocations, kernels loaded on a GPU), the second sizes the timed runs, as many
     images as take about PROBE_SECONDS (8 to all of `x`: a large model is timed on fewer images, a small one on the
     batch its detectors run). The outputs come back to the CPU as arrays, so a GPU's work is done when the clock
-    stops."""
+    stops. ValueError when `x` holds no image."""
+    if len(x) == 0:
+        raise ValueError("no image to time the forward pass on")
     few = x[:8]
     adapter.forward(few)
     t0 = time.perf_counter()
@@ -333,7 +335,7 @@ def network_forwards(name: str, params: Mapping, head_only: bool = True) -> floa
 
 
 def _timed_words(forward: Forward, before: str = "; ", after: str = "") -> str:
-    """'0.09 ms per forward pass of this model, timed here' between `before` and `after`; nothing for a reference
+    """'1.5 ms per forward pass of this model, timed here' between `before` and `after`; nothing for a reference
     rate."""
     if not forward.measured:
         return ""
@@ -417,8 +419,8 @@ def cost_words(name: str) -> str:
 
 
 def _runs_again_words(name: str) -> str:
-    """'**runs the network again** (slower): about 3.9 forward passes of the model per image' (NETWORK_FORWARDS, MC
-    dropout's at its default passes with and without its shortcut)."""
+    """'**runs the network again** (slower): about N forward passes of the model per image' (NETWORK_FORWARDS; MC
+    dropout's at its default passes, with and without its shortcut; what the ensemble trains)."""
     from .detectors import default_params
 
     words = "**runs the network again** (slower)"

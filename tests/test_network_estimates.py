@@ -108,6 +108,8 @@ def test_a_slow_model_is_timed_on_fewer_images_a_fast_one_on_a_whole_batch():
     fast = Sleepy(0.0)
     estimates.time_forward(ModelAdapter(fast, "cpu", batch_size=256), x)
     assert fast.sizes[-1] == 256  # one batch of the adapter's, not all 300
+    with pytest.raises(ValueError, match="no image"):
+        estimates.time_forward(ModelAdapter(fast, "cpu"), x[:0])
 
 
 class DropoutInside(nn.Module):
