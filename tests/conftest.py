@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,12 @@ def tier_of(filename: str) -> str:
     if filename == "test_app.py" or filename.startswith("test_pages_"):
         return "app"
     return "unit"
+
+
+def pytest_unconfigure(config):
+    """The session's model cache goes with the session: nothing is left in the temporary folder (it grew by up to
+    60 MB a run)."""
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
