@@ -1242,6 +1242,14 @@ def device_line() -> str:
         return f"Device: {e}"
 
 
+def cache_words(spec, info: dict, user) -> str:
+    """The sidebar's "Model from cache" value. A page that does not load the model (Methods) has no load to report:
+    it says whether the model is on disk instead of a wrong "no"."""
+    if info or user:
+        return ("yes" if info.get("from_cache") else "no") + (f" ({info['source']})" if info.get("source") else "")
+    return "on disk, not loaded by this page" if is_cached(spec) else "not trained yet"
+
+
 def render_sidebar(slot) -> None:
     """The shared sidebar: the current experiment, read from session_state."""
     spec = current_spec()
@@ -1263,8 +1271,7 @@ def render_sidebar(slot) -> None:
             f"**Seed:** {spec.seed}" + (f" · **Epochs:** {spec.training.epochs}" if classifier else ""),
             *setting_lines(spec),
             *([f"**{accuracy_label(spec)}:** {acc}"] if classifier else []),
-            f"**Model from cache:** {'yes' if info.get('from_cache') else 'no'}"
-            + (f" ({info['source']})" if info.get("source") else ""),
+            f"**Model from cache:** {cache_words(spec, info, user)}",
         ]
         st.markdown("  \n".join(lines))
         prov = provenance_line(info.get("provenance") or {})

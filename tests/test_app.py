@@ -82,6 +82,16 @@ def test_experiment_page_shows_accuracy_form_examples_and_sidebar(app, default_e
     assert f"{TRAIN_THREADS} training thread" in provenance_line(prov)
 
 
+def test_a_page_that_loads_no_model_says_whether_it_is_on_disk(default_experiment):
+    """Methods opened from a link loads no model: the sidebar says "on disk" or "not trained yet", not "no"."""
+    assert ui.cache_words(Spec(), {}, None) == "on disk, not loaded by this page"
+    never = Spec(seed=9731)
+    checkpoint_path(never).unlink(missing_ok=True)
+    assert ui.cache_words(never, {}, None) == "not trained yet"
+    assert ui.cache_words(Spec(), {"from_cache": True, "source": "on-disk cache"}, None) == "yes (on-disk cache)"
+    assert ui.cache_words(Spec(), {"from_cache": False}, None) == "no"
+
+
 def test_submitting_the_default_form_reuses_the_cached_model(app):
     submit = next(b for b in app.button if b.label == "Train / load model")
     submit.click().run()
