@@ -78,4 +78,5 @@ def describe_device(device: Optional[str | torch.device] = None) -> str:
     if is_cuda(d):
         index = int(d[5:]) if ":" in d else torch.cuda.current_device()
         return f"CUDA {index}: {torch.cuda.get_device_name(index)} (mixed precision in training)"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({n} thread{'' if n == 1 else 's'})"
