@@ -28,6 +28,7 @@ METHOD_HELP = ("Grad-CAM: which regions of the last convolutional layer raise th
                "black image (fine, exact attribution). Guided Grad-CAM: Grad-CAM sharpened with guided "
                "back-propagation (fine and class-specific).")
 DEFAULT_DETECTOR = "energy"  # spreads its scores more than MSP does on a confident network
+PREDICTED = "predicted"  # the "Explain the class" choice (and URL value) that explains each image's own prediction
 TABS = {"side": "ID vs OOD", "galleries": "Galleries of a detector's mistakes", "try": "Try a sample"}  # URL tab= name
 UPSCALE = 6  # 16 px images shown at 96 px, without blur
 IMG_W = 96
@@ -102,10 +103,10 @@ def controls(exp) -> dict:
                           format_func=METHODS.get, key="expl-method", help=METHOD_HELP)
     with c2:
         names = exp.bench.class_names
-        targets = [None, *range(len(names))]
-        target = st.selectbox("Explain the class", targets, index=targets.index(ui.url_choice("target", targets, None)),
-                              key="expl-target",
-                              format_func=lambda t: "each image's predicted class" if t is None else f"class {names[t]}",
+        targets = [PREDICTED, *range(len(names))]  # "predicted" in the link, not "None"
+        choice = st.selectbox("Explain the class", targets,
+                              index=targets.index(ui.url_choice("target", targets, PREDICTED)), key="expl-target",
+                              format_func=lambda t: "each image's predicted class" if t == PREDICTED else f"class {names[t]}",
                               help="Which logit to explain. The predicted class shows why the network decided as it "
                                    "did; another class shows what would speak for that class.")
     with c3:
@@ -116,9 +117,9 @@ def controls(exp) -> dict:
                                key="expl-ood", help="The OOD images compared with the ID test images below.")
     with c4:
         alpha = st.slider("Heat-map opacity", 0.0, 1.0, ui.url_number("alpha", 0.0, 1.0, 0.5), 0.05, key="expl-alpha")
-    for key, value in (("method", method), ("target", target), ("set", ood_set), ("alpha", float(alpha))):
+    for key, value in (("method", method), ("target", choice), ("set", ood_set), ("alpha", float(alpha))):
         ui.remember_in_url(key, value)
-    return dict(method=method, target=target, ood_set=ood_set, alpha=alpha)
+    return dict(method=method, target=None if choice == PREDICTED else choice, ood_set=ood_set, alpha=alpha)
 
 
 def side_by_side(exp, samples: Samples, opts: dict) -> None:

@@ -154,7 +154,7 @@ def test_a_link_restores_the_activations_pages_choices(default_experiment):
     assert "dice.p" not in at.query_params and at.query_params["react.p"] == "90"
 
 
-def test_a_link_restores_the_explanations_pages_choices():
+def test_a_link_restores_the_explanations_pages_choices(default_experiment):
     at = open_page("explanations", {"method": "integrated_gradients", "target": "3", "set": "gaussian",
                                     "alpha": "0.3", "n": "3", "detector": "msp", "k": "4", "tab": "galleries"})
     assert at.radio(key="expl-method").value == "integrated_gradients"
@@ -164,6 +164,14 @@ def test_a_link_restores_the_explanations_pages_choices():
     assert at.session_state["expl-tab"] == "Galleries of a detector's mistakes"
     assert at.image[1].captions == ["Integrated Gradients"] * 3  # 3 images per side, explained as the link says
     assert at.query_params["tab"] == "galleries" and at.query_params["target"] == "3"
+
+
+def test_the_explanations_link_names_the_predicted_class_choice_in_words(default_experiment):
+    at = open_page("explanations", {"set": "gaussian"})
+    assert at.selectbox(key="expl-target").value == "predicted" and at.query_params["target"] == "predicted"
+    at = open_page("explanations", {"target": "predicted", "set": "gaussian"})  # such a link opens the same view
+    assert at.selectbox(key="expl-target").value == "predicted"
+    assert at.image[1].captions == ["Grad-CAM"] * 4
 
 
 def test_a_link_restores_the_methods_search():
