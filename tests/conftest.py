@@ -33,10 +33,33 @@ def pytest_unconfigure(config):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two worker processes on two cores: one thread each (torch and BLAS), or each would run two and the four
+    # threads would fight over the cores (a ResNet test took 40 s instead of 14). Tests that need more set it.
+    # The variables reach the libraries loaded later (SciPy's BLAS, faiss) and the servers the tests start
+    # (OOD_EXPLORER_THREADS: the app's own setting, ood_core.serving, which its pages apply to the process)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OOD_EXPLORER_THREADS"):
+        os.environ[var] = "1"
+    import numpy  # noqa: F401  (its BLAS loaded, so that threadpool_limits reaches it)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    _ONE_BLAS_THREAD = threadpool_limits(limits=1)  # kept: the limit lasts as long as this object
+
+# under `make test`'s worker processes (pytest-xdist, a file at a time, in this order: --no-loadscope-reorder), the
+# longest files go first: the browser tests (about 3 minutes on one worker), then the pages, then the many short
+# library files that even out the end
+WORKER_ORDER = {"browser": 0, "app": 1, "unit": 2}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark every test with its file's tier, so `-m unit` (make test-fast) or `-m app` selects a tier."""
+    """Mark every test with its file's tier, so `-m unit` (make test-fast) or `-m app` selects a tier; in worker
+    processes, order the files by tier (stable: a file's tests keep their order)."""
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item.path.name)))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: WORKER_ORDER[tier_of(item.path.name)])
 
 
 @pytest.fixture(scope="module")
