@@ -35,7 +35,8 @@ def pytest_unconfigure(config):
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # two worker processes on two cores: one thread each (torch and BLAS), or each would run two and the four
-    # threads would fight over the cores (a ResNet test took 40 s instead of 14). Tests that need more set it.
+    # threads would fight over the cores (with two each, a ResNet test took 40 s; 14 s in one process). Tests that
+    # need more set it.
     # The variables reach the libraries loaded later (SciPy's BLAS, faiss) and the servers the tests start
     # (OOD_EXPLORER_THREADS: the app's own setting, ood_core.serving, which its pages apply to the process)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OOD_EXPLORER_THREADS"):
@@ -45,7 +46,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
-    _ONE_BLAS_THREAD = threadpool_limits(limits=1)  # kept: the limit lasts as long as this object
+    threadpool_limits(limits=1)  # process-wide (not as a context manager), as ood_core.serving sets it
 
 # under `make test`'s worker processes (pytest-xdist, a file at a time, in this order: --no-loadscope-reorder), the
 # longest files go first: the browser tests (about 3 minutes on one worker), then the pages, then the many short
