@@ -265,6 +265,11 @@ def test_sensitivity_has_a_trace_per_set_and_a_point_per_sweep_value(app, defaul
     rows = compare.sweep(default_experiment, "knn", "k", ood_sets=sets)
     expected = [100 * r["auroc"] for r in rows if r["ood_set"] == "gaussian"]
     np.testing.assert_allclose(values(fig["data"][1]["y"]), expected, atol=1e-9)
+    # the values of k above the smallest ID class's training count carry the note that explains the drop
+    smallest = int(np.bincount(np.asarray(default_experiment.outputs["train"].labels)).min())
+    notes = [c.value for c in at.caption if "larger than the smallest ID class" in c.value]
+    assert [int(n.split()[2]) for n in notes] == [k for k in sweep if k > smallest] != []  # "k = 200 is larger ..."
+    assert all(f"(n = {smallest})" in n for n in notes)
     # FPR@95 on request: a second chart per parameter
     at.checkbox(key="sens-fpr").check().run()
     no_exception(at)
@@ -280,6 +285,7 @@ def test_sensitivity_draws_one_chart_per_parameter(app):
         data = [t for t in fig["data"] if not t["name"].startswith("default")]
         assert len(data) == len(at.multiselect(key="sens-sets").value)
         assert all(len(t["x"]) == len(p.sweep) for t in data)
+    assert not [c.value for c in at.caption if c.value.startswith("At ") or " is larger than " in c.value]  # VRA: none
 
 
 # --- Methods ------------------------------------------------------------------------------------------
