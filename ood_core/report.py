@@ -229,6 +229,18 @@ def explain_result(detector: str, setting: str, scores_id: Optional[np.ndarray],
     return notes
 
 
+def explain_sweep(detector: str, setting: str, context: Mapping, param: str, values: Sequence) -> list[str]:
+    """explain_result's notes on the values of a parameter sweep where the value itself explains a bend in the line
+    (KNN: k above the smallest ID class's training count), each naming its value ("At k = 200: ..." unless it
+    does). A note that holds at every value (DICE's dead units) is about the model, not the parameter: none then."""
+    per_value = {v: explain_result(detector, setting, None, None, None,
+                                   {**context, "params": {**dict(context.get("params") or {}), param: v}})
+                 for v in values}
+    if all(per_value.values()):
+        return []
+    return [n if f"{param} = {v}" in n else f"At {param} = {v}: {n}" for v, notes in per_value.items() for n in notes]
+
+
 def explain_context(exp, detector: str, params: Optional[Mapping] = None, ood_set: Optional[str] = None) -> dict:
     """The context `explain_result` reads, from an experiment: setting facts and, per detector, what its note
     needs (KNN: ID train images per class; DICE: dead units and the weights its mask keeps per class)."""

@@ -72,19 +72,6 @@ def sweep_figure(rows: list[dict], pname: str, p: Param, metric: str) -> go.Figu
     return figures.sensitivity_figure(rows, pname, log_x=log_x, metric=metric, default=p.default)
 
 
-def sweep_notes(exp, name: str, pname: str, values: list, fixed: dict) -> list[str]:
-    """ood_core.report's notes on the values of a sweep where the parameter itself explains a bend in the line (KNN:
-    k above the smallest ID class's training count), each naming its value ("At k = 200: ..." unless it does). A
-    note that holds at every value (DICE's dead units) is about the model, not the parameter, and is left to the
-    Scores and Compare pages."""
-    context = report.explain_context(exp, name, fixed)
-    per_value = {v: report.explain_result(name, exp.spec.setting, None, None, None,
-                                          {**context, "params": {**context["params"], pname: v}}) for v in values}
-    if all(per_value.values()):
-        return []
-    return [n if f"{pname} = {v}" in n else f"At {pname} = {v}: {n}" for v, notes in per_value.items() for n in notes]
-
-
 def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held: dict, with_fpr: bool,
                     main: bool = False) -> None:
     """One parameter's sweep; `main`: the page's main chart (presentation mode: larger fonts, drawn first)."""
@@ -128,7 +115,7 @@ def parameter_chart(exp, name: str, pname: str, p: Param, sets: list[str], held:
             failed.setdefault(str(r["value"]), brief(r["error"]))
     if failed:
         st.warning("No result (a gap in the line) at " + "; ".join(f"{pname} = {v}: {e}" for v, e in failed.items()))
-    for note in sweep_notes(exp, name, pname, values, fixed):
+    for note in report.explain_sweep(name, exp.spec.setting, report.explain_context(exp, name, fixed), pname, values):
         st.caption(note)
     if moved:
         st.caption("Other parameters held at " + ", ".join(f"{k} = {v}" for k, v in moved.items()) + ".")

@@ -211,6 +211,15 @@ def test_knn_with_k_above_the_smallest_class_count_says_so():
     assert report.explain_result("mahalanobis", "osr", None, None, 0.7, ctx) == []
 
 
+def test_a_sweep_names_the_values_where_the_parameter_explains_the_line():
+    ctx = {"class_counts": np.array([5, 3, 8]), "params": {"k": 50}}
+    notes = report.explain_sweep("knn", "ood", ctx, "k", [1, 2, 3, 4, 8])
+    assert [n.split()[2] for n in notes] == ["4", "8"] and all("n = 3" in n for n in notes)  # "k = 4 is larger ..."
+    dice = {"dead_units": 3, "n_units": 10, "params": {"sparsity": 90.0}}
+    assert report.explain_sweep("dice", "ood", dice, "sparsity", [50.0, 90.0]) == []  # true at every value: the model's
+    assert report.explain_sweep("knn", "ood", ctx, "k", [1, 2]) == []
+
+
 def test_dice_note_counts_dead_units():
     h = np.zeros((200, 10))
     h[:, :6] = 1.0                # 6 live units
