@@ -246,6 +246,7 @@ def explain_context(exp, detector: str, params: Optional[Mapping] = None, ood_se
     needs (KNN: ID train images per class; DICE: dead units and the weights its mask keeps per class)."""
     from .detectors import default_params
     from .detectors.activations import dice_contribution, dice_mask
+    from .linalg import feature_mean
 
     full = {**default_params(detector), **dict(params or {})}
     ctx: dict = {"params": full, "n_classes": exp.bench.num_classes}
@@ -257,8 +258,8 @@ def explain_context(exp, detector: str, params: Optional[Mapping] = None, ood_se
     if detector == "knn" and exp.bench.num_classes > 1:
         ctx["class_counts"] = np.bincount(np.asarray(train.labels, dtype=np.int64), minlength=exp.bench.num_classes)
     if detector == "dice" and exp.adapter is not None:
-        h = np.asarray(train.features, dtype=np.float64)
+        h = np.asarray(train.features)  # no float64 copy: the mean is DICE's own, chunked and shared
         ctx["dead_units"], ctx["n_units"] = int(dead_units(h).sum()), int(h.shape[1])
-        mask = dice_mask(dice_contribution(h.mean(axis=0), exp.adapter.head_weight), float(full["sparsity"]))
+        mask = dice_mask(dice_contribution(feature_mean(h), exp.adapter.head_weight), float(full["sparsity"]))
         ctx["dice_kept_per_class"] = float(mask.sum(axis=1).mean())
     return ctx

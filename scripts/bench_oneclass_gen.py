@@ -163,7 +163,10 @@ def variants(defaults: dict, texts: list[str]) -> dict:
             key, _, value = item.partition("=")
             if key not in defaults or not value:
                 raise SystemExit(f"--select: {item!r} is not key=value with a key of {', '.join(defaults)}")
-            hp[key] = type(defaults[key])(float(value))
+            if isinstance(defaults[key], tuple):  # milestones: "50" or "50+80"
+                hp[key] = tuple(int(float(v)) for v in value.split("+"))
+            else:
+                hp[key] = type(defaults[key])(float(value))
         out[text] = hp
     return out
 

@@ -245,3 +245,25 @@ def test_explain_context_from_an_experiment_by_hand():
     dice = report.explain_context(exp, "dice", {"sparsity": 50.0})
     # 50th percentile of [2, 0, -1, 4, 0, 1] is 0.5: kept 2, 4, 1 -> 1 in class 0, 2 in class 1
     assert dice["dead_units"] == 1 and dice["n_units"] == 3 and dice["dice_kept_per_class"] == pytest.approx(1.5)
+
+
+def test_explain_context_counts_the_weights_the_fitted_dice_keeps():
+    # float32 features, as a network gives them: the note's count must be the fitted detector's own mask
+    from types import SimpleNamespace
+
+    from ood_core.detectors import FitContext, create
+    from ood_core.inference import Outputs
+
+    rng = np.random.default_rng(3)
+    h = np.maximum(rng.normal(0.2, 1.0, (500, 24)), 0.0).astype(np.float32)
+    h[:, :5] = 0.0  # five dead units
+    w, b = rng.normal(size=(4, 24)), np.zeros(4)
+    z = (h @ w.T).astype(np.float32)
+    head = SimpleNamespace(head_weight=w, head_bias=b)
+    det = create("dice", sparsity=70.0).fit(FitContext(train=Outputs(z, h, np.arange(500) % 4), model=head,
+                                                       num_classes=4, seed=0))
+    exp = SimpleNamespace(bench=SimpleNamespace(num_classes=4), adapter=head,
+                          outputs={"train": SimpleNamespace(features=h, labels=np.arange(500) % 4)})
+    ctx = report.explain_context(exp, "dice", {"sparsity": 70.0})
+    assert ctx["dead_units"] == 5 and ctx["n_units"] == 24
+    assert ctx["dice_kept_per_class"] == pytest.approx(float(det.mask_.sum(axis=1).mean()))
