@@ -238,10 +238,12 @@ def main() -> int:
         if (args.dataset, args.size) != ("mnist-sample", 28):
             ap.error("--select runs on the MNIST sample at 28 px (bench_oneclass_ssl's data)")
         trainer, defaults = TRAINERS[model]
-        res = select(classes, variants(defaults, texts), model, trainer)
-        if args.json:
-            Path(args.json).write_text(json.dumps({"model": model, "classes": classes, "variants": res}, indent=1,
-                                                  default=float))
+        def save(res):  # after every variant
+            if args.json:
+                Path(args.json).write_text(json.dumps({"model": model, "classes": classes, "variants": res},
+                                                      indent=1, default=float))
+
+        res = select(classes, variants(defaults, texts), model, trainer, save)
         print("\n" + variants_table(res, f"{MODELS[model].short}'s training"))
         return 0
     if args.search_val:

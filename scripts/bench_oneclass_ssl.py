@@ -110,8 +110,9 @@ def csi_select(classes: list[int], epochs: list[int]) -> dict:
     return select(classes, {f"{e} epochs": {**CSI_HP, "epochs": e} for e in epochs}, "csi", train_csi)
 
 
-def select(classes: list[int], variants: dict, model: str, trainer) -> dict:
-    """Each variant's (hp's) validation AUROC (normal validation images vs the other classes' ones) per class."""
+def select(classes: list[int], variants: dict, model: str, trainer, save=None) -> dict:
+    """Each variant's (hp's) validation AUROC (normal validation images vs the other classes' ones) per class;
+    save(results so far), if given, after each variant, so that a stopped run keeps the finished ones."""
     out: dict = {}
     for name, hp in variants.items():
         aucs, secs = [], []
@@ -128,6 +129,8 @@ def select(classes: list[int], variants: dict, model: str, trainer) -> dict:
                   flush=True)
         out[name] = {"hp": hp, "val_auroc": [float(np.mean(aucs)), float(sample_std(np.array(aucs)) or 0.0)],
                      "per_class": aucs, "train_seconds_median": float(np.median(secs))}
+        if save is not None:
+            save(out)
     return out
 
 
