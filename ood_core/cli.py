@@ -708,3 +708,7 @@ def main(argv=None) -> int:
     except (ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":  # python -m ood_core.cli, as python -m ood_core
+    sys.exit(main())
