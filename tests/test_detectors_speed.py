@@ -169,10 +169,16 @@ def ref_nnguide(train, test, k):
     return -guidance * logsumexp(_z(test), axis=1)
 
 
-def ref_she(train, test):
+def ref_she(train, test, metric="inner_product"):
     h, y, pred = _h(train), train.labels, _z(train).argmax(1)
     patterns = np.stack([h[(y == c) & (pred == c)].mean(0) for c in range(K)])
-    return -(_h(test) * patterns[_z(test).argmax(1)]).sum(1)
+    q, m = _h(test), patterns[_z(test).argmax(1)]
+    if metric == "euclidean":
+        return np.sqrt(((q - m) ** 2).sum(1))
+    sim = (q * m).sum(1)
+    if metric == "cosine":
+        sim = sim / (np.sqrt((q * q).sum(1)) * np.sqrt((m * m).sum(1)))
+    return -sim
 
 
 def _energy(h, w, b):
@@ -313,7 +319,8 @@ def test_nnguide_scores_unchanged(data):
 
 def test_she_fdbd_nci_scores_unchanged(data):
     train, test, head = data
-    _close(_score("she", data), ref_she(train, test))
+    for metric in ("inner_product", "cosine", "euclidean"):
+        _close(_score("she", data, metric=metric), ref_she(train, test, metric))
     _close(_score("fdbd", data), ref_fdbd(train, test, head))
     _close(_score("nci", data), ref_nci(train, test, head))
 
