@@ -15,7 +15,8 @@ measured in the same process just before (`a @ b`, 4096 x 4096 float32), and the
 
 Results accumulate in docs/bench/reference.json (one row per size and detector; a rerun replaces its rows),
 so a size can be measured in several short invocations. `--before REV` also runs the library as it was at git
-revision REV once per detector and reports the largest relative difference of its scores from today's.
+revision REV, in the same rounds as ours and the reference (median time), and reports the largest relative
+difference of its scores from today's.
 """
 from __future__ import annotations
 
@@ -395,14 +396,20 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
         ref_runner(case.kind, lambda: case.make(w, b, small), small, q, case.fit)()
         flops = case.floor(n_train, N_TEST + N_OOD, dim, K)
         rates = [matmul_rate()]
-        o_runs, r_runs = [], []
+        o_runs, r_runs, b_runs = [], [], []
+        old = None
+        if before is not None:  # the library at REV, timed in the same rounds
+            old = ours_runner(before, case.name, case.params, train, sets, w, b)
+            ours_runner(before, case.name, case.params, small, q, w, b)()
         for r in range(runs):
             order = [("ours", ours), ("ref", ref)] if r % 2 == 0 else [("ref", ref), ("ours", ours)]
+            if old is not None:
+                order.insert(r % 3, ("before", old))
             for who, fn in order:
                 if flops and who == "ours":  # the floor's rate, measured right before each timed run of ours
                     rates.append(matmul_rate())
                 wall, cpu, peak, (scores, parts) = measure(fn)
-                (o_runs if who == "ours" else r_runs).append((wall, cpu, peak, scores, parts))
+                {"ours": o_runs, "ref": r_runs, "before": b_runs}[who].append((wall, cpu, peak, scores, parts))
         rate = statistics.median(rates[1:] or rates)
         per_core = core_rate() if flops else 0.0
         o_scores, r_scores = o_runs[-1][3], r_runs[-1][3]
@@ -424,21 +431,21 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
             "load": os.getloadavg()[0], "note": case.note, "allocator": "default",
         }
         if before is not None:
-            wall, _, _, (b_scores, _) = measure(ours_runner(before, case.name, case.params, train, sets, w, b))
-            row["before_s"] = wall
+            b_scores = b_runs[-1][3]
+            row["before_s"] = med(b_runs, 0)
             row["before_max_rel_diff"] = max_rel_diff(o_scores, b_scores)
             row["before_max_diff_over_max"] = max_diff_over_max(o_scores, b_scores)
         rows.append(row)
         ratio = row["ref_s"] / row["ours_s"]
         floor = f"{row['ours_s'] / row['floor_s']:.2f}x floor" if flops else "no matmul floor"
-        extra = (f", before {row['before_s']:.3f} s (max rel diff {row['before_max_rel_diff']:.1e}, "
+        extra = (f", before {_t(row['before_s'])} against {_t(row['ours_s'])} now (max rel diff {row['before_max_rel_diff']:.1e}, "
                  f"{row['before_max_diff_over_max']:.1e} of the largest score)" if before is not None else "")
         if flops:
             extra += f", CPU {row['ours_cpu_s']:.2f} s = {row['ours_cpu_s'] / row['floor_cpu_s']:.2f}x CPU floor"
         print(f"{case.name:12s} ours {row['ours_s']:8.3f} s  ref {row['ref_s']:8.3f} s  ref/ours {ratio:6.2f}  "
               f"{floor}  AUROC {row['auroc_ours']:.4f} / {row['auroc_ref']:.4f}  peak +{row['ours_peak_mib']:.0f} / "
               f"+{row['ref_peak_mib']:.0f} MiB  ({rate:.0f} GFLOP/s, load {row['load']:.1f}){extra}", flush=True)
-        del ours, ref, o_runs, r_runs
+        del ours, ref, old, o_runs, r_runs, b_runs
         gc.collect()
     if len(cases) == len(_cases()):
         rows.append(bench_together(size, cases, train, [test, ood], w, b, runs))
@@ -705,7 +712,7 @@ def main(argv=None) -> int:
     ap.add_argument("--detectors", default="", help="comma-separated subset of the shared detectors")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--before", metavar="REV", help="also run ood_core as of git revision REV, once per detector")
+    ap.add_argument("--before", metavar="REV", help="also time ood_core as of git revision REV in the same rounds, and compare its scores")
     ap.add_argument("--e2e", choices=("ours", "reference"), help="the end-to-end case instead of the arrays")
     ap.add_argument("--part", default="1/1", help="with --e2e reference: which slice of the detectors, i/n")
     ap.add_argument("--report", action="store_true", help="print the table and write docs/bench/reference.md")
