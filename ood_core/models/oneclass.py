@@ -47,8 +47,9 @@ SVDD_HP = dict(epochs=15, batch_size=32, lr=3e-3, weight_decay=1e-5, pretrain_ep
 # then the one-class phase's lr (--select deep_svdd_pretrained ..., docs/bench/oneclass_deep_svdd_validation.json):
 # 93.7/94.1/93.3 at 1e-4/1e-3/3e-3 (with pretraining at lr 1e-3: 93.3/92.5). About 10x SVDD_HP's training.
 # Longer phases gain little: 94.4 with 100 one-class epochs (drop after 80), 94.7 with 150 pretraining epochs (drop
-# after 120; twice the training), 94.2 with Ruff et al.'s 150 + 150 (drops after 50): none reaches plain Deep SVDD's
-# 95.1 on the sample's 300 images per class, so the cheaper default stays.
+# after 120; twice the training; 94.7 again at pretraining lr 3e-4, 94.2 with 300), 94.2 with Ruff et al.'s 150 + 150
+# (drops after 50): none reaches plain Deep SVDD's 95.1 on the sample's 300 images per class, so the cheaper default
+# stays.
 SVDD_PRETRAIN_HP = dict(epochs=50, batch_size=32, lr=1e-3, weight_decay=5e-7, milestones=(40,), pretrain_epochs=50,
                         pretrain_lr=1e-4, pretrain_milestones=(40,), shift=0)
 AE_HP = dict(epochs=30, batch_size=32, lr=3e-3, weight_decay=1e-5, shift=1)
