@@ -10,9 +10,13 @@ fastest of --runs runs after an untimed one. Per model it prints t(side) / t(16 
 (side / 16)^2 and the per-image overhead share f that fits t(side) / t(16) = f + (1 - f) (side / 16)^2 by least
 squares: the part of a training step that does not grow with the pixels (the optimiser's step, Python, the small
 layers after pooling).
+A one-class model is also timed with twice its short epochs: its default training is then the fixed part
+(2 t1 - t2) plus the epochs' part (t2 - t1) times the epoch ratio, and the ratios and the rate come from that
+(scaling the short run whole counted the fixed part, the centre or the teacher's pass, up to 22.5 times: CSI's 90
+epochs from 4).
 Beside it, the rate the estimates start from: seconds per training image at 16 px (a classifier's per epoch, a
-one-class model's whole default training, scaled from the epochs run), with the registry's values (ModelEntry's
-`train_seconds` and `size_overhead`).
+one-class model's whole default training), with the registry's values (ModelEntry's `train_seconds` and
+`size_overhead`). --json keeps the rows of the models not run (each row has its date).
 """
 from __future__ import annotations
 
@@ -65,16 +69,24 @@ def rate_multiple(model: str) -> float:
     return sum(defaults[k] for k in SHORT[model]) / sum(SHORT[model].values())
 
 
-def train(model: str, spec: Spec, bench) -> None:
+def train(model: str, spec: Spec, bench, scale: int = 1) -> None:
     if model == CLASSIFIER:
         train_classifier(spec, bench, None, "cpu")
     else:
         trainer, defaults = TRAINERS[model]
-        trainer(spec, bench, None, "cpu", hp={**defaults, **SHORT[model]})
+        trainer(spec, bench, None, "cpu", hp={**defaults, **{k: scale * v for k, v in SHORT[model].items()}})
 
 
-def seconds(model: str, side: int, runs: int) -> tuple[float, int]:
-    """The fastest of `runs` trainings of `model`'s case at `side` px, and its training images."""
+def whole_training(t1: float, t2: float, multiple: float) -> float:
+    """A one-class model's default training from its short run (t1) and the run twice as long (t2): a fixed part
+    (2 t1 - t2: building, the centre or the teacher's pass, the final features) plus `multiple` times the epochs'
+    part (t2 - t1), not t1 scaled whole, which would count the fixed part `multiple` times."""
+    return t1 + (multiple - 1.0) * (t2 - t1)
+
+
+def seconds(model: str, side: int, runs: int, scale: int = 1) -> tuple[float, int]:
+    """The fastest of `runs` trainings of `model`'s case at `side` px (its SHORT epochs times `scale`), and its
+    training images."""
     one_class = model != CLASSIFIER
     spec = Spec(setting="nd" if one_class else "ood", dataset=DATASET, image_size=side, model=model,
                 training=TrainConfig(epochs=CLASSIFIER_EPOCHS), **({"normal_class": 0} if one_class else {}))
@@ -83,7 +95,7 @@ def seconds(model: str, side: int, runs: int) -> tuple[float, int]:
     for _ in range(runs):
         with training_threads("cpu"):
             t0 = time.perf_counter()
-            train(model, spec, bench)
+            train(model, spec, bench, scale)
             best = min(best, time.perf_counter() - t0)
     return float(best), len(bench.train)
 
@@ -108,33 +120,46 @@ def main() -> int:
         ap.error(f"--sides must include the reference side {REFERENCE_SIDE}")
     rows = []
     for model in [m.strip() for m in a.models.split(",") if m.strip()]:
-        t = {}
+        t, t2, whole = {}, {}, {}
         seconds(model, REFERENCE_SIDE, 1)  # untimed: the first training in a process also pays torch's warm-up
         for side in sides:
             t[side], n = seconds(model, side, a.runs)
-            print(f"  {model} at {side} px: {t[side]:.2f} s ({describe(model)}, {n} images)", file=sys.stderr,
-                  flush=True)
-        ratios = [t[s] / t[REFERENCE_SIDE] for s in sides]
+            whole[side] = t[side] * rate_multiple(model)  # a classifier's one epoch: its fixed part is small
+            if model != CLASSIFIER:  # twice the epochs: the fixed part counted once (whole_training)
+                t2[side], _ = seconds(model, side, a.runs, scale=2)
+                whole[side] = whole_training(t[side], t2[side], rate_multiple(model))
+            print(f"  {model} at {side} px: {t[side]:.2f} s ({describe(model)}, {n} images)"
+                  + (f", {t2[side]:.2f} s with twice the epochs; the default training {whole[side]:.1f} s"
+                     if side in t2 else ""), file=sys.stderr, flush=True)
+        # the ratios and the rate from the whole default training (a classifier's: its epochs alike)
+        ratios = [whole[s] / whole[REFERENCE_SIDE] for s in sides]
         f = overhead_share(sides, ratios)
-        rate = t[REFERENCE_SIDE] * rate_multiple(model) / n  # seconds per training image at 16 px, as the registry's
+        rate = whole[REFERENCE_SIDE] / n  # seconds per training image at 16 px, as the registry's
+        scaled = t[REFERENCE_SIDE] * rate_multiple(model) / n  # the short run scaled whole (this script before)
         rows.append({"model": model, "what": describe(model), "train_images": n, "seconds": t,
+                     "seconds_twice_the_epochs": t2, "whole_training_s": whole,
                      "ratio_to_16px": dict(zip(sides, ratios)), "overhead_share": f, "rate_16px": rate,
+                     "rate_16px_scaled_short_run": scaled, "date": time.strftime("%Y-%m-%d"),
                      "registry_rate": MODELS[model].train_seconds, "registry_overhead": MODELS[model].size_overhead})
     others = [s for s in sides if s != REFERENCE_SIDE]
     lines = ["| model | timed | " + " | ".join(f"t({s}) / t(16)" for s in others) + " | fitted f | registry f | "
-             "rate at 16 px | registry rate |", "|---|---|" + "---|" * len(others) + "---|---|---|---|"]
+             "rate at 16 px | the short run scaled whole | registry rate |",
+             "|---|---|" + "---|" * len(others) + "---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['what']} | " + " | ".join(f"{r['ratio_to_16px'][s]:.2f}" for s in others)
                      + f" | {r['overhead_share']:.2f} | {r['registry_overhead']:g} | {r['rate_16px']:.2g} | "
-                     f"{r['registry_rate']:.2g} |")
+                     f"{r['rate_16px_scaled_short_run']:.2g} | {r['registry_rate']:.2g} |")
     lines.append("| area ratio (side / 16)^2 | | " + " | ".join(f"{(s / REFERENCE_SIDE) ** 2:.2f}" for s in others)
-                 + " | 0 | | | |")
+                 + " | 0 | | | | |")
     print("\n".join(lines))
     print("\nrate: seconds per training image at 16 px, one thread (a classifier's per epoch, a one-class model's "
           "whole default training; AnoGAN's registry rate also counts its scoring search)")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"dataset": DATASET, "sides": sides, "runs": a.runs, "rows": rows},
-                                           indent=1))
+    if a.json:  # rows of other models already in the file are kept (each row has its date)
+        path = Path(a.json)
+        old = json.loads(path.read_text())["rows"] if path.exists() else []
+        done = {r["model"] for r in rows}
+        merged = [r for r in old if r["model"] not in done] + rows
+        path.write_text(json.dumps({"dataset": DATASET, "sides": sides, "runs": a.runs, "rows": merged}, indent=1))
     return 0
 
 
