@@ -229,6 +229,17 @@ def explain_result(detector: str, setting: str, scores_id: Optional[np.ndarray],
     return notes
 
 
+def merge_notes(groups: Sequence[Sequence[str]]) -> list[str]:
+    """One list of the notes of several results (one detector's OOD sets): each note once; first the notes about one
+    result, in order, then those that several share (DICE's dead units under every set), so that a shared cause
+    follows the numbers it explains instead of sitting between two sets' notes."""
+    count: dict[str, int] = {}
+    for group in groups:
+        for n in dict.fromkeys(group):
+            count[n] = count.get(n, 0) + 1
+    return [n for n in count if count[n] == 1] + [n for n in count if count[n] > 1]
+
+
 def explain_sweep(detector: str, setting: str, context: Mapping, param: str, values: Sequence) -> list[str]:
     """explain_result's notes on the values of a parameter sweep where the value itself explains a bend in the line
     (KNN: k above the smallest ID class's training count), each naming its value ("At k = 200: ..." unless it

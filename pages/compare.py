@@ -272,7 +272,8 @@ def show_comparison(exp, rows: list[dict], seeds: list[int], accs: list, familie
 def surprising_notes(exp, summary: list[dict]) -> list[str]:
     """ood_core.report.explain_result's notes on the table's (mean) AUROCs, each once, with the detector's name.
     Scores (to tell constant ones) are the current model's, looked up only where the AUROC is exactly 50%."""
-    notes, contexts = [], {}
+    groups: dict[str, list[list[str]]] = {}  # per detector, in the table's order: its notes per OOD set
+    contexts = {}
     for s in summary:
         d, o, auroc = s["detector"], s["ood_set"], s["auroc_mean"]
         if d not in REGISTRY or auroc is None:
@@ -284,9 +285,9 @@ def surprising_notes(exp, summary: list[dict]) -> list[str]:
             sc, _ = ui.detector_scores(exp, d, {})
             if sc is not None and o in sc:
                 s_id, s_ood = sc["test"], sc[o]
-        notes += [f"**{REGISTRY[d].title}**: {n}" for n in report.explain_result(
-            d, exp.spec.setting, s_id, s_ood, auroc, {**contexts[d], "ood_set": o})]
-    return list(dict.fromkeys(notes))
+        groups.setdefault(d, []).append(report.explain_result(d, exp.spec.setting, s_id, s_ood, auroc,
+                                                              {**contexts[d], "ood_set": o}))
+    return [f"**{REGISTRY[d].title}**: {n}" for d, per_set in groups.items() for n in report.merge_notes(per_set)]
 
 
 def show_notes(notes: list[str]) -> None:

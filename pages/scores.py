@@ -150,11 +150,11 @@ def main() -> None:
     m2.dataframe(table, column_config=ui.metric_column_config())
     st.caption("Metrics in percent, OOD as the positive class (hover a column header for its definition).")
     context = report.explain_context(exp, name, params)
-    notes = [n for o in sets for n in report.explain_result(
+    notes = report.merge_notes([report.explain_result(
         name, exp.spec.setting, id_scores, ood[o], table.loc[o, report.METRIC_COLUMNS["auroc"]] / 100,
-        {**context, "ood_set": o})]
+        {**context, "ood_set": o}) for o in sets])
     if notes:  # numbers that look wrong, explained where they appear (decided in ood_core.report)
-        st.info("\n".join(f"- {n}" for n in dict.fromkeys(notes)), icon=":material/lightbulb:")
+        st.info("\n".join(f"- {n}" for n in notes), icon=":material/lightbulb:")
 
     h1, h2 = st.columns([3, 2])
     with h2:

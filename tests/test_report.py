@@ -267,3 +267,13 @@ def test_explain_context_counts_the_weights_the_fitted_dice_keeps():
     ctx = report.explain_context(exp, "dice", {"sparsity": 70.0})
     assert ctx["dead_units"] == 5 and ctx["n_units"] == 24
     assert ctx["dice_kept_per_class"] == pytest.approx(float(det.mask_.sum(axis=1).mean()))
+
+
+def test_merge_notes_puts_a_shared_cause_after_the_numbers_it_explains():
+    rotated = ["AUROC 21.6% is below 50% on rotated", "22 of the 128 units are dead"]
+    gaussian = ["AUROC 33.6% is below 50% on gaussian", "22 of the 128 units are dead"]
+    assert report.merge_notes([rotated, gaussian]) == [
+        "AUROC 21.6% is below 50% on rotated", "AUROC 33.6% is below 50% on gaussian", "22 of the 128 units are dead"]
+    # one set: its notes as they came, each once; no notes: none
+    assert report.merge_notes([["a", "b", "a"]]) == ["a", "b"]
+    assert report.merge_notes([[], []]) == []
