@@ -438,8 +438,9 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
         rows.append(row)
         ratio = row["ref_s"] / row["ours_s"]
         floor = f"{row['ours_s'] / row['floor_s']:.2f}x floor" if flops else "no matmul floor"
-        extra = (f", before {_t(row['before_s'])} against {_t(row['ours_s'])} now (max rel diff {row['before_max_rel_diff']:.1e}, "
-                 f"{row['before_max_diff_over_max']:.1e} of the largest score)" if before is not None else "")
+        extra = (f", before {_t(row['before_s'])} against {_t(row['ours_s'])} now (max rel diff "
+                 f"{row['before_max_rel_diff']:.1e}, {row['before_max_diff_over_max']:.1e} of the largest score)"
+                 if before is not None else "")
         if flops:
             extra += f", CPU {row['ours_cpu_s']:.2f} s = {row['ours_cpu_s'] / row['floor_cpu_s']:.2f}x CPU floor"
         print(f"{case.name:12s} ours {row['ours_s']:8.3f} s  ref {row['ref_s']:8.3f} s  ref/ours {ratio:6.2f}  "
@@ -712,7 +713,8 @@ def main(argv=None) -> int:
     ap.add_argument("--detectors", default="", help="comma-separated subset of the shared detectors")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--before", metavar="REV", help="also time ood_core as of git revision REV in the same rounds, and compare its scores")
+    ap.add_argument("--before", metavar="REV",
+                    help="also time ood_core as of git revision REV in the same rounds, and compare its scores")
     ap.add_argument("--e2e", choices=("ours", "reference"), help="the end-to-end case instead of the arrays")
     ap.add_argument("--part", default="1/1", help="with --e2e reference: which slice of the detectors, i/n")
     ap.add_argument("--report", action="store_true", help="print the table and write docs/bench/reference.md")
