@@ -2,7 +2,8 @@
 `size_overhead`, which ood_core/estimates.py scales by (`size_factor`).
 
     PYTHONPATH=. nice -n 10 .venv/bin/python scripts/bench_size_cost.py [--sides 16,28,40] [--runs 2]
-        [--models small_cnn,deep_svdd,...] [--json docs/bench/size_cost.json]
+        [--models small_cnn,deep_svdd,...] [--reference-models small_cnn,deep_svdd,geotrans]
+        [--json docs/bench/size_cost.json]
 
 Each model trains a few epochs on the packaged MNIST sample resized to each side (a classifier on the OOD setting's
 ID training split, a one-class model on digit 0's), one training thread as in the app (training_threads), the
@@ -17,6 +18,10 @@ epochs from 4).
 Beside it, the rate the estimates start from: seconds per training image at 16 px (a classifier's per epoch, a
 one-class model's whole default training), with the registry's values (ModelEntry's `train_seconds` and
 `size_overhead`). --json keeps the rows of the models not run (each row has its date).
+This shared machine trains up to twice as slowly on some days as on others. --reference-models times models whose
+registry rates stand in the same run (their rows are not written): the median of their registry rate / measured rate
+is that hour's speed factor (their rates here are the short run scaled whole, as their registry rates were measured),
+and each timed model's rate times it ("normalised") is the rate to put in the registry, consistent with the others'.
 """
 from __future__ import annotations
 
@@ -108,52 +113,78 @@ def overhead_share(sides: list[int], ratios: list[float]) -> float:
     return float(np.sum((r[keep] - a[keep]) * (1 - a[keep])) / np.sum((1 - a[keep]) ** 2))
 
 
+def speed_factor(rows: list[dict]) -> float:
+    """The median of the reference models' registry rate / measured rate: above 1 when the machine trains faster
+    than when the registry's rates were measured, below 1 when slower."""
+    return float(np.median([r["registry_rate"] / r["rate_16px"] for r in rows]))  # rate_16px: scaled whole here
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sides", default="16,28,40")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--models", default=",".join(MODELS_TIMED))
+    ap.add_argument("--reference-models", default="",
+                    help="models whose registry rates stand, timed in the same run to scale the others' rates")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     sides = [int(s) for s in a.sides.split(",")]
     if REFERENCE_SIDE not in sides:
         ap.error(f"--sides must include the reference side {REFERENCE_SIDE}")
+    timed = [m.strip() for m in a.models.split(",") if m.strip()]
+    references = [m.strip() for m in a.reference_models.split(",") if m.strip()]
+    if set(timed) & set(references):
+        ap.error("a model is either timed or a reference, not both")
     rows = []
-    for model in [m.strip() for m in a.models.split(",") if m.strip()]:
+    for model in references + timed:
         t, t2, whole = {}, {}, {}
         seconds(model, REFERENCE_SIDE, 1)  # untimed: the first training in a process also pays torch's warm-up
-        for side in sides:
+        for side in sides if model not in references else [REFERENCE_SIDE]:  # a reference's rate: 16 px only
             t[side], n = seconds(model, side, a.runs)
             whole[side] = t[side] * rate_multiple(model)  # a classifier's one epoch: its fixed part is small
-            if model != CLASSIFIER:  # twice the epochs: the fixed part counted once (whole_training)
+            # twice the epochs: the fixed part counted once (whole_training); not for a reference model, whose
+            # registry rate was measured as its short run scaled whole
+            if model != CLASSIFIER and model not in references:
                 t2[side], _ = seconds(model, side, a.runs, scale=2)
                 whole[side] = whole_training(t[side], t2[side], rate_multiple(model))
             print(f"  {model} at {side} px: {t[side]:.2f} s ({describe(model)}, {n} images)"
                   + (f", {t2[side]:.2f} s with twice the epochs; the default training {whole[side]:.1f} s"
                      if side in t2 else ""), file=sys.stderr, flush=True)
         # the ratios and the rate from the whole default training (a classifier's: its epochs alike)
-        ratios = [whole[s] / whole[REFERENCE_SIDE] for s in sides]
-        f = overhead_share(sides, ratios)
+        ratios = [whole[s] / whole[REFERENCE_SIDE] for s in t]
+        f = overhead_share(list(t), ratios) if len(t) > 1 else float("nan")
         rate = whole[REFERENCE_SIDE] / n  # seconds per training image at 16 px, as the registry's
         scaled = t[REFERENCE_SIDE] * rate_multiple(model) / n  # the short run scaled whole (this script before)
         rows.append({"model": model, "what": describe(model), "train_images": n, "seconds": t,
                      "seconds_twice_the_epochs": t2, "whole_training_s": whole,
-                     "ratio_to_16px": dict(zip(sides, ratios)), "overhead_share": f, "rate_16px": rate,
-                     "rate_16px_scaled_short_run": scaled, "date": time.strftime("%Y-%m-%d"),
+                     "ratio_to_16px": dict(zip(t, ratios)), "overhead_share": f, "rate_16px": rate,
+                     "rate_16px_scaled_short_run": scaled, "date": time.strftime("%Y-%m-%d"), "runs": a.runs,
                      "registry_rate": MODELS[model].train_seconds, "registry_overhead": MODELS[model].size_overhead})
+    reference_rows, rows = rows[:len(references)], rows[len(references):]
+    factor = speed_factor(reference_rows) if reference_rows else 1.0
+    for r in rows:
+        r["rate_16px_normalised"] = r["rate_16px"] * factor
+        r["speed_factor"] = factor
+        r["reference_models"] = {x["model"]: x["registry_rate"] / x["rate_16px"] for x in reference_rows}
     others = [s for s in sides if s != REFERENCE_SIDE]
     lines = ["| model | timed | " + " | ".join(f"t({s}) / t(16)" for s in others) + " | fitted f | registry f | "
-             "rate at 16 px | the short run scaled whole | registry rate |",
-             "|---|---|" + "---|" * len(others) + "---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['what']} | " + " | ".join(f"{r['ratio_to_16px'][s]:.2f}" for s in others)
-                     + f" | {r['overhead_share']:.2f} | {r['registry_overhead']:g} | {r['rate_16px']:.2g} | "
-                     f"{r['rate_16px_scaled_short_run']:.2g} | {r['registry_rate']:.2g} |")
+             "rate at 16 px | the short run scaled whole | normalised rate | registry rate |",
+             "|---|---|" + "---|" * len(others) + "---|---|---|---|---|---|"]
+    for r in reference_rows + rows:
+        lines.append(f"| {r['model']} | {r['what']} | "
+                     + " | ".join(f"{r['ratio_to_16px'][s]:.2f}" if s in r["ratio_to_16px"] else "" for s in others)
+                     + f" | {'' if np.isnan(r['overhead_share']) else format(r['overhead_share'], '.2f')} | "
+                     f"{r['registry_overhead']:g} | {r['rate_16px']:.2g} | {r['rate_16px_scaled_short_run']:.2g} | "
+                     + (f"{r['rate_16px_normalised']:.2g}" if "rate_16px_normalised" in r else "(reference)")
+                     + f" | {r['registry_rate']:.2g} |")
     lines.append("| area ratio (side / 16)^2 | | " + " | ".join(f"{(s / REFERENCE_SIDE) ** 2:.2f}" for s in others)
-                 + " | 0 | | | | |")
+                 + " | 0 | | | | | |")
     print("\n".join(lines))
     print("\nrate: seconds per training image at 16 px, one thread (a classifier's per epoch, a one-class model's "
           "whole default training; AnoGAN's registry rate also counts its scoring search)")
+    if reference_rows:
+        print(f"normalised: times {factor:.3f}, the median of the reference models' registry rate / rate ("
+              + ", ".join(f"{r['model']} {r['registry_rate'] / r['rate_16px']:.3f}" for r in reference_rows) + ")")
     if a.json:  # rows of other models already in the file are kept (each row has its date)
         path = Path(a.json)
         old = json.loads(path.read_text())["rows"] if path.exists() else []

@@ -558,7 +558,8 @@ def _with_teacher(trainer: Callable, teacher: str) -> Callable:
 
 # train_seconds: a whole training per normal training image at 16 px, one training thread; size_overhead: the share
 # of it that does not grow with the image area (all of MKD's: it resizes every image to 32 px). Both from
-# scripts/bench_size_cost.py (docs/bench/size_cost.json); the ImageNet teachers cost what the random ones do.
+# scripts/bench_size_cost.py (docs/bench/size_cost.json: the fixed part counted once, the rates scaled by that hour's
+# speed of the machine, --reference-models); the ImageNet teachers cost what the random ones do.
 _one_class("csi", "CSI: contrastive learning with shifted instances (Tack et al. 2020)", "CSI",
            "Contrasts each normal image with its own rotations and learns which rotation was applied; the score is "
            "the closest training feature's cosine similarity times the feature norm plus the rotation logit. Scale: "
@@ -571,18 +572,18 @@ _one_class("ustd", "U-std: uninformed students (Bergmann et al. 2020), random te
            "their regression error plus their disagreement, averaged over the image. The teacher here is random "
            "(offline); the paper's is ImageNet-pretrained (model 'ustd_imagenet'), whose descriptors carry natural-"
            "image structure the students cannot guess on unfamiliar images. 10 epochs.",
-           UninformedStudents, _with_teacher(train_ustd, "random"), 0.014)
+           UninformedStudents, _with_teacher(train_ustd, "random"), 0.010)
 _one_class("mkd", "Multiresolution knowledge distillation (Salehi et al. 2021), random teacher", "MKD",
            "A small student mimics a frozen VGG-16's activations at four depths (value and direction losses) on "
            "normal images resized to 32 px; the score is that loss. The teacher here is random (offline); the "
            "paper's is ImageNet-pretrained (model 'mkd_imagenet'): its knowledge of natural images is what the "
            "student fails to copy on unfamiliar ones. 10 epochs.",
-           MultiresolutionKD, _with_teacher(train_mkd, "random"), 0.059, size_overhead=1.0)
+           MultiresolutionKD, _with_teacher(train_mkd, "random"), 0.05, size_overhead=1.0)
 _one_class("ustd_imagenet", "U-std (Bergmann et al. 2020), ImageNet teacher", "U-std (ImageNet)",
            "U-std with VGG-16's ImageNet weights as the teacher, as the paper: read from torchvision's cache, never "
            "downloaded by training (fetch them once with ood_core.models.oneclass_ssl.fetch_teacher()).",
-           UninformedStudents, _with_teacher(train_ustd, "pretrained"), 0.014)
+           UninformedStudents, _with_teacher(train_ustd, "pretrained"), 0.010)
 _one_class("mkd_imagenet", "Multiresolution KD (Salehi et al. 2021), ImageNet teacher", "MKD (ImageNet)",
            "MKD with VGG-16's ImageNet weights as the teacher, as the paper: read from torchvision's cache, never "
            "downloaded by training (fetch them once with ood_core.models.oneclass_ssl.fetch_teacher()).",
-           MultiresolutionKD, _with_teacher(train_mkd, "pretrained"), 0.059, size_overhead=1.0)
+           MultiresolutionKD, _with_teacher(train_mkd, "pretrained"), 0.05, size_overhead=1.0)
