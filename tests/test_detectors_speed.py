@@ -451,3 +451,26 @@ def test_logsumexp_and_row_reduce_unchanged(k, n):
     zz = rng.normal(size=(n, k)).astype(np.float32)
     max_logit = create("max_logit").fit(FitContext(train=Outputs(zz, zz, np.zeros(n, int)))).score(Outputs(zz, zz, np.zeros(n, int)))
     np.testing.assert_array_equal(max_logit, -_old_row_reduce(np.maximum, zz).astype(np.float64))
+
+
+def test_whitening_by_the_inverse_factor_equals_a_solve():
+    """linalg.whiten multiplies by L^-1 (formed once by triangular_inverse) instead of solving with L per chunk:
+    the same z = L^-1 (x - c) as a float64 solve, on a hand-made factor and on an ill-conditioned covariance."""
+    chol = np.array([[2.0, 0.0], [1.0, 4.0]])
+    inverse = linalg.triangular_inverse(chol)
+    np.testing.assert_allclose(inverse, [[0.5, 0.0], [-0.125, 0.25]], rtol=0, atol=1e-15)  # by hand
+    x = np.array([[4.0, 6.0], [2.0, 1.0]], dtype=np.float32)
+    # z1 = (x1 - 0) / 2, z2 = (x2 - 1 - z1) / 4
+    np.testing.assert_allclose(linalg.whiten(inverse, x, np.array([0.0, 1.0])), [[2.0, 0.75], [1.0, -0.25]],
+                               rtol=0, atol=1e-15)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 40)) * np.logspace(0, -3, 40)  # condition number of the covariance ~1e6
+    cov = a.T @ a / len(a)
+    chol = np.linalg.cholesky(cov)
+    q = rng.standard_normal((50, 40)).astype(np.float32)
+    centre = a.mean(axis=0)
+    expected = np.linalg.solve(chol, (q.astype(np.float64) - centre).T).T
+    got = linalg.whiten(linalg.triangular_inverse(chol), q, centre)
+    assert np.max(np.abs(got - expected)) <= 1e-9 * np.max(np.abs(expected))
+    with pytest.raises(np.linalg.LinAlgError, match="singular"):
+        linalg.triangular_inverse(np.array([[1.0, 0.0], [2.0, 0.0]]))

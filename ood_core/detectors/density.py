@@ -7,8 +7,8 @@ from scipy.linalg import blas
 from .. import linalg
 from .base import Detector, Param, Reference, logsumexp, register, softmax
 
-# Scoring a full Gaussian per class costs one float64 triangular solve per class and query: K n D^2 flops. From
-# SCREEN_DIM dimensions on, every class is first scored in float32 (a solve at twice the float64 rate), and only the
+# Scoring a full Gaussian per class costs one float64 triangular product per class and query: K n D^2 flops. From
+# SCREEN_DIM dimensions on, every class is first scored in float32 (a product at twice the float64 rate), and only the
 # classes that can still matter are scored again in float64: those within SCREEN_MARGIN nats of the best by their
 # float32 log-likelihoods widened by an error bound. A class further below adds less than e^-40 (4e-18) of the best
 # class's term to the mixture, so the scores are today's float64 ones (the others count as -inf).
@@ -27,7 +27,8 @@ class OneGaussian:
     step with every responsibility 1 is this estimate), without its k-means start and EM iterations.
 
     `covariance`: "full" or "tied" (the same for one component), or "diag". Scores like GaussianMixture's
-    score_samples: log N(z; mean, Sigma), the full case by a Cholesky triangular solve per chunk of rows.
+    score_samples: log N(z; mean, Sigma), the full case by a product with the inverse Cholesky factor per chunk of
+    rows (linalg.whiten).
     """
 
     def __init__(self, z: np.ndarray, covariance: str, reg: float, probes: np.ndarray | None = None):
@@ -48,7 +49,7 @@ class OneGaussian:
         self.constant_ = -0.5 * (dim * np.log(2.0 * np.pi) + log_det)
         self.screen_rel_ = None  # the relative error bound of screen_sq_distances, None: no float32 screening
         if not self.diag and probes is not None and dim >= SCREEN_DIM:
-            self.chol32_ = np.asfortranarray(self.gaussian_.chol.astype(np.float32))
+            self.inverse32_ = np.asfortranarray(self.gaussian_.inverse.astype(np.float32))
             exact = self.gaussian_.chunk_sq_distances(probes)[:, 0]
             err = float(np.max(np.abs(self.screen_sq_distances(probes) - exact) / np.maximum(exact, 1e-300)))
             if err <= SCREEN_MAX_REL:
@@ -57,10 +58,10 @@ class OneGaussian:
     def screen_sq_distances(self, z: np.ndarray) -> np.ndarray:
         """The squared Mahalanobis distances to the mean in float32 (float64 sums): for screening classes only.
 
-        The rows are centred in float64 and rounded once, so the only float32 errors are that rounding and the
-        triangular solve's."""
+        The rows are centred in float64 and rounded once, so the only float32 errors are that rounding, the rounding
+        of L^-1 and the triangular product's."""
         c = np.subtract(z, self.means_[0], dtype=np.float64).astype(np.float32)
-        w = blas.strsm(1.0, self.chol32_, c.T, lower=1, overwrite_b=1).T
+        w = blas.strmm(1.0, self.inverse32_, c.T, lower=1, overwrite_b=1).T
         return np.square(w).sum(axis=1, dtype=np.float64)
 
     def score_samples(self, z: np.ndarray) -> np.ndarray:

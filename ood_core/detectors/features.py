@@ -68,7 +68,7 @@ class Mahalanobis(Detector):
     needs = ("features",)
 
     def _fit(self, ctx):
-        # whitened once (Cholesky); scoring is one triangular solve per chunk of queries for all classes at once
+        # whitened once (Cholesky); scoring is one triangular product per chunk of queries for all classes at once
         self.means_, _, _, self.gaussian_ = tied_gaussian(ctx.train.features, ctx.train.labels)
 
     def _score(self, out):
