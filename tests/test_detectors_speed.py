@@ -474,3 +474,24 @@ def test_whitening_by_the_inverse_factor_equals_a_solve():
     assert np.max(np.abs(got - expected)) <= 1e-9 * np.max(np.abs(expected))
     with pytest.raises(np.linalg.LinAlgError, match="singular"):
         linalg.triangular_inverse(np.array([[1.0, 0.0], [2.0, 0.0]]))
+
+
+def test_residual_norms_thin_residuals_stay_exact():
+    """residual_norms takes |c|^2 - |V'c|^2 through a leading basis and recomputes rows whose residual is a thin
+    share of |c| from the residual vector: both kinds of row equal the plain formula || c - V V'c ||."""
+    basis = np.array([[1.0], [0.0], [0.0]])  # V = e1 in R^3: the residual is (0, c2, c3)
+    x = np.array([[1.0, 2.0, 2.0], [1e3, 1e-3, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    got = linalg.residual_norms(x, np.zeros(3), basis)
+    # by hand: sqrt(4 + 4) = 2 sqrt 2; the thin row's residual is its second coordinate (1e-3 in float32); zero
+    np.testing.assert_allclose(got, [2 * np.sqrt(2.0), float(np.float32(1e-3)), 0.0], rtol=1e-12, atol=0)
+    rng = np.random.default_rng(4)
+    d, k = 64, 8
+    v = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    # rows of size ~1e6 in the subspace but for their float32 rounding (~0.03 per coordinate): |r|^2 / |c|^2 ~ 1e-14,
+    # where |c|^2 - |V'c|^2 would lose every digit; and ordinary rows
+    inside = rng.standard_normal((100, k)) @ v.T * 1e6
+    rows = np.vstack([inside, rng.standard_normal((100, d))]).astype(np.float32)
+    origin = v @ rng.standard_normal(k)  # in the subspace too
+    c = rows.astype(np.float64) - origin
+    expected = np.linalg.norm(c - (c @ v) @ v.T, axis=1)
+    np.testing.assert_allclose(linalg.residual_norms(rows, origin, v), expected, rtol=1e-6)
