@@ -34,6 +34,10 @@ REFERENCE_SIDE = 16  # the image side the rates were measured at
 # seconds per training image and epoch of the small CNN at 16 px: the rate of a model the registry does not know
 CLASSIFIER_S_PER_IMAGE_EPOCH = SMALL_CNN_S_PER_IMAGE_EPOCH
 DEFAULT_TRAIN_IMAGES = 1078  # the default experiment's ID training split (digits), for the Methods cards' cost lines
+# the one-class models' trainings on the Methods card of their score (model_score), per normal class: the default
+# novelty-detection experiment (digit 0 of the digits' training split at 16 px) and the MNIST sample (every digit has
+# 300 training images) at its 28 px
+ONE_CLASS_CASES = (("digits", 16, 107), ("mnist-sample", 28, 300))
 # what the detectors that run the network again cost per image, in plain forward passes of the same model (what
 # model_forward times), at their default parameters (fit and scoring: the scored images and those of FIT_SPLITS):
 # the larger of two cases of scripts/bench_network_cost.py (digits at 16 px and the MNIST sample at 28 px, the small
@@ -415,7 +419,37 @@ def cost_words(name: str) -> str:
         return f"needs a classifier trained in the {names} regime (one training, {how}, cached like it), then {runs}"
     if cls.runs_network:
         return _runs_again_words(name)
+    if "model_score" in cls.needs:
+        return _one_class_words()
     return "scores the cached outputs of one forward pass (fast)"
+
+
+def _seconds_short(seconds: float) -> str:
+    """'<1 s', '9 s', '1.2 min', '1.5 h': short enough for a list of a dozen trainings."""
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def _one_class_words() -> str:
+    """The cost of the one-class models' own score: each model's training per normal class on 2 cores, in the two
+    cases of ONE_CLASS_CASES, cheapest first (registry rates, not corrected by this machine's trainings)."""
+    cases = [(dataset, side, n) for dataset, side, n in ONE_CLASS_CASES]
+    rows = []
+    for name, entry in MODELS.items():
+        if entry.kind == "classifier" or not entry.own_score or entry.train_seconds <= 0:
+            continue
+        secs = [reference_training(Spec(setting="nd", dataset=d, image_size=side, model=name), n).seconds
+                for d, side, n in cases]
+        rows.append((secs, entry.short))
+    rows.sort()
+    (d0, s0, n0), (d1, s1, n1) = cases
+    listing = " · ".join(f"{short} {' / '.join(_seconds_short(x) for x in secs)}" for secs, short in rows)
+    return (f"trains the one-class model first, once per normal class (then cached), and scores the cached outputs "
+            f"of one forward pass (fast). Training on 2 cores, {n0} normal images at {s0} px (the default experiment) "
+            f"/ {n1} at {s1} px (the MNIST sample): {listing}")
 
 
 def _runs_again_words(name: str) -> str:

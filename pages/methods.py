@@ -1,6 +1,8 @@
 """Methods page: a card per detector, organised by the survey's taxonomy, with a jump to its scores."""
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from ood_core import estimates, settings
@@ -10,6 +12,9 @@ from pages import _support as ui
 
 SCORES_PAGE = "pages/scores.py"
 SCORES_DETECTOR_KEY = "scores-detector"  # the Scores page's detector selectbox
+# a LaTeX formula longer than this (characters of source) is drawn across the card, not in its left column, where
+# the one-class score's ten cases were cut off at the right
+WIDE_LATEX = 400
 
 NEEDS_WORDS = {
     "logits": "logits",
@@ -21,10 +26,14 @@ NEEDS_WORDS = {
 
 
 def matches(name: str, query: str) -> bool:
-    """Whether a detector's name, title or family contains every word of the query (case-insensitive)."""
+    """Whether a detector's card holds every word of the query (case-insensitive): in its name, title or family, or
+    at the start of a word of its formula, idea or references, so that a method that is a model behind a shared
+    score (CSI, U-std, OC-GAN behind the one-class model's own score) or an author's name finds its card."""
     cls = REGISTRY[name]
-    text = f"{name} {cls.title} {ui.family_label(cls.family)}".lower()
-    return all(w in text for w in query.lower().split())
+    label = f"{name} {cls.title} {ui.family_label(cls.family)}".lower()  # anywhere in a word: "maha", "logit"
+    refs = " ".join(f"{r.authors} {r.title} {r.venue} {r.year}" for r in cls.references())
+    body = f"{cls.formula} {cls.intuition} {refs}".lower()  # from a word's start: "Tack" is not in "Attacks"
+    return all(w in label or re.search(r"(?<!\w)" + re.escape(w), body) for w in query.lower().split())
 
 
 def applies_now(name: str) -> bool:
@@ -51,14 +60,19 @@ def param_line(pname: str, p: Param) -> str:
 def card(name: str) -> None:
     """One detector: the formula and the idea on the left, parameters, needs, cost and the jump on the right."""
     cls = REGISTRY[name]
+    wide = len(cls.latex) > WIDE_LATEX  # a formula of many cases: the card's whole width, above the columns
     with st.container(border=True):
+        if wide:
+            st.markdown(f"#### {cls.title or name}  \n`{name}` · {ui.family_label(cls.family)}")
+            st.latex(cls.latex)
         left, right = st.columns([2, 1], gap="medium")
         with left:
-            st.markdown(f"#### {cls.title or name}  \n`{name}` · {ui.family_label(cls.family)}")
-            if cls.latex:
-                st.latex(cls.latex)
-            elif cls.formula:
-                st.code(cls.formula, language=None)
+            if not wide:
+                st.markdown(f"#### {cls.title or name}  \n`{name}` · {ui.family_label(cls.family)}")
+                if cls.latex:
+                    st.latex(cls.latex)
+                elif cls.formula:
+                    st.code(cls.formula, language=None)
             if cls.intuition:
                 st.markdown(cls.intuition)
             if cls.references():
@@ -91,7 +105,8 @@ def main() -> None:
                 "models. Each card gives the decision score, the idea, the parameters and a button to its scores.")
     query = st.text_input("Search", st.query_params.get("q", ""), key="methods-search",
                           placeholder="name or title, e.g. energy, knn, ReAct",
-                          help="Filters the cards by detector name, title or family.")
+                          help="Filters the cards by name, title, family, formula, idea or reference (an author, "
+                               "a paper's title, a method behind a shared score such as CSI).")
     if query:
         ui.remember_in_url("q", query)
     else:

@@ -6,6 +6,7 @@ where the arithmetic is checked.
 """
 from __future__ import annotations
 
+import re
 import time
 import types
 import weakref
@@ -194,3 +195,34 @@ def test_the_methods_cards_say_how_many_forward_passes_a_detector_costs():
     more = default_params("ensemble")["members"] - 1
     assert f"trains {more} more networks once (cached for next time)" in estimates.cost_words("ensemble")
     assert estimates.cost_words("msp") == "scores the cached outputs of one forward pass (fast)"
+
+
+def test_the_one_class_score_card_says_what_each_model_costs_to_train():
+    """model_score's cost line lists every one-class model with a training, cheapest first, in the two cases of
+    ONE_CLASS_CASES: the registry's rate x the normal images x the size factor, by hand for CSI."""
+    from ood_core.models import MODELS
+
+    words = estimates.cost_words("model_score")
+    assert words.startswith("trains the one-class model first, once per normal class (then cached)")
+    (_, side0, n0), (_, side1, n1) = estimates.ONE_CLASS_CASES
+    csi = MODELS["csi"]
+    default = csi.train_seconds * n0 * estimates.size_factor(side0, csi.size_overhead)
+    mnist = csi.train_seconds * n1 * estimates.size_factor(side1, csi.size_overhead)
+    assert default < 60 <= mnist  # seconds in the first case, minutes in the second (the format below)
+    assert f"CSI {default:.0f} s / {mnist / 60:.1f} min" in words
+    listed = re.findall(r"(?:: | · )([^·:]+?) (?:<1 s|\d+ s|[\d.]+ min|[\d.]+ h) / ", words)
+    assert set(listed) == {m.short for m in MODELS.values() if m.kind != "classifier" and m.own_score
+                           and m.train_seconds > 0}  # the raw and smoothed pixels train nothing: not listed
+    cheapest, dearest = listed[0], listed[-1]
+    assert MODELS[next(k for k, m in MODELS.items() if m.short == cheapest)].train_seconds <= \
+        MODELS[next(k for k, m in MODELS.items() if m.short == dearest)].train_seconds
+
+
+def test_the_one_class_cases_are_the_data_sets_sizes():
+    """ONE_CLASS_CASES' image counts are those the benchmarks build: digit 0 of the digits (the default novelty
+    experiment) and a digit of the MNIST sample."""
+    from ood_core.data import build_benchmark
+
+    for dataset, side, n in estimates.ONE_CLASS_CASES:
+        spec = Spec(setting="nd", dataset=dataset, image_size=side, model="deep_svdd", normal_class=0)
+        assert len(build_benchmark(spec, ood_sets=()).train) == n

@@ -181,6 +181,19 @@ def test_a_link_restores_the_methods_search():
     assert not any(m.value.startswith("#### Maximum softmax") for m in at.markdown)
 
 
+def test_the_methods_search_finds_a_method_behind_a_shared_score():
+    """CSI and U-std are one-class models scored by the model_score card: searching their names, or an author's
+    (Tack, of CSI), finds that card and its cost line, which lists their trainings; "Tack" is not found inside
+    "Attacks" (Lee et al.'s title on the Mahalanobis card)."""
+    title = REGISTRY["model_score"].title
+    for query in ("CSI", "u-std", "Tack"):
+        at = open_page("methods", {"q": query})
+        cards = [m.value for m in at.markdown if m.value.startswith("#### ")]
+        assert cards == [f"#### {title}  \n`model_score` · {ui.family_label(REGISTRY['model_score'].family)}"], query
+        assert any("**Cost:** trains the one-class model first" in m.value and "CSI " in m.value and "U-std " in m.value
+                   for m in at.markdown)
+
+
 # --- teaching presets ----------------------------------------------------------------------------------------
 
 def shown_inequality(name: str, at: AppTest, prepare) -> tuple[float, float]:
