@@ -5,11 +5,11 @@ sum_i (h_i - m_i)(h_i - m_i)' and, at scoring time, Cholesky-whitened coordinate
 query. Everything here walks the rows in chunks of at most CHUNK_BYTES of float64, so a 50,000 x 2048 train
 set never gets a float64 copy (800 MB) or a centred copy, and uses the symmetric or triangular BLAS routine
 for each product: `a.T @ a` of a chunk runs as syrk (n D^2 flops, not 2 n D^2) and the whitening as a
-triangular product with L^-1, trmm (n D^2), formed once at fit (a triangular solve per chunk, trsm, costs the same
-flops but ran 1.4-2x slower in the chunk workers, and two at once slowed each other down). Why float64 and not float32: these matrices are inverted or eigendecomposed,
-which multiplies a relative error by the condition number (1e3..1e9 for penultimate features); float32
-whitening alone was measured at 3e-7..6e-6 relative error on Mahalanobis distances of 512-d features
-(condition numbers 2e3..2e5), above the 1e-6 the detectors promise.
+triangular product with L^-1, trmm (n D^2), formed once at fit (a triangular solve per chunk, trsm, costs the
+same flops but ran 1.4-2x slower in the chunk workers, and two at once slowed each other down). Why float64 and
+not float32: these matrices are inverted or eigendecomposed, which multiplies a relative error by the condition
+number (1e3..1e9 for penultimate features); float32 whitening alone was measured at 3e-7..6e-6 relative error on
+Mahalanobis distances of 512-d features (condition numbers 2e3..2e5), above the 1e-6 the detectors promise.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import streamlit as st
 
 from ood_core import estimates, settings
 from ood_core.detectors import FAMILIES, REGISTRY, Param
-from ood_core.spec import ONE_CLASS_SETTINGS, SETTING_TITLES
+from ood_core.spec import ONE_CLASS_SETTINGS, REGIME_TITLES, SETTING_TITLES
 from pages import _support as ui
 
 SCORES_PAGE = "pages/scores.py"
@@ -34,6 +34,12 @@ def matches(name: str, query: str) -> bool:
     refs = " ".join(f"{r.authors} {r.title} {r.venue} {r.year}" for r in cls.references())
     body = f"{cls.formula} {cls.intuition} {refs}".lower()  # from a word's start: "Tack" is not in "Attacks"
     return all(w in label or re.search(r"(?<!\w)" + re.escape(w), body) for w in query.lower().split())
+
+
+def matching_regimes(query: str) -> list[str]:
+    """The training regimes whose name or title holds every word of the query (case-insensitive)."""
+    return [r for r, title in REGIME_TITLES.items()
+            if all(w in f"{r} {title}".lower() for w in query.lower().split())]
 
 
 def applies_now(name: str) -> bool:
@@ -112,6 +118,13 @@ def main() -> None:
     else:
         ui.forget_in_url("q")
     names = [n for n in REGISTRY if matches(n, query)]
+    regimes = matching_regimes(query) if query else []
+    if regimes:  # outlier exposure, LogitNorm, ARPL...: ways to train the classifier, which any detector then scores
+        st.info(("Training regimes" if len(regimes) > 1 else "A training regime") + f" matching “{query}”: "
+                + "; ".join(f"**{REGIME_TITLES[r]}** (`{r}`)" for r in regimes)
+                + ". A regime is a way to train the classifier, not a detector: choose it on the Experiment page "
+                  "(Training regime, in the out-of-distribution and open-set settings); the detectors then "
+                  "score the model it trains.")
     if not names:
         st.info(f"No detector matches “{query}”.")
         return

@@ -290,3 +290,17 @@ def test_the_presentation_toggle_starts_from_the_link(present):
     assert at.toggle(key=ui.PRESENT_KEY).value == present
     intro = any(m.value.strip().startswith("**What am I looking at?**") for m in at.main.markdown)
     assert intro != present and ("present" in at.query_params) == present
+
+
+def test_the_methods_search_says_when_a_method_is_a_training_regime():
+    """Outlier exposure is a way to train the classifier, not a detector: the search says so and where to choose it;
+    a query matching a detector too (ARPL) shows both the regimes and the card."""
+    at = open_page("methods", {"q": "outlier exposure"})
+    infos = [i.value for i in at.info]
+    assert any("A training regime matching “outlier exposure”: **Outlier exposure (Hendrycks et al. 2019)** (`oe`)"
+               in i and "choose it on the Experiment page" in i for i in infos)
+    assert any(i == "No detector matches “outlier exposure”." for i in infos)
+    at = open_page("methods", {"q": "ARPL"})
+    infos = [i.value for i in at.info]
+    assert any(i.startswith("Training regimes matching “ARPL”") and "(`arpl_cs`)" in i for i in infos)
+    assert any(m.value.startswith(f"#### {REGISTRY['rpl'].title}") for m in at.markdown)
