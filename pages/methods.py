@@ -110,7 +110,7 @@ def main() -> None:
                 "distances and densities in feature space, open-set recalibration, uncertainty and one-class "
                 "models. Each card gives the decision score, the idea, the parameters and a button to its scores.")
     query = st.text_input("Search", st.query_params.get("q", ""), key="methods-search",
-                          placeholder="name or title, e.g. energy, knn, ReAct",
+                          placeholder="name, title, method or author, e.g. energy, knn, ReAct, CSI",
                           help="Filters the cards by name, title, family, formula, idea or reference (an author, "
                                "a paper's title, a method behind a shared score such as CSI).")
     if query:
