@@ -436,16 +436,15 @@ def _seconds_short(seconds: float) -> str:
 def _one_class_words() -> str:
     """The cost of the one-class models' own score: each model's training per normal class on 2 cores, in the two
     cases of ONE_CLASS_CASES, cheapest first (registry rates, not corrected by this machine's trainings)."""
-    cases = ONE_CLASS_CASES
     rows = []
     for name, entry in MODELS.items():
         if entry.kind == "classifier" or not entry.own_score or entry.train_seconds <= 0:
             continue
         secs = [reference_training(Spec(setting="nd", dataset=d, image_size=side, model=name), n).seconds
-                for d, side, n in cases]
+                for d, side, n in ONE_CLASS_CASES]
         rows.append((secs, entry.short))
     rows.sort()
-    (_, s0, n0), (_, s1, n1) = cases
+    (_, s0, n0), (_, s1, n1) = ONE_CLASS_CASES
     listing = " · ".join(f"{short} {' / '.join(_seconds_short(x) for x in secs)}" for secs, short in rows)
     return (f"trains the one-class model first, once per normal class (then cached), and scores the cached outputs "
             f"of one forward pass (fast). Training on 2 cores, {n0} normal images at {s0} px (the default experiment) "

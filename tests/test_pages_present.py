@@ -190,8 +190,8 @@ def test_the_methods_search_finds_a_method_behind_a_shared_score():
         at = open_page("methods", {"q": query})
         cards = [m.value for m in at.markdown if m.value.startswith("#### ")]
         assert cards == [f"#### {title}  \n`model_score` · {ui.family_label(REGISTRY['model_score'].family)}"], query
-        assert any("**Cost:** trains the one-class model first" in m.value and "CSI " in m.value and "U-std " in m.value
-                   for m in at.markdown)
+        assert any("**Cost:** trains the one-class model first" in m.value and "CSI " in m.value
+                   and "U-std " in m.value for m in at.markdown)
 
 
 # --- teaching presets ----------------------------------------------------------------------------------------
