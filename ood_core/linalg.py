@@ -6,7 +6,8 @@ query. Everything here walks the rows in chunks of at most CHUNK_BYTES of float6
 set never gets a float64 copy (800 MB) or a centred copy, and uses the symmetric or triangular BLAS routine
 for each product: `a.T @ a` of a chunk runs as syrk (n D^2 flops, not 2 n D^2) and the whitening as a
 triangular product with L^-1, trmm (n D^2), formed once at fit (a triangular solve per chunk, trsm, costs the
-same flops but ran 1.4-2x slower in the chunk workers, and two at once slowed each other down). Why float64 and
+same flops but ran 1.4-2x slower in the chunk workers). The triangular routines are called through scipy's C
+function pointers, which release the GIL, so the chunk workers run them at once (_native_routine). Why float64 and
 not float32: these matrices are inverted or eigendecomposed, which multiplies a relative error by the condition
 number (1e3..1e9 for penultimate features); float32 whitening alone was measured at 3e-7..6e-6 relative error on
 Mahalanobis distances of 512-d features (condition numbers 2e3..2e5), above the 1e-6 the detectors promise.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import ctypes
 import itertools
 import os
 import threading
@@ -59,6 +61,77 @@ def one_blas_thread():
         return _controller.limit(limits=1, user_api="blas")
     except Exception:  # pragma: no cover - threadpoolctl comes with scikit-learn
         return contextlib.nullcontext()
+
+
+# --- BLAS and LAPACK calls that release the GIL ---------------------------------------------------------
+# scipy.linalg.blas and scipy.linalg.lapack (f2py wrappers) hold the GIL for the whole call, so two chunk workers
+# calling them run one after the other: dtrmm on 4 chunks of 2,048 x 2,048 took 0.56-0.62 s in 2 workers against
+# 0.61-0.82 s serially. scipy.linalg.cython_blas / cython_lapack export the same routines of the same library as C
+# function pointers (PyCapsules), and ctypes releases the GIL around a foreign call: the same bits, 0.34 s in 2
+# workers (1.6-1.75x). The f2py routines remain the fallback when a pointer cannot be had.
+
+_native: dict = {}
+_INT = ctypes.POINTER(ctypes.c_int)
+
+
+def _native_routine(name: str, lapack_routine: bool = False):
+    """The C function pointer of scipy's BLAS/LAPACK routine `name` as a ctypes function, or None."""
+    if name not in _native:
+        try:
+            from scipy.linalg import cython_blas, cython_lapack
+
+            capsule = (cython_lapack if lapack_routine else cython_blas).__pyx_capi__[name]
+            get_name = ctypes.pythonapi.PyCapsule_GetName
+            get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+            get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+            get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+            pointer = get_pointer(capsule, get_name(capsule))
+            # every argument by reference, as Fortran takes them: characters, integers, scalars and arrays alike
+            _native[name] = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * _ARGS[name])(pointer)
+        except Exception:  # pragma: no cover - scipy without the Cython BLAS/LAPACK
+            _native[name] = None
+    return _native[name]
+
+
+_ARGS = {"dtrmm": 11, "strmm": 11, "dpotrf": 5, "dtrtri": 6}
+
+
+def _ref(value, kind=ctypes.c_int):
+    """A by-reference argument (the ctypes object lives as long as the call's argument list)."""
+    return ctypes.byref(kind(value))
+
+
+def triangular_product(tri: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """rows <- rows @ tri' in place, i.e. tri @ each row, for a lower-triangular, Fortran-ordered tri (D, D) and
+    C-ordered rows (n, D) of the same float dtype (BLAS trmm on rows' transpose, a Fortran (D, n) matrix).
+    Returns rows."""
+    n, d = rows.shape
+    if tri.shape != (d, d) or tri.dtype != rows.dtype or not tri.flags.f_contiguous or not rows.flags.c_contiguous:
+        raise ValueError("triangular_product: tri must be a Fortran-ordered (D, D) and rows a C-ordered (n, D) "
+                         "array of the same dtype")
+    double = rows.dtype == np.float64
+    routine = _native_routine("dtrmm" if double else "strmm")
+    if n == 0:
+        return rows
+    if routine is None:  # pragma: no cover - the f2py routine, in place on the Fortran-ordered transpose
+        return (blas.dtrmm if double else blas.strmm)(1.0, tri, rows.T, lower=1, overwrite_b=1).T
+    alpha = _ref(1.0, ctypes.c_double if double else ctypes.c_float)
+    side, uplo, trans, diag = (ctypes.c_char_p(c) for c in (b"L", b"L", b"N", b"N"))
+    routine(side, uplo, trans, diag, _ref(d), _ref(n), alpha, tri.ctypes.data, _ref(d), rows.ctypes.data, _ref(d))
+    return rows
+
+
+def _lapack_in_place(name: str, a: np.ndarray, *chars: bytes) -> int:
+    """LAPACK ?potrf / ?trtri (`chars`: uplo[, diag]) on the Fortran-ordered float64 square `a`, in place; info."""
+    routine = _native_routine(name, lapack_routine=True)
+    if routine is None:  # pragma: no cover - the f2py routine, through a copy
+        out, info = getattr(lapack, name)(a, lower=int(chars[0] == b"L"), overwrite_a=1)
+        a[...] = out
+        return int(info)
+    info = ctypes.c_int(0)
+    d = len(a)
+    routine(*(ctypes.c_char_p(c) for c in chars), _ref(d), a.ctypes.data, _ref(d), ctypes.byref(info))
+    return int(info.value)
 
 
 def workers() -> int:
@@ -207,7 +280,9 @@ def feature_mean(x: np.ndarray) -> np.ndarray:
 def scatter(x: np.ndarray, centres: np.ndarray, index: np.ndarray | None = None, chunk: int | None = None) -> np.ndarray:
     """sum_i (x_i - centres[index_i])(x_i - centres[index_i])' in float64, (D, D); one centre when index is None.
 
-    Each chunk is centred in float64 and multiplied by itself (`a.T @ a`, which numpy runs as syrk).
+    Each chunk is centred in float64 and multiplied by itself (`a.T @ a`, which numpy runs as syrk). numpy's
+    product, not scipy.linalg.blas.dsyrk, which would skip numpy's mirroring of every chunk's triangle: in the two
+    chunk workers at once scipy's BLAS ran it about 2x slower (50,000 x 2048: 4.2-4.4 s against 2.3-2.6 s).
     """
     centres = np.atleast_2d(np.asarray(centres, dtype=np.float64))
 
@@ -241,34 +316,44 @@ def add_ridge(cov: np.ndarray, shrink: float) -> np.ndarray:
 
 
 def cholesky(cov: np.ndarray, what: str = "covariance of the ID features") -> np.ndarray:
-    """Lower Cholesky factor L of cov = L L'; a clear LinAlgError when cov is not positive definite."""
-    try:
-        with one_blas_thread():
-            chol = np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError:
-        raise np.linalg.LinAlgError(f"{what} is singular") from None
-    if not np.all(np.isfinite(chol)):
+    """Lower Cholesky factor L of cov = L L'; a clear LinAlgError when cov is not positive definite.
+
+    LAPACK potrf on a Fortran-ordered copy of cov's transpose, which is a plain copy of its memory; its upper factor
+    U = L' is returned transposed, C-ordered. np.linalg.cholesky's own copies cost it 2-3x potrf's time at
+    2048-d (0.20 against 0.08 s, one thread), and this potrf releases the GIL (see _native_routine).
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"{what}: expected a square matrix, got shape {cov.shape}")
+    upper = np.array(cov.T, order="F")  # cov's lower triangle is upper's upper one
+    with one_blas_thread():
+        info = _lapack_in_place("dpotrf", upper, b"U")
+    if info != 0 or not np.all(np.isfinite(np.diagonal(upper))):
         raise np.linalg.LinAlgError(f"{what} is singular")
-    return chol
+    return np.tril(upper.T)  # C-ordered; the strictly upper part of upper.T is cov's, cleared here
 
 
 def triangular_inverse(chol: np.ndarray) -> np.ndarray:
-    """L^-1 of a lower-triangular L, Fortran-ordered for whiten (LAPACK trtri: D^3 / 3 flops, once per fit)."""
+    """L^-1 of a lower-triangular L, Fortran-ordered for whiten (LAPACK trtri: D^3 / 3 flops, once per fit).
+
+    Inverts L' (upper) in a Fortran-ordered copy, a plain copy of memory when L is C-ordered (as cholesky returns
+    it), and returns the transposed result in Fortran order."""
+    upper = np.asfortranarray(np.triu(np.asarray(chol, dtype=np.float64).T))
     with one_blas_thread():
-        inverse, info = lapack.dtrtri(np.asfortranarray(chol, dtype=np.float64), lower=1)
-    if info != 0:
+        info = _lapack_in_place("dtrtri", upper, b"U", b"N")
+    if info != 0 or not np.all(np.isfinite(np.diagonal(upper))):
         raise np.linalg.LinAlgError("the Cholesky factor is singular")
-    return np.asfortranarray(np.tril(inverse))
+    return np.asfortranarray(upper.T)
 
 
 def whiten(inverse: np.ndarray, x: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """z = L^-1 (x - centre) for one chunk of rows, float64 (n, D): a triangular product with L^-1 (trmm).
 
-    `inverse` (triangular_inverse) should be Fortran-ordered (Whitened stores it so), else BLAS gets a copy of it on
-    every call. The rows are centred in float64 first, so that no float32 rounding of x - centre enters.
+    `inverse` (triangular_inverse) must be Fortran-ordered (Whitened stores it so). The rows are centred in float64
+    first, so that no float32 rounding of x - centre enters.
     """
-    c = np.subtract(x, centre, dtype=np.float64)  # a fresh C-ordered array: its transpose is Fortran-ordered
-    return blas.dtrmm(1.0, inverse, c.T, lower=1, overwrite_b=1).T
+    c = np.subtract(x, centre, dtype=np.float64)  # a fresh C-ordered array, multiplied in place
+    return triangular_product(inverse, c)
 
 
 class Whitened:

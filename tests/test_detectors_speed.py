@@ -476,6 +476,69 @@ def test_whitening_by_the_inverse_factor_equals_a_solve():
         linalg.triangular_inverse(np.array([[1.0, 0.0], [2.0, 0.0]]))
 
 
+def test_cholesky_by_lapack_equals_numpy_and_refuses_bad_matrices():
+    """linalg.cholesky calls potrf on the C-ordered matrix in place of np.linalg.cholesky's copies: the same lower
+    factor, by hand and on an ill-conditioned covariance; a clear error for each kind of bad matrix."""
+    np.testing.assert_allclose(linalg.cholesky(np.array([[4.0, 2.0], [2.0, 17.0]])), [[2.0, 0.0], [1.0, 4.0]],
+                               rtol=0, atol=1e-15)  # 2 * 2 = 4, 2 / 2 = 1, sqrt(17 - 1) = 4
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((300, 40)) * np.logspace(0, -3, 40)
+    cov = a.T @ a / len(a)
+    got = linalg.cholesky(cov)
+    np.testing.assert_allclose(got, np.linalg.cholesky(cov), rtol=1e-12, atol=1e-15 * np.abs(got).max())
+    assert np.all(np.triu(got, 1) == 0)
+    inverse = linalg.triangular_inverse(got)
+    assert inverse.flags["F_CONTIGUOUS"] and np.all(np.triu(inverse, 1) == 0)
+    np.testing.assert_allclose(inverse @ got, np.eye(40), atol=1e-8)
+    with pytest.raises(np.linalg.LinAlgError, match="covariance of the ID features is singular"):
+        linalg.cholesky(np.array([[1.0, 2.0], [2.0, 1.0]]))  # indefinite
+    with pytest.raises(np.linalg.LinAlgError, match="my matrix is singular"):
+        linalg.cholesky(np.array([[1.0, np.nan], [np.nan, 1.0]]), what="my matrix")
+    with pytest.raises(ValueError, match="square"):
+        linalg.cholesky(np.ones((2, 3)))
+
+
+def test_triangular_product_by_pointer_equals_scipy_and_refuses_bad_layouts():
+    """linalg.triangular_product calls BLAS trmm through scipy's C function pointer (the GIL released): rows @ T'
+    by hand, the same bits as scipy.linalg.blas's trmm in float64 and float32, and a clear error for bad layouts."""
+    from scipy.linalg import blas
+
+    assert linalg._native_routine("dtrmm") is not None and linalg._native_routine("strmm") is not None
+    tri = np.asfortranarray([[2.0, 0.0], [1.0, 4.0]])
+    rows = np.array([[1.0, 2.0], [3.0, -1.0], [0.0, 0.5]])
+    # tri @ (1, 2) = (2, 9), tri @ (3, -1) = (6, -1), tri @ (0, 0.5) = (0, 2)
+    got = linalg.triangular_product(tri, rows)
+    assert got is rows
+    np.testing.assert_array_equal(got, [[2.0, 9.0], [6.0, -1.0], [0.0, 2.0]])
+    rng = np.random.default_rng(5)
+    for dtype, ref in ((np.float64, blas.dtrmm), (np.float32, blas.strmm)):
+        t = np.asfortranarray(np.tril(rng.standard_normal((70, 70))).astype(dtype))
+        x = rng.standard_normal((33, 70)).astype(dtype)
+        np.testing.assert_array_equal(linalg.triangular_product(t, x.copy()), ref(1.0, t, x.T, lower=1).T)
+    assert linalg.triangular_product(tri, np.empty((0, 2))).shape == (0, 2)
+    for bad_tri, bad_rows in ((np.ascontiguousarray(tri), rows), (tri, np.asfortranarray(rows)),
+                              (tri.astype(np.float32), rows), (tri, np.ones((3, 3)))):
+        with pytest.raises(ValueError, match="Fortran-ordered"):
+            linalg.triangular_product(bad_tri, bad_rows)
+
+
+def test_gmm_screen_scores_do_not_depend_on_the_thread_count(data, monkeypatch):
+    """The screen (float32, centred once per chunk for all classes) and the float64 recomputation run in the chunk
+    workers: the same scores, bit for bit, whatever the number of workers."""
+    from ood_core.detectors import density
+
+    monkeypatch.setattr(density, "SCREEN_DIM", 8)
+    det = create("gmm", n_components=1, covariance="full", dim=4096).fit(
+        FitContext(train=data[0], model=data[2], num_classes=K, seed=0))
+    assert det._screens()
+    scores = {}
+    for n in (1, 2, 3):
+        monkeypatch.setattr(linalg, "workers", lambda n=n: n)
+        scores[n] = det.score(data[1])
+    np.testing.assert_array_equal(scores[1], scores[2])
+    np.testing.assert_array_equal(scores[1], scores[3])
+
+
 def test_residual_norms_thin_residuals_stay_exact():
     """residual_norms takes |c|^2 - |V'c|^2 through a leading basis and recomputes rows whose residual is a thin
     share of |c| from the residual vector: both kinds of row equal the plain formula || c - V V'c ||."""

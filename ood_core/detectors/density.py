@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import blas
 
 from .. import linalg
 from .base import Detector, Param, Reference, logsumexp, register, softmax
@@ -21,6 +20,11 @@ SCREEN_SAFETY, SCREEN_MIN_REL, SCREEN_MAX_REL, SCREEN_ABS = 100.0, 1e-4, 1e-5, 1
 SCREEN_PROBES = 512
 
 
+def screen_rows(z: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """float32 (z - origin), the subtraction in float64 and rounded once: the input of the float32 class screen."""
+    return np.subtract(z, origin, dtype=np.float64).astype(np.float32)
+
+
 class OneGaussian:
     """A one-component Gaussian "mixture" in closed form: the maximum-likelihood mean and covariance plus
     reg on the diagonal, which is exactly where scikit-learn's GaussianMixture(n_components=1) ends (its EM
@@ -31,7 +35,8 @@ class OneGaussian:
     rows (linalg.whiten).
     """
 
-    def __init__(self, z: np.ndarray, covariance: str, reg: float, probes: np.ndarray | None = None):
+    def __init__(self, z: np.ndarray, covariance: str, reg: float, probes: np.ndarray | None = None,
+                 screen_origin: np.ndarray | None = None):
         _, means, _ = linalg.class_means(z, np.zeros(len(z), dtype=np.int64))
         self.means_ = means  # (1, D), as GaussianMixture.means_
         self.diag = covariance == "diag"
@@ -49,20 +54,26 @@ class OneGaussian:
         self.constant_ = -0.5 * (dim * np.log(2.0 * np.pi) + log_det)
         self.screen_rel_ = None  # the relative error bound of screen_sq_distances, None: no float32 screening
         if not self.diag and probes is not None and dim >= SCREEN_DIM:
+            origin = means[0] if screen_origin is None else np.asarray(screen_origin, dtype=np.float64)
             self.inverse32_ = np.asfortranarray(self.gaussian_.inverse.astype(np.float32))
+            # the mean in whitened coordinates about the shared origin: L^-1 (mu - origin), in float64, rounded once
+            self.shift32_ = linalg.whiten(self.gaussian_.inverse, means, origin)[0].astype(np.float32)
             exact = self.gaussian_.chunk_sq_distances(probes)[:, 0]
-            err = float(np.max(np.abs(self.screen_sq_distances(probes) - exact) / np.maximum(exact, 1e-300)))
+            err = float(np.max(np.abs(self.screen_sq_distances(screen_rows(probes, origin)) - exact)
+                               / np.maximum(exact, 1e-300)))
             if err <= SCREEN_MAX_REL:
                 self.screen_rel_ = max(SCREEN_MIN_REL, SCREEN_SAFETY * err)
 
-    def screen_sq_distances(self, z: np.ndarray) -> np.ndarray:
+    def screen_sq_distances(self, rows32: np.ndarray) -> np.ndarray:
         """The squared Mahalanobis distances to the mean in float32 (float64 sums): for screening classes only.
 
-        The rows are centred in float64 and rounded once, so the only float32 errors are that rounding, the rounding
-        of L^-1 and the triangular product's."""
-        c = np.subtract(z, self.means_[0], dtype=np.float64).astype(np.float32)
-        w = blas.strmm(1.0, self.inverse32_, c.T, lower=1, overwrite_b=1).T
-        return np.square(w).sum(axis=1, dtype=np.float64)
+        `rows32` are screen_rows(z, origin), the rows centred on the origin shared by all classes in float64 and
+        rounded once, so that one chunk's centring serves every class: L^-1 (z - mu) = L^-1 (z - origin) - shift.
+        The float32 errors are that rounding, the rounding of L^-1 and of the shift, and the triangular product's;
+        they are measured at fit on this very function."""
+        w = linalg.triangular_product(self.inverse32_, rows32.copy())
+        w -= self.shift32_
+        return np.einsum("nd,nd->n", w, w, dtype=np.float64)
 
     def score_samples(self, z: np.ndarray) -> np.ndarray:
         """log N(z; mean, Sigma) per row."""
@@ -127,15 +138,20 @@ class ClassGMM(Detector):
         # rows spread over all ID train features (every class, so near and far points), on which each class's float32
         # screening error is measured
         probes = z[np.linspace(0, len(z) - 1, min(SCREEN_PROBES, len(z))).astype(np.int64)]
-        for c in self.classes_:
-            zc = z[y == c]
+        self.origin_ = mean[0]  # the screen centres every chunk once, on the mean of all ID train features
+
+        def fit_class(sl):
+            zc = z[y == self.classes_[sl.start]]
             m = int(min(self.n_components, len(zc)))
             if m == 1:  # closed form, equal to what GaussianMixture(1) converges to
-                self.gmms_.append(OneGaussian(zc, self.covariance, self.reg_covar * scale, probes))
-                continue
+                return OneGaussian(zc, self.covariance, self.reg_covar * scale, probes, self.origin_)
             gmm = GaussianMixture(n_components=m, covariance_type=self.covariance, reg_covar=self.reg_covar * scale,
                                   random_state=ctx.seed, max_iter=200)
-            self.gmms_.append(gmm.fit(np.asarray(zc, dtype=np.float64)))
+            return gmm.fit(np.asarray(zc, dtype=np.float64))
+
+        # one class per worker: its scatter, factorisations and probes run in that worker's thread (nested chunked
+        # work runs serially there, in the same order, so every number is the same as class after class)
+        self.gmms_ = list(linalg.map_chunks(fit_class, [slice(i, i + 1) for i in range(len(self.classes_))]))
 
     def _reduce(self, h: np.ndarray) -> np.ndarray:
         h = np.asarray(h, dtype=np.float64)
@@ -159,7 +175,8 @@ class ClassGMM(Detector):
             if not screen:
                 out[sl] = np.stack([g.score_samples(z) for g in self.gmms_], axis=1)
                 return
-            d32 = np.stack([g.screen_sq_distances(z) for g in self.gmms_], axis=1)
+            rows32 = screen_rows(z, self.origin_)  # centred once for all classes
+            d32 = np.stack([g.screen_sq_distances(rows32) for g in self.gmms_], axis=1)
             rel = np.array([g.screen_rel_ for g in self.gmms_])
             approx = np.array([g.constant_ for g in self.gmms_]) + offsets - 0.5 * d32
             tol = 0.5 * rel * d32 + SCREEN_ABS
