@@ -113,7 +113,7 @@ def triangular_product(tri: np.ndarray, rows: np.ndarray) -> np.ndarray:
     routine = _native_routine("dtrmm" if double else "strmm")
     if n == 0:
         return rows
-    if routine is None:  # pragma: no cover - the f2py routine, in place on the Fortran-ordered transpose
+    if routine is None:  # the f2py routine (GIL held), in place on the Fortran-ordered transpose
         return (blas.dtrmm if double else blas.strmm)(1.0, tri, rows.T, lower=1, overwrite_b=1).T
     alpha = _ref(1.0, ctypes.c_double if double else ctypes.c_float)
     side, uplo, trans, diag = (ctypes.c_char_p(c) for c in (b"L", b"L", b"N", b"N"))
@@ -124,8 +124,8 @@ def triangular_product(tri: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _lapack_in_place(name: str, a: np.ndarray, *chars: bytes) -> int:
     """LAPACK ?potrf / ?trtri (`chars`: uplo[, diag]) on the Fortran-ordered float64 square `a`, in place; info."""
     routine = _native_routine(name, lapack_routine=True)
-    if routine is None:  # pragma: no cover - the f2py routine, through a copy
-        out, info = getattr(lapack, name)(a, lower=int(chars[0] == b"L"), overwrite_a=1)
+    if routine is None:  # the f2py routine (GIL held), on a copy
+        out, info = getattr(lapack, name)(a, lower=int(chars[0] == b"L"))
         a[...] = out
         return int(info)
     info = ctypes.c_int(0)

@@ -522,6 +522,32 @@ def test_triangular_product_by_pointer_equals_scipy_and_refuses_bad_layouts():
             linalg.triangular_product(bad_tri, bad_rows)
 
 
+def test_without_the_c_pointers_the_f2py_routines_give_the_same_bits(monkeypatch):
+    """Where scipy exports no C pointer (an older or newer scipy), linalg falls back on scipy.linalg.blas/lapack:
+    the same factor, inverse and products, bit for bit, and the same errors."""
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((200, 30)) * np.logspace(0, -2, 30)
+    cov = a.T @ a / len(a)
+    x = rng.standard_normal((17, 30)).astype(np.float32)
+    centre = a.mean(axis=0)
+
+    def everything():
+        chol = linalg.cholesky(cov)
+        inverse = linalg.triangular_inverse(chol)
+        z32 = linalg.triangular_product(np.asfortranarray(inverse.astype(np.float32)), x.copy())
+        return chol, inverse, linalg.whiten(inverse, x, centre), z32
+
+    native = everything()
+    monkeypatch.setattr(linalg, "_native", {name: None for name in linalg._ARGS})
+    assert linalg._native_routine("dtrmm") is None
+    for got, want in zip(everything(), native):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(np.linalg.LinAlgError, match="singular"):
+        linalg.cholesky(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(np.linalg.LinAlgError, match="singular"):
+        linalg.triangular_inverse(np.array([[1.0, 0.0], [2.0, 0.0]]))
+
+
 def test_gmm_screen_scores_do_not_depend_on_the_thread_count(data, monkeypatch):
     """The screen (float32, centred once per chunk for all classes) and the float64 recomputation run in the chunk
     workers: the same scores, bit for bit, whatever the number of workers."""
