@@ -482,9 +482,11 @@ class NCI(Detector):
         return _by_chunks(out, self._score_chunk)
 
     def _score_chunk(self, out):
-        c = np.array(out.features, dtype=np.float64)  # a copy this chunk owns: centred in place below
-        l1 = np.abs(c).sum(axis=1)
-        c -= self.mean_
+        h = out.features
+        # |h|_1 summed in float64 from the exact float32 magnitudes; h - mu_G cast and centred in one pass
+        l1 = (np.abs(h).sum(axis=1, dtype=np.float64) if h.dtype == np.float32
+              else np.abs(np.asarray(h, dtype=np.float64)).sum(axis=1))
+        c = np.subtract(h, self.mean_, dtype=np.float64)
         # the authors' code divides by ||h - mu_G|| only: a cosine up to ||w_pred||, near-equal across classes
         p_score = (c @ self.weight_.T)[np.arange(len(c)), _predictions(out)]
         p_score /= np.maximum(np.sqrt(np.einsum("nd,nd->n", c, c)), 1e-12)
