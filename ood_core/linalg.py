@@ -74,26 +74,29 @@ _native: dict = {}
 _INT = ctypes.POINTER(ctypes.c_int)
 
 
-def _native_routine(name: str, lapack_routine: bool = False):
-    """The C function pointer of scipy's BLAS/LAPACK routine `name` as a ctypes function, or None."""
+def _native_routine(name: str):
+    """The C function pointer of scipy's BLAS/LAPACK routine `name` (one of _ROUTINES) as a ctypes function, or
+    None."""
     if name not in _native:
         try:
             from scipy.linalg import cython_blas, cython_lapack
 
-            capsule = (cython_lapack if lapack_routine else cython_blas).__pyx_capi__[name]
-            get_name = ctypes.pythonapi.PyCapsule_GetName
-            get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-            get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-            get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+            library, n_args = _ROUTINES[name]
+            capsule = (cython_lapack if library == "lapack" else cython_blas).__pyx_capi__[name]
+            # private prototypes of the C API calls (not ctypes.pythonapi's shared ones, which others may configure)
+            get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", ctypes.pythonapi))
+            get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+                ("PyCapsule_GetPointer", ctypes.pythonapi))
             pointer = get_pointer(capsule, get_name(capsule))
             # every argument by reference, as Fortran takes them: characters, integers, scalars and arrays alike
-            _native[name] = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * _ARGS[name])(pointer)
+            _native[name] = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * n_args)(pointer)
         except Exception:  # pragma: no cover - scipy without the Cython BLAS/LAPACK
             _native[name] = None
     return _native[name]
 
 
-_ARGS = {"dtrmm": 11, "strmm": 11, "dpotrf": 5, "dtrtri": 6}
+# the routines used, with their library and argument count (every argument a pointer, as Fortran takes them)
+_ROUTINES = {"dtrmm": ("blas", 11), "strmm": ("blas", 11), "dpotrf": ("lapack", 5), "dtrtri": ("lapack", 6)}
 
 
 def _ref(value, kind=ctypes.c_int):
@@ -123,7 +126,7 @@ def triangular_product(tri: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _lapack_in_place(name: str, a: np.ndarray, *chars: bytes) -> int:
     """LAPACK ?potrf / ?trtri (`chars`: uplo[, diag]) on the Fortran-ordered float64 square `a`, in place; info."""
-    routine = _native_routine(name, lapack_routine=True)
+    routine = _native_routine(name)
     if routine is None:  # the f2py routine (GIL held), on a copy
         out, info = getattr(lapack, name)(a, lower=int(chars[0] == b"L"))
         a[...] = out
