@@ -71,7 +71,6 @@ def one_blas_thread():
 # workers (1.6-1.75x). The f2py routines remain the fallback when a pointer cannot be had.
 
 _native: dict = {}
-_INT = ctypes.POINTER(ctypes.c_int)
 
 
 def _native_routine(name: str):
