@@ -584,3 +584,58 @@ def test_residual_norms_thin_residuals_stay_exact():
     c = rows.astype(np.float64) - origin
     expected = np.linalg.norm(c - (c @ v) @ v.T, axis=1)
     np.testing.assert_allclose(linalg.residual_norms(rows, origin, v), expected, rtol=1e-6)
+
+
+
+def test_float64_blocks_cover_the_rows_in_reused_thread_buffers():
+    """float64_blocks yields consecutive blocks of block_rows(D) rows covering x once, as float64 (centred when a
+    centre is given), all in one buffer; the next walk in this thread reuses it, and a walk nested in another
+    gets a buffer of its own."""
+    d = 300
+    step = linalg.block_rows(d)
+    assert step == 2**19 // (8 * d) and linalg.block_rows(10**6) == 8
+    x = np.random.default_rng(5).standard_normal((2 * step + 7, d)).astype(np.float32)
+    centre = np.linspace(-1.0, 1.0, d)
+    spans, starts = [], set()
+    for start, stop, rows in linalg.float64_blocks(x, centre):
+        assert rows.dtype == np.float64 and rows.shape == (stop - start, d)
+        np.testing.assert_array_equal(rows, x[start:stop].astype(np.float64) - centre)
+        spans.append((start, stop))
+        starts.add(rows.ctypes.data)
+        for _, _, inner in linalg.float64_blocks(x[:3]):  # nested: must not overwrite the outer block
+            assert not np.shares_memory(inner, rows)
+        np.testing.assert_array_equal(rows, x[start:stop].astype(np.float64) - centre)
+    assert spans == [(0, step), (step, 2 * step), (2 * step, 2 * step + 7)]
+    assert len(starts) == 1  # one buffer for the walk
+    walked = [(rows.ctypes.data, rows.copy()) for _, _, rows in linalg.float64_blocks(x)]
+    assert len({a for a, _ in walked}) == 1
+    np.testing.assert_array_equal(np.concatenate([r for _, r in walked]), x.astype(np.float64))
+    again = [rows.ctypes.data for _, _, rows in linalg.float64_blocks(x)]
+    assert set(again) == {walked[0][0]}  # the finished walk's buffer, reused
+
+
+def test_nci_where_the_centred_projection_cancels():
+    """NCI takes w.(h - mu) as w.h - w.mu; where that difference cancels to below 1e-8 of its terms (h near mu and
+    h - mu nearly orthogonal to w_pred) it recomputes w.(h - mu) from h - mu. A hand-made row where the difference
+    would carry a relative error of about 1e-5: the score equals the exact float64 value to 1e-7."""
+    rng = np.random.default_rng(6)
+    d = 16
+    centre = (100.0 + rng.integers(0, 64, d) / 8.0).astype(np.float32)
+    spread = (rng.integers(1, 32, (3, d)) / 4.0).astype(np.float32)
+    train_h = np.vstack([centre + spread, centre - spread])  # float64 sums exact: mu = centre exactly
+    query = (centre + (rng.integers(-64, 64, d) / 4096.0)).astype(np.float32)  # near mu; h - mu exact in float64
+    c = query.astype(np.float64) - centre
+    r = rng.standard_normal(d)
+    w0 = r - (r @ c) / (c @ c) * c + 1e-6 * c / np.linalg.norm(c)  # w0.c = 1e-6 |c|, against w0.h ~ 1e2
+    w = np.vstack([w0, rng.standard_normal((2, d))])
+    queries = np.vstack([query, centre + rng.integers(-64, 64, (4, d)).astype(np.float32)]).astype(np.float32)
+    logits = np.zeros((len(queries), 3), dtype=np.float32)
+    logits[:, 0] = 1.0  # every query predicted as class 0
+    train = Outputs(np.zeros((len(train_h), 3), dtype=np.float32), train_h, np.arange(len(train_h)) % 3)
+    det = create("nci", alpha=0.0).fit(FitContext(train=train, model=Head(w, np.zeros(3)), num_classes=3, seed=0))
+    cs = queries.astype(np.float64) - centre
+    expected = -(cs @ w0) / np.linalg.norm(cs, axis=1)
+    np.testing.assert_allclose(det.score(Outputs(logits, queries, np.zeros(len(queries), dtype=int))), expected,
+                               rtol=1e-7)
+    wh, wm = query.astype(np.float64) @ w0, centre.astype(np.float64) @ w0
+    assert abs(wh - wm) < 1e-8 * (abs(wh) + abs(wm))  # the first row does take the direct route

@@ -294,6 +294,32 @@ def _by_chunks(out, score) -> np.ndarray:
     return res
 
 
+def _row_products(h: np.ndarray, proj: np.ndarray, l1: bool = False):
+    """h @ proj, |h|^2 (and |h|_1 when l1) per row, in float64, in one pass over cache-sized float64 blocks of h
+    (linalg.float64_blocks): (products (n, m), sq (n,), l1 (n,) or None)."""
+    n = len(h)
+    prod, sq, norm1 = np.empty((n, proj.shape[1])), np.empty(n), np.empty(n) if l1 else None
+    magnitudes = np.empty((linalg.block_rows(h.shape[1]), h.shape[1])) if l1 else None
+    for start, stop, rows in linalg.float64_blocks(h):
+        np.matmul(rows, proj, out=prod[start:stop])
+        np.einsum("nd,nd->n", rows, rows, out=sq[start:stop])
+        if l1:
+            np.add.reduce(np.abs(rows, out=magnitudes[:stop - start]), axis=1, out=norm1[start:stop])
+    return prod, sq, norm1
+
+
+def _distance_to_mean_sq(h: np.ndarray, sq: np.ndarray, h_mean: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """|h - mu|^2 per row from |h|^2 and h.mu: |h|^2 - 2 h.mu + |mu|^2; where that cancels (h within 1e-4 of mu,
+    relatively), from h - mu itself."""
+    mm = float(mean @ mean)
+    d2 = sq - 2.0 * h_mean + mm
+    close = d2 < 1e-8 * (sq + mm)
+    if close.any():
+        c = np.subtract(h[close], mean, dtype=np.float64)
+        d2[close] = np.einsum("nd,nd->n", c, c)
+    return d2
+
+
 @register
 class SHE(Detector):
     name = "she"
@@ -438,23 +464,15 @@ class FDBD(Detector):
         return _by_chunks(out, self._score_chunk)
 
     def _score_chunk(self, out):
-        h = np.asarray(out.features, dtype=np.float64)
+        h = np.asarray(out.features)
         k = len(self.weight_)
-        both = h @ self.proj_  # logits without bias, and h.mu, in one product
+        both, sq, _ = _row_products(h, self.proj_)  # logits without bias, and h.mu, in one product; |h|^2
         f = both[:, :k] + self.bias_
         pred = _predictions(out)
         gap = np.abs(f[np.arange(len(h)), pred][:, None] - f)  # |(w_pred - w_c).h + b_pred - b_c|
         mean_dist = row_reduce(np.add, gap * self.inv_wdist_[pred]) / max(k - 1, 1)
-        sq = np.einsum("nd,nd->n", h, h)
         if self.normaliser == "distance_to_mean":
-            # |h - mu|^2 = |h|^2 - 2 h.mu + |mu|^2; where that cancels (h within 1e-4 of mu, relatively), directly
-            mm = float(self.mean_ @ self.mean_)
-            d2 = sq - 2.0 * both[:, k] + mm
-            close = d2 < 1e-8 * (sq + mm)
-            if close.any():
-                c = h[close] - self.mean_
-                d2[close] = np.einsum("nd,nd->n", c, c)
-            sq = d2
+            sq = _distance_to_mean_sq(h, sq, both[:, k], self.mean_)
         return -mean_dist / np.maximum(np.sqrt(sq), 1e-12)
 
 
@@ -474,20 +492,27 @@ class NCI(Detector):
                              help="weight of the L1 feature norm (authors' OpenOOD config: 1e-4, swept to 0.1)")}
 
     def _fit(self, ctx):
-        self.weight_ = ctx.model.head_weight
+        self.weight_ = np.asarray(ctx.model.head_weight, dtype=np.float64)
         h = ctx.train.features
         self.mean_ = linalg.feature_mean(h)
+        self.weight_mean_ = self.weight_ @ self.mean_
+        self.proj_ = np.ascontiguousarray(np.column_stack([self.weight_.T, self.mean_]))  # (D, K + 1)
 
     def _score(self, out):
         return _by_chunks(out, self._score_chunk)
 
     def _score_chunk(self, out):
-        h = out.features
-        # |h|_1 summed in float64 from the exact float32 magnitudes; h - mu_G cast and centred in one pass
-        l1 = (np.abs(h).sum(axis=1, dtype=np.float64) if h.dtype == np.float32
-              else np.abs(np.asarray(h, dtype=np.float64)).sum(axis=1))
-        c = np.subtract(h, self.mean_, dtype=np.float64)
+        h = np.asarray(out.features)
+        # w.(h - mu_G) = w.h - w.mu_G, and |h - mu_G| from |h|^2 and h.mu_G: no centred copy of h
+        k = len(self.weight_)
+        both, sq, l1 = _row_products(h, self.proj_, l1=True)
+        pred = _predictions(out)
         # the authors' code divides by ||h - mu_G|| only: a cosine up to ||w_pred||, near-equal across classes
-        p_score = (c @ self.weight_.T)[np.arange(len(c)), _predictions(out)]
-        p_score /= np.maximum(np.sqrt(np.einsum("nd,nd->n", c, c)), 1e-12)
+        wh, wm = both[np.arange(len(h)), pred], self.weight_mean_[pred]
+        p_score = wh - wm
+        close = np.abs(p_score) < 1e-8 * (np.abs(wh) + np.abs(wm))  # where that cancels, from h - mu_G itself
+        if close.any():
+            c = np.subtract(h[close], self.mean_, dtype=np.float64)
+            p_score[close] = np.einsum("nd,nd->n", c, self.weight_[pred[close]])
+        p_score /= np.maximum(np.sqrt(_distance_to_mean_sq(h, sq, both[:, k], self.mean_)), 1e-12)
         return -(p_score + self.alpha * l1)
