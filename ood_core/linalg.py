@@ -217,7 +217,7 @@ def map_chunks(fn: Callable[[slice], object], slices: list[slice]):
 # that stay in a core's L2 cache 1.9 ms. So these walk their chunk in blocks of BLOCK_BYTES, cast into a buffer
 # that each thread keeps from call to call. The blocks depend only on the chunk, itself fixed by the data's shape,
 # so the scores stay the same on any number of threads. (Against one product over the whole chunk a row can differ in
-# its last bits: BLAS may sum a short block in another order. Measured: at most 1e-13 of the largest score.)
+# its last bits: BLAS may sum a short block in another order. Measured: at most 1e-12 of the largest score.)
 BLOCK_BYTES = 2**19
 _buffers = threading.local()  # .free: this thread's idle float64 buffers
 
