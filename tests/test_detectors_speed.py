@@ -639,3 +639,20 @@ def test_nci_where_the_centred_projection_cancels():
                                rtol=1e-7)
     wh, wm = query.astype(np.float64) @ w0, centre.astype(np.float64) @ w0
     assert abs(wh - wm) < 1e-8 * (abs(wh) + abs(wm))  # the first row does take the direct route
+
+
+def test_nci_l1_norm_of_signed_features(data):
+    """NCI's |h|_1 sums magnitudes: on features with negative entries (a network without a final ReLU) the score
+    equals the formula with alpha large enough for the norm to count, across several blocks of rows."""
+    train, test, head = data
+    shift = lambda o: Outputs(o.logits, (o.features - np.float32(0.7)).astype(np.float32), o.labels)  # noqa: E731
+    signed_train, signed_test = shift(train), shift(test)
+    assert (signed_test.features < 0).mean() > 0.2
+    assert len(signed_test) > linalg.block_rows(signed_test.features.shape[1])
+    got = create("nci", alpha=0.1).fit(FitContext(train=signed_train, model=head, num_classes=K, seed=0)) \
+        .score(signed_test)
+    h = signed_test.features.astype(np.float64)
+    c = h - signed_train.features.astype(np.float64).mean(0)
+    wp = head.head_weight[signed_test.logits.argmax(1)]
+    expected = -((c * wp).sum(1) / np.linalg.norm(c, axis=1) + 0.1 * np.abs(h).sum(1))
+    _close(got, expected)
