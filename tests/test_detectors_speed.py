@@ -656,3 +656,27 @@ def test_nci_l1_norm_of_signed_features(data):
     wp = head.head_weight[signed_test.logits.argmax(1)]
     expected = -((c * wp).sum(1) / np.linalg.norm(c, axis=1) + 0.1 * np.abs(h).sum(1))
     _close(got, expected)
+
+
+def test_l2_normalise_and_nnguide_bank_keep_their_bits():
+    """l2_normalise works by blocks of rows in the chunk workers, and NNGuide scales its bank chunk by chunk into
+    float32: both give the bits of the one-call formulas, x / max(|x|, 1e-12) and (z * E).astype(float32), on an
+    array of many chunks and blocks with a zero row."""
+    from ood_core.neighbours import l2_normalise
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40_005, 40)).astype(np.float32)
+    x[3] = 0.0
+    expected = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    got = l2_normalise(x)
+    assert got.dtype == np.float32 and len(linalg.row_chunks(len(x), 40)) > 1 and linalg.block_rows(40) < 13_000
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got[3], 0.0)
+    logits = rng.normal(0.0, 3.0, (len(x), K)).astype(np.float32)
+    det = create("nnguide", k=5).fit(FitContext(train=Outputs(logits, x, np.arange(len(x)) % K), model=None,
+                                                  num_classes=K, seed=0))
+    from ood_core.detectors.base import logsumexp as confidence_of  # NNGuide's E, the bits it scales by
+
+    confidence = confidence_of(logits)
+    np.testing.assert_allclose(confidence, logsumexp(logits.astype(np.float64), axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(det.bank_, (expected * confidence[:, None]).astype(np.float32))

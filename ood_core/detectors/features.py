@@ -408,8 +408,16 @@ class NNGuide(Detector):
                 hb, zb = h[idx], z[idx]
             confidence = logsumexp(zb)
             normalised = _normalised(hb) if whole else l2_normalise(hb)
-            return ((normalised * confidence[:, None]).astype(np.float32), confidence.astype(np.float32),
-                    normalised if whole else None)
+            # each row times its confidence in float64, rounded to float32 by numpy's buffered cast, chunk by chunk:
+            # the bits of (normalised * confidence).astype(float32) without its float64 temporary (800 MB at 2048-d)
+            weighted = np.empty_like(normalised)
+
+            def scale(sl):
+                np.multiply(normalised[sl], confidence[sl, None], out=weighted[sl])
+
+            for _ in linalg.map_chunks(scale, linalg.row_chunks(len(normalised), normalised.shape[1])):
+                pass
+            return weighted, confidence.astype(np.float32), normalised if whole else None
 
         # one bank for every k of a sweep (within linalg.sharing(); read-only)
         self.bank_, self.confidence_, normalised = linalg.shared("nnguide_bank", (h, z), (n_bank, ctx.seed), bank)
