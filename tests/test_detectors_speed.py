@@ -586,7 +586,6 @@ def test_residual_norms_thin_residuals_stay_exact():
     np.testing.assert_allclose(linalg.residual_norms(rows, origin, v), expected, rtol=1e-6)
 
 
-
 def test_float64_blocks_cover_the_rows_in_reused_thread_buffers():
     """float64_blocks yields consecutive blocks of block_rows(D) rows covering x once, as float64 (centred when a
     centre is given), all in one buffer; the next walk in this thread reuses it, and a walk nested in another
