@@ -432,7 +432,7 @@ class Whitened:
     def chunk_sq_distances(self, x: np.ndarray) -> np.ndarray:
         """sq_distances of one chunk of rows, in the calling thread."""
         z = whiten(self.inverse, x, self.origin)
-        d = np.einsum("nd,nd->n", z, z)[:, None] - 2.0 * (z @ self.white_means.T) + self.white_sq[None, :]
+        d = np.vecdot(z, z)[:, None] - 2.0 * (z @ self.white_means.T) + self.white_sq[None, :]
         return np.maximum(d, 0.0)
 
     def log_det(self) -> float:
@@ -483,10 +483,10 @@ def residual_norms(x: np.ndarray, origin: np.ndarray, basis: np.ndarray, complem
         for start, stop, c in float64_blocks(x[sl], origin):
             pb = np.matmul(c, basis, out=p[:stop - start])
             if complement:
-                np.einsum("nd,nd->n", pb, pb, out=res[start:stop])
+                np.vecdot(pb, pb, out=res[start:stop])
                 continue
-            sq = np.einsum("nd,nd->n", c, c)
-            r2 = sq - np.einsum("nd,nd->n", pb, pb)
+            sq = np.vecdot(c, c)
+            r2 = sq - np.vecdot(pb, pb)
             thin = r2 < THIN_RESIDUAL * sq
             if thin.any():
                 ct = c[thin]
