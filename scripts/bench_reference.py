@@ -443,6 +443,8 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
                  if before is not None else "")
         if flops:
             extra += f", CPU {row['ours_cpu_s']:.2f} s = {row['ours_cpu_s'] / row['floor_cpu_s']:.2f}x CPU floor"
+        extra += "; fit + ID + OOD queries: ours " + " + ".join(_t(x) for x in row["ours_parts_s"]) + \
+            ", ref " + " + ".join(_t(x) for x in row["ref_parts_s"])
         print(f"{case.name:12s} ours {row['ours_s']:8.3f} s  ref {row['ref_s']:8.3f} s  ref/ours {ratio:6.2f}  "
               f"{floor}  AUROC {row['auroc_ours']:.4f} / {row['auroc_ref']:.4f}  peak +{row['ours_peak_mib']:.0f} / "
               f"+{row['ref_peak_mib']:.0f} MiB  ({rate:.0f} GFLOP/s, load {row['load']:.1f}){extra}", flush=True)
