@@ -365,6 +365,12 @@ def max_rel_diff(a: list, b: list) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
 
 
+def median_rel_diff(a: list, b: list) -> float:
+    """median_i |a_i - b_i| / |b_i|: the typical relative difference, robust to the few scores near 0."""
+    a, b = np.concatenate(a), np.concatenate(b)
+    return float(np.median(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
 def max_diff_over_max(a: list, b: list) -> float:
     """max_i |a_i - b_i| / max_i |b_i|: the difference relative to the size of the scores."""
     a, b = np.concatenate(a), np.concatenate(b)
@@ -429,6 +435,11 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
             # the same floor in CPU seconds: flops at the per-core rate, against our CPU seconds (all threads)
             "core_gflops": per_core, "floor_cpu_s": flops / (per_core * 1e9) if flops else 0.0,
             "load": os.getloadavg()[0], "note": case.note, "allocator": "default",
+            # how far pytorch-ood's scores are from ours (float64 where ours is), e.g. their float32 rounding in fDBD
+            # and ViM: meaningful where both compute the same function (not Mahalanobis and RMD, whose covariance
+            # pytorch-ood leaves undivided by N, which scales the distances)
+            "ref_max_diff_over_max": max_diff_over_max(r_scores, o_scores),
+            "ref_median_rel_diff": median_rel_diff(r_scores, o_scores),
         }
         if before is not None:
             b_scores = b_runs[-1][3]
@@ -443,6 +454,11 @@ def bench_size(size: str, names: list[str], runs: int, before_rev: str | None, s
                  if before is not None else "")
         if flops:
             extra += f", CPU {row['ours_cpu_s']:.2f} s = {row['ours_cpu_s'] / row['floor_cpu_s']:.2f}x CPU floor"
+        if row["ref_median_rel_diff"] < 1e-2:  # the same function, computed another way
+            extra += (f"; theirs differ from ours by {row['ref_max_diff_over_max']:.1e} of the largest score at "
+                      f"most, {row['ref_median_rel_diff']:.1e} relative in the median")
+        else:
+            extra += "; theirs are another function or scale of the features"
         extra += "; fit + ID + OOD queries: ours " + " + ".join(_t(x) for x in row["ours_parts_s"]) + \
             ", ref " + " + ".join(_t(x) for x in row["ref_parts_s"])
         print(f"{case.name:12s} ours {row['ours_s']:8.3f} s  ref {row['ref_s']:8.3f} s  ref/ours {ratio:6.2f}  "
