@@ -358,17 +358,21 @@ def load_before(rev: str):
     return mod
 
 
+def _rel_diffs(a: list, b: list) -> np.ndarray:
+    """|a_i - b_i| / |b_i| over the concatenated score arrays."""
+    a, b = np.concatenate(a), np.concatenate(b)
+    return np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
+
+
 def max_rel_diff(a: list, b: list) -> float:
     """max_i |a_i - b_i| / |b_i|: strict where scores are far from 0, meaningless where a score is a difference
     of two large terms that nearly cancel (RMD, ViM); see max_diff_over_max."""
-    a, b = np.concatenate(a), np.concatenate(b)
-    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+    return float(np.max(_rel_diffs(a, b)))
 
 
 def median_rel_diff(a: list, b: list) -> float:
     """median_i |a_i - b_i| / |b_i|: the typical relative difference, robust to the few scores near 0."""
-    a, b = np.concatenate(a), np.concatenate(b)
-    return float(np.median(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+    return float(np.median(_rel_diffs(a, b)))
 
 
 def max_diff_over_max(a: list, b: list) -> float:
