@@ -655,8 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--curve", action="store_true", help="AD: the whole contamination curve 0-20%%")
     r.add_argument("--one-class-methods", default=None, choices=("default", "all"),
                    help="ND/AD: 'default' leaves out the models that take minutes per normal class on 2 CPU cores "
-                        "(Deep SVDD with pretraining, OC-GAN, AnoGAN, CSI, U-std, multiresolution KD); 'all' runs "
-                        "them too")
+                        "(Deep SVDD with pretraining, OC-GAN, AnoGAN, CSI, U-std, multiresolution KD) and those with "
+                        "an ImageNet-pretrained teacher (U-std and multiresolution KD on EfficientNet-Lite0); 'all' "
+                        "runs them too")
     r.add_argument("--synthetic", default=None,
                    help="OSR/ND/AD: also score these synthetic or transformed OOD sets ('all' or a comma-separated "
                         "list; default none: the protocols' own unknowns only)")

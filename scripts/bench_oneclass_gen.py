@@ -29,6 +29,7 @@ cards (module constants of oneclass_gen.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -151,7 +152,9 @@ TRAINERS = {"lsa": (oneclass_gen.train_lsa, oneclass_gen.LSA_HP), "ocgan": (onec
             oneclass.SVDD_HP), "deep_svdd_pretrained": (oneclass.train_deep_svdd, oneclass.SVDD_PRETRAIN_HP),
             "autoencoder": (oneclass.train_autoencoder, oneclass.AE_HP), "csi": (oneclass_ssl.train_csi,
             oneclass_ssl.CSI_HP), "ustd": (oneclass_ssl.train_ustd, oneclass_ssl.USTD_HP),
-            "mkd": (oneclass_ssl.train_mkd, oneclass_ssl.MKD_HP)}
+            "mkd": (oneclass_ssl.train_mkd, oneclass_ssl.MKD_HP),
+            "ustd_lite0": (functools.partial(oneclass_ssl.train_ustd, teacher="lite0"), oneclass_ssl.USTD_HP),
+            "mkd_lite0": (functools.partial(oneclass_ssl.train_mkd, teacher="lite0"), oneclass_ssl.MKD_HP)}
 
 
 def variants(defaults: dict, texts: list[str]) -> dict:

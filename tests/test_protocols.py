@@ -267,7 +267,8 @@ def test_curve_options_that_do_not_fit_are_refused(argv, message, capsys):
 
 def test_a_protocol_run_leaves_the_slow_one_class_models_out_unless_asked():
     # the default methods are every offered method but those of the models that take minutes per class
-    slow = set(protocols.SLOW_ONE_CLASS_MODELS)
+    # and those whose teacher learnt from ImageNet
+    slow = set(protocols.SLOW_ONE_CLASS_MODELS) | set(protocols.PRETRAINED_ONE_CLASS_MODELS)
     assert {m[0] for m in protocols.ONE_CLASS_METHODS} >= slow
     assert protocols.DEFAULT_ONE_CLASS_METHODS == tuple(m for m in protocols.ONE_CLASS_METHODS if m[0] not in slow)
     assert not slow & {m[0] for m in protocols.DEFAULT_ONE_CLASS_METHODS}
