@@ -445,7 +445,9 @@ def main() -> None:
             return
         source = ui.last_preparation().get("source", "")
         if source == "trained just now":  # its training job landed in this run
-            epochs, seconds = exp.spec.training.epochs, float(exp.training.seconds or 0.0)
+            # the epochs it trained: one-class models train their own number (their trainers' defaults), not the
+            # spec's classifier epochs
+            epochs, seconds = len(exp.training.history) or exp.spec.training.epochs, float(exp.training.seconds or 0.0)
             st.success(f"Trained a new model: {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s. "
                        "It is cached on disk for next time.")
         elif new_spec is not None:

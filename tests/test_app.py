@@ -514,6 +514,23 @@ def test_shared_mode_bounds_the_experiment_form(default_experiment, monkeypatch)
         ui.make_spec(Spec(), "digits", 0, 500, 3e-3, 64)
 
 
+def test_a_one_class_training_reports_the_epochs_it_trained_not_the_classifier_field(land):
+    # Deep SVDD trains its own SVDD_HP epochs (15), whatever the spec's classifier epochs (30 by default)
+    from ood_core.models.oneclass import SVDD_HP
+
+    spec = Spec(setting="nd", model="deep_svdd", normal_class=6)
+    assert spec.training.epochs != SVDD_HP["epochs"]
+    checkpoint_path(spec).unlink(missing_ok=True)  # cold, whatever ran before
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["spec"] = spec
+    at.run()
+    next(b for b in at.button if b.label == "Train / load model").click().run()
+    land(at)
+    no_exception(at)
+    assert any(f"Trained a new model: {SVDD_HP['epochs']} epochs in" in s.value for s in at.success), \
+        [s.value for s in at.success]
+
+
 def test_one_class_pages_say_what_they_report_instead_of_an_empty_accuracy(default_experiment):
     from ood_core import pipeline
     from ood_core.spec import TrainConfig
