@@ -7,6 +7,7 @@ import streamlit as st
 
 from ood_core import estimates, settings
 from ood_core.detectors import FAMILIES, REGISTRY, Param
+from ood_core.models.registry import MODELS
 from ood_core.spec import ONE_CLASS_SETTINGS, REGIME_TITLES, SETTING_TITLES
 from pages import _support as ui
 
@@ -25,14 +26,25 @@ NEEDS_WORDS = {
 }
 
 
+def model_words(name: str) -> str:
+    """The one-class models behind the one-class model's own score (their titles and descriptions, as its cost line
+    lists them), so that a search for one ('Lite0', 'EfficientNet', 'hypersphere') finds that card; '' for the rest."""
+    if "model_score" not in REGISTRY[name].needs:
+        return ""
+    return " ".join(f"{m.title} {m.short} {m.description}" for m in MODELS.values()
+                    if m.kind == "one_class" and m.own_score)
+
+
 def matches(name: str, query: str) -> bool:
     """Whether a detector's card holds every word of the query (case-insensitive): in its name, title or family, or
-    at the start of a word of its formula, idea or references, so that a method that is a model behind a shared
-    score (CSI, U-std, OC-GAN behind the one-class model's own score) or an author's name finds its card."""
+    at the start of a word of its formula, idea or references, or of the one-class models behind it, so that a
+    method that is a model behind a shared score (CSI, U-std, OC-GAN behind the one-class model's own score) or an
+    author's name finds its card."""
     cls = REGISTRY[name]
     label = f"{name} {cls.title} {ui.family_label(cls.family)}".lower()  # anywhere in a word: "maha", "logit"
     refs = " ".join(f"{r.authors} {r.title} {r.venue} {r.year}" for r in cls.references())
-    body = f"{cls.formula} {cls.intuition} {refs}".lower()  # from a word's start: "Tack" is not in "Attacks"
+    # from a word's start: "Tack" is not in "Attacks"
+    body = f"{cls.formula} {cls.intuition} {refs} {model_words(name)}".lower()
     return all(w in label or re.search(r"(?<!\w)" + re.escape(w), body) for w in query.lower().split())
 
 

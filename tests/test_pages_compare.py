@@ -306,6 +306,11 @@ def test_methods_has_a_card_with_a_formula_per_detector_and_a_search(app):
     no_exception(at)
     shown = [b.key.removeprefix("methods-jump-") for b in at.button if b.key and b.key.startswith("methods-jump-")]
     assert "energy" in shown and len(shown) < len(REGISTRY)
+    # a one-class model finds the card of the score it stands behind, by words of its title and description only
+    at.text_input(key="methods-search").input("EfficientNet-Lite0 teacher").run()
+    no_exception(at)
+    shown = [b.key.removeprefix("methods-jump-") for b in at.button if b.key and b.key.startswith("methods-jump-")]
+    assert shown == ["model_score"]
 
 
 def test_methods_jump_button_selects_the_detector_on_the_scores_page(app):
